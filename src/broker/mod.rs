@@ -1,0 +1,182 @@
+//! Topics, reader groups, capacity and waiting: the message broker, which
+//! knows nothing of 9P or files.
+//!
+//! [`Broker`] is the interface; `memory` is the engine that keeps topics in
+//! this process. A second engine (NATS JetStream, so several dchan servers
+//! share their topics) implements the same trait.
+//!
+//! Pushes and pulls are futures that may wait (capacity, rendezvous, an empty
+//! topic). Each is cancellation-safe: a push dropped before it returns is
+//! withdrawn if no reader has taken its message; a pull dropped before it
+//! returns took nothing. A pulled message comes as a [`Delivery`]: acked, it
+//! is done; dropped unacked (the reader's connection was lost before it read
+//! again), it goes back to the front of its group.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// A message's sequence number in its topic: only grows, never reused.
+pub type Seq = u64;
+
+/// How writes to a topic's data file become messages. The broker only
+/// stores it; the file tree applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// Each newline-terminated line is a message (the default).
+    #[default]
+    Line,
+    /// Each write is a message.
+    Write,
+}
+
+/// A topic's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TopicConfig {
+    /// How far the slowest group may lag; 0 is a rendezvous.
+    pub capacity: u64,
+    pub framing: Framing,
+    /// How long a push or pull may wait before failing with `TimedOut`;
+    /// `None` waits forever.
+    pub timeout: Option<Duration>,
+}
+
+/// One setting to change on a live topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    Capacity(u64),
+    Framing(Framing),
+    Timeout(Option<Duration>),
+}
+
+/// Whether an operation may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Wait as long as the topic's timeout allows.
+    Block,
+    /// Never wait: `WouldBlock` instead.
+    NonBlock,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("no such topic: {0}")]
+    NoTopic(String),
+    #[error("topic exists: {0}")]
+    Exists(String),
+    #[error("bad topic name: {0:?}")]
+    BadName(String),
+    #[error("topic closed")]
+    Closed,
+    #[error("topic reset")]
+    Reset,
+    #[error("topic removed")]
+    Removed,
+    #[error("timed out")]
+    TimedOut,
+    #[error("would block")]
+    WouldBlock,
+    #[error("no such group: {0}")]
+    NoGroup(String),
+    #[error("offset {asked} out of range [{first}, {next}]")]
+    OffsetOutOfRange { asked: Seq, first: Seq, next: Seq },
+    #[error("server shutting down")]
+    Shutdown,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A group's place in a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub name: String,
+    /// The next sequence number the group will read.
+    pub offset: Seq,
+    /// Messages pushed that the group has not yet read.
+    pub lag: u64,
+    /// Messages delivered to the group's readers and not yet acked.
+    pub unacked: u64,
+    /// Readers of the group blocked in a pull.
+    pub blocked: u64,
+}
+
+/// A topic's state, as its ctl file shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicStatus {
+    pub name: String,
+    pub config: TopicConfig,
+    /// Messages held (not yet taken by every group).
+    pub pending: u64,
+    /// The oldest held sequence number, and the next one to be assigned.
+    pub first: Seq,
+    pub next: Seq,
+    pub pushed: u64,
+    pub pulled: u64,
+    pub blocked_readers: u64,
+    pub blocked_writers: u64,
+    pub groups: Vec<GroupStatus>,
+    pub closed: bool,
+}
+
+/// Totals over all topics, for the server's ctl file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BrokerStatus {
+    pub topics: u64,
+    pub pushed: u64,
+    pub pulled: u64,
+}
+
+/// A pulled message. `ack` finishes it; dropping it unacked puts it back at
+/// the front of its group (at-least-once delivery).
+pub trait Delivery: Send + Sync + 'static {
+    fn seq(&self) -> Seq;
+    fn data(&self) -> &Bytes;
+    fn ack(self);
+}
+
+/// Topics and their groups.
+///
+/// Names are one or more `/`-separated components of `[A-Za-z0-9._-]`
+/// (not "." or ".."); groups are any string, "" being the default group.
+pub trait Broker: Send + Sync + 'static {
+    type Delivery: Delivery;
+
+    fn create(&self, topic: &str, config: TopicConfig) -> Result<()>;
+    /// Remove a topic: blocked pushes and pulls fail with `Removed`.
+    fn remove(&self, topic: &str) -> Result<()>;
+    /// Every topic's name, sorted.
+    fn topics(&self) -> Vec<String>;
+    fn status(&self, topic: &str) -> Result<TopicStatus>;
+    fn totals(&self) -> BrokerStatus;
+    fn set(&self, topic: &str, setting: Setting) -> Result<()>;
+    /// Drop every message, move every group to the end, fail blocked pushes
+    /// with `Reset`, reopen a closed topic. Blocked pulls keep waiting.
+    fn reset(&self, topic: &str) -> Result<()>;
+    /// Pushes fail with `Closed`; pulls drain what is held, then end.
+    fn close(&self, topic: &str) -> Result<()>;
+    /// Drop a group.
+    fn forget(&self, topic: &str, group: &str) -> Result<()>;
+    /// The group's next sequence number (creating the group).
+    fn offset(&self, topic: &str, group: &str) -> Result<Seq>;
+    /// Move the group to `seq`, anywhere in `[first, next]`.
+    fn seek(&self, topic: &str, group: &str, seq: Seq) -> Result<()>;
+
+    /// Append a message; resolves once capacity allows (with capacity 0,
+    /// once every group has taken it). Returns its sequence number.
+    fn push(
+        &self,
+        topic: &str,
+        data: Bytes,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Seq>> + Send;
+
+    /// Take the group's next message, waiting for one; `None` once the topic
+    /// is closed and the group has read everything (end of file).
+    fn pull(
+        &self,
+        topic: &str,
+        group: &str,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Option<Self::Delivery>>> + Send;
+}

@@ -1,0 +1,1 @@
+//! Encoding and decoding of 9P messages. (Being written: see issue 2.)
