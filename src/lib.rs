@@ -5,7 +5,9 @@
 //! - `proto`  — the 9P wire protocol: message values and their codec.
 //! - `fs`     — the file-tree interface between the engine and what it serves.
 //! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P.
+//! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
 
 pub mod broker;
 pub mod fs;
 pub mod proto;
+pub mod tree;
