@@ -2,10 +2,12 @@
 //!
 //! The layers, each ignorant of the one above (arrows point down):
 //!
-//! - `proto`  — the 9P wire protocol: message values and their codec.
+//! - `proto`  — the 9P wire protocol: message values, their codec, framing.
 //! - `fs`     — the file-tree interface between the engine and what it serves.
 //! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P.
+//! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
 
 pub mod broker;
 pub mod fs;
 pub mod proto;
+pub mod tree;
