@@ -4,10 +4,14 @@
 //!
 //! - `proto`  — the 9P wire protocol: message values, their codec, framing.
 //! - `fs`     — the file-tree interface between the engine and what it serves.
+//! - `engine` — the 9P connection engine: listeners, tags, fids, Tflush, limits.
+//! - `ramfs`  — a small in-memory `FileTree` for tests and `dchan serve --ramfs`.
 //! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P.
 //! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
 
 pub mod broker;
+pub mod engine;
 pub mod fs;
 pub mod proto;
+pub mod ramfs;
 pub mod tree;
