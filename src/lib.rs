@@ -8,8 +8,10 @@
 //! - `ramfs`  — a small in-memory `FileTree` for tests and `dchan serve --ramfs`.
 //! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P.
 //! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
+//! - `config` — the server's TOML configuration over the built-in `dchan.toml`.
 
 pub mod broker;
+pub mod config;
 pub mod engine;
 pub mod fs;
 pub mod proto;
