@@ -6,8 +6,10 @@
 //! - `fs`     — the file-tree interface between the engine and what it serves.
 //! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P.
 //! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
+//! - `config` — the server's TOML configuration over the built-in `dchan.toml`.
 
 pub mod broker;
+pub mod config;
 pub mod fs;
 pub mod proto;
 pub mod tree;

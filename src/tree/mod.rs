@@ -175,6 +175,20 @@ pub struct Handle<D> {
     kind: HandleKind<D>,
 }
 
+impl<D> std::fmt::Debug for Handle<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            HandleKind::Dir => "dir",
+            HandleKind::Text(_) => "text",
+            HandleKind::Data(_) => "data",
+        };
+        f.debug_struct("Handle")
+            .field("node", &self.node)
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
 enum HandleKind<D> {
     /// A directory: the engine reads it through `readdir`.
     Dir,
@@ -759,3 +773,6 @@ impl<B: Broker> FileTree for TopicTree<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
