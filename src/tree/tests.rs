@@ -647,3 +647,30 @@ async fn nested_topics_directories_and_names() {
     let f = walk(&t, &root, "jobs/ctl").unwrap();
     assert_eq!(soon(t.remove(&f)).await.unwrap_err().errno, errno::EPERM);
 }
+
+#[tokio::test]
+async fn a_nonblocking_write_that_fills_the_topic_returns_a_short_count() {
+    let (t, root) = setup().await;
+    echo(&t, &root, "t/ctl", "capacity 1").await.unwrap();
+    cat(&t, &root, "t/offset").await; // the default group exists, reads nothing
+    let n = walk(&t, &root, "t/data").unwrap();
+    let w = soon(t.open(
+        &n,
+        OpenMode {
+            nonblock: true,
+            ..mode(Access::Write)
+        },
+    ))
+    .await
+    .unwrap();
+    assert_eq!(write(&t, &w, "ab\ncd\nef").await, Ok(3));
+    assert_eq!(
+        write(&t, &w, "cd\nef").await.unwrap_err().errno,
+        errno::EAGAIN
+    );
+    assert_eq!(status(&t, "t").pending, 1);
+    // not open for reading / writing
+    let r = open(&t, &root, "t/data", Access::Read).await.unwrap();
+    assert_eq!(write(&t, &r, "x\n").await.unwrap_err().errno, errno::EBADF);
+    assert_eq!(read(&t, &w, 0, 10).await.unwrap_err().errno, errno::EBADF);
+}
