@@ -6,8 +6,12 @@
 //! - `fs`     — the file-tree interface between the engine and what it serves.
 //! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P.
 //! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
+//! - `client` — dchan's own 9P client: many requests per connection, flush, topics by name.
+//! - `addr`   — addresses (`tcp!HOST!PORT`, `HOST:PORT`, `unix!PATH`), for dialing and listening.
 
+pub mod addr;
 pub mod broker;
+pub mod client;
 pub mod fs;
 pub mod proto;
 pub mod tree;
