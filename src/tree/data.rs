@@ -24,7 +24,11 @@
 //! message; a partial last line waits here for the next write and is pushed
 //! on its own when the file is closed. With `write` framing a write is a
 //! message. Lines are slices of the written `Bytes`; only a line split
-//! across writes is copied, once, when it completes.
+//! across writes is copied, once, when it completes. The framing is the
+//! topic's when the file was opened. A write returns once its pushes have;
+//! if one fails the write fails, except that a write that would block
+//! (O_NONBLOCK) after some of its lines went out returns the count of what
+//! went out, so the writer sends the rest again and nothing is doubled.
 
 use bytes::{Bytes, BytesMut};
 
@@ -128,6 +132,8 @@ pub struct Writer {
 pub struct Cut {
     /// The messages, in order.
     pub messages: Vec<Bytes>,
+    /// Where each message ends in the write's data (for a short count).
+    pub ends: Vec<usize>,
     /// Whether the first message ends the partial line held before the
     /// write (so that line is gone once the first message is pushed).
     pub ends_partial: bool,
@@ -149,18 +155,24 @@ impl Writer {
     /// not pushed.
     pub fn cut(&self, data: Bytes) -> Cut {
         if self.framing == Framing::Write {
-            let messages = if data.is_empty() { vec![] } else { vec![data] };
+            let (messages, ends) = match data.len() {
+                0 => (vec![], vec![]),
+                n => (vec![data], vec![n]),
+            };
             return Cut {
                 messages,
+                ends,
                 ends_partial: false,
                 rest: None,
             };
         }
         let mut messages = Vec::new();
+        let mut ends = Vec::new();
         let mut start = 0;
         for nl in memchr::memchr_iter(b'\n', &data) {
             messages.push(data.slice(start..=nl));
             start = nl + 1;
+            ends.push(start);
         }
         let tail = data.slice(start..);
         let ends_partial = !self.partial.is_empty() && !messages.is_empty();
@@ -174,6 +186,7 @@ impl Writer {
         };
         Cut {
             messages,
+            ends,
             ends_partial,
             rest,
         }

@@ -175,6 +175,20 @@ pub struct Handle<D> {
     kind: HandleKind<D>,
 }
 
+impl<D> std::fmt::Debug for Handle<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            HandleKind::Dir => "dir",
+            HandleKind::Text(_) => "text",
+            HandleKind::Data(_) => "data",
+        };
+        f.debug_struct("Handle")
+            .field("node", &self.node)
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
 enum HandleKind<D> {
     /// A directory: the engine reads it through `readdir`.
     Dir,
@@ -190,6 +204,8 @@ struct DataFile<D> {
     /// Whether it was opened for reading (counted in the topic's readers),
     /// and the topic's number then.
     reads: Option<u64>,
+    /// Whether it was opened for writing.
+    writes: bool,
     /// The reading state; an async mutex so concurrent Treads on one open
     /// file take turns (held across the pull).
     reader: tokio::sync::Mutex<Reader<D>>,
@@ -264,6 +280,9 @@ impl<B: Broker> TopicTree<B> {
 
     /// Whether `path` is a topic or leads to one.
     fn dir_exists(&self, path: &str) -> bool {
+        if self.is_topic(path) {
+            return true;
+        }
         let topics = self.broker.topics();
         let i = topics.partition_point(|t| t.as_str() < path);
         let prefix = format!("{path}/");
@@ -477,6 +496,7 @@ impl<B: Broker> TopicTree<B> {
                         Wait::Block
                     },
                     reads,
+                    writes: mode.writes(),
                     reader: tokio::sync::Mutex::new(Reader::new(node.session.linux)),
                     writer: tokio::sync::Mutex::new(Writer::new(status.config.framing)),
                 })
@@ -506,20 +526,24 @@ impl<B: Broker> TopicTree<B> {
         }
     }
 
-    async fn write_data(&self, topic: &str, f: &DataFile<B::Delivery>, data: Bytes) -> Result<()> {
+    /// Push what a write makes; the count of bytes taken.
+    async fn write_data(&self, topic: &str, f: &DataFile<B::Delivery>, data: Bytes) -> Result<u32> {
+        if !f.writes {
+            return Err(Error::new(errno::EBADF, "file not open for writing"));
+        }
+        let n = data.len() as u32;
         let mut writer = f.writer.lock().await;
         let cut = writer.cut(data);
         for (i, m) in cut.messages.iter().enumerate() {
-            self.broker
-                .push(topic, m.clone(), f.wait)
-                .await
-                .map_err(broker_error)?;
-            if i == 0 {
-                writer.commit_first(&cut);
+            match self.broker.push(topic, m.clone(), f.wait).await {
+                Ok(_) if i == 0 => writer.commit_first(&cut),
+                Ok(_) => {}
+                Err(broker::Error::WouldBlock) if i > 0 => return Ok(cut.ends[i - 1] as u32),
+                Err(e) => return Err(broker_error(e)),
             }
         }
         writer.commit(cut);
-        Ok(())
+        Ok(n)
     }
 }
 
@@ -680,7 +704,9 @@ impl<B: Broker> FileTree for TopicTree<B> {
                     .seek(topic, &handle.node.session.group, seq)
                     .map_err(broker_error)?
             }
-            (HandleKind::Data(f), At::File(topic, _)) => self.write_data(topic, f, data).await?,
+            (HandleKind::Data(f), At::File(topic, _)) => {
+                return self.write_data(topic, f, data).await;
+            }
             _ => return Err(Error::new(errno::EISDIR, "is a directory")),
         }
         Ok(n)
@@ -723,6 +749,10 @@ impl<B: Broker> FileTree for TopicTree<B> {
         }
     }
 
+    /// A data file's message in hand is acked (`Clunk::Client`) or goes
+    /// back to its group (`Clunk::Lost`). A partial line left by its writes
+    /// is pushed by a task of its own (clunk must not wait), whichever the
+    /// cause: its writes were answered, so it was accepted.
     fn clunk(&self, node: &Node, handle: Option<Self::Handle>, how: Clunk) {
         let Some(Handle {
             kind: HandleKind::Data(f),
@@ -759,3 +789,6 @@ impl<B: Broker> FileTree for TopicTree<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
