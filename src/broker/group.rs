@@ -8,8 +8,9 @@ use bytes::Bytes;
 use super::{GroupStatus, Seq};
 
 /// One group of one topic. Lives in the topic's state, under its lock, from
-/// the group's first pull or offset access until `forget`, `reset` or the
-/// topic's removal.
+/// the group's first pull or offset access until `forget` or the topic's
+/// removal; `reset` moves it to the end (as the trait says), so a group whose
+/// reader happens to be busy at a reset misses nothing pushed after it.
 pub(crate) struct Group {
     /// The group's name (the attach name of its readers; "" is the default).
     pub(crate) name: Box<str>,

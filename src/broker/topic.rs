@@ -481,18 +481,8 @@ impl State {
         self.log.clear();
         self.first = next;
         self.fail_writers(Error::Reset);
-        // Groups end here, but those with readers blocked in a pull: those
-        // readers go on waiting in their group, which starts at the end.
-        let idle: Vec<usize> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.waiters.is_empty())
-            .map(|(k, _)| k)
-            .collect();
-        for key in idle {
-            let group = self.groups.remove(key);
-            self.group_index.remove(&group.name);
-        }
+        // Every group goes on from the end; its blocked readers keep
+        // waiting, and deliveries still out no longer come back.
         for key in 0..self.groups.capacity() {
             if self.groups.contains(key) {
                 let id = self.new_group_id();
