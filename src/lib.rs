@@ -9,6 +9,7 @@
 //! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P.
 //! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
 //! - `config` — the server's TOML configuration over the built-in `dchan.toml`.
+//! - `serve`  — `dchan serve`: configuration, logging, broker, tree and engine, shutdown.
 
 pub mod broker;
 pub mod config;
@@ -16,4 +17,5 @@ pub mod engine;
 pub mod fs;
 pub mod proto;
 pub mod ramfs;
+pub mod serve;
 pub mod tree;
