@@ -21,3 +21,21 @@ pub mod fs;
 pub mod proto;
 pub mod ramfs;
 pub mod tree;
+
+/// The literate book (`literate/`), included so that `cargo test --doc`
+/// compiles and runs its Rust examples: the book cannot drift from the code.
+#[cfg(doctest)]
+pub mod literate {
+    #[doc = include_str!("../literate/01-why.md")]
+    pub struct Why;
+    #[doc = include_str!("../literate/02-tree.md")]
+    pub struct Tree;
+    #[doc = include_str!("../literate/03-semantics.md")]
+    pub struct Semantics;
+    #[doc = include_str!("../literate/04-protocol.md")]
+    pub struct Protocol;
+    #[doc = include_str!("../literate/05-broker.md")]
+    pub struct Broker;
+    #[doc = include_str!("../literate/07-scaling.md")]
+    pub struct Scaling;
+}
