@@ -1,25 +1,15 @@
-//! The `dchan` command: parses its arguments and calls the library.
+//! The `dchan` command: parse the arguments, start tracing, call the
+//! library. `dchan serve` runs the server; the other subcommands are a 9P
+//! client of one (see `dchan --help`).
+
+mod cli;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(version, about = "Message topics served as files over 9P")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve topics over 9P.
-    Serve(dchan::serve::ServeArgs),
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Serve(args) => dchan::serve::main(args).await,
+    match cli::parse() {
+        Ok(cli) => cli::run(cli.command).await,
+        Err(code) => code,
     }
 }
