@@ -269,3 +269,19 @@ fn listens_on_a_unix_socket_too() {
     assert_eq!(head[4], TVERSION + 1, "Rversion over the Unix socket");
     drop(server);
 }
+
+#[test]
+fn a_bad_topic_in_the_config_fails_at_start() {
+    let file = config_file("[[topic]]\nname = \"no spaces\"\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["serve", "--listen", "tcp!127.0.0.1!0", "--config"])
+        .arg(file.path())
+        .output()
+        .expect("run dchan");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("dchan: topic \"no spaces\" in the configuration: bad topic name"),
+        "{stderr}"
+    );
+}
