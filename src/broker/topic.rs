@@ -17,6 +17,7 @@
 //! group the oldest held message stands for the group to come, which starts
 //! there.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::task::Waker;
 use std::time::Duration;
@@ -37,12 +38,37 @@ pub(crate) struct Topic {
     pub(crate) state: Mutex<State>,
 }
 
+thread_local! {
+    /// Wakers taken out of a state to wake after its lock is released (a
+    /// woken task on another core would otherwise find the lock held).
+    /// Reused, so waking allocates nothing.
+    static WAKES: Cell<Vec<Waker>> = const { Cell::new(Vec::new()) };
+}
+
 impl Topic {
     pub(crate) fn new(name: &str, config: TopicConfig) -> Topic {
         Topic {
             name: name.to_string(),
             state: Mutex::new(State::new(config)),
         }
+    }
+
+    /// Run `f` on the state under the lock, then wake, outside it, the
+    /// futures whose outcome `f` decided.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut state = self.state.lock();
+        debug_assert!(state.wakes.is_empty(), "wakers left behind");
+        let result = f(&mut state);
+        if !state.wakes.is_empty() {
+            let mut wakes = WAKES.take();
+            wakes.append(&mut state.wakes);
+            drop(state);
+            for waker in wakes.drain(..) {
+                waker.wake();
+            }
+            WAKES.set(wakes);
+        }
+        result
     }
 }
 
@@ -121,6 +147,9 @@ pub(crate) struct State {
     pub(crate) pushed: u64,
     /// Messages handed to readers, ever.
     pub(crate) pulled: u64,
+    /// Wakers of futures decided under the lock, for `Topic::with` to wake
+    /// once it is released.
+    wakes: Vec<Waker>,
 }
 
 impl State {
@@ -139,6 +168,7 @@ impl State {
             appended: VecDeque::new(),
             pushed: 0,
             pulled: 0,
+            wakes: Vec::new(),
         }
     }
 
@@ -353,7 +383,7 @@ impl State {
         let writer = &mut self.writers[key];
         writer.stage = Stage::Done(result);
         if let Some(waker) = writer.waker.take() {
-            waker.wake();
+            self.wakes.push(waker);
         }
     }
 
@@ -400,7 +430,7 @@ impl State {
         let reader = &mut self.readers[key];
         reader.outcome = Some(outcome);
         if let Some(waker) = reader.waker.take() {
-            waker.wake();
+            self.wakes.push(waker);
         }
     }
 
@@ -463,7 +493,7 @@ impl State {
             if !matches!(writer.stage, Stage::Done(_)) {
                 writer.stage = Stage::Done(Err(error.clone()));
                 if let Some(waker) = writer.waker.take() {
-                    waker.wake();
+                    self.wakes.push(waker);
                 }
             }
         }
@@ -510,7 +540,7 @@ impl State {
             if reader.outcome.is_none() {
                 reader.outcome = Some(Err(Error::Removed));
                 if let Some(waker) = reader.waker.take() {
-                    waker.wake();
+                    self.wakes.push(waker);
                 }
             }
         }
