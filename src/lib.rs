@@ -10,9 +10,7 @@
 //! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
 //! - `config` — the server's TOML configuration over the built-in `dchan.toml`.
 //! - `client` — dchan's own 9P client: many requests per connection, flush, topics by name.
-//! - `addr`   — addresses (`tcp!HOST!PORT`, `HOST:PORT`, `unix!PATH`), for dialing and listening.
 
-pub mod addr;
 pub mod broker;
 pub mod client;
 pub mod config;

@@ -17,7 +17,7 @@ use dchan::tree::{TopicTree, TreeConfig};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Where to listen: tcp!HOST!PORT, HOST:PORT or unix!PATH (repeatable).
-    #[arg(long, value_name = "ADDR", default_value = dchan::addr::DEFAULT_ADDR)]
+    #[arg(long, value_name = "ADDR", default_value = dchan::client::DEFAULT_ADDR)]
     pub listen: Vec<Addr>,
     /// Serve an in-memory file tree instead of topics (for engine tests).
     #[arg(long, hide = true)]
