@@ -9,13 +9,11 @@
 //! - `pull`   — `dchan pull`.
 //! - `admin`  — `reset`, `close`, `create`, `rm`, `stat`, `offset`.
 //! - `ls`     — `dchan ls`.
-//! - `serve`  — `dchan serve` (the server itself lives in the library).
 
 mod admin;
 mod ls;
 mod pull;
 mod push;
-mod serve;
 
 use std::fmt;
 use std::process::ExitCode;
@@ -26,10 +24,10 @@ use dchan::client::{self, Client, DEFAULT_ADDR, Options};
 use dchan::engine::Addr;
 
 pub use admin::{CreateArgs, OffsetArgs, TopicArg};
+pub use dchan::serve::ServeArgs;
 pub use ls::LsArgs;
 pub use pull::PullArgs;
 pub use push::PushArgs;
-pub use serve::ServeArgs;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -153,7 +151,7 @@ impl<T> Context<T> for Result<T, client::Error> {
 /// failure as one line.
 pub async fn run(command: Command) -> ExitCode {
     let command = match command {
-        Command::Serve(args) => return serve::main(args).await,
+        Command::Serve(args) => return dchan::serve::main(args).await,
         Command::Client(c) => c,
     };
     tracing_subscriber::fmt()
