@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::broker::{Framing, TopicConfig};
+use crate::engine::Addr;
 
 /// The built-in defaults: `dchan.toml`, documented there.
 pub const DEFAULTS: &str = include_str!("../dchan.toml");
@@ -22,9 +23,10 @@ pub const DEFAULTS: &str = include_str!("../dchan.toml");
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The addresses to listen on, as written (`tcp!HOST!PORT`,
-    /// `HOST:PORT` or `unix!PATH`); the engine parses them.
-    pub listen: Vec<String>,
+    /// The addresses to listen on (`tcp!HOST!PORT`, `HOST:PORT` or
+    /// `unix!PATH`).
+    #[serde(deserialize_with = "addrs")]
+    pub listen: Vec<Addr>,
     /// What one client may use of the server.
     pub limits: Limits,
     /// Settings a new topic starts with.
@@ -140,6 +142,14 @@ impl TryFrom<String> for Timeout {
     }
 }
 
+/// A list of addresses, each parsed as the command line parses it.
+fn addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Addr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -225,7 +235,10 @@ mod tests {
     #[test]
     fn the_built_in_defaults_parse_and_are_complete() {
         let c = Config::defaults();
-        assert_eq!(c.listen, vec!["tcp!127.0.0.1!5640".to_string()]);
+        assert_eq!(
+            c.listen,
+            vec!["tcp!127.0.0.1!5640".parse::<Addr>().unwrap()]
+        );
         assert_eq!(c.limits.max_msize, 1 << 20);
         assert!(c.limits.max_connections > 0);
         assert!(c.limits.max_fids > 0);
@@ -245,7 +258,8 @@ mod tests {
                     [[topic]]\nname = \"metrics/eu\"\nframing = \"write\"\ntimeout = \"none\"\n";
         let c = Config::parse("t.toml", text).unwrap();
         let d = Config::defaults();
-        assert_eq!(c.listen, vec!["unix!/tmp/d", "127.0.0.1:0"]);
+        let listen: Vec<String> = c.listen.iter().map(|a| a.to_string()).collect();
+        assert_eq!(listen, vec!["unix!/tmp/d", "tcp!127.0.0.1!0"]);
         assert_eq!(c.limits.max_fids, 10);
         assert_eq!(c.limits.max_msize, d.limits.max_msize);
         let thirty = Some(Duration::from_secs(30));
@@ -283,6 +297,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("config my.toml:"), "{e}");
+
+        let e = Config::parse("my.toml", "\nlisten = [\"nowhere\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:2: bad address \"nowhere\""),
+            "{e}"
+        );
 
         let e = Config::parse("my.toml", "[topic_defaults]\nframing = \"lines\"\n")
             .unwrap_err()

@@ -9,6 +9,7 @@
 //! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P.
 //! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
 //! - `config` — the server's TOML configuration over the built-in `dchan.toml`.
+//! - `serve`  — `dchan serve`: configuration, logging, broker, tree and engine, shutdown.
 //! - `client` — dchan's own 9P client: many requests per connection, flush, topics by name.
 //! - `addr`   — addresses (`tcp!HOST!PORT`, `HOST:PORT`, `unix!PATH`), for dialing and listening.
 
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod fs;
 pub mod proto;
 pub mod ramfs;
+pub mod serve;
 pub mod tree;
 
 /// The literate book (`literate/`), included so that `cargo test --doc`

@@ -7,7 +7,7 @@ Usage: ramfs.py HOST PORT
 
 import p9fs
 
-from ninep import HOST, PORT, check, done, expect
+from ninep import HOST, PORT, check, done, expect, gone
 
 fs = p9fs.P9FileSystem(host=HOST, port=PORT, username="py9p", version="9P2000")
 TEXT = b"hello from py9p\n"
@@ -40,9 +40,9 @@ def read_back():
 
 def rm():
     fs.rm("pydir/f")
-    expect(not fs.exists("pydir/f"), "pydir/f gone")
+    expect(gone(fs, "pydir/f"), "pydir/f gone")
     fs.rmdir("pydir")
-    expect(not fs.exists("pydir"), "pydir gone")
+    expect(gone(fs, "pydir"), "pydir gone")
     expect("pydir" not in names(""), f"pydir not in ls: {names('')}")
 
 
