@@ -5,7 +5,9 @@
 //! - `proto`  — the 9P wire protocol: message values and their codec.
 //! - `fs`     — the file-tree interface between the engine and what it serves.
 //! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P.
+//! - `bench`  — the workloads of `dchan bench`, shared with the peers' benchmark.
 
+pub mod bench;
 pub mod broker;
 pub mod fs;
 pub mod proto;
