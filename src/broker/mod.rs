@@ -12,6 +12,13 @@
 //! is done; dropped unacked (the reader's connection was lost before it read
 //! again), it goes back to the front of its group.
 
+mod group;
+pub mod memory;
+mod topic;
+mod waiters;
+
+pub use memory::{MemoryBroker, MemoryDelivery};
+
 use std::future::Future;
 use std::time::Duration;
 

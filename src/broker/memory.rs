@@ -1,0 +1,176 @@
+//! The in-process broker: a map of topics, each with its own lock, behind
+//! the [`Broker`] trait.
+//!
+//! The map is only read on the push and pull paths (to find the topic), so
+//! topics never contend with one another; everything else happens under
+//! the one topic's lock (`topic`), and waiting in futures that own their
+//! place in a queue (`waiters`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use super::topic::{Start, Topic};
+use super::waiters::{PullWait, PushWait, within};
+use super::{Broker, BrokerStatus, Error, Result, Seq, Setting, TopicConfig, TopicStatus, Wait};
+
+pub use super::waiters::MemoryDelivery;
+
+/// Topics kept in this process.
+#[derive(Default)]
+pub struct MemoryBroker {
+    /// Topics by name. parking_lot: never held across an `.await`; pushes
+    /// and pulls hold it only to clone the topic's `Arc`.
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Messages pushed to topics since removed, for the totals.
+    removed_pushed: AtomicU64,
+    /// Messages pulled from topics since removed, for the totals.
+    removed_pulled: AtomicU64,
+}
+
+/// Whether `name` is one or more `/`-separated components of
+/// `[A-Za-z0-9._-]`, none of them "." or "..".
+pub fn valid_name(name: &str) -> bool {
+    name.split('/').all(|c| {
+        !c.is_empty()
+            && c != "."
+            && c != ".."
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    })
+}
+
+impl MemoryBroker {
+    pub fn new() -> MemoryBroker {
+        MemoryBroker::default()
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NoTopic(name.to_string()))
+    }
+}
+
+impl Broker for MemoryBroker {
+    type Delivery = MemoryDelivery;
+
+    fn create(&self, name: &str, config: TopicConfig) -> Result<()> {
+        if !valid_name(name) {
+            return Err(Error::BadName(name.to_string()));
+        }
+        let mut topics = self.topics.write();
+        if topics.contains_key(name) {
+            return Err(Error::Exists(name.to_string()));
+        }
+        topics.insert(name.to_string(), Arc::new(Topic::new(name, config)));
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) -> Result<()> {
+        let topic = self
+            .topics
+            .write()
+            .remove(name)
+            .ok_or_else(|| Error::NoTopic(name.to_string()))?;
+        let mut state = topic.state.lock();
+        state.remove();
+        self.removed_pushed
+            .fetch_add(state.pushed, Ordering::Relaxed);
+        self.removed_pulled
+            .fetch_add(state.pulled, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn topics(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.topics.read().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    fn status(&self, name: &str) -> Result<TopicStatus> {
+        let topic = self.topic(name)?;
+        topic.state.lock().status(&topic.name)
+    }
+
+    fn totals(&self) -> BrokerStatus {
+        let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        let mut totals = BrokerStatus {
+            topics: topics.len() as u64,
+            pushed: self.removed_pushed.load(Ordering::Relaxed),
+            pulled: self.removed_pulled.load(Ordering::Relaxed),
+        };
+        for topic in topics {
+            let state = topic.state.lock();
+            totals.pushed += state.pushed;
+            totals.pulled += state.pulled;
+        }
+        totals
+    }
+
+    fn set(&self, name: &str, setting: Setting) -> Result<()> {
+        self.topic(name)?.state.lock().set(setting)
+    }
+
+    fn reset(&self, name: &str) -> Result<()> {
+        self.topic(name)?.state.lock().reset()
+    }
+
+    fn close(&self, name: &str) -> Result<()> {
+        self.topic(name)?.state.lock().close()
+    }
+
+    fn forget(&self, name: &str, group: &str) -> Result<()> {
+        self.topic(name)?.state.lock().forget(group)
+    }
+
+    fn offset(&self, name: &str, group: &str) -> Result<Seq> {
+        self.topic(name)?.state.lock().offset(group)
+    }
+
+    fn seek(&self, name: &str, group: &str, seq: Seq) -> Result<()> {
+        self.topic(name)?.state.lock().seek(group, seq)
+    }
+
+    fn push(
+        &self,
+        name: &str,
+        data: Bytes,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Seq>> + Send {
+        let topic = self.topic(name);
+        async move {
+            let topic = topic?;
+            let start = topic.state.lock().start_push(data, wait);
+            match start {
+                Start::Done(result) => result,
+                Start::Wait(key, limit) => within(limit, PushWait::new(topic, key)).await,
+            }
+        }
+    }
+
+    fn pull(
+        &self,
+        name: &str,
+        group: &str,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Option<MemoryDelivery>>> + Send {
+        let topic = self.topic(name);
+        async move {
+            let topic = topic?;
+            let start = topic.state.lock().start_pull(group, wait);
+            match start {
+                Start::Done(result) => {
+                    result.map(|taken| taken.map(|t| MemoryDelivery::new(topic, t)))
+                }
+                Start::Wait(key, limit) => within(limit, PullWait::new(topic, key)).await,
+            }
+        }
+    }
+}

@@ -1,0 +1,588 @@
+//! One topic's state and the rules that move its messages: the log, the
+//! groups, the blocked pushes and pulls, all changed under the topic's lock.
+//!
+//! The hand-off is decided here, never in a waiting future: whenever
+//! something changes (a push, a pull, an ack, a drop, a setting), `dispatch`
+//! gives each group's oldest blocked reader its message right away
+//! (reserving it in the reader's slot), completes the pushes whose
+//! condition now holds, and admits waiting pushes where there is room. A
+//! future only collects what was decided for it, or, dropped first, undoes
+//! it under the same lock (see `waiters`). So no interleaving of a wake-up
+//! and a drop can lose or duplicate a message.
+//!
+//! The model of capacity C: a push appends its message when no group would
+//! then lag more than C behind (the push returns at once), or when a reader
+//! wants a message and the log has none left for its group (a rendezvous:
+//! the push returns once every group has taken it, or C allows). With no
+//! group the oldest held message stands for the group to come, which starts
+//! there.
+
+use std::collections::{HashMap, VecDeque};
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use slab::Slab;
+
+use super::group::Group;
+use super::{Error, Result, Seq, Setting, TopicConfig, TopicStatus, Wait};
+
+/// A topic: its name and its state behind a lock.
+pub(crate) struct Topic {
+    /// The name it was created with, for its status.
+    pub(crate) name: String,
+    /// Everything that changes. parking_lot: never held across an `.await`.
+    pub(crate) state: Mutex<State>,
+}
+
+impl Topic {
+    pub(crate) fn new(name: &str, config: TopicConfig) -> Topic {
+        Topic {
+            name: name.to_string(),
+            state: Mutex::new(State::new(config)),
+        }
+    }
+}
+
+/// A message handed to a reader of a group.
+pub(crate) struct Taken {
+    /// The group's slab key, to find it again on ack or requeue.
+    pub(crate) group: usize,
+    /// The group's id at hand-off: if it changed since, the group started
+    /// over and neither ack nor requeue applies.
+    pub(crate) group_id: u64,
+    pub(crate) seq: Seq,
+    pub(crate) data: Bytes,
+}
+
+/// What a pull or push decided at once, or the key of its waiter.
+pub(crate) enum Start<T> {
+    Done(Result<T>),
+    Wait(usize, Option<Duration>),
+}
+
+/// A blocked pull.
+pub(crate) struct Reader {
+    /// The slab key of the reader's group.
+    pub(crate) group: usize,
+    /// Woken when `outcome` is set; `None` until the future's first poll.
+    pub(crate) waker: Option<Waker>,
+    /// Set (under the lock) when the pull is decided: a reserved message,
+    /// the end of the topic, or an error.
+    pub(crate) outcome: Option<Result<Option<Taken>>>,
+}
+
+/// Where a blocked push stands.
+pub(crate) enum Stage {
+    /// Its message waits in `offers`, not in the log: dropped now, the push
+    /// is withdrawn.
+    Offered,
+    /// Its message is in the log (a reader took it) and waits in `appended`
+    /// until every group has taken it, or capacity allows.
+    Appended,
+    /// Decided; the future collects it.
+    Done(Result<Seq>),
+}
+
+/// A blocked push.
+pub(crate) struct Writer {
+    pub(crate) stage: Stage,
+    /// Woken when `stage` becomes `Done`; `None` until the first poll.
+    pub(crate) waker: Option<Waker>,
+}
+
+/// The mutable part of a topic.
+pub(crate) struct State {
+    pub(crate) config: TopicConfig,
+    /// Messages held, oldest first; the first has sequence number `first`.
+    log: VecDeque<Bytes>,
+    /// The oldest held sequence number (the next one is `first + log.len()`).
+    first: Seq,
+    /// Pushes fail with `Closed`; pulls end once drained.
+    closed: bool,
+    /// The topic was removed: everything fails with `Removed`.
+    removed: bool,
+    /// The groups; keys stay stable while a group lives.
+    groups: Slab<Group>,
+    /// Group name to slab key.
+    group_index: HashMap<Box<str>, usize>,
+    /// The id the next group (or group that starts over) gets.
+    next_group_id: u64,
+    /// Blocked pulls. An entry belongs to its `PullWait` future, which alone
+    /// removes it, so its key is never reused under it.
+    pub(crate) readers: Slab<Reader>,
+    /// Blocked pushes, owned by their `PushWait` futures likewise.
+    pub(crate) writers: Slab<Writer>,
+    /// Messages of blocked pushes not yet in the log, oldest first.
+    offers: VecDeque<(usize, Bytes)>,
+    /// Blocked pushes whose message is in the log, by sequence number.
+    appended: VecDeque<(Seq, usize)>,
+    /// Messages appended to the log, ever.
+    pub(crate) pushed: u64,
+    /// Messages handed to readers, ever.
+    pub(crate) pulled: u64,
+}
+
+impl State {
+    fn new(config: TopicConfig) -> State {
+        State {
+            config,
+            log: VecDeque::new(),
+            first: 0,
+            closed: false,
+            removed: false,
+            groups: Slab::new(),
+            group_index: HashMap::new(),
+            next_group_id: 0,
+            readers: Slab::new(),
+            writers: Slab::new(),
+            offers: VecDeque::new(),
+            appended: VecDeque::new(),
+            pushed: 0,
+            pulled: 0,
+        }
+    }
+
+    /// The sequence number the next appended message gets.
+    fn next(&self) -> Seq {
+        self.first + self.log.len() as u64
+    }
+
+    fn alive(&self) -> Result<()> {
+        if self.removed {
+            Err(Error::Removed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn new_group_id(&mut self) -> u64 {
+        self.next_group_id += 1;
+        self.next_group_id
+    }
+
+    /// The group's key, creating it at the oldest held message.
+    fn group(&mut self, name: &str) -> usize {
+        if let Some(&key) = self.group_index.get(name) {
+            return key;
+        }
+        let id = self.new_group_id();
+        let key = self.groups.insert(Group::new(name, id, self.first));
+        self.group_index.insert(name.into(), key);
+        key
+    }
+
+    /// The offset of the slowest group; with no group, the oldest held
+    /// message, where the next group will start.
+    fn min_offset(&self) -> Seq {
+        self.groups
+            .iter()
+            .map(|(_, g)| g.offset)
+            .min()
+            .unwrap_or(self.first)
+    }
+
+    // ---- pull ----
+
+    pub(crate) fn start_pull(&mut self, group: &str, wait: Wait) -> Start<Option<Taken>> {
+        if let Err(e) = self.alive() {
+            return Start::Done(Err(e));
+        }
+        let g = self.group(group);
+        // A group with blocked readers has nothing to take (invariant).
+        if self.groups[g].waiters.is_empty() {
+            if let Some(taken) = self.take(g) {
+                self.dispatch();
+                return Start::Done(Ok(Some(taken)));
+            }
+            if self.closed {
+                return Start::Done(Ok(None));
+            }
+        }
+        if wait == Wait::NonBlock {
+            return Start::Done(Err(Error::WouldBlock));
+        }
+        let key = self.readers.insert(Reader {
+            group: g,
+            waker: None,
+            outcome: None,
+        });
+        self.groups[g].waiters.push_back(key);
+        Start::Wait(key, self.config.timeout)
+    }
+
+    /// Take group `g`'s next message: a requeued one, the log's next, or
+    /// the oldest blocked push's (appending it).
+    fn take(&mut self, g: usize) -> Option<Taken> {
+        let next = self.next();
+        let group = &mut self.groups[g];
+        let (seq, data) = if let Some(m) = group.requeued.pop_front() {
+            m
+        } else if group.offset < next {
+            let seq = group.offset;
+            group.offset += 1;
+            (seq, self.log[(seq - self.first) as usize].clone())
+        } else if let Some((key, data)) = self.offers.pop_front() {
+            group.offset += 1;
+            self.log.push_back(data.clone());
+            self.pushed += 1;
+            self.writers[key].stage = Stage::Appended;
+            self.appended.push_back((next, key));
+            (next, data)
+        } else {
+            return None;
+        };
+        group.unacked += 1;
+        self.pulled += 1;
+        Some(Taken {
+            group: g,
+            group_id: group.id,
+            seq,
+            data,
+        })
+    }
+
+    /// A blocked reader's future was dropped: forget it, and put back what
+    /// was reserved for it.
+    pub(crate) fn cancel_reader(&mut self, key: usize) {
+        let reader = self.readers.remove(key);
+        match reader.outcome {
+            None => {
+                if let Some(group) = self.groups.get_mut(reader.group)
+                    && let Some(at) = group.waiters.iter().position(|&k| k == key)
+                {
+                    group.waiters.remove(at);
+                }
+            }
+            Some(Ok(Some(taken))) => {
+                self.pulled -= 1;
+                self.requeue(taken);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// A delivery came back unacked: to the front of its group.
+    pub(crate) fn requeue(&mut self, taken: Taken) {
+        if self.removed {
+            return;
+        }
+        if let Some(group) = self.groups.get_mut(taken.group)
+            && group.id == taken.group_id
+        {
+            group.unacked -= 1;
+            group.requeue(taken.seq, taken.data);
+            self.dispatch();
+        }
+    }
+
+    pub(crate) fn ack(&mut self, taken: &Taken) {
+        if let Some(group) = self.groups.get_mut(taken.group)
+            && group.id == taken.group_id
+        {
+            group.unacked -= 1;
+        }
+    }
+
+    // ---- push ----
+
+    pub(crate) fn start_push(&mut self, data: Bytes, wait: Wait) -> Start<Seq> {
+        if let Err(e) = self.alive() {
+            return Start::Done(Err(e));
+        }
+        if self.closed {
+            return Start::Done(Err(Error::Closed));
+        }
+        if self.offers.is_empty() && self.fits_now() {
+            let seq = self.next();
+            self.log.push_back(data);
+            self.pushed += 1;
+            self.dispatch();
+            return Start::Done(Ok(seq));
+        }
+        if wait == Wait::NonBlock {
+            return Start::Done(Err(Error::WouldBlock));
+        }
+        let key = self.writers.insert(Writer {
+            stage: Stage::Offered,
+            waker: None,
+        });
+        self.offers.push_back((key, data));
+        self.dispatch();
+        if let Stage::Done(_) = self.writers[key].stage {
+            let Stage::Done(result) = self.writers.remove(key).stage else {
+                unreachable!()
+            };
+            return Start::Done(result);
+        }
+        Start::Wait(key, self.config.timeout)
+    }
+
+    /// Whether a message appended now leaves its push nothing to wait for:
+    /// every group has room for it, or is at the end with a reader blocked
+    /// that will take it at once.
+    fn fits_now(&self) -> bool {
+        let next = self.next();
+        let c = self.config.capacity;
+        if self.groups.is_empty() {
+            return next < self.first + c;
+        }
+        self.groups
+            .iter()
+            .all(|(_, g)| next < g.offset + c || (g.offset == next && !g.waiters.is_empty()))
+    }
+
+    /// A blocked push's future was dropped: withdraw its message if no
+    /// reader took it.
+    pub(crate) fn cancel_writer(&mut self, key: usize) {
+        match self.writers.remove(key).stage {
+            Stage::Offered => {
+                if let Some(at) = self.offers.iter().position(|&(k, _)| k == key) {
+                    self.offers.remove(at);
+                }
+            }
+            Stage::Appended => {
+                if let Some(at) = self.appended.iter().position(|&(_, k)| k == key) {
+                    self.appended.remove(at);
+                }
+            }
+            Stage::Done(_) => {}
+        }
+    }
+
+    fn finish_writer(&mut self, key: usize, result: Result<Seq>) {
+        let writer = &mut self.writers[key];
+        writer.stage = Stage::Done(result);
+        if let Some(waker) = writer.waker.take() {
+            waker.wake();
+        }
+    }
+
+    // ---- the hand-off ----
+
+    /// Restore the invariants after a change: feed every group's blocked
+    /// readers, complete and admit pushes, drop what every group has taken.
+    pub(crate) fn dispatch(&mut self) {
+        loop {
+            let mut moved = false;
+            for g in 0..self.groups.capacity() {
+                if self.groups.get(g).is_some_and(|g| !g.waiters.is_empty()) {
+                    moved |= self.feed(g);
+                }
+            }
+            moved |= self.settle_writers();
+            if !moved {
+                break;
+            }
+        }
+        self.trim();
+    }
+
+    /// Hand group `g`'s messages to its blocked readers, oldest first.
+    /// Returns whether a message moved.
+    fn feed(&mut self, g: usize) -> bool {
+        let mut moved = false;
+        while let Some(&key) = self.groups[g].waiters.front() {
+            let outcome = match self.take(g) {
+                Some(taken) => {
+                    moved = true;
+                    Ok(Some(taken))
+                }
+                None if self.closed => Ok(None),
+                None => break,
+            };
+            self.groups[g].waiters.pop_front();
+            self.decide_reader(key, outcome);
+        }
+        moved
+    }
+
+    fn decide_reader(&mut self, key: usize, outcome: Result<Option<Taken>>) {
+        let reader = &mut self.readers[key];
+        reader.outcome = Some(outcome);
+        if let Some(waker) = reader.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Complete the appended pushes whose message every group has taken (or
+    /// capacity allows), and append waiting pushes where there is room.
+    /// Returns whether a message was appended.
+    fn settle_writers(&mut self) -> bool {
+        let c = self.config.capacity;
+        let min = self.min_offset();
+        while let Some(&(seq, key)) = self.appended.front() {
+            if seq < min + c {
+                self.appended.pop_front();
+                self.finish_writer(key, Ok(seq));
+            } else {
+                break;
+            }
+        }
+        let mut appended = false;
+        while self.next() < min + c {
+            let Some((key, data)) = self.offers.pop_front() else {
+                break;
+            };
+            let seq = self.next();
+            self.log.push_back(data);
+            self.pushed += 1;
+            self.finish_writer(key, Ok(seq));
+            appended = true;
+        }
+        appended
+    }
+
+    /// Drop the messages every group has taken. With no group, keep all:
+    /// they wait for the first.
+    fn trim(&mut self) {
+        if self.groups.is_empty() {
+            return;
+        }
+        let min = self.min_offset();
+        let n = (min - self.first) as usize;
+        if n > 0 {
+            self.log.drain(..n);
+            self.first = min;
+        }
+    }
+
+    // ---- control ----
+
+    pub(crate) fn set(&mut self, setting: Setting) -> Result<()> {
+        self.alive()?;
+        match setting {
+            Setting::Capacity(c) => self.config.capacity = c,
+            Setting::Framing(f) => self.config.framing = f,
+            Setting::Timeout(t) => self.config.timeout = t,
+        }
+        self.dispatch();
+        Ok(())
+    }
+
+    /// Fail every blocked push (withdrawing what is not in the log).
+    fn fail_writers(&mut self, error: Error) {
+        for (_, writer) in self.writers.iter_mut() {
+            if !matches!(writer.stage, Stage::Done(_)) {
+                writer.stage = Stage::Done(Err(error.clone()));
+                if let Some(waker) = writer.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+        self.offers.clear();
+        self.appended.clear();
+    }
+
+    pub(crate) fn reset(&mut self) -> Result<()> {
+        self.alive()?;
+        let next = self.next();
+        self.log.clear();
+        self.first = next;
+        self.fail_writers(Error::Reset);
+        // Every group goes on from the end; its blocked readers keep
+        // waiting, and deliveries still out no longer come back.
+        for key in 0..self.groups.capacity() {
+            if self.groups.contains(key) {
+                let id = self.new_group_id();
+                self.groups[key].restart(id, next);
+            }
+        }
+        self.closed = false;
+        self.dispatch();
+        Ok(())
+    }
+
+    pub(crate) fn close(&mut self) -> Result<()> {
+        self.alive()?;
+        self.closed = true;
+        // Pushes still waiting with their message outside the log fail;
+        // those a reader took stay to be drained.
+        let offers = std::mem::take(&mut self.offers);
+        for (key, _) in offers {
+            self.finish_writer(key, Err(Error::Closed));
+        }
+        self.dispatch();
+        Ok(())
+    }
+
+    /// The topic is gone: wake everything blocked with `Removed`.
+    pub(crate) fn remove(&mut self) {
+        self.removed = true;
+        self.fail_writers(Error::Removed);
+        for (_, reader) in self.readers.iter_mut() {
+            if reader.outcome.is_none() {
+                reader.outcome = Some(Err(Error::Removed));
+                if let Some(waker) = reader.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+        for (_, group) in self.groups.iter_mut() {
+            group.waiters.clear();
+        }
+        self.log.clear();
+    }
+
+    pub(crate) fn forget(&mut self, name: &str) -> Result<()> {
+        self.alive()?;
+        let Some(&key) = self.group_index.get(name) else {
+            return Err(Error::NoGroup(name.to_string()));
+        };
+        if self.groups[key].waiters.is_empty() {
+            self.groups.remove(key);
+            self.group_index.remove(name);
+        } else {
+            // Readers are blocked in it: it begins anew, as at a first pull.
+            let id = self.new_group_id();
+            let first = self.first;
+            self.groups[key].restart(id, first);
+        }
+        self.dispatch();
+        Ok(())
+    }
+
+    pub(crate) fn offset(&mut self, name: &str) -> Result<Seq> {
+        self.alive()?;
+        let key = self.group(name);
+        Ok(self.groups[key].next_seq())
+    }
+
+    pub(crate) fn seek(&mut self, name: &str, seq: Seq) -> Result<()> {
+        self.alive()?;
+        let (first, next) = (self.first, self.next());
+        if seq < first || seq > next {
+            return Err(Error::OffsetOutOfRange {
+                asked: seq,
+                first,
+                next,
+            });
+        }
+        let key = self.group(name);
+        let id = self.new_group_id();
+        self.groups[key].restart(id, seq);
+        self.dispatch();
+        Ok(())
+    }
+
+    pub(crate) fn status(&self, name: &str) -> Result<TopicStatus> {
+        self.alive()?;
+        let next = self.next();
+        let mut groups: Vec<_> = self.groups.iter().map(|(_, g)| g.status(next)).collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(TopicStatus {
+            name: name.to_string(),
+            config: self.config,
+            pending: self.log.len() as u64,
+            first: self.first,
+            next,
+            pushed: self.pushed,
+            pulled: self.pulled,
+            blocked_readers: groups.iter().map(|g| g.blocked).sum(),
+            blocked_writers: (self.offers.len() + self.appended.len()) as u64,
+            groups,
+            closed: self.closed,
+        })
+    }
+}

@@ -1,0 +1,195 @@
+//! The futures of blocked pushes and pulls, and the delivery a pull returns:
+//! each collects what the topic decided for it, or undoes it when dropped.
+//!
+//! A waiter owns its entry in the topic's reader or writer slab: only the
+//! waiter removes it (on completion or in `Drop`), so its key stays valid.
+//! Whatever the topic decided is read and removed under the topic's lock,
+//! and a drop that finds a decision undoes it under the same lock: a
+//! message reserved for a dropped pull goes back to the front of its group
+//! (and on to the next blocked reader); a push dropped before a reader took
+//! its message is withdrawn.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::topic::{Stage, Taken, Topic};
+use super::{Delivery, Error, Result, Seq};
+
+/// Replace a stored waker unless it already wakes the same task.
+fn store_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+/// Await `fut`, failing with `TimedOut` after `limit`. A future cut short is
+/// dropped, which undoes it.
+pub(crate) async fn within<T>(
+    limit: Option<Duration>,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match limit {
+        None => fut.await,
+        Some(limit) => tokio::time::timeout(limit, fut)
+            .await
+            .unwrap_or(Err(Error::TimedOut)),
+    }
+}
+
+/// A pull blocked in its group's queue.
+pub(crate) struct PullWait {
+    /// The topic whose reader slab holds our entry.
+    topic: Arc<Topic>,
+    /// Our entry's key.
+    key: usize,
+    /// Set once the entry is removed (the pull returned).
+    finished: bool,
+}
+
+impl PullWait {
+    pub(crate) fn new(topic: Arc<Topic>, key: usize) -> PullWait {
+        PullWait {
+            topic,
+            key,
+            finished: false,
+        }
+    }
+}
+
+impl Future for PullWait {
+    type Output = Result<Option<MemoryDelivery>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut state = this.topic.state.lock();
+        let reader = &mut state.readers[this.key];
+        let Some(outcome) = reader.outcome.take() else {
+            store_waker(&mut reader.waker, cx);
+            return Poll::Pending;
+        };
+        state.readers.remove(this.key);
+        drop(state);
+        this.finished = true;
+        let topic = &this.topic;
+        Poll::Ready(outcome.map(|taken| taken.map(|t| MemoryDelivery::new(topic.clone(), t))))
+    }
+}
+
+impl Drop for PullWait {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.topic.state.lock().cancel_reader(self.key);
+        }
+    }
+}
+
+/// A push waiting for room, a reader, or every group.
+pub(crate) struct PushWait {
+    /// The topic whose writer slab holds our entry.
+    topic: Arc<Topic>,
+    /// Our entry's key.
+    key: usize,
+    /// Set once the entry is removed (the push returned).
+    finished: bool,
+}
+
+impl PushWait {
+    pub(crate) fn new(topic: Arc<Topic>, key: usize) -> PushWait {
+        PushWait {
+            topic,
+            key,
+            finished: false,
+        }
+    }
+}
+
+impl Future for PushWait {
+    type Output = Result<Seq>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut state = this.topic.state.lock();
+        let writer = &mut state.writers[this.key];
+        if !matches!(writer.stage, Stage::Done(_)) {
+            store_waker(&mut writer.waker, cx);
+            return Poll::Pending;
+        }
+        let Stage::Done(result) = state.writers.remove(this.key).stage else {
+            unreachable!("checked above")
+        };
+        this.finished = true;
+        Poll::Ready(result)
+    }
+}
+
+impl Drop for PushWait {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.topic.state.lock().cancel_writer(self.key);
+        }
+    }
+}
+
+/// A message a pull returned. Acked, it is done; dropped unacked, it goes
+/// back to the front of its group.
+pub struct MemoryDelivery {
+    /// The topic, to ack or requeue under its lock.
+    topic: Arc<Topic>,
+    /// The message and the group it went to.
+    taken: Taken,
+    /// Set by `ack`, so `Drop` does nothing.
+    acked: bool,
+}
+
+impl MemoryDelivery {
+    pub(crate) fn new(topic: Arc<Topic>, taken: Taken) -> MemoryDelivery {
+        MemoryDelivery {
+            topic,
+            taken,
+            acked: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryDelivery")
+            .field("topic", &self.topic.name)
+            .field("seq", &self.taken.seq)
+            .field("len", &self.taken.data.len())
+            .finish()
+    }
+}
+
+impl Delivery for MemoryDelivery {
+    fn seq(&self) -> Seq {
+        self.taken.seq
+    }
+
+    fn data(&self) -> &Bytes {
+        &self.taken.data
+    }
+
+    fn ack(mut self) {
+        self.acked = true;
+        self.topic.state.lock().ack(&self.taken);
+    }
+}
+
+impl Drop for MemoryDelivery {
+    fn drop(&mut self) {
+        if !self.acked {
+            let taken = Taken {
+                data: std::mem::take(&mut self.taken.data),
+                ..self.taken
+            };
+            self.topic.state.lock().requeue(taken);
+        }
+    }
+}

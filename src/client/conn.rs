@@ -1,0 +1,183 @@
+//! A connection to a 9P server: dialing an address, the Tversion that
+//! settles the dialect and msize, and attaching to the served tree.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::FramedRead;
+
+use super::error::{Error, Result};
+use super::file::File;
+use super::mux::Mux;
+use crate::addr::Addr;
+use crate::proto::codec;
+use crate::proto::frame::FrameDecoder;
+use crate::proto::{Dialect, Fcall, Fid, Msg, NOFID, NONUNAME, NOTAG};
+
+/// The smallest msize worth speaking: room for a header and a few names.
+const MIN_MSIZE: u32 = 256;
+
+/// What to ask for when connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// The dialect to propose; the server may answer with plain 9P2000.
+    pub dialect: Dialect,
+    /// The largest message to propose; the server may lower it.
+    pub msize: u32,
+}
+
+impl Default for ConnectOptions {
+    /// 9P2000.u (its Rerror carries both the server's text and an errno, and
+    /// dchan serves it Linux-style reads) and an msize of 1 MiB.
+    fn default() -> Self {
+        ConnectOptions {
+            dialect: Dialect::P2000u,
+            msize: 1 << 20,
+        }
+    }
+}
+
+/// One 9P connection; clones share it. Requests from any clone or task run
+/// concurrently. The connection closes when the last clone, and the last
+/// [`File`] made from it, is dropped.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The requests in flight and the tasks that carry them.
+    mux: Mux,
+    /// The next fid to hand out; fids are not reused (2³² of them).
+    next_fid: AtomicU32,
+}
+
+impl Connection {
+    /// Dial `addr` (`tcp!HOST!PORT`, `HOST:PORT`, `unix!PATH`) and do Tversion.
+    pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<Connection> {
+        let addr: Addr = addr.parse()?;
+        match &addr {
+            Addr::Tcp { .. } => {
+                let stream = tokio::net::TcpStream::connect(addr.host_port().unwrap()).await?;
+                stream.set_nodelay(true)?;
+                let (r, w) = stream.into_split();
+                Connection::handshake(r, w, opts).await
+            }
+            Addr::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                let (r, w) = stream.into_split();
+                Connection::handshake(r, w, opts).await
+            }
+        }
+    }
+
+    /// Do Tversion over an already open byte stream, then start the
+    /// multiplexer on it.
+    pub async fn handshake<R, W>(read: R, mut write: W, opts: &ConnectOptions) -> Result<Connection>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let msize = opts.msize.max(MIN_MSIZE);
+        let mut buf = BytesMut::new();
+        let tversion = Msg {
+            tag: NOTAG,
+            body: Fcall::Tversion {
+                msize,
+                version: opts.dialect.as_str().to_string(),
+            },
+        };
+        codec::encode(&tversion, opts.dialect, &mut buf);
+        write.write_all(&buf).await?;
+        let mut reader = FramedRead::new(read, FrameDecoder::new(msize));
+        let frame = match reader.next().await {
+            Some(frame) => frame.map_err(|e| Error::Protocol(e.to_string()))?,
+            None => return Err(Error::Disconnected("server hung up during Tversion".into())),
+        };
+        let reply = codec::decode(frame, opts.dialect)
+            .map_err(|e| Error::Protocol(format!("bad Rversion: {e}")))?;
+        let (smsize, version) = match reply.body {
+            Fcall::Rversion { msize, version } => (msize, version),
+            Fcall::Rerror { ename, errno } => return Err(Error::from_rerror(ename, errno)),
+            Fcall::Rlerror { ecode } => return Err(Error::from_errno(ecode)),
+            other => return Err(Error::Protocol(format!("expected Rversion, got {other:?}"))),
+        };
+        let dialect = match Dialect::from_version(&version) {
+            Some(d) if d == opts.dialect || d == Dialect::P2000 => d,
+            _ => {
+                return Err(Error::Protocol(format!(
+                    "server speaks {version:?}, not {}",
+                    opts.dialect.as_str()
+                )));
+            }
+        };
+        if !(MIN_MSIZE..=msize).contains(&smsize) {
+            return Err(Error::Protocol(format!("server chose msize {smsize}")));
+        }
+        reader.decoder_mut().set_max(smsize);
+        tracing::debug!(version, msize = smsize, "9P session");
+        Ok(Connection {
+            inner: Arc::new(Inner {
+                mux: Mux::start(reader, write, dialect, smsize),
+                next_fid: AtomicU32::new(1),
+            }),
+        })
+    }
+
+    /// The dialect the server agreed to.
+    pub fn dialect(&self) -> Dialect {
+        self.inner.mux.dialect
+    }
+
+    /// The largest message the connection carries.
+    pub fn msize(&self) -> u32 {
+        self.inner.mux.msize
+    }
+
+    /// Attach to the tree as `uname`, naming `aname` (dchan: the reader group).
+    pub async fn attach(&self, uname: &str, aname: &str) -> Result<File> {
+        let fid = self.new_fid();
+        let reply = self
+            .rpc(Fcall::Tattach {
+                fid,
+                afid: NOFID,
+                uname: uname.to_string(),
+                aname: aname.to_string(),
+                n_uname: NONUNAME,
+            })
+            .await?;
+        match reply {
+            Fcall::Rattach { qid } => Ok(File::new(self.clone(), fid, qid)),
+            other => Err(unexpected("Rattach", &other)),
+        }
+    }
+
+    /// Send one request and await its reply (Rerror/Rlerror become `Err`).
+    /// Dropping the future before the reply sends Tflush.
+    pub async fn rpc(&self, body: Fcall) -> Result<Fcall> {
+        self.inner.mux.rpc(body).await
+    }
+
+    /// Send a request nobody awaits the reply of.
+    pub(crate) fn send_and_forget(&self, body: Fcall) {
+        self.inner.mux.send_and_forget(body)
+    }
+
+    /// A fid not used on this connection before.
+    pub(crate) fn new_fid(&self) -> Fid {
+        let fid = self.inner.next_fid.fetch_add(1, Ordering::Relaxed);
+        if fid == NOFID {
+            // After 2³² fids: start over; the ones from long ago are clunked.
+            self.inner.next_fid.store(1, Ordering::Relaxed);
+        }
+        fid
+    }
+}
+
+/// The error for a reply of the wrong type.
+pub(crate) fn unexpected(want: &str, got: &Fcall) -> Error {
+    Error::Protocol(format!("expected {want}, got {got:?}"))
+}

@@ -1,0 +1,34 @@
+//! dchan's own 9P client: an async connection with many requests in flight,
+//! fids, and dchan's topics by name on top. The CLI, the tests and the
+//! benchmarks use it.
+//!
+//! - `error`  — [`Error`]: the server's message, I/O, protocol.
+//! - `conn`   — [`Connection`]: dial, Tversion (9P2000, .u, .L), attach.
+//! - `mux`    — tags, the reader and writer tasks, Tflush on cancellation.
+//! - `file`   — [`File`]: one fid; walk, open, read, write, create, readdir, clunk.
+//! - `data`   — [`Puller`] and [`Pusher`]: whole messages over one open data file.
+//! - `topics` — [`Client`]: push, pull, ctl, offset, create, remove, list.
+//!
+//! ```no_run
+//! # async fn demo() -> dchan::client::Result<()> {
+//! use dchan::client::{Client, Options};
+//! let client = Client::connect("tcp!127.0.0.1!5640", &Options::group("workers")).await?;
+//! client.push("jobs", "build site\n").await?;
+//! while let Some(msg) = client.pull("jobs").await? {
+//!     print!("{}", String::from_utf8_lossy(&msg));
+//! }
+//! # Ok(()) }
+//! ```
+
+mod conn;
+mod data;
+mod error;
+mod file;
+mod mux;
+mod topics;
+
+pub use conn::{ConnectOptions, Connection};
+pub use data::{Puller, Pusher};
+pub use error::{Error, Result, errno_message, io_reason};
+pub use file::{DirEntry, File, Mode};
+pub use topics::{Client, Framing, Options, TopicSettings, check_topic};

@@ -1,0 +1,327 @@
+//! [`Client`]: dchan's topics by name — push, pull, ctl, offset, create,
+//! remove, list — over one attached 9P connection.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::conn::{ConnectOptions, Connection};
+use super::data::{Puller, Pusher};
+use super::error::{Error, Result};
+use super::file::{File, Mode};
+use crate::proto::Dialect;
+
+/// How to connect: the group to read as, and the session's parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The reader group (the attach name); "" is the default group.
+    pub group: String,
+    /// The user name sent in Tattach.
+    pub uname: String,
+    /// Dialect and msize to propose.
+    pub connect: ConnectOptions,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            group: String::new(),
+            uname: std::env::var("USER").unwrap_or_else(|_| "none".into()),
+            connect: ConnectOptions::default(),
+        }
+    }
+}
+
+impl Options {
+    /// The default options, reading as `group`.
+    pub fn group(group: impl Into<String>) -> Options {
+        Options {
+            group: group.into(),
+            ..Options::default()
+        }
+    }
+
+    /// These options with another dialect proposed.
+    pub fn dialect(mut self, dialect: Dialect) -> Options {
+        self.connect.dialect = dialect;
+        self
+    }
+}
+
+/// How a topic's writes become messages (see the topic tree's `framing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Each newline-terminated line is a message.
+    Line,
+    /// Each write is a message.
+    Write,
+}
+
+impl Framing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Framing::Line => "line",
+            Framing::Write => "write",
+        }
+    }
+}
+
+/// Settings for a new topic; `None` takes the server's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TopicSettings {
+    pub capacity: Option<u64>,
+    pub framing: Option<Framing>,
+    /// How long a push or pull may wait before failing with "timed out".
+    pub timeout: Option<Duration>,
+}
+
+/// A connection to a dchan server, attached as one reader group. Cheap to
+/// share by reference across tasks: every call may run concurrently.
+pub struct Client {
+    /// The tree's root, from Tattach; every call walks from a clone of it.
+    root: File,
+}
+
+impl Client {
+    /// Connect to `addr` (`tcp!HOST!PORT`, `HOST:PORT`, `unix!PATH`) and attach.
+    pub async fn connect(addr: &str, opts: &Options) -> Result<Client> {
+        let conn = Connection::connect(addr, &opts.connect).await?;
+        Client::attach(&conn, opts).await
+    }
+
+    /// Attach on an existing connection (several clients, one per group,
+    /// may share one connection).
+    pub async fn attach(conn: &Connection, opts: &Options) -> Result<Client> {
+        let root = conn.attach(&opts.uname, &opts.group).await?;
+        Ok(Client { root })
+    }
+
+    /// The connection underneath, for raw 9P.
+    pub fn connection(&self) -> &Connection {
+        self.root.connection()
+    }
+
+    /// The attached root directory.
+    pub fn root(&self) -> &File {
+        &self.root
+    }
+
+    /// Push one message to `topic` (write framing: exactly these bytes;
+    /// line framing: end it with a newline). Waits as a writer would: for a
+    /// reader if the topic's capacity is 0, for room otherwise.
+    pub async fn push(&self, topic: &str, msg: impl Into<Bytes>) -> Result<()> {
+        let pusher = self.open_push(topic).await?;
+        pusher.push(msg).await?;
+        pusher.close().await
+    }
+
+    /// Pull one message from `topic`, waiting for one; `None` if the topic
+    /// is closed and drained.
+    pub async fn pull(&self, topic: &str) -> Result<Option<Bytes>> {
+        let mut puller = self.open_data(topic).await?;
+        let msg = puller.next().await?;
+        puller.close().await?;
+        Ok(msg)
+    }
+
+    /// Open `topic`'s data file for a stream of pulls on one fid.
+    pub async fn open_data(&self, topic: &str) -> Result<Puller> {
+        Ok(Puller::new(self.open(topic, "data", Mode::Read).await?))
+    }
+
+    /// Open `topic`'s data file for a stream of pushes on one fid.
+    pub async fn open_push(&self, topic: &str) -> Result<Pusher> {
+        Ok(Pusher::new(self.open(topic, "data", Mode::Write).await?))
+    }
+
+    /// The topic's status: its ctl file's "key value" lines.
+    pub async fn ctl(&self, topic: &str) -> Result<String> {
+        self.read_text(topic, "ctl").await
+    }
+
+    /// Write one command to the topic's ctl ("reset", "close", "capacity 3"...).
+    pub async fn ctl_write(&self, topic: &str, command: &str) -> Result<()> {
+        self.write_text(topic, "ctl", command).await
+    }
+
+    /// Empty the topic, fail its blocked pushes, reopen it if closed.
+    pub async fn reset(&self, topic: &str) -> Result<()> {
+        self.ctl_write(topic, "reset").await
+    }
+
+    /// Close the topic: readers drain it and then see end of file.
+    pub async fn close(&self, topic: &str) -> Result<()> {
+        self.ctl_write(topic, "close").await
+    }
+
+    /// The group's next sequence number in `topic`.
+    pub async fn offset(&self, topic: &str) -> Result<u64> {
+        let text = self.read_text(topic, "offset").await?;
+        text.trim()
+            .parse()
+            .map_err(|_| Error::Protocol(format!("offset file holds {text:?}")))
+    }
+
+    /// Move the group to sequence number `seq` in `topic` (replay or skip).
+    pub async fn set_offset(&self, topic: &str, seq: u64) -> Result<()> {
+        self.write_text(topic, "offset", &seq.to_string()).await
+    }
+
+    /// The server's status: the root ctl file's "key value" lines.
+    pub async fn server_ctl(&self) -> Result<String> {
+        let file = self.open_path("ctl", Mode::Read).await?;
+        read_text(file).await
+    }
+
+    /// Write one command to the server's ctl ("create NAME ...", "remove NAME").
+    pub async fn server_command(&self, command: &str) -> Result<()> {
+        let file = self.open_path("ctl", Mode::Write).await?;
+        write_text(file, command).await
+    }
+
+    /// Create `topic` with `settings`.
+    pub async fn create(&self, topic: &str, settings: &TopicSettings) -> Result<()> {
+        check_topic(topic)?;
+        let mut cmd = format!("create {topic}");
+        if let Some(c) = settings.capacity {
+            cmd.push_str(&format!(" capacity={c}"));
+        }
+        if let Some(f) = settings.framing {
+            cmd.push_str(&format!(" framing={}", f.as_str()));
+        }
+        if let Some(t) = settings.timeout {
+            cmd.push_str(&format!(" timeout={}ms", t.as_millis()));
+        }
+        self.server_command(&cmd).await
+    }
+
+    /// Remove `topic`, failing its blocked readers and writers.
+    pub async fn remove(&self, topic: &str) -> Result<()> {
+        check_topic(topic)?;
+        self.topic_dir(topic).await?;
+        self.server_command(&format!("remove {topic}")).await
+    }
+
+    /// Every topic, nested ones included, in the tree's order.
+    pub async fn topics(&self) -> Result<Vec<String>> {
+        self.topics_under("").await
+    }
+
+    /// `prefix` itself if it is a topic, and every topic under it.
+    pub async fn topics_under(&self, prefix: &str) -> Result<Vec<String>> {
+        if !prefix.is_empty() {
+            check_topic(prefix)?;
+        }
+        let mut found = Vec::new();
+        let mut todo = vec![prefix.to_string()];
+        while let Some(dir) = todo.pop() {
+            let mut file = match dir.is_empty() {
+                true => self.root.walk("").await?,
+                false => self.topic_dir(&dir).await?,
+            };
+            file.open(Mode::Read).await?;
+            let entries = file.readdir().await?;
+            drop(file);
+            let mut subdirs = Vec::new();
+            for e in entries {
+                if !dir.is_empty() && e.name == "data" && !e.is_dir() {
+                    found.push(dir.clone());
+                } else if e.is_dir() {
+                    subdirs.push(match dir.is_empty() {
+                        true => e.name,
+                        false => format!("{dir}/{}", e.name),
+                    });
+                }
+            }
+            // Depth first, in the tree's order.
+            todo.extend(subdirs.into_iter().rev());
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Walk to the topic's directory; an unknown topic is `NoTopic`.
+    async fn topic_dir(&self, topic: &str) -> Result<File> {
+        self.walk_topic(topic, "").await
+    }
+
+    /// Walk to `file` in `topic` ("" for the directory itself). Any "no such
+    /// file" on the way means no such topic.
+    async fn walk_topic(&self, topic: &str, file: &str) -> Result<File> {
+        check_topic(topic)?;
+        let path = match file {
+            "" => topic.to_string(),
+            f => format!("{topic}/{f}"),
+        };
+        match self.root.walk(&path).await {
+            Err(e) if is_not_found(&e) => Err(Error::NoTopic(topic.to_string())),
+            r => r,
+        }
+    }
+
+    async fn open(&self, topic: &str, file: &str, mode: Mode) -> Result<File> {
+        let mut f = self.walk_topic(topic, file).await?;
+        f.open(mode).await?;
+        Ok(f)
+    }
+
+    async fn open_path(&self, path: &str, mode: Mode) -> Result<File> {
+        let mut f = self.root.walk(path).await?;
+        f.open(mode).await?;
+        Ok(f)
+    }
+
+    async fn read_text(&self, topic: &str, file: &str) -> Result<String> {
+        read_text(self.open(topic, file, Mode::Read).await?).await
+    }
+
+    async fn write_text(&self, topic: &str, file: &str, text: &str) -> Result<()> {
+        write_text(self.open(topic, file, Mode::Write).await?, text).await
+    }
+}
+
+/// A topic name: one or more '/'-separated components of `[A-Za-z0-9._-]`,
+/// none "." or "..".
+pub fn check_topic(topic: &str) -> Result<()> {
+    let ok = !topic.is_empty()
+        && topic.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    match ok {
+        true => Ok(()),
+        false => Err(Error::BadTopic(topic.to_string())),
+    }
+}
+
+/// A walk's "no such file", however the dialect says it (plain 9P2000
+/// Rerror has only text).
+fn is_not_found(e: &Error) -> bool {
+    match e {
+        Error::NotFound(_) => true,
+        Error::Server { errno: Some(n), .. } => *n == crate::fs::errno::ENOENT,
+        Error::Server { message, .. } => {
+            let m = message.to_lowercase();
+            m.contains("not found") || m.contains("no such") || m.contains("not exist")
+        }
+        _ => false,
+    }
+}
+
+async fn read_text(file: File) -> Result<String> {
+    let data = file.read_to_end().await?;
+    file.clunk().await?;
+    String::from_utf8(data.to_vec()).map_err(|_| Error::Protocol("text file not UTF-8".into()))
+}
+
+async fn write_text(file: File, text: &str) -> Result<()> {
+    let mut line = text.to_string();
+    if !line.ends_with('\n') {
+        line.push('\n');
+    }
+    file.write_all(0, Bytes::from(line)).await?;
+    file.clunk().await
+}

@@ -1,0 +1,317 @@
+//! The server's configuration: the TOML file `dchan serve --config` reads,
+//! laid over the defaults built into the binary.
+//!
+//! The defaults live in one place, `dchan.toml` at the root of the
+//! repository, a commented TOML file that is compiled in ([`DEFAULTS`]) and
+//! parsed at start like any other. A user's file is read over it: each key
+//! it sets replaces the default's (tables merge key by key, lists such as
+//! `listen` are replaced whole). An unknown key or a bad value fails with
+//! the file, the line and the reason, before anything listens.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::broker::{Framing, TopicConfig};
+use crate::engine::Addr;
+
+/// The built-in defaults: `dchan.toml`, documented there.
+pub const DEFAULTS: &str = include_str!("../dchan.toml");
+
+/// What the server runs with. Every field is in `dchan.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The addresses to listen on (`tcp!HOST!PORT`, `HOST:PORT` or
+    /// `unix!PATH`).
+    #[serde(deserialize_with = "addrs")]
+    pub listen: Vec<Addr>,
+    /// What one client may use of the server.
+    pub limits: Limits,
+    /// Settings a new topic starts with.
+    pub topic_defaults: TopicDefaults,
+    /// Topics created at start (`[[topic]]` tables).
+    pub topic: Vec<TopicSpec>,
+}
+
+/// Limits a bad or hostile client cannot pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// The largest msize a Tversion may agree on, in bytes.
+    pub max_msize: u32,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Fids one connection may hold at once.
+    pub max_fids: usize,
+    /// Requests one connection may have in flight at once.
+    pub max_in_flight: usize,
+}
+
+/// The settings of a topic created without its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicDefaults {
+    /// How far the slowest group may lag; 0 is a rendezvous.
+    pub capacity: u64,
+    /// How writes become messages.
+    pub framing: FramingName,
+    /// How long a push or pull may wait.
+    pub timeout: Timeout,
+}
+
+impl TopicDefaults {
+    /// The broker's form of these settings.
+    pub fn topic_config(&self) -> TopicConfig {
+        TopicConfig {
+            capacity: self.capacity,
+            framing: self.framing.into(),
+            timeout: self.timeout.0,
+        }
+    }
+}
+
+/// A topic to create at start; what it leaves out comes from
+/// `[topic_defaults]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// The topic's name, such as `jobs` or `metrics/eu`.
+    pub name: String,
+    /// Its capacity, if not the default.
+    pub capacity: Option<u64>,
+    /// Its framing, if not the default.
+    pub framing: Option<FramingName>,
+    /// Its timeout, if not the default.
+    pub timeout: Option<Timeout>,
+}
+
+impl TopicSpec {
+    /// The broker's settings for this topic, filling gaps from `defaults`.
+    pub fn topic_config(&self, defaults: &TopicDefaults) -> TopicConfig {
+        TopicConfig {
+            capacity: self.capacity.unwrap_or(defaults.capacity),
+            framing: self.framing.unwrap_or(defaults.framing).into(),
+            timeout: self.timeout.unwrap_or(defaults.timeout).0,
+        }
+    }
+}
+
+/// A framing as the file spells it (`"line"` or `"write"`); the broker's
+/// [`Framing`] stays free of serde.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FramingName {
+    #[default]
+    Line,
+    Write,
+}
+
+impl From<FramingName> for Framing {
+    fn from(name: FramingName) -> Framing {
+        match name {
+            FramingName::Line => Framing::Line,
+            FramingName::Write => Framing::Write,
+        }
+    }
+}
+
+/// A wait limit as the file spells it: a humantime duration ("30s",
+/// "1h 30m"), or "none" for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(try_from = "String")]
+pub struct Timeout(pub Option<Duration>);
+
+impl TryFrom<String> for Timeout {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Timeout, String> {
+        if text == "none" {
+            return Ok(Timeout(None));
+        }
+        match humantime::parse_duration(&text) {
+            Ok(d) if d.is_zero() => Err(format!(
+                "timeout {text:?} is zero; write \"none\" to wait for ever"
+            )),
+            Ok(d) => Ok(Timeout(Some(d))),
+            Err(e) => Err(format!(
+                "bad timeout {text:?}: {e} (write a duration such as \"30s\", or \"none\")"
+            )),
+        }
+    }
+}
+
+/// A list of addresses, each parsed as the command line parses it.
+fn addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Addr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    /// `line` is 1-based; `None` when the reason has no place in the file.
+    #[error("config {file}{}: {reason}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        file: String,
+        line: Option<usize>,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// The built-in defaults alone.
+    pub fn defaults() -> Config {
+        Config::parse("(built-in dchan.toml)", "").expect("the built-in dchan.toml is valid")
+    }
+
+    /// Read `path` over the defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Config::parse(&file, &text)
+    }
+
+    /// Parse `text` (named `file` in errors) over the defaults.
+    ///
+    /// Two passes: the text alone, into the typed structure, so that an
+    /// unknown key or a bad value is reported with its line; then the
+    /// defaults with the text's keys laid over them, for the values.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let invalid = |text: &str, e: toml::de::Error| ConfigError::Invalid {
+            file: file.to_string(),
+            line: e.span().map(|span| line_of(text, span.start)),
+            reason: e.message().trim_end().to_string(),
+        };
+        toml::from_str::<Config>(text).map_err(|e| invalid(text, e))?;
+        let over: toml::Table = toml::from_str(text).map_err(|e| invalid(text, e))?;
+        let mut merged: toml::Table = toml::from_str(DEFAULTS).map_err(|e| invalid(DEFAULTS, e))?;
+        overlay(&mut merged, over);
+        merged.try_into().map_err(|e| ConfigError::Invalid {
+            file: file.to_string(),
+            line: None,
+            reason: e.message().trim_end().to_string(),
+        })
+    }
+}
+
+/// Lay `over` onto `base`: tables merge key by key, anything else replaces.
+fn overlay(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => overlay(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_defaults_parse_and_are_complete() {
+        let c = Config::defaults();
+        assert_eq!(
+            c.listen,
+            vec!["tcp!127.0.0.1!5640".parse::<Addr>().unwrap()]
+        );
+        assert_eq!(c.limits.max_msize, 1 << 20);
+        assert!(c.limits.max_connections > 0);
+        assert!(c.limits.max_fids > 0);
+        assert!(c.limits.max_in_flight > 0);
+        assert_eq!(c.topic_defaults.capacity, 0);
+        assert_eq!(c.topic_defaults.framing, FramingName::Line);
+        assert_eq!(c.topic_defaults.timeout, Timeout(None));
+        assert!(c.topic.is_empty());
+    }
+
+    #[test]
+    fn a_file_replaces_only_what_it_sets() {
+        let text = "listen = [\"unix!/tmp/d\", \"127.0.0.1:0\"]\n\
+                    [limits]\nmax_fids = 10\n\
+                    [topic_defaults]\ntimeout = \"30s\"\n\
+                    [[topic]]\nname = \"jobs\"\ncapacity = 5\n\
+                    [[topic]]\nname = \"metrics/eu\"\nframing = \"write\"\ntimeout = \"none\"\n";
+        let c = Config::parse("t.toml", text).unwrap();
+        let d = Config::defaults();
+        let listen: Vec<String> = c.listen.iter().map(|a| a.to_string()).collect();
+        assert_eq!(listen, vec!["unix!/tmp/d", "tcp!127.0.0.1!0"]);
+        assert_eq!(c.limits.max_fids, 10);
+        assert_eq!(c.limits.max_msize, d.limits.max_msize);
+        let thirty = Some(Duration::from_secs(30));
+        assert_eq!(c.topic_defaults.timeout, Timeout(thirty));
+        let jobs = c.topic[0].topic_config(&c.topic_defaults);
+        assert_eq!(
+            (jobs.capacity, jobs.framing, jobs.timeout),
+            (5, Framing::Line, thirty)
+        );
+        let eu = c.topic[1].topic_config(&c.topic_defaults);
+        assert_eq!(
+            (eu.capacity, eu.framing, eu.timeout),
+            (0, Framing::Write, None)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_reason() {
+        let text = "[topic_defaults]\ncapacity = 1\n\n[[topic]]\nname = \"a\"\ncapacty = 3\n";
+        let e = Config::parse("my.toml", text).unwrap_err().to_string();
+        assert!(
+            e.starts_with("config my.toml:6: unknown field `capacty`"),
+            "{e}"
+        );
+
+        let e = Config::parse("my.toml", "[topic_defaults]\ntimeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:2: bad timeout \"soon\""),
+            "{e}"
+        );
+
+        let e = Config::parse("my.toml", "listen = [\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config my.toml:"), "{e}");
+
+        let e = Config::parse("my.toml", "\nlisten = [\"nowhere\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:2: bad address \"nowhere\""),
+            "{e}"
+        );
+
+        let e = Config::parse("my.toml", "[topic_defaults]\nframing = \"lines\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:2: unknown variant `lines`"),
+            "{e}"
+        );
+    }
+}

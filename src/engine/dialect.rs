@@ -1,0 +1,234 @@
+//! Translation between each 9P dialect's messages and the file tree's
+//! dialect-neutral types: open modes, stat and getattr, wstat and setattr,
+//! errors.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::fs::{self, Access, Changes, FileInfo, OpenMode};
+use crate::proto::{Attr, DMDIR, Dialect, Fcall, NONUNAME, OTRUNC, SetAttr, Stat, StatFs};
+
+/// Unix file-type bits of a getattr mode.
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+/// Tlopen/Tlcreate flags (Linux's values, which 9P2000.L carries as is).
+const L_ACCMODE: u32 = 0o3;
+const L_TRUNC: u32 = 0o1000;
+const L_APPEND: u32 = 0o2000;
+const L_NONBLOCK: u32 = 0o4000;
+/// Rgetattr fields we fill: P9_STATS_BASIC.
+const STATS_BASIC: u64 = 0x7ff;
+/// Tsetattr valid bits (P9_ATTR_*).
+const ATTR_MODE: u32 = 1 << 0;
+const ATTR_SIZE: u32 = 1 << 3;
+const ATTR_ATIME: u32 = 1 << 4;
+const ATTR_MTIME: u32 = 1 << 5;
+const ATTR_ATIME_SET: u32 = 1 << 7;
+const ATTR_MTIME_SET: u32 = 1 << 8;
+/// Directory-entry types of Rreaddir (DT_DIR, DT_REG).
+pub const DT_DIR: u8 = 4;
+pub const DT_REG: u8 = 8;
+/// Rstatfs type: V9FS_MAGIC.
+const V9FS_MAGIC: u32 = 0x0102_1997;
+
+/// A 9P2000 Topen/Tcreate mode (ORCLOSE is the engine's business).
+pub fn open_mode(mode: u8) -> OpenMode {
+    let access = match mode & 3 {
+        0 => Access::Read,
+        1 => Access::Write,
+        2 => Access::ReadWrite,
+        _ => Access::Exec,
+    };
+    OpenMode {
+        access,
+        truncate: mode & OTRUNC != 0,
+        append: false,
+        nonblock: false,
+    }
+}
+
+/// 9P2000.L Tlopen/Tlcreate flags.
+pub fn lopen_mode(flags: u32) -> OpenMode {
+    let access = match flags & L_ACCMODE {
+        0 => Access::Read,
+        1 => Access::Write,
+        _ => Access::ReadWrite,
+    };
+    OpenMode {
+        access,
+        truncate: flags & L_TRUNC != 0,
+        append: flags & L_APPEND != 0,
+        nonblock: flags & L_NONBLOCK != 0,
+    }
+}
+
+/// The numeric id shown as owner: the attaching user's, else root.
+fn owner(n_uname: u32) -> u32 {
+    if n_uname == NONUNAME { 0 } else { n_uname }
+}
+
+/// A 9P2000 or 9P2000.u stat of `info`; `n_uname` is the attaching user.
+pub fn stat(info: &FileInfo, n_uname: u32) -> Stat {
+    let id = owner(n_uname);
+    Stat {
+        ty: 0,
+        dev: 0,
+        qid: info.qid,
+        mode: info.mode,
+        atime: info.atime,
+        mtime: info.mtime,
+        length: info.length,
+        name: info.name.clone(),
+        uid: info.uid.clone(),
+        gid: info.gid.clone(),
+        muid: info.muid.clone(),
+        extension: String::new(),
+        n_uid: id,
+        n_gid: id,
+        n_muid: id,
+    }
+}
+
+/// The Unix mode of a 9P2000 mode: file type and permissions.
+pub fn unix_mode(mode: u32) -> u32 {
+    let ty = if mode & DMDIR != 0 { S_IFDIR } else { S_IFREG };
+    ty | (mode & 0o777)
+}
+
+/// An Rgetattr of `info`; `n_uname` is the attaching user.
+pub fn attr(info: &FileInfo, n_uname: u32) -> Attr {
+    let id = owner(n_uname);
+    let dir = info.mode & DMDIR != 0;
+    Attr {
+        valid: STATS_BASIC,
+        qid: info.qid,
+        mode: unix_mode(info.mode),
+        uid: id,
+        gid: id,
+        nlink: if dir { 2 } else { 1 },
+        rdev: 0,
+        size: info.length,
+        blksize: 4096,
+        blocks: info.length.div_ceil(512),
+        atime_sec: info.atime.into(),
+        mtime_sec: info.mtime.into(),
+        ctime_sec: info.mtime.into(),
+        ..Attr::default()
+    }
+}
+
+/// The entry type of an Rreaddir dirent.
+pub fn dirent_type(info: &FileInfo) -> u8 {
+    if info.mode & DMDIR != 0 {
+        DT_DIR
+    } else {
+        DT_REG
+    }
+}
+
+/// The changes a Twstat asks for; "don't touch" (all ones, "") is `None`.
+pub fn wstat_changes(s: &Stat) -> fs::Result<Changes> {
+    if s.name.contains('/') || s.name == "." || s.name == ".." {
+        return Err(fs::Error::new(fs::errno::EINVAL, "bad file name"));
+    }
+    let some_str = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    Ok(Changes {
+        mode: (s.mode != u32::MAX).then_some(s.mode),
+        length: (s.length != u64::MAX).then_some(s.length),
+        name: some_str(&s.name),
+        mtime: (s.mtime != u32::MAX).then_some(s.mtime),
+        atime: (s.atime != u32::MAX).then_some(s.atime),
+        uid: some_str(&s.uid),
+        gid: some_str(&s.gid),
+    })
+}
+
+/// The changes a Tsetattr asks for. Owner changes are ignored: the tree
+/// knows users by name, and 9P2000.L sends numbers.
+pub fn setattr_changes(a: &SetAttr) -> Changes {
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(0)
+    };
+    let time = |set, given: u64| {
+        if a.valid & set != 0 {
+            Some(given as u32)
+        } else {
+            Some(now())
+        }
+    };
+    Changes {
+        mode: (a.valid & ATTR_MODE != 0).then_some(a.mode & 0o777),
+        length: (a.valid & ATTR_SIZE != 0).then_some(a.size),
+        name: None,
+        mtime: if a.valid & ATTR_MTIME != 0 {
+            time(ATTR_MTIME_SET, a.mtime_sec)
+        } else {
+            None
+        },
+        atime: if a.valid & ATTR_ATIME != 0 {
+            time(ATTR_ATIME_SET, a.atime_sec)
+        } else {
+            None
+        },
+        uid: None,
+        gid: None,
+    }
+}
+
+/// True when a change asks for nothing (a Twstat of all "don't touch" is a
+/// request to sync, which needs nothing here).
+pub fn is_empty(c: &Changes) -> bool {
+    *c == Changes::default()
+}
+
+/// The Rstatfs the engine answers for any tree.
+pub fn statfs() -> StatFs {
+    StatFs {
+        ty: V9FS_MAGIC,
+        bsize: 4096,
+        namelen: 255,
+        ..StatFs::default()
+    }
+}
+
+/// An error reply in `dialect`: 9P2000 the text alone, 9P2000.u the text and
+/// errno, 9P2000.L the errno.
+pub fn error(dialect: Dialect, e: &fs::Error) -> Fcall {
+    match dialect {
+        Dialect::P2000L => Fcall::Rlerror { ecode: e.errno },
+        Dialect::P2000 | Dialect::P2000u => Fcall::Rerror {
+            ename: e.message.to_string(),
+            errno: e.errno,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_modes() {
+        let m = open_mode(OTRUNC | 1);
+        assert!(m.writes() && !m.reads() && m.truncate);
+        let m = lopen_mode(0o2002 | 0o4000);
+        assert!(m.writes() && m.reads() && m.append && m.nonblock && !m.truncate);
+        assert_eq!(open_mode(3).access, Access::Exec);
+    }
+
+    #[test]
+    fn wstat_dont_touch_is_empty() {
+        let s = Stat {
+            mode: u32::MAX,
+            atime: u32::MAX,
+            mtime: u32::MAX,
+            length: u64::MAX,
+            ..Stat::default()
+        };
+        assert!(is_empty(&wstat_changes(&s).unwrap()));
+        let s = Stat { length: 0, ..s };
+        assert_eq!(wstat_changes(&s).unwrap().length, Some(0));
+    }
+}

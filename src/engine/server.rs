@@ -1,0 +1,152 @@
+//! The accept loops: one per listener, a connection slot per client (a
+//! semaphore caps them), and shutdown, which stops accepting, has every
+//! connection answer its blocked requests with an error, and waits for the
+//! connections to close.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::fs::FileTree;
+
+use super::listen::Listener;
+use super::{Limits, conn};
+
+/// How many clients are connected now: the engine counts, whoever reports
+/// it (the root ctl) reads. Clones share the count.
+#[derive(Debug, Clone, Default)]
+pub struct Connections(Arc<AtomicU64>);
+
+impl Connections {
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection counted in [`Connections`] while it lives.
+struct Counted(Connections);
+
+impl Counted {
+    fn new(c: &Connections) -> Counted {
+        c.0.fetch_add(1, Ordering::Relaxed);
+        Counted(c.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything an accept loop needs, shared by all of them.
+struct Shared<T> {
+    /// What is served.
+    tree: Arc<T>,
+    /// Per-connection limits.
+    limits: Limits,
+    /// One permit per connection; a client accepted when none is left is
+    /// disconnected at once. A permit is returned when its connection ends.
+    slots: Arc<Semaphore>,
+    /// Cancelled at shutdown; every accept loop and connection watches it.
+    shutdown: CancellationToken,
+    /// The accept loops and connections, to wait for them at shutdown.
+    tasks: TaskTracker,
+    /// Numbers connections for the logs.
+    next_id: AtomicU64,
+    /// Connections open now.
+    connections: Connections,
+}
+
+/// Serves `tree` on every listener until `shutdown` completes, then stops
+/// accepting, ends every connection (blocked requests are answered "server
+/// shutting down") and returns once they are all closed.
+pub async fn serve<T: FileTree>(
+    listeners: Vec<Listener>,
+    tree: Arc<T>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_counted(listeners, tree, limits, Connections::default(), shutdown).await
+}
+
+/// [`serve`], counting the open connections in `connections` (the root
+/// ctl's `connections` figure).
+pub async fn serve_counted<T: FileTree>(
+    listeners: Vec<Listener>,
+    tree: Arc<T>,
+    limits: Limits,
+    connections: Connections,
+    shutdown: impl Future<Output = ()>,
+) {
+    let shared = Arc::new(Shared {
+        tree,
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        limits,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        next_id: AtomicU64::new(1),
+        connections,
+    });
+    for listener in listeners {
+        let name = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let span = info_span!("listen", addr = %name);
+        shared
+            .tasks
+            .spawn(accept_loop(listener, shared.clone()).instrument(span));
+    }
+    shutdown.await;
+    info!("shutting down");
+    shared.shutdown.cancel();
+    shared.tasks.close();
+    shared.tasks.wait().await;
+}
+
+async fn accept_loop<T: FileTree>(listener: Listener, shared: Arc<Shared<T>>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (reader, writer, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, then go on.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            warn!(%peer, "too many connections: closing the new one");
+            continue;
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("conn", id, %peer);
+        let (tree, limits, stop) = (
+            shared.tree.clone(),
+            shared.limits.clone(),
+            shared.shutdown.clone(),
+        );
+        let counted = Counted::new(&shared.connections);
+        shared.tasks.spawn(
+            async move {
+                info!("connected");
+                conn::run(reader, writer, tree, limits, stop).await;
+                info!("disconnected");
+                drop(permit);
+                drop(counted);
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,458 @@
+//! The text of the ctl and offset files: the commands written to them,
+//! parsed and checked before anything is applied, and the status they read.
+//!
+//! Root `/ctl`, one command a line:
+//! ```text
+//! create NAME [capacity=N] [framing=line|write] [timeout=DURATION]
+//! remove NAME
+//! ```
+//! A topic's `ctl`, one command a line:
+//! ```text
+//! reset | close | capacity N | framing line|write | timeout DURATION | forget GROUP
+//! ```
+//! DURATION is humantime (`500ms`, `2s`, `1m 30s`); `0` or `none` means no
+//! timeout. GROUP is the rest of the line; `""` names the default group.
+//!
+//! Status reads are "key value" lines. A topic's groups come one a line as
+//! `group "NAME" offset N lag N unacked N blocked N`, the name quoted (with
+//! Rust escapes) so the default group shows as `""`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::broker::{BrokerStatus, Framing, Seq, Setting, TopicConfig, TopicStatus};
+
+/// The file names inside a topic directory; no topic name component may be
+/// one of them.
+pub const RESERVED: [&str; 3] = ["ctl", "data", "offset"];
+
+/// A command of the root ctl file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootCmd {
+    /// Create a topic; settings not given come from the server's defaults.
+    Create {
+        name: String,
+        capacity: Option<u64>,
+        framing: Option<Framing>,
+        timeout: Option<Option<Duration>>,
+    },
+    Remove(String),
+}
+
+/// A command of a topic's ctl file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicCmd {
+    Reset,
+    Close,
+    Set(Setting),
+    Forget(String),
+}
+
+const ROOT_USAGE: &str =
+    "want create NAME [capacity=N] [framing=line|write] [timeout=DURATION], remove NAME";
+const TOPIC_USAGE: &str =
+    "want reset, close, capacity N, framing line|write, timeout DURATION, forget GROUP";
+
+/// The non-blank lines of a ctl write, trimmed; an error if it is not text.
+fn lines(text: &[u8]) -> Result<Vec<&str>, String> {
+    let text = std::str::from_utf8(text).map_err(|_| "command is not UTF-8 text".to_string())?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+/// Parse every line of a root ctl write; the first bad line fails it all.
+pub fn parse_root(text: &[u8]) -> Result<Vec<RootCmd>, String> {
+    lines(text)?.into_iter().map(parse_root_line).collect()
+}
+
+fn parse_root_line(line: &str) -> Result<RootCmd, String> {
+    let mut words = line.split_whitespace();
+    let verb = words.next().unwrap_or_default();
+    match verb {
+        "create" => {
+            let name = words
+                .next()
+                .ok_or_else(|| "create: missing topic name".to_string())?;
+            check_name(name)?;
+            let (mut capacity, mut framing, mut timeout) = (None, None, None);
+            for opt in words {
+                let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
+                match key {
+                    "capacity" => capacity = Some(parse_capacity(value)?),
+                    "framing" => framing = Some(parse_framing(value)?),
+                    "timeout" => timeout = Some(parse_timeout(value)?),
+                    _ => {
+                        return Err(format!(
+                            "create: unknown option {opt:?}; want capacity=N, framing=line|write, timeout=DURATION"
+                        ));
+                    }
+                }
+            }
+            Ok(RootCmd::Create {
+                name: name.to_string(),
+                capacity,
+                framing,
+                timeout,
+            })
+        }
+        "remove" => {
+            let name = words
+                .next()
+                .ok_or_else(|| "remove: missing topic name".to_string())?;
+            if let Some(extra) = words.next() {
+                return Err(format!("remove: unexpected {extra:?} after the topic name"));
+            }
+            check_name(name)?;
+            Ok(RootCmd::Remove(name.to_string()))
+        }
+        _ => Err(format!("unknown command {verb:?}; {ROOT_USAGE}")),
+    }
+}
+
+/// Parse every line of a topic ctl write; the first bad line fails it all.
+pub fn parse_topic(text: &[u8]) -> Result<Vec<TopicCmd>, String> {
+    lines(text)?.into_iter().map(parse_topic_line).collect()
+}
+
+fn parse_topic_line(line: &str) -> Result<TopicCmd, String> {
+    let (verb, rest) = match line.split_once(char::is_whitespace) {
+        Some((verb, rest)) => (verb, rest.trim()),
+        None => (line, ""),
+    };
+    let one_arg = |what: &str| -> Result<&str, String> {
+        if rest.is_empty() {
+            Err(format!("{verb}: missing {what}"))
+        } else if rest.contains(char::is_whitespace) {
+            Err(format!("{verb}: want one {what}, got {rest:?}"))
+        } else {
+            Ok(rest)
+        }
+    };
+    let no_arg = || -> Result<(), String> {
+        match rest.is_empty() {
+            true => Ok(()),
+            false => Err(format!("{verb}: takes no argument, got {rest:?}")),
+        }
+    };
+    Ok(match verb {
+        "reset" => no_arg().map(|_| TopicCmd::Reset)?,
+        "close" => no_arg().map(|_| TopicCmd::Close)?,
+        "capacity" => TopicCmd::Set(Setting::Capacity(parse_capacity(one_arg("N")?)?)),
+        "framing" => TopicCmd::Set(Setting::Framing(parse_framing(one_arg("line|write")?)?)),
+        "timeout" => TopicCmd::Set(Setting::Timeout(parse_timeout(rest)?)),
+        "forget" => match rest {
+            "" => return Err("forget: missing group name (\"\" is the default group)".into()),
+            "\"\"" => TopicCmd::Forget(String::new()),
+            group => TopicCmd::Forget(group.to_string()),
+        },
+        _ => return Err(format!("unknown command {verb:?}; {TOPIC_USAGE}")),
+    })
+}
+
+fn parse_capacity(s: &str) -> Result<u64, String> {
+    s.parse()
+        .map_err(|_| format!("bad capacity {s:?}: want a whole number ≥ 0"))
+}
+
+fn parse_framing(s: &str) -> Result<Framing, String> {
+    match s {
+        "line" => Ok(Framing::Line),
+        "write" => Ok(Framing::Write),
+        _ => Err(format!("bad framing {s:?}: want line or write")),
+    }
+}
+
+/// A timeout: humantime, or `0`/`none` for none.
+pub fn parse_timeout(s: &str) -> Result<Option<Duration>, String> {
+    match s {
+        "" => Err("timeout: missing DURATION (e.g. 5s, 500ms, or none)".into()),
+        "0" | "none" => Ok(None),
+        _ => match humantime::parse_duration(s) {
+            Ok(d) if d.is_zero() => Ok(None),
+            Ok(d) => Ok(Some(d)),
+            Err(e) => Err(format!("bad timeout {s:?}: {e} (e.g. 5s, 500ms, or none)")),
+        },
+    }
+}
+
+/// Parse an offset write: a decimal sequence number.
+pub fn parse_offset(text: &[u8]) -> Result<Seq, String> {
+    let s = std::str::from_utf8(text).unwrap_or("").trim();
+    s.parse()
+        .map_err(|_| format!("bad offset {s:?}: want a decimal sequence number"))
+}
+
+/// Check a topic name: `/`-separated components of `[A-Za-z0-9._-]`, none
+/// of them ".", ".." or a file name of a topic directory.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty topic name".into());
+    }
+    for c in name.split('/') {
+        check_component(c).map_err(|e| format!("bad topic name {name:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Check one component of a topic name.
+pub fn check_component(c: &str) -> Result<(), String> {
+    if c.is_empty() {
+        return Err("empty component".into());
+    }
+    if c == "." || c == ".." {
+        return Err(format!("{c:?} is not a name"));
+    }
+    if RESERVED.contains(&c) {
+        return Err(format!("{c:?} is reserved for the topic's files"));
+    }
+    if let Some(bad) = c
+        .chars()
+        .find(|ch| !(ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-')))
+    {
+        return Err(format!("{bad:?} not allowed (want A-Z a-z 0-9 . _ -)"));
+    }
+    Ok(())
+}
+
+fn framing_name(f: Framing) -> &'static str {
+    match f {
+        Framing::Line => "line",
+        Framing::Write => "write",
+    }
+}
+
+fn timeout_text(t: Option<Duration>) -> String {
+    match t {
+        None => "none".into(),
+        Some(d) => humantime::format_duration(d).to_string(),
+    }
+}
+
+/// Apply settings from a create command over the defaults.
+pub fn create_config(
+    defaults: TopicConfig,
+    capacity: Option<u64>,
+    framing: Option<Framing>,
+    timeout: Option<Option<Duration>>,
+) -> TopicConfig {
+    TopicConfig {
+        capacity: capacity.unwrap_or(defaults.capacity),
+        framing: framing.unwrap_or(defaults.framing),
+        timeout: timeout.unwrap_or(defaults.timeout),
+    }
+}
+
+/// What the root ctl file reads.
+pub struct RootStatus {
+    pub uptime: Duration,
+    pub connections: u64,
+    pub totals: BrokerStatus,
+}
+
+pub fn root_text(s: &RootStatus) -> String {
+    format!(
+        "version {}\nuptime {}\ntopics {}\nconnections {}\npushed {}\npulled {}\n",
+        env!("CARGO_PKG_VERSION"),
+        s.uptime.as_secs(),
+        s.totals.topics,
+        s.connections,
+        s.totals.pushed,
+        s.totals.pulled,
+    )
+}
+
+/// What a topic's ctl file reads; `readers` (open data files that read)
+/// is counted by the tree, the rest comes from the broker.
+pub fn topic_text(s: &TopicStatus, readers: u64) -> String {
+    let mut t = String::new();
+    let c = &s.config;
+    let _ = write!(
+        t,
+        "capacity {}\nframing {}\ntimeout {}\npending {}\nfirst {}\nnext {}\npushed {}\npulled {}\n\
+         readers {}\nblocked_readers {}\nblocked_writers {}\n",
+        c.capacity,
+        framing_name(c.framing),
+        timeout_text(c.timeout),
+        s.pending,
+        s.first,
+        s.next,
+        s.pushed,
+        s.pulled,
+        readers,
+        s.blocked_readers,
+        s.blocked_writers,
+    );
+    for g in &s.groups {
+        let _ = writeln!(
+            t,
+            "group {:?} offset {} lag {} unacked {} blocked {}",
+            g.name, g.offset, g.lag, g.unacked, g.blocked
+        );
+    }
+    let _ = writeln!(t, "closed {}", s.closed);
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_commands() {
+        let cmds = parse_root(
+            b"create jobs\ncreate metrics/eu capacity=3 framing=write timeout=2s\n\nremove old\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cmds,
+            vec![
+                RootCmd::Create {
+                    name: "jobs".into(),
+                    capacity: None,
+                    framing: None,
+                    timeout: None
+                },
+                RootCmd::Create {
+                    name: "metrics/eu".into(),
+                    capacity: Some(3),
+                    framing: Some(Framing::Write),
+                    timeout: Some(Some(Duration::from_secs(2)))
+                },
+                RootCmd::Remove("old".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_root_commands_say_why() {
+        let e = parse_root(b"create ok\nfrob x\n").unwrap_err();
+        assert!(
+            e.starts_with("unknown command \"frob\"; want create"),
+            "{e}"
+        );
+        assert!(
+            parse_root(b"create")
+                .unwrap_err()
+                .contains("missing topic name")
+        );
+        assert!(
+            parse_root(b"create a capacity=x")
+                .unwrap_err()
+                .contains("bad capacity")
+        );
+        assert!(
+            parse_root(b"create a framing=byte")
+                .unwrap_err()
+                .contains("bad framing")
+        );
+        assert!(
+            parse_root(b"create a colour=red")
+                .unwrap_err()
+                .contains("unknown option")
+        );
+        assert!(
+            parse_root(b"create a/ctl")
+                .unwrap_err()
+                .contains("reserved")
+        );
+        assert!(
+            parse_root(b"create a//b")
+                .unwrap_err()
+                .contains("empty component")
+        );
+        assert!(
+            parse_root(b"create a/../b")
+                .unwrap_err()
+                .contains("not a name")
+        );
+        assert!(
+            parse_root(b"create a*b")
+                .unwrap_err()
+                .contains("not allowed")
+        );
+        assert!(
+            parse_root(b"remove a b")
+                .unwrap_err()
+                .contains("unexpected")
+        );
+    }
+
+    #[test]
+    fn topic_commands() {
+        let cmds = parse_topic(
+            b"reset\nclose\ncapacity 5\nframing write\ntimeout 1m 30s\ntimeout none\ntimeout 0\nforget workers\nforget \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cmds,
+            vec![
+                TopicCmd::Reset,
+                TopicCmd::Close,
+                TopicCmd::Set(Setting::Capacity(5)),
+                TopicCmd::Set(Setting::Framing(Framing::Write)),
+                TopicCmd::Set(Setting::Timeout(Some(Duration::from_secs(90)))),
+                TopicCmd::Set(Setting::Timeout(None)),
+                TopicCmd::Set(Setting::Timeout(None)),
+                TopicCmd::Forget("workers".into()),
+                TopicCmd::Forget(String::new()),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_topic_commands_say_why() {
+        let e = parse_topic(b"reset\nfrob\n").unwrap_err();
+        assert_eq!(
+            e,
+            "unknown command \"frob\"; want reset, close, capacity N, framing line|write, timeout DURATION, forget GROUP"
+        );
+        assert!(parse_topic(b"capacity").unwrap_err().contains("missing N"));
+        assert!(
+            parse_topic(b"capacity -1")
+                .unwrap_err()
+                .contains("bad capacity")
+        );
+        assert!(
+            parse_topic(b"capacity 1 2")
+                .unwrap_err()
+                .contains("want one")
+        );
+        assert!(
+            parse_topic(b"framing x")
+                .unwrap_err()
+                .contains("bad framing")
+        );
+        assert!(
+            parse_topic(b"timeout soon")
+                .unwrap_err()
+                .contains("bad timeout")
+        );
+        assert!(
+            parse_topic(b"timeout")
+                .unwrap_err()
+                .contains("missing DURATION")
+        );
+        assert!(
+            parse_topic(b"reset now")
+                .unwrap_err()
+                .contains("takes no argument")
+        );
+        assert!(
+            parse_topic(b"forget")
+                .unwrap_err()
+                .contains("missing group")
+        );
+        assert!(parse_topic(b"\xff").unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn offsets() {
+        assert_eq!(parse_offset(b"42\n"), Ok(42));
+        assert_eq!(parse_offset(b" 7 "), Ok(7));
+        assert!(parse_offset(b"-1").unwrap_err().contains("bad offset"));
+        assert!(parse_offset(b"x").unwrap_err().contains("bad offset"));
+    }
+}

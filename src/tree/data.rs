@@ -1,0 +1,427 @@
+//! A topic's data file once open: writes cut into messages (framing) and
+//! pushed, reads that pull one message and hand it out in pieces, acks, and
+//! the Linux read loop.
+//!
+//! Reads. A read returns at most one message; what does not fit in its
+//! count comes in the next reads on the same open file. A pulled message
+//! stays unacked in the open file until the next read arrives (which proves
+//! the reply carrying its end arrived) or the file is closed; if the
+//! connection is lost first, dropping the [`Delivery`] puts it back at the
+//! front of its group. A read dropped while it waits (Tflush) has changed
+//! nothing: all state changes happen after the broker's pull returns, with
+//! no await in between.
+//!
+//! The Linux read loop. Linux turns one read(2) into Treads until the
+//! buffer is full or a Tread returns 0 bytes. So after a Tread returned the
+//! end of a message at offset N, the next Tread at offset N gets 0 bytes,
+//! once, but only if that Tread was not filled to its count, or its count
+//! was the largest the connection allows: a Tread filled to a smaller count
+//! means the buffer is full and no Tread follows inside that read(2), so a
+//! zero armed then would reach the program as end of file. It applies to
+//! sessions marked `linux` (see the tree's module comment).
+//!
+//! Writes. With `line` framing each newline-terminated line of a write is a
+//! message; a partial last line waits here for the next write and is pushed
+//! on its own when the file is closed. With `write` framing a write is a
+//! message. Lines are slices of the written `Bytes`; only a line split
+//! across writes is copied, once, when it completes. The framing is the
+//! topic's when the file was opened. A write returns once its pushes have;
+//! if one fails the write fails, except that a write that would block
+//! (O_NONBLOCK) after some of its lines went out returns the count of what
+//! went out, so the writer sends the rest again and nothing is doubled.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::broker::{Delivery, Framing};
+use crate::fs::ReadReq;
+
+/// The reading state of one open data file.
+pub struct Reader<D> {
+    /// The message being handed out and how many of its bytes went out;
+    /// kept, unacked, after its last byte went out until the next read.
+    current: Option<(D, usize)>,
+    /// The offset at which the next Tread gets 0 bytes once (Linux loop).
+    zero_at: Option<u64>,
+    /// Whether this session's client reads with the Linux read loop.
+    linux: bool,
+}
+
+/// What a read does after looking at the open file's state.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Answer at once with these bytes (the rest of a message, or an armed 0).
+    Reply(Bytes),
+    /// Pull the next message and hand it to [`Reader::pulled`].
+    Pull,
+}
+
+impl<D: Delivery> Reader<D> {
+    pub fn new(linux: bool) -> Self {
+        Reader {
+            current: None,
+            zero_at: None,
+            linux,
+        }
+    }
+
+    /// A Tread arrived: serve the rest of the current message, ack the
+    /// previous one (its reply arrived, or this Tread would not be here),
+    /// answer an armed zero, or say to pull.
+    pub fn begin(&mut self, req: ReadReq) -> Step {
+        if req.count == 0 {
+            return Step::Reply(Bytes::new());
+        }
+        if let Some((d, sent)) = &self.current {
+            if *sent < d.data().len() {
+                return Step::Reply(self.serve(req));
+            }
+            if let Some((d, _)) = self.current.take() {
+                d.ack();
+            }
+        }
+        match self.zero_at.take() {
+            Some(n) if n == req.offset => Step::Reply(Bytes::new()),
+            _ => Step::Pull,
+        }
+    }
+
+    /// The pull of [`Step::Pull`] returned this message: keep it, answer
+    /// with its first piece.
+    pub fn pulled(&mut self, d: D, req: ReadReq) -> Bytes {
+        self.current = Some((d, 0));
+        self.serve(req)
+    }
+
+    /// The next piece of the current message for this Tread, arming the
+    /// zero when it ends the message.
+    fn serve(&mut self, req: ReadReq) -> Bytes {
+        let Some((d, sent)) = &mut self.current else {
+            return Bytes::new();
+        };
+        let data = d.data();
+        let end = data.len().min(*sent + req.count as usize);
+        let piece = data.slice(*sent..end);
+        *sent = end;
+        let unfilled = piece.len() < req.count as usize;
+        if end == data.len() && self.linux && (unfilled || req.count >= req.max_count) {
+            self.zero_at = Some(req.offset + piece.len() as u64);
+        }
+        piece
+    }
+
+    /// The file is closed: `ack` the message in hand (the client had it),
+    /// or drop it unacked so it goes back to its group (connection lost).
+    pub fn finish(self, ack: bool) {
+        if let Some((d, _)) = self.current
+            && ack
+        {
+            d.ack();
+        }
+    }
+}
+
+/// The writing state of one open data file.
+pub struct Writer {
+    /// How this file cuts writes into messages, fixed at open.
+    pub framing: Framing,
+    /// The pieces of a line begun by earlier writes and not yet ended.
+    partial: Vec<Bytes>,
+}
+
+/// The messages one write makes.
+pub struct Cut {
+    /// The messages, in order.
+    pub messages: Vec<Bytes>,
+    /// Where each message ends in the write's data (for a short count).
+    pub ends: Vec<usize>,
+    /// Whether the first message ends the partial line held before the
+    /// write (so that line is gone once the first message is pushed).
+    pub ends_partial: bool,
+    /// The partial line to hold after the write, if it changes.
+    pub rest: Option<Bytes>,
+}
+
+impl Writer {
+    pub fn new(framing: Framing) -> Self {
+        Writer {
+            framing,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Cut a write into messages without changing the held partial line;
+    /// [`Writer::commit_first`] and [`Writer::commit`] record the result as
+    /// the pushes complete, so a write dropped midway loses nothing it had
+    /// not pushed.
+    pub fn cut(&self, data: Bytes) -> Cut {
+        if self.framing == Framing::Write {
+            let (messages, ends) = match data.len() {
+                0 => (vec![], vec![]),
+                n => (vec![data], vec![n]),
+            };
+            return Cut {
+                messages,
+                ends,
+                ends_partial: false,
+                rest: None,
+            };
+        }
+        let mut messages = Vec::new();
+        let mut ends = Vec::new();
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', &data) {
+            messages.push(data.slice(start..=nl));
+            start = nl + 1;
+            ends.push(start);
+        }
+        let tail = data.slice(start..);
+        let ends_partial = !self.partial.is_empty() && !messages.is_empty();
+        if ends_partial {
+            messages[0] = concat(self.partial.iter().chain([&messages[0]]));
+        }
+        let rest = match (messages.is_empty(), tail.is_empty()) {
+            (true, true) => None,
+            (false, true) => Some(Bytes::new()),
+            (_, false) => Some(tail),
+        };
+        Cut {
+            messages,
+            ends,
+            ends_partial,
+            rest,
+        }
+    }
+
+    /// The first message of a cut was pushed.
+    pub fn commit_first(&mut self, cut: &Cut) {
+        if cut.ends_partial {
+            self.partial.clear();
+        }
+    }
+
+    /// Every message of a cut was pushed: hold its tail.
+    pub fn commit(&mut self, cut: Cut) {
+        match cut.rest {
+            Some(rest) if cut.messages.is_empty() => self.partial.push(rest),
+            Some(rest) => {
+                self.partial.clear();
+                if !rest.is_empty() {
+                    self.partial.push(rest);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The partial line left when the file is closed, as one message.
+    pub fn leftover(self) -> Option<Bytes> {
+        match self.partial.len() {
+            0 => None,
+            1 => self.partial.into_iter().next(),
+            _ => Some(concat(self.partial.iter())),
+        }
+    }
+}
+
+/// Join pieces into one message: the one copy a split line costs.
+fn concat<'a>(pieces: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
+    let len = pieces.clone().map(Bytes::len).sum();
+    let mut out = BytesMut::with_capacity(len);
+    for p in pieces {
+        out.extend_from_slice(p);
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::broker::Seq;
+
+    /// A delivery that counts its acks.
+    struct Fake(Bytes, Arc<AtomicUsize>);
+    impl Delivery for Fake {
+        fn seq(&self) -> Seq {
+            0
+        }
+        fn data(&self) -> &Bytes {
+            &self.0
+        }
+        fn ack(self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    const MAX: u32 = 8168;
+
+    fn req(offset: u64, count: u32) -> ReadReq {
+        ReadReq {
+            offset,
+            count,
+            max_count: MAX,
+        }
+    }
+
+    fn fake(s: &str) -> (Fake, Arc<AtomicUsize>) {
+        let acks = Arc::new(AtomicUsize::new(0));
+        (Fake(Bytes::from(s.to_string()), acks.clone()), acks)
+    }
+
+    /// One read(2) the way Linux does it: Treads until full or 0 bytes;
+    /// `msgs` feeds pulls.
+    fn linux_read(r: &mut Reader<Fake>, pos: &mut u64, buf: u32, msgs: &mut Vec<Fake>) -> Vec<u8> {
+        let mut got = Vec::new();
+        while (got.len() as u32) < buf {
+            let q = req(*pos, (buf - got.len() as u32).min(MAX));
+            let piece = match r.begin(q) {
+                Step::Reply(b) => b,
+                Step::Pull => match msgs.pop() {
+                    Some(d) => r.pulled(d, q),
+                    None => break, // would block
+                },
+            };
+            if piece.is_empty() {
+                break;
+            }
+            *pos += piece.len() as u64;
+            got.extend_from_slice(&piece);
+        }
+        got
+    }
+
+    #[test]
+    fn each_read_syscall_gets_one_message() {
+        let mut r = Reader::new(true);
+        let (a, acks_a) = fake("one\n");
+        let (b, _) = fake("two\n");
+        let mut msgs = vec![b, a];
+        let mut pos = 0;
+        assert_eq!(linux_read(&mut r, &mut pos, 131072, &mut msgs), b"one\n");
+        assert_eq!(acks_a.load(Ordering::SeqCst), 1, "the zero read acks");
+        assert_eq!(linux_read(&mut r, &mut pos, 131072, &mut msgs), b"two\n");
+    }
+
+    #[test]
+    fn byte_at_a_time_reader_never_sees_a_zero() {
+        let mut r = Reader::new(true);
+        let (a, _) = fake("abc\n");
+        let (b, _) = fake("de\n");
+        let mut msgs = vec![b, a];
+        let mut pos = 0;
+        let mut all = Vec::new();
+        for _ in 0..7 {
+            let got = linux_read(&mut r, &mut pos, 1, &mut msgs);
+            assert_eq!(got.len(), 1);
+            all.extend(got);
+        }
+        assert_eq!(all, b"abc\nde\n");
+    }
+
+    #[test]
+    fn full_small_buffer_arms_no_zero() {
+        let mut r = Reader::new(true);
+        let (a, _) = fake("abc\n");
+        let (b, _) = fake("xy\n");
+        let mut msgs = vec![b, a];
+        let mut pos = 0;
+        assert_eq!(linux_read(&mut r, &mut pos, 4, &mut msgs), b"abc\n");
+        assert_eq!(linux_read(&mut r, &mut pos, 4, &mut msgs), b"xy\n");
+    }
+
+    #[test]
+    fn message_longer_than_a_tread_arrives_whole() {
+        let mut r = Reader::new(true);
+        let long = "x".repeat(3 * MAX as usize + 5);
+        let (a, _) = fake(&long);
+        let mut msgs = vec![a];
+        let mut pos = 0;
+        assert_eq!(
+            linux_read(&mut r, &mut pos, 1 << 20, &mut msgs).len(),
+            long.len()
+        );
+        // exactly max_count: filled, but count == max, so a zero follows
+        let exact = "y".repeat(MAX as usize);
+        let (b, _) = fake(&exact);
+        let mut msgs = vec![b];
+        assert_eq!(
+            linux_read(&mut r, &mut pos, 1 << 20, &mut msgs).len(),
+            exact.len()
+        );
+    }
+
+    #[test]
+    fn plain_stream_reads_never_zero() {
+        let mut r = Reader::new(false);
+        let (a, _) = fake("one\n");
+        assert_eq!(r.begin(req(0, 100)), Step::Pull);
+        assert_eq!(r.pulled(a, req(0, 100)), "one\n");
+        assert_eq!(r.begin(req(4, 100)), Step::Pull);
+    }
+
+    #[test]
+    fn zero_only_at_its_offset_and_once() {
+        let mut r = Reader::new(true);
+        let (a, _) = fake("one\n");
+        r.begin(req(0, 100));
+        r.pulled(a, req(0, 100));
+        assert_eq!(r.begin(req(9, 100)), Step::Pull, "another offset blocks");
+        let (b, _) = fake("two\n");
+        r.pulled(b, req(9, 100));
+        assert_eq!(r.begin(req(13, 100)), Step::Reply(Bytes::new()));
+        assert_eq!(r.begin(req(13, 100)), Step::Pull, "only once");
+    }
+
+    #[test]
+    fn finish_acks_or_returns() {
+        let mut r = Reader::new(false);
+        let (a, acks) = fake("one\n");
+        r.pulled(a, req(0, 2));
+        r.finish(false);
+        assert_eq!(acks.load(Ordering::SeqCst), 0);
+        let mut r = Reader::new(false);
+        let (a, acks) = fake("one\n");
+        r.pulled(a, req(0, 2));
+        r.finish(true);
+        assert_eq!(acks.load(Ordering::SeqCst), 1);
+    }
+
+    fn write(w: &mut Writer, s: &str) -> Vec<Bytes> {
+        let cut = w.cut(Bytes::from(s.to_string()));
+        let msgs = cut.messages.clone();
+        w.commit_first(&cut);
+        w.commit(cut);
+        msgs
+    }
+
+    #[test]
+    fn lines_and_partial_lines() {
+        let mut w = Writer::new(Framing::Line);
+        assert_eq!(write(&mut w, "a\nb\nc"), vec!["a\n", "b\n"]);
+        assert_eq!(write(&mut w, "d"), Vec::<Bytes>::new());
+        assert_eq!(write(&mut w, "e\nf\n"), vec!["cde\n", "f\n"]);
+        assert_eq!(write(&mut w, ""), Vec::<Bytes>::new());
+        assert_eq!(write(&mut w, "\n"), vec!["\n"]);
+        assert_eq!(write(&mut w, "tail"), Vec::<Bytes>::new());
+        assert_eq!(write(&mut w, "more"), Vec::<Bytes>::new());
+        assert_eq!(w.leftover().unwrap(), "tailmore");
+    }
+
+    #[test]
+    fn a_write_dropped_before_its_first_push_keeps_the_partial() {
+        let mut w = Writer::new(Framing::Line);
+        write(&mut w, "ab");
+        let _cut = w.cut(Bytes::from_static(b"c\n"));
+        // dropped: nothing committed
+        assert_eq!(w.leftover().unwrap(), "ab");
+    }
+
+    #[test]
+    fn write_framing_is_one_message_per_write() {
+        let mut w = Writer::new(Framing::Write);
+        assert_eq!(write(&mut w, "a\nb"), vec!["a\nb"]);
+        assert!(w.leftover().is_none());
+    }
+}

@@ -1,0 +1,794 @@
+//! The topic tree: every topic of a [`Broker`] shown as a directory of
+//! files, served through [`FileTree`]. Knows files, not sockets or 9P
+//! messages, and nothing of how the broker keeps its topics.
+//!
+//! ```text
+//! /ctl            server status (read); "create NAME [opts]", "remove NAME" (write)
+//! /NAME/          one directory per topic; names nest (metrics/eu is /metrics/eu/)
+//! /NAME/data      write: push; read: pull (see `data`)
+//! /NAME/ctl       topic status (read); reset, close, settings, forget (write; see `ctl`)
+//! /NAME/offset    the reader group's next sequence number (read), or a new one (write)
+//! ```
+//! A directory on the path to a topic that is not itself a topic is just a
+//! directory. mkdir makes a topic with the server's defaults, rmdir removes
+//! it; no other file can be made or removed (a create of an existing file,
+//! as Plan 9's `>` does, opens it).
+//!
+//! The attach name is the reader group: `mount -o aname=workers`, `9pfuse
+//! -a workers`; "" (no aname) is the default group. Sessions of 9P2000.L
+//! and 9P2000.u read with the Linux read loop (see `data`); plain 9P2000
+//! ones read a plain stream. A Linux mount with `version=9p2000` turns the
+//! Linux read loop on with the suffix `:linux` on the attach name:
+//! `-o version=9p2000,aname=workers:linux`, or `aname=:linux` for the
+//! default group. (The attach name is the only thing a mount option can put
+//! in front of the server per session, so the override lives there.)
+//!
+//! Construct it with [`TopicTree::new`]:
+//! ```
+//! # use std::sync::Arc;
+//! # use dchan::broker::Broker;
+//! # use dchan::tree::{TopicTree, TreeConfig};
+//! # fn make<B: Broker>(broker: B) -> TopicTree<B> {
+//! TopicTree::new(broker, TreeConfig::default(), || 0)
+//! # }
+//! ```
+
+mod ctl;
+mod data;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::broker::{self, Broker, TopicConfig, Wait};
+use crate::fs::{
+    Access, Attach, Changes, Clunk, Error, FileInfo, FileTree, OpenMode, ReadReq, Result, errno,
+};
+use crate::proto::{DMDIR, Dialect, QTDIR, QTFILE, Qid};
+use ctl::{RootCmd, TopicCmd};
+use data::{Reader, Step, Writer};
+
+/// What the tree needs from the server's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct TreeConfig {
+    /// Settings of topics made by mkdir, or by "create NAME" without options.
+    pub defaults: TopicConfig,
+}
+
+/// The topic tree over a broker.
+pub struct TopicTree<B: Broker> {
+    /// Where the topics live; shared with the tasks that push a partial line
+    /// left at close.
+    broker: Arc<B>,
+    /// Defaults for new topics.
+    config: TreeConfig,
+    /// How many clients are connected, for the root ctl (the engine knows).
+    connections: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// When the tree was made: the root ctl's uptime.
+    started: Instant,
+    /// The same moment in seconds since the epoch: the times stat shows.
+    started_unix: u32,
+    /// Qid paths and open readers of the places seen. A sync mutex, never
+    /// held across an await.
+    places: Mutex<Places>,
+}
+
+/// Identity and reader counts of directories, kept by the tree.
+#[derive(Default)]
+struct Places {
+    /// Each directory's number (its qid path is the number × 4, its files'
+    /// the next three); a removed topic's number is dropped, so a new topic
+    /// of the same name is a new file.
+    ids: HashMap<String, u64>,
+    /// The last number handed out (the root is 0).
+    last_id: u64,
+    /// Open data files that read, per topic: (topic's number, count).
+    readers: HashMap<String, (u64, u64)>,
+}
+
+impl Places {
+    fn id(&mut self, path: &str) -> u64 {
+        if let Some(&id) = self.ids.get(path) {
+            return id;
+        }
+        self.last_id += 1;
+        self.ids.insert(path.to_string(), self.last_id);
+        self.last_id
+    }
+}
+
+/// A file of a topic directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Ctl,
+    Data,
+    Offset,
+}
+
+impl FileKind {
+    fn name(self) -> &'static str {
+        match self {
+            FileKind::Ctl => "ctl",
+            FileKind::Data => "data",
+            FileKind::Offset => "offset",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<FileKind> {
+        match name {
+            "ctl" => Some(FileKind::Ctl),
+            "data" => Some(FileKind::Data),
+            "offset" => Some(FileKind::Offset),
+            _ => None,
+        }
+    }
+
+    /// The offset of its qid path from its directory's.
+    fn qid_offset(self) -> u64 {
+        match self {
+            FileKind::Ctl => 1,
+            FileKind::Data => 2,
+            FileKind::Offset => 3,
+        }
+    }
+}
+
+/// Where in the tree a node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum At {
+    Root,
+    RootCtl,
+    /// A directory: a topic, or a path leading to topics.
+    Dir(Arc<str>),
+    /// A file of the topic named.
+    File(Arc<str>, FileKind),
+}
+
+/// What an attach said, shared by every node walked from it.
+#[derive(Debug)]
+struct Session {
+    /// The reader group: the attach name, less a `:linux` suffix.
+    group: String,
+    /// Whether reads follow the Linux read loop.
+    linux: bool,
+    /// Who attached: the owner stat shows.
+    uname: String,
+}
+
+/// A place in the tree, as one attach sees it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The place.
+    at: At,
+    /// The attach it was walked from.
+    session: Arc<Session>,
+}
+
+/// An open file.
+pub struct Handle<D> {
+    /// What was opened.
+    node: Node,
+    /// Its open state.
+    kind: HandleKind<D>,
+}
+
+impl<D> std::fmt::Debug for Handle<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            HandleKind::Dir => "dir",
+            HandleKind::Text(_) => "text",
+            HandleKind::Data(_) => "data",
+        };
+        f.debug_struct("Handle")
+            .field("node", &self.node)
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+enum HandleKind<D> {
+    /// A directory: the engine reads it through `readdir`.
+    Dir,
+    /// A ctl or offset file: the text of the last read at offset 0.
+    Text(Mutex<Option<Bytes>>),
+    Data(DataFile<D>),
+}
+
+/// An open data file.
+struct DataFile<D> {
+    /// Whether a pull waits.
+    wait: Wait,
+    /// Whether it was opened for reading (counted in the topic's readers),
+    /// and the topic's number then.
+    reads: Option<u64>,
+    /// Whether it was opened for writing.
+    writes: bool,
+    /// The reading state; an async mutex so concurrent Treads on one open
+    /// file take turns (held across the pull).
+    reader: tokio::sync::Mutex<Reader<D>>,
+    /// The writing state; an async mutex so writes on one open file push in
+    /// order (held across the pushes).
+    writer: tokio::sync::Mutex<Writer>,
+}
+
+/// A broker error as the client sees it.
+fn broker_error(e: broker::Error) -> Error {
+    use broker::Error as E;
+    let n = match &e {
+        E::NoTopic(_) | E::Removed | E::NoGroup(_) => errno::ENOENT,
+        E::Exists(_) => errno::EEXIST,
+        E::BadName(_) => errno::EINVAL,
+        E::Closed => errno::EPIPE,
+        E::Reset => errno::ECANCELED,
+        E::TimedOut => errno::ETIMEDOUT,
+        E::WouldBlock => errno::EAGAIN,
+        E::OffsetOutOfRange { .. } => errno::ERANGE,
+        E::Shutdown => errno::ESHUTDOWN,
+    };
+    Error::new(n, e.to_string())
+}
+
+fn not_found() -> Error {
+    Error::new(errno::ENOENT, "file does not exist")
+}
+
+fn invalid(message: String) -> Error {
+    Error::new(errno::EINVAL, message)
+}
+
+fn parent(path: &str) -> At {
+    match path.rsplit_once('/') {
+        Some((p, _)) => At::Dir(p.into()),
+        None => At::Root,
+    }
+}
+
+impl<B: Broker> TopicTree<B> {
+    /// A tree over `broker`. New topics get `config.defaults`;
+    /// `connections` tells the root ctl how many clients are connected
+    /// (`|| 0` where nobody counts).
+    pub fn new(
+        broker: impl Into<Arc<B>>,
+        config: TreeConfig,
+        connections: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        let started_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(0);
+        TopicTree {
+            broker: broker.into(),
+            config,
+            connections: Box::new(connections),
+            started: Instant::now(),
+            started_unix,
+            places: Mutex::new(Places::default()),
+        }
+    }
+
+    /// The broker behind the tree.
+    pub fn broker(&self) -> &Arc<B> {
+        &self.broker
+    }
+
+    fn is_topic(&self, path: &str) -> bool {
+        self.broker.status(path).is_ok()
+    }
+
+    /// Whether `path` is a topic or leads to one.
+    fn dir_exists(&self, path: &str) -> bool {
+        if self.is_topic(path) {
+            return true;
+        }
+        let topics = self.broker.topics();
+        let i = topics.partition_point(|t| t.as_str() < path);
+        let prefix = format!("{path}/");
+        topics[i..]
+            .iter()
+            .take_while(|t| t.starts_with(path))
+            .any(|t| t == path || t.starts_with(&prefix))
+    }
+
+    /// The names in the directory `path` ("" for the root) that lead to
+    /// topics, sorted.
+    fn subdirs(&self, path: &str) -> BTreeSet<String> {
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        self.broker
+            .topics()
+            .iter()
+            .filter_map(|t| t.strip_prefix(&prefix))
+            .filter_map(|rest| rest.split('/').next())
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn qid(&self, at: &At) -> Qid {
+        let (ty, path) = match at {
+            At::Root => (QTDIR, 0),
+            At::RootCtl => (QTFILE, 1),
+            At::Dir(p) => (QTDIR, self.places.lock().id(p) * 4),
+            At::File(p, k) => (QTFILE, self.places.lock().id(p) * 4 + k.qid_offset()),
+        };
+        Qid {
+            ty,
+            version: 0,
+            path,
+        }
+    }
+
+    fn info(&self, node: &Node, at: At) -> FileInfo {
+        let (name, mode) = match &at {
+            At::Root => ("/".to_string(), DMDIR | 0o777),
+            At::Dir(p) => (
+                p.rsplit('/').next().unwrap_or("").to_string(),
+                DMDIR | 0o777,
+            ),
+            At::RootCtl => ("ctl".to_string(), 0o666),
+            At::File(_, k) => (k.name().to_string(), 0o666),
+        };
+        let owner = match node.session.uname.as_str() {
+            "" => "dchan".to_string(),
+            u => u.to_string(),
+        };
+        FileInfo {
+            qid: self.qid(&at),
+            mode,
+            length: 0,
+            name,
+            uid: owner.clone(),
+            gid: owner.clone(),
+            muid: owner,
+            atime: self.started_unix,
+            mtime: self.started_unix,
+        }
+    }
+
+    /// Fail unless the node's place still exists.
+    fn check_exists(&self, at: &At) -> Result<()> {
+        let ok = match at {
+            At::Root | At::RootCtl => true,
+            At::Dir(p) => self.dir_exists(p),
+            At::File(p, _) => self.is_topic(p),
+        };
+        if ok { Ok(()) } else { Err(not_found()) }
+    }
+
+    /// The text a ctl or offset file reads now.
+    fn text(&self, node: &Node) -> Result<Bytes> {
+        let text = match &node.at {
+            At::RootCtl => ctl::root_text(&ctl::RootStatus {
+                uptime: self.started.elapsed(),
+                connections: (self.connections)(),
+                totals: self.broker.totals(),
+            }),
+            At::File(topic, FileKind::Ctl) => {
+                let status = self.broker.status(topic).map_err(broker_error)?;
+                let readers = self.places.lock().readers.get(&**topic).map_or(0, |r| r.1);
+                ctl::topic_text(&status, readers)
+            }
+            At::File(topic, FileKind::Offset) => {
+                let seq = self
+                    .broker
+                    .offset(topic, &node.session.group)
+                    .map_err(broker_error)?;
+                format!("{seq}\n")
+            }
+            _ => return Err(Error::new(errno::EISDIR, "is a directory")),
+        };
+        Ok(Bytes::from(text))
+    }
+
+    fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
+        ctl::check_name(name).map_err(invalid)?;
+        self.broker.create(name, config).map_err(broker_error)
+    }
+
+    fn remove_topic(&self, name: &str) -> Result<()> {
+        self.broker.remove(name).map_err(broker_error)?;
+        let mut places = self.places.lock();
+        places.ids.remove(name);
+        places.readers.remove(name);
+        Ok(())
+    }
+
+    /// Run a root ctl write: check every command, then apply them.
+    fn root_ctl(&self, text: &[u8]) -> Result<()> {
+        let cmds = ctl::parse_root(text).map_err(invalid)?;
+        let mut names: BTreeSet<String> = self.broker.topics().into_iter().collect();
+        for cmd in &cmds {
+            match cmd {
+                RootCmd::Create { name, .. } if !names.insert(name.clone()) => {
+                    return Err(Error::new(
+                        errno::EEXIST,
+                        format!("create {name}: topic exists"),
+                    ));
+                }
+                RootCmd::Remove(name) if !names.remove(name) => {
+                    return Err(Error::new(
+                        errno::ENOENT,
+                        format!("remove {name}: no such topic"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for cmd in cmds {
+            match cmd {
+                RootCmd::Create {
+                    name,
+                    capacity,
+                    framing,
+                    timeout,
+                } => {
+                    let config =
+                        ctl::create_config(self.config.defaults, capacity, framing, timeout);
+                    self.create_topic(&name, config)?
+                }
+                RootCmd::Remove(name) => self.remove_topic(&name)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Run a topic ctl write: check every command, then apply them.
+    fn topic_ctl(&self, topic: &str, text: &[u8]) -> Result<()> {
+        let cmds = ctl::parse_topic(text).map_err(invalid)?;
+        let status = self.broker.status(topic).map_err(broker_error)?;
+        for cmd in &cmds {
+            if let TopicCmd::Forget(group) = cmd
+                && !status.groups.iter().any(|g| &g.name == group)
+            {
+                return Err(Error::new(
+                    errno::ENOENT,
+                    format!("forget: no such group {group:?}"),
+                ));
+            }
+        }
+        for cmd in cmds {
+            match cmd {
+                TopicCmd::Reset => self.broker.reset(topic),
+                TopicCmd::Close => self.broker.close(topic),
+                TopicCmd::Set(s) => self.broker.set(topic, s),
+                TopicCmd::Forget(group) => self.broker.forget(topic, &group),
+            }
+            .map_err(broker_error)?;
+        }
+        Ok(())
+    }
+
+    /// Open an existing file.
+    fn open_file(&self, node: &Node, mode: OpenMode) -> Result<Handle<B::Delivery>> {
+        self.check_exists(&node.at)?;
+        let kind = match &node.at {
+            At::Root | At::Dir(_) => {
+                if mode.writes() {
+                    return Err(Error::new(errno::EISDIR, "is a directory"));
+                }
+                HandleKind::Dir
+            }
+            At::RootCtl | At::File(_, FileKind::Ctl | FileKind::Offset) => {
+                HandleKind::Text(Mutex::new(None))
+            }
+            At::File(topic, FileKind::Data) => {
+                let status = self.broker.status(topic).map_err(broker_error)?;
+                let reads = mode.reads().then(|| {
+                    let mut places = self.places.lock();
+                    let id = places.id(topic);
+                    let entry = places.readers.entry(topic.to_string()).or_insert((id, 0));
+                    if entry.0 != id {
+                        *entry = (id, 0);
+                    }
+                    entry.1 += 1;
+                    id
+                });
+                HandleKind::Data(DataFile {
+                    wait: if mode.nonblock {
+                        Wait::NonBlock
+                    } else {
+                        Wait::Block
+                    },
+                    reads,
+                    writes: mode.writes(),
+                    reader: tokio::sync::Mutex::new(Reader::new(node.session.linux)),
+                    writer: tokio::sync::Mutex::new(Writer::new(status.config.framing)),
+                })
+            }
+        };
+        Ok(Handle {
+            node: node.clone(),
+            kind,
+        })
+    }
+
+    async fn read_data(
+        &self,
+        topic: &str,
+        group: &str,
+        f: &DataFile<B::Delivery>,
+        req: ReadReq,
+    ) -> Result<Bytes> {
+        let mut reader = f.reader.lock().await;
+        match reader.begin(req) {
+            Step::Reply(b) => Ok(b),
+            Step::Pull => match self.broker.pull(topic, group, f.wait).await {
+                Ok(Some(d)) => Ok(reader.pulled(d, req)),
+                Ok(None) => Ok(Bytes::new()),
+                Err(e) => Err(broker_error(e)),
+            },
+        }
+    }
+
+    /// Push what a write makes; the count of bytes taken.
+    async fn write_data(&self, topic: &str, f: &DataFile<B::Delivery>, data: Bytes) -> Result<u32> {
+        if !f.writes {
+            return Err(Error::new(errno::EBADF, "file not open for writing"));
+        }
+        let n = data.len() as u32;
+        let mut writer = f.writer.lock().await;
+        let cut = writer.cut(data);
+        for (i, m) in cut.messages.iter().enumerate() {
+            match self.broker.push(topic, m.clone(), f.wait).await {
+                Ok(_) if i == 0 => writer.commit_first(&cut),
+                Ok(_) => {}
+                Err(broker::Error::WouldBlock) if i > 0 => return Ok(cut.ends[i - 1] as u32),
+                Err(e) => return Err(broker_error(e)),
+            }
+        }
+        writer.commit(cut);
+        Ok(n)
+    }
+}
+
+impl<B: Broker> FileTree for TopicTree<B> {
+    type Node = Node;
+    type Handle = Handle<B::Delivery>;
+
+    fn attach(&self, who: &Attach) -> Result<Node> {
+        let (group, linux) = match who.aname.strip_suffix(":linux") {
+            Some(group) => (group, true),
+            None => (who.aname.as_str(), who.dialect != Dialect::P2000),
+        };
+        Ok(Node {
+            at: At::Root,
+            session: Arc::new(Session {
+                group: group.to_string(),
+                linux,
+                uname: who.uname.clone(),
+            }),
+        })
+    }
+
+    fn walk(&self, dir: &Node, name: &str) -> Result<Node> {
+        let at = match (&dir.at, name) {
+            (At::Root, "..") => At::Root,
+            (At::Dir(p), "..") => parent(p),
+            (At::Root, "ctl") => At::RootCtl,
+            (At::Root, _) => At::Dir(name.into()),
+            (At::Dir(p), _) => match FileKind::from_name(name) {
+                Some(k) => At::File(p.clone(), k),
+                None => At::Dir(format!("{p}/{name}").into()),
+            },
+            (At::RootCtl | At::File(..), _) => {
+                return Err(Error::new(errno::ENOTDIR, "not a directory"));
+            }
+        };
+        if matches!(at, At::Dir(_)) && name != ".." && ctl::check_component(name).is_err() {
+            return Err(not_found());
+        }
+        self.check_exists(&at)?;
+        Ok(Node {
+            at,
+            session: dir.session.clone(),
+        })
+    }
+
+    fn stat(&self, node: &Node) -> Result<FileInfo> {
+        self.check_exists(&node.at)?;
+        Ok(self.info(node, node.at.clone()))
+    }
+
+    fn readdir(&self, dir: &Node) -> Result<Vec<FileInfo>> {
+        let path = match &dir.at {
+            At::Root => "",
+            At::Dir(p) => p,
+            _ => return Err(Error::new(errno::ENOTDIR, "not a directory")),
+        };
+        self.check_exists(&dir.at)?;
+        let mut entries = Vec::new();
+        if path.is_empty() {
+            entries.push(self.info(dir, At::RootCtl));
+        } else if self.is_topic(path) {
+            for k in [FileKind::Ctl, FileKind::Data, FileKind::Offset] {
+                entries.push(self.info(dir, At::File(path.into(), k)));
+            }
+        }
+        for name in self.subdirs(path) {
+            let child = match path {
+                "" => name,
+                _ => format!("{path}/{name}"),
+            };
+            entries.push(self.info(dir, At::Dir(child.into())));
+        }
+        Ok(entries)
+    }
+
+    async fn open(&self, node: &Node, mode: OpenMode) -> Result<Self::Handle> {
+        self.open_file(node, mode)
+    }
+
+    async fn create(
+        &self,
+        dir: &Node,
+        name: &str,
+        perm: u32,
+        mode: OpenMode,
+    ) -> Result<(Node, Self::Handle)> {
+        let path = match &dir.at {
+            At::Root => name.to_string(),
+            At::Dir(p) => format!("{p}/{name}"),
+            _ => return Err(Error::new(errno::ENOTDIR, "not a directory")),
+        };
+        if perm & DMDIR == 0 {
+            // Plan 9's `>` creates a file that exists: open it.
+            if let Ok(node) = self.walk(dir, name)
+                && !matches!(node.at, At::Dir(_))
+            {
+                let handle = self.open_file(&node, mode)?;
+                return Ok((node, handle));
+            }
+            return Err(Error::new(
+                errno::EPERM,
+                "cannot create a file: mkdir makes a topic, whose files are data, ctl and offset",
+            ));
+        }
+        self.check_exists(&dir.at)?;
+        self.create_topic(&path, self.config.defaults)?;
+        let node = Node {
+            at: At::Dir(path.into()),
+            session: dir.session.clone(),
+        };
+        let handle = self.open_file(
+            &node,
+            OpenMode {
+                access: Access::Read,
+                ..mode
+            },
+        )?;
+        Ok((node, handle))
+    }
+
+    async fn read(&self, handle: &Self::Handle, req: ReadReq) -> Result<Bytes> {
+        match &handle.kind {
+            HandleKind::Dir => Err(Error::new(errno::EISDIR, "is a directory")),
+            HandleKind::Text(snapshot) => {
+                let mut snap = snapshot.lock();
+                if req.offset == 0 || snap.is_none() {
+                    *snap = Some(self.text(&handle.node)?);
+                }
+                let text = snap.as_ref().cloned().unwrap_or_default();
+                let start = (req.offset as usize).min(text.len());
+                let end = text.len().min(start + req.count as usize);
+                Ok(text.slice(start..end))
+            }
+            HandleKind::Data(f) => {
+                let At::File(topic, _) = &handle.node.at else {
+                    return Err(not_found());
+                };
+                if f.reads.is_none() {
+                    return Err(Error::new(errno::EBADF, "file not open for reading"));
+                }
+                self.read_data(topic, &handle.node.session.group, f, req)
+                    .await
+            }
+        }
+    }
+
+    async fn write(&self, handle: &Self::Handle, _offset: u64, data: Bytes) -> Result<u32> {
+        let n = data.len() as u32;
+        match (&handle.kind, &handle.node.at) {
+            (HandleKind::Text(_), At::RootCtl) => self.root_ctl(&data)?,
+            (HandleKind::Text(_), At::File(topic, FileKind::Ctl)) => {
+                self.topic_ctl(topic, &data)?
+            }
+            (HandleKind::Text(_), At::File(topic, FileKind::Offset)) => {
+                let seq = ctl::parse_offset(&data).map_err(invalid)?;
+                self.broker
+                    .seek(topic, &handle.node.session.group, seq)
+                    .map_err(broker_error)?
+            }
+            (HandleKind::Data(f), At::File(topic, _)) => {
+                return self.write_data(topic, f, data).await;
+            }
+            _ => return Err(Error::new(errno::EISDIR, "is a directory")),
+        }
+        Ok(n)
+    }
+
+    async fn wstat(&self, node: &Node, changes: Changes) -> Result<()> {
+        self.check_exists(&node.at)?;
+        let is_dir = matches!(node.at, At::Root | At::Dir(_));
+        match changes.length {
+            Some(_) if is_dir => return Err(Error::new(errno::EISDIR, "is a directory")),
+            Some(0) | None => {}
+            Some(_) => return Err(invalid("only truncation to 0 is allowed".into())),
+        }
+        if changes.name.is_some() {
+            return Err(Error::new(errno::EPERM, "cannot rename in dchan"));
+        }
+        if changes.mode.is_some() || changes.uid.is_some() || changes.gid.is_some() {
+            return Err(Error::new(
+                errno::EPERM,
+                "cannot change mode or owner in dchan",
+            ));
+        }
+        // Times and truncation: accepted, nothing to do.
+        Ok(())
+    }
+
+    async fn remove(&self, node: &Node) -> Result<()> {
+        match &node.at {
+            At::Dir(p) if self.is_topic(p) => self.remove_topic(p),
+            At::Dir(p) if self.dir_exists(p) => Err(Error::new(
+                errno::ENOTEMPTY,
+                "directory not empty: it holds topics",
+            )),
+            At::Dir(_) => Err(not_found()),
+            At::Root => Err(Error::new(errno::EPERM, "cannot remove the root")),
+            At::RootCtl | At::File(..) => Err(Error::new(
+                errno::EPERM,
+                "cannot remove a file: rmdir removes a topic",
+            )),
+        }
+    }
+
+    /// A data file's message in hand is acked (`Clunk::Client`) or goes
+    /// back to its group (`Clunk::Lost`). A partial line left by its writes
+    /// is pushed by a task of its own (clunk must not wait), whichever the
+    /// cause: its writes were answered, so it was accepted.
+    fn clunk(&self, node: &Node, handle: Option<Self::Handle>, how: Clunk) {
+        let Some(Handle {
+            kind: HandleKind::Data(f),
+            ..
+        }) = handle
+        else {
+            return;
+        };
+        let At::File(topic, _) = &node.at else {
+            return;
+        };
+        f.reader.into_inner().finish(how == Clunk::Client);
+        if let Some(id) = f.reads {
+            let mut places = self.places.lock();
+            if let Some(entry) = places.readers.get_mut(&**topic)
+                && entry.0 == id
+            {
+                entry.1 = entry.1.saturating_sub(1);
+            }
+        }
+        if let Some(line) = f.writer.into_inner().leftover() {
+            let broker = self.broker.clone();
+            let topic = topic.to_string();
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        if let Err(e) = broker.push(&topic, line, Wait::Block).await {
+                            tracing::warn!(%topic, error = %e, "partial line left at close not pushed");
+                        }
+                    });
+                }
+                Err(_) => tracing::warn!(%topic, "partial line left at close dropped: no runtime"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

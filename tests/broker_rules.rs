@@ -1,0 +1,554 @@
+//! The in-memory broker, rule by rule, driven through the `Broker` trait as
+//! the topic tree drives it. Blocking is observed by polling a future once
+//! (it must stay pending) and completing it after the event that frees it;
+//! the timeouts only turn a hang into a failure.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dchan::broker::{
+    Broker, Delivery, Error, MemoryBroker, MemoryDelivery, Seq, Setting, TopicConfig, Wait,
+};
+use futures_util::poll;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+fn broker(capacity: u64) -> MemoryBroker {
+    let b = MemoryBroker::new();
+    b.create(
+        "t",
+        TopicConfig {
+            capacity,
+            ..TopicConfig::default()
+        },
+    )
+    .unwrap();
+    b
+}
+
+fn push<'a>(b: &'a MemoryBroker, data: &str) -> Boxed<'a, Result<Seq, Error>> {
+    Box::pin(b.push("t", Bytes::copy_from_slice(data.as_bytes()), Wait::Block))
+}
+
+fn pull<'a>(
+    b: &'a MemoryBroker,
+    group: &'a str,
+) -> Boxed<'a, Result<Option<MemoryDelivery>, Error>> {
+    Box::pin(b.pull("t", group, Wait::Block))
+}
+
+/// Poll once: the future must be blocked.
+async fn blocked<T>(f: &mut Boxed<'_, T>) {
+    assert!(poll!(f.as_mut()).is_pending(), "expected to block");
+}
+
+/// Await with a limit that only catches a hang.
+async fn done<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f).await.expect("hung")
+}
+
+/// Pull one message of `group` and ack it, returning its text.
+async fn take(b: &MemoryBroker, group: &str) -> String {
+    let d = done(b.pull("t", group, Wait::Block))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(d.data().to_vec()).unwrap();
+    d.ack();
+    text
+}
+
+async fn push_now(b: &MemoryBroker, data: &str) -> Seq {
+    done(push(b, data)).await.unwrap()
+}
+
+#[tokio::test]
+async fn rendezvous_push_waits_for_a_reader() {
+    let b = broker(0);
+    let mut p = push(&b, "hello");
+    blocked(&mut p).await;
+    assert_eq!(b.status("t").unwrap().blocked_writers, 1);
+    assert_eq!(take(&b, "").await, "hello");
+    assert_eq!(done(p).await, Ok(0));
+    let s = b.status("t").unwrap();
+    assert_eq!(
+        (s.pending, s.blocked_writers, s.pushed, s.pulled),
+        (0, 0, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn rendezvous_push_returns_when_a_reader_is_blocked() {
+    let b = broker(0);
+    let mut r = pull(&b, "");
+    blocked(&mut r).await;
+    assert_eq!(push_now(&b, "x").await, 0);
+    let d = done(r).await.unwrap().unwrap();
+    assert_eq!(d.data().as_ref(), b"x");
+}
+
+#[tokio::test]
+async fn rendezvous_waits_for_every_group() {
+    let b = broker(0);
+    b.offset("t", "a").unwrap();
+    b.offset("t", "b").unwrap();
+    let mut p = push(&b, "m");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "a").await, "m");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "b").await, "m");
+    assert_eq!(done(p).await, Ok(0));
+}
+
+#[tokio::test]
+async fn capacity_two_blocks_the_third_push_until_a_pull() {
+    let b = broker(2);
+    b.offset("t", "").unwrap();
+    assert_eq!(push_now(&b, "0").await, 0);
+    assert_eq!(push_now(&b, "1").await, 1);
+    let mut p = push(&b, "2");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "").await, "0");
+    assert_eq!(done(p).await, Ok(2));
+    assert_eq!(take(&b, "").await, "1");
+    assert_eq!(take(&b, "").await, "2");
+}
+
+#[tokio::test]
+async fn capacity_without_a_group_holds_for_the_first() {
+    let b = broker(2);
+    push_now(&b, "0").await;
+    push_now(&b, "1").await;
+    let mut p = push(&b, "2");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "late").await, "0");
+    assert_eq!(done(p).await, Ok(2));
+    assert_eq!(take(&b, "late").await, "1");
+    assert_eq!(take(&b, "late").await, "2");
+}
+
+#[tokio::test]
+async fn readers_of_a_group_share_the_work() {
+    let b = broker(100);
+    b.offset("t", "").unwrap();
+    for i in 0..10 {
+        push_now(&b, &i.to_string()).await;
+    }
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        // Two readers of the default group, each taking its own message.
+        let (x, y) = tokio::join!(take(&b, ""), take(&b, ""));
+        seen.push(x);
+        seen.push(y);
+    }
+    seen.sort_by_key(|s| s.parse::<u32>().unwrap());
+    assert_eq!(seen, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
+    let r = b.pull("t", "", Wait::NonBlock).await;
+    assert_eq!(r.err(), Some(Error::WouldBlock));
+}
+
+#[tokio::test]
+async fn every_group_gets_every_message() {
+    let b = broker(10);
+    b.offset("t", "a").unwrap();
+    b.offset("t", "b").unwrap();
+    for i in 0..5 {
+        push_now(&b, &i.to_string()).await;
+    }
+    for g in ["a", "b"] {
+        for i in 0..5 {
+            assert_eq!(take(&b, g).await, i.to_string());
+        }
+    }
+    assert_eq!(b.status("t").unwrap().pending, 0);
+}
+
+#[tokio::test]
+async fn a_slow_group_does_not_hold_back_another() {
+    let b = broker(0);
+    b.offset("t", "slow").unwrap();
+    let mut p = push(&b, "m");
+    blocked(&mut p).await;
+    // The fast group takes it while the slow one has not.
+    assert_eq!(take(&b, "fast").await, "m");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "slow").await, "m");
+    assert_eq!(done(p).await, Ok(0));
+}
+
+#[tokio::test]
+async fn a_new_group_starts_at_the_oldest_held() {
+    let b = broker(10);
+    b.offset("t", "a").unwrap();
+    for i in 0..3 {
+        push_now(&b, &i.to_string()).await;
+    }
+    assert_eq!(take(&b, "a").await, "0");
+    assert_eq!(b.offset("t", "b").unwrap(), 1);
+    assert_eq!(take(&b, "b").await, "1");
+}
+
+#[tokio::test]
+async fn offset_replays_and_skips() {
+    let b = broker(10);
+    b.offset("t", "a").unwrap();
+    b.offset("t", "hold").unwrap();
+    for i in 0..3 {
+        push_now(&b, &i.to_string()).await;
+    }
+    for i in 0..3 {
+        assert_eq!(take(&b, "a").await, i.to_string());
+    }
+    assert_eq!(b.offset("t", "a").unwrap(), 3);
+    b.seek("t", "a", 1).unwrap();
+    assert_eq!(take(&b, "a").await, "1");
+    b.seek("t", "a", 3).unwrap();
+    let r = b.pull("t", "a", Wait::NonBlock).await;
+    assert_eq!(r.err(), Some(Error::WouldBlock));
+    assert_eq!(
+        b.seek("t", "a", 4),
+        Err(Error::OffsetOutOfRange {
+            asked: 4,
+            first: 0,
+            next: 3
+        })
+    );
+    // The holding group lets go: the held messages go, and so does the range.
+    b.seek("t", "hold", 3).unwrap();
+    assert_eq!(b.status("t").unwrap().pending, 0);
+    assert!(matches!(
+        b.seek("t", "a", 0),
+        Err(Error::OffsetOutOfRange { first: 3, .. })
+    ));
+}
+
+#[tokio::test]
+async fn reset_fails_blocked_pushes_and_empties() {
+    let b = broker(1);
+    b.offset("t", "").unwrap();
+    assert_eq!(push_now(&b, "0").await, 0);
+    let mut p = push(&b, "1");
+    blocked(&mut p).await;
+    b.reset("t").unwrap();
+    assert_eq!(done(p).await, Err(Error::Reset));
+    let s = b.status("t").unwrap();
+    assert_eq!(
+        (s.pending, s.first, s.next, s.blocked_writers),
+        (0, 1, 1, 0)
+    );
+    assert_eq!(s.groups.len(), 1);
+    assert_eq!((s.groups[0].offset, s.groups[0].lag), (1, 0));
+    // Sequence numbers are not reused.
+    let mut r = pull(&b, "");
+    blocked(&mut r).await;
+    assert_eq!(push_now(&b, "2").await, 1);
+    assert_eq!(done(r).await.unwrap().unwrap().seq(), 1);
+}
+
+#[tokio::test]
+async fn reset_fails_a_push_one_group_took() {
+    let b = broker(0);
+    b.offset("t", "a").unwrap();
+    b.offset("t", "b").unwrap();
+    let mut p = push(&b, "m");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "a").await, "m");
+    b.reset("t").unwrap();
+    assert_eq!(done(p).await, Err(Error::Reset));
+    assert_eq!(
+        b.pull("t", "b", Wait::NonBlock).await.err(),
+        Some(Error::WouldBlock)
+    );
+}
+
+#[tokio::test]
+async fn reset_keeps_blocked_readers_waiting() {
+    let b = broker(0);
+    let mut r = pull(&b, "g");
+    blocked(&mut r).await;
+    b.reset("t").unwrap();
+    blocked(&mut r).await;
+    push_now(&b, "after").await;
+    assert_eq!(done(r).await.unwrap().unwrap().data().as_ref(), b"after");
+}
+
+#[tokio::test]
+async fn reset_reopens_a_closed_topic() {
+    let b = broker(0);
+    b.close("t").unwrap();
+    assert_eq!(done(push(&b, "x")).await, Err(Error::Closed));
+    b.reset("t").unwrap();
+    let mut p = push(&b, "x");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "").await, "x");
+    assert_eq!(done(p).await, Ok(0));
+}
+
+#[tokio::test]
+async fn close_drains_then_ends() {
+    let b = broker(5);
+    b.offset("t", "").unwrap();
+    push_now(&b, "0").await;
+    push_now(&b, "1").await;
+    b.close("t").unwrap();
+    assert_eq!(done(push(&b, "2")).await, Err(Error::Closed));
+    assert_eq!(take(&b, "").await, "0");
+    assert_eq!(take(&b, "").await, "1");
+    assert!(done(pull(&b, "")).await.unwrap().is_none());
+    assert!(done(pull(&b, "")).await.unwrap().is_none());
+    assert!(b.status("t").unwrap().closed);
+}
+
+#[tokio::test]
+async fn close_ends_blocked_pulls() {
+    let b = broker(0);
+    let mut r1 = pull(&b, "");
+    let mut r2 = pull(&b, "other");
+    blocked(&mut r1).await;
+    blocked(&mut r2).await;
+    b.close("t").unwrap();
+    assert!(done(r1).await.unwrap().is_none());
+    assert!(done(r2).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn remove_wakes_everything_with_errors() {
+    let b = broker(0);
+    let mut r = pull(&b, "");
+    let mut p = push(&b, "x");
+    b.offset("t", "idle").unwrap();
+    blocked(&mut r).await;
+    // p: the reader of "" takes it; "idle" never does.
+    blocked(&mut p).await;
+    let mut r2 = pull(&b, "");
+    blocked(&mut r2).await;
+    b.remove("t").unwrap();
+    assert_eq!(done(p).await, Err(Error::Removed));
+    assert!(done(r).await.unwrap().is_some(), "taken before the removal");
+    assert_eq!(done(r2).await.err(), Some(Error::Removed));
+    assert_eq!(
+        done(pull(&b, "")).await.err(),
+        Some(Error::NoTopic("t".into()))
+    );
+    assert!(b.topics().is_empty());
+}
+
+#[tokio::test]
+async fn timeout_fails_a_waiting_push_or_pull() {
+    let b = broker(0);
+    b.set("t", Setting::Timeout(Some(Duration::from_millis(20))))
+        .unwrap();
+    assert_eq!(done(pull(&b, "")).await.err(), Some(Error::TimedOut));
+    assert_eq!(done(push(&b, "x")).await, Err(Error::TimedOut));
+    // The timed-out push was withdrawn.
+    let s = b.status("t").unwrap();
+    assert_eq!((s.pending, s.blocked_writers, s.blocked_readers), (0, 0, 0));
+    assert_eq!(
+        b.pull("t", "", Wait::NonBlock).await.err(),
+        Some(Error::WouldBlock)
+    );
+}
+
+#[tokio::test]
+async fn nonblock_never_waits() {
+    let b = broker(0);
+    assert_eq!(
+        b.pull("t", "", Wait::NonBlock).await.err(),
+        Some(Error::WouldBlock)
+    );
+    assert_eq!(
+        b.push("t", Bytes::from_static(b"x"), Wait::NonBlock).await,
+        Err(Error::WouldBlock)
+    );
+    assert_eq!(b.status("t").unwrap().pending, 0);
+    // With a blocked reader a rendezvous push goes through.
+    let mut r = pull(&b, "");
+    blocked(&mut r).await;
+    assert_eq!(
+        b.push("t", Bytes::from_static(b"y"), Wait::NonBlock).await,
+        Ok(0)
+    );
+    assert_eq!(done(r).await.unwrap().unwrap().data().as_ref(), b"y");
+}
+
+#[tokio::test]
+async fn a_cancelled_pull_takes_nothing() {
+    let b = broker(1);
+    let mut r = pull(&b, "");
+    blocked(&mut r).await;
+    drop(r);
+    push_now(&b, "kept").await;
+    assert_eq!(take(&b, "").await, "kept");
+}
+
+#[tokio::test]
+async fn a_message_reserved_for_a_dropped_pull_goes_to_the_next_reader() {
+    let b = broker(0);
+    let mut r1 = pull(&b, "");
+    let mut r2 = pull(&b, "");
+    blocked(&mut r1).await;
+    blocked(&mut r2).await;
+    // Reserved for r1, which is dropped before it ran again.
+    assert_eq!(push_now(&b, "m").await, 0);
+    drop(r1);
+    let d = done(r2).await.unwrap().unwrap();
+    assert_eq!((d.seq(), d.data().as_ref()), (0, &b"m"[..]));
+    d.ack();
+    let s = b.status("t").unwrap();
+    assert_eq!((s.pulled, s.groups[0].unacked), (1, 0));
+}
+
+#[tokio::test]
+async fn a_cancelled_rendezvous_push_is_withdrawn() {
+    let b = broker(0);
+    let mut p = push(&b, "gone");
+    blocked(&mut p).await;
+    drop(p);
+    let s = b.status("t").unwrap();
+    assert_eq!((s.pending, s.blocked_writers, s.pushed), (0, 0, 0));
+    assert_eq!(
+        b.pull("t", "", Wait::NonBlock).await.err(),
+        Some(Error::WouldBlock)
+    );
+    // The next push gets the next number there is.
+    let mut r = pull(&b, "");
+    blocked(&mut r).await;
+    assert_eq!(push_now(&b, "next").await, 0);
+}
+
+#[tokio::test]
+async fn a_cancelled_push_a_reader_took_stays() {
+    let b = broker(0);
+    b.offset("t", "a").unwrap();
+    b.offset("t", "b").unwrap();
+    let mut p = push(&b, "m");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "a").await, "m");
+    drop(p);
+    assert_eq!(take(&b, "b").await, "m");
+}
+
+#[tokio::test]
+async fn a_dropped_delivery_goes_back_to_the_front() {
+    let b = broker(10);
+    b.offset("t", "").unwrap();
+    for i in 0..3 {
+        push_now(&b, &i.to_string()).await;
+    }
+    let d0 = done(pull(&b, "")).await.unwrap().unwrap();
+    let d1 = done(pull(&b, "")).await.unwrap().unwrap();
+    assert_eq!(b.status("t").unwrap().groups[0].unacked, 2);
+    drop(d1);
+    drop(d0);
+    assert_eq!(b.status("t").unwrap().groups[0].unacked, 0);
+    assert_eq!(take(&b, "").await, "0");
+    assert_eq!(take(&b, "").await, "1");
+    assert_eq!(take(&b, "").await, "2");
+}
+
+#[tokio::test]
+async fn a_dropped_delivery_wakes_a_blocked_reader() {
+    let b = broker(0);
+    let mut r = pull(&b, "");
+    blocked(&mut r).await;
+    push_now(&b, "m").await;
+    let d = done(r).await.unwrap().unwrap();
+    let mut r2 = pull(&b, "");
+    blocked(&mut r2).await;
+    drop(d);
+    assert_eq!(done(r2).await.unwrap().unwrap().data().as_ref(), b"m");
+}
+
+#[tokio::test]
+async fn blocked_readers_are_served_in_arrival_order() {
+    let b = broker(10);
+    let mut rs: Vec<_> = (0..4).map(|_| pull(&b, "")).collect();
+    for r in &mut rs {
+        blocked(r).await;
+    }
+    for i in 0..4 {
+        push_now(&b, &i.to_string()).await;
+    }
+    for (i, r) in rs.into_iter().enumerate() {
+        let d = done(r).await.unwrap().unwrap();
+        assert_eq!(d.data().as_ref(), i.to_string().as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn capacity_grows_on_a_live_topic() {
+    let b = broker(0);
+    b.offset("t", "").unwrap();
+    let mut p = push(&b, "x");
+    blocked(&mut p).await;
+    b.set("t", Setting::Capacity(1)).unwrap();
+    assert_eq!(done(p).await, Ok(0));
+    assert_eq!(b.status("t").unwrap().config.capacity, 1);
+}
+
+#[tokio::test]
+async fn forget_drops_a_group_and_what_it_held() {
+    let b = broker(0);
+    b.offset("t", "a").unwrap();
+    b.offset("t", "b").unwrap();
+    let mut p = push(&b, "m");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "a").await, "m");
+    blocked(&mut p).await;
+    b.forget("t", "b").unwrap();
+    assert_eq!(done(p).await, Ok(0));
+    assert_eq!(b.status("t").unwrap().pending, 0);
+    assert_eq!(b.forget("t", "b"), Err(Error::NoGroup("b".into())));
+}
+
+#[tokio::test]
+async fn names_are_checked() {
+    let b = MemoryBroker::new();
+    for good in ["a", "metrics/eu", "A-b_c.d", "x/y/z", "..."] {
+        b.create(good, TopicConfig::default()).unwrap();
+    }
+    for bad in [
+        "", "/a", "a/", "a//b", ".", "..", "a/../b", "a b", "é", "a\n",
+    ] {
+        assert_eq!(
+            b.create(bad, TopicConfig::default()),
+            Err(Error::BadName(bad.into())),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        b.create("a", TopicConfig::default()),
+        Err(Error::Exists("a".into()))
+    );
+    assert_eq!(b.topics(), ["...", "A-b_c.d", "a", "metrics/eu", "x/y/z"]);
+    b.remove("a").unwrap();
+    assert_eq!(b.remove("a"), Err(Error::NoTopic("a".into())));
+    assert_eq!(b.totals().topics, 4);
+}
+
+#[tokio::test]
+async fn totals_count_over_topics() {
+    let b = broker(5);
+    b.create(
+        "u",
+        TopicConfig {
+            capacity: 5,
+            ..TopicConfig::default()
+        },
+    )
+    .unwrap();
+    push_now(&b, "x").await;
+    done(b.push("u", Bytes::from_static(b"y"), Wait::Block))
+        .await
+        .unwrap();
+    take(&b, "").await;
+    let t = b.totals();
+    assert_eq!((t.topics, t.pushed, t.pulled), (2, 2, 1));
+    b.remove("t").unwrap();
+    let t = b.totals();
+    assert_eq!((t.topics, t.pushed, t.pulled), (1, 2, 1));
+}

@@ -1,0 +1,221 @@
+//! The client's multiplexer against a scripted server on an in-memory pipe:
+//! replies out of order reach the right request, and a dropped request
+//! sends Tflush and keeps its tag until the Rflush.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dchan::client::{ConnectOptions, Connection};
+use dchan::proto::codec::{decode, encode};
+use dchan::proto::frame::FrameDecoder;
+use dchan::proto::{Dialect, Fcall, Msg};
+use futures_util::StreamExt;
+use tokio::io::{AsyncWriteExt, DuplexStream, WriteHalf};
+use tokio_util::codec::FramedRead;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// The server's end: reads T-messages, writes R-messages.
+struct Script {
+    rx: FramedRead<tokio::io::ReadHalf<DuplexStream>, FrameDecoder>,
+    tx: WriteHalf<DuplexStream>,
+    dialect: Dialect,
+}
+
+impl Script {
+    async fn recv(&mut self) -> Msg {
+        let frame = tokio::time::timeout(LIMIT, self.rx.next())
+            .await
+            .expect("client sent nothing")
+            .expect("client hung up")
+            .expect("bad frame");
+        decode(frame, self.dialect).expect("bad message")
+    }
+
+    async fn send(&mut self, tag: u16, body: Fcall) {
+        let mut buf = BytesMut::new();
+        encode(&Msg { tag, body }, self.dialect, &mut buf);
+        self.tx.write_all(&buf).await.unwrap();
+    }
+}
+
+/// A connected client and the script playing its server.
+async fn pair(dialect: Dialect) -> (Connection, Script) {
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let (cr, cw) = tokio::io::split(client);
+    let (sr, sw) = tokio::io::split(server);
+    let mut script = Script {
+        rx: FramedRead::new(sr, FrameDecoder::new(1 << 20)),
+        tx: sw,
+        dialect,
+    };
+    let opts = ConnectOptions {
+        dialect,
+        msize: 8192,
+    };
+    let conn = tokio::spawn(async move { Connection::handshake(cr, cw, &opts).await });
+    let tv = script.recv().await;
+    assert!(matches!(tv.body, Fcall::Tversion { msize: 8192, .. }));
+    script
+        .send(
+            tv.tag,
+            Fcall::Rversion {
+                msize: 4096,
+                version: dialect.as_str().into(),
+            },
+        )
+        .await;
+    let conn = conn.await.unwrap().expect("handshake");
+    assert_eq!((conn.msize(), conn.dialect()), (4096, dialect));
+    (conn, script)
+}
+
+fn read_of(msg: &Msg) -> u32 {
+    match msg.body {
+        Fcall::Tread { fid, .. } => fid,
+        ref other => panic!("expected Tread, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn replies_out_of_order_reach_their_requests() {
+    let (conn, mut script) = pair(Dialect::P2000L).await;
+    let mut calls = Vec::new();
+    for fid in 0..50u32 {
+        let conn = conn.clone();
+        calls.push(tokio::spawn(async move {
+            let r = conn
+                .rpc(Fcall::Tread {
+                    fid,
+                    offset: 0,
+                    count: 10,
+                })
+                .await;
+            (fid, r.unwrap())
+        }));
+    }
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        let m = script.recv().await;
+        got.push((m.tag, read_of(&m)));
+    }
+    let tags: HashSet<u16> = got.iter().map(|g| g.0).collect();
+    assert_eq!(tags.len(), 50, "tags in flight must differ");
+    // Answer in reverse order, each with its fid as data.
+    for (tag, fid) in got.into_iter().rev() {
+        let data = fid.to_string().into_bytes().into();
+        script.send(tag, Fcall::Rread { data }).await;
+    }
+    for call in calls {
+        let (fid, reply) = call.await.unwrap();
+        assert_eq!(
+            reply,
+            Fcall::Rread {
+                data: fid.to_string().into_bytes().into()
+            }
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_request_is_flushed_and_its_tag_held_until_rflush() {
+    let (conn, mut script) = pair(Dialect::P2000).await;
+    // A request given up after it was sent.
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        conn.rpc(Fcall::Tread {
+            fid: 1,
+            offset: 0,
+            count: 10,
+        }),
+    );
+    let (sent, _) = tokio::join!(script.recv(), given_up);
+    let old = sent.tag;
+    let flush = script.recv().await;
+    assert_eq!(flush.body, Fcall::Tflush { oldtag: old });
+    // While the flush is pending, new requests avoid both tags.
+    let mut calls = Vec::new();
+    for fid in 10..20u32 {
+        let conn = conn.clone();
+        calls.push(tokio::spawn(async move {
+            conn.rpc(Fcall::Tread {
+                fid,
+                offset: 0,
+                count: 10,
+            })
+            .await
+        }));
+    }
+    let mut pending = Vec::new();
+    for _ in 10..20 {
+        let m = script.recv().await;
+        assert!(m.tag != old && m.tag != flush.tag, "tag {} reused", m.tag);
+        pending.push(m.tag);
+    }
+    // The old reply arrives first (the server had sent it), then the
+    // Rflush: the old reply goes nowhere.
+    script
+        .send(
+            old,
+            Fcall::Rread {
+                data: "late".into(),
+            },
+        )
+        .await;
+    script.send(flush.tag, Fcall::Rflush).await;
+    for tag in pending {
+        script.send(tag, Fcall::Rread { data: "ok".into() }).await;
+    }
+    for call in calls {
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            Fcall::Rread { data: "ok".into() }
+        );
+    }
+}
+
+#[tokio::test]
+async fn errors_carry_the_servers_words() {
+    let (conn, mut script) = pair(Dialect::P2000u).await;
+    let call = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.rpc(Fcall::Tclunk { fid: 9 }).await }
+    });
+    let m = script.recv().await;
+    let ename = "topic reset".to_string();
+    script
+        .send(m.tag, Fcall::Rerror { ename, errno: 125 })
+        .await;
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(
+        (e.to_string(), e.errno()),
+        ("topic reset".into(), Some(125))
+    );
+
+    let (conn, mut script) = pair(Dialect::P2000L).await;
+    let call = tokio::spawn(async move { conn.rpc(Fcall::Tclunk { fid: 9 }).await });
+    let m = script.recv().await;
+    script.send(m.tag, Fcall::Rlerror { ecode: 2 }).await;
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(e.to_string(), "no such file or directory");
+}
+
+#[tokio::test]
+async fn a_server_hanging_up_fails_every_waiter() {
+    let (conn, mut script) = pair(Dialect::P2000L).await;
+    let call = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.rpc(Fcall::Tclunk { fid: 9 }).await }
+    });
+    script.recv().await;
+    drop(script);
+    let e = tokio::time::timeout(LIMIT, call)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(e.to_string().starts_with("connection lost"), "{e}");
+    let e = conn.rpc(Fcall::Tclunk { fid: 9 }).await.unwrap_err();
+    assert!(e.to_string().starts_with("connection lost"), "{e}");
+}

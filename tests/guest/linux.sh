@@ -1,0 +1,342 @@
+#!/bin/sh
+# The real Linux 9P client against dchan, run inside the QEMU guest by
+# tests/linux_client.rs through scripts/guest (busybox sh; bash is
+# /bin/bash). The host's dchan servers are at $SERVER (10.0.2.2):
+#   RAMFS_PORT  `dchan serve --ramfs`: issue 2's ls, mkdir, echo, cat, rm
+#   TOPIC_PORT  `dchan serve`: issue 3's topic contract
+# for each dialect: 9p2000.L, 9p2000.u, and plain 9p2000 with the
+# `:linux` aname override that turns on the Linux read loop rule.
+# Each check prints one line, `CHECK <name> ok` or `CHECK <name> FAIL ...`.
+. ./lib.sh
+KERNEL=$(uname -r)
+DIALECTS="9p2000.L 9p2000.u 9p2000"
+
+# ---- issue 2: the RAM tree ---------------------------------------------------
+
+ramfs() {
+    V=$1 M=/mnt/ramfs-$1 C=ramfs.$1
+    if ! mount9p $M "$RAMFS_PORT" $V 2> /tmp/mount.err; then
+        fail $C.mount "$(cat /tmp/mount.err)"
+        return
+    fi
+    ok $C.mount
+    if ls -la $M > /tmp/ls.out 2>&1; then ok $C.ls; else fail $C.ls "$(cat /tmp/ls.out)"; fi
+    if mkdir $M/dir-$V 2> /tmp/e; then ok $C.mkdir; else fail $C.mkdir "$(cat /tmp/e)"; fi
+    if echo hello > $M/dir-$V/f 2> /tmp/e; then ok $C.write; else fail $C.write "$(cat /tmp/e)"; fi
+    got=$(timeout $WAIT cat $M/dir-$V/f 2> /tmp/e)
+    if [ "$got" = hello ]; then ok $C.cat; else fail $C.cat "got '$got' $(cat /tmp/e)"; fi
+    if ls $M/dir-$V | grep -qx f; then ok $C.ls-dir; else fail $C.ls-dir "f not listed: $(ls $M/dir-$V 2>&1)"; fi
+    if rm $M/dir-$V/f 2> /tmp/e && ! test -e $M/dir-$V/f; then ok $C.rm; else fail $C.rm "$(cat /tmp/e)"; fi
+    if rmdir $M/dir-$V 2> /tmp/e && ! test -e $M/dir-$V; then ok $C.rmdir; else fail $C.rmdir "$(cat /tmp/e)"; fi
+    if umount $M 2> /tmp/e; then ok $C.umount; else fail $C.umount "$(cat /tmp/e)"; fi
+}
+
+# ---- issue 3: topics ---------------------------------------------------------
+
+# Each check gets a fresh topic; $T is its directory on the default-group
+# mount $M, $G1 and $G2 the same topic seen by groups g1 and g2.
+topic() {
+    T=$M/$1 G1=$M1/$1 G2=$M2/$1
+    mkdir $T 2> /tmp/mkdir.err || echo "mkdir $T failed: $(cat /tmp/mkdir.err)"
+}
+# ctl CMD: writes one command to the topic's ctl; its exit status.
+ctl() { echo "$1" >> $T/ctl; }
+# A check's leftovers: close the topic (wakes what still waits) and kill
+# what still runs.
+cleanup() {
+    ctl close 2>/dev/null
+    for n in "$@"; do stop $n; done
+}
+
+# `echo hello >> data` blocks until `cat data` reads it; cat prints it at once.
+c_rendezvous() {
+    topic rendezvous
+    bg w push $T/data hello
+    sleep $BLOCK
+    if ended w; then fail $C.rendezvous "push ended before any reader: rc $(rc w) $(err w)"; cleanup w; return; fi
+    bg r pull $T/data
+    if ! waitfor $WAIT has r hello; then fail $C.rendezvous "cat printed '$(out r)' $(err r)"; cleanup w r; return; fi
+    if ! waitfor $WAIT ended w || [ "$(rc w)" != 0 ]; then fail $C.rendezvous "push: rc $(rc w) $(err w)"; cleanup w r; return; fi
+    if ended r; then fail $C.rendezvous "cat ended: rc $(rc r)"; cleanup r; return; fi
+    ok $C.rendezvous
+    cleanup r
+}
+
+# `head -n 1 data` takes exactly one message.
+c_head() {
+    topic head
+    bg w pushn $T/data 3 m
+    a=$(timeout $WAIT head -n 1 $T/data 2> /tmp/e)
+    b=$(timeout $WAIT head -n 1 $T/data 2>> /tmp/e)
+    c=$(timeout $WAIT head -n 1 $T/data 2>> /tmp/e)
+    waitfor $WAIT ended w
+    if [ "$a $b $c" = "m1 m2 m3" ] && [ "$(rc w)" = 0 ]; then ok $C.head-n-1
+    else fail $C.head-n-1 "three head -n 1 gave '$a $b $c', push rc $(rc w) $(cat /tmp/e)"; fi
+    cleanup w
+}
+
+# `while read line` with busybox sh (reads 1 byte at a time) and bash (reads
+# a chunk and seeks back) sees every message.
+c_whileread() {
+    for sh in sh bash; do
+        topic whileread-$sh
+        bg w pushn $T/data 5 line
+        got=$(timeout $WAIT $sh -c 'n=0; while read line; do echo "$line"; n=$((n + 1)); [ $n = 5 ] && break; done < "$1"' sh $T/data 2> /tmp/e | tr '\n' ' ')
+        waitfor $WAIT ended w
+        if [ "$got" = "line1 line2 line3 line4 line5 " ] && [ "$(rc w)" = 0 ]; then ok $C.while-read-$sh
+        else fail $C.while-read-$sh "got '$got', push rc $(rc w) $(cat /tmp/e)"; fi
+        cleanup w
+    done
+}
+
+# Messages of 65512 and 100000 bytes (newline included) come out whole from
+# one read(2) of 1 MiB.
+c_big() {
+    for size in 65512 100000; do
+        topic big-$size
+        bg w sh -c 'exec 3>> "$1"; head -c $(($2 - 1)) /dev/zero | tr "\0" x >&3; echo >&3' sh $T/data $size
+        timeout $WAIT dd if=$T/data of=/tmp/big bs=1048576 count=1 2> /tmp/e
+        got=$(wc -c < /tmp/big)
+        waitfor $WAIT ended w
+        if [ "$got" = $size ] && [ "$(tr -d x < /tmp/big)" = "" ] && [ "$(rc w)" = 0 ]; then ok $C.big-$size
+        else fail $C.big-$size "one read(2) gave $got bytes, push rc $(rc w) $(err w) $(cat /tmp/e)"; fi
+        cleanup w
+    done
+}
+
+# With capacity 2 the third push blocks until a read.
+c_capacity() {
+    topic capacity
+    ctl "capacity 2" || fail $C.capacity-2 "capacity 2 refused"
+    cat $T/offset > /dev/null   # the default group exists from here on
+    for m in m1 m2; do
+        if ! timeout $WAIT sh -c 'echo $1 >> $2' sh $m $T/data 2> /tmp/e; then
+            fail $C.capacity-2 "push $m did not complete: $(cat /tmp/e)"; cleanup; return
+        fi
+    done
+    bg w push $T/data m3
+    sleep $BLOCK
+    if ended w; then fail $C.capacity-2 "third push did not block: rc $(rc w) $(err w)"; cleanup w; return; fi
+    first=$(timeout $WAIT head -n 1 $T/data)
+    if ! waitfor $WAIT ended w || [ "$(rc w)" != 0 ]; then fail $C.capacity-2 "third push after a read: rc $(rc w) $(err w)"; cleanup w; return; fi
+    rest=$(timeout $WAIT head -n 1 $T/data; timeout $WAIT head -n 1 $T/data)
+    if [ "$first" = m1 ] && [ "$(echo $rest)" = "m2 m3" ]; then ok $C.capacity-2
+    else fail $C.capacity-2 "read '$first' then '$(echo $rest)'"; fi
+    cleanup w
+}
+
+# Two readers of the default group split 100 messages, none lost or duplicated.
+c_split() {
+    topic split
+    bg r1 pull $T/data
+    bg r2 pull $T/data
+    sleep $BLOCK
+    bg w pushn $T/data 100 m
+    waitfor 60 ended w
+    ctl close
+    waitfor $WAIT ended r1; waitfor $WAIT ended r2
+    n1=$(out r1 | wc -l) n2=$(out r2 | wc -l)
+    all=$( (out r1; out r2) | sort | tr '\n' ' ')
+    want=$(seqlines m 100 | sort | tr '\n' ' ')
+    if [ "$all" = "$want" ] && [ "$(rc w)" = 0 ] && [ "$(rc r1)" = 0 ] && [ "$(rc r2)" = 0 ]; then
+        ok $C.split-100 "($n1 + $n2)"
+    else
+        fail $C.split-100 "readers got $n1 + $n2 lines, sorted union differs: $(echo "$all" | cut -c1-200); push rc $(rc w) $(err w), cat rc $(rc r1) $(rc r2)"
+    fi
+    cleanup w r1 r2
+}
+
+# Two groups (two mounts with anames g1 and g2) each get all 100, in order.
+c_groups() {
+    topic groups
+    cat $G1/offset $G2/offset > /dev/null 2> /tmp/e || { fail $C.groups-100 "offset: $(cat /tmp/e)"; return; }
+    bg r1 pull $G1/data
+    bg r2 pull $G2/data
+    bg w pushn $T/data 100 m
+    waitfor 60 ended w
+    ctl close
+    waitfor $WAIT ended r1; waitfor $WAIT ended r2
+    want=$(seqlines m 100 | tr '\n' ' ')
+    g1=$(out r1 | tr '\n' ' ') g2=$(out r2 | tr '\n' ' ')
+    if [ "$g1" = "$want" ] && [ "$g2" = "$want" ] && [ "$(rc w)" = 0 ]; then ok $C.groups-100
+    else fail $C.groups-100 "g1 got $(out r1 | wc -l), g2 got $(out r2 | wc -l), in order: $([ "$g1" = "$want" ] && echo yes || echo no)/$([ "$g2" = "$want" ] && echo yes || echo no); push rc $(rc w) $(err w)"; fi
+    cleanup w r1 r2
+}
+
+# Writing offset moves the group back over held messages: they are read again.
+# (Group g1 holds them: it has not read.)
+c_offset() {
+    topic offset
+    ctl "capacity 10"
+    o0=$(cat $T/offset); cat $G1/offset > /dev/null
+    timeout $WAIT sh -c 'printf "a\nb\nc\n" >> $1' sh $T/data || { fail $C.offset-replay "push failed"; cleanup; return; }
+    a=$(timeout $WAIT head -n 1 $T/data) b=$(timeout $WAIT head -n 1 $T/data)
+    o2=$(cat $T/offset)
+    if ! echo "$o0" > $T/offset 2> /tmp/e; then fail $C.offset-replay "writing offset $o0: $(cat /tmp/e)"; cleanup; return; fi
+    o3=$(cat $T/offset)
+    again=$(timeout $WAIT head -n 1 $T/data; timeout $WAIT head -n 1 $T/data; timeout $WAIT head -n 1 $T/data)
+    if [ "$a$b" = ab ] && [ "$o2" = $((o0 + 2)) ] && [ "$o3" = "$o0" ] && [ "$(echo $again)" = "a b c" ]; then ok $C.offset-replay
+    else fail $C.offset-replay "read $a$b, offset $o0 -> $o2, wrote $o0 -> $o3, then read '$(echo $again)'"; fi
+    cleanup
+}
+
+# reset fails a blocked writer (its echo exits non-zero) and empties the topic.
+c_reset() {
+    topic reset
+    ctl "capacity 1"
+    cat $T/offset > /dev/null
+    timeout $WAIT sh -c 'echo held >> $1' sh $T/data || { fail $C.reset "first push failed"; cleanup; return; }
+    bg w push $T/data blocked
+    sleep $BLOCK
+    if ended w; then fail $C.reset "second push did not block (capacity 1): rc $(rc w)"; cleanup w; return; fi
+    if ! ctl reset 2> /tmp/e; then fail $C.reset "reset refused: $(cat /tmp/e)"; cleanup w; return; fi
+    if ! waitfor $WAIT ended w; then fail $C.reset "blocked push still blocked after reset"; cleanup w; return; fi
+    if [ "$(rc w)" = 0 ]; then fail $C.reset "blocked push exited 0 after reset"; cleanup w; return; fi
+    werr=$(err w)
+    bg w2 push $T/data after
+    got=$(timeout $WAIT head -n 1 $T/data)
+    if [ "$got" = after ]; then ok $C.reset "(writer: $werr)"
+    else fail $C.reset "after reset and a push of 'after', a read gave '$got'"; fi
+    cleanup w2
+}
+
+# close ends cat (after the rest is drained); pushes then fail.
+c_close() {
+    topic close
+    bg r pull $T/data
+    bg w push $T/data last
+    waitfor $WAIT has r last
+    ctl close
+    if ! waitfor $WAIT ended r; then fail $C.close "cat still running after close"; cleanup r w; return; fi
+    if echo more >> $T/data 2> /tmp/e; then fail $C.close "push after close succeeded"; cleanup r w; return; fi
+    if [ "$(rc r)" = 0 ] && has r last; then ok $C.close "(push after close: $(cat /tmp/e))"
+    else fail $C.close "cat rc $(rc r), printed '$(out r)' $(err r)"; fi
+    cleanup r w
+}
+
+# A cat killed while blocked leaves the next message for the next reader.
+c_killed() {
+    topic killed
+    bg r pull $T/data
+    sleep $BLOCK
+    stop r
+    bg w push $T/data next
+    got=$(timeout $WAIT head -n 1 $T/data 2> /tmp/e)
+    waitfor $WAIT ended w
+    if [ "$got" = next ] && [ -z "$(out r)" ] && [ "$(rc w)" = 0 ]; then ok $C.killed-reader
+    else fail $C.killed-reader "next reader got '$got' $(cat /tmp/e), killed cat printed '$(out r)', push rc $(rc w)"; fi
+    cleanup w
+}
+
+# Bad ctl commands and offsets give errors and change nothing.
+c_bad() {
+    topic bad
+    ctl "capacity 3"
+    cat $T/offset > /dev/null
+    before=$(cat $T/ctl; cat $T/offset)
+    bad=""
+    for cmd in bogus "capacity" "capacity x" "capacity -1" "framing bogus" "timeout forever" "forget"; do
+        ctl "$cmd" 2> /dev/null && bad="$bad [ctl '$cmd' accepted]"
+    done
+    for o in abc -1 99999999; do
+        echo "$o" > $T/offset 2> /dev/null && bad="$bad [offset '$o' accepted]"
+    done
+    after=$(cat $T/ctl; cat $T/offset)
+    [ "$before" = "$after" ] || bad="$bad [state changed: $(echo $before) -> $(echo $after)]"
+    if [ -z "$bad" ]; then ok $C.bad-commands; else fail $C.bad-commands "$bad"; fi
+    cleanup
+}
+
+# rmdir of a topic with a blocked reader and a blocked writer wakes both with
+# errors. (The writer waits for group g1, which never reads; the default
+# group's reader takes the message and blocks again.)
+c_rmdir() {
+    topic rmdir
+    cat $G1/offset > /dev/null
+    bg r pull $T/data
+    bg w push $T/data m
+    waitfor $WAIT has r m
+    sleep $BLOCK
+    if ended w || ended r; then fail $C.rmdir-wakes "not blocked before rmdir: push rc $(rc w), cat rc $(rc r) '$(out r)'"; cleanup r w; return; fi
+    if ! rmdir $T 2> /tmp/e; then fail $C.rmdir-wakes "rmdir: $(cat /tmp/e)"; cleanup r w; return; fi
+    waitfor $WAIT ended w; waitfor $WAIT ended r
+    if [ "$(rc w)" != 0 ] && [ "$(rc w)" != running ] && [ "$(rc r)" != 0 ] && [ "$(rc r)" != running ] && ! test -e $T; then
+        ok $C.rmdir-wakes "(push: $(err w); cat: $(err r))"
+    else
+        fail $C.rmdir-wakes "after rmdir: push rc $(rc w) $(err w), cat rc $(rc r) $(err r), dir exists: $(test -e $T && echo yes || echo no)"
+    fi
+    stop r; stop w
+}
+
+# `timeout 1s` makes a blocked read fail, with ETIMEDOUT.
+c_timeout() {
+    topic timeout
+    if ! ctl "timeout 1s" 2> /tmp/e; then fail $C.timeout "timeout 1s refused: $(cat /tmp/e)"; cleanup; return; fi
+    bg r pull $T/data
+    if ! waitfor $WAIT ended r; then fail $C.timeout "read still blocked"; cleanup r; return; fi
+    if [ "$(rc r)" != 0 ] && err r | grep -qi "timed out"; then ok $C.timeout "($(err r))"
+    else fail $C.timeout "cat rc $(rc r): $(err r)"; fi
+    cleanup r
+}
+
+# The kernel limit (6.8+, netfs): on one mount a truncating open (`>`) waits
+# while another process is blocked reading the same data; `>>` does not.
+# Both behaviours are checked, and on 6.1 that `>` does not wait.
+c_kernel_limit() {
+    topic limit
+    bg r pull $T/data
+    sleep $BLOCK
+    bg wt push_trunc $T/data trunc
+    sleep $BLOCK
+    case $KERNEL in
+    6.1.*)
+        if waitfor $WAIT has r trunc && waitfor $WAIT ended wt && [ "$(rc wt)" = 0 ]; then ok $C.kernel-limit "(6.1: '>' is not held back)"
+        else fail $C.kernel-limit "6.1: '>' push rc $(rc wt), cat printed '$(out r)'"; fi
+        ;;
+    *)
+        if ended wt || [ -n "$(out r)" ]; then
+            fail $C.kernel-limit "'>' was not held back by the blocked reader: rc $(rc wt), cat printed '$(out r)'"
+            cleanup r wt; return
+        fi
+        bg wa push $T/data append
+        if waitfor $WAIT ended wa && [ "$(rc wa)" = 0 ] && waitfor $WAIT grep -q append /tmp/r.out; then
+            ok $C.kernel-limit "('>' waits for the blocked reader, '>>' does not)"
+        else
+            fail $C.kernel-limit "'>>' while '>' waits: rc $(rc wa) $(err wa), cat printed '$(out r)'"
+        fi
+        cleanup r wt wa
+        ;;
+    esac
+    cleanup r wt
+}
+
+topics() {
+    V=$1 C=topic.$1
+    M=/mnt/$V M1=/mnt/$V-g1 M2=/mnt/$V-g2
+    # Plain 9P2000 sessions get stream reads unless the aname asks for
+    # the Linux read loop rule.
+    sfx=""; [ $V = 9p2000 ] && sfx=":linux"
+    for mp in "$M $sfx" "$M1 g1$sfx" "$M2 g2$sfx"; do
+        set -- $mp
+        if ! mount9p $1 "$TOPIC_PORT" $V "${2:-}" 2> /tmp/mount.err; then
+            fail $C.mount "$1 (aname '${2:-}'): $(cat /tmp/mount.err)"
+            return
+        fi
+    done
+    ok $C.mount
+    c_rendezvous; c_head; c_whileread; c_big; c_capacity; c_split; c_groups
+    c_offset; c_reset; c_close; c_killed; c_bad; c_rmdir; c_timeout; c_kernel_limit
+    for mp in $M $M1 $M2; do
+        umount $mp 2> /tmp/e || { fail $C.umount "$mp: $(cat /tmp/e)"; return; }
+    done
+    ok $C.umount
+}
+
+echo "kernel $KERNEL"
+if [ -n "${RAMFS_PORT:-}" ]; then
+    for V in $DIALECTS; do ramfs $V; done
+fi
+if [ -n "${TOPIC_PORT:-}" ]; then
+    for V in ${TOPIC_DIALECTS:-$DIALECTS}; do topics $V; done
+fi
+echo "CHECKS-DONE"

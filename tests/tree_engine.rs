@@ -1,0 +1,209 @@
+//! The topic tree behind the 9P engine on a real socket: a push and a pull
+//! in 9P bytes (the project's codec), the way a client sends them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use dchan::broker::memory::MemoryBroker;
+use dchan::engine::{self, Limits, Listener};
+use dchan::proto::codec::{decode, encode};
+use dchan::proto::frame::FrameDecoder;
+use dchan::proto::*;
+use dchan::tree::{TopicTree, TreeConfig};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::FramedRead;
+
+const MSIZE: u32 = 8192;
+
+/// One 9P connection, speaking raw frames.
+struct Conn {
+    rd: FramedRead<OwnedReadHalf, FrameDecoder>,
+    wr: OwnedWriteHalf,
+    dialect: Dialect,
+}
+
+impl Conn {
+    async fn send(&mut self, tag: Tag, body: Fcall) {
+        let mut out = BytesMut::new();
+        encode(&Msg { tag, body }, self.dialect, &mut out);
+        self.wr.write_all(&out).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Msg {
+        let frame = tokio::time::timeout(Duration::from_secs(10), self.rd.next())
+            .await
+            .expect("no reply")
+            .expect("connection closed")
+            .unwrap();
+        decode(frame, self.dialect).unwrap()
+    }
+
+    async fn rpc(&mut self, tag: Tag, body: Fcall) -> Fcall {
+        self.send(tag, body).await;
+        let m = self.recv().await;
+        assert_eq!(m.tag, tag);
+        m.body
+    }
+
+    /// Version, then attach `aname` on fid 0.
+    async fn connect(port: u16, dialect: Dialect, aname: &str) -> Conn {
+        let (r, w) = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap()
+            .into_split();
+        let mut c = Conn {
+            rd: FramedRead::new(r, FrameDecoder::new(MSIZE)),
+            wr: w,
+            dialect,
+        };
+        let v = c
+            .rpc(
+                NOTAG,
+                Fcall::Tversion {
+                    msize: MSIZE,
+                    version: dialect.as_str().into(),
+                },
+            )
+            .await;
+        assert!(matches!(v, Fcall::Rversion { .. }), "{v:?}");
+        let a = c
+            .rpc(
+                1,
+                Fcall::Tattach {
+                    fid: 0,
+                    afid: NOFID,
+                    uname: "glenda".into(),
+                    aname: aname.into(),
+                    n_uname: 1000,
+                },
+            )
+            .await;
+        assert!(matches!(a, Fcall::Rattach { .. }), "{a:?}");
+        c
+    }
+
+    /// Walk from the root to `path` as `fid` and open it (Tlopen flags).
+    async fn open(&mut self, fid: Fid, path: &str, flags: u32) {
+        let wnames = path.split('/').map(String::from).collect();
+        let w = self
+            .rpc(
+                2,
+                Fcall::Twalk {
+                    fid: 0,
+                    newfid: fid,
+                    wnames,
+                },
+            )
+            .await;
+        assert!(matches!(w, Fcall::Rwalk { .. }), "{w:?}");
+        let o = self.rpc(3, Fcall::Tlopen { fid, flags }).await;
+        assert!(matches!(o, Fcall::Rlopen { .. }), "{o:?}");
+    }
+}
+
+#[tokio::test]
+async fn push_and_pull_over_9p() {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let tree = Arc::new(TopicTree::new(
+        MemoryBroker::new(),
+        TreeConfig::default(),
+        || 0,
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(engine::serve(
+        vec![Listener::Tcp(tcp)],
+        tree,
+        Limits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let mut reader = Conn::connect(port, Dialect::P2000L, "").await;
+    let mut writer = Conn::connect(port, Dialect::P2000L, "").await;
+
+    // make the topic through the root ctl
+    writer.open(1, "ctl", 1).await;
+    let r = writer
+        .rpc(
+            4,
+            Fcall::Twrite {
+                fid: 1,
+                offset: 0,
+                data: Bytes::from_static(b"create jobs\n"),
+            },
+        )
+        .await;
+    assert_eq!(r, Fcall::Rwrite { count: 12 });
+
+    // a blocked read, then a push that waits for it (capacity 0)
+    reader.open(1, "jobs/data", 0).await;
+    let max = MSIZE - IOHDRSZ;
+    reader
+        .send(
+            10,
+            Fcall::Tread {
+                fid: 1,
+                offset: 0,
+                count: max,
+            },
+        )
+        .await;
+    writer.open(2, "jobs/data", 1).await;
+    let w = writer
+        .rpc(
+            11,
+            Fcall::Twrite {
+                fid: 2,
+                offset: 0,
+                data: Bytes::from_static(b"hello\n"),
+            },
+        )
+        .await;
+    assert_eq!(w, Fcall::Rwrite { count: 6 });
+    let got = reader.recv().await;
+    assert_eq!(got.tag, 10);
+    assert_eq!(
+        got.body,
+        Fcall::Rread {
+            data: Bytes::from_static(b"hello\n")
+        }
+    );
+    // the Linux read loop: a zero ends that read(2)
+    let z = reader
+        .rpc(
+            12,
+            Fcall::Tread {
+                fid: 1,
+                offset: 6,
+                count: max - 6,
+            },
+        )
+        .await;
+    assert_eq!(z, Fcall::Rread { data: Bytes::new() });
+
+    // a bad ctl command comes back as an error
+    let e = writer
+        .rpc(
+            13,
+            Fcall::Twrite {
+                fid: 1,
+                offset: 0,
+                data: Bytes::from_static(b"frob\n"),
+            },
+        )
+        .await;
+    assert!(matches!(e, Fcall::Rlerror { ecode: 22 }), "{e:?}");
+
+    let _ = stop.send(());
+    drop((reader, writer));
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}
