@@ -66,15 +66,17 @@ async fn main() {
         Peer::EchoServer => unreachable!("served above"),
     };
     report.print();
-    if let Some(e) = &report.error {
-        if !e.starts_with("n/a") {
-            eprintln!("peers: {:?} {workload:?} FAILED: {e}", args.peer);
-            std::process::exit(1);
-        }
+    if let Some(e) = report.error.as_ref().filter(|e| !e.starts_with("n/a")) {
+        eprintln!("peers: {:?} {workload:?} FAILED: {e}", args.peer);
+        std::process::exit(1);
     }
 }
 
-async fn go<S: System>(system: bench::Result<S>, workload: Workload, opts: &Options) -> bench::Report {
+async fn go<S: System>(
+    system: bench::Result<S>,
+    workload: Workload,
+    opts: &Options,
+) -> bench::Report {
     match system {
         Ok(s) => bench::run(&s, workload, opts).await,
         Err(e) => fail(&format!("cannot reach the system: {e}")),

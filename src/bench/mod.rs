@@ -20,7 +20,10 @@
 //! - `workload` — the workloads themselves.
 //! - `tcp`      — the raw TCP echo server and the system that uses it (the floor).
 //! - `dchan`    — dchan itself, through `dchan::client`.
+//! - `command`  — `dchan bench`: its arguments and its run.
 
+pub mod command;
+pub mod dchan;
 pub mod ledger;
 pub mod payload;
 pub mod report;
@@ -32,6 +35,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use command::BenchArgs;
 pub use report::Report;
 pub use workload::run;
 

@@ -105,11 +105,9 @@ impl Report {
     /// Fill in the server's CPU per million deliveries since `before`, and
     /// its memory now.
     pub fn server(&mut self, before: Option<ProcStat>, after: Option<ProcStat>, deliveries: u64) {
-        if let (Some(b), Some(a)) = (before, after) {
-            if deliveries > 0 {
-                let cpu = (a.cpu_secs - b.cpu_secs).max(0.0);
-                self.server_cpu_s_per_m = Some(round(cpu * 1e6 / deliveries as f64, 3));
-            }
+        if let (Some(b), Some(a), true) = (before, after, deliveries > 0) {
+            let cpu = (a.cpu_secs - b.cpu_secs).max(0.0);
+            self.server_cpu_s_per_m = Some(round(cpu * 1e6 / deliveries as f64, 3));
         }
         if let Some(a) = after {
             self.server_rss_mib = Some(round(a.rss_bytes as f64 / (1 << 20) as f64, 1));

@@ -39,12 +39,15 @@ pub async fn serve_echo(listener: TcpListener) -> std::io::Result<()> {
     }
 }
 
+/// One socket per topic name, each made once by whoever needs it first.
+type Sockets = Arc<Mutex<HashMap<String, Arc<OnceCell<Arc<Socket>>>>>>;
+
 /// The echo server as a system under test.
 pub struct Tcp {
     addr: String,
     /// One socket per topic, made on first use by its writer or its reader.
     /// The lock is a parking_lot mutex, never held across an `.await`.
-    sockets: Arc<Mutex<HashMap<String, Arc<OnceCell<Arc<Socket>>>>>>,
+    sockets: Sockets,
 }
 
 impl Tcp {
@@ -66,12 +69,17 @@ pub struct Socket {
 /// A handle on the echo server's sockets.
 pub struct TcpConn {
     addr: String,
-    sockets: Arc<Mutex<HashMap<String, Arc<OnceCell<Arc<Socket>>>>>>,
+    sockets: Sockets,
 }
 
 impl TcpConn {
     async fn socket(&self, topic: &str) -> Result<Arc<Socket>> {
-        let cell = self.sockets.lock().entry(topic.to_string()).or_default().clone();
+        let cell = self
+            .sockets
+            .lock()
+            .entry(topic.to_string())
+            .or_default()
+            .clone();
         let socket = cell
             .get_or_try_init(|| async {
                 let s = TcpStream::connect(&self.addr).await?;

@@ -129,7 +129,7 @@ async fn rendezvous<S: System>(
     }
     drop(consumer_conn);
     result?;
-    report.check = Verdict::of_group(std::slice::from_ref(&tally), &[seq]);
+    report.check = Verdict::of_group(std::slice::from_ref(&tally), &[seq], true);
     report.measured(seq, elapsed, &tally.latency);
     report.server(before, after, seq * 2);
     Ok(())
@@ -137,11 +137,7 @@ async fn rendezvous<S: System>(
 
 /// The consumer half of a rendezvous: answer each message on the other
 /// topic, with the next pull already in flight while the answer goes out.
-async fn echo<R: Reader, W: Writer>(
-    from: R,
-    to: W,
-    mut done: watch::Receiver<bool>,
-) -> Result<()> {
+async fn echo<R: Reader, W: Writer>(from: R, to: W, mut done: watch::Receiver<bool>) -> Result<()> {
     let mut msg = tokio::select! {
         m = from.pull() => m?,
         _ = done.wait_for(|d| *d) => return Ok(()),
@@ -276,7 +272,9 @@ async fn flow<S: System>(
         conns.push(conn);
     }
 
-    let progress: Vec<Arc<Progress>> = (0..shape.groups).map(|_| Arc::new(Progress::new())).collect();
+    let progress: Vec<Arc<Progress>> = (0..shape.groups)
+        .map(|_| Arc::new(Progress::new()))
+        .collect();
     let mut consumers = Vec::new();
     for (g, reader) in readers {
         let tally = Tally::new(opts.size, window, epoch);
@@ -291,7 +289,14 @@ async fn flow<S: System>(
         .into_iter()
         .enumerate()
         .map(|(id, w)| {
-            let task = produce(w, id as u32, opts.size, opts.depth.max(1), epoch, stop.clone());
+            let task = produce(
+                w,
+                id as u32,
+                opts.size,
+                opts.depth.max(1),
+                epoch,
+                stop.clone(),
+            );
             tokio::spawn(task)
         })
         .collect();
@@ -336,7 +341,7 @@ async fn flow<S: System>(
     let mut verdict = Verdict::default();
     let mut latency = super::ledger::histogram();
     for group in &tallies {
-        verdict.add(&Verdict::of_group(group, &pushed));
+        verdict.add(&Verdict::of_group(group, &pushed, depth == 1));
         for t in group {
             latency.add(&t.latency).expect("same histogram bounds");
         }
@@ -482,7 +487,7 @@ async fn conns<S: System>(
     }
     let after = ProcStat::read(opts.server_pid);
     drop(conns);
-    report.check = Verdict::of_group(std::slice::from_ref(&tally), &[n as u64]);
+    report.check = Verdict::of_group(std::slice::from_ref(&tally), &[n as u64], false);
     let elapsed = last.saturating_sub(start);
     report.measured(tally.received, elapsed, &tally.latency);
     report.server(before, after, n as u64);
@@ -512,7 +517,8 @@ async fn backlog<S: System>(
     let epoch = Instant::now();
     let before = ProcStat::read(opts.server_pid);
     let depth = opts.depth.max(64);
-    let pushes = (0..count).map(|seq| writer.push(payload::encode(stamp(0, seq, epoch), opts.size)));
+    let pushes =
+        (0..count).map(|seq| writer.push(payload::encode(stamp(0, seq, epoch), opts.size)));
     futures_util::stream::iter(pushes)
         .buffer_unordered(depth)
         .collect::<Vec<_>>()
@@ -531,7 +537,7 @@ async fn backlog<S: System>(
     let after = ProcStat::read(opts.server_pid);
     drop((reader_conn, writer_conn));
 
-    report.check = Verdict::of_group(std::slice::from_ref(&tally), &[count]);
+    report.check = Verdict::of_group(std::slice::from_ref(&tally), &[count], false);
     let elapsed = Duration::from_nanos(progress.last_ns.load(Ordering::Relaxed));
     report.measured(count, elapsed, &tally.latency);
     report.server(before, after, count);
@@ -564,5 +570,6 @@ fn stop_after(d: Duration) -> Arc<AtomicBool> {
 
 /// Wait for a task, turning a panic into an error.
 async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
-    task.await.map_err(|e| format!("benchmark task failed: {e}"))?
+    task.await
+        .map_err(|e| format!("benchmark task failed: {e}"))?
 }
