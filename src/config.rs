@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::broker::{Framing, TopicConfig};
-use crate::engine::Addr;
+use crate::engine::{Addr, MIN_MSIZE};
 
 /// The built-in defaults: `dchan.toml`, documented there.
 pub const DEFAULTS: &str = include_str!("../dchan.toml");
@@ -40,12 +40,16 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// The largest msize a Tversion may agree on, in bytes.
+    #[serde(deserialize_with = "msize")]
     pub max_msize: u32,
     /// Connections served at once.
+    #[serde(deserialize_with = "positive")]
     pub max_connections: usize,
     /// Fids one connection may hold at once.
+    #[serde(deserialize_with = "positive")]
     pub max_fids: usize,
     /// Requests one connection may have in flight at once.
+    #[serde(deserialize_with = "positive")]
     pub max_in_flight: usize,
 }
 
@@ -144,10 +148,33 @@ impl TryFrom<String> for Timeout {
 
 /// A list of addresses, each parsed as the command line parses it.
 fn addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Addr>, D::Error> {
-    Vec::<String>::deserialize(d)?
+    let addrs = Vec::<String>::deserialize(d)?;
+    if addrs.is_empty() {
+        return Err(serde::de::Error::custom("no address to listen on"));
+    }
+    addrs
         .iter()
         .map(|s| s.parse().map_err(serde::de::Error::custom))
         .collect()
+}
+
+/// An msize no smaller than 9P's useful minimum.
+fn msize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if v < MIN_MSIZE {
+        return Err(serde::de::Error::custom(format!(
+            "max_msize {v} is below {MIN_MSIZE} bytes"
+        )));
+    }
+    Ok(v)
+}
+
+/// A limit of at least 1.
+fn positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("a limit must be at least 1")),
+        v => Ok(v),
+    }
 }
 
 /// Why a configuration was refused.
@@ -303,6 +330,30 @@ mod tests {
             .to_string();
         assert!(
             e.starts_with("config my.toml:2: bad address \"nowhere\""),
+            "{e}"
+        );
+
+        let e = Config::parse("my.toml", "listen = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:1: no address to listen on"),
+            "{e}"
+        );
+
+        let e = Config::parse("my.toml", "[limits]\nmax_msize = 100\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:2: max_msize 100 is below 256"),
+            "{e}"
+        );
+
+        let e = Config::parse("my.toml", "[limits]\n\nmax_fids = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:3: a limit must be at least 1"),
             "{e}"
         );
 

@@ -265,3 +265,100 @@ async fn offsets_groups_and_listing() {
     ));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn connects_over_a_unix_socket() {
+    use dchan::broker::memory::MemoryBroker;
+    use dchan::engine::{self, Addr, Limits, Listener};
+    use dchan::tree::{TopicTree, TreeConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("unix!{}", dir.path().join("dchan.sock").display());
+    let l = Listener::bind(&addr.parse::<Addr>().unwrap())
+        .await
+        .unwrap();
+    let tree = TopicTree::new(MemoryBroker::new(), TreeConfig::default(), || 0);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(engine::serve(
+        vec![l],
+        std::sync::Arc::new(tree),
+        Limits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let c = Client::connect(&addr, &Options::default()).await.unwrap();
+    c.create("u", &buffered(1)).await.unwrap();
+    c.push("u", "local\n").await.unwrap();
+    assert_eq!(patiently(c.pull("u")).await.unwrap().unwrap(), "local\n");
+    drop(c);
+    let _ = stop.send(());
+    patiently(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_addresses_and_refused_connections_are_errors() {
+    let e = Client::connect("nonsense", &Options::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Address(_)), "{e}");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("127.0.0.1:{}", l.local_addr().unwrap().port());
+    drop(l);
+    let e = Client::connect(&down, &Options::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.to_string(), "connection refused");
+}
+
+#[tokio::test]
+async fn raw_fids_walk_mkdir_readdir_stat_remove() {
+    use dchan::client::Mode;
+    let server = Server::start().await;
+    for d in DIALECTS {
+        let c = client(&server, d, "").await;
+        let topic = format!("raw{}", name(d));
+        // mkdir makes a topic with the server's defaults.
+        c.root().mkdir(&topic).await.unwrap();
+        assert!(c.topics().await.unwrap().contains(&topic), "{d:?}");
+        let mut dir = c.root().walk(&topic).await.unwrap();
+        assert!(dir.qid().ty & dchan::proto::QTDIR != 0);
+        dir.open(Mode::Read).await.unwrap();
+        let mut names: Vec<String> = dir
+            .readdir()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ctl", "data", "offset"], "{d:?}");
+        dir.clunk().await.unwrap();
+
+        let data = c.root().walk(&format!("{topic}/data")).await.unwrap();
+        match d {
+            Dialect::P2000L => assert_eq!(data.getattr().await.unwrap().size, 0),
+            _ => assert_eq!(data.stat().await.unwrap().name, "data"),
+        }
+        let mut ctl = c.root().walk(&format!("{topic}/ctl")).await.unwrap();
+        assert!(data.walk("x").await.is_err(), "a walk from a file");
+        ctl.open(Mode::Read).await.unwrap();
+        let text = ctl.read_to_end().await.unwrap();
+        assert!(text.starts_with(b"capacity 0\n"), "{d:?}");
+        ctl.clunk().await.unwrap();
+        drop(data);
+
+        let missing = c.root().walk(&format!("{topic}/nothing/here")).await;
+        assert!(
+            matches!(missing, Err(Error::NotFound(_))),
+            "{d:?}: {missing:?}"
+        );
+
+        // Removing the directory removes the topic.
+        c.root().walk(&topic).await.unwrap().remove().await.unwrap();
+        assert!(!c.topics().await.unwrap().contains(&topic), "{d:?}");
+    }
+    server.stop().await;
+}

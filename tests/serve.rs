@@ -237,3 +237,51 @@ fn sigterm_stops_cleanly_while_a_read_is_blocked() {
         "no new connections after shutdown"
     );
 }
+
+#[test]
+fn sigint_stops_cleanly() {
+    let mut server = Server::start(&[]);
+    let _idle = Client::connect(server.port);
+    server.signal("INT");
+    assert_eq!(server.wait().code(), Some(0), "exit status after SIGINT");
+}
+
+#[test]
+fn listens_on_a_unix_socket_too() {
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dchan.sock");
+    let unix = format!("unix!{}", path.display());
+    // The Unix address first: it is bound once the TCP one is printed.
+    let args = ["serve", "--listen", &unix, "--listen", "tcp!127.0.0.1!0"];
+    let server = Server::start_raw(&args);
+    let mut sock = UnixStream::connect(&path).expect("connect to the Unix socket");
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut body = 8192u32.to_le_bytes().to_vec();
+    s(&mut body, "9P2000");
+    let mut m = ((7 + body.len()) as u32).to_le_bytes().to_vec();
+    m.push(TVERSION);
+    m.extend_from_slice(&0xFFFFu16.to_le_bytes());
+    m.extend_from_slice(&body);
+    sock.write_all(&m).unwrap();
+    let mut head = [0u8; 7];
+    sock.read_exact(&mut head).expect("Rversion");
+    assert_eq!(head[4], TVERSION + 1, "Rversion over the Unix socket");
+    drop(server);
+}
+
+#[test]
+fn a_bad_topic_in_the_config_fails_at_start() {
+    let file = config_file("[[topic]]\nname = \"no spaces\"\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["serve", "--listen", "tcp!127.0.0.1!0", "--config"])
+        .arg(file.path())
+        .output()
+        .expect("run dchan");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("dchan: topic \"no spaces\" in the configuration: bad topic name"),
+        "{stderr}"
+    );
+}

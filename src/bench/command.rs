@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::dchan::Dchan;
 use super::{Options, Workload};
-use crate::addr::DEFAULT_ADDR;
+use crate::client::DEFAULT_ADDR;
 use crate::proto::Dialect;
 
 /// The arguments of `dchan bench`.

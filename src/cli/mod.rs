@@ -20,8 +20,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use dchan::addr::{Addr, DEFAULT_ADDR};
-use dchan::client::{self, Client, Options};
+use dchan::client::{self, Client, DEFAULT_ADDR, Options};
+use dchan::engine::Addr;
 
 pub use admin::{CreateArgs, OffsetArgs, TopicArg};
 pub use dchan::serve::ServeArgs;
@@ -42,6 +42,16 @@ Examples:
   DCHAN_ADDR=tcp!queue.example!5640 dchan ls
 
 Exit status: 0 done, 1 failed (one line on stderr: \"dchan: WHAT: WHY\"), 2 bad usage.";
+
+const STAT_HELP: &str = "\
+Output: the topic's ctl file as the server writes it, one \"key value\" a
+line: capacity, framing, timeout, pending, first, next, pushed, pulled,
+readers, blocked_readers, blocked_writers, a line \"group NAME offset N
+lag N ...\" for each reader group, and closed (true or false).
+
+Examples:
+  dchan stat jobs
+  dchan stat jobs | awk '$1 == \"pending\" { print $2 }'";
 
 /// Message topics served as files over 9P.
 #[derive(Parser)]
@@ -71,6 +81,7 @@ pub enum ClientCommand {
     /// List topics and their status.
     Ls(LsArgs),
     /// Print a topic's status (its ctl file).
+    #[command(after_help = STAT_HELP)]
     Stat(TopicArg),
     /// Print the group's offset in a topic, or move it.
     Offset(OffsetArgs),
@@ -96,7 +107,7 @@ pub struct ConnArgs {
 }
 
 fn parse_addr(s: &str) -> Result<String, String> {
-    s.parse::<Addr>().map_err(|e| e.to_string())?;
+    s.parse::<Addr>()?;
     Ok(s.to_string())
 }
 
@@ -197,9 +208,25 @@ pub fn parse() -> Result<Cli, ExitCode> {
             Err(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("dchan: {}; see 'dchan --help'", usage_line(&e));
+            eprintln!(
+                "dchan: {}; see '{} --help'",
+                usage_line(&e),
+                command_named()
+            );
             Err(ExitCode::from(2))
         }
+    }
+}
+
+/// "dchan SUBCOMMAND" if the arguments name one, else "dchan".
+fn command_named() -> String {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let sub = std::env::args()
+        .skip(1)
+        .find(|a| cmd.get_subcommands().any(|s| s.get_name() == a));
+    match sub {
+        Some(s) => format!("dchan {s}"),
+        None => "dchan".to_string(),
     }
 }
 

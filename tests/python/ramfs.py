@@ -2,14 +2,17 @@
 
 Drives the server through p9fs's fsspec file system (P9FileSystem, the
 `py9p` port underneath): ls, mkdir, write a file, read it back, rm.
-Usage: ramfs.py HOST PORT
+Usage: ramfs.py HOST PORT [VERSION] (9P2000, the default; 9P2000.u; 9P2000.L)
 """
+
+import sys
 
 import p9fs
 
 from ninep import HOST, PORT, check, done, expect, gone
 
-fs = p9fs.P9FileSystem(host=HOST, port=PORT, username="py9p", version="9P2000")
+VERSION = sys.argv[3] if len(sys.argv) > 3 else "9P2000"
+fs = p9fs.P9FileSystem(host=HOST, port=PORT, username="py9p", version=VERSION)
 TEXT = b"hello from py9p\n"
 
 
