@@ -23,6 +23,16 @@
 //! default group. (The attach name is the only thing a mount option can put
 //! in front of the server per session, so the override lives there.)
 //!
+//! A kernel limit the server cannot see (Linux 6.8+, where 9P reads go
+//! through netfs; 6.1 is not affected): stat says a data file is empty, but
+//! every write through a mount grows that mount's idea of the file's size,
+//! and a read(2) there retries a short read until its position reaches that
+//! size. So on one mount, a reader that has not read everything written
+//! through that mount since it opened (another reader shares the work, or
+//! the writing began before it opened) has its read(2) run on into the
+//! next messages. Readers and writers of a topic on one machine should use
+//! two mounts (or `dchan push`).
+//!
 //! Construct it with [`TopicTree::new`]:
 //! ```
 //! # use std::sync::Arc;
