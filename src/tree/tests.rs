@@ -534,6 +534,21 @@ async fn a_timeout_fails_with_etimedout() {
     let r = open(&t, &root, "t/data", Access::Read).await.unwrap();
     let e = read(&t, &r, 0, 100).await.unwrap_err();
     assert_eq!((e.errno, &*e.message), (errno::ETIMEDOUT, "timed out"));
+    // Linux on plain 9P2000 maps Rerror texts to errnos: it gets its own
+    let linux = attach(&t, ":linux", Dialect::P2000);
+    let r = open(&t, &linux, "t/data", Access::Read).await.unwrap();
+    let e = read(&t, &r, 0, 100).await.unwrap_err();
+    assert_eq!(
+        (e.errno, &*e.message),
+        (errno::ETIMEDOUT, "Connection timed out")
+    );
+    let e = walk(&t, &linux, "nope").unwrap_err();
+    assert_eq!(&*e.message, "No such file or directory");
+    let plain = attach(&t, "", Dialect::P2000);
+    assert_eq!(
+        &*walk(&t, &plain, "nope").unwrap_err().message,
+        "file does not exist"
+    );
 }
 
 #[tokio::test]
