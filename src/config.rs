@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::broker::{Framing, TopicConfig};
+use crate::engine::{Addr, MIN_MSIZE};
 
 /// The built-in defaults: `dchan.toml`, documented there.
 pub const DEFAULTS: &str = include_str!("../dchan.toml");
@@ -22,9 +23,10 @@ pub const DEFAULTS: &str = include_str!("../dchan.toml");
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The addresses to listen on, as written (`tcp!HOST!PORT`,
-    /// `HOST:PORT` or `unix!PATH`); the engine parses them.
-    pub listen: Vec<String>,
+    /// The addresses to listen on (`tcp!HOST!PORT`, `HOST:PORT` or
+    /// `unix!PATH`).
+    #[serde(deserialize_with = "addrs")]
+    pub listen: Vec<Addr>,
     /// What one client may use of the server.
     pub limits: Limits,
     /// Settings a new topic starts with.
@@ -38,12 +40,16 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// The largest msize a Tversion may agree on, in bytes.
+    #[serde(deserialize_with = "msize")]
     pub max_msize: u32,
     /// Connections served at once.
+    #[serde(deserialize_with = "positive")]
     pub max_connections: usize,
     /// Fids one connection may hold at once.
+    #[serde(deserialize_with = "positive")]
     pub max_fids: usize,
     /// Requests one connection may have in flight at once.
+    #[serde(deserialize_with = "positive")]
     pub max_in_flight: usize,
 }
 
@@ -140,6 +146,37 @@ impl TryFrom<String> for Timeout {
     }
 }
 
+/// A list of addresses, each parsed as the command line parses it.
+fn addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Addr>, D::Error> {
+    let addrs = Vec::<String>::deserialize(d)?;
+    if addrs.is_empty() {
+        return Err(serde::de::Error::custom("no address to listen on"));
+    }
+    addrs
+        .iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// An msize no smaller than 9P's useful minimum.
+fn msize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if v < MIN_MSIZE {
+        return Err(serde::de::Error::custom(format!(
+            "max_msize {v} is below {MIN_MSIZE} bytes"
+        )));
+    }
+    Ok(v)
+}
+
+/// A limit of at least 1.
+fn positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("a limit must be at least 1")),
+        v => Ok(v),
+    }
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -225,7 +262,10 @@ mod tests {
     #[test]
     fn the_built_in_defaults_parse_and_are_complete() {
         let c = Config::defaults();
-        assert_eq!(c.listen, vec!["tcp!127.0.0.1!5640".to_string()]);
+        assert_eq!(
+            c.listen,
+            vec!["tcp!127.0.0.1!5640".parse::<Addr>().unwrap()]
+        );
         assert_eq!(c.limits.max_msize, 1 << 20);
         assert!(c.limits.max_connections > 0);
         assert!(c.limits.max_fids > 0);
@@ -245,7 +285,8 @@ mod tests {
                     [[topic]]\nname = \"metrics/eu\"\nframing = \"write\"\ntimeout = \"none\"\n";
         let c = Config::parse("t.toml", text).unwrap();
         let d = Config::defaults();
-        assert_eq!(c.listen, vec!["unix!/tmp/d", "127.0.0.1:0"]);
+        let listen: Vec<String> = c.listen.iter().map(|a| a.to_string()).collect();
+        assert_eq!(listen, vec!["unix!/tmp/d", "tcp!127.0.0.1!0"]);
         assert_eq!(c.limits.max_fids, 10);
         assert_eq!(c.limits.max_msize, d.limits.max_msize);
         let thirty = Some(Duration::from_secs(30));
@@ -283,6 +324,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("config my.toml:"), "{e}");
+
+        let e = Config::parse("my.toml", "\nlisten = [\"nowhere\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:2: bad address \"nowhere\""),
+            "{e}"
+        );
+
+        let e = Config::parse("my.toml", "listen = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:1: no address to listen on"),
+            "{e}"
+        );
+
+        let e = Config::parse("my.toml", "[limits]\nmax_msize = 100\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:2: max_msize 100 is below 256"),
+            "{e}"
+        );
+
+        let e = Config::parse("my.toml", "[limits]\n\nmax_fids = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:3: a limit must be at least 1"),
+            "{e}"
+        );
 
         let e = Config::parse("my.toml", "[topic_defaults]\nframing = \"lines\"\n")
             .unwrap_err()

@@ -9,10 +9,9 @@
 //! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P.
 //! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
 //! - `config` — the server's TOML configuration over the built-in `dchan.toml`.
+//! - `serve`  — `dchan serve`: configuration, logging, broker, tree and engine, shutdown.
 //! - `client` — dchan's own 9P client: many requests per connection, flush, topics by name.
-//! - `addr`   — addresses (`tcp!HOST!PORT`, `HOST:PORT`, `unix!PATH`), for dialing and listening.
 
-pub mod addr;
 pub mod broker;
 pub mod client;
 pub mod config;
@@ -20,4 +19,23 @@ pub mod engine;
 pub mod fs;
 pub mod proto;
 pub mod ramfs;
+pub mod serve;
 pub mod tree;
+
+/// The literate book (`literate/`), included so that `cargo test --doc`
+/// compiles and runs its Rust examples: the book cannot drift from the code.
+#[cfg(doctest)]
+pub mod literate {
+    #[doc = include_str!("../literate/01-why.md")]
+    pub struct Why;
+    #[doc = include_str!("../literate/02-tree.md")]
+    pub struct Tree;
+    #[doc = include_str!("../literate/03-semantics.md")]
+    pub struct Semantics;
+    #[doc = include_str!("../literate/04-protocol.md")]
+    pub struct Protocol;
+    #[doc = include_str!("../literate/05-broker.md")]
+    pub struct Broker;
+    #[doc = include_str!("../literate/07-scaling.md")]
+    pub struct Scaling;
+}

@@ -20,7 +20,7 @@ pub mod server;
 pub mod session;
 
 pub use listen::{Addr, Listener};
-pub use server::serve;
+pub use server::{Connections, serve, serve_counted};
 
 /// What one client may use; the server's defence against a bad or hostile
 /// client. Every other client is unaffected by one that hits a limit.

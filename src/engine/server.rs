@@ -11,12 +11,39 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::fs::FileTree;
 
 use super::listen::Listener;
 use super::{Limits, conn};
+
+/// How many clients are connected now: the engine counts, whoever reports
+/// it (the root ctl) reads. Clones share the count.
+#[derive(Debug, Clone, Default)]
+pub struct Connections(Arc<AtomicU64>);
+
+impl Connections {
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection counted in [`Connections`] while it lives.
+struct Counted(Connections);
+
+impl Counted {
+    fn new(c: &Connections) -> Counted {
+        c.0.fetch_add(1, Ordering::Relaxed);
+        Counted(c.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Everything an accept loop needs, shared by all of them.
 struct Shared<T> {
@@ -33,6 +60,8 @@ struct Shared<T> {
     tasks: TaskTracker,
     /// Numbers connections for the logs.
     next_id: AtomicU64,
+    /// Connections open now.
+    connections: Connections,
 }
 
 /// Serves `tree` on every listener until `shutdown` completes, then stops
@@ -44,6 +73,18 @@ pub async fn serve<T: FileTree>(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_counted(listeners, tree, limits, Connections::default(), shutdown).await
+}
+
+/// [`serve`], counting the open connections in `connections` (the root
+/// ctl's `connections` figure).
+pub async fn serve_counted<T: FileTree>(
+    listeners: Vec<Listener>,
+    tree: Arc<T>,
+    limits: Limits,
+    connections: Connections,
+    shutdown: impl Future<Output = ()>,
+) {
     let shared = Arc::new(Shared {
         tree,
         slots: Arc::new(Semaphore::new(limits.max_connections)),
@@ -51,6 +92,7 @@ pub async fn serve<T: FileTree>(
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         next_id: AtomicU64::new(1),
+        connections,
     });
     for listener in listeners {
         let name = listener
@@ -95,12 +137,14 @@ async fn accept_loop<T: FileTree>(listener: Listener, shared: Arc<Shared<T>>) {
             shared.limits.clone(),
             shared.shutdown.clone(),
         );
+        let counted = Counted::new(&shared.connections);
         shared.tasks.spawn(
             async move {
-                info!("connected");
+                debug!("connected");
                 conn::run(reader, writer, tree, limits, stop).await;
-                info!("disconnected");
+                debug!("disconnected");
                 drop(permit);
+                drop(counted);
             }
             .instrument(span),
         );

@@ -63,6 +63,24 @@ def expect_error(fn, what):
     raise AssertionError(f"{what}: no error")
 
 
+def gone(fs, path):
+    """Whether `path` is absent, by a walk to it. (p9fs's own exists()
+    only knows the error texts "file not found" and ENOENT, not Plan 9's
+    "file does not exist".)"""
+    parts = [p for p in path.split("/") if p]
+    fid = fs.fids.acquire()
+    try:
+        r = fs.client._walk(fs.client.ROOT, fid.fid, parts)
+    except py9p.RpcError:
+        return True
+    finally:
+        fs.fids.release(fid)
+    if len(r.wqid) == len(parts):
+        fs.client._clunk(fid.fid)
+        return False
+    return True
+
+
 class Conn:
     """One 9P2000 connection: Tversion, Tattach with `aname`, then files
     opened by path from the root."""

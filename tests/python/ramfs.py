@@ -2,14 +2,17 @@
 
 Drives the server through p9fs's fsspec file system (P9FileSystem, the
 `py9p` port underneath): ls, mkdir, write a file, read it back, rm.
-Usage: ramfs.py HOST PORT
+Usage: ramfs.py HOST PORT [VERSION] (9P2000, the default; 9P2000.u; 9P2000.L)
 """
+
+import sys
 
 import p9fs
 
-from ninep import HOST, PORT, check, done, expect
+from ninep import HOST, PORT, check, done, expect, gone
 
-fs = p9fs.P9FileSystem(host=HOST, port=PORT, username="py9p", version="9P2000")
+VERSION = sys.argv[3] if len(sys.argv) > 3 else "9P2000"
+fs = p9fs.P9FileSystem(host=HOST, port=PORT, username="py9p", version=VERSION)
 TEXT = b"hello from py9p\n"
 
 
@@ -40,9 +43,9 @@ def read_back():
 
 def rm():
     fs.rm("pydir/f")
-    expect(not fs.exists("pydir/f"), "pydir/f gone")
+    expect(gone(fs, "pydir/f"), "pydir/f gone")
     fs.rmdir("pydir")
-    expect(not fs.exists("pydir"), "pydir gone")
+    expect(gone(fs, "pydir"), "pydir gone")
     expect("pydir" not in names(""), f"pydir not in ls: {names('')}")
 
 

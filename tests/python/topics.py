@@ -4,11 +4,13 @@ Usage: topics.py HOST PORT (a fresh `dchan serve`, no topics yet).
 Each scenario uses its own topic, so one failure does not cascade.
 """
 
+import time
+
 import p9fs
 from py9p import py9p
 
 from ninep import (
-    HOST, PORT, Background, Conn, check, done, expect, expect_error,
+    HOST, PORT, Background, Conn, check, done, expect, expect_error, gone,
 )
 
 fs = p9fs.P9FileSystem(host=HOST, port=PORT, username="py9p", version="9P2000")
@@ -44,7 +46,11 @@ def join(topic, aname=""):
 
 
 class Reader:
-    """An open data file on a connection of its own, for group `aname`."""
+    """An open data file on a connection of its own, for group `aname`.
+
+    Close it when done: a connection that drops before its reader read
+    again or closed the file gives the last message back to the group (at
+    least once delivery)."""
 
     def __init__(self, topic, aname=""):
         self.conn = Conn(aname)
@@ -52,6 +58,20 @@ class Reader:
 
     def read(self):
         return self.file.read(8192)
+
+    def close(self):
+        self.file.close()
+        self.conn.close()
+
+
+def wait_blocked(topic, n, who="readers"):
+    """Wait (bounded) until `n` reads (or writes) of `topic` are blocked in
+    the server, as its ctl file counts them."""
+    for _ in range(3000):
+        if status(f"{topic}/ctl").get(f"blocked_{who}") == str(n):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{topic}: never {n} blocked {who}: {status(topic + '/ctl')}")
 
 
 def mkdir_topic():
@@ -64,15 +84,20 @@ def mkdir_topic():
 def pull_blocks_until_push():
     r = Reader("jobs")
     pulled = Background(r.read)
+    wait_blocked("jobs", 1)
     n = push("jobs", b"hello\n")
     expect(n == 6, f"push wrote {n}")
     got = pulled.result()
+    r.close()
     expect(got == b"hello\n", f"pulled {got!r}")
 
 
 def push_blocks_until_pull():
     pushed = Background(lambda: push("jobs", b"again\n"))
-    got = Reader("jobs").read()
+    wait_blocked("jobs", 1, "writers")
+    r = Reader("jobs")
+    got = r.read()
+    r.close()
     expect(got == b"again\n", f"pulled {got!r}")
     expect(pushed.result() == 6, "push returned its count")
 
@@ -107,12 +132,14 @@ def offset_replay():
         push("replay", m)
     r = Reader("replay")
     expect(r.read() == b"a\n", "first read a")
+    r.close()
     c = Conn()
     expect(c.read_all("replay/offset") == f"{first + 1}\n".encode(), "offset moved past a")
     c.write_text("replay/offset", f"{first}\n")
     expect(c.read_all("replay/offset") == f"{first}\n".encode(), "offset moved back")
     r2 = Reader("replay")
     got = [r2.read() for _ in range(3)]
+    r2.close()
     expect(got == [b"a\n", b"b\n", b"c\n"], f"replayed {got}")
     expect_error(lambda: c.write_text("replay/offset", "99999\n"), "offset out of range")
     expect_error(lambda: c.write_text("replay/offset", "minus one\n"), "offset not a number")
@@ -129,6 +156,7 @@ def groups_fan_out():
     for g in ["g1", "g2"]:
         r = Reader("fan", g)
         got = [r.read() for _ in sent]
+        r.close()
         expect(got == sent, f"group {g} got {got}")
 
 
@@ -140,6 +168,7 @@ def flushed_read_takes_nothing():
     tread = py9p.Fcall(py9p.Tread, tag=7)
     tread.fid, tread.offset, tread.count = r.file.fid, 0, 8192
     client.fd.send(tread)
+    wait_blocked("flushme", 1)
     # The library's own _flush() sends oldtag = its own tag (a bug), so the
     # Tflush is built here from its message type and sent by its marshaller.
     tflush = py9p.Fcall(py9p.Tflush, tag=8)
@@ -151,7 +180,10 @@ def flushed_read_takes_nothing():
     # late Rread for the flushed tag 7 (py9p checks the tag).
     r.conn.client._stat(r.file.fid)
     push("flushme", b"m\n")
-    got = Reader("flushme").read()
+    r.close()
+    r = Reader("flushme")
+    got = r.read()
+    r.close()
     expect(got == b"m\n", f"next reader got {got!r}")
 
 
@@ -164,19 +196,22 @@ def close_ends_reads():
     expect_error(lambda: push("closing", b"more\n"), "push to a closed topic")
     expect(r.read() == b"last\n", "drains what is held")
     expect(r.read() == b"", "then reads 0 bytes")
+    r.close()
 
 
 def close_wakes_blocked_reader():
     create("closing2")
     r = Reader("closing2")
     pulled = Background(r.read)
+    wait_blocked("closing2", 1)
     admin.write_text("closing2/ctl", "close\n")
     expect(pulled.result() == b"", "a blocked read returns 0 bytes")
+    r.close()
 
 
 def rmdir_topic():
     fs.rmdir("jobs")
-    expect(not fs.exists("jobs"), "jobs gone")
+    expect(gone(fs, "jobs"), "jobs gone")
 
 
 check("mkdir topic", mkdir_topic)

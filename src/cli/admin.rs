@@ -1,0 +1,127 @@
+//! The small subcommands that read or write one control file: `stat`,
+//! `offset`, `create`, `rm`, `reset`, `close`.
+
+use clap::{Args, ValueEnum};
+use dchan::client::{Framing, TopicSettings};
+
+use super::{ConnArgs, Context, Failure, parse_duration};
+
+#[derive(Args)]
+pub struct TopicArg {
+    /// The topic, e.g. jobs or metrics/eu.
+    pub topic: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+const OFFSET_HELP: &str = "\
+Output (without N): the group's next sequence number, in decimal, and a
+newline. With N: moves the group there (back to replay messages still
+held, forward to skip), and prints nothing.
+
+Examples:
+  dchan offset jobs                    where the default group is
+  dchan offset jobs 0 --group audit    replay what is held, for group audit";
+
+#[derive(Args)]
+#[command(after_help = OFFSET_HELP)]
+pub struct OffsetArgs {
+    /// The topic.
+    pub topic: String,
+    /// A sequence number to move the group to.
+    pub seq: Option<u64>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FramingArg {
+    /// Each newline-terminated line is a message.
+    Line,
+    /// Each write is a message.
+    Write,
+}
+
+const CREATE_HELP: &str = "\
+Examples:
+  dchan create jobs                    the server's defaults (capacity 0: a rendezvous)
+  dchan create logs --capacity 1000    writers run up to 1000 messages ahead
+  dchan create frames --framing write  each write is one message, newlines and all";
+
+#[derive(Args)]
+#[command(after_help = CREATE_HELP)]
+pub struct CreateArgs {
+    /// The topic, e.g. jobs or metrics/eu.
+    pub topic: String,
+    /// How far the slowest group may lag before pushes wait (0: each push waits for a reader).
+    #[arg(long)]
+    pub capacity: Option<u64>,
+    /// How writes become messages.
+    #[arg(long, value_enum)]
+    pub framing: Option<FramingArg>,
+    /// How long a push or pull may wait before it fails (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub async fn stat(a: TopicArg) -> Result<(), Failure> {
+    let client = a.conn.connect().await?;
+    let text = client
+        .ctl(&a.topic)
+        .await
+        .what(|| format!("stat {}", a.topic))?;
+    print!("{text}");
+    Ok(())
+}
+
+pub async fn offset(a: OffsetArgs) -> Result<(), Failure> {
+    let what = || format!("offset {}", a.topic);
+    let client = a.conn.connect().await?;
+    match a.seq {
+        Some(seq) => client.set_offset(&a.topic, seq).await.what(what),
+        None => {
+            println!("{}", client.offset(&a.topic).await.what(what)?);
+            Ok(())
+        }
+    }
+}
+
+pub async fn create(a: CreateArgs) -> Result<(), Failure> {
+    let what = || format!("create {}", a.topic);
+    let client = a.conn.connect().await?;
+    let settings = TopicSettings {
+        capacity: a.capacity,
+        framing: a.framing.map(|f| match f {
+            FramingArg::Line => Framing::Line,
+            FramingArg::Write => Framing::Write,
+        }),
+        timeout: a.timeout,
+    };
+    client.create(&a.topic, &settings).await.what(what)
+}
+
+pub async fn rm(a: TopicArg) -> Result<(), Failure> {
+    let client = a.conn.connect().await?;
+    client
+        .remove(&a.topic)
+        .await
+        .what(|| format!("rm {}", a.topic))
+}
+
+pub async fn reset(a: TopicArg) -> Result<(), Failure> {
+    let client = a.conn.connect().await?;
+    client
+        .reset(&a.topic)
+        .await
+        .what(|| format!("reset {}", a.topic))
+}
+
+pub async fn close(a: TopicArg) -> Result<(), Failure> {
+    let client = a.conn.connect().await?;
+    client
+        .close(&a.topic)
+        .await
+        .what(|| format!("close {}", a.topic))
+}

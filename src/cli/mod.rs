@@ -1,0 +1,233 @@
+//! The `dchan` command line: its arguments (clap), the client subcommands
+//! built on `dchan::client`, and how failures are reported.
+//!
+//! Every failure is one line on stderr, `dchan: WHAT: WHY`
+//! (`dchan: push jobs: topic reset`), and the exit status says what kind:
+//! 0 done, 1 failed, 2 bad usage.
+//!
+//! - `push`   — `dchan push`.
+//! - `pull`   — `dchan pull`.
+//! - `admin`  — `reset`, `close`, `create`, `rm`, `stat`, `offset`.
+//! - `ls`     — `dchan ls`.
+
+mod admin;
+mod ls;
+mod pull;
+mod push;
+
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use dchan::client::{self, Client, DEFAULT_ADDR, Options};
+use dchan::engine::Addr;
+
+pub use admin::{CreateArgs, OffsetArgs, TopicArg};
+pub use dchan::serve::ServeArgs;
+pub use ls::LsArgs;
+pub use pull::PullArgs;
+pub use push::PushArgs;
+
+const EXAMPLES: &str = "\
+Examples:
+  dchan serve                          serve on tcp!127.0.0.1!5640
+  dchan create jobs --capacity 10      a topic holding up to 10 unread messages
+  dchan push jobs 'build site'         push one message (waits for room)
+  producer | dchan push jobs           push every line of the producer's output
+  dchan pull jobs                      print one message (waits for one)
+  dchan pull jobs --follow             print messages until the topic is closed
+  dchan pull jobs --group audit        read as group \"audit\" (every group sees every message)
+  dchan ls                             every topic and its status
+  DCHAN_ADDR=tcp!queue.example!5640 dchan ls
+
+Exit status: 0 done, 1 failed (one line on stderr: \"dchan: WHAT: WHY\"), 2 bad usage.";
+
+/// Message topics served as files over 9P.
+#[derive(Parser)]
+#[command(name = "dchan", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve topics over 9P.
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The subcommands that are a client of a server.
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Push messages to a topic.
+    Push(PushArgs),
+    /// Pull messages from a topic and print them.
+    Pull(PullArgs),
+    /// List topics and their status.
+    Ls(LsArgs),
+    /// Print a topic's status (its ctl file).
+    Stat(TopicArg),
+    /// Print the group's offset in a topic, or move it.
+    Offset(OffsetArgs),
+    /// Create a topic.
+    Create(CreateArgs),
+    /// Remove a topic, failing its waiting readers and writers.
+    Rm(TopicArg),
+    /// Empty a topic, fail its blocked pushes, and reopen it if closed.
+    Reset(TopicArg),
+    /// Close a topic: readers drain it, then see the end.
+    Close(TopicArg),
+}
+
+/// Where the server is and who we are; every client subcommand takes these.
+#[derive(Args, Clone, Debug)]
+pub struct ConnArgs {
+    /// The server: tcp!HOST!PORT, HOST:PORT or unix!PATH.
+    #[arg(long, env = "DCHAN_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
+    pub addr: String,
+    /// The reader group to act as (the 9P attach name); the default group is "".
+    #[arg(long, short, default_value = "")]
+    pub group: String,
+}
+
+fn parse_addr(s: &str) -> Result<String, String> {
+    s.parse::<Addr>()?;
+    Ok(s.to_string())
+}
+
+/// A duration such as `5s`, `500ms` or `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 5s, 500ms, 2m)"))
+}
+
+impl ConnArgs {
+    /// Connect and attach, or fail with `connect ADDR: WHY`.
+    pub async fn connect(&self) -> Result<Client, Failure> {
+        Client::connect(&self.addr, &Options::group(self.group.clone()))
+            .await
+            .map_err(|e| Failure::new(format!("connect {}", self.addr), e))
+    }
+}
+
+/// A failure: what was being done and why it failed.
+#[derive(Debug)]
+pub struct Failure {
+    /// What failed, e.g. "push jobs".
+    what: String,
+    /// Why, e.g. "topic reset".
+    why: String,
+}
+
+impl Failure {
+    pub fn new(what: impl Into<String>, why: impl fmt::Display) -> Failure {
+        Failure {
+            what: what.into(),
+            why: why.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.what, self.why)
+    }
+}
+
+/// Attach "WHAT: " to a client error.
+pub trait Context<T> {
+    fn what(self, what: impl FnOnce() -> String) -> Result<T, Failure>;
+}
+
+impl<T> Context<T> for Result<T, client::Error> {
+    fn what(self, what: impl FnOnce() -> String) -> Result<T, Failure> {
+        self.map_err(|e| Failure::new(what(), e))
+    }
+}
+
+/// Run a subcommand: the server, or a client command reporting its
+/// failure as one line.
+pub async fn run(command: Command) -> ExitCode {
+    let command = match command {
+        Command::Serve(args) => return dchan::serve::main(args).await,
+        Command::Client(c) => c,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run_client(command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("dchan: {failure}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_client(command: ClientCommand) -> Result<(), Failure> {
+    use ClientCommand as Command;
+    match command {
+        Command::Push(a) => push::run(a).await,
+        Command::Pull(a) => pull::run(a).await,
+        Command::Ls(a) => ls::run(a).await,
+        Command::Stat(a) => admin::stat(a).await,
+        Command::Offset(a) => admin::offset(a).await,
+        Command::Create(a) => admin::create(a).await,
+        Command::Rm(a) => admin::rm(a).await,
+        Command::Reset(a) => admin::reset(a).await,
+        Command::Close(a) => admin::close(a).await,
+    }
+}
+
+/// Parse the arguments; a usage error becomes one line and exit status 2,
+/// `--help` and `--version` print and exit 0.
+pub fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "dchan: {}; see '{} --help'",
+                usage_line(&e),
+                command_named()
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// "dchan SUBCOMMAND" if the arguments name one, else "dchan".
+fn command_named() -> String {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let sub = std::env::args()
+        .skip(1)
+        .find(|a| cmd.get_subcommands().any(|s| s.get_name() == a));
+    match sub {
+        Some(s) => format!("dchan {s}"),
+        None => "dchan".to_string(),
+    }
+}
+
+/// clap's message on one line: "error: " and the usage and tip lines dropped.
+fn usage_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut parts = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.strip_prefix("error: ").unwrap_or(line));
+        }
+    }
+    parts.join(" ")
+}

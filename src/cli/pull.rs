@@ -1,0 +1,84 @@
+//! `dchan pull TOPIC [-n N] [--follow]`: print messages as they come, over
+//! one open data file.
+
+use std::io::Write;
+
+use clap::Args;
+
+use super::{ConnArgs, Context, Failure, parse_duration};
+
+const HELP: &str = "\
+Output: each message as it is, followed by a newline if it does not end
+with one (--raw: exactly as it is). Messages are printed as they arrive.
+
+Exit status: 0 when N messages were printed, or with --follow when the
+topic was closed and drained; 1 when the topic was closed before N
+messages came (\"topic closed\"), on a timeout, or on any other failure.
+
+Examples:
+  dchan pull jobs                      one message
+  dchan pull jobs -n 10                ten messages
+  dchan pull jobs --follow | worker    until the topic is closed
+  dchan pull jobs --timeout 30s        give up after 30 seconds (nothing is taken)
+  while msg=$(dchan pull jobs); do echo \"got $msg\"; done";
+
+#[derive(Args)]
+#[command(after_help = HELP)]
+pub struct PullArgs {
+    /// The topic, e.g. jobs or metrics/eu.
+    pub topic: String,
+    /// How many messages to print.
+    #[arg(short = 'n', long = "count", default_value_t = 1, value_name = "N")]
+    pub count: u64,
+    /// Print messages until the topic is closed.
+    #[arg(long, short, conflicts_with = "count")]
+    pub follow: bool,
+    /// Print messages exactly as they are, adding no newline.
+    #[arg(long)]
+    pub raw: bool,
+    /// Give up waiting for a message after this long (e.g. 30s); nothing is taken.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub async fn run(args: PullArgs) -> Result<(), Failure> {
+    let what = || format!("pull {}", args.topic);
+    let client = args.conn.connect().await?;
+    let mut puller = client.open_data(&args.topic).await.what(what)?;
+    let mut printed = 0u64;
+    while args.follow || printed < args.count {
+        let next = puller.next();
+        let msg = match args.timeout {
+            None => next.await.what(what)?,
+            Some(t) => match tokio::time::timeout(t, next).await {
+                Ok(r) => r.what(what)?,
+                Err(_) => return Err(Failure::new(what(), "timed out")),
+            },
+        };
+        let Some(msg) = msg else {
+            if args.follow {
+                break;
+            }
+            return Err(Failure::new(what(), "topic closed"));
+        };
+        let mut out = std::io::stdout().lock();
+        let written = out
+            .write_all(&msg)
+            .and_then(|_| match args.raw || msg.ends_with(b"\n") {
+                true => Ok(()),
+                false => out.write_all(b"\n"),
+            })
+            .and_then(|_| out.flush());
+        if let Err(e) = written {
+            let why = dchan::client::io_reason(&e);
+            return Err(Failure::new(
+                what(),
+                format!("standard output: {why}; a message pulled was not printed"),
+            ));
+        }
+        printed += 1;
+    }
+    puller.close().await.what(what)
+}

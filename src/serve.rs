@@ -1,0 +1,191 @@
+//! `dchan serve`: the server's assembly — configuration, logging, the
+//! broker, the topic tree, the 9P engine on its listeners, and shutdown on
+//! SIGINT or SIGTERM.
+//!
+//! ```text
+//! dchan serve [--listen ADDR]... [--config FILE] [--log LEVEL]
+//! ```
+//! The binary only parses its arguments and calls [`main`]; [`run`] is the
+//! server itself, and takes its shutdown signal as a future so that a test
+//! can pass any (as mini-redis's `server::run` does).
+//!
+//! On start it prints one line per listener to stdout, `listening on
+//! tcp!127.0.0.1!PORT` (the real port when asked for port 0) or `listening
+//! on unix!PATH`. A bad configuration prints `dchan: config FILE:LINE:
+//! REASON` to stderr and exits with status 1, before anything listens.
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use crate::broker::memory::MemoryBroker;
+use crate::broker::{self, Broker};
+use crate::config::{Config, ConfigError};
+use crate::engine::{self, Addr, Connections, Limits, Listener};
+use crate::fs::FileTree;
+use crate::ramfs::RamFs;
+use crate::tree::{TopicTree, TreeConfig};
+
+/// The arguments of `dchan serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Where to listen: tcp!HOST!PORT, HOST:PORT or unix!PATH (repeatable;
+    /// replaces the configuration's `listen` list) [default: tcp!127.0.0.1!5640]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<Addr>,
+    /// A TOML file read over the built-in defaults (see dchan.toml)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log filter, such as debug or dchan=trace [default: $RUST_LOG, else info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log: Option<String>,
+    /// Serve an in-memory file tree instead of topics (for tests of the
+    /// 9P engine with real clients)
+    #[arg(long, hide = true)]
+    pub ramfs: bool,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("log filter {filter:?}: {reason}")]
+    Log { filter: String, reason: String },
+    #[error("listen on {addr}: {source}")]
+    Listen { addr: Addr, source: std::io::Error },
+    #[error("topic {name:?} in the configuration: {source}")]
+    Topic { name: String, source: broker::Error },
+}
+
+/// `dchan serve`: start logging, read the configuration, serve until
+/// SIGINT or SIGTERM. Errors are printed as `dchan: ...` with status 1.
+pub async fn main(args: ServeArgs) -> ExitCode {
+    match start(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dchan: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn start(args: ServeArgs) -> Result<(), Error> {
+    init_logging(args.log.as_deref())?;
+    // Before anything listens: a signal that comes once a client could
+    // connect must stop the server cleanly, not kill it.
+    let stop = stop_signal();
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::defaults(),
+    };
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    if args.ramfs {
+        let listeners = bind(&config.listen).await?;
+        let tree = Arc::new(RamFs::new());
+        serve_tree(listeners, tree, &config, Connections::default(), stop).await;
+        Ok(())
+    } else {
+        run(config, stop).await
+    }
+}
+
+/// Serve topics as `config` says until `shutdown` completes; then stop
+/// accepting, answer every blocked request with an error, and return once
+/// every connection has closed.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let broker = MemoryBroker::new();
+    for spec in &config.topic {
+        broker
+            .create(&spec.name, spec.topic_config(&config.topic_defaults))
+            .map_err(|source| Error::Topic {
+                name: spec.name.clone(),
+                source,
+            })?;
+    }
+    let listeners = bind(&config.listen).await?;
+    let connections = Connections::default();
+    let counted = connections.clone();
+    let tree = TopicTree::new(
+        broker,
+        TreeConfig {
+            defaults: config.topic_defaults.topic_config(),
+        },
+        move || counted.count(),
+    );
+    serve_tree(listeners, Arc::new(tree), &config, connections, shutdown).await;
+    Ok(())
+}
+
+/// Bind every address, printing where each listens.
+async fn bind(addrs: &[Addr]) -> Result<Vec<Listener>, Error> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let listen_err = |source| Error::Listen {
+            addr: addr.clone(),
+            source,
+        };
+        let listener = Listener::bind(addr).await.map_err(listen_err)?;
+        let bound = listener.local_addr().map_err(listen_err)?;
+        println!("listening on {bound}");
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+async fn serve_tree<T: FileTree>(
+    listeners: Vec<Listener>,
+    tree: Arc<T>,
+    config: &Config,
+    connections: Connections,
+    shutdown: impl Future<Output = ()>,
+) {
+    let l = &config.limits;
+    let limits = Limits {
+        max_msize: l.max_msize,
+        max_connections: l.max_connections,
+        max_fids: l.max_fids,
+        max_in_flight: l.max_in_flight,
+    };
+    engine::serve_counted(listeners, tree, limits, connections, shutdown).await;
+    info!("stopped");
+}
+
+/// Logs to stderr, filtered by `level`, else `$RUST_LOG`, else `info`.
+/// A subscriber already installed (by a caller) is left in place.
+fn init_logging(level: Option<&str>) -> Result<(), Error> {
+    let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
+    let filter = level.map(str::to_string).or(from_env);
+    let filter = filter.as_deref().unwrap_or("info");
+    let env_filter = EnvFilter::try_new(filter).map_err(|e| Error::Log {
+        filter: filter.to_string(),
+        reason: e.to_string(),
+    })?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+    Ok(())
+}
+
+/// A future that completes on SIGINT or SIGTERM. The handlers are
+/// installed at once (inside a Tokio runtime), not when it is first polled.
+pub fn stop_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => info!("SIGINT: stopping"),
+            _ = term.recv() => info!("SIGTERM: stopping"),
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The `dchan` binary's client subcommands, run as a user would, against a
+//! server this test starts on a free port.
+
+mod support;
+
+use std::process::{Output, Stdio};
+
+use support::{Server, patiently};
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, Command};
+
+/// `dchan ARGS...` against `addr` (through $DCHAN_ADDR), not yet waited for.
+fn spawn(addr: &str, args: &[&str], stdin: bool) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(args)
+        .env("DCHAN_ADDR", addr)
+        .env_remove("RUST_LOG")
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run dchan")
+}
+
+/// Run `dchan ARGS...` to completion, feeding it `input` on stdin.
+async fn dchan_in(addr: &str, args: &[&str], input: Option<&str>) -> Output {
+    let mut child = spawn(addr, args, input.is_some());
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).await.unwrap();
+    }
+    patiently(child.wait_with_output()).await.unwrap()
+}
+
+async fn dchan(addr: &str, args: &[&str]) -> Output {
+    dchan_in(addr, args, None).await
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+/// The command succeeded; its stdout.
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "failed: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// The command failed with `code` and said exactly one line starting with `start`.
+fn fails(o: Output, code: i32, start: &str) {
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line, not {err:?}");
+    assert!(
+        err.starts_with(start),
+        "{err:?} should start with {start:?}"
+    );
+    assert!(!err.contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_then_pull() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "jobs", "--capacity", "10"]).await);
+    ok(dchan(a, &["push", "jobs", "one", "two words", "three\n"]).await);
+    assert_eq!(ok(dchan(a, &["pull", "jobs"]).await), "one\n");
+    assert_eq!(
+        ok(dchan(a, &["pull", "jobs", "-n", "2"]).await),
+        "two words\nthree\n"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_reads_lines_from_stdin() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "lines", "--capacity", "100"]).await);
+    let input: String = (0..50).map(|i| format!("line {i}\n")).collect();
+    ok(dchan_in(a, &["push", "lines"], Some(&input)).await);
+    // A last line without a newline is a message too.
+    ok(dchan_in(a, &["push", "lines"], Some("tail")).await);
+    let out = ok(dchan(a, &["pull", "lines", "-n", "51"]).await);
+    assert_eq!(out, format!("{input}tail\n"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rendezvous_push_waits_for_a_pull() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "meet"]).await);
+    let push = spawn(a, &["push", "meet", "hello"], false);
+    assert_eq!(ok(dchan(a, &["pull", "meet"]).await), "hello\n");
+    ok(patiently(push.wait_with_output()).await.unwrap());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_ends_when_the_topic_is_closed() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "stream"]).await);
+    let follow = spawn(a, &["pull", "stream", "--follow"], false);
+    ok(dchan(a, &["push", "stream", "a", "b", "c"]).await);
+    ok(dchan(a, &["close", "stream"]).await);
+    let out = patiently(follow.wait_with_output()).await.unwrap();
+    assert_eq!(ok(out), "a\nb\nc\n");
+    // Closed and drained: a plain pull fails, push too; reset reopens.
+    fails(
+        dchan(a, &["pull", "stream"]).await,
+        1,
+        "dchan: pull stream: topic closed",
+    );
+    fails(
+        dchan(a, &["push", "stream", "x"]).await,
+        1,
+        "dchan: push stream: ",
+    );
+    ok(dchan(a, &["reset", "stream"]).await);
+    let push = spawn(a, &["push", "stream", "again"], false);
+    assert_eq!(ok(dchan(a, &["pull", "stream"]).await), "again\n");
+    ok(patiently(push.wait_with_output()).await.unwrap());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_fails_a_blocked_push_with_the_servers_words() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "z"]).await);
+    let push = spawn(a, &["push", "z", "lost"], false);
+    // Wait until the push is blocked, then reset.
+    patiently(async {
+        while !ok(dchan(a, &["stat", "z"]).await).contains("blocked_writers 1") {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    ok(dchan(a, &["reset", "z"]).await);
+    let out = patiently(push.wait_with_output()).await.unwrap();
+    fails(out, 1, "dchan: push z: topic reset");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_that_times_out_takes_nothing() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "slow", "--capacity", "1"]).await);
+    fails(
+        dchan(a, &["pull", "slow", "--timeout", "200ms"]).await,
+        1,
+        "dchan: pull slow: timed out",
+    );
+    ok(dchan(a, &["push", "slow", "late"]).await);
+    assert_eq!(ok(dchan(a, &["pull", "slow"]).await), "late\n");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_stat_offset_create_rm() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "jobs", "--capacity", "5"]).await);
+    ok(dchan(a, &["create", "metrics/eu", "--framing", "write"]).await);
+    ok(dchan(a, &["push", "jobs", "1", "2", "3"]).await);
+    let ls = ok(dchan(a, &["ls"]).await);
+    let lines: Vec<Vec<&str>> = ls.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        lines,
+        [
+            vec![
+                "TOPIC", "PENDING", "PUSHED", "PULLED", "READERS", "GROUPS", "CAPACITY", "FRAMING",
+                "STATE"
+            ],
+            vec!["jobs", "3", "3", "0", "0", "0", "5", "line", "open"],
+            vec!["metrics/eu", "0", "0", "0", "0", "0", "0", "write", "open"],
+        ]
+    );
+    // Columns line up: every row's STATE starts where the header's does.
+    let col = ls.lines().next().unwrap().find("STATE").unwrap();
+    assert!(
+        ls.lines()
+            .all(|l| l.len() > col && &l[col - 2..col] == "  ")
+    );
+    assert_eq!(ok(dchan(a, &["ls", "-q"]).await), "jobs\nmetrics/eu\n");
+    assert_eq!(ok(dchan(a, &["ls", "metrics", "-q"]).await), "metrics/eu\n");
+    assert!(ok(dchan(a, &["stat", "jobs"]).await).contains("capacity 5\n"));
+
+    let first = ok(dchan(a, &["offset", "jobs"]).await);
+    let first: u64 = first.trim().parse().unwrap();
+    // A second group, made by reading its offset, holds the messages...
+    assert_eq!(
+        ok(dchan(a, &["offset", "jobs", "--group", "audit"]).await),
+        format!("{first}\n")
+    );
+    assert_eq!(
+        ok(dchan(a, &["pull", "jobs", "-n", "3"]).await),
+        "1\n2\n3\n"
+    );
+    assert_eq!(
+        ok(dchan(a, &["offset", "jobs"]).await),
+        format!("{}\n", first + 3)
+    );
+    // ...so the default group can replay them.
+    ok(dchan(a, &["offset", "jobs", &(first + 1).to_string()]).await);
+    assert_eq!(ok(dchan(a, &["pull", "jobs"]).await), "2\n");
+    fails(
+        dchan(a, &["offset", "jobs", "999"]).await,
+        1,
+        "dchan: offset jobs: ",
+    );
+
+    ok(dchan(a, &["rm", "metrics/eu"]).await);
+    assert_eq!(ok(dchan(a, &["ls", "-q"]).await), "jobs\n");
+    fails(
+        dchan(a, &["rm", "metrics/eu"]).await,
+        1,
+        "dchan: rm metrics/eu: no such topic",
+    );
+    fails(
+        dchan(a, &["create", "jobs"]).await,
+        1,
+        "dchan: create jobs: ",
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gives_one_line_and_the_right_status() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    fails(
+        dchan(a, &["pull", "nosuch"]).await,
+        1,
+        "dchan: pull nosuch: no such topic",
+    );
+    fails(
+        dchan(a, &["push", "nosuch", "x"]).await,
+        1,
+        "dchan: push nosuch: no such topic",
+    );
+    fails(
+        dchan(a, &["stat", "nosuch"]).await,
+        1,
+        "dchan: stat nosuch: no such topic",
+    );
+    fails(
+        dchan(a, &["ls", "nosuch"]).await,
+        1,
+        "dchan: ls nosuch: no such topic",
+    );
+    fails(
+        dchan(a, &["close", "nosuch"]).await,
+        1,
+        "dchan: close nosuch: no such topic",
+    );
+    fails(
+        dchan(a, &["pull", "../etc"]).await,
+        1,
+        "dchan: pull ../etc: bad topic name",
+    );
+    ok(dchan(a, &["create", "t"]).await);
+    // Usage errors: status 2.
+    fails(
+        dchan(a, &["pull", "t", "-n", "many"]).await,
+        2,
+        "dchan: invalid value 'many'",
+    );
+    fails(dchan(a, &["offset", "t", "-3"]).await, 2, "dchan: ");
+    fails(
+        dchan(a, &["create", "t2", "--capacity", "x"]).await,
+        2,
+        "dchan: invalid value 'x'",
+    );
+    fails(
+        dchan(a, &["create", "t2", "--framing", "words"]).await,
+        2,
+        "dchan: invalid value",
+    );
+    fails(
+        dchan(a, &["pull"]).await,
+        2,
+        "dchan: the following required arguments",
+    );
+    fails(
+        dchan(a, &["frobnicate"]).await,
+        2,
+        "dchan: unrecognized subcommand",
+    );
+    fails(
+        dchan("nonsense", &["ls"]).await,
+        2,
+        "dchan: invalid value 'nonsense' for '--addr",
+    );
+    fails(
+        dchan(a, &["ls", "--addr", "tcp!h!port"]).await,
+        2,
+        "dchan: invalid value",
+    );
+    s.stop().await;
+
+    // The server is down.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("tcp!127.0.0.1!{}", l.local_addr().unwrap().port());
+    drop(l);
+    let want = format!("dchan: connect {down}: connection refused");
+    fails(dchan(&down, &["pull", "t"]).await, 1, &want);
+    fails(dchan(&down, &["ls"]).await, 1, &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_shows_examples_and_the_output_formats() {
+    let help = ok(dchan("tcp!127.0.0.1!1", &["--help"]).await);
+    assert!(help.contains("Examples:") && help.contains("dchan push jobs"));
+    for (sub, want) in [
+        ("push", "Examples:"),
+        ("pull", "Exit status"),
+        ("ls", "Output:"),
+        ("offset", "Output"),
+        ("create", "Examples:"),
+    ] {
+        let h = ok(dchan("tcp!127.0.0.1!1", &[sub, "--help"]).await);
+        assert!(h.contains(want), "dchan {sub} --help lacks {want:?}");
+        assert!(h.contains("--addr") && h.contains("DCHAN_ADDR"), "{sub}");
+    }
+}

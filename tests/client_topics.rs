@@ -1,0 +1,314 @@
+//! The client library against a real dchan server (engine, topic tree,
+//! memory broker) in this process, in each dialect.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dchan::client::{Client, Error, Framing, Options, TopicSettings};
+use dchan::proto::Dialect;
+use support::{Server, patiently};
+
+const DIALECTS: [Dialect; 3] = [Dialect::P2000, Dialect::P2000u, Dialect::P2000L];
+
+async fn client(server: &Server, dialect: Dialect, group: &str) -> Client {
+    let opts = Options::group(group).dialect(dialect);
+    Client::connect(&server.addr, &opts).await.expect("connect")
+}
+
+/// A topic-name part for a dialect.
+fn name(d: Dialect) -> String {
+    d.as_str().replace('.', "_")
+}
+
+fn buffered(capacity: u64) -> TopicSettings {
+    TopicSettings {
+        capacity: Some(capacity),
+        ..TopicSettings::default()
+    }
+}
+
+#[tokio::test]
+async fn push_then_pull_in_every_dialect() {
+    let server = Server::start().await;
+    for d in DIALECTS {
+        let c = client(&server, d, "").await;
+        assert_eq!(c.connection().dialect(), d);
+        let topic = format!("t{}", name(d));
+        c.create(&topic, &buffered(10)).await.unwrap();
+        c.push(&topic, "hello\n").await.unwrap();
+        c.push(&topic, "two\nthree\n").await.unwrap();
+        let got = patiently(c.pull(&topic)).await.unwrap();
+        assert_eq!(got, Some(Bytes::from("hello\n")), "{d:?}");
+        let mut p = c.open_data(&topic).await.unwrap();
+        assert_eq!(patiently(p.next()).await.unwrap().unwrap(), "two\n");
+        assert_eq!(patiently(p.next()).await.unwrap().unwrap(), "three\n");
+        c.close(&topic).await.unwrap();
+        assert_eq!(
+            patiently(p.next()).await.unwrap(),
+            None,
+            "{d:?}: closed is EOF"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_rendezvous_push_waits_for_the_pull() {
+    let server = Server::start().await;
+    let c = client(&server, Dialect::P2000L, "").await;
+    c.create("r", &TopicSettings::default()).await.unwrap();
+    let pusher = tokio::spawn({
+        let addr = server.addr.clone();
+        async move {
+            let c = Client::connect(&addr, &Options::default()).await.unwrap();
+            c.push("r", "meet\n").await
+        }
+    });
+    assert_eq!(patiently(c.pull("r")).await.unwrap().unwrap(), "meet\n");
+    patiently(pusher).await.unwrap().unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn many_pulls_in_flight_on_one_connection_share_the_messages() {
+    let server = Server::start().await;
+    for d in [Dialect::P2000u, Dialect::P2000L] {
+        let c = std::sync::Arc::new(client(&server, d, "").await);
+        let topic = format!("many{}", name(d));
+        c.create(&topic, &buffered(0)).await.unwrap();
+        let mut pulls = Vec::new();
+        for _ in 0..100 {
+            let c = c.clone();
+            let topic = topic.clone();
+            pulls.push(tokio::spawn(async move { c.pull(&topic).await }));
+        }
+        let producer = client(&server, d, "").await;
+        let mut pushes = Vec::new();
+        for i in 0..100 {
+            pushes.push(producer.push(&topic, format!("m{i}\n")));
+        }
+        for r in patiently(futures_util::future::join_all(pushes)).await {
+            r.unwrap();
+        }
+        let mut seen = HashSet::new();
+        for p in pulls {
+            let msg = patiently(p).await.unwrap().unwrap().unwrap();
+            assert!(seen.insert(msg), "a message pulled twice");
+        }
+        assert_eq!(seen.len(), 100);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_pull_is_flushed_and_the_next_pull_gets_the_message() {
+    let server = Server::start().await;
+    for d in DIALECTS {
+        let c = client(&server, d, "").await;
+        let topic = format!("f{}", name(d));
+        c.create(&topic, &buffered(5)).await.unwrap();
+        let mut p = c.open_data(&topic).await.unwrap();
+        // Nothing there: give up waiting (the future is dropped).
+        let waited = tokio::time::timeout(Duration::from_millis(100), p.next()).await;
+        assert!(waited.is_err(), "{d:?}: nothing should have come");
+        c.push(&topic, "kept\n").await.unwrap();
+        assert_eq!(
+            patiently(p.next()).await.unwrap().unwrap(),
+            "kept\n",
+            "{d:?}"
+        );
+        // And once more, with a whole pull dropped while it waits.
+        let waited = tokio::time::timeout(Duration::from_millis(100), c.pull(&topic)).await;
+        assert!(waited.is_err());
+        c.push(&topic, "again\n").await.unwrap();
+        assert_eq!(patiently(c.pull(&topic)).await.unwrap().unwrap(), "again\n");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn messages_of_any_size_come_out_whole() {
+    let server = Server::start().await;
+    for d in [Dialect::P2000u, Dialect::P2000L] {
+        let c = client(&server, d, "").await;
+        let max = c.connection().msize() as usize - 24;
+        let topic = format!("big{}", name(d));
+        let settings = TopicSettings {
+            capacity: Some(10),
+            framing: Some(Framing::Write),
+            ..TopicSettings::default()
+        };
+        c.create(&topic, &settings).await.unwrap();
+        let sizes = [1, max - 1, max, 65512, 100_000];
+        let pusher = c.open_push(&topic).await.unwrap();
+        for (i, &n) in sizes.iter().enumerate() {
+            let msg: Vec<u8> = (0..n).map(|j| (i + j) as u8).collect();
+            pusher.push(msg).await.unwrap();
+        }
+        let line_topic = format!("bigline{}", name(d));
+        c.create(&line_topic, &buffered(10)).await.unwrap();
+        let mut long_line = vec![b'x'; 3 * max + 17];
+        long_line.push(b'\n');
+        c.push(&line_topic, long_line.clone()).await.unwrap();
+
+        let mut p = c.open_data(&topic).await.unwrap();
+        for (i, &n) in sizes.iter().enumerate() {
+            let msg = patiently(p.next()).await.unwrap().unwrap();
+            assert_eq!(msg.len(), n, "{d:?}");
+            assert_eq!(msg[0], i as u8);
+        }
+        let got = patiently(c.pull(&line_topic)).await.unwrap().unwrap();
+        assert_eq!(
+            got.len(),
+            long_line.len(),
+            "{d:?}: a line longer than msize"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn errors_carry_the_servers_message() {
+    let server = Server::start().await;
+    let c = client(&server, Dialect::P2000u, "").await;
+    match c.pull("nosuch").await {
+        Err(Error::NoTopic(t)) => assert_eq!(t, "nosuch"),
+        other => panic!("{other:?}"),
+    }
+    c.create("e", &buffered(1)).await.unwrap();
+    let e = c.ctl_write("e", "frobnicate").await.unwrap_err();
+    assert!(e.to_string().contains("unknown command"), "{e}");
+    let e = c.create("e", &buffered(1)).await.unwrap_err();
+    assert!(e.to_string().contains("exist"), "{e}");
+    c.close("e").await.unwrap();
+    let e = c.push("e", "late\n").await.unwrap_err();
+    assert!(e.to_string().contains("closed"), "{e}");
+    assert!(matches!(
+        c.create("../x", &buffered(1)).await,
+        Err(Error::BadTopic(_))
+    ));
+
+    // 9P2000.L carries only an errno; the client names it.
+    let l = client(&server, Dialect::P2000L, "").await;
+    let e = l.ctl_write("e", "frobnicate").await.unwrap_err();
+    assert_eq!(e.errno(), Some(22));
+    assert_eq!(e.to_string(), "invalid argument");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reset_fails_a_blocked_push() {
+    let server = Server::start().await;
+    let c = client(&server, Dialect::P2000u, "").await;
+    c.create("z", &TopicSettings::default()).await.unwrap();
+    let blocked = tokio::spawn({
+        let addr = server.addr.clone();
+        async move {
+            let c = Client::connect(&addr, &Options::default()).await.unwrap();
+            c.push("z", "lost\n").await
+        }
+    });
+    // Wait until the push is blocked, as the topic's status says.
+    patiently(async {
+        while !c.ctl("z").await.unwrap().contains("blocked_writers 1") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    c.reset("z").await.unwrap();
+    let e = patiently(blocked).await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("reset"), "{e}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn offsets_groups_and_listing() {
+    let server = Server::start().await;
+    let a = client(&server, Dialect::P2000L, "a").await;
+    let b = client(&server, Dialect::P2000u, "b").await;
+    a.create("log", &buffered(10)).await.unwrap();
+    a.create("metrics/eu", &buffered(10)).await.unwrap();
+    // Both groups exist before the pushes, so each gets every message.
+    let start = a.offset("log").await.unwrap();
+    assert_eq!(b.offset("log").await.unwrap(), start);
+    for m in ["1\n", "2\n", "3\n"] {
+        a.push("log", m).await.unwrap();
+    }
+    let mut p = a.open_data("log").await.unwrap();
+    for m in ["1\n", "2\n", "3\n"] {
+        assert_eq!(patiently(p.next()).await.unwrap().unwrap(), m);
+    }
+    assert_eq!(a.offset("log").await.unwrap(), start + 3);
+    // Group b has not read them, so they are held: a can replay.
+    a.set_offset("log", start + 1).await.unwrap();
+    assert_eq!(patiently(a.pull("log")).await.unwrap().unwrap(), "2\n");
+    let e = a.set_offset("log", start + 99).await.unwrap_err();
+    assert_eq!(e.errno(), Some(34), "{e}");
+    let mut p = b.open_data("log").await.unwrap();
+    for m in ["1\n", "2\n", "3\n"] {
+        assert_eq!(patiently(p.next()).await.unwrap().unwrap(), m);
+    }
+
+    assert_eq!(a.topics().await.unwrap(), ["log", "metrics/eu"]);
+    assert_eq!(a.topics_under("metrics").await.unwrap(), ["metrics/eu"]);
+    let status = a.ctl("log").await.unwrap();
+    assert!(status.contains("capacity 10"), "{status}");
+    assert!(a.server_ctl().await.unwrap().contains("topics 2"));
+    a.remove("metrics/eu").await.unwrap();
+    assert_eq!(a.topics().await.unwrap(), ["log"]);
+    assert!(matches!(
+        a.remove("metrics/eu").await,
+        Err(Error::NoTopic(_))
+    ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connects_over_a_unix_socket() {
+    use dchan::broker::memory::MemoryBroker;
+    use dchan::engine::{self, Addr, Limits, Listener};
+    use dchan::tree::{TopicTree, TreeConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("unix!{}", dir.path().join("dchan.sock").display());
+    let l = Listener::bind(&addr.parse::<Addr>().unwrap())
+        .await
+        .unwrap();
+    let tree = TopicTree::new(MemoryBroker::new(), TreeConfig::default(), || 0);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(engine::serve(
+        vec![l],
+        std::sync::Arc::new(tree),
+        Limits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let c = Client::connect(&addr, &Options::default()).await.unwrap();
+    c.create("u", &buffered(1)).await.unwrap();
+    c.push("u", "local\n").await.unwrap();
+    assert_eq!(patiently(c.pull("u")).await.unwrap().unwrap(), "local\n");
+    drop(c);
+    let _ = stop.send(());
+    patiently(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_addresses_and_refused_connections_are_errors() {
+    let e = Client::connect("nonsense", &Options::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Address(_)), "{e}");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("127.0.0.1:{}", l.local_addr().unwrap().port());
+    drop(l);
+    let e = Client::connect(&down, &Options::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.to_string(), "connection refused");
+}

@@ -1,0 +1,287 @@
+//! `dchan serve` as a user runs it: the built-in defaults with another
+//! listen address, a bad config file, topics made by the config, and a
+//! clean stop on SIGTERM while a read is blocked.
+
+mod server;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use server::{PATIENCE, Server};
+
+/// A minimal plain-9P2000 client for these tests (the protocol itself is
+/// tested elsewhere): little-endian fields, one request at a time.
+struct Client {
+    sock: TcpStream,
+}
+
+const TVERSION: u8 = 100;
+const TATTACH: u8 = 104;
+const RERROR: u8 = 107;
+const TWALK: u8 = 110;
+const TOPEN: u8 = 112;
+const TREAD: u8 = 116;
+const TCLUNK: u8 = 120;
+
+fn s(b: &mut Vec<u8>, text: &str) {
+    b.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    b.extend_from_slice(text.as_bytes());
+}
+
+impl Client {
+    fn connect(port: u16) -> Client {
+        let sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        sock.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut c = Client { sock };
+        let mut b = 8192u32.to_le_bytes().to_vec();
+        s(&mut b, "9P2000");
+        c.rpc(TVERSION, 0xFFFF, &b).expect("Tversion");
+        let mut b = 0u32.to_le_bytes().to_vec(); // fid 0: the root
+        b.extend_from_slice(&u32::MAX.to_le_bytes()); // no afid
+        s(&mut b, "test");
+        s(&mut b, "");
+        c.rpc(TATTACH, 1, &b).expect("Tattach");
+        c
+    }
+
+    fn send(&mut self, ty: u8, tag: u16, body: &[u8]) {
+        let mut m = ((7 + body.len()) as u32).to_le_bytes().to_vec();
+        m.push(ty);
+        m.extend_from_slice(&tag.to_le_bytes());
+        m.extend_from_slice(body);
+        self.sock.write_all(&m).expect("send");
+    }
+
+    /// The next reply: (type, tag, body), or the error of reading it.
+    fn recv(&mut self) -> std::io::Result<(u8, u16, Vec<u8>)> {
+        let mut size = [0u8; 4];
+        self.sock.read_exact(&mut size)?;
+        let mut rest = vec![0u8; u32::from_le_bytes(size) as usize - 4];
+        self.sock.read_exact(&mut rest)?;
+        let tag = u16::from_le_bytes([rest[1], rest[2]]);
+        Ok((rest[0], tag, rest[3..].to_vec()))
+    }
+
+    /// Send and wait for the reply; Err(text) for an Rerror.
+    fn rpc(&mut self, ty: u8, tag: u16, body: &[u8]) -> Result<Vec<u8>, String> {
+        self.send(ty, tag, body);
+        let (rty, rtag, rbody) = self.recv().expect("reply");
+        assert_eq!(rtag, tag, "reply tag");
+        if rty == RERROR {
+            let n = u16::from_le_bytes([rbody[0], rbody[1]]) as usize;
+            return Err(String::from_utf8_lossy(&rbody[2..2 + n]).into_owned());
+        }
+        assert_eq!(rty, ty + 1, "reply type");
+        Ok(rbody)
+    }
+
+    /// Walk from the root to `path` as `fid`.
+    fn walk(&mut self, fid: u32, path: &str) -> Result<(), String> {
+        let names: Vec<&str> = path.split('/').filter(|n| !n.is_empty()).collect();
+        let mut b = 0u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&fid.to_le_bytes());
+        b.extend_from_slice(&(names.len() as u16).to_le_bytes());
+        for n in &names {
+            s(&mut b, n);
+        }
+        let r = self.rpc(TWALK, 1, &b)?;
+        let nwqid = u16::from_le_bytes([r[0], r[1]]) as usize;
+        if nwqid != names.len() {
+            return Err(format!("{path}: walked {nwqid} of {}", names.len()));
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, fid: u32, path: &str, mode: u8) -> Result<(), String> {
+        self.walk(fid, path)?;
+        let mut b = fid.to_le_bytes().to_vec();
+        b.push(mode);
+        self.rpc(TOPEN, 1, &b).map(drop)
+    }
+
+    fn tread(fid: u32) -> Vec<u8> {
+        let mut b = fid.to_le_bytes().to_vec();
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&8000u32.to_le_bytes());
+        b
+    }
+
+    /// Read a whole small file from offset 0 in one Tread, with `fid`
+    /// (clunked after).
+    fn read_file(&mut self, fid: u32, path: &str) -> Result<String, String> {
+        self.open(fid, path, 0)?;
+        let r = self.rpc(TREAD, 1, &Client::tread(fid));
+        self.rpc(TCLUNK, 1, &fid.to_le_bytes())?;
+        Ok(String::from_utf8_lossy(&r?[4..]).into_owned())
+    }
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn starts_on_the_defaults_with_another_port() {
+    let server = Server::start(&[]);
+    assert_ne!(server.port, 0, "the real port is printed");
+    let mut c = Client::connect(server.port);
+    let ctl = c.read_file(10, "ctl").expect("read /ctl");
+    assert!(ctl.contains("topics 0\n"), "root ctl: {ctl}");
+    assert!(ctl.contains("connections 1\n"), "root ctl: {ctl}");
+}
+
+#[test]
+fn a_bad_config_fails_with_file_line_and_reason() {
+    let file = config_file(
+        "# a comment\n\
+         [topic_defaults]\n\
+         capacity = 3\n\
+         \n\
+         [[topic]]\n\
+         name = \"jobs\"\n\
+         capacty = 3\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["serve", "--listen", "tcp!127.0.0.1!0", "--config"])
+        .arg(file.path())
+        .output()
+        .expect("run dchan");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let want = format!(
+        "dchan: config {}:7: unknown field `capacty`, expected",
+        file.path().display()
+    );
+    assert!(stderr.contains(&want), "want {want:?} in {stderr:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "a bad config must fail before listening"
+    );
+}
+
+#[test]
+fn a_missing_config_file_fails() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["serve", "--config", "/nonexistent/dchan.toml"])
+        .output()
+        .expect("run dchan");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("dchan: config /nonexistent/dchan.toml: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_topics_exist_with_their_settings() {
+    let file = config_file(
+        "listen = [\"tcp!127.0.0.1!5640\"]  # replaced by --listen\n\
+         [topic_defaults]\n\
+         capacity = 7\n\
+         timeout = \"30s\"\n\
+         [[topic]]\n\
+         name = \"jobs\"\n\
+         [[topic]]\n\
+         name = \"metrics/eu\"\n\
+         capacity = 2\n\
+         framing = \"write\"\n\
+         timeout = \"none\"\n",
+    );
+    let server = Server::start(&["--config", file.path().to_str().unwrap()]);
+    let mut c = Client::connect(server.port);
+    let jobs = c.read_file(10, "jobs/ctl").expect("jobs/ctl");
+    for want in ["capacity 7\n", "framing line\n", "timeout 30s\n"] {
+        assert!(jobs.contains(want), "{want:?} in jobs/ctl: {jobs}");
+    }
+    let eu = c.read_file(11, "metrics/eu/ctl").expect("metrics/eu/ctl");
+    for want in ["capacity 2\n", "framing write\n", "timeout none\n"] {
+        assert!(eu.contains(want), "{want:?} in metrics/eu/ctl: {eu}");
+    }
+    let root = c.read_file(12, "ctl").expect("ctl");
+    assert!(root.contains("topics 2\n"), "root ctl: {root}");
+}
+
+#[test]
+fn sigterm_stops_cleanly_while_a_read_is_blocked() {
+    let file = config_file("[[topic]]\nname = \"jobs\"\n");
+    let mut server = Server::start(&["--config", file.path().to_str().unwrap()]);
+    let mut reader = Client::connect(server.port);
+    reader.open(10, "jobs/data", 0).expect("open jobs/data");
+    reader.send(TREAD, 7, &Client::tread(10));
+    // A second connection, so the blocked read is surely being served:
+    // the topic's status counts it.
+    let mut admin = Client::connect(server.port);
+    for tries in 0.. {
+        let ctl = admin.read_file(20, "jobs/ctl").expect("jobs/ctl");
+        if ctl.contains("blocked_readers 1\n") {
+            break;
+        }
+        assert!(tries < 3000, "the read never blocked: {ctl}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.signal("TERM");
+    // The blocked read is answered with an error, not left hanging.
+    let (ty, tag, body) = reader.recv().expect("a reply to the blocked read");
+    assert_eq!((ty, tag), (RERROR, 7), "the blocked read's reply");
+    let text = String::from_utf8_lossy(&body[2..]);
+    assert!(text.contains("shut"), "error text: {text:?}");
+    let status = server.wait();
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    assert!(
+        TcpStream::connect(("127.0.0.1", server.port)).is_err(),
+        "no new connections after shutdown"
+    );
+}
+
+#[test]
+fn sigint_stops_cleanly() {
+    let mut server = Server::start(&[]);
+    let _idle = Client::connect(server.port);
+    server.signal("INT");
+    assert_eq!(server.wait().code(), Some(0), "exit status after SIGINT");
+}
+
+#[test]
+fn listens_on_a_unix_socket_too() {
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dchan.sock");
+    let unix = format!("unix!{}", path.display());
+    // The Unix address first: it is bound once the TCP one is printed.
+    let args = ["serve", "--listen", &unix, "--listen", "tcp!127.0.0.1!0"];
+    let server = Server::start_raw(&args);
+    let mut sock = UnixStream::connect(&path).expect("connect to the Unix socket");
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut body = 8192u32.to_le_bytes().to_vec();
+    s(&mut body, "9P2000");
+    let mut m = ((7 + body.len()) as u32).to_le_bytes().to_vec();
+    m.push(TVERSION);
+    m.extend_from_slice(&0xFFFFu16.to_le_bytes());
+    m.extend_from_slice(&body);
+    sock.write_all(&m).unwrap();
+    let mut head = [0u8; 7];
+    sock.read_exact(&mut head).expect("Rversion");
+    assert_eq!(head[4], TVERSION + 1, "Rversion over the Unix socket");
+    drop(server);
+}
+
+#[test]
+fn a_bad_topic_in_the_config_fails_at_start() {
+    let file = config_file("[[topic]]\nname = \"no spaces\"\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["serve", "--listen", "tcp!127.0.0.1!0", "--config"])
+        .arg(file.path())
+        .output()
+        .expect("run dchan");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("dchan: topic \"no spaces\" in the configuration: bad topic name"),
+        "{stderr}"
+    );
+}
