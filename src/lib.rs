@@ -11,9 +11,7 @@
 //! - `config` — the server's TOML configuration over the built-in `dchan.toml`.
 //! - `serve`  — `dchan serve`: configuration, logging, broker, tree and engine, shutdown.
 //! - `client` — dchan's own 9P client: many requests per connection, flush, topics by name.
-//! - `addr`   — addresses (`tcp!HOST!PORT`, `HOST:PORT`, `unix!PATH`), for dialing and listening.
 
-pub mod addr;
 pub mod broker;
 pub mod client;
 pub mod config;

@@ -552,3 +552,113 @@ async fn totals_count_over_topics() {
     let t = b.totals();
     assert_eq!((t.topics, t.pushed, t.pulled), (1, 2, 1));
 }
+
+#[tokio::test]
+async fn forget_keeps_blocked_readers_waiting() {
+    let b = broker(0);
+    let mut r = pull(&b, "g");
+    blocked(&mut r).await;
+    b.forget("t", "g").unwrap();
+    blocked(&mut r).await;
+    push_now(&b, "m").await;
+    assert_eq!(done(r).await.unwrap().unwrap().data().as_ref(), b"m");
+}
+
+#[tokio::test]
+async fn seeking_back_feeds_a_blocked_reader() {
+    let b = broker(10);
+    b.offset("t", "hold").unwrap();
+    push_now(&b, "0").await;
+    push_now(&b, "1").await;
+    assert_eq!(take(&b, "a").await, "0");
+    assert_eq!(take(&b, "a").await, "1");
+    let mut r = pull(&b, "a");
+    blocked(&mut r).await;
+    b.seek("t", "a", 1).unwrap();
+    assert_eq!(done(r).await.unwrap().unwrap().data().as_ref(), b"1");
+}
+
+#[tokio::test]
+async fn status_shows_groups_and_waiters() {
+    let b = broker(5);
+    b.offset("t", "b").unwrap();
+    for i in 0..3 {
+        push_now(&b, &i.to_string()).await;
+    }
+    let d = done(pull(&b, "b")).await.unwrap().unwrap();
+    let mut r = pull(&b, "a");
+    // "a" is new: it starts at the oldest held (0 went when "b" took it).
+    assert_eq!(done(&mut r).await.unwrap().unwrap().seq(), 1);
+    let s = b.status("t").unwrap();
+    assert_eq!(
+        (s.first, s.next, s.pending, s.pushed, s.pulled),
+        (1, 3, 2, 3, 2)
+    );
+    let b_status = &s.groups[1];
+    assert_eq!(b_status.name, "b");
+    assert_eq!((b_status.offset, b_status.lag, b_status.unacked), (1, 2, 1));
+    // "a"'s delivery was dropped unacked: it is back, at the front.
+    assert_eq!(
+        (s.groups[0].offset, s.groups[0].lag, s.groups[0].unacked),
+        (1, 2, 0)
+    );
+    d.ack();
+    let mut w = pull(&b, "c");
+    assert!(done(&mut w).await.unwrap().is_some());
+    let held = (take(&b, "b").await, take(&b, "b").await);
+    assert_eq!(held, ("1".into(), "2".into()));
+    let mut r = pull(&b, "b");
+    blocked(&mut r).await;
+    let s = b.status("t").unwrap();
+    assert_eq!((s.blocked_readers, s.groups[1].blocked), (1, 1), "{s:?}");
+}
+
+#[tokio::test]
+async fn large_and_empty_messages_come_out_whole() {
+    let b = broker(10);
+    b.offset("t", "").unwrap();
+    let big = Bytes::from(vec![7u8; 100_000]);
+    let sizes = [0, 1, 1023, 1024, 1025, 65_512];
+    for &n in &sizes {
+        done(b.push("t", Bytes::from(vec![n as u8; n]), Wait::Block))
+            .await
+            .unwrap();
+    }
+    done(b.push("t", big.clone(), Wait::Block)).await.unwrap();
+    for &n in &sizes {
+        let d = done(pull(&b, "")).await.unwrap().unwrap();
+        assert_eq!(d.data().as_ref(), vec![n as u8; n].as_slice());
+        d.ack();
+    }
+    assert_eq!(done(pull(&b, "")).await.unwrap().unwrap().data(), &big);
+}
+
+#[tokio::test]
+async fn a_delivery_from_before_a_reset_does_not_come_back() {
+    let b = broker(10);
+    b.offset("t", "").unwrap();
+    push_now(&b, "old").await;
+    let d = done(pull(&b, "")).await.unwrap().unwrap();
+    b.reset("t").unwrap();
+    drop(d);
+    assert_eq!(
+        b.pull("t", "", Wait::NonBlock).await.err(),
+        Some(Error::WouldBlock)
+    );
+    assert_eq!(b.status("t").unwrap().groups[0].unacked, 0);
+}
+
+#[tokio::test]
+async fn nonblock_push_goes_where_there_is_room() {
+    let b = broker(1);
+    b.offset("t", "").unwrap();
+    assert_eq!(
+        b.push("t", Bytes::from_static(b"a"), Wait::NonBlock).await,
+        Ok(0)
+    );
+    assert_eq!(
+        b.push("t", Bytes::from_static(b"b"), Wait::NonBlock).await,
+        Err(Error::WouldBlock)
+    );
+    assert_eq!(b.status("t").unwrap().pending, 1);
+}

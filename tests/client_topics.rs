@@ -265,3 +265,50 @@ async fn offsets_groups_and_listing() {
     ));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn connects_over_a_unix_socket() {
+    use dchan::broker::memory::MemoryBroker;
+    use dchan::engine::{self, Addr, Limits, Listener};
+    use dchan::tree::{TopicTree, TreeConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("unix!{}", dir.path().join("dchan.sock").display());
+    let l = Listener::bind(&addr.parse::<Addr>().unwrap())
+        .await
+        .unwrap();
+    let tree = TopicTree::new(MemoryBroker::new(), TreeConfig::default(), || 0);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(engine::serve(
+        vec![l],
+        std::sync::Arc::new(tree),
+        Limits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let c = Client::connect(&addr, &Options::default()).await.unwrap();
+    c.create("u", &buffered(1)).await.unwrap();
+    c.push("u", "local\n").await.unwrap();
+    assert_eq!(patiently(c.pull("u")).await.unwrap().unwrap(), "local\n");
+    drop(c);
+    let _ = stop.send(());
+    patiently(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_addresses_and_refused_connections_are_errors() {
+    let e = Client::connect("nonsense", &Options::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Address(_)), "{e}");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("127.0.0.1:{}", l.local_addr().unwrap().port());
+    drop(l);
+    let e = Client::connect(&down, &Options::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.to_string(), "connection refused");
+}

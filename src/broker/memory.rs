@@ -79,12 +79,12 @@ impl Broker for MemoryBroker {
             .write()
             .remove(name)
             .ok_or_else(|| Error::NoTopic(name.to_string()))?;
-        let mut state = topic.state.lock();
-        state.remove();
-        self.removed_pushed
-            .fetch_add(state.pushed, Ordering::Relaxed);
-        self.removed_pulled
-            .fetch_add(state.pulled, Ordering::Relaxed);
+        let (pushed, pulled) = topic.with(|s| {
+            s.remove();
+            (s.pushed, s.pulled)
+        });
+        self.removed_pushed.fetch_add(pushed, Ordering::Relaxed);
+        self.removed_pulled.fetch_add(pulled, Ordering::Relaxed);
         Ok(())
     }
 
@@ -115,27 +115,27 @@ impl Broker for MemoryBroker {
     }
 
     fn set(&self, name: &str, setting: Setting) -> Result<()> {
-        self.topic(name)?.state.lock().set(setting)
+        self.topic(name)?.with(|s| s.set(setting))
     }
 
     fn reset(&self, name: &str) -> Result<()> {
-        self.topic(name)?.state.lock().reset()
+        self.topic(name)?.with(|s| s.reset())
     }
 
     fn close(&self, name: &str) -> Result<()> {
-        self.topic(name)?.state.lock().close()
+        self.topic(name)?.with(|s| s.close())
     }
 
     fn forget(&self, name: &str, group: &str) -> Result<()> {
-        self.topic(name)?.state.lock().forget(group)
+        self.topic(name)?.with(|s| s.forget(group))
     }
 
     fn offset(&self, name: &str, group: &str) -> Result<Seq> {
-        self.topic(name)?.state.lock().offset(group)
+        self.topic(name)?.with(|s| s.offset(group))
     }
 
     fn seek(&self, name: &str, group: &str, seq: Seq) -> Result<()> {
-        self.topic(name)?.state.lock().seek(group, seq)
+        self.topic(name)?.with(|s| s.seek(group, seq))
     }
 
     fn push(
@@ -147,7 +147,7 @@ impl Broker for MemoryBroker {
         let topic = self.topic(name);
         async move {
             let topic = topic?;
-            let start = topic.state.lock().start_push(data, wait);
+            let start = topic.with(|s| s.start_push(data, wait));
             match start {
                 Start::Done(result) => result,
                 Start::Wait(key, limit) => within(limit, PushWait::new(topic, key)).await,
@@ -164,7 +164,7 @@ impl Broker for MemoryBroker {
         let topic = self.topic(name);
         async move {
             let topic = topic?;
-            let start = topic.state.lock().start_pull(group, wait);
+            let start = topic.with(|s| s.start_pull(group, wait));
             match start {
                 Start::Done(result) => {
                     result.map(|taken| taken.map(|t| MemoryDelivery::new(topic, t)))

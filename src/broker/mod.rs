@@ -13,6 +13,7 @@
 //! again), it goes back to the front of its group.
 
 mod group;
+mod log;
 pub mod memory;
 mod topic;
 mod waiters;

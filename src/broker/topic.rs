@@ -17,6 +17,7 @@
 //! group the oldest held message stands for the group to come, which starts
 //! there.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::task::Waker;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use parking_lot::Mutex;
 use slab::Slab;
 
 use super::group::Group;
+use super::log::Log;
 use super::{Error, Result, Seq, Setting, TopicConfig, TopicStatus, Wait};
 
 /// A topic: its name and its state behind a lock.
@@ -36,12 +38,37 @@ pub(crate) struct Topic {
     pub(crate) state: Mutex<State>,
 }
 
+thread_local! {
+    /// Wakers taken out of a state to wake after its lock is released (a
+    /// woken task on another core would otherwise find the lock held).
+    /// Reused, so waking allocates nothing.
+    static WAKES: Cell<Vec<Waker>> = const { Cell::new(Vec::new()) };
+}
+
 impl Topic {
     pub(crate) fn new(name: &str, config: TopicConfig) -> Topic {
         Topic {
             name: name.to_string(),
             state: Mutex::new(State::new(config)),
         }
+    }
+
+    /// Run `f` on the state under the lock, then wake, outside it, the
+    /// futures whose outcome `f` decided.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut state = self.state.lock();
+        debug_assert!(state.wakes.is_empty(), "wakers left behind");
+        let result = f(&mut state);
+        if !state.wakes.is_empty() {
+            let mut wakes = WAKES.take();
+            wakes.append(&mut state.wakes);
+            drop(state);
+            for waker in wakes.drain(..) {
+                waker.wake();
+            }
+            WAKES.set(wakes);
+        }
+        result
     }
 }
 
@@ -95,10 +122,8 @@ pub(crate) struct Writer {
 /// The mutable part of a topic.
 pub(crate) struct State {
     pub(crate) config: TopicConfig,
-    /// Messages held, oldest first; the first has sequence number `first`.
-    log: VecDeque<Bytes>,
-    /// The oldest held sequence number (the next one is `first + log.len()`).
-    first: Seq,
+    /// Messages held, by sequence number.
+    log: Log,
     /// Pushes fail with `Closed`; pulls end once drained.
     closed: bool,
     /// The topic was removed: everything fails with `Removed`.
@@ -122,14 +147,16 @@ pub(crate) struct State {
     pub(crate) pushed: u64,
     /// Messages handed to readers, ever.
     pub(crate) pulled: u64,
+    /// Wakers of futures decided under the lock, for `Topic::with` to wake
+    /// once it is released.
+    wakes: Vec<Waker>,
 }
 
 impl State {
     fn new(config: TopicConfig) -> State {
         State {
             config,
-            log: VecDeque::new(),
-            first: 0,
+            log: Log::new(),
             closed: false,
             removed: false,
             groups: Slab::new(),
@@ -141,12 +168,13 @@ impl State {
             appended: VecDeque::new(),
             pushed: 0,
             pulled: 0,
+            wakes: Vec::new(),
         }
     }
 
     /// The sequence number the next appended message gets.
     fn next(&self) -> Seq {
-        self.first + self.log.len() as u64
+        self.log.next()
     }
 
     fn alive(&self) -> Result<()> {
@@ -168,7 +196,7 @@ impl State {
             return key;
         }
         let id = self.new_group_id();
-        let key = self.groups.insert(Group::new(name, id, self.first));
+        let key = self.groups.insert(Group::new(name, id, self.log.first()));
         self.group_index.insert(name.into(), key);
         key
     }
@@ -180,7 +208,7 @@ impl State {
             .iter()
             .map(|(_, g)| g.offset)
             .min()
-            .unwrap_or(self.first)
+            .unwrap_or(self.log.first())
     }
 
     // ---- pull ----
@@ -222,10 +250,10 @@ impl State {
         } else if group.offset < next {
             let seq = group.offset;
             group.offset += 1;
-            (seq, self.log[(seq - self.first) as usize].clone())
+            (seq, self.log.get(seq))
         } else if let Some((key, data)) = self.offers.pop_front() {
             group.offset += 1;
-            self.log.push_back(data.clone());
+            self.log.push(&data);
             self.pushed += 1;
             self.writers[key].stage = Stage::Appended;
             self.appended.push_back((next, key));
@@ -296,7 +324,7 @@ impl State {
         }
         if self.offers.is_empty() && self.fits_now() {
             let seq = self.next();
-            self.log.push_back(data);
+            self.log.push(&data);
             self.pushed += 1;
             self.dispatch();
             return Start::Done(Ok(seq));
@@ -326,7 +354,7 @@ impl State {
         let next = self.next();
         let c = self.config.capacity;
         if self.groups.is_empty() {
-            return next < self.first + c;
+            return next < self.log.first() + c;
         }
         self.groups
             .iter()
@@ -355,7 +383,7 @@ impl State {
         let writer = &mut self.writers[key];
         writer.stage = Stage::Done(result);
         if let Some(waker) = writer.waker.take() {
-            waker.wake();
+            self.wakes.push(waker);
         }
     }
 
@@ -402,7 +430,7 @@ impl State {
         let reader = &mut self.readers[key];
         reader.outcome = Some(outcome);
         if let Some(waker) = reader.waker.take() {
-            waker.wake();
+            self.wakes.push(waker);
         }
     }
 
@@ -426,7 +454,7 @@ impl State {
                 break;
             };
             let seq = self.next();
-            self.log.push_back(data);
+            self.log.push(&data);
             self.pushed += 1;
             self.finish_writer(key, Ok(seq));
             appended = true;
@@ -441,10 +469,8 @@ impl State {
             return;
         }
         let min = self.min_offset();
-        let n = (min - self.first) as usize;
-        if n > 0 {
-            self.log.drain(..n);
-            self.first = min;
+        if min > self.log.first() {
+            self.log.trim(min);
         }
     }
 
@@ -467,7 +493,7 @@ impl State {
             if !matches!(writer.stage, Stage::Done(_)) {
                 writer.stage = Stage::Done(Err(error.clone()));
                 if let Some(waker) = writer.waker.take() {
-                    waker.wake();
+                    self.wakes.push(waker);
                 }
             }
         }
@@ -479,7 +505,6 @@ impl State {
         self.alive()?;
         let next = self.next();
         self.log.clear();
-        self.first = next;
         self.fail_writers(Error::Reset);
         // Every group goes on from the end; its blocked readers keep
         // waiting, and deliveries still out no longer come back.
@@ -515,7 +540,7 @@ impl State {
             if reader.outcome.is_none() {
                 reader.outcome = Some(Err(Error::Removed));
                 if let Some(waker) = reader.waker.take() {
-                    waker.wake();
+                    self.wakes.push(waker);
                 }
             }
         }
@@ -536,7 +561,7 @@ impl State {
         } else {
             // Readers are blocked in it: it begins anew, as at a first pull.
             let id = self.new_group_id();
-            let first = self.first;
+            let first = self.log.first();
             self.groups[key].restart(id, first);
         }
         self.dispatch();
@@ -551,7 +576,7 @@ impl State {
 
     pub(crate) fn seek(&mut self, name: &str, seq: Seq) -> Result<()> {
         self.alive()?;
-        let (first, next) = (self.first, self.next());
+        let (first, next) = (self.log.first(), self.next());
         if seq < first || seq > next {
             return Err(Error::OffsetOutOfRange {
                 asked: seq,
@@ -575,7 +600,7 @@ impl State {
             name: name.to_string(),
             config: self.config,
             pending: self.log.len() as u64,
-            first: self.first,
+            first: self.log.first(),
             next,
             pushed: self.pushed,
             pulled: self.pulled,

@@ -84,7 +84,7 @@ impl Future for PullWait {
 impl Drop for PullWait {
     fn drop(&mut self) {
         if !self.finished {
-            self.topic.state.lock().cancel_reader(self.key);
+            self.topic.with(|s| s.cancel_reader(self.key));
         }
     }
 }
@@ -131,7 +131,7 @@ impl Future for PushWait {
 impl Drop for PushWait {
     fn drop(&mut self) {
         if !self.finished {
-            self.topic.state.lock().cancel_writer(self.key);
+            self.topic.with(|s| s.cancel_writer(self.key));
         }
     }
 }
@@ -178,7 +178,7 @@ impl Delivery for MemoryDelivery {
 
     fn ack(mut self) {
         self.acked = true;
-        self.topic.state.lock().ack(&self.taken);
+        self.topic.with(|s| s.ack(&self.taken));
     }
 }
 
@@ -189,7 +189,7 @@ impl Drop for MemoryDelivery {
                 data: std::mem::take(&mut self.taken.data),
                 ..self.taken
             };
-            self.topic.state.lock().requeue(taken);
+            self.topic.with(|s| s.requeue(taken));
         }
     }
 }

@@ -20,8 +20,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use dchan::addr::{Addr, DEFAULT_ADDR};
-use dchan::client::{self, Client, Options};
+use dchan::client::{self, Client, DEFAULT_ADDR, Options};
+use dchan::engine::Addr;
 
 pub use admin::{CreateArgs, OffsetArgs, TopicArg};
 pub use dchan::serve::ServeArgs;
@@ -94,7 +94,7 @@ pub struct ConnArgs {
 }
 
 fn parse_addr(s: &str) -> Result<String, String> {
-    s.parse::<Addr>().map_err(|e| e.to_string())?;
+    s.parse::<Addr>()?;
     Ok(s.to_string())
 }
 
@@ -194,9 +194,25 @@ pub fn parse() -> Result<Cli, ExitCode> {
             Err(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("dchan: {}; see 'dchan --help'", usage_line(&e));
+            eprintln!(
+                "dchan: {}; see '{} --help'",
+                usage_line(&e),
+                command_named()
+            );
             Err(ExitCode::from(2))
         }
+    }
+}
+
+/// "dchan SUBCOMMAND" if the arguments name one, else "dchan".
+fn command_named() -> String {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let sub = std::env::args()
+        .skip(1)
+        .find(|a| cmd.get_subcommands().any(|s| s.get_name() == a));
+    match sub {
+        Some(s) => format!("dchan {s}"),
+        None => "dchan".to_string(),
     }
 }
 

@@ -11,7 +11,9 @@ const HELP: &str = "\
 Each MSG is one message; with none, every line of standard input is one.
 A newline is added to a message that does not end with one (so a
 line-framed topic gets one message each, and a write-framed topic keeps
-the newline). Each push waits as a writer of the topic's data file does:
+the newline; a MSG with newlines inside is several messages on a
+line-framed topic). Messages go out one at a time, in order, over one
+open data file. Each push waits as a writer of the topic's data file does:
 for a reader when its capacity is 0, for room otherwise.
 
 Examples:

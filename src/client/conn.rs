@@ -12,10 +12,13 @@ use tokio_util::codec::FramedRead;
 use super::error::{Error, Result};
 use super::file::File;
 use super::mux::Mux;
-use crate::addr::Addr;
+use crate::engine::Addr;
 use crate::proto::codec;
 use crate::proto::frame::FrameDecoder;
 use crate::proto::{Dialect, Fcall, Fid, Msg, NOFID, NONUNAME, NOTAG};
+
+/// Where the server listens unless told otherwise.
+pub const DEFAULT_ADDR: &str = "tcp!127.0.0.1!5640";
 
 /// The smallest msize worth speaking: room for a header and a few names.
 const MIN_MSIZE: u32 = 256;
@@ -56,12 +59,14 @@ struct Inner {
 }
 
 impl Connection {
-    /// Dial `addr` (`tcp!HOST!PORT`, `HOST:PORT`, `unix!PATH`) and do Tversion.
+    /// Dial `addr` (`tcp!HOST!PORT`, `HOST:PORT`, `unix!PATH`, parsed by
+    /// the engine's [`Addr`], so client and server read addresses alike)
+    /// and do Tversion.
     pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<Connection> {
-        let addr: Addr = addr.parse()?;
+        let addr: Addr = addr.parse().map_err(Error::Address)?;
         match &addr {
-            Addr::Tcp { .. } => {
-                let stream = tokio::net::TcpStream::connect(addr.host_port().unwrap()).await?;
+            Addr::Tcp { host, port } => {
+                let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                 stream.set_nodelay(true)?;
                 let (r, w) = stream.into_split();
                 Connection::handshake(r, w, opts).await

@@ -3,7 +3,6 @@
 
 use std::io;
 
-use crate::addr::AddrError;
 use crate::fs::errno::*;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -29,9 +28,9 @@ pub enum Error {
     /// A topic name that the tree cannot hold.
     #[error("bad topic name {0:?}")]
     BadTopic(String),
-    /// The address did not parse.
-    #[error(transparent)]
-    Address(#[from] AddrError),
+    /// The address did not parse (the reason names the forms it takes).
+    #[error("{0}")]
+    Address(String),
     /// Connecting, reading or writing the socket failed.
     #[error("{}", io_reason(.0))]
     Io(#[from] io::Error),

@@ -27,7 +27,7 @@ mod file;
 mod mux;
 mod topics;
 
-pub use conn::{ConnectOptions, Connection};
+pub use conn::{ConnectOptions, Connection, DEFAULT_ADDR};
 pub use data::{Puller, Pusher};
 pub use error::{Error, Result, errno_message, io_reason};
 pub use file::{DirEntry, File, Mode};

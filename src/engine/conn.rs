@@ -111,8 +111,9 @@ struct Conn<T: FileTree> {
     inflight: FuturesUnordered<Request<T>>,
     /// Tag → the fid of each request in `inflight` (not cancelled).
     busy: HashMap<Tag, Fid>,
-    /// Replies not yet handed to the writer, in order.
-    outbox: VecDeque<Msg>,
+    /// Replies not yet handed to the writer, in order, each with the
+    /// dialect it was made in (a Tversion may change it meanwhile).
+    outbox: VecDeque<(Msg, Dialect)>,
     /// How many requests may wait at once.
     max_in_flight: usize,
 }
@@ -183,16 +184,13 @@ pub async fn run<T: FileTree>(
 
 impl<T: FileTree> Conn<T> {
     fn reply(&mut self, tag: Tag, body: Fcall) {
-        debug!(tag, reply = ?ReplyName(&body), "reply");
-        self.outbox.push_back(Msg { tag, body });
+        debug!(tag, reply = ?Brief(&body), "reply");
+        let dialect = self.session.dialect();
+        self.outbox.push_back((Msg { tag, body }, dialect));
     }
 
     fn pop_reply(&mut self) -> (Msg, Dialect) {
-        let m = self
-            .outbox
-            .pop_front()
-            .expect("reserve only when not empty");
-        (m, self.session.dialect())
+        (self.outbox.pop_front()).expect("reserve only when not empty")
     }
 
     /// Moves replies to the writer while it has room.
@@ -232,7 +230,7 @@ impl<T: FileTree> Conn<T> {
         }
         let span = debug_span!("req", tag);
         let _enter = span.enter();
-        debug!(msg = ?msg.body, "request");
+        debug!(msg = ?Brief(&msg.body), "request");
         match msg.body {
             Fcall::Tversion { msize, version } => {
                 self.cancel_all(None);
@@ -332,13 +330,21 @@ impl<T: FileTree> Conn<T> {
     }
 }
 
-/// The message name alone, for the debug log of a reply (not its payload).
-struct ReplyName<'a>(&'a Fcall);
+/// A message for the debug log, with payloads shown by their length.
+struct Brief<'a>(&'a Fcall);
 
-impl std::fmt::Debug for ReplyName<'_> {
+impl std::fmt::Debug for Brief<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Fcall::Rread { data } | Fcall::Rreaddir { data } => write!(f, "data[{}]", data.len()),
+            Fcall::Rread { data } => write!(f, "Rread[{}]", data.len()),
+            Fcall::Rreaddir { data } => write!(f, "Rreaddir[{}]", data.len()),
+            Fcall::Twrite { fid, offset, data } => {
+                write!(
+                    f,
+                    "Twrite {{ fid: {fid}, offset: {offset}, [{}] }}",
+                    data.len()
+                )
+            }
             Fcall::Rerror { ename, .. } => write!(f, "Rerror({ename})"),
             Fcall::Rlerror { ecode } => write!(f, "Rlerror({ecode})"),
             other => write!(f, "{other:?}"),

@@ -35,9 +35,9 @@ pub enum FidState<T: FileTree> {
 
 /// An open fid.
 pub struct OpenFile<T: FileTree> {
-    /// The tree's open state; `None` for a directory (the engine reads
-    /// directories itself). Shared with the reads and writes in flight on
-    /// the fid, which a clunk cancels before taking it back by value.
+    /// The tree's open state (always set once open; an `Option` so a clunk
+    /// can take it). Shared with the reads and writes in flight on the fid,
+    /// which a clunk cancels before taking it back by value.
     pub handle: Option<Arc<T::Handle>>,
     /// How it was opened, to refuse reads of write-only fids and the like.
     pub mode: OpenMode,

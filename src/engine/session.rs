@@ -344,13 +344,16 @@ impl<T: FileTree> Session<T> {
             Tread { fid, offset, count } => self.read(d, fid, offset, count),
             Treaddir { fid, offset, count } => self.readdir(fid, offset, count),
             Twrite { fid, offset, data } => {
-                let o = self.fids.get_mut(fid)?.open_file()?;
+                let e = self.fids.get_mut(fid)?;
+                let is_dir = e.is_dir();
+                let o = e.open_file()?;
+                if is_dir {
+                    return Err(err(errno::EISDIR, "is a directory"));
+                }
                 if !o.mode.writes() {
                     return Err(err(errno::EBADF, "fid not open for writing"));
                 }
-                let Some(handle) = o.handle.clone() else {
-                    return Err(err(errno::EISDIR, "is a directory"));
-                };
+                let handle = o.handle.clone().expect("an open fid has a handle");
                 let tree = self.tree.clone();
                 self.wait(fid, async move {
                     match tree.write(&handle, offset, data).await {
@@ -581,17 +584,8 @@ impl<T: FileTree> Session<T> {
         let e = self.fids.get_mut(fid)?;
         e.check_unopened()?;
         let qid = e.qid;
-        if e.is_dir() {
-            if mode.writes() || mode.truncate {
-                return Err(err(errno::EISDIR, "is a directory"));
-            }
-            e.state = FidState::Open(OpenFile {
-                handle: None,
-                mode,
-                orclose,
-                dir: None,
-            });
-            return reply(kind.reply(qid, iounit));
+        if e.is_dir() && (mode.writes() || mode.truncate) {
+            return Err(err(errno::EISDIR, "is a directory"));
         }
         e.state = FidState::Opening;
         let (tree, node) = (self.tree.clone(), e.node.clone());
@@ -623,6 +617,11 @@ impl<T: FileTree> Session<T> {
         iounit: u32,
     ) -> Res<T> {
         check_name(&name)?;
+        /// 9P2000.u special files: symlink, hard link, device, pipe, socket.
+        const DMSPECIAL: u32 = 0x0200_0000 | 0x0100_0000 | 0x0080_0000 | 0x0020_0000 | 0x0010_0000;
+        if perm & DMSPECIAL != 0 {
+            return Err(err(errno::EOPNOTSUPP, "special files not supported"));
+        }
         let e = self.fids.get_mut(fid)?;
         e.check_unopened()?;
         if !e.is_dir() {
@@ -687,7 +686,7 @@ impl<T: FileTree> Session<T> {
             let data = dir.read_stats(offset, count, d, n_uname)?;
             return reply(Fcall::Rread { data });
         }
-        let handle = o.handle.clone().expect("an open file has a handle");
+        let handle = o.handle.clone().expect("an open fid has a handle");
         let tree = self.tree.clone();
         let req = ReadReq {
             offset,

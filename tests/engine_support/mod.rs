@@ -161,6 +161,18 @@ impl Client {
         r
     }
 
+    /// A Tattach of `fid` whatever the reply.
+    pub async fn attach_raw(&mut self, fid: Fid) -> Fcall {
+        let body = Fcall::Tattach {
+            fid,
+            afid: NOFID,
+            uname: "glenda".into(),
+            aname: String::new(),
+            n_uname: 1000,
+        };
+        self.rpc(1, body).await
+    }
+
     pub async fn walk(&mut self, fid: Fid, newfid: Fid, names: &[&str]) -> Fcall {
         let wnames = names.iter().map(|s| s.to_string()).collect();
         self.rpc(
