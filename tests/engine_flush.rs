@@ -262,3 +262,52 @@ async fn large_reads_and_writes_round_trip() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_reads_its_replies_late_gets_them_all() {
+    let srv = Server::start(Limits::default()).await;
+    let mut c = Client::connect(srv.addr).await;
+    c.version(1 << 20, "9P2000.L").await;
+    c.dialect = Dialect::P2000L;
+    c.attach(0, "").await;
+    c.walk(0, 1, &[]).await;
+    c.create(1, "f").await;
+    let chunk: Vec<u8> = (0..65536).map(|i| (i % 253) as u8).collect();
+    c.write(1, 0, &chunk).await;
+    // 400 reads of 64 KiB (25 MiB of replies, more than the server will
+    // hold unwritten), all sent before any reply is read.
+    let mut frames = bytes::BytesMut::new();
+    for tag in 0..400u16 {
+        let m = Msg {
+            tag,
+            body: Fcall::Tread {
+                fid: 1,
+                offset: 0,
+                count: 65536,
+            },
+        };
+        dchan::proto::codec::encode(&m, Dialect::P2000L, &mut frames);
+    }
+    let (mut rd, mut wr) = c.stream.into_split();
+    let sender = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        wr.write_all(&frames).await.unwrap();
+        wr
+    });
+    use tokio::io::AsyncReadExt;
+    for tag in 0..400u16 {
+        let mut head = [0u8; 11];
+        tokio::time::timeout(PATIENCE, rd.read_exact(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(u16::from_le_bytes([head[5], head[6]]), tag);
+        let n = u32::from_le_bytes(head[7..11].try_into().unwrap()) as usize;
+        assert_eq!(n, chunk.len());
+        let mut body = vec![0u8; n];
+        rd.read_exact(&mut body).await.unwrap();
+        assert!(body == chunk);
+    }
+    sender.await.unwrap();
+    srv.stop().await;
+}

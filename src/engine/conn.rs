@@ -12,14 +12,17 @@
 //! no reply is sent).
 //!
 //! Replies go through a small outbox to a bounded channel drained by the
-//! writer task; while the outbox is full (a client that does not read its
-//! replies) no more frames are read from the socket.
+//! writer task. A client that does not read its replies cannot make the
+//! server hold them: while the outbox is full, or the replies not yet
+//! written pass `BACKLOG_MAX` bytes, the connection reads no more frames and
+//! completes no more requests until the writer catches up.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -28,7 +31,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, warn};
@@ -46,6 +49,10 @@ use super::session::{Action, Done, Session};
 const REPLY_QUEUE: usize = 256;
 /// Replies waiting for room in the writer's queue before reading stops.
 const OUTBOX_MAX: usize = 64;
+/// Bytes of replies made but not yet written above which the connection
+/// stops reading requests and completing them (a client that does not read
+/// its replies cannot make the server hold more).
+const BACKLOG_MAX: usize = 8 << 20;
 /// Payloads up to this size are copied next to their header (one buffer,
 /// one write); larger ones are written from where they are (vectored).
 const COPY_MAX: usize = 4096;
@@ -90,6 +97,31 @@ impl<T: FileTree> Future for Request<T> {
     }
 }
 
+/// The bytes of replies made and not yet written, shared by the connection
+/// and its writer.
+#[derive(Default)]
+struct Backlog {
+    /// Their approximate size (see `weight`).
+    bytes: AtomicUsize,
+    /// Signalled by the writer after each write, for a connection waiting
+    /// for the backlog to shrink.
+    drained: Notify,
+}
+
+impl Backlog {
+    fn over(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) > BACKLOG_MAX
+    }
+}
+
+/// What a reply counts for in the backlog: its payload and a header.
+fn weight(body: &Fcall) -> usize {
+    match body {
+        Fcall::Rread { data } | Fcall::Rreaddir { data } => 64 + data.len(),
+        _ => 64,
+    }
+}
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum End {
@@ -116,6 +148,8 @@ struct Conn<T: FileTree> {
     outbox: VecDeque<(Msg, Dialect)>,
     /// How many requests may wait at once.
     max_in_flight: usize,
+    /// Replies not yet written, in bytes.
+    backlog: Arc<Backlog>,
 }
 
 /// Serves one connection until the client leaves, breaks the protocol, or
@@ -128,7 +162,8 @@ pub async fn run<T: FileTree>(
     shutdown: CancellationToken,
 ) {
     let (tx, rx) = mpsc::channel(REPLY_QUEUE);
-    let writer = tokio::spawn(write_loop(writer, rx).in_current_span());
+    let backlog = Arc::new(Backlog::default());
+    let writer = tokio::spawn(write_loop(writer, rx, backlog.clone()).in_current_span());
     let mut frames = FramedRead::new(reader, FrameDecoder::new(limits.max_msize));
     let mut conn = Conn {
         max_in_flight: limits.max_in_flight,
@@ -136,6 +171,7 @@ pub async fn run<T: FileTree>(
         inflight: FuturesUnordered::new(),
         busy: HashMap::new(),
         outbox: VecDeque::new(),
+        backlog,
     };
     let end = loop {
         if let Err(e) = conn.flush_outbox(&tx) {
@@ -148,8 +184,11 @@ pub async fn run<T: FileTree>(
                 Ok(p) => p.send(conn.pop_reply()),
                 Err(_) => break End::Io("writer gone".into()),
             },
-            Some((tag, done)) = conn.inflight.next() => conn.finish(tag, done),
-            frame = frames.next(), if conn.outbox.len() < OUTBOX_MAX => match frame {
+            _ = conn.backlog.drained.notified(), if conn.backlog.over() => {}
+            Some((tag, done)) = conn.inflight.next(), if !conn.backlog.over() => {
+                conn.finish(tag, done)
+            }
+            frame = frames.next(), if conn.outbox.len() < OUTBOX_MAX && !conn.backlog.over() => match frame {
                 None => break End::Eof,
                 Some(Err(e)) => break End::Violation(e.to_string()),
                 Some(Ok(frame)) => {
@@ -186,6 +225,9 @@ impl<T: FileTree> Conn<T> {
     fn reply(&mut self, tag: Tag, body: Fcall) {
         debug!(tag, reply = ?Brief(&body), "reply");
         let dialect = self.session.dialect();
+        self.backlog
+            .bytes
+            .fetch_add(weight(&body), Ordering::Relaxed);
         self.outbox.push_back((Msg { tag, body }, dialect));
     }
 
@@ -357,11 +399,16 @@ use futures_util::FutureExt as _;
 /// The writer: drains the reply queue, encodes each batch into one buffer
 /// (large payloads stay where they are) and writes it with as few
 /// (vectored) writes as it takes.
-async fn write_loop(mut w: WriteHalf, mut rx: mpsc::Receiver<(Msg, Dialect)>) {
+async fn write_loop(
+    mut w: WriteHalf,
+    mut rx: mpsc::Receiver<(Msg, Dialect)>,
+    backlog: Arc<Backlog>,
+) {
     let mut batch = Vec::with_capacity(64);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     while rx.recv_many(&mut batch, 64).await > 0 {
+        let written: usize = batch.iter().map(|(m, _)| weight(&m.body)).sum();
         for (msg, dialect) in batch.drain(..) {
             if let Some(payload) = encode_head(&msg, dialect, &mut buf) {
                 if payload.len() <= COPY_MAX {
@@ -379,6 +426,8 @@ async fn write_loop(mut w: WriteHalf, mut rx: mpsc::Receiver<(Msg, Dialect)>) {
             debug!(error = %e, "write failed");
             return;
         }
+        backlog.bytes.fetch_sub(written, Ordering::Relaxed);
+        backlog.drained.notify_one();
     }
     let _ = w.shutdown().await;
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::fs::FileTree;
 
@@ -140,9 +140,9 @@ async fn accept_loop<T: FileTree>(listener: Listener, shared: Arc<Shared<T>>) {
         let counted = Counted::new(&shared.connections);
         shared.tasks.spawn(
             async move {
-                info!("connected");
+                debug!("connected");
                 conn::run(reader, writer, tree, limits, stop).await;
-                info!("disconnected");
+                debug!("disconnected");
                 drop(permit);
                 drop(counted);
             }
