@@ -43,6 +43,16 @@ Examples:
 
 Exit status: 0 done, 1 failed (one line on stderr: \"dchan: WHAT: WHY\"), 2 bad usage.";
 
+const STAT_HELP: &str = "\
+Output: the topic's ctl file as the server writes it, one \"key value\" a
+line: capacity, framing, timeout, pending, first, next, pushed, pulled,
+readers, blocked_readers, blocked_writers, a line \"group NAME offset N
+lag N ...\" for each reader group, and closed (true or false).
+
+Examples:
+  dchan stat jobs
+  dchan stat jobs | awk '$1 == \"pending\" { print $2 }'";
+
 /// Message topics served as files over 9P.
 #[derive(Parser)]
 #[command(name = "dchan", version, about, after_help = EXAMPLES)]
@@ -55,6 +65,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve topics over 9P.
     Serve(ServeArgs),
+    /// Measure a server: one workload, one JSON line (see scripts/bench).
+    Bench(dchan::bench::BenchArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -69,6 +81,7 @@ pub enum ClientCommand {
     /// List topics and their status.
     Ls(LsArgs),
     /// Print a topic's status (its ctl file).
+    #[command(after_help = STAT_HELP)]
     Stat(TopicArg),
     /// Print the group's offset in a topic, or move it.
     Offset(OffsetArgs),
@@ -152,6 +165,7 @@ impl<T> Context<T> for Result<T, client::Error> {
 pub async fn run(command: Command) -> ExitCode {
     let command = match command {
         Command::Serve(args) => return dchan::serve::main(args).await,
+        Command::Bench(args) => return dchan::bench::command::main(args).await,
         Command::Client(c) => c,
     };
     tracing_subscriber::fmt()
