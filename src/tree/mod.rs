@@ -228,6 +228,12 @@ fn broker_error(e: broker::Error) -> Error {
         E::OffsetOutOfRange { .. } => errno::ERANGE,
         E::Shutdown => errno::ESHUTDOWN,
     };
+    if let E::TimedOut = e {
+        // Linux's strerror(ETIMEDOUT): a plain 9P2000 error is text only,
+        // and the Linux client turns this exact text (and no other
+        // "timed out") back into ETIMEDOUT; Plan 9 readers see a timeout too.
+        return Error::new(n, "Connection timed out");
+    }
     Error::new(n, e.to_string())
 }
 
