@@ -312,3 +312,53 @@ async fn bad_addresses_and_refused_connections_are_errors() {
         .unwrap();
     assert_eq!(e.to_string(), "connection refused");
 }
+
+#[tokio::test]
+async fn raw_fids_walk_mkdir_readdir_stat_remove() {
+    use dchan::client::Mode;
+    let server = Server::start().await;
+    for d in DIALECTS {
+        let c = client(&server, d, "").await;
+        let topic = format!("raw{}", name(d));
+        // mkdir makes a topic with the server's defaults.
+        c.root().mkdir(&topic).await.unwrap();
+        assert!(c.topics().await.unwrap().contains(&topic), "{d:?}");
+        let mut dir = c.root().walk(&topic).await.unwrap();
+        assert!(dir.qid().ty & dchan::proto::QTDIR != 0);
+        dir.open(Mode::Read).await.unwrap();
+        let mut names: Vec<String> = dir
+            .readdir()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ctl", "data", "offset"], "{d:?}");
+        dir.clunk().await.unwrap();
+
+        let data = c.root().walk(&format!("{topic}/data")).await.unwrap();
+        match d {
+            Dialect::P2000L => assert_eq!(data.getattr().await.unwrap().size, 0),
+            _ => assert_eq!(data.stat().await.unwrap().name, "data"),
+        }
+        let mut ctl = c.root().walk(&format!("{topic}/ctl")).await.unwrap();
+        assert!(data.walk("x").await.is_err(), "a walk from a file");
+        ctl.open(Mode::Read).await.unwrap();
+        let text = ctl.read_to_end().await.unwrap();
+        assert!(text.starts_with(b"capacity 0\n"), "{d:?}");
+        ctl.clunk().await.unwrap();
+        drop(data);
+
+        let missing = c.root().walk(&format!("{topic}/nothing/here")).await;
+        assert!(
+            matches!(missing, Err(Error::NotFound(_))),
+            "{d:?}: {missing:?}"
+        );
+
+        // Removing the directory removes the topic.
+        c.root().walk(&topic).await.unwrap().remove().await.unwrap();
+        assert!(!c.topics().await.unwrap().contains(&topic), "{d:?}");
+    }
+    server.stop().await;
+}

@@ -405,6 +405,24 @@ fn every_message_of_every_dialect_round_trips() {
     }
 }
 
+/// With `DCHAN_FUZZ_SEEDS=DIR`, writes every sample frame into DIR as a
+/// seed corpus for `cargo fuzz run decode DIR` (first byte: the dialect).
+#[test]
+fn fuzz_seeds_on_request() {
+    let Some(dir) = std::env::var_os("DCHAN_FUZZ_SEEDS") else {
+        return;
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, dialect) in DIALECTS.into_iter().enumerate() {
+        for (j, msg) in samples(dialect).iter().enumerate() {
+            let mut seed = vec![i as u8];
+            seed.extend_from_slice(&enc(msg, dialect));
+            let path = std::path::Path::new(&dir).join(format!("{}-{j}", dialect.as_str()));
+            std::fs::write(path, seed).unwrap();
+        }
+    }
+}
+
 #[test]
 fn payloads_are_slices_of_the_frame() {
     let msg = Msg {

@@ -43,6 +43,16 @@ Examples:
 
 Exit status: 0 done, 1 failed (one line on stderr: \"dchan: WHAT: WHY\"), 2 bad usage.";
 
+const STAT_HELP: &str = "\
+Output: the topic's ctl file as the server writes it, one \"key value\" a
+line: capacity, framing, timeout, pending, first, next, pushed, pulled,
+readers, blocked_readers, blocked_writers, a line \"group NAME offset N
+lag N ...\" for each reader group, and closed (true or false).
+
+Examples:
+  dchan stat jobs
+  dchan stat jobs | awk '$1 == \"pending\" { print $2 }'";
+
 /// Message topics served as files over 9P.
 #[derive(Parser)]
 #[command(name = "dchan", version, about, after_help = EXAMPLES)]
@@ -69,6 +79,7 @@ pub enum ClientCommand {
     /// List topics and their status.
     Ls(LsArgs),
     /// Print a topic's status (its ctl file).
+    #[command(after_help = STAT_HELP)]
     Stat(TopicArg),
     /// Print the group's offset in a topic, or move it.
     Offset(OffsetArgs),

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use clap::Args;
+use dchan::client::Puller;
 
 use super::{ConnArgs, Context, Failure, parse_duration};
 
@@ -47,6 +48,17 @@ pub async fn run(args: PullArgs) -> Result<(), Failure> {
     let what = || format!("pull {}", args.topic);
     let client = args.conn.connect().await?;
     let mut puller = client.open_data(&args.topic).await.what(what)?;
+    let printed = print_messages(&args, &mut puller).await;
+    // Clunk before exiting, whatever happened: a fid the server sees
+    // vanish with its connection gives its last message back to the group
+    // (at least once), which would print it twice.
+    let closed = puller.close().await.what(what);
+    printed.and(closed)
+}
+
+/// Pull and print what `args` asks for.
+async fn print_messages(args: &PullArgs, puller: &mut Puller) -> Result<(), Failure> {
+    let what = || format!("pull {}", args.topic);
     let mut printed = 0u64;
     while args.follow || printed < args.count {
         let next = puller.next();
@@ -59,7 +71,7 @@ pub async fn run(args: PullArgs) -> Result<(), Failure> {
         };
         let Some(msg) = msg else {
             if args.follow {
-                break;
+                return Ok(());
             }
             return Err(Failure::new(what(), "topic closed"));
         };
@@ -80,5 +92,5 @@ pub async fn run(args: PullArgs) -> Result<(), Failure> {
         }
         printed += 1;
     }
-    puller.close().await.what(what)
+    Ok(())
 }

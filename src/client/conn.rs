@@ -58,6 +58,15 @@ struct Inner {
     next_fid: AtomicU32,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("dialect", &self.dialect())
+            .field("msize", &self.msize())
+            .finish()
+    }
+}
+
 impl Connection {
     /// Dial `addr` (`tcp!HOST!PORT`, `HOST:PORT`, `unix!PATH`, parsed by
     /// the engine's [`Addr`], so client and server read addresses alike)

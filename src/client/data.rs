@@ -19,6 +19,12 @@ use super::file::{File, concat};
 use crate::proto::Dialect;
 
 /// A topic's data file open for reading, as one member of the client's group.
+///
+/// Close it with [`Puller::close`] when done: dropped, it is clunked in the
+/// background, and if the connection ends before that clunk reaches the
+/// server, the server gives the last message read back to the group (it
+/// cannot tell that it arrived), so it may be delivered twice.
+#[derive(Debug)]
 pub struct Puller {
     /// The open fid.
     file: File,
@@ -68,6 +74,7 @@ impl Puller {
 }
 
 /// A topic's data file open for writing.
+#[derive(Debug)]
 pub struct Pusher {
     /// The open fid.
     file: File,

@@ -58,6 +58,16 @@ pub struct File {
     live: bool,
 }
 
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("File")
+            .field("fid", &self.fid)
+            .field("qid", &self.qid)
+            .field("iounit", &self.iounit)
+            .finish()
+    }
+}
+
 impl Drop for File {
     fn drop(&mut self) {
         if self.live {

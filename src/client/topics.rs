@@ -77,6 +77,7 @@ pub struct TopicSettings {
 
 /// A connection to a dchan server, attached as one reader group. Cheap to
 /// share by reference across tasks: every call may run concurrently.
+#[derive(Debug)]
 pub struct Client {
     /// The tree's root, from Tattach; every call walks from a clone of it.
     root: File,
