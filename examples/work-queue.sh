@@ -24,11 +24,11 @@
 # (`cat /n/dchan/jobs/data` is the simplest worker: it prints each job it takes.)
 # Write with >>, not >: on Linux >= 6.8 a truncating open (>) of data waits
 # for as long as another process on the same mount is blocked reading it.
-# Give writers a mount of their own (another machine, or a second mount)
-# when several readers share one: on Linux >= 6.8 what a process writes to
-# data raises the file's size as that mount sees it, and a reader there whose
-# offset is below that size gets "No data available" instead of end of file
-# once the topic is closed (every message still arrives).
+# Give writers a mount of their own (another machine, or a second mount):
+# on Linux >= 6.8 what a process writes to data raises the file's size as
+# that mount sees it, and a reader there whose offset is below that size
+# gets several messages in one read(2), and "No data available" instead of
+# end of file once the topic is closed (every message still arrives).
 
 set -eu
 
