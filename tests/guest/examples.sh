@@ -1,8 +1,7 @@
 #!/bin/sh
 # The Linux-mount forms in the header comments of examples/*.sh, as written,
-# run in the QEMU guest against a `dchan serve` on the host. Not yet wired
-# into a cargo test (the guest harness, tests/linux_client.rs, boots its own
-# check scripts); run it by hand:
+# run in the QEMU guest against a `dchan serve` on the host, by
+# tests/examples.rs (mount_forms_on_linux_*). By hand:
 #     dchan serve --listen 'tcp!127.0.0.1!0' &       # note its PORT
 #     scripts/guest run --kernel 6.12 --script tests/guest/examples.sh --env PORT=PORT
 # Each check prints `CHECK <name> ok` or `CHECK <name> FAIL <detail>`, and
