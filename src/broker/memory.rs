@@ -1,10 +1,11 @@
 //! The in-process broker: a map of topics, each with its own lock, behind
 //! the [`Broker`] trait.
 //!
-//! The map is only read on the push and pull paths (to find the topic), so
-//! topics never contend with one another; everything else happens under
-//! the one topic's lock (`topic`), and waiting in futures that own their
-//! place in a queue (`waiters`).
+//! The map is only read on the push and pull paths (to find the topic), and
+//! it is split in shards by name, so topics never contend with one another
+//! (not even on the map's lock word); everything else happens under the one
+//! topic's lock (`topic`), and waiting in futures that own their place in a
+//! queue (`waiters`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,12 +21,18 @@ use super::{Broker, BrokerStatus, Error, Result, Seq, Setting, TopicConfig, Topi
 
 pub use super::waiters::MemoryDelivery;
 
+/// How many shards the topic map has.
+const SHARDS: usize = 32;
+
+/// One shard of the topic map.
+type Shard = RwLock<HashMap<String, Arc<Topic>>>;
+
 /// Topics kept in this process.
-#[derive(Default)]
 pub struct MemoryBroker {
-    /// Topics by name. parking_lot: never held across an `.await`; pushes
-    /// and pulls hold it only to clone the topic's `Arc`.
-    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Topics by name, in `SHARDS` maps chosen by the name's hash.
+    /// parking_lot: never held across an `.await`; pushes and pulls hold a
+    /// shard only to clone the topic's `Arc`.
+    shards: Box<[Shard]>,
     /// Messages pushed to topics since removed, for the totals.
     removed_pushed: AtomicU64,
     /// Messages pulled from topics since removed, for the totals.
@@ -44,13 +51,40 @@ pub fn valid_name(name: &str) -> bool {
     })
 }
 
+impl Default for MemoryBroker {
+    fn default() -> MemoryBroker {
+        MemoryBroker {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            removed_pushed: AtomicU64::new(0),
+            removed_pulled: AtomicU64::new(0),
+        }
+    }
+}
+
 impl MemoryBroker {
     pub fn new() -> MemoryBroker {
         MemoryBroker::default()
     }
 
+    /// The shard that holds `name` (FNV-1a: short names, no DoS concern
+    /// beyond a slower shard).
+    fn shard(&self, name: &str) -> &Shard {
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        &self.shards[hash as usize % SHARDS]
+    }
+
+    /// Every topic, in no order.
+    fn all(&self) -> Vec<Arc<Topic>> {
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.read().values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
     fn topic(&self, name: &str) -> Result<Arc<Topic>> {
-        self.topics
+        self.shard(name)
             .read()
             .get(name)
             .cloned()
@@ -65,7 +99,7 @@ impl Broker for MemoryBroker {
         if !valid_name(name) {
             return Err(Error::BadName(name.to_string()));
         }
-        let mut topics = self.topics.write();
+        let mut topics = self.shard(name).write();
         if topics.contains_key(name) {
             return Err(Error::Exists(name.to_string()));
         }
@@ -75,7 +109,7 @@ impl Broker for MemoryBroker {
 
     fn remove(&self, name: &str) -> Result<()> {
         let topic = self
-            .topics
+            .shard(name)
             .write()
             .remove(name)
             .ok_or_else(|| Error::NoTopic(name.to_string()))?;
@@ -89,7 +123,7 @@ impl Broker for MemoryBroker {
     }
 
     fn topics(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.topics.read().keys().cloned().collect();
+        let mut names: Vec<String> = self.all().iter().map(|t| t.name.clone()).collect();
         names.sort();
         names
     }
@@ -100,7 +134,7 @@ impl Broker for MemoryBroker {
     }
 
     fn totals(&self) -> BrokerStatus {
-        let topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        let topics = self.all();
         let mut totals = BrokerStatus {
             topics: topics.len() as u64,
             pushed: self.removed_pushed.load(Ordering::Relaxed),

@@ -41,6 +41,11 @@ Examples:
   dchan ls                             every topic and its status
   DCHAN_ADDR=tcp!queue.example!5640 dchan ls
 
+Every client command takes --addr (default $DCHAN_ADDR, else tcp!127.0.0.1!5640)
+and --group (the reader group; default the default group). Commands that
+change something print nothing when they succeed; what the others print is
+described in each one's --help.
+
 Exit status: 0 done, 1 failed (one line on stderr: \"dchan: WHAT: WHY\"), 2 bad usage.";
 
 const STAT_HELP: &str = "\
@@ -65,6 +70,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve topics over 9P.
     Serve(ServeArgs),
+    /// Measure a server: one workload, one JSON line (see scripts/bench).
+    Bench(dchan::bench::BenchArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -147,6 +154,19 @@ impl fmt::Display for Failure {
     }
 }
 
+/// Write `text` to standard output. A reader that went away (`| head`) is
+/// no failure; any other error is.
+pub fn print_out(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::new("standard output", client::io_reason(&e)))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Attach "WHAT: " to a client error.
 pub trait Context<T> {
     fn what(self, what: impl FnOnce() -> String) -> Result<T, Failure>;
@@ -163,6 +183,7 @@ impl<T> Context<T> for Result<T, client::Error> {
 pub async fn run(command: Command) -> ExitCode {
     let command = match command {
         Command::Serve(args) => return dchan::serve::main(args).await,
+        Command::Bench(args) => return dchan::bench::command::main(args).await,
         Command::Client(c) => c,
     };
     tracing_subscriber::fmt()

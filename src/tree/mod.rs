@@ -23,6 +23,16 @@
 //! default group. (The attach name is the only thing a mount option can put
 //! in front of the server per session, so the override lives there.)
 //!
+//! A kernel limit the server cannot see (Linux 6.8+, where 9P reads go
+//! through netfs; 6.1 is not affected): stat says a data file is empty, but
+//! every write through a mount grows that mount's idea of the file's size,
+//! and a read(2) there retries a short read until its position reaches that
+//! size. So on one mount, a reader that has not read everything written
+//! through that mount since it opened (another reader shares the work, or
+//! the writing began before it opened) has its read(2) run on into the
+//! next messages. Readers and writers of a topic on one machine should use
+//! two mounts (or `dchan push`).
+//!
 //! Construct it with [`TopicTree::new`]:
 //! ```
 //! # use std::sync::Arc;
@@ -35,8 +45,10 @@
 
 mod ctl;
 mod data;
+mod error;
+mod node;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -50,6 +62,9 @@ use crate::fs::{
 use crate::proto::{DMDIR, Dialect, QTDIR, QTFILE, Qid};
 use ctl::{RootCmd, TopicCmd};
 use data::{Reader, Step, Writer};
+use error::{broker_error, invalid, not_found};
+use node::{At, DataFile, FileKind, HandleKind, Places, Session};
+pub use node::{Handle, Node};
 
 /// What the tree needs from the server's configuration.
 #[derive(Debug, Clone, Default)]
@@ -74,169 +89,6 @@ pub struct TopicTree<B: Broker> {
     /// Qid paths and open readers of the places seen. A sync mutex, never
     /// held across an await.
     places: Mutex<Places>,
-}
-
-/// Identity and reader counts of directories, kept by the tree.
-#[derive(Default)]
-struct Places {
-    /// Each directory's number (its qid path is the number × 4, its files'
-    /// the next three); a removed topic's number is dropped, so a new topic
-    /// of the same name is a new file.
-    ids: HashMap<String, u64>,
-    /// The last number handed out (the root is 0).
-    last_id: u64,
-    /// Open data files that read, per topic: (topic's number, count).
-    readers: HashMap<String, (u64, u64)>,
-}
-
-impl Places {
-    fn id(&mut self, path: &str) -> u64 {
-        if let Some(&id) = self.ids.get(path) {
-            return id;
-        }
-        self.last_id += 1;
-        self.ids.insert(path.to_string(), self.last_id);
-        self.last_id
-    }
-}
-
-/// A file of a topic directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FileKind {
-    Ctl,
-    Data,
-    Offset,
-}
-
-impl FileKind {
-    fn name(self) -> &'static str {
-        match self {
-            FileKind::Ctl => "ctl",
-            FileKind::Data => "data",
-            FileKind::Offset => "offset",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<FileKind> {
-        match name {
-            "ctl" => Some(FileKind::Ctl),
-            "data" => Some(FileKind::Data),
-            "offset" => Some(FileKind::Offset),
-            _ => None,
-        }
-    }
-
-    /// The offset of its qid path from its directory's.
-    fn qid_offset(self) -> u64 {
-        match self {
-            FileKind::Ctl => 1,
-            FileKind::Data => 2,
-            FileKind::Offset => 3,
-        }
-    }
-}
-
-/// Where in the tree a node is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum At {
-    Root,
-    RootCtl,
-    /// A directory: a topic, or a path leading to topics.
-    Dir(Arc<str>),
-    /// A file of the topic named.
-    File(Arc<str>, FileKind),
-}
-
-/// What an attach said, shared by every node walked from it.
-#[derive(Debug)]
-struct Session {
-    /// The reader group: the attach name, less a `:linux` suffix.
-    group: String,
-    /// Whether reads follow the Linux read loop.
-    linux: bool,
-    /// Who attached: the owner stat shows.
-    uname: String,
-}
-
-/// A place in the tree, as one attach sees it.
-#[derive(Debug, Clone)]
-pub struct Node {
-    /// The place.
-    at: At,
-    /// The attach it was walked from.
-    session: Arc<Session>,
-}
-
-/// An open file.
-pub struct Handle<D> {
-    /// What was opened.
-    node: Node,
-    /// Its open state.
-    kind: HandleKind<D>,
-}
-
-impl<D> std::fmt::Debug for Handle<D> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.kind {
-            HandleKind::Dir => "dir",
-            HandleKind::Text(_) => "text",
-            HandleKind::Data(_) => "data",
-        };
-        f.debug_struct("Handle")
-            .field("node", &self.node)
-            .field("kind", &kind)
-            .finish()
-    }
-}
-
-enum HandleKind<D> {
-    /// A directory: the engine reads it through `readdir`.
-    Dir,
-    /// A ctl or offset file: the text of the last read at offset 0.
-    Text(Mutex<Option<Bytes>>),
-    Data(DataFile<D>),
-}
-
-/// An open data file.
-struct DataFile<D> {
-    /// Whether a pull waits.
-    wait: Wait,
-    /// Whether it was opened for reading (counted in the topic's readers),
-    /// and the topic's number then.
-    reads: Option<u64>,
-    /// Whether it was opened for writing.
-    writes: bool,
-    /// The reading state; an async mutex so concurrent Treads on one open
-    /// file take turns (held across the pull).
-    reader: tokio::sync::Mutex<Reader<D>>,
-    /// The writing state; an async mutex so writes on one open file push in
-    /// order (held across the pushes).
-    writer: tokio::sync::Mutex<Writer>,
-}
-
-/// A broker error as the client sees it.
-fn broker_error(e: broker::Error) -> Error {
-    use broker::Error as E;
-    let n = match &e {
-        E::NoTopic(_) | E::Removed | E::NoGroup(_) => errno::ENOENT,
-        E::Exists(_) => errno::EEXIST,
-        E::BadName(_) => errno::EINVAL,
-        E::Closed => errno::EPIPE,
-        E::Reset => errno::ECANCELED,
-        E::TimedOut => errno::ETIMEDOUT,
-        E::WouldBlock => errno::EAGAIN,
-        E::OffsetOutOfRange { .. } => errno::ERANGE,
-        E::Shutdown => errno::ESHUTDOWN,
-    };
-    Error::new(n, e.to_string())
-}
-
-fn not_found() -> Error {
-    Error::new(errno::ENOENT, "file does not exist")
-}
-
-fn invalid(message: String) -> Error {
-    Error::new(errno::EINVAL, message)
 }
 
 fn parent(path: &str) -> At {
@@ -547,26 +399,8 @@ impl<B: Broker> TopicTree<B> {
     }
 }
 
-impl<B: Broker> FileTree for TopicTree<B> {
-    type Node = Node;
-    type Handle = Handle<B::Delivery>;
-
-    fn attach(&self, who: &Attach) -> Result<Node> {
-        let (group, linux) = match who.aname.strip_suffix(":linux") {
-            Some(group) => (group, true),
-            None => (who.aname.as_str(), who.dialect != Dialect::P2000),
-        };
-        Ok(Node {
-            at: At::Root,
-            session: Arc::new(Session {
-                group: group.to_string(),
-                linux,
-                uname: who.uname.clone(),
-            }),
-        })
-    }
-
-    fn walk(&self, dir: &Node, name: &str) -> Result<Node> {
+impl<B: Broker> TopicTree<B> {
+    fn walk_node(&self, dir: &Node, name: &str) -> Result<Node> {
         let at = match (&dir.at, name) {
             (At::Root, "..") => At::Root,
             (At::Dir(p), "..") => parent(p),
@@ -590,12 +424,12 @@ impl<B: Broker> FileTree for TopicTree<B> {
         })
     }
 
-    fn stat(&self, node: &Node) -> Result<FileInfo> {
+    fn stat_node(&self, node: &Node) -> Result<FileInfo> {
         self.check_exists(&node.at)?;
         Ok(self.info(node, node.at.clone()))
     }
 
-    fn readdir(&self, dir: &Node) -> Result<Vec<FileInfo>> {
+    fn readdir_node(&self, dir: &Node) -> Result<Vec<FileInfo>> {
         let path = match &dir.at {
             At::Root => "",
             At::Dir(p) => p,
@@ -620,17 +454,13 @@ impl<B: Broker> FileTree for TopicTree<B> {
         Ok(entries)
     }
 
-    async fn open(&self, node: &Node, mode: OpenMode) -> Result<Self::Handle> {
-        self.open_file(node, mode)
-    }
-
-    async fn create(
+    fn create_in(
         &self,
         dir: &Node,
         name: &str,
         perm: u32,
         mode: OpenMode,
-    ) -> Result<(Node, Self::Handle)> {
+    ) -> Result<(Node, Handle<B::Delivery>)> {
         let path = match &dir.at {
             At::Root => name.to_string(),
             At::Dir(p) => format!("{p}/{name}"),
@@ -638,7 +468,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         };
         if perm & DMDIR == 0 {
             // Plan 9's `>` creates a file that exists: open it.
-            if let Ok(node) = self.walk(dir, name)
+            if let Ok(node) = self.walk_node(dir, name)
                 && !matches!(node.at, At::Dir(_))
             {
                 let handle = self.open_file(&node, mode)?;
@@ -665,7 +495,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         Ok((node, handle))
     }
 
-    async fn read(&self, handle: &Self::Handle, req: ReadReq) -> Result<Bytes> {
+    async fn read_file(&self, handle: &Handle<B::Delivery>, req: ReadReq) -> Result<Bytes> {
         match &handle.kind {
             HandleKind::Dir => Err(Error::new(errno::EISDIR, "is a directory")),
             HandleKind::Text(snapshot) => {
@@ -691,7 +521,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         }
     }
 
-    async fn write(&self, handle: &Self::Handle, _offset: u64, data: Bytes) -> Result<u32> {
+    async fn write_file(&self, handle: &Handle<B::Delivery>, data: Bytes) -> Result<u32> {
         let n = data.len() as u32;
         match (&handle.kind, &handle.node.at) {
             (HandleKind::Text(_), At::RootCtl) => self.root_ctl(&data)?,
@@ -712,7 +542,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         Ok(n)
     }
 
-    async fn wstat(&self, node: &Node, changes: Changes) -> Result<()> {
+    fn wstat_node(&self, node: &Node, changes: Changes) -> Result<()> {
         self.check_exists(&node.at)?;
         let is_dir = matches!(node.at, At::Root | At::Dir(_));
         match changes.length {
@@ -733,7 +563,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         Ok(())
     }
 
-    async fn remove(&self, node: &Node) -> Result<()> {
+    fn remove_node(&self, node: &Node) -> Result<()> {
         match &node.at {
             At::Dir(p) if self.is_topic(p) => self.remove_topic(p),
             At::Dir(p) if self.dir_exists(p) => Err(Error::new(
@@ -747,6 +577,76 @@ impl<B: Broker> FileTree for TopicTree<B> {
                 "cannot remove a file: rmdir removes a topic",
             )),
         }
+    }
+}
+
+impl<B: Broker> FileTree for TopicTree<B> {
+    type Node = Node;
+    type Handle = Handle<B::Delivery>;
+
+    fn attach(&self, who: &Attach) -> Result<Node> {
+        let (group, linux) = match who.aname.strip_suffix(":linux") {
+            Some(group) => (group, true),
+            None => (who.aname.as_str(), who.dialect != Dialect::P2000),
+        };
+        Ok(Node {
+            at: At::Root,
+            session: Arc::new(Session {
+                group: group.to_string(),
+                linux,
+                uname: who.uname.clone(),
+                dialect: who.dialect,
+            }),
+        })
+    }
+
+    fn walk(&self, dir: &Node, name: &str) -> Result<Node> {
+        self.walk_node(dir, name).map_err(|e| dir.session.error(e))
+    }
+
+    fn stat(&self, node: &Node) -> Result<FileInfo> {
+        self.stat_node(node).map_err(|e| node.session.error(e))
+    }
+
+    fn readdir(&self, dir: &Node) -> Result<Vec<FileInfo>> {
+        self.readdir_node(dir).map_err(|e| dir.session.error(e))
+    }
+
+    async fn open(&self, node: &Node, mode: OpenMode) -> Result<Self::Handle> {
+        self.open_file(node, mode)
+            .map_err(|e| node.session.error(e))
+    }
+
+    async fn create(
+        &self,
+        dir: &Node,
+        name: &str,
+        perm: u32,
+        mode: OpenMode,
+    ) -> Result<(Node, Self::Handle)> {
+        self.create_in(dir, name, perm, mode)
+            .map_err(|e| dir.session.error(e))
+    }
+
+    async fn read(&self, handle: &Self::Handle, req: ReadReq) -> Result<Bytes> {
+        let r = self.read_file(handle, req).await;
+        r.map_err(|e| handle.node.session.error(e))
+    }
+
+    /// The offset is ignored: data is a stream, ctl and offset take whole
+    /// commands.
+    async fn write(&self, handle: &Self::Handle, _offset: u64, data: Bytes) -> Result<u32> {
+        let r = self.write_file(handle, data).await;
+        r.map_err(|e| handle.node.session.error(e))
+    }
+
+    async fn wstat(&self, node: &Node, changes: Changes) -> Result<()> {
+        self.wstat_node(node, changes)
+            .map_err(|e| node.session.error(e))
+    }
+
+    async fn remove(&self, node: &Node) -> Result<()> {
+        self.remove_node(node).map_err(|e| node.session.error(e))
     }
 
     /// A data file's message in hand is acked (`Clunk::Client`) or goes
