@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use crate::broker::{BrokerStatus, Framing, Seq, Setting, TopicConfig, TopicStatus};
 
-/// The file names inside a topic directory; no topic name component may be
-/// one of them.
+/// The file names inside a topic directory.
 pub const RESERVED: [&str; 3] = ["ctl", "data", "offset"];
 
 /// A command of the root ctl file.
@@ -186,27 +185,31 @@ pub fn parse_offset(text: &[u8]) -> Result<Seq, String> {
 }
 
 /// Check a topic name: `/`-separated components of `[A-Za-z0-9._-]`, none
-/// of them ".", ".." or a file name of a topic directory.
+/// of them "." or "..", and none that would collide with a file: the first
+/// is not "ctl" (the root's file), the others are not "ctl", "data" or
+/// "offset" (the files of the topic that may be their parent).
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("empty topic name".into());
     }
-    for c in name.split('/') {
+    for (i, c) in name.split('/').enumerate() {
         check_component(c).map_err(|e| format!("bad topic name {name:?}: {e}"))?;
+        if (i == 0 && c == "ctl") || (i > 0 && RESERVED.contains(&c)) {
+            return Err(format!(
+                "bad topic name {name:?}: {c:?} is the name of a file there"
+            ));
+        }
     }
     Ok(())
 }
 
-/// Check one component of a topic name.
+/// Check one component of a topic name (its characters only).
 pub fn check_component(c: &str) -> Result<(), String> {
     if c.is_empty() {
         return Err("empty component".into());
     }
     if c == "." || c == ".." {
         return Err(format!("{c:?} is not a name"));
-    }
-    if RESERVED.contains(&c) {
-        return Err(format!("{c:?} is reserved for the topic's files"));
     }
     if let Some(bad) = c
         .chars()
@@ -353,11 +356,15 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown option")
         );
+        let collides = |s: &[u8]| parse_root(s).unwrap_err().contains("name of a file");
+        assert!(collides(b"create a/ctl"));
+        assert!(collides(b"create a/b/offset"));
+        assert!(collides(b"create ctl"));
         assert!(
-            parse_root(b"create a/ctl")
-                .unwrap_err()
-                .contains("reserved")
+            parse_root(b"create data").is_ok(),
+            "no file named data at the root"
         );
+        assert!(parse_root(b"create offset/x").is_ok());
         assert!(
             parse_root(b"create a//b")
                 .unwrap_err()

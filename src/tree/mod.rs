@@ -23,6 +23,16 @@
 //! default group. (The attach name is the only thing a mount option can put
 //! in front of the server per session, so the override lives there.)
 //!
+//! A kernel limit the server cannot see (Linux 6.8+, where 9P reads go
+//! through netfs; 6.1 is not affected): stat says a data file is empty, but
+//! every write through a mount grows that mount's idea of the file's size,
+//! and a read(2) there retries a short read until its position reaches that
+//! size. So on one mount, a reader that has not read everything written
+//! through that mount since it opened (another reader shares the work, or
+//! the writing began before it opened) has its read(2) run on into the
+//! next messages. Readers and writers of a topic on one machine should use
+//! two mounts (or `dchan push`).
+//!
 //! Construct it with [`TopicTree::new`]:
 //! ```
 //! # use std::sync::Arc;
@@ -156,6 +166,39 @@ struct Session {
     linux: bool,
     /// Who attached: the owner stat shows.
     uname: String,
+    /// The session's dialect: plain 9P2000 errors carry text only.
+    dialect: Dialect,
+}
+
+impl Session {
+    /// An error as this session's client best understands it. Linux on
+    /// plain 9P2000 (a `:linux` session) turns an error's text back into an
+    /// errno through its table of strerror texts (net/9p/error.c), so it
+    /// gets those; everyone else gets dchan's words.
+    fn error(&self, e: Error) -> Error {
+        if !(self.linux && self.dialect == Dialect::P2000) {
+            return e;
+        }
+        let text = match e.errno {
+            errno::EPERM => "Operation not permitted",
+            errno::ENOENT => "No such file or directory",
+            errno::EBADF => "Bad file descriptor",
+            errno::EAGAIN => "Resource temporarily unavailable",
+            errno::EEXIST => "File exists",
+            errno::ENOTDIR => "Not a directory",
+            errno::EISDIR => "Is a directory",
+            errno::EINVAL => "Invalid argument",
+            errno::EPIPE => "Broken pipe",
+            errno::ERANGE => "Numerical result out of range",
+            errno::ENOTEMPTY => "Directory not empty",
+            errno::ESHUTDOWN => "Cannot send after transport endpoint shutdown",
+            errno::ETIMEDOUT => "Connection timed out",
+            // Linux's table has no ECANCELED: a reset reads as one.
+            errno::ECANCELED => "Connection reset by peer",
+            _ => return e,
+        };
+        Error::new(e.errno, text)
+    }
 }
 
 /// A place in the tree, as one attach sees it.
@@ -547,26 +590,8 @@ impl<B: Broker> TopicTree<B> {
     }
 }
 
-impl<B: Broker> FileTree for TopicTree<B> {
-    type Node = Node;
-    type Handle = Handle<B::Delivery>;
-
-    fn attach(&self, who: &Attach) -> Result<Node> {
-        let (group, linux) = match who.aname.strip_suffix(":linux") {
-            Some(group) => (group, true),
-            None => (who.aname.as_str(), who.dialect != Dialect::P2000),
-        };
-        Ok(Node {
-            at: At::Root,
-            session: Arc::new(Session {
-                group: group.to_string(),
-                linux,
-                uname: who.uname.clone(),
-            }),
-        })
-    }
-
-    fn walk(&self, dir: &Node, name: &str) -> Result<Node> {
+impl<B: Broker> TopicTree<B> {
+    fn walk_node(&self, dir: &Node, name: &str) -> Result<Node> {
         let at = match (&dir.at, name) {
             (At::Root, "..") => At::Root,
             (At::Dir(p), "..") => parent(p),
@@ -590,12 +615,12 @@ impl<B: Broker> FileTree for TopicTree<B> {
         })
     }
 
-    fn stat(&self, node: &Node) -> Result<FileInfo> {
+    fn stat_node(&self, node: &Node) -> Result<FileInfo> {
         self.check_exists(&node.at)?;
         Ok(self.info(node, node.at.clone()))
     }
 
-    fn readdir(&self, dir: &Node) -> Result<Vec<FileInfo>> {
+    fn readdir_node(&self, dir: &Node) -> Result<Vec<FileInfo>> {
         let path = match &dir.at {
             At::Root => "",
             At::Dir(p) => p,
@@ -620,17 +645,13 @@ impl<B: Broker> FileTree for TopicTree<B> {
         Ok(entries)
     }
 
-    async fn open(&self, node: &Node, mode: OpenMode) -> Result<Self::Handle> {
-        self.open_file(node, mode)
-    }
-
-    async fn create(
+    fn create_in(
         &self,
         dir: &Node,
         name: &str,
         perm: u32,
         mode: OpenMode,
-    ) -> Result<(Node, Self::Handle)> {
+    ) -> Result<(Node, Handle<B::Delivery>)> {
         let path = match &dir.at {
             At::Root => name.to_string(),
             At::Dir(p) => format!("{p}/{name}"),
@@ -638,7 +659,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         };
         if perm & DMDIR == 0 {
             // Plan 9's `>` creates a file that exists: open it.
-            if let Ok(node) = self.walk(dir, name)
+            if let Ok(node) = self.walk_node(dir, name)
                 && !matches!(node.at, At::Dir(_))
             {
                 let handle = self.open_file(&node, mode)?;
@@ -665,7 +686,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         Ok((node, handle))
     }
 
-    async fn read(&self, handle: &Self::Handle, req: ReadReq) -> Result<Bytes> {
+    async fn read_file(&self, handle: &Handle<B::Delivery>, req: ReadReq) -> Result<Bytes> {
         match &handle.kind {
             HandleKind::Dir => Err(Error::new(errno::EISDIR, "is a directory")),
             HandleKind::Text(snapshot) => {
@@ -691,7 +712,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         }
     }
 
-    async fn write(&self, handle: &Self::Handle, _offset: u64, data: Bytes) -> Result<u32> {
+    async fn write_file(&self, handle: &Handle<B::Delivery>, data: Bytes) -> Result<u32> {
         let n = data.len() as u32;
         match (&handle.kind, &handle.node.at) {
             (HandleKind::Text(_), At::RootCtl) => self.root_ctl(&data)?,
@@ -712,7 +733,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         Ok(n)
     }
 
-    async fn wstat(&self, node: &Node, changes: Changes) -> Result<()> {
+    fn wstat_node(&self, node: &Node, changes: Changes) -> Result<()> {
         self.check_exists(&node.at)?;
         let is_dir = matches!(node.at, At::Root | At::Dir(_));
         match changes.length {
@@ -733,7 +754,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         Ok(())
     }
 
-    async fn remove(&self, node: &Node) -> Result<()> {
+    fn remove_node(&self, node: &Node) -> Result<()> {
         match &node.at {
             At::Dir(p) if self.is_topic(p) => self.remove_topic(p),
             At::Dir(p) if self.dir_exists(p) => Err(Error::new(
@@ -747,6 +768,76 @@ impl<B: Broker> FileTree for TopicTree<B> {
                 "cannot remove a file: rmdir removes a topic",
             )),
         }
+    }
+}
+
+impl<B: Broker> FileTree for TopicTree<B> {
+    type Node = Node;
+    type Handle = Handle<B::Delivery>;
+
+    fn attach(&self, who: &Attach) -> Result<Node> {
+        let (group, linux) = match who.aname.strip_suffix(":linux") {
+            Some(group) => (group, true),
+            None => (who.aname.as_str(), who.dialect != Dialect::P2000),
+        };
+        Ok(Node {
+            at: At::Root,
+            session: Arc::new(Session {
+                group: group.to_string(),
+                linux,
+                uname: who.uname.clone(),
+                dialect: who.dialect,
+            }),
+        })
+    }
+
+    fn walk(&self, dir: &Node, name: &str) -> Result<Node> {
+        self.walk_node(dir, name).map_err(|e| dir.session.error(e))
+    }
+
+    fn stat(&self, node: &Node) -> Result<FileInfo> {
+        self.stat_node(node).map_err(|e| node.session.error(e))
+    }
+
+    fn readdir(&self, dir: &Node) -> Result<Vec<FileInfo>> {
+        self.readdir_node(dir).map_err(|e| dir.session.error(e))
+    }
+
+    async fn open(&self, node: &Node, mode: OpenMode) -> Result<Self::Handle> {
+        self.open_file(node, mode)
+            .map_err(|e| node.session.error(e))
+    }
+
+    async fn create(
+        &self,
+        dir: &Node,
+        name: &str,
+        perm: u32,
+        mode: OpenMode,
+    ) -> Result<(Node, Self::Handle)> {
+        self.create_in(dir, name, perm, mode)
+            .map_err(|e| dir.session.error(e))
+    }
+
+    async fn read(&self, handle: &Self::Handle, req: ReadReq) -> Result<Bytes> {
+        let r = self.read_file(handle, req).await;
+        r.map_err(|e| handle.node.session.error(e))
+    }
+
+    /// The offset is ignored: data is a stream, ctl and offset take whole
+    /// commands.
+    async fn write(&self, handle: &Self::Handle, _offset: u64, data: Bytes) -> Result<u32> {
+        let r = self.write_file(handle, data).await;
+        r.map_err(|e| handle.node.session.error(e))
+    }
+
+    async fn wstat(&self, node: &Node, changes: Changes) -> Result<()> {
+        self.wstat_node(node, changes)
+            .map_err(|e| node.session.error(e))
+    }
+
+    async fn remove(&self, node: &Node) -> Result<()> {
+        self.remove_node(node).map_err(|e| node.session.error(e))
     }
 
     /// A data file's message in hand is acked (`Clunk::Client`) or goes
