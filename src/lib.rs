@@ -11,7 +11,9 @@
 //! - `config` — the server's TOML configuration over the built-in `dchan.toml`.
 //! - `serve`  — `dchan serve`: configuration, logging, broker, tree and engine, shutdown.
 //! - `client` — dchan's own 9P client: many requests per connection, flush, topics by name.
+//! - `bench`  — the workloads of `dchan bench`, shared with the peers' benchmark.
 
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;

@@ -541,7 +541,7 @@ fn header_constants_match_the_encoding() {
         dirents()
             .iter()
             .map(|d| codec::dirent_size(d.3.len()))
-            .sum()
+            .sum::<usize>()
     );
 }
 

@@ -65,6 +65,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve topics over 9P.
     Serve(ServeArgs),
+    /// Measure a server: one workload, one JSON line (see scripts/bench).
+    Bench(dchan::bench::BenchArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -163,6 +165,7 @@ impl<T> Context<T> for Result<T, client::Error> {
 pub async fn run(command: Command) -> ExitCode {
     let command = match command {
         Command::Serve(args) => return dchan::serve::main(args).await,
+        Command::Bench(args) => return dchan::bench::command::main(args).await,
         Command::Client(c) => c,
     };
     tracing_subscriber::fmt()

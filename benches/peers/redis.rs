@@ -1,0 +1,99 @@
+//! Redis lists as a system under test: a topic is a list, a push is RPUSH,
+//! a pull is BLPOP. Lists have no reader groups (no fanout) and no capacity
+//! (producers never wait).
+
+use bytes::Bytes;
+use dchan::bench::{Conn, Reader, Result, System, Workload, Writer};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, cmd};
+
+pub struct Redis {
+    client: Client,
+}
+
+impl Redis {
+    pub fn new(addr: &str) -> Result<Redis> {
+        Ok(Redis {
+            client: Client::open(format!("redis://{addr}/"))?,
+        })
+    }
+}
+
+/// One connection; commands from several tasks are pipelined on it.
+pub struct RedisConn {
+    conn: MultiplexedConnection,
+}
+
+/// A list and the connection that pushes to or pops from it.
+pub struct List {
+    conn: MultiplexedConnection,
+    key: String,
+}
+
+impl System for Redis {
+    type Conn = RedisConn;
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn supports(&self, workload: Workload) -> bool {
+        workload != Workload::Fanout
+    }
+
+    async fn create(&self, topic: &str, _capacity: u64) -> Result<()> {
+        let mut c = self.client.get_multiplexed_async_connection().await?;
+        cmd("DEL").arg(topic).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    async fn connect(&self, _group: &str) -> Result<RedisConn> {
+        // BLPOP blocks for as long as the list is empty: no response timeout.
+        let config = AsyncConnectionConfig::new().set_response_timeout(None);
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(RedisConn { conn })
+    }
+}
+
+impl Conn for RedisConn {
+    type Writer = List;
+    type Reader = List;
+
+    async fn writer(&self, topic: &str) -> Result<List> {
+        Ok(List {
+            conn: self.conn.clone(),
+            key: topic.to_string(),
+        })
+    }
+
+    async fn reader(&self, topic: &str) -> Result<List> {
+        self.writer(topic).await
+    }
+}
+
+impl Writer for List {
+    async fn push(&self, msg: Bytes) -> Result<()> {
+        let mut conn = self.conn.clone();
+        cmd("RPUSH")
+            .arg(&self.key)
+            .arg(msg.as_ref())
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Reader for List {
+    async fn pull(&self) -> Result<Bytes> {
+        let mut conn = self.conn.clone();
+        let (_key, value): (String, Vec<u8>) = cmd("BLPOP")
+            .arg(&self.key)
+            .arg(0)
+            .query_async(&mut conn)
+            .await?;
+        Ok(value.into())
+    }
+}
