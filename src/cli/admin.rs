@@ -4,7 +4,7 @@
 use clap::{Args, ValueEnum};
 use dchan::client::{Framing, TopicSettings};
 
-use super::{ConnArgs, Context, Failure, parse_duration};
+use super::{ConnArgs, Context, Failure, parse_duration, print_out};
 
 #[derive(Args)]
 pub struct TopicArg {
@@ -72,8 +72,7 @@ pub async fn stat(a: TopicArg) -> Result<(), Failure> {
         .ctl(&a.topic)
         .await
         .what(|| format!("stat {}", a.topic))?;
-    print!("{text}");
-    Ok(())
+    print_out(&text)
 }
 
 pub async fn offset(a: OffsetArgs) -> Result<(), Failure> {
@@ -81,10 +80,7 @@ pub async fn offset(a: OffsetArgs) -> Result<(), Failure> {
     let client = a.conn.connect().await?;
     match a.seq {
         Some(seq) => client.set_offset(&a.topic, seq).await.what(what),
-        None => {
-            println!("{}", client.offset(&a.topic).await.what(what)?);
-            Ok(())
-        }
+        None => print_out(&format!("{}\n", client.offset(&a.topic).await.what(what)?)),
     }
 }
 

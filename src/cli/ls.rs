@@ -6,7 +6,7 @@ use clap::Args;
 use dchan::client::{Client, Error};
 use futures_util::future::join_all;
 
-use super::{ConnArgs, Context, Failure};
+use super::{ConnArgs, Context, Failure, print_out};
 
 const HELP: &str = "\
 Output: a header line, then one line per topic, sorted by name, in
@@ -53,10 +53,8 @@ pub async fn run(args: LsArgs) -> Result<(), Failure> {
     let client = args.conn.connect().await?;
     let topics = client.topics_under(&prefix).await.what(what)?;
     if args.quiet {
-        for t in topics {
-            println!("{t}");
-        }
-        return Ok(());
+        let names: String = topics.iter().map(|t| format!("{t}\n")).collect();
+        return print_out(&names);
     }
     let statuses = join_all(topics.iter().map(|t| status(&client, t))).await;
     let mut rows = vec![COLUMNS.map(String::from).to_vec()];
@@ -68,8 +66,7 @@ pub async fn run(args: LsArgs) -> Result<(), Failure> {
             Err(e) => return Err(Failure::new(format!("ls {topic}"), e)),
         }
     }
-    print!("{}", align(&rows));
-    Ok(())
+    print_out(&align(&rows))
 }
 
 /// One row of the table, from the topic's ctl file; `None` if it is gone.

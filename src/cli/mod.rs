@@ -149,6 +149,19 @@ impl fmt::Display for Failure {
     }
 }
 
+/// Write `text` to standard output. A reader that went away (`| head`) is
+/// no failure; any other error is.
+pub fn print_out(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::new("standard output", client::io_reason(&e)))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Attach "WHAT: " to a client error.
 pub trait Context<T> {
     fn what(self, what: impl FnOnce() -> String) -> Result<T, Failure>;

@@ -45,8 +45,10 @@
 
 mod ctl;
 mod data;
+mod error;
+mod node;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,6 +62,9 @@ use crate::fs::{
 use crate::proto::{DMDIR, Dialect, QTDIR, QTFILE, Qid};
 use ctl::{RootCmd, TopicCmd};
 use data::{Reader, Step, Writer};
+use error::{broker_error, invalid, not_found};
+use node::{At, DataFile, FileKind, HandleKind, Places, Session};
+pub use node::{Handle, Node};
 
 /// What the tree needs from the server's configuration.
 #[derive(Debug, Clone, Default)]
@@ -84,202 +89,6 @@ pub struct TopicTree<B: Broker> {
     /// Qid paths and open readers of the places seen. A sync mutex, never
     /// held across an await.
     places: Mutex<Places>,
-}
-
-/// Identity and reader counts of directories, kept by the tree.
-#[derive(Default)]
-struct Places {
-    /// Each directory's number (its qid path is the number × 4, its files'
-    /// the next three); a removed topic's number is dropped, so a new topic
-    /// of the same name is a new file.
-    ids: HashMap<String, u64>,
-    /// The last number handed out (the root is 0).
-    last_id: u64,
-    /// Open data files that read, per topic: (topic's number, count).
-    readers: HashMap<String, (u64, u64)>,
-}
-
-impl Places {
-    fn id(&mut self, path: &str) -> u64 {
-        if let Some(&id) = self.ids.get(path) {
-            return id;
-        }
-        self.last_id += 1;
-        self.ids.insert(path.to_string(), self.last_id);
-        self.last_id
-    }
-}
-
-/// A file of a topic directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FileKind {
-    Ctl,
-    Data,
-    Offset,
-}
-
-impl FileKind {
-    fn name(self) -> &'static str {
-        match self {
-            FileKind::Ctl => "ctl",
-            FileKind::Data => "data",
-            FileKind::Offset => "offset",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<FileKind> {
-        match name {
-            "ctl" => Some(FileKind::Ctl),
-            "data" => Some(FileKind::Data),
-            "offset" => Some(FileKind::Offset),
-            _ => None,
-        }
-    }
-
-    /// The offset of its qid path from its directory's.
-    fn qid_offset(self) -> u64 {
-        match self {
-            FileKind::Ctl => 1,
-            FileKind::Data => 2,
-            FileKind::Offset => 3,
-        }
-    }
-}
-
-/// Where in the tree a node is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum At {
-    Root,
-    RootCtl,
-    /// A directory: a topic, or a path leading to topics.
-    Dir(Arc<str>),
-    /// A file of the topic named.
-    File(Arc<str>, FileKind),
-}
-
-/// What an attach said, shared by every node walked from it.
-#[derive(Debug)]
-struct Session {
-    /// The reader group: the attach name, less a `:linux` suffix.
-    group: String,
-    /// Whether reads follow the Linux read loop.
-    linux: bool,
-    /// Who attached: the owner stat shows.
-    uname: String,
-    /// The session's dialect: plain 9P2000 errors carry text only.
-    dialect: Dialect,
-}
-
-impl Session {
-    /// An error as this session's client best understands it. Linux on
-    /// plain 9P2000 (a `:linux` session) turns an error's text back into an
-    /// errno through its table of strerror texts (net/9p/error.c), so it
-    /// gets those; everyone else gets dchan's words.
-    fn error(&self, e: Error) -> Error {
-        if !(self.linux && self.dialect == Dialect::P2000) {
-            return e;
-        }
-        let text = match e.errno {
-            errno::EPERM => "Operation not permitted",
-            errno::ENOENT => "No such file or directory",
-            errno::EBADF => "Bad file descriptor",
-            errno::EAGAIN => "Resource temporarily unavailable",
-            errno::EEXIST => "File exists",
-            errno::ENOTDIR => "Not a directory",
-            errno::EISDIR => "Is a directory",
-            errno::EINVAL => "Invalid argument",
-            errno::EPIPE => "Broken pipe",
-            errno::ERANGE => "Numerical result out of range",
-            errno::ENOTEMPTY => "Directory not empty",
-            errno::ESHUTDOWN => "Cannot send after transport endpoint shutdown",
-            errno::ETIMEDOUT => "Connection timed out",
-            // Linux's table has no ECANCELED: a reset reads as one.
-            errno::ECANCELED => "Connection reset by peer",
-            _ => return e,
-        };
-        Error::new(e.errno, text)
-    }
-}
-
-/// A place in the tree, as one attach sees it.
-#[derive(Debug, Clone)]
-pub struct Node {
-    /// The place.
-    at: At,
-    /// The attach it was walked from.
-    session: Arc<Session>,
-}
-
-/// An open file.
-pub struct Handle<D> {
-    /// What was opened.
-    node: Node,
-    /// Its open state.
-    kind: HandleKind<D>,
-}
-
-impl<D> std::fmt::Debug for Handle<D> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.kind {
-            HandleKind::Dir => "dir",
-            HandleKind::Text(_) => "text",
-            HandleKind::Data(_) => "data",
-        };
-        f.debug_struct("Handle")
-            .field("node", &self.node)
-            .field("kind", &kind)
-            .finish()
-    }
-}
-
-enum HandleKind<D> {
-    /// A directory: the engine reads it through `readdir`.
-    Dir,
-    /// A ctl or offset file: the text of the last read at offset 0.
-    Text(Mutex<Option<Bytes>>),
-    Data(DataFile<D>),
-}
-
-/// An open data file.
-struct DataFile<D> {
-    /// Whether a pull waits.
-    wait: Wait,
-    /// Whether it was opened for reading (counted in the topic's readers),
-    /// and the topic's number then.
-    reads: Option<u64>,
-    /// Whether it was opened for writing.
-    writes: bool,
-    /// The reading state; an async mutex so concurrent Treads on one open
-    /// file take turns (held across the pull).
-    reader: tokio::sync::Mutex<Reader<D>>,
-    /// The writing state; an async mutex so writes on one open file push in
-    /// order (held across the pushes).
-    writer: tokio::sync::Mutex<Writer>,
-}
-
-/// A broker error as the client sees it.
-fn broker_error(e: broker::Error) -> Error {
-    use broker::Error as E;
-    let n = match &e {
-        E::NoTopic(_) | E::Removed | E::NoGroup(_) => errno::ENOENT,
-        E::Exists(_) => errno::EEXIST,
-        E::BadName(_) => errno::EINVAL,
-        E::Closed => errno::EPIPE,
-        E::Reset => errno::ECANCELED,
-        E::TimedOut => errno::ETIMEDOUT,
-        E::WouldBlock => errno::EAGAIN,
-        E::OffsetOutOfRange { .. } => errno::ERANGE,
-        E::Shutdown => errno::ESHUTDOWN,
-    };
-    Error::new(n, e.to_string())
-}
-
-fn not_found() -> Error {
-    Error::new(errno::ENOENT, "file does not exist")
-}
-
-fn invalid(message: String) -> Error {
-    Error::new(errno::EINVAL, message)
 }
 
 fn parent(path: &str) -> At {

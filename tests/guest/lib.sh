@@ -10,7 +10,7 @@ BLOCK=${BLOCK:-1}     # seconds a push or pull must stay blocked
 SERVER=${SERVER:-10.0.2.2}
 
 ok() { echo "CHECK $1 ok${2:+ $2}"; }
-fail() { n=$1; shift; echo "CHECK $n FAIL $*"; }
+fail() { n=$1; shift; echo "CHECK $n FAIL $(echo "$*" | tr '\n' ' ' | cut -c1-400)"; }
 
 # waitfor SECONDS CMD...: runs CMD every 0.1 s until it succeeds; false
 # if it has not after SECONDS.

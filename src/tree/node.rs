@@ -1,0 +1,168 @@
+//! What a fid points at (a [`Node`]: a place in the tree, seen through one
+//! attach) and what an open file holds (a [`Handle`]), with the numbers
+//! that give every place its qid.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::data::{Reader, Writer};
+use super::error::linux_text;
+use crate::broker::Wait;
+use crate::fs::Error;
+use crate::proto::Dialect;
+
+/// Identity and reader counts of directories, kept by the tree.
+#[derive(Default)]
+pub(super) struct Places {
+    /// Each directory's number (its qid path is the number × 4, its files'
+    /// the next three); a removed topic's number is dropped, so a new topic
+    /// of the same name is a new file.
+    pub(super) ids: HashMap<String, u64>,
+    /// The last number handed out (the root is 0).
+    pub(super) last_id: u64,
+    /// Open data files that read, per topic: (topic's number, count).
+    pub(super) readers: HashMap<String, (u64, u64)>,
+}
+
+impl Places {
+    pub(super) fn id(&mut self, path: &str) -> u64 {
+        if let Some(&id) = self.ids.get(path) {
+            return id;
+        }
+        self.last_id += 1;
+        self.ids.insert(path.to_string(), self.last_id);
+        self.last_id
+    }
+}
+
+/// A file of a topic directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FileKind {
+    Ctl,
+    Data,
+    Offset,
+}
+
+impl FileKind {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            FileKind::Ctl => "ctl",
+            FileKind::Data => "data",
+            FileKind::Offset => "offset",
+        }
+    }
+
+    pub(super) fn from_name(name: &str) -> Option<FileKind> {
+        match name {
+            "ctl" => Some(FileKind::Ctl),
+            "data" => Some(FileKind::Data),
+            "offset" => Some(FileKind::Offset),
+            _ => None,
+        }
+    }
+
+    /// The offset of its qid path from its directory's.
+    pub(super) fn qid_offset(self) -> u64 {
+        match self {
+            FileKind::Ctl => 1,
+            FileKind::Data => 2,
+            FileKind::Offset => 3,
+        }
+    }
+}
+
+/// Where in the tree a node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum At {
+    Root,
+    RootCtl,
+    /// A directory: a topic, or a path leading to topics.
+    Dir(Arc<str>),
+    /// A file of the topic named.
+    File(Arc<str>, FileKind),
+}
+
+/// What an attach said, shared by every node walked from it.
+#[derive(Debug)]
+pub(super) struct Session {
+    /// The reader group: the attach name, less a `:linux` suffix.
+    pub(super) group: String,
+    /// Whether reads follow the Linux read loop.
+    pub(super) linux: bool,
+    /// Who attached: the owner stat shows.
+    pub(super) uname: String,
+    /// The session's dialect: plain 9P2000 errors carry text only.
+    pub(super) dialect: Dialect,
+}
+
+impl Session {
+    /// An error as this session's client best understands it. Linux on
+    /// plain 9P2000 (a `:linux` session) turns an error's text back into an
+    /// errno through its table of strerror texts (net/9p/error.c), so it
+    /// gets those; everyone else gets dchan's words.
+    pub(super) fn error(&self, e: Error) -> Error {
+        match linux_text(e.errno) {
+            Some(text) if self.linux && self.dialect == Dialect::P2000 => Error::new(e.errno, text),
+            _ => e,
+        }
+    }
+}
+
+/// A place in the tree, as one attach sees it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The place.
+    pub(super) at: At,
+    /// The attach it was walked from.
+    pub(super) session: Arc<Session>,
+}
+
+/// An open file.
+pub struct Handle<D> {
+    /// What was opened.
+    pub(super) node: Node,
+    /// Its open state.
+    pub(super) kind: HandleKind<D>,
+}
+
+impl<D> std::fmt::Debug for Handle<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            HandleKind::Dir => "dir",
+            HandleKind::Text(_) => "text",
+            HandleKind::Data(_) => "data",
+        };
+        f.debug_struct("Handle")
+            .field("node", &self.node)
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+pub(super) enum HandleKind<D> {
+    /// A directory: the engine reads it through `readdir`.
+    Dir,
+    /// A ctl or offset file: the text of the last read at offset 0.
+    Text(Mutex<Option<Bytes>>),
+    Data(DataFile<D>),
+}
+
+/// An open data file.
+pub(super) struct DataFile<D> {
+    /// Whether a pull waits.
+    pub(super) wait: Wait,
+    /// Whether it was opened for reading (counted in the topic's readers),
+    /// and the topic's number then.
+    pub(super) reads: Option<u64>,
+    /// Whether it was opened for writing.
+    pub(super) writes: bool,
+    /// The reading state; an async mutex so concurrent Treads on one open
+    /// file take turns (held across the pull).
+    pub(super) reader: tokio::sync::Mutex<Reader<D>>,
+    /// The writing state; an async mutex so writes on one open file push in
+    /// order (held across the pushes).
+    pub(super) writer: tokio::sync::Mutex<Writer>,
+}

@@ -1,0 +1,206 @@
+//! The real Linux 9P client against the real `dchan` binary: Debian's
+//! kernels 6.1 and 6.12 booted under QEMU (`scripts/guest`, prepared by
+//! `scripts/setup-guest`) mount the servers these tests start on this host
+//! and run `tests/guest/linux.sh`: issue 2's file operations against
+//! `dchan serve --ramfs`, and issue 3's topic contract against `dchan serve`,
+//! in 9P2000.L, 9P2000.u and plain 9P2000 (with the `:linux` aname).
+//!
+//! One boot per kernel carries every check, because a boot under TCG costs
+//! seconds. The guest prints one `CHECK <name> ok|FAIL ...` line per check;
+//! the test prints the whole table and fails listing the failed checks.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::Instant;
+
+/// The repository, where `scripts/` and `.cache/guest/` are.
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A `dchan serve` on 127.0.0.1, stopped (by its PID) when dropped.
+struct Server {
+    /// The server process, ours to kill.
+    child: Child,
+    /// Its TCP port on 127.0.0.1.
+    port: u16,
+    /// Where its stderr (its log) goes, shown when a check fails.
+    log: PathBuf,
+}
+
+impl Server {
+    /// Start `dchan serve ARGS --listen tcp!127.0.0.1!0` and read the port
+    /// it got from its `listening on tcp!127.0.0.1!PORT` line.
+    fn start(name: &str, args: &[&str], dir: &Path) -> Server {
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dchan"))
+            .args(args)
+            .args(["--listen", "tcp!127.0.0.1!0"])
+            // DCHAN_GUEST_LOG=debug shows the 9P traffic in the log.
+            .env(
+                "RUST_LOG",
+                std::env::var("DCHAN_GUEST_LOG").unwrap_or("info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("server log file"))
+            .spawn()
+            .expect("start dchan serve");
+        let mut first = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout);
+        let _ = lines.read_line(&mut first);
+        // Keep draining stdout so the server never blocks on it.
+        thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+        let port = first
+            .trim()
+            .strip_prefix("listening on tcp!127.0.0.1!")
+            .and_then(|p| p.parse().ok());
+        let mut server = Server {
+            child,
+            port: 0,
+            log,
+        };
+        match port {
+            Some(port) => server.port = port,
+            None => panic!(
+                "dchan {args:?} did not say where it listens (got {first:?})\n{}",
+                server.log_tail()
+            ),
+        }
+        server
+    }
+
+    /// The last lines of the server's log.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(40);
+        format!(
+            "--- {} (last {} lines) ---\n{}",
+            self.log.display(),
+            lines.len() - from,
+            lines[from..].join("\n")
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Boot `kernel` with the checks against fresh servers; assert every check.
+fn linux(kernel: &str) {
+    let cache = root().join(".cache/guest");
+    for need in [
+        format!("kernel-{kernel}/vmlinux"),
+        "busybox/bin/busybox".into(),
+        "bash/bin/bash-static".into(),
+    ] {
+        assert!(
+            cache.join(&need).exists(),
+            "{} is missing: the real Linux client tests need `scripts/setup-guest` \
+             (QEMU and Debian's kernels; `scripts/test` runs it) to have run first",
+            cache.join(&need).display()
+        );
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ramfs = Server::start("ramfs", &["serve", "--ramfs"], dir.path());
+    let topics = Server::start("topics", &["serve"], dir.path());
+
+    let start = Instant::now();
+    let mut guest = Command::new("python3")
+        .arg(root().join("scripts/guest"))
+        .args(["run", "--kernel", kernel, "--timeout", "900", "--script"])
+        .arg(root().join("tests/guest/linux.sh"))
+        .arg(format!("--env=RAMFS_PORT={}", ramfs.port))
+        .arg(format!("--env=TOPIC_PORT={}", topics.port))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run scripts/guest (python3)");
+    // The console, line by line as it comes (shown with --nocapture).
+    let mut console = Vec::new();
+    for line in BufReader::new(guest.stdout.take().expect("stdout")).lines() {
+        let line = line.expect("guest console");
+        println!("{line}");
+        console.push(line);
+    }
+    let mut stderr = String::new();
+    let _ = guest
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr);
+    let status = guest.wait().expect("scripts/guest");
+    let elapsed = start.elapsed();
+
+    let checks: Vec<(&str, bool, &str)> = console
+        .iter()
+        .filter_map(|l| l.strip_prefix("CHECK "))
+        .map(|rest| {
+            let (name, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+            let (verdict, detail) = rest.split_once(' ').unwrap_or((rest, ""));
+            (name, verdict == "ok", detail)
+        })
+        .collect();
+    println!(
+        "\nLinux {kernel}: {} checks in {:.0?}",
+        checks.len(),
+        elapsed
+    );
+    for (name, ok, detail) in &checks {
+        println!(
+            "  {:<40} {} {detail}",
+            name,
+            if *ok { "ok  " } else { "FAIL" }
+        );
+    }
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.1)
+        .map(|(name, _, detail)| format!("{name}: {detail}"))
+        .collect();
+    let finished = console.iter().any(|l| l == "CHECKS-DONE");
+    if !failed.is_empty() || !finished || !status.success() {
+        panic!(
+            "Linux {kernel}: {} of {} checks failed{}{}:\n  {}\n{stderr}\n{}\n{}",
+            failed.len(),
+            checks.len(),
+            if finished {
+                ""
+            } else {
+                ", the check script did not finish"
+            },
+            if status.success() {
+                String::new()
+            } else {
+                format!(", scripts/guest: {status}")
+            },
+            failed.join("\n  "),
+            ramfs.log_tail(),
+            topics.log_tail(),
+        );
+    }
+    assert!(
+        checks.len() > 20,
+        "Linux {kernel}: too few checks ran: {}",
+        checks.len()
+    );
+}
+
+#[test]
+fn linux_6_1() {
+    linux("6.1");
+}
+
+#[test]
+fn linux_6_12() {
+    linux("6.12");
+}
