@@ -14,16 +14,23 @@
 # only, no right to mount. It exits 0 when billing did each order exactly
 # once and audit saw every order in order, 1 otherwise.
 #
-# The same with Linux mounts, one per group (the group is the attach name):
+# The same with Linux mounts, one per group (the group is the attach name),
+# and one for the producer:
 #     mount -t 9p -o trans=tcp,port=5640,aname=billing 127.0.0.1 /n/billing
 #     mount -t 9p -o trans=tcp,port=5640,aname=audit 127.0.0.1 /n/audit
-#     mkdir /n/billing/orders
+#     mount -t 9p -o trans=tcp,port=5640 127.0.0.1 /n/dchan
+#     mkdir /n/dchan/orders
 #     cat /n/billing/orders/offset /n/audit/orders/offset    # both groups exist now
 #     cat /n/billing/orders/data & cat /n/billing/orders/data & cat /n/audit/orders/data &
-#     seq 1 20 | sed 's/^/order-/' >> /n/billing/orders/data
-#     echo close >> /n/billing/orders/ctl                     # every cat ends
+#     seq 1 20 | sed 's/^/order-/' >> /n/dchan/orders/data
+#     echo close >> /n/dchan/orders/ctl                       # every cat ends
 # Write with >>, not >: on Linux >= 6.8 a truncating open (>) of data waits
 # for as long as another process on the same mount is blocked reading it.
+# Give writers a mount of their own (another machine, or a second mount):
+# on Linux >= 6.8 what a process writes to data raises the file's size as
+# that mount sees it, and a reader there whose offset is below that size
+# gets several messages in one read(2), and "No data available" instead of
+# end of file once the topic is closed (every message still arrives).
 
 set -eu
 

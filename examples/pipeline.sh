@@ -23,6 +23,8 @@
 #     cat /n/dchan/squares/data                                                       # stage3
 # Write with >>, not >: on Linux >= 6.8 a truncating open (>) of data waits
 # for as long as another process on the same mount is blocked reading it.
+# (Here each topic has one reader, which reads all that was written, so one
+# mount will do; with several readers on a mount, see work-queue.sh.)
 
 set -eu
 

@@ -13,14 +13,22 @@
 # It needs only the dchan CLI on $PATH, no right to mount. It exits 0 when
 # every job was done exactly once, 1 otherwise.
 #
-# The same with a Linux mount (mount -t 9p -o trans=tcp,port=5640 127.0.0.1 /n/dchan):
+# The same with Linux mounts (mount -t 9p -o trans=tcp,port=5640 HOST /n/dchan),
+# the producer on one machine, the workers on others:
 #     mkdir /n/dchan/jobs
 #     echo capacity 2 >> /n/dchan/jobs/ctl
-#     seq 1 30 | sed 's/^/job-/' >> /n/dchan/jobs/data &           # the producer
-#     while read -r job; do echo "did $job"; done < /n/dchan/jobs/data &   # a worker (start 3)
-#     wait %1; echo close >> /n/dchan/jobs/ctl                       # workers drain, then end
+#     seq 1 30 | sed 's/^/job-/' >> /n/dchan/jobs/data    # the producer: waits at 2 pending
+#     cat /n/dchan/jobs/ctl                                 # pending 2, blocked_writers 1
+#     while read -r job; do echo "did $job"; done < /n/dchan/jobs/data   # a worker; start 3
+#     echo close >> /n/dchan/jobs/ctl      # once the producer is done: workers drain, then end
+# (`cat /n/dchan/jobs/data` is the simplest worker: it prints each job it takes.)
 # Write with >>, not >: on Linux >= 6.8 a truncating open (>) of data waits
 # for as long as another process on the same mount is blocked reading it.
+# Give writers a mount of their own (another machine, or a second mount):
+# on Linux >= 6.8 what a process writes to data raises the file's size as
+# that mount sees it, and a reader there whose offset is below that size
+# gets several messages in one read(2), and "No data available" instead of
+# end of file once the topic is closed (every message still arrives).
 
 set -eu
 

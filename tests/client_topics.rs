@@ -362,3 +362,47 @@ async fn raw_fids_walk_mkdir_readdir_stat_remove() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn message_boundaries_hold_at_every_multiple_of_a_small_msize() {
+    use dchan::client::ConnectOptions;
+    let server = Server::start().await;
+    for d in [Dialect::P2000u, Dialect::P2000L] {
+        let opts = Options {
+            connect: ConnectOptions {
+                dialect: d,
+                msize: 4096,
+            },
+            ..Options::default()
+        };
+        let c = Client::connect(&server.addr, &opts).await.unwrap();
+        let max = 4096 - 24;
+        let topic = format!("small{}", name(d));
+        c.create(&topic, &buffered(100)).await.unwrap();
+        let sizes = [
+            1,
+            max - 1,
+            max,
+            max + 1,
+            2 * max,
+            2 * max + 1,
+            3 * max - 1,
+            5,
+        ];
+        let pusher = c.open_push(&topic).await.unwrap();
+        for (i, &n) in sizes.iter().enumerate() {
+            let mut line = vec![b'a' + i as u8; n - 1];
+            line.push(b'\n');
+            pusher.push(line).await.unwrap();
+        }
+        pusher.close().await.unwrap();
+        let mut p = c.open_data(&topic).await.unwrap();
+        for (i, &n) in sizes.iter().enumerate() {
+            let msg = patiently(p.next()).await.unwrap().unwrap();
+            assert_eq!(msg.len(), n, "{d:?}: message {i}");
+            assert!(msg[..n - 1].iter().all(|&b| b == b'a' + i as u8));
+        }
+        p.close().await.unwrap();
+    }
+    server.stop().await;
+}

@@ -53,7 +53,12 @@ impl Outcome {
 /// Run `cmd` in a process group of its own and collect its output, killing
 /// the whole group (the example's background jobs too) if it runs past
 /// [`LIMIT`], or if any of its jobs outlive it.
-fn run_bounded(mut cmd: Command, what: &str) -> Outcome {
+fn run_bounded(cmd: Command, what: &str) -> Outcome {
+    run_within(cmd, what, LIMIT)
+}
+
+/// [`run_bounded`] with another limit.
+fn run_within(mut cmd: Command, what: &str, limit: Duration) -> Outcome {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -76,7 +81,7 @@ fn run_bounded(mut cmd: Command, what: &str) -> Outcome {
             .stderr(Stdio::null())
             .status();
     };
-    let deadline = Instant::now() + LIMIT;
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break Some(status);
@@ -92,7 +97,7 @@ fn run_bounded(mut cmd: Command, what: &str) -> Outcome {
     let stdout = stdout.join().unwrap();
     let stderr = stderr.join().unwrap();
     let Some(status) = status else {
-        panic!("{what} still running after {LIMIT:?}:\n--- stdout\n{stdout}--- stderr\n{stderr}");
+        panic!("{what} still running after {limit:?}:\n--- stdout\n{stdout}--- stderr\n{stderr}");
     };
     Outcome {
         success: status.success(),
@@ -251,4 +256,58 @@ fn rust_client_example_answers_every_request() {
     }
     assert_eq!(out.lines_starting("service: got "), 4, "{}", out.stdout);
     assert_eq!(topics_left(&server), "");
+}
+
+/// The Linux-mount forms in the shell examples' header comments, as
+/// written: `tests/guest/examples.sh` runs them in Debian's `kernel` booted
+/// under QEMU (`scripts/guest`, prepared by `scripts/setup-guest`, as for
+/// tests/linux_client.rs), against a server of its own on this host.
+fn mount_forms(kernel: &str) {
+    let cache = repo().join(".cache/guest");
+    for need in [
+        format!("kernel-{kernel}/vmlinux"),
+        "busybox/bin/busybox".into(),
+        "bash/bin/bash-static".into(),
+    ] {
+        assert!(
+            cache.join(&need).exists(),
+            "{} is missing: the examples' mount forms run in a Linux guest, which \
+             `scripts/setup-guest` (run by `scripts/test`) prepares",
+            cache.join(&need).display()
+        );
+    }
+    let server = Server::start(&[]);
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo().join("scripts/guest"))
+        .args(["run", "--kernel", kernel, "--timeout", "600", "--script"])
+        .arg(repo().join("tests/guest/examples.sh"))
+        .arg(format!("--env=PORT={}", server.port));
+    let out = run_within(cmd, "scripts/guest", Duration::from_secs(700));
+    let checks: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("CHECK examples."))
+        .collect();
+    let failed: Vec<&&str> = checks
+        .iter()
+        .filter(|c| c.split_whitespace().nth(1) != Some("ok"))
+        .collect();
+    assert!(
+        out.success && failed.is_empty() && checks.len() == 6,
+        "Linux {kernel}: the examples' mount forms: {} checks, failed: {failed:?} ({}):\n{}{}",
+        checks.len(),
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
+fn mount_forms_on_linux_6_1() {
+    mount_forms("6.1");
+}
+
+#[test]
+fn mount_forms_on_linux_6_12() {
+    mount_forms("6.12");
 }

@@ -41,6 +41,11 @@ Examples:
   dchan ls                             every topic and its status
   DCHAN_ADDR=tcp!queue.example!5640 dchan ls
 
+Every client command takes --addr (default $DCHAN_ADDR, else tcp!127.0.0.1!5640)
+and --group (the reader group; default the default group). Commands that
+change something print nothing when they succeed; what the others print is
+described in each one's --help.
+
 Exit status: 0 done, 1 failed (one line on stderr: \"dchan: WHAT: WHY\"), 2 bad usage.";
 
 const STAT_HELP: &str = "\
