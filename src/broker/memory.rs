@@ -7,7 +7,7 @@
 //! topic's lock (`topic`), and waiting in futures that own their place in a
 //! queue (`waiters`).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -18,7 +18,9 @@
 //! there.
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::task::Waker;
 use std::time::Duration;
 
@@ -160,7 +162,7 @@ impl State {
             closed: false,
             removed: false,
             groups: Slab::new(),
-            group_index: HashMap::new(),
+            group_index: HashMap::default(),
             next_group_id: 0,
             readers: Slab::new(),
             writers: Slab::new(),
