@@ -434,3 +434,70 @@ async fn orclose_removes_at_clunk() {
     assert_error(&c.walk(0, 3, &["tmp"]).await);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn serves_a_unix_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dchan.sock");
+    let addr: dchan::engine::Addr = format!("unix!{}", path.display()).parse().unwrap();
+    let l = dchan::engine::Listener::bind(&addr).await.unwrap();
+    assert_eq!(l.local_addr().unwrap(), addr);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let tree = std::sync::Arc::new(dchan::ramfs::RamFs::new());
+    let server = tokio::spawn(dchan::engine::serve(
+        vec![l],
+        tree,
+        Limits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+    // Tversion, tag NOTAG, msize 8192, "9P2000".
+    let mut t = vec![19, 0, 0, 0, 100, 0xff, 0xff, 0, 0x20, 0, 0, 6, 0];
+    t.extend_from_slice(b"9P2000");
+    s.write_all(&t).await.unwrap();
+    let mut r = [0u8; 19];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut r))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r[4], 101);
+    assert_eq!(&r[13..], b"9P2000");
+    stop.send(()).unwrap();
+    tokio::time::timeout(PATIENCE, server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_remove_still_clunks() {
+    let srv = Server::start(Limits::default()).await;
+    let mut c = Client::session(srv.addr, Dialect::P2000u).await;
+    c.walk(0, 1, &[]).await;
+    let r = c
+        .rpc(
+            1,
+            Fcall::Tcreate {
+                fid: 1,
+                name: "full".into(),
+                perm: DMDIR | 0o755,
+                mode: OREAD,
+                extension: String::new(),
+            },
+        )
+        .await;
+    assert!(!is_error(&r), "{r:?}");
+    c.walk(0, 2, &["full"]).await;
+    c.create(2, "f").await;
+    // The directory is not empty: the remove fails, and fid 1 is gone anyway.
+    assert_error(&c.rpc(1, Fcall::Tremove { fid: 1 }).await);
+    assert_error(&c.clunk(1).await);
+    assert!(matches!(
+        c.walk(0, 3, &["full", "f"]).await,
+        Fcall::Rwalk { .. }
+    ));
+    srv.stop().await;
+}

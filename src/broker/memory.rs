@@ -7,12 +7,13 @@
 //! topic's lock (`topic`), and waiting in futures that own their place in a
 //! queue (`waiters`).
 
-use foldhash::HashMap;
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use parking_lot::RwLock;
 
 use super::topic::{Start, Topic};
@@ -33,6 +34,9 @@ pub struct MemoryBroker {
     /// parking_lot: never held across an `.await`; pushes and pulls hold a
     /// shard only to clone the topic's `Arc`.
     shards: Box<[Shard]>,
+    /// Picks a name's shard (foldhash, randomly seeded: fast on short
+    /// names, and names cannot be chosen to pile into one shard).
+    hasher: foldhash::fast::RandomState,
     /// Messages pushed to topics since removed, for the totals.
     removed_pushed: AtomicU64,
     /// Messages pulled from topics since removed, for the totals.
@@ -55,6 +59,7 @@ impl Default for MemoryBroker {
     fn default() -> MemoryBroker {
         MemoryBroker {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: foldhash::fast::RandomState::default(),
             removed_pushed: AtomicU64::new(0),
             removed_pulled: AtomicU64::new(0),
         }
@@ -66,13 +71,10 @@ impl MemoryBroker {
         MemoryBroker::default()
     }
 
-    /// The shard that holds `name` (FNV-1a: short names, no DoS concern
-    /// beyond a slower shard).
+    /// The shard that holds `name`.
     fn shard(&self, name: &str) -> &Shard {
-        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        });
-        &self.shards[hash as usize % SHARDS]
+        let hash = self.hasher.hash_one(name);
+        &self.shards[(hash >> 32) as usize % SHARDS]
     }
 
     /// Every topic, in no order.

@@ -19,12 +19,11 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-
-use foldhash::HashMap;
 use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
+use foldhash::HashMap;
 use parking_lot::Mutex;
 use slab::Slab;
 
@@ -139,6 +138,9 @@ pub(crate) struct State {
     /// Blocked pulls. An entry belongs to its `PullWait` future, which alone
     /// removes it, so its key is never reused under it.
     pub(crate) readers: Slab<Reader>,
+    /// Readers blocked in some group's `waiters`, so `dispatch` can skip
+    /// the groups when there are none.
+    waiting: usize,
     /// Blocked pushes, owned by their `PushWait` futures likewise.
     pub(crate) writers: Slab<Writer>,
     /// Messages of blocked pushes not yet in the log, oldest first.
@@ -165,6 +167,7 @@ impl State {
             group_index: HashMap::default(),
             next_group_id: 0,
             readers: Slab::new(),
+            waiting: 0,
             writers: Slab::new(),
             offers: VecDeque::new(),
             appended: VecDeque::new(),
@@ -239,6 +242,7 @@ impl State {
             outcome: None,
         });
         self.groups[g].waiters.push_back(key);
+        self.waiting += 1;
         Start::Wait(key, self.config.timeout)
     }
 
@@ -283,6 +287,7 @@ impl State {
                     && let Some(at) = group.waiters.iter().position(|&k| k == key)
                 {
                     group.waiters.remove(at);
+                    self.waiting -= 1;
                 }
             }
             Some(Ok(Some(taken))) => {
@@ -396,9 +401,11 @@ impl State {
     pub(crate) fn dispatch(&mut self) {
         loop {
             let mut moved = false;
-            for g in 0..self.groups.capacity() {
-                if self.groups.get(g).is_some_and(|g| !g.waiters.is_empty()) {
-                    moved |= self.feed(g);
+            if self.waiting > 0 {
+                for g in 0..self.groups.capacity() {
+                    if self.groups.get(g).is_some_and(|g| !g.waiters.is_empty()) {
+                        moved |= self.feed(g);
+                    }
                 }
             }
             moved |= self.settle_writers();
@@ -423,6 +430,7 @@ impl State {
                 None => break,
             };
             self.groups[g].waiters.pop_front();
+            self.waiting -= 1;
             self.decide_reader(key, outcome);
         }
         moved
@@ -440,6 +448,9 @@ impl State {
     /// capacity allows), and append waiting pushes where there is room.
     /// Returns whether a message was appended.
     fn settle_writers(&mut self) -> bool {
+        if self.appended.is_empty() && self.offers.is_empty() {
+            return false;
+        }
         let c = self.config.capacity;
         let min = self.min_offset();
         while let Some(&(seq, key)) = self.appended.front() {
@@ -549,6 +560,7 @@ impl State {
         for (_, group) in self.groups.iter_mut() {
             group.waiters.clear();
         }
+        self.waiting = 0;
         self.log.clear();
     }
 
@@ -606,7 +618,7 @@ impl State {
             next,
             pushed: self.pushed,
             pulled: self.pulled,
-            blocked_readers: groups.iter().map(|g| g.blocked).sum(),
+            blocked_readers: self.waiting as u64,
             blocked_writers: (self.offers.len() + self.appended.len()) as u64,
             groups,
             closed: self.closed,

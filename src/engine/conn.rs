@@ -11,6 +11,12 @@
 //! not (its future is dropped on the spot: the operation did not happen, and
 //! no reply is sent).
 //!
+//! Protocol breaches that leave no tag to answer on close the connection:
+//! a frame whose size is under 7 or over msize, and a request whose tag is
+//! still busy (an error on that tag would read as the old request's reply).
+//! A malformed message with a readable, free tag gets an error and the
+//! connection goes on.
+//!
 //! Replies go through a small outbox to a bounded channel drained by the
 //! writer task. A client that does not read its replies cannot make the
 //! server hold them: while the outbox is full, or the replies not yet
