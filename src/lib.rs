@@ -38,6 +38,8 @@ pub mod literate {
     pub struct Protocol;
     #[doc = include_str!("../literate/05-broker.md")]
     pub struct Broker;
+    #[doc = include_str!("../literate/06-testing.md")]
+    pub struct Testing;
     #[doc = include_str!("../literate/07-scaling.md")]
     pub struct Scaling;
 }

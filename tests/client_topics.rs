@@ -191,6 +191,14 @@ async fn errors_carry_the_servers_message() {
         Err(Error::BadTopic(_))
     ));
 
+    // Plain 9P2000 says it in words only; still "no such topic".
+    let plain = client(&server, Dialect::P2000, "").await;
+    assert!(matches!(plain.pull("nosuch").await, Err(Error::NoTopic(_))));
+    assert!(matches!(
+        plain.ctl("e/nosuch").await,
+        Err(Error::NoTopic(_))
+    ));
+
     // 9P2000.L carries only an errno; the client names it.
     let l = client(&server, Dialect::P2000L, "").await;
     let e = l.ctl_write("e", "frobnicate").await.unwrap_err();

@@ -471,3 +471,33 @@ async fn serves_a_unix_socket() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_remove_still_clunks() {
+    let srv = Server::start(Limits::default()).await;
+    let mut c = Client::session(srv.addr, Dialect::P2000u).await;
+    c.walk(0, 1, &[]).await;
+    let r = c
+        .rpc(
+            1,
+            Fcall::Tcreate {
+                fid: 1,
+                name: "full".into(),
+                perm: DMDIR | 0o755,
+                mode: OREAD,
+                extension: String::new(),
+            },
+        )
+        .await;
+    assert!(!is_error(&r), "{r:?}");
+    c.walk(0, 2, &["full"]).await;
+    c.create(2, "f").await;
+    // The directory is not empty: the remove fails, and fid 1 is gone anyway.
+    assert_error(&c.rpc(1, Fcall::Tremove { fid: 1 }).await);
+    assert_error(&c.clunk(1).await);
+    assert!(matches!(
+        c.walk(0, 3, &["full", "f"]).await,
+        Fcall::Rwalk { .. }
+    ));
+    srv.stop().await;
+}

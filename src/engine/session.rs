@@ -36,8 +36,8 @@ pub enum Done<T: FileTree> {
     /// An open or create succeeded: the fid becomes open.
     Opened {
         fid: Fid,
-        /// The created file (the fid moves to it), `None` for an open.
-        node: Option<T::Node>,
+        /// The file opened, or created (the fid moves to it).
+        node: T::Node,
         qid: Qid,
         handle: T::Handle,
         mode: OpenMode,
@@ -94,6 +94,10 @@ fn err(errno: u32, msg: &'static str) -> fs::Error {
 
 fn reply<T: FileTree>(f: Fcall) -> Res<T> {
     Ok(Action::Reply(f))
+}
+
+fn not_open() -> fs::Error {
+    err(errno::EBADF, "fid not open")
 }
 
 /// A name for a new file: not empty, ".", "..", nor with a '/'.
@@ -224,13 +228,12 @@ impl<T: FileTree> Session<T> {
                 reply,
             } => {
                 let Ok(entry) = self.fids.get_mut(fid) else {
-                    let node = node.expect("an open completes only on a live fid");
+                    // Cannot happen (a clunk cancels the fid's open first),
+                    // but the tree still gets its handle back.
                     self.tree.clunk(&node, Some(handle), Clunk::Lost);
                     return self.error(&err(errno::EBADF, "unknown fid"));
                 };
-                if let Some(node) = node {
-                    entry.node = node;
-                }
+                entry.node = node;
                 entry.qid = qid;
                 entry.state = FidState::Open(OpenFile {
                     handle: Some(Arc::new(handle)),
@@ -353,7 +356,7 @@ impl<T: FileTree> Session<T> {
                 if !o.mode.writes() {
                     return Err(err(errno::EBADF, "fid not open for writing"));
                 }
-                let handle = o.handle.clone().expect("an open fid has a handle");
+                let handle = o.handle.clone().ok_or_else(not_open)?;
                 let tree = self.tree.clone();
                 self.wait(fid, async move {
                     match tree.write(&handle, offset, data).await {
@@ -593,7 +596,7 @@ impl<T: FileTree> Session<T> {
             match tree.open(&node, mode).await {
                 Ok(handle) => Done::Opened {
                     fid,
-                    node: None,
+                    node,
                     qid,
                     handle,
                     mode,
@@ -635,7 +638,7 @@ impl<T: FileTree> Session<T> {
                     let qid = tree.stat(&node).map(|i| i.qid).unwrap_or_default();
                     Done::Opened {
                         fid,
-                        node: Some(node),
+                        node,
                         qid,
                         handle,
                         mode,
@@ -686,7 +689,7 @@ impl<T: FileTree> Session<T> {
             let data = dir.read_stats(offset, count, d, n_uname)?;
             return reply(Fcall::Rread { data });
         }
-        let handle = o.handle.clone().expect("an open fid has a handle");
+        let handle = o.handle.clone().ok_or_else(not_open)?;
         let tree = self.tree.clone();
         let req = ReadReq {
             offset,

@@ -35,7 +35,7 @@ bg() {
         echo $! > /tmp/$_n.pid
         wait $!
         echo $? > /tmp/$_n.rc
-    ) &
+    ) 2> /dev/null &   # (no "Killed" notices from the shell)
     waitfor 5 test -s /tmp/$_n.pid
 }
 ended() { test -e /tmp/$1.rc; }

@@ -55,16 +55,21 @@ cleanup() {
 }
 
 # `echo hello >> data` blocks until `cat data` reads it; cat prints it at once.
+# And `echo hello > data` (on the writers' mount: see c_kernel_limit).
 c_rendezvous() {
-    topic rendezvous
-    bg w push $W/data hello
+    _rendezvous rendezvous push
+    _rendezvous rendezvous-trunc push_trunc
+}
+_rendezvous() {
+    topic $1
+    bg w $2 $W/data hello
     sleep $BLOCK
-    if ended w; then fail $C.rendezvous "push ended before any reader: rc $(rc w) $(err w)"; cleanup w; return; fi
+    if ended w; then fail $C.$1 "push ended before any reader: rc $(rc w) $(err w)"; cleanup w; return; fi
     bg r pull $T/data
-    if ! waitfor $WAIT has r hello; then fail $C.rendezvous "cat printed '$(out r)' $(err r)"; cleanup w r; return; fi
-    if ! waitfor $WAIT ended w || [ "$(rc w)" != 0 ]; then fail $C.rendezvous "push: rc $(rc w) $(err w)"; cleanup w r; return; fi
-    if ended r; then fail $C.rendezvous "cat ended: rc $(rc r)"; cleanup r; return; fi
-    ok $C.rendezvous
+    if ! waitfor $WAIT has r hello; then fail $C.$1 "cat printed '$(out r)' $(err r)"; cleanup w r; return; fi
+    if ! waitfor $WAIT ended w || [ "$(rc w)" != 0 ]; then fail $C.$1 "push: rc $(rc w) $(err w)"; cleanup w r; return; fi
+    if ended r; then fail $C.$1 "cat ended: rc $(rc r)"; cleanup r; return; fi
+    ok $C.$1
     cleanup r
 }
 
