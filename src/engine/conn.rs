@@ -23,7 +23,9 @@
 //! written pass `BACKLOG_MAX` bytes, the connection reads no more frames and
 //! completes no more requests until the writer catches up.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -175,7 +177,7 @@ pub async fn run<T: FileTree>(
         max_in_flight: limits.max_in_flight,
         session: Session::new(tree, limits),
         inflight: FuturesUnordered::new(),
-        busy: HashMap::new(),
+        busy: HashMap::default(),
         outbox: VecDeque::new(),
         backlog,
     };

@@ -2,7 +2,7 @@
 //! open and how, and the 9P errors for fids that are unknown, in use or in
 //! the wrong state.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use crate::fs::{self, FileTree, OpenMode, errno};
@@ -80,7 +80,7 @@ pub struct Fids<T: FileTree> {
 impl<T: FileTree> Fids<T> {
     pub fn new(max: usize) -> Fids<T> {
         Fids {
-            map: HashMap::new(),
+            map: HashMap::default(),
             max,
         }
     }
