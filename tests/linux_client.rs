@@ -12,8 +12,10 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The repository, where `scripts/` and `.cache/guest/` are.
 fn root() -> &'static Path {
@@ -114,6 +116,12 @@ fn linux(kernel: &str) {
     let topics = Server::start("topics", &["serve"], dir.path());
 
     let start = Instant::now();
+    let guest_done = Arc::new(AtomicBool::new(false));
+    let cli = {
+        let addr = format!("tcp!127.0.0.1!{}", topics.port);
+        let done = guest_done.clone();
+        thread::spawn(move || cli_side(&addr, &done))
+    };
     let mut guest = Command::new("python3")
         .arg(root().join("scripts/guest"))
         .args(["run", "--kernel", kernel, "--timeout", "900", "--script"])
@@ -140,6 +148,12 @@ fn linux(kernel: &str) {
         .read_to_string(&mut stderr);
     let status = guest.wait().expect("scripts/guest");
     let elapsed = start.elapsed();
+    guest_done.store(true, Ordering::Relaxed);
+    let cli_checks = cli.join().expect("the CLI side");
+    for line in &cli_checks {
+        println!("{line}");
+    }
+    console.extend(cli_checks);
 
     let checks: Vec<(&str, bool, &str)> = console
         .iter()
@@ -193,6 +207,51 @@ fn linux(kernel: &str) {
         "Linux {kernel}: too few checks ran: {}",
         checks.len()
     );
+}
+
+/// The host's half of the guest's `c_cli`: for each dialect, `dchan push`
+/// to `V.cli-in` (read by `head` on the mount) and `dchan pull` from
+/// `V.cli-out` (pushed by `>>` on the mount), each retried until the guest
+/// has made the topic. Returns `CHECK` lines like the guest's.
+fn cli_side(addr: &str, guest_done: &AtomicBool) -> Vec<String> {
+    let dchan = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_dchan"))
+            .args(args)
+            .args(["--addr", addr])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run dchan")
+    };
+    // Until it succeeds, or the guest has ended.
+    let until_ok = |args: &[&str]| loop {
+        let out = dchan(args);
+        if out.status.success() || guest_done.load(Ordering::Relaxed) {
+            return out;
+        }
+        thread::sleep(Duration::from_millis(300));
+    };
+    let mut checks = Vec::new();
+    for v in ["9p2000.L", "9p2000.u", "9p2000"] {
+        let (cin, cout) = (format!("{v}.cli-in"), format!("{v}.cli-out"));
+        let push = until_ok(&["push", "--timeout", "60s", &cin, "from the cli"]);
+        checks.push(match push.status.success() {
+            true => format!("CHECK host.{v}.cli-push ok"),
+            false => format!(
+                "CHECK host.{v}.cli-push FAIL {}",
+                String::from_utf8_lossy(&push.stderr).trim()
+            ),
+        });
+        let pull = until_ok(&["pull", "--timeout", "60s", &cout]);
+        let got = String::from_utf8_lossy(&pull.stdout);
+        checks.push(match got.as_ref() {
+            "from the mount\n" => format!("CHECK host.{v}.cli-pull ok"),
+            _ => format!(
+                "CHECK host.{v}.cli-pull FAIL got {got:?} {}",
+                String::from_utf8_lossy(&pull.stderr).trim()
+            ),
+        });
+    }
+    checks
 }
 
 #[test]

@@ -349,6 +349,21 @@ c_size_limit() {
     cleanup w
 }
 
+# The CLI and a mount agree: tests/linux_client.rs, on the host, pushes
+# "from the cli" with `dchan push` to $V.cli-in as soon as the topic exists,
+# and pulls $V.cli-out with `dchan pull`, where the mount pushes "from the
+# mount". (The host reports its side as its own checks.)
+c_cli() {
+    topic cli-in
+    got=$(timeout 60 head -n 1 $T/data 2> /tmp/e)
+    if [ "$got" = "from the cli" ]; then ok $C.cli-to-mount
+    else fail $C.cli-to-mount "head got '$got' $(cat /tmp/e)"; fi
+    topic cli-out
+    bg w push $W/data "from the mount"
+    if waitfor 60 ended w && [ "$(rc w)" = 0 ]; then ok $C.mount-to-cli
+    else fail $C.mount-to-cli "push: rc $(rc w) $(err w)"; cleanup w; fi
+}
+
 topics() {
     V=$1 C=topic.$1
     M=/mnt/$V M1=/mnt/$V-g1 M2=/mnt/$V-g2 MW=/mnt/$V-w
@@ -364,7 +379,7 @@ topics() {
     done
     ok $C.mount
     c_rendezvous; c_head; c_whileread; c_big; c_capacity; c_split; c_groups
-    c_offset; c_reset; c_close; c_killed; c_bad; c_rmdir; c_timeout; c_kernel_limit; c_size_limit
+    c_offset; c_reset; c_close; c_killed; c_bad; c_rmdir; c_timeout; c_kernel_limit; c_size_limit; c_cli
     for mp in $M $M1 $M2 $MW; do
         umount $mp 2> /tmp/e || { fail $C.umount "$mp: $(cat /tmp/e)"; return; }
     done
