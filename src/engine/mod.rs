@@ -4,7 +4,7 @@
 //! The path of a request: [`listen`] accepts a socket; [`server`] gives it a
 //! connection slot; [`conn`] reads its frames, decodes them and runs every
 //! request concurrently inside the connection's own task, cancels flushed
-//! ones, and hands replies to a writer task; [`session`] turns each request
+//! ones, and writes the replies in order; [`session`] turns each request
 //! into file-tree calls on the connection's [`fids`], using [`dialect`] to
 //! translate between 9P's three dialects and the tree's neutral types, and
 //! [`dir`] to read directories.
