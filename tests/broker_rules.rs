@@ -662,3 +662,14 @@ async fn nonblock_push_goes_where_there_is_room() {
     );
     assert_eq!(b.status("t").unwrap().pending, 1);
 }
+
+/// The largest capacity a ctl write accepts ("capacity 18446744073709551615")
+/// means "never block": no overflow, with or without groups.
+#[tokio::test]
+async fn the_largest_capacity_never_blocks() {
+    let b = broker(u64::MAX);
+    assert_eq!(push_now(&b, "before any group").await, 0);
+    assert_eq!(take(&b, "").await, "before any group");
+    assert_eq!(push_now(&b, "with a group").await, 1);
+    assert_eq!(take(&b, "").await, "with a group");
+}

@@ -104,7 +104,7 @@ impl<D: Delivery> Reader<D> {
         *sent = end;
         let unfilled = piece.len() < req.count as usize;
         if end == data.len() && self.linux && (unfilled || req.count >= req.max_count) {
-            self.zero_at = Some(req.offset + piece.len() as u64);
+            self.zero_at = Some(req.offset.saturating_add(piece.len() as u64));
         }
         piece
     }
