@@ -42,4 +42,6 @@ pub mod literate {
     pub struct Testing;
     #[doc = include_str!("../literate/07-scaling.md")]
     pub struct Scaling;
+    #[doc = include_str!("../literate/08-performance.md")]
+    pub struct Performance;
 }

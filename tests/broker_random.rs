@@ -1,13 +1,15 @@
 //! The in-memory broker under random load: producers, groups of readers,
-//! cancelled pushes and pulls, deliveries dropped unacked, resets and
-//! capacity changes at random. Then every group must have acked every
+//! cancelled and non-blocking pushes and pulls, deliveries dropped unacked,
+//! resets and capacity changes at random. Then every group must have acked every
 //! message whose push returned Ok exactly once (a reset may remove what no
 //! reader of that group had taken yet), no message more than once, each
 //! producer's messages in push order, and a group's lone reader in order.
 //!
 //! Seeded: the single-threaded runs (paused clock) repeat exactly; the
 //! multi-threaded run hunts races. A failure prints its seed; rerun one
-//! seed with `DCHAN_SEED=N cargo test --test broker_random`.
+//! seed with `DCHAN_SEED=N cargo test --test broker_random`, or run more
+//! seeds with `DCHAN_SEEDS=COUNT`. A push that would block is never
+//! delivered.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,6 +29,8 @@ enum Pushed {
     Ok(Seq),
     /// Failed or cancelled: delivered at most once per group.
     Unsure,
+    /// A non-blocking push that would have blocked: never delivered.
+    Never,
 }
 
 /// What the run saw, filled by its tasks.
@@ -116,10 +120,19 @@ async fn run(seed: u64) {
         producers.push(tokio::spawn(async move {
             for i in 0..n {
                 let data = Bytes::from(format!("{p}:{i}"));
-                let push = broker.push("t", data, Wait::Block);
+                let wait = if rng.random_bool(0.1) {
+                    Wait::NonBlock
+                } else {
+                    Wait::Block
+                };
+                let push = broker.push("t", data, wait);
                 let pushed = match maybe_cut(push, &mut rng).await {
                     Some(Ok(seq)) => Pushed::Ok(seq),
                     Some(Err(Error::Reset)) | None => Pushed::Unsure,
+                    Some(Err(Error::WouldBlock)) => {
+                        tokio::task::yield_now().await;
+                        Pushed::Never
+                    }
                     Some(Err(e)) => panic!("push: {e}"),
                 };
                 record.lock().pushes[p].push(pushed);
@@ -138,9 +151,19 @@ async fn run(seed: u64) {
             readers.push(tokio::spawn(async move {
                 let group = g.to_string();
                 loop {
-                    let pull = broker.pull("t", &group, Wait::Block);
-                    let Some(got) = maybe_cut(pull, &mut rng).await else {
-                        continue; // cut short: took nothing
+                    let wait = if rng.random_bool(0.1) {
+                        Wait::NonBlock
+                    } else {
+                        Wait::Block
+                    };
+                    let pull = broker.pull("t", &group, wait);
+                    let got = match maybe_cut(pull, &mut rng).await {
+                        None => continue, // cut short: took nothing
+                        Some(Err(Error::WouldBlock)) => {
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                        Some(got) => got,
                     };
                     let Some(d) = got.expect("pull") else {
                         break; // closed and drained
@@ -197,7 +220,7 @@ fn check(plan: &Plan, rec: &Record, broker: &MemoryBroker) {
             .iter()
             .filter_map(|x| match x {
                 Pushed::Ok(s) => Some(*s),
-                Pushed::Unsure => None,
+                Pushed::Unsure | Pushed::Never => None,
             })
             .collect();
         assert!(
@@ -232,7 +255,10 @@ fn check(plan: &Plan, rec: &Record, broker: &MemoryBroker) {
                         "group {g}: {text} (seq {seq}) lost, resets below {}",
                         rec.reset_below
                     ),
-                    (Pushed::Unsure, _) => {}
+                    (Pushed::Never, Some(seq)) => {
+                        panic!("group {g}: {text} (seq {seq}) delivered, its push would block")
+                    }
+                    (Pushed::Unsure | Pushed::Never, _) => {}
                 }
             }
         }
@@ -271,9 +297,15 @@ fn one(seed: u64, rt: tokio::runtime::Runtime) {
 }
 
 fn seeds(default: std::ops::Range<u64>) -> Vec<u64> {
-    match std::env::var("DCHAN_SEED") {
-        Ok(s) => vec![s.parse().expect("DCHAN_SEED: a number")],
-        Err(_) => default.collect(),
+    let var = |name| {
+        std::env::var(name)
+            .ok()
+            .map(|s: String| s.parse::<u64>().expect(name))
+    };
+    match (var("DCHAN_SEED"), var("DCHAN_SEEDS")) {
+        (Some(seed), _) => vec![seed],
+        (None, Some(count)) => (default.start..default.start + count).collect(),
+        (None, None) => default.collect(),
     }
 }
 
