@@ -363,9 +363,9 @@ impl State {
         if self.groups.is_empty() {
             return next < self.log.first().saturating_add(c);
         }
-        self.groups
-            .iter()
-            .all(|(_, g)| next < g.offset.saturating_add(c) || (g.offset == next && !g.waiters.is_empty()))
+        self.groups.iter().all(|(_, g)| {
+            next < g.offset.saturating_add(c) || (g.offset == next && !g.waiters.is_empty())
+        })
     }
 
     /// A blocked push's future was dropped: withdraw its message if no
