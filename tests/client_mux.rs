@@ -1,6 +1,7 @@
 //! The client's multiplexer against a scripted server on an in-memory pipe:
 //! replies out of order reach the right request, and a dropped request
-//! sends Tflush and keeps its tag until the Rflush.
+//! sends Tflush and keeps its tag until the Rflush, and a cancel that waits
+//! for the verdict returns a reply that beat the Rflush.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -218,4 +219,102 @@ async fn a_server_hanging_up_fails_every_waiter() {
     assert!(e.to_string().starts_with("connection lost"), "{e}");
     let e = conn.rpc(Fcall::Tclunk { fid: 9 }).await.unwrap_err();
     assert!(e.to_string().starts_with("connection lost"), "{e}");
+}
+
+/// Starts `rpc_unless(Tread)` on its own task, with a cancel the test fires.
+fn cancellable_read(
+    conn: &Connection,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<dchan::client::Result<Option<Fcall>>>,
+) {
+    let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+    let conn = conn.clone();
+    let call = tokio::spawn(async move {
+        let read = Fcall::Tread {
+            fid: 1,
+            offset: 0,
+            count: 10,
+        };
+        conn.rpc_unless(read, async {
+            let _ = cancelled.await;
+        })
+        .await
+    });
+    (cancel, call)
+}
+
+#[tokio::test]
+async fn a_cancel_returns_the_reply_that_beat_the_rflush() {
+    let (conn, mut script) = pair(Dialect::P2000L).await;
+    let (cancel, call) = cancellable_read(&conn);
+    let sent = script.recv().await;
+    cancel.send(()).unwrap();
+    let flush = script.recv().await;
+    assert_eq!(flush.body, Fcall::Tflush { oldtag: sent.tag });
+    // The server had answered the old tag before it saw the Tflush.
+    let late = Fcall::Rread {
+        data: "late".into(),
+    };
+    script.send(sent.tag, late.clone()).await;
+    script.send(flush.tag, Fcall::Rflush).await;
+    let got = tokio::time::timeout(LIMIT, call).await.unwrap().unwrap();
+    assert_eq!(got.unwrap(), Some(late), "the late reply is the outcome");
+    // Both tags are free again: the next request works.
+    let next = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.rpc(Fcall::Tclunk { fid: 1 }).await }
+    });
+    let m = script.recv().await;
+    script.send(m.tag, Fcall::Rclunk).await;
+    assert_eq!(next.await.unwrap().unwrap(), Fcall::Rclunk);
+}
+
+#[tokio::test]
+async fn a_cancel_answered_by_rflush_alone_says_flushed() {
+    let (conn, mut script) = pair(Dialect::P2000).await;
+    let (cancel, call) = cancellable_read(&conn);
+    let sent = script.recv().await;
+    cancel.send(()).unwrap();
+    let flush = script.recv().await;
+    assert_eq!(flush.body, Fcall::Tflush { oldtag: sent.tag });
+    script.send(flush.tag, Fcall::Rflush).await;
+    let got = tokio::time::timeout(LIMIT, call).await.unwrap().unwrap();
+    assert_eq!(got.unwrap(), None, "flushed: the request never happened");
+}
+
+#[tokio::test]
+async fn a_cancel_after_the_reply_sends_no_flush() {
+    let (conn, mut script) = pair(Dialect::P2000u).await;
+    let (cancel, call) = cancellable_read(&conn);
+    let sent = script.recv().await;
+    let data = Fcall::Rread {
+        data: "on time".into(),
+    };
+    script.send(sent.tag, data.clone()).await;
+    let got = tokio::time::timeout(LIMIT, call).await.unwrap().unwrap();
+    assert_eq!(got.unwrap(), Some(data));
+    let _ = cancel.send(());
+    // The next message the server sees is a new request, not a Tflush.
+    let next = tokio::spawn({
+        let conn = conn.clone();
+        async move { conn.rpc(Fcall::Tclunk { fid: 1 }).await }
+    });
+    let m = script.recv().await;
+    assert_eq!(m.body, Fcall::Tclunk { fid: 1 });
+    script.send(m.tag, Fcall::Rclunk).await;
+    next.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_cancel_answered_by_an_error_before_the_rflush_is_that_error() {
+    let (conn, mut script) = pair(Dialect::P2000L).await;
+    let (cancel, call) = cancellable_read(&conn);
+    let sent = script.recv().await;
+    cancel.send(()).unwrap();
+    let flush = script.recv().await;
+    script.send(sent.tag, Fcall::Rlerror { ecode: 4 }).await;
+    script.send(flush.tag, Fcall::Rflush).await;
+    let got = tokio::time::timeout(LIMIT, call).await.unwrap().unwrap();
+    assert_eq!(got.unwrap_err().errno(), Some(4));
 }

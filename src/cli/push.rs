@@ -28,7 +28,8 @@ pub struct PushArgs {
     pub topic: String,
     /// The messages; none: read lines from standard input.
     pub msgs: Vec<String>,
-    /// Give up on a push that waited this long (e.g. 5s); it is withdrawn.
+    /// Give up on a push that waited this long (e.g. 5s); it is withdrawn,
+    /// unless the server took it as time ran out: then it counts as pushed.
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
     #[command(flatten)]
@@ -40,13 +41,12 @@ pub async fn run(args: PushArgs) -> Result<(), Failure> {
     let client = args.conn.connect().await?;
     let pusher = client.open_push(&args.topic).await.what(what)?;
     let push = async |msg: Bytes| -> Result<(), Failure> {
-        let pushed = pusher.push(msg);
+        // The timeout flushes the Twrite and waits for the server's verdict
+        // (push_timeout): a push the server took as time ran out is not
+        // reported "timed out", which would have the user push it twice.
         match args.timeout {
-            None => pushed.await.what(what),
-            Some(t) => match tokio::time::timeout(t, pushed).await {
-                Ok(r) => r.what(what),
-                Err(_) => Err(Failure::new(what(), "timed out")),
-            },
+            None => pusher.push(msg).await.what(what),
+            Some(t) => pusher.push_timeout(msg, t).await.what(what),
         }
     };
     if args.msgs.is_empty() {

@@ -175,6 +175,18 @@ impl Connection {
         self.inner.mux.rpc(body).await
     }
 
+    /// Send one request and await its reply, unless `cancel` completes
+    /// first: then send Tflush and wait for the server's verdict. `Ok(None)`:
+    /// flushed, the request never happened; otherwise the server answered it
+    /// before the Rflush and that answer is its real outcome (flush(5)).
+    pub async fn rpc_unless(
+        &self,
+        body: Fcall,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Option<Fcall>> {
+        self.inner.mux.rpc_unless(body, cancel).await
+    }
+
     /// Send a request nobody awaits the reply of.
     pub(crate) fn send_and_forget(&self, body: Fcall) {
         self.inner.mux.send_and_forget(body)

@@ -11,10 +11,20 @@
 //! On plain 9P2000 (no such rule) a reply shorter than the count ends the
 //! message, so a message that fills a whole number of Treads runs on into
 //! the next; use .u or .L for messages that large.
+//!
+//! Giving up. A pull or push given up by dropping its future sends Tflush
+//! but cannot wait for the answer, and a reply already on its way is lost
+//! (see [`Puller`]). [`Puller::next_timeout`] and [`Pusher::push_timeout`]
+//! give up by flushing and waiting: a reply that beat the Rflush is the
+//! request's real outcome (flush(5)), so the message is returned, or the push
+//! reported done, rather than a timeout that is not true.
+
+use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::time::{Instant, sleep_until};
 
-use super::error::Result;
+use super::error::{Error, Result};
 use super::file::{File, concat};
 use crate::proto::Dialect;
 
@@ -24,6 +34,18 @@ use crate::proto::Dialect;
 /// background, and if the connection ends before that clunk reaches the
 /// server, the server gives the last message read back to the group (it
 /// cannot tell that it arrived), so it may be delivered twice.
+///
+/// Timeouts. Use [`Puller::next_timeout`], not a `tokio::time::timeout` (or
+/// `select!`) around [`Puller::next`]. Dropping a pending `next()` sends
+/// Tflush for its Tread, but if the server had already answered that Tread
+/// (a message arrived just as the future was dropped), the server counts the
+/// message as delivered (flush(5): the reply, not the flush, is the outcome)
+/// and acknowledges it on the fid's next read or clunk, while the dropped
+/// future can no longer hand it to anyone: that message is lost. With no
+/// reply in flight, a drop loses nothing (the message stays for the next
+/// reader), and a message partly read stays buffered for the next call.
+/// `next_timeout` flushes and waits for the verdict instead, so a message
+/// the server let go reaches the caller exactly once.
 #[derive(Debug)]
 pub struct Puller {
     /// The open fid.
@@ -46,12 +68,42 @@ impl Puller {
 
     /// The next message, waiting for one; `None` once the topic is closed
     /// and drained. Dropping the future while it waits sends Tflush, and the
-    /// message it would have taken stays for the next reader.
+    /// message it would have taken usually stays for the next reader, but
+    /// one whose reply was already on its way is lost: see [`Puller`] and
+    /// use [`Puller::next_timeout`] to bound the wait.
     pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        self.next_unless(std::future::pending()).await
+    }
+
+    /// [`Puller::next`], waiting at most `limit` for a message to start
+    /// arriving: [`Error::TimedOut`] if none came. When the limit passes the
+    /// Tread is flushed and the server's verdict awaited; a message it sent
+    /// anyway is returned, not lost. Once part of a message has come, the
+    /// rest is read however long it takes (the message is ours by then).
+    pub async fn next_timeout(&mut self, limit: Duration) -> Result<Option<Bytes>> {
+        self.next_deadline(Instant::now() + limit).await
+    }
+
+    /// [`Puller::next_timeout`] with a point in time rather than a duration.
+    pub async fn next_deadline(&mut self, deadline: Instant) -> Result<Option<Bytes>> {
+        self.next_unless(sleep_until(deadline)).await
+    }
+
+    /// The next message, giving up (with [`Error::TimedOut`]) if `cancel`
+    /// completes before its first bytes came.
+    async fn next_unless(&mut self, cancel: impl Future<Output = ()>) -> Result<Option<Bytes>> {
         let max = self.file.max_io();
         let loop_rule = self.file.connection().dialect() != Dialect::P2000;
+        let mut cancel = std::pin::pin!(cancel);
         loop {
-            let chunk = self.file.read(self.offset, max).await?;
+            let chunk = if self.partial.is_empty() {
+                match self.file.read_unless(self.offset, max, &mut cancel).await? {
+                    Some(chunk) => chunk,
+                    None => return Err(Error::TimedOut),
+                }
+            } else {
+                self.file.read(self.offset, max).await?
+            };
             self.offset += chunk.len() as u64;
             let n = chunk.len();
             if n == 0 {
@@ -90,8 +142,50 @@ impl Pusher {
     /// once the server has taken it, which with capacity 0 means a reader
     /// has. With `line` framing the server cuts messages at newlines, and a
     /// last line without one waits for the next push or for `close`.
+    ///
+    /// Dropping the future while it waits sends Tflush, but cannot learn
+    /// whether the server took the message first; use
+    /// [`Pusher::push_timeout`] to bound the wait and know.
     pub async fn push(&self, msg: impl Into<Bytes>) -> Result<()> {
         self.file.write_all(0, msg.into()).await
+    }
+
+    /// [`Pusher::push`], waiting at most `limit` for the server to take the
+    /// message: [`Error::TimedOut`] if it did not, and then nothing was
+    /// pushed. When the limit passes the Twrite is flushed and the server's
+    /// verdict awaited: a Twrite it accepted anyway counts as pushed (`Ok`),
+    /// so a caller never pushes again what was already pushed. Once part of
+    /// a message larger than one Twrite was taken, the rest is written
+    /// however long it takes.
+    pub async fn push_timeout(&self, msg: impl Into<Bytes>, limit: Duration) -> Result<()> {
+        self.push_deadline(msg, Instant::now() + limit).await
+    }
+
+    /// [`Pusher::push_timeout`] with a point in time rather than a duration.
+    pub async fn push_deadline(&self, msg: impl Into<Bytes>, deadline: Instant) -> Result<()> {
+        let mut data: Bytes = msg.into();
+        let max = self.file.max_io() as usize;
+        let first = data.split_to(data.len().min(max));
+        let len = first.len();
+        let n = match self
+            .file
+            .write_unless(0, first.clone(), sleep_until(deadline))
+            .await?
+        {
+            Some(n) => n as usize,
+            None => return Err(Error::TimedOut),
+        };
+        if n == 0 && len > 0 {
+            return Err(Error::Protocol("the server took 0 bytes of a write".into()));
+        }
+        // Taken, in part at least: what is left goes out without a deadline.
+        if n < len {
+            self.file.write_all(0, first.slice(n..)).await?;
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(0, data).await
     }
 
     /// Clunk the fid (pushing any unterminated last line) and wait for it.

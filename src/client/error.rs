@@ -37,6 +37,14 @@ pub enum Error {
     /// The connection is gone (the server hung up, or a write failed).
     #[error("connection lost: {0}")]
     Disconnected(String),
+    /// A client-side deadline ([`Puller::next_timeout`],
+    /// [`Pusher::push_timeout`]) passed and the server flushed the request:
+    /// nothing was pulled, or nothing pushed.
+    ///
+    /// [`Puller::next_timeout`]: super::Puller::next_timeout
+    /// [`Pusher::push_timeout`]: super::Pusher::push_timeout
+    #[error("timed out")]
+    TimedOut,
     /// The server sent something 9P does not allow here.
     #[error("protocol error: {0}")]
     Protocol(String),

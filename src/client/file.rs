@@ -295,21 +295,31 @@ impl File {
 
     /// One Tread: at most `count` bytes at `offset`; empty means end of file.
     pub async fn read(&self, offset: u64, count: u32) -> Result<Bytes> {
+        let reply = self.conn.rpc(self.tread(offset, count)).await?;
+        read_reply(reply, count)
+    }
+
+    /// [`File::read`], unless `cancel` completes first: then the Tread is
+    /// flushed, and `Ok(None)` means it never happened, while data the
+    /// server sent before the Rflush is returned (it was read).
+    pub async fn read_unless(
+        &self,
+        offset: u64,
+        count: u32,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Option<Bytes>> {
         let reply = self
             .conn
-            .rpc(Fcall::Tread {
-                fid: self.fid,
-                offset,
-                count,
-            })
+            .rpc_unless(self.tread(offset, count), cancel)
             .await?;
-        match reply {
-            Fcall::Rread { data } if data.len() <= count as usize => Ok(data),
-            Fcall::Rread { data } => Err(Error::Protocol(format!(
-                "Rread of {} bytes for a Tread of {count}",
-                data.len()
-            ))),
-            other => Err(unexpected("Rread", &other)),
+        reply.map(|r| read_reply(r, count)).transpose()
+    }
+
+    fn tread(&self, offset: u64, count: u32) -> Fcall {
+        Fcall::Tread {
+            fid: self.fid,
+            offset,
+            count,
         }
     }
 
@@ -317,20 +327,32 @@ impl File {
     /// returns the count the server took.
     pub async fn write(&self, offset: u64, data: Bytes) -> Result<u32> {
         let len = data.len();
+        let reply = self.conn.rpc(self.twrite(offset, data)).await?;
+        write_reply(reply, len)
+    }
+
+    /// [`File::write`], unless `cancel` completes first: then the Twrite is
+    /// flushed, and `Ok(None)` means it never happened, while a count the
+    /// server sent before the Rflush is returned (it was written).
+    pub async fn write_unless(
+        &self,
+        offset: u64,
+        data: Bytes,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Option<u32>> {
+        let len = data.len();
         let reply = self
             .conn
-            .rpc(Fcall::Twrite {
-                fid: self.fid,
-                offset,
-                data,
-            })
+            .rpc_unless(self.twrite(offset, data), cancel)
             .await?;
-        match reply {
-            Fcall::Rwrite { count } if count as usize <= len => Ok(count),
-            Fcall::Rwrite { count } => Err(Error::Protocol(format!(
-                "Rwrite of {count} for a Twrite of {len}"
-            ))),
-            other => Err(unexpected("Rwrite", &other)),
+        reply.map(|r| write_reply(r, len)).transpose()
+    }
+
+    fn twrite(&self, offset: u64, data: Bytes) -> Fcall {
+        Fcall::Twrite {
+            fid: self.fid,
+            offset,
+            data,
         }
     }
 
@@ -453,6 +475,29 @@ impl File {
             Fcall::Rremove => Ok(()),
             other => Err(unexpected("Rremove", &other)),
         }
+    }
+}
+
+/// An Rread's data, checked against the Tread's count.
+fn read_reply(reply: Fcall, count: u32) -> Result<Bytes> {
+    match reply {
+        Fcall::Rread { data } if data.len() <= count as usize => Ok(data),
+        Fcall::Rread { data } => Err(Error::Protocol(format!(
+            "Rread of {} bytes for a Tread of {count}",
+            data.len()
+        ))),
+        other => Err(unexpected("Rread", &other)),
+    }
+}
+
+/// An Rwrite's count, checked against the Twrite's length.
+fn write_reply(reply: Fcall, len: usize) -> Result<u32> {
+    match reply {
+        Fcall::Rwrite { count } if count as usize <= len => Ok(count),
+        Fcall::Rwrite { count } => Err(Error::Protocol(format!(
+            "Rwrite of {count} for a Twrite of {len}"
+        ))),
+        other => Err(unexpected("Rwrite", &other)),
     }
 }
 

@@ -15,6 +15,13 @@
 //! old request is thrown away, and the tag is reused only once the server has
 //! forgotten it. A reply already on its way when the future was dropped is
 //! lost to the caller; for a pull, that message was delivered.
+//!
+//! [`Mux::rpc_unless`] is the cancellation that keeps the outcome: when its
+//! `cancel` future completes first it sends the Tflush itself and waits for
+//! the Rflush, and a reply to the old tag that arrives before the Rflush is
+//! the request's real outcome (flush(5)), so it is returned, not dropped.
+//! Inside the table the waiter's slot becomes [`State::Cancelling`], whose
+//! oneshot gets that late reply, or `Rflush` itself when the flush won.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
@@ -90,6 +97,11 @@ enum State {
     /// Its request was given up and a Tflush sent: a reply here is dropped,
     /// and the tag stays reserved until the Rflush.
     Flushed,
+    /// Its request is being cancelled by a waiter that wants the outcome: a
+    /// reply here is sent on (the request happened), and the Rflush of
+    /// the Tflush for it sends `Rflush` (it did not). The tag stays reserved
+    /// until the Rflush either way.
+    Cancelling(oneshot::Sender<Fcall>),
     /// A Tflush of `oldtag`: its reply frees both tags.
     Flush { oldtag: Tag },
     /// A request nobody waits for (a clunk from `Drop`): the reply is dropped.
@@ -145,9 +157,19 @@ impl TagTable {
                 let _ = tx.send(msg.body);
             }
             State::Flushed => slot.state = State::Flushed,
+            State::Cancelling(tx) => {
+                // The request's outcome came before the Rflush: it is real.
+                slot.state = State::Flushed;
+                let _ = tx.send(msg.body);
+            }
             State::Flush { oldtag } => {
                 t.slots.remove(&msg.tag);
-                t.slots.remove(&oldtag);
+                if let Some(old) = t.slots.remove(&oldtag)
+                    && let State::Cancelling(tx) = old.state
+                {
+                    // No reply came before the Rflush: the request never happened.
+                    let _ = tx.send(Fcall::Rflush);
+                }
             }
             State::Discard => {
                 t.slots.remove(&msg.tag);
@@ -235,6 +257,64 @@ impl Mux {
         }
         let reply = rx.await;
         pending.armed = false;
+        self.outcome(reply)
+    }
+
+    /// Send a request and await its reply, unless `cancel` completes first:
+    /// then flush the request and wait for the server's verdict. `Ok(None)`:
+    /// the server flushed it, it never happened. `Ok(Some(reply))` (or an
+    /// `Err` from an Rerror): the server answered it, before or despite the
+    /// flush, and that answer is the request's real outcome (flush(5)).
+    /// Dropping this future itself behaves as dropping [`Mux::rpc`]'s.
+    pub(crate) async fn rpc_unless(
+        &self,
+        body: Fcall,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Option<Fcall>> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (tx, mut rx) = oneshot::channel();
+        let (tag, id) = {
+            let mut t = self.table.inner.lock();
+            if let Some(reason) = &t.closed {
+                return Err(Error::Disconnected(reason.clone()));
+            }
+            t.insert(State::Waiting(tx), Some(permit))
+        };
+        let mut pending = Pending {
+            mux: self,
+            tag,
+            id,
+            armed: true,
+        };
+        if self.out.send(Msg { tag, body }).is_err() {
+            pending.armed = false;
+            return Err(Error::Disconnected(self.table.closed_reason()));
+        }
+        tokio::select! {
+            biased;
+            reply = &mut rx => {
+                pending.armed = false;
+                return self.outcome(reply).map(Some);
+            }
+            () = cancel => {}
+        }
+        // From here on the slot is Cancelling (or already answered), so a
+        // drop of this future needs no second Tflush.
+        pending.armed = false;
+        self.cancel(tag, id);
+        match rx.await {
+            Ok(Fcall::Rflush) => Ok(None),
+            reply => self.outcome(reply).map(Some),
+        }
+    }
+
+    /// A reply as the caller sees it; Rerror and Rlerror become `Err`.
+    fn outcome(&self, reply: Result<Fcall, oneshot::error::RecvError>) -> Result<Fcall> {
         match reply {
             Ok(Fcall::Rerror { ename, errno }) => Err(Error::from_rerror(ename, errno)),
             Ok(Fcall::Rlerror { ecode }) => Err(Error::from_errno(ecode)),
@@ -259,21 +339,42 @@ impl Mux {
         let _ = self.out.send(Msg { tag, body });
     }
 
-    /// Give up the request `(tag, id)`: keep its tag and send a Tflush for it.
+    /// Give up the request `(tag, id)`: keep its tag and send a Tflush for
+    /// it; a reply that comes before the Rflush is dropped.
     fn flush(&self, tag: Tag, id: u64) {
+        self.send_flush(tag, id, false);
+    }
+
+    /// Cancel the request `(tag, id)` keeping its outcome: send a Tflush,
+    /// and pass its waiter the reply that comes before the Rflush, or Rflush.
+    fn cancel(&self, tag: Tag, id: u64) {
+        self.send_flush(tag, id, true);
+    }
+
+    fn send_flush(&self, tag: Tag, id: u64, keep_outcome: bool) {
         let flush_tag = {
             let mut t = self.table.inner.lock();
             match t.slots.get_mut(&tag) {
                 // Still waiting: the reply has not come (or came and is
                 // ours, unread, in which case the tag is already free).
                 Some(slot) if slot.id == id && matches!(slot.state, State::Waiting(_)) => {
-                    slot.state = State::Flushed;
+                    let State::Waiting(tx) = std::mem::replace(&mut slot.state, State::Flushed)
+                    else {
+                        unreachable!("matched just above");
+                    };
+                    if keep_outcome {
+                        slot.state = State::Cancelling(tx);
+                    }
                 }
                 _ => return,
             }
             t.insert(State::Flush { oldtag: tag }, None).0
         };
-        tracing::debug!(oldtag = tag, "request dropped; sending Tflush");
+        tracing::debug!(
+            oldtag = tag,
+            keep_outcome,
+            "request given up; sending Tflush"
+        );
         let _ = self.out.send(Msg {
             tag: flush_tag,
             body: Fcall::Tflush { oldtag: tag },

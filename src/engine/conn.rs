@@ -413,7 +413,7 @@ async fn write_loop(
     backlog: Arc<Backlog>,
 ) {
     let mut batch = Vec::with_capacity(64);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::new();
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
     while rx.recv_many(&mut batch, 64).await > 0 {
         let written: usize = batch.iter().map(|(m, _)| weight(&m.body)).sum();

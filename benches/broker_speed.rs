@@ -2,7 +2,7 @@
 //! (capacity 1024, one producer, one consumer), a rendezvous (capacity 0),
 //! and a fan-out to 16 groups. Prints one line per workload.
 //!
-//! `cargo run --release --example broker_speed [MESSAGES]`
+//! `cargo bench --bench broker_speed -- [MESSAGES]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -59,9 +59,11 @@ async fn pipe(name: &str, capacity: u64, groups: usize, n: u64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `cargo bench` passes `--bench` too: take the first number.
     let n: u64 = std::env::args()
-        .nth(1)
-        .map_or(1_000_000, |s| s.parse().unwrap());
+        .skip(1)
+        .find_map(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     pipe("pipe", 1024, 1, n).await;
     pipe("rendezvous", 0, 1, n / 10).await;
     pipe("fanout", 1024, 16, n / 10).await;
