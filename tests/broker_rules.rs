@@ -673,3 +673,18 @@ async fn the_largest_capacity_never_blocks() {
     assert_eq!(push_now(&b, "with a group").await, 1);
     assert_eq!(take(&b, "").await, "with a group");
 }
+
+/// A timeout of centuries (humantime takes "500000000000y") is no timeout
+/// at all: no overflow when the deadline is computed, the push waits.
+#[tokio::test]
+async fn an_enormous_timeout_waits() {
+    for secs in [u64::MAX / 4, 1 << 40, u64::MAX] {
+        let b = broker(0);
+        b.set("t", Setting::Timeout(Some(Duration::from_secs(secs))))
+            .unwrap();
+        let mut p = push(&b, "late");
+        blocked(&mut p).await;
+        assert_eq!(take(&b, "").await, "late");
+        done(p).await.unwrap();
+    }
+}

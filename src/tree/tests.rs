@@ -694,3 +694,33 @@ async fn a_nonblocking_write_that_fills_the_topic_returns_a_short_count() {
     assert_eq!(write(&t, &r, "x\n").await.unwrap_err().errno, errno::EBADF);
     assert_eq!(read(&t, &w, 0, 10).await.unwrap_err().errno, errno::EBADF);
 }
+
+/// A name component longer than 255 bytes (Linux's NAME_MAX) is refused by
+/// ctl and mkdir alike: Linux could not walk to it, and its stat record
+/// would outgrow a small msize and break the listing of its parent for
+/// every client.
+#[tokio::test]
+async fn overlong_names_are_refused() {
+    let t = tree();
+    let root = attach(&t, "", Dialect::P2000L);
+    let long = "x".repeat(256);
+    let e = echo(&t, &root, "ctl", &format!("create {long}"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, errno::EINVAL, "{e}");
+    let e = echo(&t, &root, "ctl", &format!("create a/{long}"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, errno::EINVAL, "{e}");
+    let e = soon(t.create(&root, &long, DMDIR | 0o777, mode(Access::Read)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, errno::EINVAL, "{e}");
+    assert!(t.broker().topics().is_empty());
+    let most = "y".repeat(255);
+    echo(&t, &root, "ctl", &format!("create {most}/{most}"))
+        .await
+        .unwrap();
+    let n = walk(&t, &root, &format!("{most}/{most}/data")).unwrap();
+    assert!(t.stat(&n).is_ok());
+}
