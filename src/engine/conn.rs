@@ -1,6 +1,6 @@
-//! One connection: a reader loop that decodes frames and runs every request
-//! concurrently inside the connection's own task, Tflush and the other
-//! cancellations, and a writer task that sends the replies in order.
+//! One connection: a single task that decodes frames, runs every request
+//! concurrently, handles Tflush and the other cancellations, and writes the
+//! replies in order.
 //!
 //! Requests that wait on the file tree are futures in a `FuturesUnordered`
 //! polled by the same `select!` that reads frames, so a read blocked for
@@ -17,20 +17,25 @@
 //! A malformed message with a readable, free tag gets an error and the
 //! connection goes on.
 //!
-//! Replies go through a small outbox to a bounded channel drained by the
-//! writer task. A client that does not read its replies cannot make the
-//! server hold them: while the outbox is full, or the replies not yet
-//! written pass `BACKLOG_MAX` bytes, the connection reads no more frames and
-//! completes no more requests until the writer catches up.
+//! Each reply is encoded the moment it is made, in the dialect of that
+//! moment, onto the end of the connection's `Outgoing` bytes, so replies
+//! leave in the order they were made (an Rflush after the reply of the
+//! request it flushed). The same task writes them, without a hand-over to
+//! another task: a reply costs no task wake-up. Writing waits until nothing
+//! else is ready (frames already received are read first, so the replies to
+//! a burst of requests leave in one vectored write), unless `WRITE_SOON`
+//! bytes or `STREAK_MAX` turns have piled up. A client that does not read
+//! its replies cannot make the server hold them: while the bytes not yet
+//! written pass `BACKLOG_MAX`, the connection reads no more frames and
+//! completes no more requests until the socket takes them.
 
 use std::collections::VecDeque;
 
 use foldhash::HashMap;
-use std::future::Future;
-use std::io::IoSlice;
-use std::pin::Pin;
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -39,7 +44,6 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, warn};
@@ -53,10 +57,14 @@ use super::Limits;
 use super::listen::{ReadHalf, WriteHalf};
 use super::session::{Action, Done, Session};
 
-/// Replies the writer may have queued but not yet written.
-const REPLY_QUEUE: usize = 256;
-/// Replies waiting for room in the writer's queue before reading stops.
-const OUTBOX_MAX: usize = 64;
+/// Bytes of replies not yet written from which the connection writes
+/// before reading more frames.
+const WRITE_SOON: usize = 64 << 10;
+/// Loop turns with replies waiting after which the connection writes before
+/// reading more frames.
+const STREAK_MAX: usize = 64;
+/// Slices gathered into one vectored write.
+const SLICES_MAX: usize = 64;
 /// Bytes of replies made but not yet written above which the connection
 /// stops reading requests and completing them (a client that does not read
 /// its replies cannot make the server hold more).
@@ -105,28 +113,80 @@ impl<T: FileTree> Future for Request<T> {
     }
 }
 
-/// The bytes of replies made and not yet written, shared by the connection
-/// and its writer.
+/// Replies encoded and not yet written, in order.
 #[derive(Default)]
-struct Backlog {
-    /// Their approximate size (see `weight`).
-    bytes: AtomicUsize,
-    /// Signalled by the writer after each write, for a connection waiting
-    /// for the backlog to shrink.
-    drained: Notify,
+struct Outgoing {
+    /// The tail being encoded: headers and small payloads.
+    buf: BytesMut,
+    /// Sealed pieces before `buf`: encoded replies and large payloads.
+    chunks: VecDeque<Bytes>,
+    /// The bytes in `chunks`.
+    sealed: usize,
 }
 
-impl Backlog {
-    fn over(&self) -> bool {
-        self.bytes.load(Ordering::Relaxed) > BACKLOG_MAX
+impl Outgoing {
+    /// Bytes not yet written.
+    fn len(&self) -> usize {
+        self.sealed + self.buf.len()
     }
-}
 
-/// What a reply counts for in the backlog: its payload and a header.
-fn weight(body: &Fcall) -> usize {
-    match body {
-        Fcall::Rread { data } | Fcall::Rreaddir { data } => 64 + data.len(),
-        _ => 64,
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Encodes `msg` after the replies already here.
+    fn push(&mut self, msg: &Msg, dialect: Dialect) {
+        if let Some(payload) = encode_head(msg, dialect, &mut self.buf) {
+            if payload.len() <= COPY_MAX {
+                self.buf.extend_from_slice(&payload);
+            } else {
+                self.seal();
+                self.sealed += payload.len();
+                self.chunks.push_back(payload);
+            }
+        }
+    }
+
+    /// Moves the encoded tail to the sealed pieces.
+    fn seal(&mut self) {
+        if !self.buf.is_empty() {
+            self.sealed += self.buf.len();
+            self.chunks.push_back(self.buf.split().freeze());
+        }
+    }
+
+    /// Writes until everything is written (`Ready(Ok)`), the socket fails,
+    /// or it would block (`Pending`, with `cx` woken when it can take more).
+    /// What was written stays written: dropping the call loses nothing.
+    fn poll_drain(&mut self, w: &mut WriteHalf, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.seal();
+        while !self.chunks.is_empty() {
+            let mut slices = [IoSlice::new(&[]); SLICES_MAX];
+            let mut n = 0;
+            for (slot, c) in slices.iter_mut().zip(self.chunks.iter()) {
+                *slot = IoSlice::new(c);
+                n += 1;
+            }
+            let written = match Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(written)) => written,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            self.sealed -= written;
+            let mut left = written;
+            while left > 0 {
+                let first = self.chunks.front_mut().expect("wrote no more than queued");
+                if first.len() <= left {
+                    left -= first.len();
+                    self.chunks.pop_front();
+                } else {
+                    let _ = first.split_to(left);
+                    left = 0;
+                }
+            }
+        }
+        Pin::new(&mut *w).poll_flush(cx)
     }
 }
 
@@ -151,13 +211,10 @@ struct Conn<T: FileTree> {
     inflight: FuturesUnordered<Request<T>>,
     /// Tag → the fid of each request in `inflight` (not cancelled).
     busy: HashMap<Tag, Fid>,
-    /// Replies not yet handed to the writer, in order, each with the
-    /// dialect it was made in (a Tversion may change it meanwhile).
-    outbox: VecDeque<(Msg, Dialect)>,
+    /// Replies made and not yet written, encoded.
+    out: Outgoing,
     /// How many requests may wait at once.
     max_in_flight: usize,
-    /// Replies not yet written, in bytes.
-    backlog: Arc<Backlog>,
 }
 
 /// Serves one connection until the client leaves, breaks the protocol, or
@@ -169,34 +226,35 @@ pub async fn run<T: FileTree>(
     limits: Limits,
     shutdown: CancellationToken,
 ) {
-    let (tx, rx) = mpsc::channel(REPLY_QUEUE);
-    let backlog = Arc::new(Backlog::default());
-    let writer = tokio::spawn(write_loop(writer, rx, backlog.clone()).in_current_span());
+    let mut w = writer;
     let mut frames = FramedRead::new(reader, FrameDecoder::new(limits.max_msize));
     let mut conn = Conn {
         max_in_flight: limits.max_in_flight,
         session: Session::new(tree, limits),
         inflight: FuturesUnordered::new(),
         busy: HashMap::default(),
-        outbox: VecDeque::new(),
-        backlog,
+        out: Outgoing::default(),
     };
+    let mut cancelled = pin!(shutdown.cancelled());
+    // Turns taken with replies waiting and no write.
+    let mut streak = 0;
     let end = loop {
-        if let Err(e) = conn.flush_outbox(&tx) {
-            break e;
+        if !conn.out.is_empty() && (conn.out.len() >= WRITE_SOON || streak >= STREAK_MAX) {
+            streak = 0;
+            let drained = poll_fn(|cx| Poll::Ready(conn.out.poll_drain(&mut w, cx))).await;
+            if let Poll::Ready(Err(e)) = drained {
+                break End::Io(e.to_string());
+            }
         }
+        if !conn.out.is_empty() {
+            streak += 1;
+        }
+        let over = conn.out.len() > BACKLOG_MAX;
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break End::Shutdown,
-            permit = tx.reserve(), if !conn.outbox.is_empty() => match permit {
-                Ok(p) => p.send(conn.pop_reply()),
-                Err(_) => break End::Io("writer gone".into()),
-            },
-            _ = conn.backlog.drained.notified(), if conn.backlog.over() => {}
-            Some((tag, done)) = conn.inflight.next(), if !conn.backlog.over() => {
-                conn.finish(tag, done)
-            }
-            frame = frames.next(), if conn.outbox.len() < OUTBOX_MAX && !conn.backlog.over() => match frame {
+            _ = &mut cancelled => break End::Shutdown,
+            Some((tag, done)) = conn.inflight.next(), if !over => conn.finish(tag, done),
+            frame = frames.next(), if !over => match frame {
                 None => break End::Eof,
                 Some(Err(e)) => break End::Violation(e.to_string()),
                 Some(Ok(frame)) => {
@@ -205,6 +263,12 @@ pub async fn run<T: FileTree>(
                     }
                 }
             },
+            drained = poll_fn(|cx| conn.out.poll_drain(&mut w, cx)), if !conn.out.is_empty() => {
+                streak = 0;
+                if let Err(e) = drained {
+                    break End::Io(e.to_string());
+                }
+            }
         }
     };
     match &end {
@@ -218,43 +282,19 @@ pub async fn run<T: FileTree>(
         removal.await;
     }
     let last = async {
-        while !conn.outbox.is_empty() {
-            if tx.send(conn.pop_reply()).await.is_err() {
-                break;
-            }
-        }
-        drop(tx);
-        let _ = writer.await;
+        poll_fn(|cx| conn.out.poll_drain(&mut w, cx)).await?;
+        w.shutdown().await
     };
-    let _ = tokio::time::timeout(LINGER, last).await;
+    if let Ok(Err(e)) = tokio::time::timeout(LINGER, last).await {
+        debug!(error = %e, "last replies not written");
+    }
 }
 
 impl<T: FileTree> Conn<T> {
     fn reply(&mut self, tag: Tag, body: Fcall) {
         debug!(tag, reply = ?Brief(&body), "reply");
         let dialect = self.session.dialect();
-        self.backlog
-            .bytes
-            .fetch_add(weight(&body), Ordering::Relaxed);
-        self.outbox.push_back((Msg { tag, body }, dialect));
-    }
-
-    fn pop_reply(&mut self) -> (Msg, Dialect) {
-        (self.outbox.pop_front()).expect("reserve only when not empty")
-    }
-
-    /// Moves replies to the writer while it has room.
-    fn flush_outbox(&mut self, tx: &mpsc::Sender<(Msg, Dialect)>) -> Result<(), End> {
-        while !self.outbox.is_empty() {
-            match tx.try_reserve() {
-                Ok(p) => p.send(self.pop_reply()),
-                Err(mpsc::error::TrySendError::Full(())) => break,
-                Err(mpsc::error::TrySendError::Closed(())) => {
-                    return Err(End::Io("writer gone".into()));
-                }
-            }
-        }
-        Ok(())
+        self.out.push(&Msg { tag, body }, dialect);
     }
 
     /// One frame from the client.
@@ -403,79 +443,3 @@ impl std::fmt::Debug for Brief<'_> {
 }
 
 use futures_util::FutureExt as _;
-
-/// The writer: drains the reply queue, encodes each batch into one buffer
-/// (large payloads stay where they are) and writes it with as few
-/// (vectored) writes as it takes.
-async fn write_loop(
-    mut w: WriteHalf,
-    mut rx: mpsc::Receiver<(Msg, Dialect)>,
-    backlog: Arc<Backlog>,
-) {
-    let mut batch = Vec::with_capacity(64);
-    let mut buf = BytesMut::new();
-    let mut chunks: VecDeque<Bytes> = VecDeque::new();
-    while rx.recv_many(&mut batch, 64).await > 0 {
-        let written: usize = batch.iter().map(|(m, _)| weight(&m.body)).sum();
-        for (msg, dialect) in batch.drain(..) {
-            if let Some(payload) = encode_head(&msg, dialect, &mut buf) {
-                if payload.len() <= COPY_MAX {
-                    buf.extend_from_slice(&payload);
-                } else {
-                    chunks.push_back(buf.split().freeze());
-                    chunks.push_back(payload);
-                }
-            }
-        }
-        if !buf.is_empty() {
-            chunks.push_back(buf.split().freeze());
-        }
-        if let Err(e) = write_all(&mut w, &mut chunks).await {
-            debug!(error = %e, "write failed");
-            return;
-        }
-        backlog.bytes.fetch_sub(written, Ordering::Relaxed);
-        backlog.drained.notify_one();
-    }
-    let _ = w.shutdown().await;
-}
-
-/// Writes every chunk, in order, gathering up to 64 per system call.
-async fn write_all(
-    w: &mut (impl AsyncWrite + Unpin + ?Sized),
-    chunks: &mut VecDeque<Bytes>,
-) -> std::io::Result<()> {
-    while !chunks.is_empty() {
-        let n = {
-            let slices: Vec<IoSlice<'_>> = chunks
-                .iter()
-                .take(64)
-                .filter(|c| !c.is_empty())
-                .map(|c| IoSlice::new(c))
-                .collect();
-            if slices.is_empty() {
-                chunks.clear();
-                break;
-            }
-            w.write_vectored(&slices).await?
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let mut left = n;
-        while left > 0 {
-            let first = chunks.front_mut().expect("wrote no more than queued");
-            if first.len() <= left {
-                left -= first.len();
-                chunks.pop_front();
-            } else {
-                let _ = first.split_to(left);
-                left = 0;
-            }
-        }
-        while chunks.front().is_some_and(|c| c.is_empty()) {
-            chunks.pop_front();
-        }
-    }
-    w.flush().await
-}
