@@ -695,6 +695,36 @@ async fn a_nonblocking_write_that_fills_the_topic_returns_a_short_count() {
     assert_eq!(read(&t, &w, 0, 10).await.unwrap_err().errno, errno::EBADF);
 }
 
+#[tokio::test]
+async fn a_write_whose_later_lines_time_out_or_meet_a_close_returns_a_short_count() {
+    let (t, root) = setup().await;
+    echo(&t, &root, "t/ctl", "capacity 1\ntimeout 50ms")
+        .await
+        .unwrap();
+    cat(&t, &root, "t/offset").await; // the default group exists, reads nothing
+    let w = open(&t, &root, "t/data", Access::Write).await.unwrap();
+    assert_eq!(write(&t, &w, "ab\ncd\n").await, Ok(3));
+    assert_eq!(
+        write(&t, &w, "cd\n").await.unwrap_err().errno,
+        errno::ETIMEDOUT
+    );
+    assert_eq!(status(&t, "t").pending, 1);
+
+    echo(&t, &root, "ctl", "create u capacity=1\n")
+        .await
+        .unwrap();
+    cat(&t, &root, "u/offset").await;
+    let w = open(&t, &root, "u/data", Access::Write).await.unwrap();
+    let (t2, root2) = (t.clone(), root.clone());
+    let closer = tokio::spawn(async move {
+        until(&t2, "u", |s| s.blocked_writers == 1).await;
+        echo(&t2, &root2, "u/ctl", "close").await.unwrap();
+    });
+    assert_eq!(write(&t, &w, "ab\ncd\n").await, Ok(3));
+    closer.await.unwrap();
+    assert_eq!(write(&t, &w, "cd\n").await.unwrap_err().errno, errno::EPIPE);
+}
+
 /// A name component longer than 255 bytes (Linux's NAME_MAX) is refused by
 /// ctl and mkdir alike: Linux could not walk to it, and its stat record
 /// would outgrow a small msize and break the listing of its parent for
