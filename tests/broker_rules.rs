@@ -662,3 +662,29 @@ async fn nonblock_push_goes_where_there_is_room() {
     );
     assert_eq!(b.status("t").unwrap().pending, 1);
 }
+
+/// The largest capacity a ctl write accepts ("capacity 18446744073709551615")
+/// means "never block": no overflow, with or without groups.
+#[tokio::test]
+async fn the_largest_capacity_never_blocks() {
+    let b = broker(u64::MAX);
+    assert_eq!(push_now(&b, "before any group").await, 0);
+    assert_eq!(take(&b, "").await, "before any group");
+    assert_eq!(push_now(&b, "with a group").await, 1);
+    assert_eq!(take(&b, "").await, "with a group");
+}
+
+/// A timeout of centuries (humantime takes "500000000000y") is no timeout
+/// at all: no overflow when the deadline is computed, the push waits.
+#[tokio::test]
+async fn an_enormous_timeout_waits() {
+    for secs in [u64::MAX / 4, 1 << 40, u64::MAX] {
+        let b = broker(0);
+        b.set("t", Setting::Timeout(Some(Duration::from_secs(secs))))
+            .unwrap();
+        let mut p = push(&b, "late");
+        blocked(&mut p).await;
+        assert_eq!(take(&b, "").await, "late");
+        done(p).await.unwrap();
+    }
+}

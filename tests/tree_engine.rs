@@ -207,3 +207,98 @@ async fn push_and_pull_over_9p() {
         .expect("server did not stop")
         .unwrap();
 }
+
+/// A server on an ephemeral port and a way to stop it.
+async fn start() -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let tree = Arc::new(TopicTree::new(
+        MemoryBroker::new(),
+        TreeConfig::default(),
+        || 0,
+    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(engine::serve(
+        vec![Listener::Tcp(tcp)],
+        tree,
+        Limits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (port, stop, server)
+}
+
+/// A Tread whose offset is near u64::MAX (a hostile or confused client)
+/// gets the message, and the connection goes on.
+#[tokio::test]
+async fn a_read_at_the_largest_offset_does_not_kill_the_connection() {
+    let (port, stop, server) = start().await;
+    let mut c = Conn::connect(port, Dialect::P2000L, "").await;
+    c.open(1, "ctl", 1).await;
+    let r = c
+        .rpc(
+            4,
+            Fcall::Twrite {
+                fid: 1,
+                offset: 0,
+                data: Bytes::from_static(b"create t capacity=5\n"),
+            },
+        )
+        .await;
+    assert!(matches!(r, Fcall::Rwrite { .. }), "{r:?}");
+    c.open(2, "t/data", 2).await;
+    let w = c
+        .rpc(
+            5,
+            Fcall::Twrite {
+                fid: 2,
+                offset: 0,
+                data: Bytes::from_static(b"one\ntwo\n"),
+            },
+        )
+        .await;
+    assert_eq!(w, Fcall::Rwrite { count: 8 });
+    let r = c
+        .rpc(
+            6,
+            Fcall::Tread {
+                fid: 2,
+                offset: u64::MAX - 1,
+                count: 100,
+            },
+        )
+        .await;
+    assert_eq!(
+        r,
+        Fcall::Rread {
+            data: Bytes::from_static(b"one\n")
+        }
+    );
+    let r = c
+        .rpc(
+            7,
+            Fcall::Tread {
+                fid: 2,
+                offset: 0,
+                count: 100,
+            },
+        )
+        .await;
+    assert_eq!(
+        r,
+        Fcall::Rread {
+            data: Bytes::from_static(b"two\n")
+        }
+    );
+    let _ = stop.send(());
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}

@@ -361,11 +361,11 @@ impl State {
         let next = self.next();
         let c = self.config.capacity;
         if self.groups.is_empty() {
-            return next < self.log.first() + c;
+            return next < self.log.first().saturating_add(c);
         }
-        self.groups
-            .iter()
-            .all(|(_, g)| next < g.offset + c || (g.offset == next && !g.waiters.is_empty()))
+        self.groups.iter().all(|(_, g)| {
+            next < g.offset.saturating_add(c) || (g.offset == next && !g.waiters.is_empty())
+        })
     }
 
     /// A blocked push's future was dropped: withdraw its message if no
@@ -454,7 +454,7 @@ impl State {
         let c = self.config.capacity;
         let min = self.min_offset();
         while let Some(&(seq, key)) = self.appended.front() {
-            if seq < min + c {
+            if seq < min.saturating_add(c) {
                 self.appended.pop_front();
                 self.finish_writer(key, Ok(seq));
             } else {
@@ -462,7 +462,7 @@ impl State {
             }
         }
         let mut appended = false;
-        while self.next() < min + c {
+        while self.next() < min.saturating_add(c) {
             let Some((key, data)) = self.offers.pop_front() else {
                 break;
             };

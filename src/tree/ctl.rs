@@ -203,13 +203,20 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Check one component of a topic name (its characters only).
+/// The longest name component: Linux's NAME_MAX. A longer one could not be
+/// walked by Linux, and its stat record could outgrow a small msize.
+const NAME_MAX: usize = 255;
+
+/// Check one component of a topic name (its characters and length).
 pub fn check_component(c: &str) -> Result<(), String> {
     if c.is_empty() {
         return Err("empty component".into());
     }
     if c == "." || c == ".." {
         return Err(format!("{c:?} is not a name"));
+    }
+    if c.len() > NAME_MAX {
+        return Err(format!("component longer than {NAME_MAX} bytes"));
     }
     if let Some(bad) = c
         .chars()

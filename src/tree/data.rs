@@ -26,9 +26,12 @@
 //! message. Lines are slices of the written `Bytes`; only a line split
 //! across writes is copied, once, when it completes. The framing is the
 //! topic's when the file was opened. A write returns once its pushes have;
-//! if one fails the write fails, except that a write that would block
-//! (O_NONBLOCK) after some of its lines went out returns the count of what
-//! went out, so the writer sends the rest again and nothing is doubled.
+//! if one fails the write fails, except that a write whose later lines would
+//! block (O_NONBLOCK), time out, or meet a closed topic after some of its
+//! lines went out returns the count of what went out, so the writer sends the
+//! rest again (and gets the error then) and nothing is doubled. (A write
+//! interrupted by a signal is flushed and gets no reply; Linux then restarts
+//! it whole, so lines it had pushed go out twice: at least once, there.)
 
 use bytes::{Bytes, BytesMut};
 
@@ -104,7 +107,7 @@ impl<D: Delivery> Reader<D> {
         *sent = end;
         let unfilled = piece.len() < req.count as usize;
         if end == data.len() && self.linux && (unfilled || req.count >= req.max_count) {
-            self.zero_at = Some(req.offset + piece.len() as u64);
+            self.zero_at = Some(req.offset.saturating_add(piece.len() as u64));
         }
         piece
     }

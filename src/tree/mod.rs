@@ -390,7 +390,13 @@ impl<B: Broker> TopicTree<B> {
             match self.broker.push(topic, m.clone(), f.wait).await {
                 Ok(_) if i == 0 => writer.commit_first(&cut),
                 Ok(_) => {}
-                Err(broker::Error::WouldBlock) if i > 0 => return Ok(cut.ends[i - 1] as u32),
+                // Some lines went out: say so with a short count, so that a
+                // writer that tries the rest again doubles nothing (it then
+                // gets the error itself). A reset fails the whole write: its
+                // writer must know that nothing it wrote is held.
+                Err(
+                    broker::Error::WouldBlock | broker::Error::TimedOut | broker::Error::Closed,
+                ) if i > 0 => return Ok(cut.ends[i - 1] as u32),
                 Err(e) => return Err(broker_error(e)),
             }
         }

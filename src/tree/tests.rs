@@ -694,3 +694,63 @@ async fn a_nonblocking_write_that_fills_the_topic_returns_a_short_count() {
     assert_eq!(write(&t, &r, "x\n").await.unwrap_err().errno, errno::EBADF);
     assert_eq!(read(&t, &w, 0, 10).await.unwrap_err().errno, errno::EBADF);
 }
+
+#[tokio::test]
+async fn a_write_whose_later_lines_time_out_or_meet_a_close_returns_a_short_count() {
+    let (t, root) = setup().await;
+    echo(&t, &root, "t/ctl", "capacity 1\ntimeout 50ms")
+        .await
+        .unwrap();
+    cat(&t, &root, "t/offset").await; // the default group exists, reads nothing
+    let w = open(&t, &root, "t/data", Access::Write).await.unwrap();
+    assert_eq!(write(&t, &w, "ab\ncd\n").await, Ok(3));
+    assert_eq!(
+        write(&t, &w, "cd\n").await.unwrap_err().errno,
+        errno::ETIMEDOUT
+    );
+    assert_eq!(status(&t, "t").pending, 1);
+
+    echo(&t, &root, "ctl", "create u capacity=1\n")
+        .await
+        .unwrap();
+    cat(&t, &root, "u/offset").await;
+    let w = open(&t, &root, "u/data", Access::Write).await.unwrap();
+    let (t2, root2) = (t.clone(), root.clone());
+    let closer = tokio::spawn(async move {
+        until(&t2, "u", |s| s.blocked_writers == 1).await;
+        echo(&t2, &root2, "u/ctl", "close").await.unwrap();
+    });
+    assert_eq!(write(&t, &w, "ab\ncd\n").await, Ok(3));
+    closer.await.unwrap();
+    assert_eq!(write(&t, &w, "cd\n").await.unwrap_err().errno, errno::EPIPE);
+}
+
+/// A name component longer than 255 bytes (Linux's NAME_MAX) is refused by
+/// ctl and mkdir alike: Linux could not walk to it, and its stat record
+/// would outgrow a small msize and break the listing of its parent for
+/// every client.
+#[tokio::test]
+async fn overlong_names_are_refused() {
+    let t = tree();
+    let root = attach(&t, "", Dialect::P2000L);
+    let long = "x".repeat(256);
+    let e = echo(&t, &root, "ctl", &format!("create {long}"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, errno::EINVAL, "{e}");
+    let e = echo(&t, &root, "ctl", &format!("create a/{long}"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, errno::EINVAL, "{e}");
+    let e = soon(t.create(&root, &long, DMDIR | 0o777, mode(Access::Read)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, errno::EINVAL, "{e}");
+    assert!(t.broker().topics().is_empty());
+    let most = "y".repeat(255);
+    echo(&t, &root, "ctl", &format!("create {most}/{most}"))
+        .await
+        .unwrap();
+    let n = walk(&t, &root, &format!("{most}/{most}/data")).unwrap();
+    assert!(t.stat(&n).is_ok());
+}
