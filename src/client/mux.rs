@@ -228,9 +228,9 @@ impl Mux {
         }
     }
 
-    /// Send a request and await its reply; Rerror and Rlerror become `Err`.
-    /// Dropping the future before the reply sends Tflush (see the module doc).
-    pub(crate) async fn rpc(&self, body: Fcall) -> Result<Fcall> {
+    /// Take a tag, register the request's waiter and send it. Until the
+    /// returned `Pending` is disarmed, dropping it flushes the request.
+    async fn send(&self, body: Fcall) -> Result<(Pending<'_>, oneshot::Receiver<Fcall>)> {
         let permit = self
             .permits
             .clone()
@@ -255,6 +255,13 @@ impl Mux {
             pending.armed = false;
             return Err(Error::Disconnected(self.table.closed_reason()));
         }
+        Ok((pending, rx))
+    }
+
+    /// Send a request and await its reply; Rerror and Rlerror become `Err`.
+    /// Dropping the future before the reply sends Tflush (see the module doc).
+    pub(crate) async fn rpc(&self, body: Fcall) -> Result<Fcall> {
+        let (mut pending, rx) = self.send(body).await?;
         let reply = rx.await;
         pending.armed = false;
         self.outcome(reply)
@@ -271,30 +278,8 @@ impl Mux {
         body: Fcall,
         cancel: impl Future<Output = ()>,
     ) -> Result<Option<Fcall>> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let (tx, mut rx) = oneshot::channel();
-        let (tag, id) = {
-            let mut t = self.table.inner.lock();
-            if let Some(reason) = &t.closed {
-                return Err(Error::Disconnected(reason.clone()));
-            }
-            t.insert(State::Waiting(tx), Some(permit))
-        };
-        let mut pending = Pending {
-            mux: self,
-            tag,
-            id,
-            armed: true,
-        };
-        if self.out.send(Msg { tag, body }).is_err() {
-            pending.armed = false;
-            return Err(Error::Disconnected(self.table.closed_reason()));
-        }
+        let (mut pending, mut rx) = self.send(body).await?;
+        let (tag, id) = (pending.tag, pending.id);
         tokio::select! {
             biased;
             reply = &mut rx => {
