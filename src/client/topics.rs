@@ -4,12 +4,16 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{StreamExt, stream};
 
 use super::conn::{ConnectOptions, Connection};
 use super::data::{Puller, Pusher};
 use super::error::{Error, Result};
 use super::file::{File, Mode};
 use crate::proto::Dialect;
+
+/// How many ctl files [`Client::ctl_each`] reads at once.
+pub const CTL_AT_ONCE: usize = 64;
 
 /// How to connect: the group to read as, and the session's parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +142,18 @@ impl Client {
     /// The topic's status: its ctl file's "key value" lines.
     pub async fn ctl(&self, topic: &str) -> Result<String> {
         self.read_text(topic, "ctl").await
+    }
+
+    /// The status of each of `topics` (as [`Client::ctl`]), in their order,
+    /// read [`CTL_AT_ONCE`] at a time. Each read holds a fid from its walk
+    /// to its clunk, and a server bounds the fids one connection may hold
+    /// (dchan: 16384), so reading thousands of topics at once would fail.
+    pub async fn ctl_each(&self, topics: &[String]) -> Vec<Result<String>> {
+        stream::iter(topics)
+            .map(|t| self.ctl(t))
+            .buffered(CTL_AT_ONCE)
+            .collect()
+            .await
     }
 
     /// Write one command to the topic's ctl ("reset", "close", "capacity 3"...).
