@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use dchan::client::{CTL_AT_ONCE, Client, Options, TopicSettings};
 use dchan::engine::Limits;
+use futures_util::future::join_all;
 use support::{Server, patiently};
 
 #[tokio::test]
@@ -63,6 +64,9 @@ async fn the_status_of_more_topics_than_a_connection_has_fids() {
     }
     let listed = patiently(c.topics()).await.unwrap();
     assert_eq!(listed, topics);
+    // All at once, each read holding a fid from its walk, they pass the limit.
+    let at_once = patiently(join_all(topics.iter().map(|t| c.ctl(t)))).await;
+    assert!(at_once.iter().any(|r| r.is_err()), "the limit did not bite");
     let ctls = patiently(c.ctl_each(&topics)).await;
     assert_eq!(ctls.len(), topics.len());
     for ctl in ctls {

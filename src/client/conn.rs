@@ -34,7 +34,11 @@ pub struct ConnectOptions {
     /// client for one to finish. 9P cannot tell a client the server's
     /// limit, so this defaults to dchan's (`Limits::max_in_flight`, 1024),
     /// beyond which the server refuses a waiting request with EAGAIN; set
-    /// it to a server's own limit if lower. At most 16384.
+    /// it to a server's own limit if lower. At most 16384. A request that
+    /// waits at the server (a pull with nothing to pull) holds its place
+    /// until answered, so when every place is held by such waits, a push on
+    /// the same connection waits for one too: push on another connection
+    /// than more pulls than this wait on.
     pub max_in_flight: usize,
 }
 
