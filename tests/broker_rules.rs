@@ -508,11 +508,11 @@ async fn forget_drops_a_group_and_what_it_held() {
 #[tokio::test]
 async fn names_are_checked() {
     let b = MemoryBroker::new();
-    for good in ["a", "metrics/eu", "A-b_c.d", "x/y/z", "..."] {
+    for good in ["a", "metrics/eu", "A-b_c.d", "x/y/z", "...", "a/-b"] {
         b.create(good, TopicConfig::default()).unwrap();
     }
     for bad in [
-        "", "/a", "a/", "a//b", ".", "..", "a/../b", "a b", "é", "a\n",
+        "", "/a", "a/", "a//b", ".", "..", "a/../b", "a b", "é", "a\n", "-dash",
     ] {
         assert_eq!(
             b.create(bad, TopicConfig::default()),
