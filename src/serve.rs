@@ -11,8 +11,10 @@
 //!
 //! On start it prints one line per listener to stdout, `listening on
 //! tcp!127.0.0.1!PORT` (the real port when asked for port 0) or `listening
-//! on unix!PATH`. A bad configuration prints `dchan: config FILE:LINE:
-//! REASON` to stderr and exits with status 1, before anything listens.
+//! on unix!PATH`, once every address is bound. A bad configuration prints
+//! `dchan: config FILE:LINE: REASON` to stderr and exits with status 1,
+//! before anything listens; so does a bad log filter or an address that
+//! cannot be bound. A clean stop removes the Unix socket files it made.
 
 use std::future::Future;
 use std::io::IsTerminal;

@@ -508,7 +508,7 @@ async fn forget_drops_a_group_and_what_it_held() {
 #[tokio::test]
 async fn names_are_checked() {
     let b = MemoryBroker::new();
-    for good in ["a", "metrics/eu", "A-b_c.d", "x/y/z", "...", "a/-b"] {
+    for good in ["a", "metrics/eu", "A-b_c.d", "x/y/z", "..."] {
         b.create(good, TopicConfig::default()).unwrap();
     }
     for bad in [

@@ -15,6 +15,9 @@ with one (--raw: exactly as it is). Messages are printed as they arrive.
 Exit status: 0 when N messages were printed, or with --follow when the
 topic was closed and drained; 1 when the topic was closed before N
 messages came (\"topic closed\"), on a timeout, or on any other failure.
+If standard output goes away (`| head` has had enough), the message that
+could not be printed goes back to the topic for the next reader, and the
+status is 1 (\"standard output: broken pipe\").
 
 Examples:
   dchan pull jobs                      one message
