@@ -432,6 +432,10 @@ async fn a_zero_timeout_is_refused_everywhere() {
         assert!(err.contains("a zero timeout is refused"), "{err}");
     }
     assert_eq!(ok(dchan(a, &["ls", "-q"]).await), "t\n", "nothing created");
+    for sub in ["create", "pull", "push"] {
+        let help = ok(dchan(a, &[sub, "--help"]).await);
+        assert!(help.contains("not 0"), "{sub} --help: {help}");
+    }
     s.stop().await;
 }
 

@@ -85,7 +85,8 @@ pub struct CreateArgs {
     /// How writes become messages.
     #[arg(long, value_enum)]
     pub framing: Option<FramingArg>,
-    /// How long a push or pull may wait before it fails (e.g. 30s).
+    /// How long a push or pull may wait before it fails (e.g. 30s; not 0;
+    /// left out: the server's default, "none" unless configured).
     #[arg(long, value_parser = parse_timeout)]
     pub timeout: Option<std::time::Duration>,
     #[command(flatten)]

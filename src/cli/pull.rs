@@ -40,8 +40,9 @@ pub struct PullArgs {
     /// Print messages exactly as they are, adding no newline.
     #[arg(long)]
     pub raw: bool,
-    /// Give up waiting for a message after this long (e.g. 30s); nothing is
-    /// taken then, and a message that came as time ran out is printed, not lost.
+    /// Give up waiting for a message after this long (e.g. 30s; not 0; left
+    /// out: wait for ever); nothing is taken then, and a message that came
+    /// as time ran out is printed, not lost.
     #[arg(long, value_parser = parse_timeout)]
     pub timeout: Option<std::time::Duration>,
     #[command(flatten)]

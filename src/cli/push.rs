@@ -38,8 +38,9 @@ pub struct PushArgs {
     /// The messages; none: read lines from standard input.
     #[arg(value_parser = clap::value_parser!(std::ffi::OsString))]
     pub msgs: Vec<std::ffi::OsString>,
-    /// Give up on a push that waited this long (e.g. 5s); it is withdrawn,
-    /// unless the server took it as time ran out: then it counts as pushed.
+    /// Give up on a push that waited this long (e.g. 5s; not 0; left out: wait
+    /// for ever); it is withdrawn, unless the server took it as time ran
+    /// out: then it counts as pushed.
     #[arg(long, value_parser = parse_timeout)]
     pub timeout: Option<std::time::Duration>,
     #[command(flatten)]
