@@ -245,7 +245,7 @@ async fn bad_input_gives_one_line_and_the_right_status() {
     fails(
         dchan(a, &["push", "nosuch", "x"]).await,
         1,
-        "dchan: push nosuch: no such topic",
+        "dchan: push nosuch: no such topic (0 pushed)",
     );
     fails(
         dchan(a, &["stat", "nosuch"]).await,

@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{ConnArgs, Context, Failure, parse_timeout};
+use super::{ConnArgs, Failure, parse_timeout};
 
 const HELP: &str = "\
 Each MSG is one message; with none, every line of standard input is one.
@@ -17,11 +17,11 @@ or not), as a line of standard input is. Messages go out one at a time, in
 order, over one open data file. Each push waits as a writer of the topic's
 data file does: for a reader when its capacity is 0, for room otherwise.
 
-When a push fails, the error ends with \"(N pushed)\": the first N messages
-(MSGs, or lines of standard input) went out, the one after them and the
-rest did not, so pushing again from message N+1 duplicates nothing. Only if
-the connection was lost (\"connection lost\") may message N+1 have gone out
-too.
+Once connected, a failed push's error ends with \"(N pushed)\": the first
+N messages (MSGs, or lines of standard input) went out, the one after them
+and the rest did not, so pushing again from message N+1 duplicates
+nothing. Only if the connection was lost (\"connection lost\") may message
+N+1 have gone out too.
 
 Examples:
   dchan push jobs 'resize a.png' 'resize b.png'
@@ -50,11 +50,14 @@ pub struct PushArgs {
 pub async fn run(args: PushArgs) -> Result<(), Failure> {
     let what = || format!("push {}", args.topic);
     let client = args.conn.connect().await?;
-    let pusher = client.open_push(&args.topic).await.what(what)?;
-    let mut pushed = 0u64;
     // A failure says how many went out before it, for a script to resume.
     let failed =
         |pushed: u64, why: String| Failure::new(what(), format!("{why} ({pushed} pushed)"));
+    let pusher = client
+        .open_push(&args.topic)
+        .await
+        .map_err(|e| failed(0, e.to_string()))?;
+    let mut pushed = 0u64;
     let push = async |msg: Bytes, pushed: &mut u64| -> Result<(), Failure> {
         // The timeout flushes the Twrite and waits for the server's verdict
         // (push_timeout): a push the server took as time ran out is not
