@@ -146,8 +146,18 @@ async fn bind(addrs: &[Addr]) -> Result<Vec<Listener>, Error> {
             addr: addr.clone(),
             source,
         };
-        let listener = Listener::bind(addr).await.map_err(listen_err)?;
-        bound.push(listener.local_addr().map_err(listen_err)?);
+        let listener = Listener::bind(addr).await;
+        let listener = match listener.and_then(|l| Ok((l.local_addr()?, l))) {
+            Ok((at, l)) => {
+                bound.push(at);
+                l
+            }
+            Err(e) => {
+                // Leave no socket file of the ones already bound behind.
+                remove_sockets(unix_sockets(&listeners));
+                return Err(listen_err(e));
+            }
+        };
         listeners.push(listener);
     }
     for addr in bound {

@@ -333,6 +333,19 @@ fn a_unix_socket_replaces_only_a_dead_socket_and_goes_at_a_clean_stop() {
     );
     drop(live);
 
+    // A later address that cannot be bound leaves no socket file behind.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = format!("tcp!127.0.0.1!{}", busy.local_addr().unwrap().port());
+    let (err, out) = fails_to_start(&["serve", "--listen", &unix, "--listen", &busy], &[]);
+    assert!(err.contains(&format!("dchan: listen on {busy}: ")), "{err}");
+    assert!(!out.contains("listening"), "{out}");
+    assert!(
+        std::fs::symlink_metadata(&path).is_err(),
+        "socket left behind"
+    );
+    let live = UnixListener::bind(&path).unwrap();
+    drop(live);
+
     // A socket nobody answers on (a dead server's) is replaced...
     let mut server = Server::start_raw(&args);
     UnixStream::connect(&path).expect("the new server answers");

@@ -68,6 +68,10 @@ struct Shared<T> {
     next_id: AtomicU64,
     /// Connections open now.
     connections: Connections,
+    /// One permit per client being told "too many connections"; past
+    /// [`REFUSING`] of them a new one is closed unanswered, so a flood of
+    /// idle sockets cannot hold descriptors for long.
+    refusing: Arc<Semaphore>,
 }
 
 /// Serves `tree` on every listener until `shutdown` completes, then stops
@@ -99,6 +103,7 @@ pub async fn serve_counted<T: FileTree>(
         tasks: TaskTracker::new(),
         next_id: AtomicU64::new(1),
         connections,
+        refusing: Arc::new(Semaphore::new(REFUSING)),
     });
     for listener in listeners {
         let name = listener
@@ -134,7 +139,13 @@ async fn accept_loop<T: FileTree>(listener: Listener, shared: Arc<Shared<T>>) {
         };
         let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
             warn!(%peer, "too many connections: refusing the new one");
-            tokio::spawn(refuse(reader, writer, shared.limits.max_connections));
+            if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
+                let max = shared.limits.max_connections;
+                tokio::spawn(async move {
+                    refuse(reader, writer, max).await;
+                    drop(permit);
+                });
+            }
             continue;
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -157,6 +168,9 @@ async fn accept_loop<T: FileTree>(listener: Listener, shared: Arc<Shared<T>>) {
         );
     }
 }
+
+/// Clients being refused at once, at most.
+const REFUSING: usize = 64;
 
 /// How long a refused client has to send its Tversion.
 const REFUSE_WAIT: Duration = Duration::from_secs(10);
