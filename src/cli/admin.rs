@@ -22,9 +22,9 @@ the topic's \"first\" (the oldest message held) to its \"next\" (the one
 the next push gets), or one of those two words.
 
 Examples:
-  dchan offset jobs                    where the default group is
+  dchan offset jobs                       where the default group is
   dchan offset jobs first --group audit   replay what is held, for group audit
-  dchan offset jobs next               skip everything held";
+  dchan offset jobs next                  skip everything held";
 
 /// Where `dchan offset` moves a group.
 #[derive(Clone, Copy, Debug)]
