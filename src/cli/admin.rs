@@ -105,21 +105,26 @@ pub async fn stat(a: TopicArg) -> Result<(), Failure> {
 pub async fn offset(a: OffsetArgs) -> Result<(), Failure> {
     let what = || format!("offset {}", a.topic);
     let client = a.conn.connect().await?;
-    let seq = match a.seq {
+    let key = match a.seq {
         None => return print_out(&format!("{}\n", client.offset(&a.topic).await.what(what)?)),
-        Some(Seq::At(n)) => n,
-        Some(end) => {
-            let key = match end {
-                Seq::First => "first",
-                _ => "next",
-            };
-            let ctl = client.ctl(&a.topic).await.what(what)?;
-            ctl.lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
-                .ok_or_else(|| Failure::new(what(), format!("the topic's ctl has no {key:?}")))?
-        }
+        Some(Seq::At(n)) => return client.set_offset(&a.topic, n).await.what(what),
+        Some(Seq::First) => "first",
+        Some(Seq::Next) => "next",
     };
-    client.set_offset(&a.topic, seq).await.what(what)
+    // The topic may move between reading its ctl and moving the group:
+    // a number it no longer holds is looked up again (a few times).
+    let mut tries = 0;
+    loop {
+        let ctl = client.ctl(&a.topic).await.what(what)?;
+        let seq = ctl
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+            .ok_or_else(|| Failure::new(what(), format!("the topic's ctl has no {key:?}")))?;
+        match client.set_offset(&a.topic, seq).await {
+            Err(e) if tries < 3 && e.errno() == Some(dchan::fs::errno::ERANGE) => tries += 1,
+            done => return done.what(what),
+        }
+    }
 }
 
 pub async fn create(a: CreateArgs) -> Result<(), Failure> {
