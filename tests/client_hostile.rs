@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use dchan::client::{Client, Error, File, Mode, Options, Puller};
 use dchan::proto::codec::encode_dirent;
-use dchan::proto::{Dialect, Fcall, QTDIR, Qid};
+use dchan::proto::{Dialect, Fcall, Msg, QTDIR, Qid};
 use script::{LIMIT, MSIZE, Script, pair};
 use tokio::task::JoinHandle;
 
@@ -162,35 +162,37 @@ fn read_at(m: &Fcall) -> u64 {
     }
 }
 
+/// Drives `next` until the client sends a message, and returns it.
+async fn sent_by<F: std::future::Future>(next: std::pin::Pin<&mut F>, script: &mut Script) -> Msg
+where
+    F::Output: std::fmt::Debug,
+{
+    tokio::select! {
+        r = next => panic!("next returned {r:?} before its reply"),
+        m = script.recv() => m,
+    }
+}
+
 #[tokio::test]
 async fn a_next_dropped_during_its_zero_byte_read_keeps_message_boundaries() {
+    let max = (MSIZE - 24) as usize;
+    let full = Bytes::from(vec![b'a'; max]);
     for d in [Dialect::P2000u, Dialect::P2000L] {
         let (_client, mut puller, mut script) = open_puller(d).await;
+        // A message of one full-size reply: the Tread for the 0 that ends
+        // it goes out in the same call, which is dropped meanwhile.
         let zero = {
-            let next = puller.next();
-            tokio::pin!(next);
-            let first = tokio::select! {
-                r = &mut next => panic!("next returned {r:?} before any reply"),
-                m = script.recv() => m,
-            };
+            let mut next = Box::pin(puller.next());
+            let first = sent_by(next.as_mut(), &mut script).await;
             assert_eq!(read_at(&first.body), 0);
             script
-                .send(
-                    first.tag,
-                    Fcall::Rread {
-                        data: "m1\n".into(),
-                    },
-                )
+                .send(first.tag, Fcall::Rread { data: full.clone() })
                 .await;
-            let zero = tokio::select! {
-                r = &mut next => panic!("next returned {r:?} before the 0"),
-                m = script.recv() => m,
-            };
-            assert_eq!(read_at(&zero.body), 3);
+            let zero = sent_by(next.as_mut(), &mut script).await;
+            assert_eq!(read_at(&zero.body), max as u64);
             zero
-            // The next() is dropped here, its zero-byte Tread in flight.
         };
-        // The server answers it: its 0 ends m1 and is used up.
+        // The server answers it: its 0 ends the message and is used up.
         script
             .send(zero.tag, Fcall::Rread { data: Bytes::new() })
             .await;
@@ -198,10 +200,11 @@ async fn a_next_dropped_during_its_zero_byte_read_keeps_message_boundaries() {
             r = puller.next() => r,
             m = script.recv() => panic!("sent {:?}: the reply in flight ends the message", m.body),
         };
-        assert_eq!(got.unwrap().unwrap(), "m1\n", "{d:?}");
+        assert_eq!(got.unwrap().unwrap(), full, "{d:?}");
+        // The next message comes alone.
         let serve = async {
             let m = script.recv().await;
-            assert_eq!(read_at(&m.body), 3);
+            assert_eq!(read_at(&m.body), max as u64);
             script
                 .send(
                     m.tag,
@@ -210,14 +213,39 @@ async fn a_next_dropped_during_its_zero_byte_read_keeps_message_boundaries() {
                     },
                 )
                 .await;
-            let m = script.recv().await;
-            assert_eq!(read_at(&m.body), 6);
-            script
-                .send(m.tag, Fcall::Rread { data: Bytes::new() })
-                .await;
         };
         let (got, ()) = tokio::join!(puller.next(), serve);
         assert_eq!(got.unwrap().unwrap(), "m2\n", "{d:?}");
+
+        // A message that ended short: its 0 is read at the start of the
+        // next call, which is dropped meanwhile (and so flushes that read).
+        let at = max as u64 + 3;
+        let zero = {
+            let mut next = Box::pin(puller.next());
+            sent_by(next.as_mut(), &mut script).await
+        };
+        assert_eq!(read_at(&zero.body), at);
+        let flush = script.recv().await;
+        assert_eq!(flush.body, Fcall::Tflush { oldtag: zero.tag });
+        script
+            .send(zero.tag, Fcall::Rread { data: Bytes::new() })
+            .await;
+        script.send(flush.tag, Fcall::Rflush).await;
+        // The next Tread, at the same offset, gets the next message whole.
+        let serve = async {
+            let m = script.recv().await;
+            assert_eq!(read_at(&m.body), at);
+            script
+                .send(
+                    m.tag,
+                    Fcall::Rread {
+                        data: "m3\n".into(),
+                    },
+                )
+                .await;
+        };
+        let (got, ()) = tokio::join!(puller.next(), serve);
+        assert_eq!(got.unwrap().unwrap(), "m3\n", "{d:?}");
     }
 }
 
