@@ -445,6 +445,12 @@ impl File {
                 let Fcall::Rreaddir { mut data } = reply else {
                     return Err(unexpected("Rreaddir", &reply));
                 };
+                if data.len() > max as usize {
+                    return Err(Error::Protocol(format!(
+                        "Rreaddir of {} bytes for a Treaddir of {max}",
+                        data.len()
+                    )));
+                }
                 if data.is_empty() {
                     return Ok(entries);
                 }
