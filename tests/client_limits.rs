@@ -8,7 +8,7 @@ mod support;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use dchan::client::{CTL_AT_ONCE, Client, Options, TopicSettings};
+use dchan::client::{Client, Options, TOPICS_AT_ONCE, TopicSettings};
 use dchan::engine::Limits;
 use futures_util::future::join_all;
 use support::{Server, patiently};
@@ -49,7 +49,7 @@ async fn two_thousand_pulls_in_flight_on_one_client_all_get_a_message() {
 #[tokio::test]
 async fn the_status_of_more_topics_than_a_connection_has_fids() {
     // Four times as many topics as fids, and room for the reads at once.
-    let max_fids = CTL_AT_ONCE + 16;
+    let max_fids = TOPICS_AT_ONCE + 16;
     let limits = Limits {
         max_fids,
         ..Limits::default()

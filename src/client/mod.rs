@@ -36,4 +36,4 @@ pub use conn::{ConnectOptions, Connection, DEFAULT_ADDR, DEFAULT_MAX_IN_FLIGHT};
 pub use data::{Puller, Pusher};
 pub use error::{Error, Result, errno_message, io_reason};
 pub use file::{DirEntry, File, Mode};
-pub use topics::{CTL_AT_ONCE, Client, Framing, Options, TopicSettings, check_topic};
+pub use topics::{Client, Framing, Options, TOPICS_AT_ONCE, TopicSettings, check_topic};
