@@ -46,7 +46,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, debug_span, warn};
+use tracing::{Instrument, Span, debug, debug_span, warn};
 
 use crate::fs::{self, Clunk, FileTree, errno};
 use crate::proto::codec::{decode, encode_head};
@@ -337,34 +337,39 @@ impl<T: FileTree> Conn<T> {
                 self.reply(tag, Fcall::Rflush);
             }
             body => {
-                let releases = matches!(body, Fcall::Tclunk { .. } | Fcall::Tremove { .. });
                 if let Fcall::Tclunk { fid } | Fcall::Tremove { fid } = body {
                     let err = fs::Error::new(errno::EINTR, "fid clunked");
                     self.cancel_fid(fid, &err);
                 }
                 match self.session.handle(body) {
                     Action::Reply(reply) => self.reply(tag, reply),
+                    Action::Release(fut) => self.start(tag, NOFID, fut, &span),
                     Action::Wait { fid, fut } => {
-                        if self.busy.len() >= self.max_in_flight && !releases {
+                        if self.busy.len() >= self.max_in_flight {
                             drop(fut);
                             self.session.ended(fid);
                             let err = fs::Error::new(errno::EAGAIN, "too many requests in flight");
                             let reply = self.session.error(&err);
                             self.reply(tag, reply);
                         } else {
-                            self.busy.insert(tag, fid);
-                            let fut = fut.instrument(span.clone()).boxed();
-                            self.inflight.push(Request {
-                                tag,
-                                fut: Some(fut),
-                                waker: None,
-                            });
+                            self.start(tag, fid, fut, &span);
                         }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Runs a request that waits.
+    fn start(&mut self, tag: Tag, fid: Fid, fut: BoxFuture<'static, Done<T>>, span: &Span) {
+        self.busy.insert(tag, fid);
+        let fut = fut.instrument(span.clone()).boxed();
+        self.inflight.push(Request {
+            tag,
+            fut: Some(fut),
+            waker: None,
+        });
     }
 
     /// A request finished, or the shell of a cancelled one was reaped.

@@ -216,13 +216,20 @@ impl Writer {
         }
     }
 
-    /// The partial line left when the file is closed, as one message.
-    pub fn leftover(self) -> Option<Bytes> {
-        match self.partial.len() {
+    /// Whether a partial line is held.
+    pub fn has_partial(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
+    /// The partial line held, as one message (the file is being closed).
+    pub fn take_partial(&mut self) -> Option<Bytes> {
+        let line = match self.partial.len() {
             0 => None,
-            1 => self.partial.into_iter().next(),
+            1 => self.partial.pop(),
             _ => Some(concat(self.partial.iter())),
-        }
+        };
+        self.partial.clear();
+        line
     }
 }
 
@@ -409,7 +416,7 @@ mod tests {
         assert_eq!(write(&mut w, "\n"), vec!["\n"]);
         assert_eq!(write(&mut w, "tail"), Vec::<Bytes>::new());
         assert_eq!(write(&mut w, "more"), Vec::<Bytes>::new());
-        assert_eq!(w.leftover().unwrap(), "tailmore");
+        assert_eq!(w.take_partial().unwrap(), "tailmore");
     }
 
     #[test]
@@ -418,13 +425,13 @@ mod tests {
         write(&mut w, "ab");
         let _cut = w.cut(Bytes::from_static(b"c\n"));
         // dropped: nothing committed
-        assert_eq!(w.leftover().unwrap(), "ab");
+        assert_eq!(w.take_partial().unwrap(), "ab");
     }
 
     #[test]
     fn write_framing_is_one_message_per_write() {
         let mut w = Writer::new(Framing::Write);
         assert_eq!(write(&mut w, "a\nb"), vec!["a\nb"]);
-        assert!(w.leftover().is_none());
+        assert!(w.take_partial().is_none());
     }
 }

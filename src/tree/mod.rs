@@ -75,8 +75,7 @@ pub struct TreeConfig {
 
 /// The topic tree over a broker.
 pub struct TopicTree<B: Broker> {
-    /// Where the topics live; shared with the tasks that push a partial line
-    /// left at close.
+    /// Where the topics live.
     broker: Arc<B>,
     /// Defaults for new topics.
     config: TreeConfig,
@@ -349,7 +348,11 @@ impl<B: Broker> TopicTree<B> {
                     },
                     reads,
                     writes: mode.writes(),
-                    reader: tokio::sync::Mutex::new(Reader::new(node.session.linux)),
+                    // O_NONBLOCK: Linux 6.1 sends one Tread per non-blocking
+                    // read(2), so an armed zero would read as end of file.
+                    reader: tokio::sync::Mutex::new(Reader::new(
+                        node.session.linux && !mode.nonblock,
+                    )),
                     writer: tokio::sync::Mutex::new(Writer::new(status.config.framing)),
                 })
             }
@@ -655,10 +658,34 @@ impl<B: Broker> FileTree for TopicTree<B> {
         self.remove_node(node).map_err(|e| node.session.error(e))
     }
 
+    /// A data file with a partial line left by its writes.
+    fn unfinished(&self, handle: &Self::Handle) -> bool {
+        match &handle.kind {
+            HandleKind::Data(f) => f.writer.try_lock().map_or(true, |w| w.has_partial()),
+            _ => false,
+        }
+    }
+
+    /// The partial line a data file's writes left is pushed as one message,
+    /// as a write would push it: the Tclunk waits like a write and fails as
+    /// a write fails (a message too long for the topic, a timeout, EAGAIN
+    /// under O_NONBLOCK, a closed topic).
+    async fn close(&self, handle: &Self::Handle) -> Result<()> {
+        let (HandleKind::Data(f), At::File(topic, _)) = (&handle.kind, &handle.node.at) else {
+            return Ok(());
+        };
+        let Some(line) = f.writer.lock().await.take_partial() else {
+            return Ok(());
+        };
+        let r = self.broker.push(topic, line, f.wait).await;
+        r.map(drop)
+            .map_err(|e| handle.node.session.error(broker_error(e)))
+    }
+
     /// A data file's message in hand is acked (`Clunk::Client`) or goes
-    /// back to its group (`Clunk::Lost`). A partial line left by its writes
-    /// is pushed by a task of its own (clunk must not wait), whichever the
-    /// cause: its writes were answered, so it was accepted.
+    /// back to its group (`Clunk::Lost`). A partial line still held (the
+    /// connection was lost, or the Tclunk's close was cancelled) is dropped:
+    /// no writer learned that it went out.
     fn clunk(&self, node: &Node, handle: Option<Self::Handle>, how: Clunk) {
         let Some(Handle {
             kind: HandleKind::Data(f),
@@ -679,19 +706,8 @@ impl<B: Broker> FileTree for TopicTree<B> {
                 entry.1 = entry.1.saturating_sub(1);
             }
         }
-        if let Some(line) = f.writer.into_inner().leftover() {
-            let broker = self.broker.clone();
-            let topic = topic.to_string();
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(async move {
-                        if let Err(e) = broker.push(&topic, line, Wait::Block).await {
-                            tracing::warn!(%topic, error = %e, "partial line left at close not pushed");
-                        }
-                    });
-                }
-                Err(_) => tracing::warn!(%topic, "partial line left at close dropped: no runtime"),
-            }
+        if f.writer.into_inner().has_partial() {
+            tracing::debug!(%topic, "partial line left at clunk dropped");
         }
     }
 }
