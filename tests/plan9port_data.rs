@@ -79,3 +79,19 @@ fn a_partial_line_at_close_waits_for_a_reader_like_a_whole_line() {
     assert_eq!(pull.stdout, b"abc", "{pull:?}");
     assert!(wait_bounded(&mut w, "9p write", PATIENCE).success());
 }
+
+#[test]
+fn a_line_longer_than_max_message_is_refused_with_a_clear_error() {
+    let Some(p9) = ninep() else { return };
+    let server = Server::start(&[]);
+    let addr = format!("tcp!127.0.0.1!{}", server.port);
+    let out = run(&p9, &addr, "write", "ctl", b"create t capacity=10 max_message=8\n");
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&p9, &addr, "write", "t/data", b"123456789");
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("message too long"), "{err}");
+    assert_eq!(status(&p9, &addr, "t", "pending"), "0");
+    assert_eq!(status(&p9, &addr, "t", "max_message"), "8");
+    drop(server);
+}

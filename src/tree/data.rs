@@ -127,9 +127,18 @@ impl<D: Delivery> Reader<D> {
 pub struct Writer {
     /// How this file cuts writes into messages, fixed at open.
     pub framing: Framing,
+    /// The topic's longest message when the file was opened: a write that
+    /// would make a longer one, or grow the partial line past it, fails.
+    pub max: u64,
     /// The pieces of a line begun by earlier writes and not yet ended.
     partial: Vec<Bytes>,
+    /// Their bytes.
+    partial_len: usize,
 }
+
+/// A write would make a message of this many bytes, over the limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooLong(pub u64);
 
 /// The messages one write makes.
 pub struct Cut {
@@ -145,18 +154,44 @@ pub struct Cut {
 }
 
 impl Writer {
-    pub fn new(framing: Framing) -> Self {
+    pub fn new(framing: Framing, max: u64) -> Self {
         Writer {
             framing,
+            max,
             partial: Vec::new(),
+            partial_len: 0,
         }
+    }
+
+    /// A write was refused as too long: the line it would have grown is
+    /// dropped with it.
+    pub fn discard(&mut self) {
+        self.partial.clear();
+        self.partial_len = 0;
     }
 
     /// Cut a write into messages without changing the held partial line;
     /// [`Writer::commit_first`] and [`Writer::commit`] record the result as
     /// the pushes complete, so a write dropped midway loses nothing it had
     /// not pushed.
-    pub fn cut(&self, data: Bytes) -> Cut {
+    pub fn cut(&self, data: Bytes) -> Result<Cut, TooLong> {
+        let cut = self.cut_unchecked(data);
+        let held = |c: &Cut| match &c.rest {
+            Some(r) if c.messages.is_empty() => self.partial_len + r.len(),
+            Some(r) => r.len(),
+            None => 0,
+        };
+        let longest = (cut.messages.iter().map(Bytes::len))
+            .chain([held(&cut)])
+            .max()
+            .unwrap_or(0) as u64;
+        match longest <= self.max {
+            true => Ok(cut),
+            false => Err(TooLong(longest)),
+        }
+    }
+
+    fn cut_unchecked(&self, data: Bytes) -> Cut {
         if self.framing == Framing::Write {
             let (messages, ends) = match data.len() {
                 0 => (vec![], vec![]),
@@ -198,17 +233,21 @@ impl Writer {
     /// The first message of a cut was pushed.
     pub fn commit_first(&mut self, cut: &Cut) {
         if cut.ends_partial {
-            self.partial.clear();
+            self.discard();
         }
     }
 
     /// Every message of a cut was pushed: hold its tail.
     pub fn commit(&mut self, cut: Cut) {
         match cut.rest {
-            Some(rest) if cut.messages.is_empty() => self.partial.push(rest),
+            Some(rest) if cut.messages.is_empty() => {
+                self.partial_len += rest.len();
+                self.partial.push(rest);
+            }
             Some(rest) => {
-                self.partial.clear();
+                self.discard();
                 if !rest.is_empty() {
+                    self.partial_len = rest.len();
                     self.partial.push(rest);
                 }
             }
@@ -228,7 +267,7 @@ impl Writer {
             1 => self.partial.pop(),
             _ => Some(concat(self.partial.iter())),
         };
-        self.partial.clear();
+        self.discard();
         line
     }
 }
@@ -399,7 +438,7 @@ mod tests {
     }
 
     fn write(w: &mut Writer, s: &str) -> Vec<Bytes> {
-        let cut = w.cut(Bytes::from(s.to_string()));
+        let cut = w.cut(Bytes::from(s.to_string())).unwrap();
         let msgs = cut.messages.clone();
         w.commit_first(&cut);
         w.commit(cut);
@@ -408,7 +447,7 @@ mod tests {
 
     #[test]
     fn lines_and_partial_lines() {
-        let mut w = Writer::new(Framing::Line);
+        let mut w = Writer::new(Framing::Line, 100);
         assert_eq!(write(&mut w, "a\nb\nc"), vec!["a\n", "b\n"]);
         assert_eq!(write(&mut w, "d"), Vec::<Bytes>::new());
         assert_eq!(write(&mut w, "e\nf\n"), vec!["cde\n", "f\n"]);
@@ -421,17 +460,34 @@ mod tests {
 
     #[test]
     fn a_write_dropped_before_its_first_push_keeps_the_partial() {
-        let mut w = Writer::new(Framing::Line);
+        let mut w = Writer::new(Framing::Line, 100);
         write(&mut w, "ab");
-        let _cut = w.cut(Bytes::from_static(b"c\n"));
+        let _cut = w.cut(Bytes::from_static(b"c\n")).unwrap();
         // dropped: nothing committed
         assert_eq!(w.take_partial().unwrap(), "ab");
     }
 
     #[test]
     fn write_framing_is_one_message_per_write() {
-        let mut w = Writer::new(Framing::Write);
+        let mut w = Writer::new(Framing::Write, 100);
         assert_eq!(write(&mut w, "a\nb"), vec!["a\nb"]);
         assert!(w.take_partial().is_none());
+    }
+
+    #[test]
+    fn no_message_nor_partial_line_grows_past_the_limit() {
+        let mut w = Writer::new(Framing::Line, 4);
+        assert_eq!(write(&mut w, "abc\nab"), vec!["abc\n"]);
+        assert_eq!(w.cut(Bytes::from_static(b"cde")).err(), Some(TooLong(5)));
+        assert_eq!(
+            w.cut(Bytes::from_static(b"c\nxyzzy")).err(),
+            Some(TooLong(5))
+        );
+        assert_eq!(write(&mut w, "cd"), Vec::<Bytes>::new());
+        assert_eq!(w.cut(Bytes::from_static(b"\n")).err(), Some(TooLong(5)));
+        w.discard();
+        assert_eq!(write(&mut w, "abc\n"), vec!["abc\n"]);
+        let w = Writer::new(Framing::Write, 4);
+        assert_eq!(w.cut(Bytes::from_static(b"abcde")).err(), Some(TooLong(5)));
     }
 }

@@ -17,6 +17,7 @@ pub(super) fn broker_error(e: broker::Error) -> Error {
         E::WouldBlock => errno::EAGAIN,
         E::OffsetOutOfRange { .. } => errno::ERANGE,
         E::Shutdown => errno::ESHUTDOWN,
+        E::TooLong { .. } => errno::EMSGSIZE,
     };
     Error::new(n, e.to_string())
 }
@@ -47,6 +48,7 @@ pub(super) fn linux_text(errno: u32) -> Option<&'static str> {
         errno::ENOTEMPTY => "Directory not empty",
         errno::ESHUTDOWN => "Cannot send after transport endpoint shutdown",
         errno::ETIMEDOUT => "Connection timed out",
+        errno::EMSGSIZE => "Message too long",
         // Linux's table has no ECANCELED: a reset reads as one.
         errno::ECANCELED => "Connection reset by peer",
         _ => return None,

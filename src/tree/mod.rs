@@ -61,7 +61,7 @@ use crate::fs::{
 };
 use crate::proto::{DMDIR, Dialect, QTDIR, QTFILE, Qid};
 use ctl::{RootCmd, TopicCmd};
-use data::{Reader, Step, Writer};
+use data::{Reader, Step, TooLong, Writer};
 use error::{broker_error, invalid, not_found};
 use node::{At, DataFile, FileKind, HandleKind, Places, Session};
 pub use node::{Handle, Node};
@@ -278,9 +278,10 @@ impl<B: Broker> TopicTree<B> {
                     capacity,
                     framing,
                     timeout,
+                    max_message,
                 } => {
-                    let config =
-                        ctl::create_config(self.config.defaults, capacity, framing, timeout);
+                    let d = self.config.defaults;
+                    let config = ctl::create_config(d, capacity, framing, timeout, max_message);
                     self.create_topic(&name, config)?
                 }
                 RootCmd::Remove(name) => self.remove_topic(&name)?,
@@ -353,7 +354,10 @@ impl<B: Broker> TopicTree<B> {
                     reader: tokio::sync::Mutex::new(Reader::new(
                         node.session.linux && !mode.nonblock,
                     )),
-                    writer: tokio::sync::Mutex::new(Writer::new(status.config.framing)),
+                    writer: tokio::sync::Mutex::new(Writer::new(
+                        status.config.framing,
+                        status.config.max_message,
+                    )),
                 })
             }
         };
@@ -388,7 +392,14 @@ impl<B: Broker> TopicTree<B> {
         }
         let n = data.len() as u32;
         let mut writer = f.writer.lock().await;
-        let cut = writer.cut(data);
+        let cut = match writer.cut(data) {
+            Ok(cut) => cut,
+            Err(TooLong(size)) => {
+                writer.discard();
+                let max = writer.max;
+                return Err(broker_error(broker::Error::TooLong { size, max }));
+            }
+        };
         for (i, m) in cut.messages.iter().enumerate() {
             match self.broker.push(topic, m.clone(), f.wait).await {
                 Ok(_) if i == 0 => writer.commit_first(&cut),

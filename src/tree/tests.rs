@@ -191,6 +191,50 @@ async fn a_partial_line_at_close_keeps_the_rendezvous_or_is_dropped() {
     assert_eq!(status(&t, "t").blocked_writers, 0);
 }
 
+/// Issue 14.3: a line without a newline cannot grow past the topic's
+/// max_message; the write that would make it fails with EMSGSIZE and the
+/// partial line is dropped; the same bound holds with write framing.
+#[tokio::test]
+async fn a_message_longer_than_max_message_is_refused_and_its_line_dropped() {
+    let (t, root) = setup().await;
+    echo(&t, &root, "ctl", "create m capacity=10 max_message=8\n")
+        .await
+        .unwrap();
+    let w = open(&t, &root, "m/data", Access::Write).await.unwrap();
+    assert_eq!(write(&t, &w, "12345").await, Ok(5));
+    let e = write(&t, &w, "6789").await.unwrap_err();
+    assert_eq!(e.errno, errno::EMSGSIZE);
+    assert!(e.message.contains("message too long"), "{e:?}");
+    assert_eq!(write(&t, &w, "ok\n").await, Ok(3), "the long line is gone");
+    let e = write(&t, &w, "a\n123456789\n").await.unwrap_err();
+    assert_eq!(e.errno, errno::EMSGSIZE, "nothing of the write goes out");
+    assert_eq!(status(&t, "m").pending, 1);
+    close(&t, w).await.unwrap();
+    // Write framing, and a live change through ctl (for files opened after).
+    echo(&t, &root, "m/ctl", "framing write\nmax_message 4\n")
+        .await
+        .unwrap();
+    assert!(cat(&t, &root, "m/ctl").await.contains("max_message 4\n"));
+    let w = open(&t, &root, "m/data", Access::Write).await.unwrap();
+    assert_eq!(write(&t, &w, "abcd").await, Ok(4));
+    assert_eq!(
+        write(&t, &w, "abcde").await.unwrap_err().errno,
+        errno::EMSGSIZE
+    );
+    // The broker refuses it too, for every engine.
+    let e = t
+        .broker()
+        .push("m", Bytes::from_static(b"12345"), Wait::NonBlock);
+    assert!(matches!(
+        e.await,
+        Err(broker::Error::TooLong { size: 5, max: 4 })
+    ));
+    let e = echo(&t, &root, "m/ctl", "max_message 0\n")
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("bad max_message"), "{e:?}");
+}
+
 #[tokio::test]
 async fn write_framing_makes_each_write_a_message() {
     let (t, root) = setup().await;
