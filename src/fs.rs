@@ -143,6 +143,10 @@ pub struct ReadReq {
     /// The largest count this connection allows (msize − IOHDRSZ, or the
     /// iounit): a Tread of this count is not a sign of a full buffer.
     pub max_count: u32,
+    /// Another Tread on this fid is in flight, or the reply to its last
+    /// one is not yet written to the connection: this Tread was sent
+    /// before the client could have seen what earlier reads returned.
+    pub overlaps: bool,
 }
 
 /// A change of metadata (Twstat, Tsetattr); `None` leaves a field alone.

@@ -85,7 +85,13 @@ fn a_line_longer_than_max_message_is_refused_with_a_clear_error() {
     let Some(p9) = ninep() else { return };
     let server = Server::start(&[]);
     let addr = format!("tcp!127.0.0.1!{}", server.port);
-    let out = run(&p9, &addr, "write", "ctl", b"create t capacity=10 max_message=8\n");
+    let out = run(
+        &p9,
+        &addr,
+        "write",
+        "ctl",
+        b"create t capacity=10 max_message=8\n",
+    );
     assert!(out.status.success(), "{out:?}");
     let out = run(&p9, &addr, "write", "t/data", b"123456789");
     assert!(!out.status.success(), "{out:?}");

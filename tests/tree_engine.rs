@@ -423,3 +423,63 @@ async fn clunks_with_partial_lines_count_against_the_limit_and_go_with_the_clien
         .expect("server did not stop")
         .unwrap();
 }
+
+/// Issue 15.4: a data file takes one read at a time. A second Tread sent
+/// while the first is in flight could not prove that the first's reply
+/// arrived (the ack a read gives the message before it), so it is refused
+/// with EBUSY; the first goes on, and nothing is acked that was not
+/// proven: a message in hand when the connection drops comes again.
+#[tokio::test]
+async fn a_second_read_in_flight_on_a_data_fid_is_refused_and_nothing_is_lost() {
+    let (port, stop, server) = start().await;
+    let mut admin = Conn::connect(port, Dialect::P2000L, "").await;
+    let r = admin.ctl("ctl", "create t capacity=5\n").await;
+    assert!(matches!(r, Fcall::Rwrite { .. }), "{r:?}");
+    let mut c = Conn::connect(port, Dialect::P2000L, "").await;
+    c.open(1, "t/data", 0).await;
+    let read = |offset| Fcall::Tread {
+        fid: 1,
+        offset,
+        count: 100,
+    };
+    c.send(10, read(0)).await;
+    let busy = c.rpc(11, read(0)).await;
+    assert_eq!(busy, Fcall::Rlerror { ecode: 16 }, "EBUSY");
+    admin.open(2, "t/data", 1).await;
+    let data = Bytes::from_static(b"a\nb\n");
+    let w = admin
+        .rpc(
+            5,
+            Fcall::Twrite {
+                fid: 2,
+                offset: 0,
+                data,
+            },
+        )
+        .await;
+    assert_eq!(w, Fcall::Rwrite { count: 4 });
+    let a = c.recv().await;
+    assert_eq!((a.tag, data_of(a.body)), (10, Bytes::from_static(b"a\n")));
+    // Sent after its reply came: the Linux loop's zero, which acks "a".
+    assert_eq!(data_of(c.rpc(12, read(2)).await), "");
+    assert_eq!(data_of(c.rpc(13, read(2)).await), "b\n");
+    drop(c);
+    // "b" was in hand, unacked: it comes again; "a" does not.
+    let mut r = Conn::connect(port, Dialect::P2000L, "").await;
+    r.open(1, "t/data", 0).await;
+    let again = r.rpc(20, read(0)).await;
+    assert_eq!(data_of(again), "b\n");
+    let _ = stop.send(());
+    drop((admin, r));
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}
+
+fn data_of(f: Fcall) -> Bytes {
+    match f {
+        Fcall::Rread { data } => data,
+        other => panic!("not an Rread: {other:?}"),
+    }
+}

@@ -267,16 +267,17 @@ impl<T: FileTree> Session<T> {
         }
     }
 
-    /// Handles any request but Tversion and Tflush (the connection's).
-    pub fn handle(&mut self, body: Fcall) -> Action<T> {
+    /// Handles any request but Tversion and Tflush (the connection's);
+    /// `overlaps` is [`ReadReq::overlaps`] for a Tread.
+    pub fn handle(&mut self, body: Fcall, overlaps: bool) -> Action<T> {
         let Some(d) = self.dialect else {
             return Action::Reply(self.error(&err(errno::EPROTO, "no Tversion yet")));
         };
-        self.request(d, body)
+        self.request(d, body, overlaps)
             .unwrap_or_else(|e| Action::Reply(self.error(&e)))
     }
 
-    fn request(&mut self, d: Dialect, body: Fcall) -> Res<T> {
+    fn request(&mut self, d: Dialect, body: Fcall, overlaps: bool) -> Res<T> {
         use Fcall::*;
         let iounit = self.msize - IOHDRSZ;
         match body {
@@ -365,7 +366,7 @@ impl<T: FileTree> Session<T> {
             Tmkdir {
                 dfid, name, mode, ..
             } => self.mkdir(dfid, name, mode),
-            Tread { fid, offset, count } => self.read(d, fid, offset, count),
+            Tread { fid, offset, count } => self.read(d, fid, offset, count, overlaps),
             Treaddir { fid, offset, count } => self.readdir(fid, offset, count),
             Twrite { fid, offset, data } => {
                 let e = self.fids.get_mut(fid)?;
@@ -701,7 +702,7 @@ impl<T: FileTree> Session<T> {
         })
     }
 
-    fn read(&mut self, d: Dialect, fid: Fid, offset: u64, count: u32) -> Res<T> {
+    fn read(&mut self, d: Dialect, fid: Fid, offset: u64, count: u32, overlaps: bool) -> Res<T> {
         let max_count = self.msize - IOHDRSZ;
         let count = count.min(max_count);
         let e = self.fids.get_mut(fid)?;
@@ -725,6 +726,7 @@ impl<T: FileTree> Session<T> {
             offset,
             count,
             max_count,
+            overlaps,
         };
         self.wait(fid, async move {
             match tree.read(&handle, req).await {

@@ -7,7 +7,14 @@
 //! stays unacked in the open file until the next read arrives (which proves
 //! the reply carrying its end arrived) or the file is closed; if the
 //! connection is lost first, dropping the [`Delivery`] puts it back at the
-//! front of its group. A read dropped while it waits (Tflush) has changed
+//! front of its group. So a data file takes one read at a time: a Tread
+//! that overlaps (sent while another Tread on the fid was in flight or the
+//! reply to the last one unwritten, as from threads or processes sharing a
+//! file descriptor) could not prove that reply arrived, and is refused with
+//! EBUSY; the engine, which alone sees the connection, says which overlap.
+//! An open with O_NONBLOCK never gets the Linux loop's zero (see below):
+//! Linux 6.1 sends one Tread per non-blocking read(2), so that zero would
+//! reach the program as end of file. A read dropped while it waits (Tflush) has changed
 //! nothing: all state changes happen after the broker's pull returns, with
 //! no await in between.
 //!
@@ -311,6 +318,7 @@ mod tests {
             offset,
             count,
             max_count: MAX,
+            overlaps: false,
         }
     }
 

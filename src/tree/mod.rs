@@ -374,6 +374,12 @@ impl<B: Broker> TopicTree<B> {
         f: &DataFile<B::Delivery>,
         req: ReadReq,
     ) -> Result<Bytes> {
+        if req.overlaps {
+            return Err(Error::new(
+                errno::EBUSY,
+                "one read at a time per open data file: another read on this fid has not been answered",
+            ));
+        }
         let mut reader = f.reader.lock().await;
         match reader.begin(req) {
             Step::Reply(b) => Ok(b),

@@ -72,6 +72,7 @@ fn req(offset: u64, count: u32) -> ReadReq {
         offset,
         count,
         max_count: MAX,
+        overlaps: false,
     }
 }
 
