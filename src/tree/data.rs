@@ -12,9 +12,7 @@
 //! reply to the last one unwritten, as from threads or processes sharing a
 //! file descriptor) could not prove that reply arrived, and is refused with
 //! EBUSY; the engine, which alone sees the connection, says which overlap.
-//! An open with O_NONBLOCK never gets the Linux loop's zero (see below):
-//! Linux 6.1 sends one Tread per non-blocking read(2), so that zero would
-//! reach the program as end of file. A read dropped while it waits (Tflush) has changed
+//! A read dropped while it waits (Tflush) has changed
 //! nothing: all state changes happen after the broker's pull returns, with
 //! no await in between.
 //!
@@ -26,6 +24,17 @@
 //! means the buffer is full and no Tread follows inside that read(2), so a
 //! zero armed then would reach the program as end of file. It applies to
 //! sessions marked `linux` (see the tree's module comment).
+//!
+//! O_NONBLOCK. Linux 6.1 sends one Tread per non-blocking read(2), so the
+//! zero would reach the program as a false end of file; 6.12 (netfs) goes
+//! on sending Treads inside one read(2) as for a blocking one, and an
+//! EAGAIN there discards what the read(2) already had (a message pulled
+//! and lost). So for an O_NONBLOCK open the zero goes only to a Tread that
+//! continues the same read(2): at offset N with the count the previous
+//! Tread left (its count less the bytes it got). Any other Tread pulls:
+//! a message, or EAGAIN. (A 6.1 program whose next read(2) asks for
+//! exactly what its last one left over gets the false zero: the one case
+//! the server cannot tell apart.)
 //!
 //! Writes. With `line` framing each newline-terminated line of a write is a
 //! message; a partial last line waits here for the next write and is pushed
@@ -50,10 +59,13 @@ pub struct Reader<D> {
     /// The message being handed out and how many of its bytes went out;
     /// kept, unacked, after its last byte went out until the next read.
     current: Option<(D, usize)>,
-    /// The offset at which the next Tread gets 0 bytes once (Linux loop).
-    zero_at: Option<u64>,
+    /// The offset at which the next Tread gets 0 bytes once (Linux loop),
+    /// and for an O_NONBLOCK open the count that Tread must have.
+    zero_at: Option<(u64, Option<u32>)>,
     /// Whether this session's client reads with the Linux read loop.
     linux: bool,
+    /// Whether the file was opened with O_NONBLOCK.
+    nonblock: bool,
 }
 
 /// What a read does after looking at the open file's state.
@@ -66,11 +78,12 @@ pub enum Step {
 }
 
 impl<D: Delivery> Reader<D> {
-    pub fn new(linux: bool) -> Self {
+    pub fn new(linux: bool, nonblock: bool) -> Self {
         Reader {
             current: None,
             zero_at: None,
             linux,
+            nonblock,
         }
     }
 
@@ -90,7 +103,9 @@ impl<D: Delivery> Reader<D> {
             }
         }
         match self.zero_at.take() {
-            Some(n) if n == req.offset => Step::Reply(Bytes::new()),
+            Some((n, count)) if n == req.offset && count.is_none_or(|c| c == req.count) => {
+                Step::Reply(Bytes::new())
+            }
             _ => Step::Pull,
         }
     }
@@ -113,8 +128,16 @@ impl<D: Delivery> Reader<D> {
         let piece = data.slice(*sent..end);
         *sent = end;
         let unfilled = piece.len() < req.count as usize;
-        if end == data.len() && self.linux && (unfilled || req.count >= req.max_count) {
-            self.zero_at = Some(req.offset.saturating_add(piece.len() as u64));
+        let at = req.offset.saturating_add(piece.len() as u64);
+        if end == data.len() && self.linux {
+            if self.nonblock {
+                // Only the continuation of this read(2) (6.12) gets it.
+                if unfilled {
+                    self.zero_at = Some((at, Some(req.count - piece.len() as u32)));
+                }
+            } else if unfilled || req.count >= req.max_count {
+                self.zero_at = Some((at, None));
+            }
         }
         piece
     }
@@ -351,7 +374,7 @@ mod tests {
 
     #[test]
     fn each_read_syscall_gets_one_message() {
-        let mut r = Reader::new(true);
+        let mut r = Reader::new(true, false);
         let (a, acks_a) = fake("one\n");
         let (b, _) = fake("two\n");
         let mut msgs = vec![b, a];
@@ -363,7 +386,7 @@ mod tests {
 
     #[test]
     fn byte_at_a_time_reader_never_sees_a_zero() {
-        let mut r = Reader::new(true);
+        let mut r = Reader::new(true, false);
         let (a, _) = fake("abc\n");
         let (b, _) = fake("de\n");
         let mut msgs = vec![b, a];
@@ -379,7 +402,7 @@ mod tests {
 
     #[test]
     fn full_small_buffer_arms_no_zero() {
-        let mut r = Reader::new(true);
+        let mut r = Reader::new(true, false);
         let (a, _) = fake("abc\n");
         let (b, _) = fake("xy\n");
         let mut msgs = vec![b, a];
@@ -390,7 +413,7 @@ mod tests {
 
     #[test]
     fn message_longer_than_a_tread_arrives_whole() {
-        let mut r = Reader::new(true);
+        let mut r = Reader::new(true, false);
         let long = "x".repeat(3 * MAX as usize + 5);
         let (a, _) = fake(&long);
         let mut msgs = vec![a];
@@ -411,7 +434,7 @@ mod tests {
 
     #[test]
     fn plain_stream_reads_never_zero() {
-        let mut r = Reader::new(false);
+        let mut r = Reader::new(false, false);
         let (a, _) = fake("one\n");
         assert_eq!(r.begin(req(0, 100)), Step::Pull);
         assert_eq!(r.pulled(a, req(0, 100)), "one\n");
@@ -420,7 +443,7 @@ mod tests {
 
     #[test]
     fn zero_only_at_its_offset_and_once() {
-        let mut r = Reader::new(true);
+        let mut r = Reader::new(true, false);
         let (a, _) = fake("one\n");
         r.begin(req(0, 100));
         r.pulled(a, req(0, 100));
@@ -433,12 +456,12 @@ mod tests {
 
     #[test]
     fn finish_acks_or_returns() {
-        let mut r = Reader::new(false);
+        let mut r = Reader::new(false, false);
         let (a, acks) = fake("one\n");
         r.pulled(a, req(0, 2));
         r.finish(false);
         assert_eq!(acks.load(Ordering::SeqCst), 0);
-        let mut r = Reader::new(false);
+        let mut r = Reader::new(false, false);
         let (a, acks) = fake("one\n");
         r.pulled(a, req(0, 2));
         r.finish(true);
@@ -497,5 +520,21 @@ mod tests {
         assert_eq!(write(&mut w, "abc\n"), vec!["abc\n"]);
         let w = Writer::new(Framing::Write, 4);
         assert_eq!(w.cut(Bytes::from_static(b"abcde")).err(), Some(TooLong(5)));
+    }
+
+    /// O_NONBLOCK: the zero only for the continuation of the same read(2)
+    /// (6.12), never for the next read(2) (6.1).
+    #[test]
+    fn a_nonblocking_reader_gets_the_zero_only_inside_its_read() {
+        let mut r = Reader::new(true, true);
+        let (a, _) = fake("one\n");
+        assert_eq!(r.begin(req(0, 4096)), Step::Pull);
+        r.pulled(a, req(0, 4096));
+        assert_eq!(r.begin(req(4, 4096)), Step::Pull, "6.1: the next read(2)");
+        let mut r = Reader::new(true, true);
+        let (a, _) = fake("one\n");
+        r.begin(req(0, 4096));
+        r.pulled(a, req(0, 4096));
+        assert_eq!(r.begin(req(4, 4092)), Step::Reply(Bytes::new()), "6.12");
     }
 }

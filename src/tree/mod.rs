@@ -349,11 +349,7 @@ impl<B: Broker> TopicTree<B> {
                     },
                     reads,
                     writes: mode.writes(),
-                    // O_NONBLOCK: Linux 6.1 sends one Tread per non-blocking
-                    // read(2), so an armed zero would read as end of file.
-                    reader: tokio::sync::Mutex::new(Reader::new(
-                        node.session.linux && !mode.nonblock,
-                    )),
+                    reader: tokio::sync::Mutex::new(Reader::new(node.session.linux, mode.nonblock)),
                     writer: tokio::sync::Mutex::new(Writer::new(
                         status.config.framing,
                         status.config.max_message,
