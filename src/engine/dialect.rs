@@ -128,7 +128,7 @@ pub fn dirent_type(info: &FileInfo) -> u8 {
 /// The changes a Twstat asks for; "don't touch" (all ones, "") is `None`.
 pub fn wstat_changes(s: &Stat) -> fs::Result<Changes> {
     if s.name.contains('/') || s.name == "." || s.name == ".." {
-        return Err(fs::Error::new(fs::errno::EINVAL, "bad file name"));
+        return Err(fs::Error::new(fs::errno::EINVAL, "invalid file name"));
     }
     let some_str = |v: &str| (!v.is_empty()).then(|| v.to_string());
     Ok(Changes {
