@@ -386,11 +386,53 @@ topics() {
     ok $C.umount
 }
 
+# ---- issue 13: the kernel's cache modes ---------------------------------------
+
+# Users mount with cache=loose or cache=mmap out of habit: the tour's
+# commands (rendezvous with cat and `>>`, `>`, head, while-read, reset,
+# close, a killed reader, bad commands) work there as with the default
+# (cache=none), and a ctl read shows a change made just before.
+c_ctl_fresh() {
+    topic ctl-fresh
+    a=$(cat $T/ctl | grep '^capacity')
+    ctl "capacity 7"
+    b=$(cat $T/ctl | grep '^capacity')
+    cat $T/offset > /dev/null
+    bg w push $W/data one
+    waitfor $WAIT sh -c 'grep -qx "pending 1" $1' sh $T/ctl
+    c=$(grep '^pending' $T/ctl)
+    got=$(timeout $WAIT head -n 1 $T/data)
+    o=$(cat $T/offset)
+    if [ "$a" = "capacity 0" ] && [ "$b" = "capacity 7" ] && [ "$c" = "pending 1" ] && [ "$got" = one ] && [ "$o" = 1 ]
+    then ok $C.ctl-fresh
+    else fail $C.ctl-fresh "ctl read '$a' then '$b' after capacity 7, '$c' after a push; head '$got', offset '$o'"; fi
+    cleanup w
+}
+
+cachemode() {
+    CM=$1 V=$1 C=cache.$1
+    M=/mnt/$CM M1=/mnt/$CM-g1 M2=/mnt/$CM-g2 MW=/mnt/$CM-w
+    for mp in "$M" "$M1 g1" "$M2 g2" "$MW w"; do
+        set -- $mp
+        if ! mount9p $1 "$TOPIC_PORT" 9p2000.L "${2:-}" "cache=$CM" 2> /tmp/mount.err; then
+            fail $C.mount "$1: $(cat /tmp/mount.err)"
+            return
+        fi
+    done
+    ok $C.mount
+    c_rendezvous; c_head; c_whileread; c_groups; c_reset; c_close; c_killed; c_bad; c_ctl_fresh
+    for mp in $M $M1 $M2 $MW; do
+        umount $mp 2> /tmp/e || { fail $C.umount "$mp: $(cat /tmp/e)"; return; }
+    done
+    ok $C.umount
+}
+
 echo "kernel $KERNEL"
 if [ -n "${RAMFS_PORT:-}" ]; then
     for V in $DIALECTS; do ramfs $V; done
 fi
 if [ -n "${TOPIC_PORT:-}" ]; then
     for V in ${TOPIC_DIALECTS:-$DIALECTS}; do topics $V; done
+    for mode in ${CACHE_MODES-loose mmap}; do cachemode $mode; done
 fi
 echo "CHECKS-DONE"
