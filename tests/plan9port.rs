@@ -637,3 +637,43 @@ fn a_blocked_9pfuse_read_ends_by_a_close() {
     // The mount is still usable, and unmounts cleanly.
     assert!(m.path("stuck/ctl").exists());
 }
+
+/// `dchan mount` picks the mount it can do (here 9pfuse, where the kernel
+/// has no 9P or we are not root) and `dchan umount` undoes it; `--group`
+/// and `--writers` are passed on.
+#[test]
+fn dchan_mount_and_umount() {
+    let Some(t) = fuse_tools() else { return };
+    let s = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let [r, w, g] = ["r", "w", "g"].map(|d| dir.path().join(d).display().to_string());
+    let _guards = [&r, &w, &g].map(|d| Unmount(PathBuf::from(d)));
+    sh_ok(
+        &t,
+        &s,
+        &format!("dchan mount {r} --writers {w} && dchan mount --group audit {g}"),
+    );
+    sh_ok(&t, &s, &format!("mkdir {r}/jobs && cat {g}/jobs/offset"));
+    sh_ok(
+        &t,
+        &s,
+        &format!("echo 'capacity 1' >> {r}/jobs/ctl && echo hello >> {w}/jobs/data"),
+    );
+    assert_eq!(
+        sh_ok(&t, &s, &format!("head -n 1 {r}/jobs/data")),
+        "hello\n"
+    );
+    assert_eq!(
+        sh_ok(&t, &s, &format!("head -n 1 {g}/jobs/data")),
+        "hello\n"
+    );
+    sh_ok(
+        &t,
+        &s,
+        &format!("dchan umount {r} && dchan umount {w} && dchan umount {g}"),
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(&*dir.path().to_string_lossy()), "{mounts}");
+    let out = sh(&t, &s, &format!("dchan umount {r}"));
+    assert!(!out.status.success() && text(&out.stderr).contains("not mounted"));
+}

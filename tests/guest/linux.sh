@@ -391,7 +391,8 @@ topics() {
 # Users mount with cache=loose or cache=mmap out of habit: the tour's
 # commands (rendezvous with cat and `>>`, `>`, head, while-read, reset,
 # close, a killed reader, bad commands) work there as with the default
-# (cache=none), and a ctl read shows a change made just before.
+# (cache=none), and a ctl read shows a change made just before; but for
+# cache=loose on 6.1 (c_loose_61).
 c_ctl_fresh() {
     topic ctl-fresh
     a=$(cat $T/ctl | grep '^capacity')
@@ -409,6 +410,18 @@ c_ctl_fresh() {
     cleanup w
 }
 
+# 6.1's cache=loose keeps writes in the page cache and reads from it: a
+# push returns with no reader, a bad ctl command seems accepted, reads see
+# end of file. Unsupported there (README); this check shows it still is.
+c_loose_61() {
+    topic loose-61
+    if ctl bogus 2> /tmp/e; then
+        ok $C.unsupported-on-6.1 "(the page cache takes writes: a bad ctl command is 'accepted')"
+    else
+        fail $C.unsupported-on-6.1 "a bad ctl command was refused ($(cat /tmp/e)): does cache=loose work on $KERNEL now? run the full checks"
+    fi
+}
+
 cachemode() {
     CM=$1 V=$1 C=cache.$1
     M=/mnt/$CM M1=/mnt/$CM-g1 M2=/mnt/$CM-g2 MW=/mnt/$CM-w
@@ -420,7 +433,10 @@ cachemode() {
         fi
     done
     ok $C.mount
-    c_rendezvous; c_head; c_whileread; c_groups; c_reset; c_close; c_killed; c_bad; c_ctl_fresh
+    case "$KERNEL:$CM" in
+    6.1.*:loose) c_loose_61 ;;
+    *) c_rendezvous; c_head; c_whileread; c_groups; c_reset; c_close; c_killed; c_bad; c_ctl_fresh ;;
+    esac
     for mp in $M $M1 $M2 $MW; do
         umount $mp 2> /tmp/e || { fail $C.umount "$mp: $(cat /tmp/e)"; return; }
     done
