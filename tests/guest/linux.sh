@@ -443,6 +443,31 @@ cachemode() {
     ok $C.umount
 }
 
+# ---- issue 13: `dchan mount` as root: the kernel's 9P client -------------------
+
+mounthelper() {
+    C=mount-helper
+    H=/mnt/helper HW=/mnt/helper-w HG=/mnt/helper-g
+    if ! command -v dchan > /dev/null; then fail $C.mount "no dchan in the guest"; return; fi
+    export DCHAN_ADDR="tcp!$SERVER!$TOPIC_PORT"
+    if ! timeout $WAIT dchan mount $H --writers $HW 2> /tmp/e || ! timeout $WAIT dchan mount --group g $HG 2>> /tmp/e; then
+        fail $C.mount "$(cat /tmp/e)"; return
+    fi
+    types=$(for d in $H $HW $HG; do awk -v d=$d '$2 == d { print $3 }' /proc/mounts; done | tr '\n' ' ')
+    if [ "$types" = "9p 9p 9p " ]; then ok $C.mount; else fail $C.mount "mounted as '$types'"; fi
+    T=$H/helper
+    mkdir $T && cat $HG/helper/offset > /dev/null
+    bg w push $HW/helper/data hello
+    a=$(timeout $WAIT head -n 1 $T/data 2> /tmp/e)
+    b=$(timeout $WAIT head -n 1 $HG/helper/data 2>> /tmp/e)
+    waitfor $WAIT ended w
+    if [ "$a $b" = "hello hello" ] && [ "$(rc w)" = 0 ]; then ok $C.read-write
+    else fail $C.read-write "default group got '$a', group g '$b', push rc $(rc w) $(cat /tmp/e)"; fi
+    ctl close 2> /dev/null; stop w
+    if dchan umount $H && dchan umount $HW && dchan umount $HG 2> /tmp/e && ! grep -q helper /proc/mounts
+    then ok $C.umount; else fail $C.umount "$(cat /tmp/e) $(grep helper /proc/mounts)"; fi
+}
+
 echo "kernel $KERNEL"
 if [ -n "${RAMFS_PORT:-}" ]; then
     for V in $DIALECTS; do ramfs $V; done
@@ -450,5 +475,6 @@ fi
 if [ -n "${TOPIC_PORT:-}" ]; then
     for V in ${TOPIC_DIALECTS:-$DIALECTS}; do topics $V; done
     for mode in ${CACHE_MODES-loose mmap}; do cachemode $mode; done
+    mounthelper
 fi
 echo "CHECKS-DONE"
