@@ -579,6 +579,10 @@ fn ctl_errors_read_right_through_9pfuse() {
         ("create t", "ctl", "File exists"),
         ("remove nope", "ctl", "No such file or directory"),
         ("frob", "t/ctl", NEUTRAL),
+        // What the user typed, quoted back, once read as a timeout or an
+        // existing file: on plain 9P2000 such quotes are elided.
+        ("timeout=5s", "t/ctl", NEUTRAL),
+        ("exists", "ctl", NEUTRAL),
         ("timeout soon", "t/ctl", NEUTRAL),
         ("timeout", "t/ctl", NEUTRAL),
         ("capacity x", "t/ctl", NEUTRAL),

@@ -53,70 +53,11 @@ pub(super) fn linux_text(errno: u32) -> Option<&'static str> {
     })
 }
 
-/// plan9port's table for turning an error's text into an errno
-/// (src/cmd/9pfuse/errstr.c at 59ab62e5; lib9's errstr.c is alike): the
-/// first entry whose words the text contains, case-insensitively, wins, and
-/// a text matching none reads as ERANGE. 9pfuse reports every Rerror of a
-/// plain 9P2000 server this way, so no text dchan sends may contain the
-/// words of another errno.
-#[cfg(test)]
-pub(crate) fn plan9port_errno(text: &str) -> u32 {
-    use errno::*;
-    const E2BIG: u32 = 7;
-    const ENODEV: u32 = 19;
-    const ESTALE: u32 = 116;
-    const TABLE: &[(&str, u32)] = &[
-        ("permitted", EPERM),
-        ("permission", EACCES),
-        ("access", EACCES),
-        ("exists", EEXIST),
-        ("exist", ENOENT),
-        ("no such", ENOENT),
-        ("not found", ENOENT),
-        ("not implemented", ENOSYS),
-        ("input/output", EIO),
-        ("timeout", ETIMEDOUT),
-        ("timed out", ETIMEDOUT),
-        ("i/o", EIO),
-        ("too long", E2BIG),
-        ("interrupt", EINTR),
-        ("no such", ENODEV),
-        ("bad file", EBADF),
-        (" fid ", EBADF),
-        ("temporar", EAGAIN),
-        ("memory", ENOMEM),
-        ("is a directory", EISDIR),
-        ("directory", ENOTDIR),
-        ("argument", EINVAL),
-        ("pipe", EPIPE),
-        ("in use", EBUSY),
-        ("busy", EBUSY),
-        ("illegal", EINVAL),
-        ("invalid", EINVAL),
-        ("read-only", EROFS),
-        ("read only", EROFS),
-        ("stale ", ESTALE),
-        ("proto", EPROTO),
-        ("entry", ENOENT),
-    ];
-    let text = text.to_lowercase();
-    TABLE
-        .iter()
-        .find(|(words, _)| text.contains(words))
-        .map_or(ERANGE, |&(_, e)| e)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::dialect::{plan9port_errno, reads_right};
     use crate::tree::ctl;
-
-    /// True when plan9port reads `text` as `errno`, or as nothing in
-    /// particular (ERANGE, its "who knows"): never as another errno.
-    fn reads_right(errno: u32, text: &str) -> bool {
-        let read = plan9port_errno(text);
-        read == errno || read == errno::ERANGE
-    }
 
     /// The errno constants by name, for the source scan below.
     fn errno_named(name: &str) -> u32 {
