@@ -96,7 +96,7 @@ fn a_line_longer_than_max_message_is_refused_with_a_clear_error() {
     let out = run(&p9, &addr, "write", "t/data", b"123456789");
     assert!(!out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("message too long"), "{err}");
+    assert!(err.contains("message too large"), "{err}");
     assert_eq!(status(&p9, &addr, "t", "pending"), "0");
     assert_eq!(status(&p9, &addr, "t", "max_message"), "8");
     drop(server);

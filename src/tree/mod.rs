@@ -373,7 +373,7 @@ impl<B: Broker> TopicTree<B> {
         if req.overlaps {
             return Err(Error::new(
                 errno::EBUSY,
-                "one read at a time per open data file: another read on this fid has not been answered",
+                "busy: one read at a time per open data file, and another has not been answered",
             ));
         }
         let mut reader = f.reader.lock().await;
@@ -588,10 +588,9 @@ impl<B: Broker> TopicTree<B> {
     fn remove_node(&self, node: &Node) -> Result<()> {
         match &node.at {
             At::Dir(p) if self.is_topic(p) => self.remove_topic(p),
-            At::Dir(p) if self.dir_exists(p) => Err(Error::new(
-                errno::ENOTEMPTY,
-                "directory not empty: it holds topics",
-            )),
+            At::Dir(p) if self.dir_exists(p) => {
+                Err(Error::new(errno::ENOTEMPTY, "not empty: it holds topics"))
+            }
             At::Dir(_) => Err(not_found()),
             At::Root => Err(Error::new(errno::EPERM, "cannot remove the root")),
             At::RootCtl | At::File(..) => Err(Error::new(
