@@ -3,6 +3,7 @@
  *
  *   nb read FILE N       open O_RDONLY|O_NONBLOCK, N read(2)s of 4096
  *   nb write FILE TEXT   open O_WRONLY|O_APPEND|O_NONBLOCK, one write(2)
+ *   nb bwrite FILE TEXT  the same without O_NONBLOCK
  *
  * One line per call: "data TEXT" (newlines as \n), "eof", "wrote N", or
  * "errno N". Built static by tests/linux_client.rs (gcc -static) into the
@@ -38,7 +39,8 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
-    int fd = open(argv[2], O_WRONLY | O_APPEND | O_NONBLOCK);
+    int nb = strcmp(argv[1], "write") == 0 ? O_NONBLOCK : 0;
+    int fd = open(argv[2], O_WRONLY | O_APPEND | nb);
     if (fd < 0) { printf("open errno %d\n", errno); return 1; }
     ssize_t n = write(fd, argv[3], strlen(argv[3]));
     if (n < 0) printf("errno %d\n", errno); else printf("wrote %zd\n", n);
