@@ -9,9 +9,11 @@
 //! - `pull`   — `dchan pull`.
 //! - `admin`  — `reset`, `close`, `create`, `rm`, `stat`, `offset`.
 //! - `ls`     — `dchan ls`.
+//! - `mount`  — `dchan mount`, `dchan umount`.
 
 mod admin;
 mod ls;
+mod mount;
 mod pull;
 mod push;
 
@@ -26,6 +28,7 @@ use dchan::engine::Addr;
 pub use admin::{CreateArgs, OffsetArgs, TopicArg};
 pub use dchan::serve::ServeArgs;
 pub use ls::LsArgs;
+pub use mount::{MountArgs, UmountArgs};
 pub use pull::PullArgs;
 pub use push::PushArgs;
 
@@ -98,6 +101,10 @@ pub enum ClientCommand {
     Reset(TopicArg),
     /// Close a topic: readers drain it, then see the end.
     Close(TopicArg),
+    /// Mount the server on a directory: the kernel's 9P client as root, else 9pfuse.
+    Mount(MountArgs),
+    /// Unmount what `dchan mount` mounted.
+    Umount(UmountArgs),
 }
 
 /// Where the server is and who we are; every client subcommand takes these.
@@ -246,6 +253,8 @@ async fn run_client(command: ClientCommand) -> Result<(), Failure> {
         Command::Rm(a) => admin::rm(a).await,
         Command::Reset(a) => admin::reset(a).await,
         Command::Close(a) => admin::close(a).await,
+        Command::Mount(a) => mount::mount(a).await,
+        Command::Umount(a) => mount::umount(a).await,
     }
 }
 
