@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::broker::{Framing, TopicConfig};
+use crate::broker::{self, Framing, TopicConfig};
 use crate::engine::{Addr, MIN_MSIZE};
 
 /// The built-in defaults: `dchan.toml`, documented there.
@@ -63,6 +63,8 @@ pub struct TopicDefaults {
     pub framing: FramingName,
     /// How long a push or pull may wait.
     pub timeout: Timeout,
+    /// The longest message.
+    pub max_message: MessageSize,
 }
 
 impl TopicDefaults {
@@ -72,6 +74,7 @@ impl TopicDefaults {
             capacity: self.capacity,
             framing: self.framing.into(),
             timeout: self.timeout.0,
+            max_message: self.max_message.0,
         }
     }
 }
@@ -82,6 +85,7 @@ impl TopicDefaults {
 #[serde(deny_unknown_fields)]
 pub struct TopicSpec {
     /// The topic's name, such as `jobs` or `metrics/eu`.
+    #[serde(deserialize_with = "topic_name")]
     pub name: String,
     /// Its capacity, if not the default.
     pub capacity: Option<u64>,
@@ -89,6 +93,8 @@ pub struct TopicSpec {
     pub framing: Option<FramingName>,
     /// Its timeout, if not the default.
     pub timeout: Option<Timeout>,
+    /// Its longest message, if not the default.
+    pub max_message: Option<MessageSize>,
 }
 
 impl TopicSpec {
@@ -98,6 +104,7 @@ impl TopicSpec {
             capacity: self.capacity.unwrap_or(defaults.capacity),
             framing: self.framing.unwrap_or(defaults.framing).into(),
             timeout: self.timeout.unwrap_or(defaults.timeout).0,
+            max_message: self.max_message.unwrap_or(defaults.max_message).0,
         }
     }
 }
@@ -121,6 +128,40 @@ impl From<FramingName> for Framing {
     }
 }
 
+/// A message size as the file spells it: a number of bytes, or a string
+/// with a binary suffix ("64k", "16M").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeValue")]
+pub struct MessageSize(pub u64);
+
+impl Default for MessageSize {
+    fn default() -> Self {
+        MessageSize(broker::DEFAULT_MAX_MESSAGE)
+    }
+}
+
+/// What a size may be written as.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeValue> for MessageSize {
+    type Error = String;
+
+    fn try_from(v: SizeValue) -> Result<Self, String> {
+        let text = match v {
+            SizeValue::Bytes(n) => n.to_string(),
+            SizeValue::Text(s) => s,
+        };
+        broker::parse_size(&text)
+            .map(MessageSize)
+            .map_err(|why| format!("bad max_message {text:?}: {why}"))
+    }
+}
+
 /// A wait limit as the file spells it: a humantime duration ("30s",
 /// "1h 30m"), or "none" for no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -136,7 +177,7 @@ impl TryFrom<String> for Timeout {
         }
         match humantime::parse_duration(&text) {
             Ok(d) if d.is_zero() => Err(format!(
-                "timeout {text:?} is zero; write \"none\" to wait for ever"
+                "a zero timeout ({text:?}) is refused (give a positive duration, or \"none\" to wait for ever)"
             )),
             Ok(d) => Ok(Timeout(Some(d))),
             Err(e) => Err(format!(
@@ -144,6 +185,29 @@ impl TryFrom<String> for Timeout {
             )),
         }
     }
+}
+
+/// A topic name the broker accepts.
+fn topic_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    match crate::broker::memory::valid_name(&name) {
+        true => Ok(name),
+        false => Err(serde::de::Error::custom(crate::broker::Error::BadName(
+            name,
+        ))),
+    }
+}
+
+/// The `[[topic]]` names with where they are, to find one given twice.
+#[derive(Deserialize)]
+struct TopicNames {
+    #[serde(default)]
+    topic: Vec<TopicName>,
+}
+
+#[derive(Deserialize)]
+struct TopicName {
+    name: toml::Spanned<String>,
 }
 
 /// A list of addresses, each parsed as the command line parses it.
@@ -222,6 +286,19 @@ impl Config {
             reason: e.message().trim_end().to_string(),
         };
         toml::from_str::<Config>(text).map_err(|e| invalid(text, e))?;
+        let names: TopicNames = toml::from_str(text).map_err(|e| invalid(text, e))?;
+        for (i, t) in names.topic.iter().enumerate() {
+            if names.topic[..i]
+                .iter()
+                .any(|o| o.name.get_ref() == t.name.get_ref())
+            {
+                return Err(ConfigError::Invalid {
+                    file: file.to_string(),
+                    line: Some(line_of(text, t.name.span().start)),
+                    reason: format!("topic {:?} is listed twice", t.name.get_ref()),
+                });
+            }
+        }
         let over: toml::Table = toml::from_str(text).map_err(|e| invalid(text, e))?;
         let mut merged: toml::Table = toml::from_str(DEFAULTS).map_err(|e| invalid(DEFAULTS, e))?;
         overlay(&mut merged, over);
@@ -273,7 +350,22 @@ mod tests {
         assert_eq!(c.topic_defaults.capacity, 0);
         assert_eq!(c.topic_defaults.framing, FramingName::Line);
         assert_eq!(c.topic_defaults.timeout, Timeout(None));
+        assert_eq!(c.topic_defaults.max_message, MessageSize::default());
+        assert_eq!(c.topic_defaults.topic_config(), TopicConfig::default());
         assert!(c.topic.is_empty());
+    }
+
+    #[test]
+    fn max_message_takes_bytes_or_a_suffix() {
+        let text = "[topic_defaults]\nmax_message = 65536\n\
+                    [[topic]]\nname = \"big\"\nmax_message = \"64M\"\n";
+        let c = Config::parse("t.toml", text).unwrap();
+        assert_eq!(c.topic_defaults.max_message, MessageSize(65536));
+        let big = c.topic[0].topic_config(&c.topic_defaults);
+        assert_eq!(big.max_message, 64 << 20);
+        let bad = "[topic_defaults]\nmax_message = \"lots\"\n";
+        let e = Config::parse("t.toml", bad).unwrap_err().to_string();
+        assert!(e.contains("bad max_message"), "{e}");
     }
 
     #[test]
@@ -354,6 +446,36 @@ mod tests {
             .to_string();
         assert!(
             e.starts_with("config my.toml:3: a limit must be at least 1"),
+            "{e}"
+        );
+
+        let e = Config::parse("my.toml", "[topic_defaults]\ntimeout = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:2: a zero timeout (\"0s\") is refused"),
+            "{e}"
+        );
+
+        let e = Config::parse(
+            "my.toml",
+            "[[topic]]\nname = \"a\"\n[[topic]]\nname = \"-b\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config my.toml:4: bad topic name \"-b\": want parts of"),
+            "{e}"
+        );
+
+        let e = Config::parse(
+            "my.toml",
+            "[[topic]]\nname = \"a\"\n\n[[topic]]\nname = \"a\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config my.toml:5: topic \"a\" is listed twice"),
             "{e}"
         );
 

@@ -40,7 +40,7 @@ pub enum Framing {
 }
 
 /// A topic's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicConfig {
     /// How far the slowest group may lag; 0 is a rendezvous.
     pub capacity: u64,
@@ -48,6 +48,57 @@ pub struct TopicConfig {
     /// How long a push or pull may wait before failing with `TimedOut`;
     /// `None` waits forever.
     pub timeout: Option<Duration>,
+    /// The longest message, in bytes: a longer push fails with `TooLong`.
+    pub max_message: u64,
+}
+
+/// The default [`TopicConfig::max_message`], 16 MiB: RabbitMQ's default,
+/// above the 1 MB of NATS and Kafka, so that large documents fit, while a
+/// writer that never ends its line cannot make the server hold more than
+/// this per open file.
+pub const DEFAULT_MAX_MESSAGE: u64 = 16 << 20;
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            capacity: 0,
+            framing: Framing::default(),
+            timeout: None,
+            max_message: DEFAULT_MAX_MESSAGE,
+        }
+    }
+}
+
+/// A message size as people write it: bytes, or with a binary suffix
+/// (`64k`, `16M`, `1G`); at least 1.
+pub fn parse_size(s: &str) -> Result<u64, &'static str> {
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| "want a number of bytes ≥ 1, like 65536, 64k or 16M")?;
+    match n.checked_shl(shift).filter(|v| *v >= 1 && v >> shift == n) {
+        Some(v) => Ok(v),
+        None => Err("want a number of bytes ≥ 1, like 65536, 64k or 16M"),
+    }
+}
+
+impl TopicConfig {
+    /// Whether a message of `len` bytes may be pushed: every engine asks
+    /// before it takes a message.
+    pub fn admits(&self, len: usize) -> Result<()> {
+        match len as u64 <= self.max_message {
+            true => Ok(()),
+            false => Err(Error::TooLong {
+                size: len as u64,
+                max: self.max_message,
+            }),
+        }
+    }
 }
 
 /// One setting to change on a live topic.
@@ -56,6 +107,7 @@ pub enum Setting {
     Capacity(u64),
     Framing(Framing),
     Timeout(Option<Duration>),
+    MaxMessage(u64),
 }
 
 /// Whether an operation may wait.
@@ -67,13 +119,17 @@ pub enum Wait {
     NonBlock,
 }
 
+/// What a topic name may be, as errors say it.
+pub const NAME_RULE: &str =
+    "want parts of A-Z a-z 0-9 . _ - separated by /, not . or .., not starting with -";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("no such topic: {0}")]
     NoTopic(String),
     #[error("topic exists: {0}")]
     Exists(String),
-    #[error("bad topic name: {0:?}")]
+    #[error("bad topic name {0:?}: {NAME_RULE}")]
     BadName(String),
     #[error("topic closed")]
     Closed,
@@ -91,6 +147,8 @@ pub enum Error {
     OffsetOutOfRange { asked: Seq, first: Seq, next: Seq },
     #[error("server shutting down")]
     Shutdown,
+    #[error("message too large: {size} bytes, over the topic's max_message {max}")]
+    TooLong { size: u64, max: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -349,6 +349,66 @@ c_size_limit() {
     cleanup w
 }
 
+# Issue 14.2: a reader that opened data with O_NONBLOCK (9P2000.L: the
+# server sees it in Tlopen) gets each message, then EAGAIN (11), never a
+# false end of file. (tests/guest/nb.c; plain 9P2000 and .u opens carry no
+# O_NONBLOCK.)
+c_nonblock() {
+    [ $V = 9p2000.L ] || return 0
+    topic nonblock
+    ctl "capacity 10"
+    cat $T/offset > /dev/null
+    printf 'one\ntwo\n' >> $W/data
+    got=$(timeout $WAIT ./nb read $T/data 3 | tr '\n' ' ')
+    want='data one\n data two\n errno 11 '
+    if [ "$got" = "$want" ]; then ok $C.nonblock-read
+    else fail $C.nonblock-read "got '$got', want '$want'"; fi
+    cleanup
+}
+
+# What a write(2) refused by the server returns (issues 14.1, 14.3), on
+# 9P2000.L: 6.1 passes the errno (EMSGSIZE 90 for a message over
+# max_message, ETIMEDOUT 110 for a timeout); 6.12's netfs write path turns
+# every error into a write(2) that returns 0 (and retries EAGAIN for ever,
+# so no non-blocking write is tried here). Nothing is pushed either way.
+c_write_errors() {
+    [ $V = 9p2000.L ] || return 0
+    topic write-errors
+    ctl "capacity 10"
+    ctl "max_message 4"
+    ctl "timeout 1s"
+    cat $T/offset > /dev/null
+    long=$(timeout $WAIT ./nb bwrite $W/data "12345
+" | head -n 1)
+    ctl "capacity 0"
+    slow=$(timeout $WAIT ./nb bwrite $W/data "ab
+" | head -n 1)
+    case $KERNEL in
+    6.1.*) want_long="errno 90" want_slow="errno 110" ;;
+    *) want_long="wrote 0" want_slow="wrote 0" ;;
+    esac
+    pending=$(grep '^pending' $T/ctl)
+    if [ "$long" = "$want_long" ] && [ "$slow" = "$want_slow" ] && [ "$pending" = "pending 0" ]; then
+        ok $C.write-errors "(too long: $long; timed out: $slow)"
+    else
+        fail $C.write-errors "too long: '$long' (want '$want_long'), timed out: '$slow' (want '$want_slow'), $pending"
+    fi
+    cleanup
+}
+
+# Issue 14.4: a line left without its newline is pushed when the file is
+# closed, and the close waits for a reader like a write (capacity 0).
+c_partial() {
+    topic partial
+    bg w sh -c 'printf abc >> "$1"' sh $W/data
+    sleep $BLOCK
+    if ended w; then fail $C.partial-close "the close returned before any reader: rc $(rc w)"; cleanup w; return; fi
+    bg r pull $T/data
+    if waitfor $WAIT has r abc && waitfor $WAIT ended w && [ "$(rc w)" = 0 ]; then ok $C.partial-close
+    else fail $C.partial-close "cat printed '$(out r)', writer rc $(rc w) $(err w)"; fi
+    cleanup r w
+}
+
 # The CLI and a mount agree: tests/linux_client.rs, on the host, pushes
 # "from the cli" with `dchan push` to $V.cli-in as soon as the topic exists,
 # and pulls $V.cli-out with `dchan pull`, where the mount pushes "from the
@@ -379,11 +439,93 @@ topics() {
     done
     ok $C.mount
     c_rendezvous; c_head; c_whileread; c_big; c_capacity; c_split; c_groups
-    c_offset; c_reset; c_close; c_killed; c_bad; c_rmdir; c_timeout; c_kernel_limit; c_size_limit; c_cli
+    c_offset; c_reset; c_close; c_killed; c_bad; c_rmdir; c_timeout; c_kernel_limit; c_size_limit; c_nonblock; c_write_errors; c_partial; c_cli
     for mp in $M $M1 $M2 $MW; do
         umount $mp 2> /tmp/e || { fail $C.umount "$mp: $(cat /tmp/e)"; return; }
     done
     ok $C.umount
+}
+
+# ---- issue 13: the kernel's cache modes ---------------------------------------
+
+# Users mount with cache=loose or cache=mmap out of habit: the tour's
+# commands (rendezvous with cat and `>>`, `>`, head, while-read, reset,
+# close, a killed reader, bad commands) work there as with the default
+# (cache=none), and a ctl read shows a change made just before; but for
+# cache=loose on 6.1 (c_loose_61).
+c_ctl_fresh() {
+    topic ctl-fresh
+    a=$(cat $T/ctl | grep '^capacity')
+    ctl "capacity 7"
+    b=$(cat $T/ctl | grep '^capacity')
+    cat $T/offset > /dev/null
+    bg w push $W/data one
+    waitfor $WAIT sh -c 'grep -qx "pending 1" $1' sh $T/ctl
+    c=$(grep '^pending' $T/ctl)
+    got=$(timeout $WAIT head -n 1 $T/data)
+    o=$(cat $T/offset)
+    if [ "$a" = "capacity 0" ] && [ "$b" = "capacity 7" ] && [ "$c" = "pending 1" ] && [ "$got" = one ] && [ "$o" = 1 ]
+    then ok $C.ctl-fresh
+    else fail $C.ctl-fresh "ctl read '$a' then '$b' after capacity 7, '$c' after a push; head '$got', offset '$o'"; fi
+    cleanup w
+}
+
+# 6.1's cache=loose keeps writes in the page cache and reads from it: a
+# push returns with no reader, a bad ctl command seems accepted, reads see
+# end of file. Unsupported there (README); this check shows it still is.
+c_loose_61() {
+    topic loose-61
+    if ctl bogus 2> /tmp/e; then
+        ok $C.unsupported-on-6.1 "(the page cache takes writes: a bad ctl command is 'accepted')"
+    else
+        fail $C.unsupported-on-6.1 "a bad ctl command was refused ($(cat /tmp/e)): does cache=loose work on $KERNEL now? run the full checks"
+    fi
+}
+
+cachemode() {
+    CM=$1 V=$1 C=cache.$1
+    M=/mnt/$CM M1=/mnt/$CM-g1 M2=/mnt/$CM-g2 MW=/mnt/$CM-w
+    for mp in "$M" "$M1 g1" "$M2 g2" "$MW w"; do
+        set -- $mp
+        if ! mount9p $1 "$TOPIC_PORT" 9p2000.L "${2:-}" "cache=$CM" 2> /tmp/mount.err; then
+            fail $C.mount "$1: $(cat /tmp/mount.err)"
+            return
+        fi
+    done
+    ok $C.mount
+    case "$KERNEL:$CM" in
+    6.1.*:loose) c_loose_61 ;;
+    *) c_rendezvous; c_head; c_whileread; c_groups; c_reset; c_close; c_killed; c_bad; c_ctl_fresh ;;
+    esac
+    for mp in $M $M1 $M2 $MW; do
+        umount $mp 2> /tmp/e || { fail $C.umount "$mp: $(cat /tmp/e)"; return; }
+    done
+    ok $C.umount
+}
+
+# ---- issue 13: `dchan mount` as root: the kernel's 9P client -------------------
+
+mounthelper() {
+    C=mount-helper
+    H=/mnt/helper HW=/mnt/helper-w HG=/mnt/helper-g
+    if ! command -v dchan > /dev/null; then fail $C.mount "no dchan in the guest"; return; fi
+    export DCHAN_ADDR="tcp!$SERVER!$TOPIC_PORT"
+    if ! timeout $WAIT dchan mount $H --writers $HW 2> /tmp/e || ! timeout $WAIT dchan mount --group g $HG 2>> /tmp/e; then
+        fail $C.mount "$(cat /tmp/e)"; return
+    fi
+    types=$(for d in $H $HW $HG; do awk -v d=$d '$2 == d { print $3 }' /proc/mounts; done | tr '\n' ' ')
+    if [ "$types" = "9p 9p 9p " ]; then ok $C.mount; else fail $C.mount "mounted as '$types'"; fi
+    T=$H/helper
+    mkdir $T && cat $HG/helper/offset > /dev/null
+    bg w push $HW/helper/data hello
+    a=$(timeout $WAIT head -n 1 $T/data 2> /tmp/e)
+    b=$(timeout $WAIT head -n 1 $HG/helper/data 2>> /tmp/e)
+    waitfor $WAIT ended w
+    if [ "$a $b" = "hello hello" ] && [ "$(rc w)" = 0 ]; then ok $C.read-write
+    else fail $C.read-write "default group got '$a', group g '$b', push rc $(rc w) $(cat /tmp/e)"; fi
+    ctl close 2> /dev/null; stop w
+    if dchan umount $H && dchan umount $HW && dchan umount $HG 2> /tmp/e && ! grep -q helper /proc/mounts
+    then ok $C.umount; else fail $C.umount "$(cat /tmp/e) $(grep helper /proc/mounts)"; fi
 }
 
 echo "kernel $KERNEL"
@@ -392,5 +534,7 @@ if [ -n "${RAMFS_PORT:-}" ]; then
 fi
 if [ -n "${TOPIC_PORT:-}" ]; then
     for V in ${TOPIC_DIALECTS:-$DIALECTS}; do topics $V; done
+    for mode in ${CACHE_MODES-loose mmap}; do cachemode $mode; done
+    mounthelper
 fi
 echo "CHECKS-DONE"
