@@ -132,7 +132,7 @@ impl Conn for CoreConn {
 impl Writer for Publisher {
     async fn push(&self, msg: Bytes) -> Result<()> {
         self.client.publish(self.subject.clone(), msg).await?;
-        if (self.pushed.fetch_add(1, Ordering::Relaxed) + 1) % self.depth == 0 {
+        if (self.pushed.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(self.depth) {
             self.client.flush().await?;
         }
         Ok(())
