@@ -18,7 +18,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dchan::broker::{Broker, Delivery, Error, MemoryBroker, Seq, Setting, TopicConfig, Wait};
+use dchan::broker::{
+    Broker, Cut, Delivery, Error, MemoryBroker, Seq, Setting, TopicConfig, Wait, resolve_now,
+};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -51,6 +53,9 @@ struct Plan {
     /// Readers per group.
     groups: Vec<usize>,
     resets: usize,
+    /// The topic's timeout, in some runs: pushes and pulls then also end
+    /// at their deadline, at any point.
+    timeout: Option<Duration>,
 }
 
 fn plan(rng: &mut StdRng) -> Plan {
@@ -62,6 +67,9 @@ fn plan(rng: &mut StdRng) -> Plan {
             .map(|_| rng.random_range(1..4))
             .collect(),
         resets: rng.random_range(0..3),
+        timeout: rng
+            .random_bool(0.25)
+            .then(|| Duration::from_micros(rng.random_range(50..2000))),
     }
 }
 
@@ -72,11 +80,14 @@ fn short(rng: &mut StdRng) -> Duration {
 
 /// Await `fut`, or, at random, cut it short: after a short time, or after
 /// a few polls with other tasks running in between and no last poll (so
-/// what the broker decided for it meanwhile must be undone by its drop).
+/// what the broker decided for it meanwhile must be undone by its drop),
+/// or with a last poll inside `resolve_now` (as a deadline or a flush
+/// does), whose answer must agree with what the broker decided. `None`:
+/// dropped unanswered.
 async fn maybe_cut<F: Future>(fut: F, rng: &mut StdRng) -> Option<F::Output> {
-    match rng.random_range(0..10) {
+    match rng.random_range(0..12) {
         0 | 1 => tokio::time::timeout(short(rng), fut).await.ok(),
-        2 | 3 => {
+        choice @ 2..=5 => {
             let mut fut = std::pin::pin!(fut);
             for _ in 0..rng.random_range(1..6) {
                 if let Poll::Ready(out) = futures_util::poll!(fut.as_mut()) {
@@ -84,7 +95,19 @@ async fn maybe_cut<F: Future>(fut: F, rng: &mut StdRng) -> Option<F::Output> {
                 }
                 tokio::task::yield_now().await;
             }
-            None
+            if choice < 4 {
+                return None;
+            }
+            let cut = if choice == 4 {
+                Cut::Cancel
+            } else {
+                Cut::Deadline
+            };
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match resolve_now(cut, || fut.as_mut().poll(&mut cx)) {
+                Poll::Ready(out) => Some(out),
+                Poll::Pending => panic!("a broker future did not decide when cut"),
+            }
         }
         _ => Some(fut.await),
     }
@@ -99,6 +122,7 @@ async fn run(seed: u64) {
             "t",
             TopicConfig {
                 capacity: plan.capacity,
+                timeout: plan.timeout,
                 ..TopicConfig::default()
             },
         )
@@ -128,11 +152,13 @@ async fn run(seed: u64) {
                 let push = broker.push("t", data, wait);
                 let pushed = match maybe_cut(push, &mut rng).await {
                     Some(Ok(seq)) => Pushed::Ok(seq),
-                    Some(Err(Error::Reset)) | None => Pushed::Unsure,
+                    None => Pushed::Unsure,
+                    // Every error means withdrawn: never delivered.
                     Some(Err(Error::WouldBlock)) => {
                         tokio::task::yield_now().await;
                         Pushed::Never
                     }
+                    Some(Err(Error::Reset | Error::Interrupted | Error::TimedOut)) => Pushed::Never,
                     Some(Err(e)) => panic!("push: {e}"),
                 };
                 record.lock().pushes[p].push(pushed);
@@ -159,7 +185,7 @@ async fn run(seed: u64) {
                     let pull = broker.pull("t", &group, wait);
                     let got = match maybe_cut(pull, &mut rng).await {
                         None => continue, // cut short: took nothing
-                        Some(Err(Error::WouldBlock)) => {
+                        Some(Err(Error::WouldBlock | Error::Interrupted | Error::TimedOut)) => {
                             tokio::task::yield_now().await;
                             continue;
                         }
@@ -256,7 +282,7 @@ fn check(plan: &Plan, rec: &Record, broker: &MemoryBroker) {
                         rec.reset_below
                     ),
                     (Pushed::Never, Some(seq)) => {
-                        panic!("group {g}: {text} (seq {seq}) delivered, its push would block")
+                        panic!("group {g}: {text} (seq {seq}) delivered, its push failed")
                     }
                     (Pushed::Unsure | Pushed::Never, _) => {}
                 }

@@ -6,11 +6,37 @@
 //! share their topics) implements the same trait.
 //!
 //! Pushes and pulls are futures that may wait (capacity, rendezvous, an empty
-//! topic). Each is cancellation-safe: a push dropped before it returns is
-//! withdrawn if no reader has taken its message; a pull dropped before it
-//! returns took nothing. A pulled message comes as a [`Delivery`]: acked, it
-//! is done; dropped unacked (the reader's connection was lost before it read
-//! again), it goes back to the front of its group.
+//! topic). A pulled message comes as a [`Delivery`]: acked, it is done;
+//! dropped unacked (the reader's connection was lost before it read again),
+//! it goes back to the front of its group.
+//!
+//! # A push's outcome (every engine)
+//!
+//! A push's message is *taken* once it is in the topic: appended to the log
+//! (capacity allowed it, or a reader took it at a rendezvous). That is
+//! decided once, under the topic's lock, and everything the writer can be
+//! told agrees with it:
+//!
+//! - `Ok(seq)`: taken. It is held for every group (until a `reset`, `seek`,
+//!   `forget` or `remove` drops it, as for any held message), so a writer
+//!   that gets `Ok` must not push it again. At a rendezvous (capacity 0)
+//!   the push waits for every group, but when its deadline comes, or a
+//!   `reset` or `remove` ends the wait, after *some* group took the message,
+//!   it is still `Ok`: the message was delivered and the others get it
+//!   from the log, so an error would make a retrying writer send a
+//!   duplicate.
+//! - any error: not taken, and never will be (withdrawn). Retrying cannot
+//!   duplicate it.
+//!
+//! A push or pull cut short — its deadline passed, or its future is about
+//! to be dropped by a caller that still wants an answer (a 9P Tflush) — is
+//! decided at once: the caller polls it one last time inside
+//! [`resolve_now`], and a waiting broker future then returns its outcome
+//! instead of `Pending`: a push not taken is withdrawn (`TimedOut` at a
+//! deadline, `Interrupted` for a flush), a push taken returns `Ok`, a pull
+//! returns the message reserved for it or withdraws. A future simply
+//! dropped (its caller is gone) is withdrawn if not taken; a message taken
+//! stays. A pull dropped before it returns took nothing.
 
 mod group;
 mod log;
@@ -85,6 +111,9 @@ pub enum Error {
     TimedOut,
     #[error("would block")]
     WouldBlock,
+    /// Cut short by its caller (see [`resolve_now`]); withdrawn.
+    #[error("interrupted")]
+    Interrupted,
     #[error("no such group: {0}")]
     NoGroup(String),
     #[error("offset {asked} out of range [{first}, {next}]")]
@@ -94,6 +123,16 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub use crate::cut::{Cut, resolve_now};
+
+/// The error a push or pull cut short and withdrawn returns.
+pub(crate) fn cut_error(cut: Cut) -> Error {
+    match cut {
+        Cut::Deadline => Error::TimedOut,
+        Cut::Cancel => Error::Interrupted,
+    }
+}
 
 /// A group's place in a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]

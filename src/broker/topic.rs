@@ -5,10 +5,17 @@
 //! something changes (a push, a pull, an ack, a drop, a setting), `dispatch`
 //! gives each group's oldest blocked reader its message right away
 //! (reserving it in the reader's slot), completes the pushes whose
-//! condition now holds, and admits waiting pushes where there is room. A
-//! future only collects what was decided for it, or, dropped first, undoes
-//! it under the same lock (see `waiters`). So no interleaving of a wake-up
-//! and a drop can lose or duplicate a message.
+//! condition now holds, and wakes the oldest waiting push when there is
+//! room. A future only collects what was decided for it, or, dropped first,
+//! undoes it under the same lock (see `waiters`). So no interleaving of a
+//! wake-up and a drop can lose or duplicate a message.
+//!
+//! A waiting push's message enters the log in one of two ways only, each
+//! final: a reader takes it (`take`, a rendezvous), or its own future, at
+//! the front of the queue when there is room, appends it (`collect_writer`)
+//! and returns `Ok` in the same critical section. Room alone appends
+//! nothing, so a push dropped or cut short before that is withdrawn, and
+//! a writer is never told "failed" about a message in the log (issue 15).
 //!
 //! The model of capacity C: a push appends its message when no group would
 //! then lag more than C behind (the push returns at once), or when a reader
@@ -19,7 +26,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::task::Waker;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,7 +36,8 @@ use slab::Slab;
 
 use super::group::Group;
 use super::log::Log;
-use super::{Error, Result, Seq, Setting, TopicConfig, TopicStatus, Wait};
+use super::waiters::store_waker;
+use super::{Cut, Error, Result, Seq, Setting, TopicConfig, TopicStatus, Wait, cut_error};
 
 /// A topic: its name and its state behind a lock.
 pub(crate) struct Topic {
@@ -106,9 +114,10 @@ pub(crate) enum Stage {
     /// Its message waits in `offers`, not in the log: dropped now, the push
     /// is withdrawn.
     Offered,
-    /// Its message is in the log (a reader took it) and waits in `appended`
-    /// until every group has taken it, or capacity allows.
-    Appended,
+    /// Its message (this sequence number) is in the log (a reader took
+    /// it) and waits in `appended` until every group has taken it, or
+    /// capacity allows. Whatever happens next, the push succeeded.
+    Appended(Seq),
     /// Decided; the future collects it.
     Done(Result<Seq>),
 }
@@ -261,7 +270,7 @@ impl State {
             group.offset += 1;
             self.log.push(&data);
             self.pushed += 1;
-            self.writers[key].stage = Stage::Appended;
+            self.writers[key].stage = Stage::Appended(next);
             self.appended.push_back((next, key));
             (next, data)
         } else {
@@ -345,13 +354,73 @@ impl State {
         });
         self.offers.push_back((key, data));
         self.dispatch();
-        if let Stage::Done(_) = self.writers[key].stage {
-            let Stage::Done(result) = self.writers.remove(key).stage else {
-                unreachable!()
-            };
-            return Start::Done(result);
+        match self.decide_writer(key, None) {
+            Some(result) => Start::Done(result),
+            None => Start::Wait(key, self.config.timeout),
         }
-        Start::Wait(key, self.config.timeout)
+    }
+
+    /// A waiting push's future polls: its result if decided (removing its
+    /// entry), else `None` with its waker stored. At the front of the
+    /// queue with room, it appends its message now. With `cut`, it must
+    /// decide: a message not taken is withdrawn with `cut`'s error, one a
+    /// reader took is `Ok`.
+    pub(crate) fn collect_writer(
+        &mut self,
+        key: usize,
+        cut: Option<Cut>,
+        cx: &Context<'_>,
+    ) -> Option<Result<Seq>> {
+        let out = self.decide_writer(key, cut);
+        if out.is_none() {
+            store_waker(&mut self.writers[key].waker, cx);
+        }
+        out
+    }
+
+    fn decide_writer(&mut self, key: usize, cut: Option<Cut>) -> Option<Result<Seq>> {
+        let result = match self.writers[key].stage {
+            Stage::Done(_) => None,
+            Stage::Offered
+                if self.offers.front().is_some_and(|o| o.0 == key) && self.fits_now() =>
+            {
+                let (_, data) = self.offers.pop_front().expect("front");
+                let seq = self.next();
+                self.log.push(&data);
+                self.pushed += 1;
+                self.dispatch();
+                Some(Ok(seq))
+            }
+            Stage::Offered => {
+                let cut = cut?;
+                self.withdraw(key);
+                Some(Err(cut_error(cut)))
+            }
+            Stage::Appended(seq) => {
+                cut?;
+                if let Some(at) = self.appended.iter().position(|&(_, k)| k == key) {
+                    self.appended.remove(at);
+                }
+                Some(Ok(seq))
+            }
+        };
+        if result.is_some() || matches!(self.writers[key].stage, Stage::Done(_)) {
+            let removed = self.writers.remove(key);
+            return result.or(match removed.stage {
+                Stage::Done(result) => Some(result),
+                _ => None,
+            });
+        }
+        None
+    }
+
+    /// Take a waiting push's message out of the queue (it was never in the
+    /// log), and let the next one go if there is room.
+    fn withdraw(&mut self, key: usize) {
+        if let Some(at) = self.offers.iter().position(|&(k, _)| k == key) {
+            self.offers.remove(at);
+        }
+        self.dispatch();
     }
 
     /// Whether a message appended now leaves its push nothing to wait for:
@@ -368,16 +437,12 @@ impl State {
         })
     }
 
-    /// A blocked push's future was dropped: withdraw its message if no
-    /// reader took it.
+    /// A blocked push's future was dropped: withdraw its message if it
+    /// was not taken.
     pub(crate) fn cancel_writer(&mut self, key: usize) {
         match self.writers.remove(key).stage {
-            Stage::Offered => {
-                if let Some(at) = self.offers.iter().position(|&(k, _)| k == key) {
-                    self.offers.remove(at);
-                }
-            }
-            Stage::Appended => {
+            Stage::Offered => self.withdraw(key),
+            Stage::Appended(_) => {
                 if let Some(at) = self.appended.iter().position(|&(_, k)| k == key) {
                     self.appended.remove(at);
                 }
@@ -445,8 +510,9 @@ impl State {
     }
 
     /// Complete the appended pushes whose message every group has taken (or
-    /// capacity allows), and append waiting pushes where there is room.
-    /// Returns whether a message was appended.
+    /// capacity allows), and wake the oldest waiting push if there is room
+    /// (its future appends it: see the module comment). Returns whether a
+    /// message was appended.
     fn settle_writers(&mut self) -> bool {
         if self.appended.is_empty() && self.offers.is_empty() {
             return false;
@@ -461,18 +527,13 @@ impl State {
                 break;
             }
         }
-        let mut appended = false;
-        while self.next() < min.saturating_add(c) {
-            let Some((key, data)) = self.offers.pop_front() else {
-                break;
-            };
-            let seq = self.next();
-            self.log.push(&data);
-            self.pushed += 1;
-            self.finish_writer(key, Ok(seq));
-            appended = true;
+        if let Some(&(key, _)) = self.offers.front()
+            && self.next() < min.saturating_add(c)
+            && let Some(waker) = self.writers[key].waker.take()
+        {
+            self.wakes.push(waker);
         }
-        appended
+        false
     }
 
     /// Drop the messages every group has taken. With no group, keep all:
@@ -500,14 +561,18 @@ impl State {
         Ok(())
     }
 
-    /// Fail every blocked push (withdrawing what is not in the log).
+    /// End every blocked push: those not taken fail with `error` (and are
+    /// withdrawn), those a reader took succeed.
     fn fail_writers(&mut self, error: Error) {
         for (_, writer) in self.writers.iter_mut() {
-            if !matches!(writer.stage, Stage::Done(_)) {
-                writer.stage = Stage::Done(Err(error.clone()));
-                if let Some(waker) = writer.waker.take() {
-                    self.wakes.push(waker);
-                }
+            let result = match writer.stage {
+                Stage::Done(_) => continue,
+                Stage::Offered => Err(error.clone()),
+                Stage::Appended(seq) => Ok(seq),
+            };
+            writer.stage = Stage::Done(result);
+            if let Some(waker) = writer.waker.take() {
+                self.wakes.push(waker);
             }
         }
         self.offers.clear();

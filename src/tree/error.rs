@@ -15,6 +15,7 @@ pub(super) fn broker_error(e: broker::Error) -> Error {
         E::Reset => errno::ECANCELED,
         E::TimedOut => errno::ETIMEDOUT,
         E::WouldBlock => errno::EAGAIN,
+        E::Interrupted => errno::EINTR,
         E::OffsetOutOfRange { .. } => errno::ERANGE,
         E::Shutdown => errno::ESHUTDOWN,
     };
@@ -43,6 +44,7 @@ pub(super) fn linux_text(errno: u32) -> Option<&'static str> {
         errno::EISDIR => "Is a directory",
         errno::EINVAL => "Invalid argument",
         errno::EPIPE => "Broken pipe",
+        errno::EINTR => "Interrupted system call",
         errno::ERANGE => "Numerical result out of range",
         errno::ENOTEMPTY => "Directory not empty",
         errno::ESHUTDOWN => "Cannot send after transport endpoint shutdown",

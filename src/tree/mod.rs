@@ -395,7 +395,10 @@ impl<B: Broker> TopicTree<B> {
                 // gets the error itself). A reset fails the whole write: its
                 // writer must know that nothing it wrote is held.
                 Err(
-                    broker::Error::WouldBlock | broker::Error::TimedOut | broker::Error::Closed,
+                    broker::Error::WouldBlock
+                    | broker::Error::TimedOut
+                    | broker::Error::Closed
+                    | broker::Error::Interrupted,
                 ) if i > 0 => return Ok(cut.ends[i - 1] as u32),
                 Err(e) => return Err(broker_error(e)),
             }
