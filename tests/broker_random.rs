@@ -113,6 +113,20 @@ async fn maybe_cut<F: Future>(fut: F, rng: &mut StdRng) -> Option<F::Output> {
     }
 }
 
+/// The status agrees with itself (issue 14.6), checked after every step:
+/// what is held is `[first, next)`, every group's offset is in it (so it
+/// can be written back), and what a group has not read or not acked is
+/// held.
+fn invariants(broker: &MemoryBroker) {
+    let s = broker.status("t").unwrap();
+    assert_eq!(s.pending, s.next - s.first, "{s:?}");
+    for g in &s.groups {
+        assert!(s.first <= g.offset && g.offset <= s.next, "{s:?}");
+        assert!(g.lag <= s.next - g.offset, "{s:?}");
+        assert!(g.lag + g.unacked <= s.pending, "{s:?}");
+    }
+}
+
 async fn run(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let plan = plan(&mut rng);
@@ -161,6 +175,7 @@ async fn run(seed: u64) {
                     Some(Err(Error::Reset | Error::Interrupted | Error::TimedOut)) => Pushed::Never,
                     Some(Err(e)) => panic!("push: {e}"),
                 };
+                invariants(&broker);
                 record.lock().pushes[p].push(pushed);
                 if rng.random_bool(0.1) {
                     tokio::time::sleep(short(&mut rng)).await;
@@ -183,7 +198,9 @@ async fn run(seed: u64) {
                         Wait::Block
                     };
                     let pull = broker.pull("t", &group, wait);
-                    let got = match maybe_cut(pull, &mut rng).await {
+                    let got = maybe_cut(pull, &mut rng).await;
+                    invariants(&broker);
+                    let got = match got {
                         None => continue, // cut short: took nothing
                         Some(Err(Error::WouldBlock | Error::Interrupted | Error::TimedOut)) => {
                             tokio::task::yield_now().await;
@@ -201,6 +218,7 @@ async fn run(seed: u64) {
                         record.lock().acked[g][r].push((d.seq(), text));
                         d.ack();
                     }
+                    invariants(&broker);
                     if rng.random_bool(0.1) {
                         tokio::time::sleep(short(&mut rng)).await;
                     }
@@ -217,6 +235,7 @@ async fn run(seed: u64) {
             for _ in 0..resets {
                 tokio::time::sleep(Duration::from_micros(rng.random_range(0..20_000))).await;
                 broker.reset("t").unwrap();
+                invariants(&broker);
                 // At or above the true boundary (pushes may land between).
                 let below = broker.status("t").unwrap().first;
                 record.lock().reset_below = below;

@@ -276,7 +276,7 @@ impl State {
         } else {
             return None;
         };
-        group.unacked += 1;
+        group.deliver(seq);
         self.pulled += 1;
         Some(Taken {
             group: g,
@@ -315,17 +315,18 @@ impl State {
         if let Some(group) = self.groups.get_mut(taken.group)
             && group.id == taken.group_id
         {
-            group.unacked -= 1;
             group.requeue(taken.seq, taken.data);
             self.dispatch();
         }
     }
 
+    /// A delivery was acked: done with; the log may let it go.
     pub(crate) fn ack(&mut self, taken: &Taken) {
         if let Some(group) = self.groups.get_mut(taken.group)
             && group.id == taken.group_id
         {
-            group.unacked -= 1;
+            group.settle(taken.seq);
+            self.trim();
         }
     }
 
@@ -536,13 +537,14 @@ impl State {
         false
     }
 
-    /// Drop the messages every group has taken. With no group, keep all:
-    /// they wait for the first.
+    /// Drop the messages every group is done with (read and acked, not
+    /// out with a reader nor waiting for redelivery), so `first`, `pending`
+    /// and every group's `offset` agree. With no group, keep all: they wait
+    /// for the first.
     fn trim(&mut self) {
-        if self.groups.is_empty() {
+        let Some(min) = self.groups.iter().map(|(_, g)| g.floor()).min() else {
             return;
-        }
-        let min = self.min_offset();
+        };
         if min > self.log.first() {
             self.log.trim(min);
         }
