@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dchan::broker::{
-    Broker, Cut, Delivery, Error, MemoryBroker, MemoryDelivery, Seq, Setting, TopicConfig, Wait,
-    resolve_now,
+    Broker, Cut, Delivery, Error, MemoryBroker, MemoryDelivery, Seq, Setting, Target, TopicConfig,
+    Wait, resolve_now,
 };
 use futures_util::poll;
 
@@ -816,4 +816,40 @@ async fn a_redelivery_keeps_offset_and_status_in_step() {
     assert_eq!(take(&b, "").await, "b");
     let s = b.status("t").unwrap();
     assert_eq!((s.first, s.next, s.pending), (2, 2, 0));
+}
+
+#[tokio::test]
+async fn a_removed_topic_stays_removed_for_its_old_handles() {
+    // Issue 14.7: a topic created again under a removed one's name is
+    // another topic; what was opened on the old one keeps failing.
+    let b = broker(5);
+    let old = Target {
+        name: "t",
+        id: Some(b.id("t").unwrap()),
+    };
+    assert_eq!(
+        done(b.push_to(old, Bytes::from_static(b"x"), Wait::Block)).await,
+        Ok(0)
+    );
+    b.remove("t").unwrap();
+    let stale = |b: &MemoryBroker| {
+        assert_eq!(b.status(old).err(), Some(Error::Removed));
+        assert_eq!(b.offset(old, "").err(), Some(Error::Removed));
+        assert_eq!(b.seek(old, "", 0).err(), Some(Error::Removed));
+        assert_eq!(b.reset(old).err(), Some(Error::Removed));
+    };
+    stale(&b);
+    b.create("t", TopicConfig::default()).unwrap();
+    assert_ne!(Some(b.id("t").unwrap()), old.id);
+    stale(&b);
+    assert_eq!(
+        done(b.push_to(old, Bytes::from_static(b"y"), Wait::NonBlock)).await,
+        Err(Error::Removed)
+    );
+    assert_eq!(
+        done(b.pull_from(old, "", Wait::NonBlock)).await.err(),
+        Some(Error::Removed)
+    );
+    // By name, it is the new topic.
+    assert_eq!(b.status("t").unwrap().pushed, 0);
 }

@@ -384,3 +384,70 @@ async fn a_flushed_push_a_group_took_is_answered_before_the_rflush() {
         .expect("server did not stop")
         .unwrap();
 }
+
+/// Issue 14.7: files opened on a topic that is then removed and created
+/// again keep failing (as between the removal and the re-creation); a new
+/// open reaches the new topic.
+#[tokio::test]
+async fn files_of_a_removed_topic_stay_stale_after_it_is_created_again() {
+    let (port, stop, server) = start().await;
+    let mut c = Conn::connect(port, Dialect::P2000L, "").await;
+    c.open(1, "ctl", 1).await;
+    let ctl = |text: &'static [u8]| Fcall::Twrite {
+        fid: 1,
+        offset: 0,
+        data: Bytes::from_static(text),
+    };
+    assert!(matches!(
+        c.rpc(4, ctl(b"create s8 capacity=5\n")).await,
+        Fcall::Rwrite { .. }
+    ));
+    c.open(2, "s8/data", 1).await; // writer
+    c.open(3, "s8/data", 0).await; // reader
+    c.open(5, "s8/ctl", 0).await;
+    let write = |fid| Fcall::Twrite {
+        fid,
+        offset: 0,
+        data: Bytes::from_static(b"m\n"),
+    };
+    let read = |fid| Fcall::Tread {
+        fid,
+        offset: 0,
+        count: 100,
+    };
+    assert_eq!(c.rpc(6, write(2)).await, Fcall::Rwrite { count: 2 });
+    assert_eq!(
+        c.rpc(7, read(3)).await,
+        Fcall::Rread {
+            data: Bytes::from_static(b"m\n")
+        }
+    );
+    assert!(matches!(
+        c.rpc(4, ctl(b"remove s8\n")).await,
+        Fcall::Rwrite { .. }
+    ));
+    let enoent = Fcall::Rlerror { ecode: 2 };
+    assert_eq!(c.rpc(8, write(2)).await, enoent);
+    assert!(matches!(
+        c.rpc(4, ctl(b"create s8 capacity=5\n")).await,
+        Fcall::Rwrite { .. }
+    ));
+    // The old files: still the removed topic's.
+    assert_eq!(c.rpc(9, write(2)).await, enoent);
+    assert_eq!(c.rpc(10, read(3)).await, enoent);
+    assert_eq!(c.rpc(11, read(5)).await, enoent);
+    // A new open is the new topic, which got nothing from the old files.
+    c.open(12, "s8/ctl", 0).await;
+    let Fcall::Rread { data } = c.rpc(13, read(12)).await else {
+        panic!("ctl read failed")
+    };
+    let text = String::from_utf8_lossy(&data).to_string();
+    assert!(text.contains("pushed 0"), "{text}");
+
+    let _ = stop.send(());
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}

@@ -54,6 +54,32 @@ use bytes::Bytes;
 /// A message's sequence number in its topic: only grows, never reused.
 pub type Seq = u64;
 
+/// A topic's identity: one per creation, never reused in a broker, so a
+/// topic removed and created again under its name is another topic.
+pub type TopicId = u64;
+
+/// The topic an operation is for: by name, and, from a file opened
+/// earlier, the incarnation it was opened on. A removed topic's handles
+/// are stale: with `id` set, an operation on a topic of that name but
+/// another identity (or none) fails with `Removed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub name: &'a str,
+    pub id: Option<TopicId>,
+}
+
+impl<'a> From<&'a str> for Target<'a> {
+    fn from(name: &'a str) -> Target<'a> {
+        Target { name, id: None }
+    }
+}
+
+impl<'a> From<&'a String> for Target<'a> {
+    fn from(name: &'a String) -> Target<'a> {
+        Target { name, id: None }
+    }
+}
+
 /// How writes to a topic's data file become messages. The broker only
 /// stores it; the file tree applies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -194,36 +220,60 @@ pub trait Broker: Send + Sync + 'static {
     fn remove(&self, topic: &str) -> Result<()>;
     /// Every topic's name, sorted.
     fn topics(&self) -> Vec<String>;
-    fn status(&self, topic: &str) -> Result<TopicStatus>;
+    /// The topic's identity, in constant time (no status is built).
+    fn id(&self, topic: &str) -> Result<TopicId>;
+    fn status<'a>(&self, topic: impl Into<Target<'a>>) -> Result<TopicStatus>;
     fn totals(&self) -> BrokerStatus;
-    fn set(&self, topic: &str, setting: Setting) -> Result<()>;
+    fn set<'a>(&self, topic: impl Into<Target<'a>>, setting: Setting) -> Result<()>;
     /// Drop every message, move every group to the end, fail blocked pushes
-    /// with `Reset`, reopen a closed topic. Blocked pulls keep waiting.
-    fn reset(&self, topic: &str) -> Result<()>;
+    /// not taken with `Reset`, reopen a closed topic. Blocked pulls keep
+    /// waiting.
+    fn reset<'a>(&self, topic: impl Into<Target<'a>>) -> Result<()>;
     /// Pushes fail with `Closed`; pulls drain what is held, then end.
-    fn close(&self, topic: &str) -> Result<()>;
+    fn close<'a>(&self, topic: impl Into<Target<'a>>) -> Result<()>;
     /// Drop a group.
-    fn forget(&self, topic: &str, group: &str) -> Result<()>;
+    fn forget<'a>(&self, topic: impl Into<Target<'a>>, group: &str) -> Result<()>;
     /// The group's next sequence number (creating the group).
-    fn offset(&self, topic: &str, group: &str) -> Result<Seq>;
+    fn offset<'a>(&self, topic: impl Into<Target<'a>>, group: &str) -> Result<Seq>;
     /// Move the group to `seq`, anywhere in `[first, next]`.
-    fn seek(&self, topic: &str, group: &str, seq: Seq) -> Result<()>;
+    fn seek<'a>(&self, topic: impl Into<Target<'a>>, group: &str, seq: Seq) -> Result<()>;
 
     /// Append a message; resolves once capacity allows (with capacity 0,
-    /// once every group has taken it). Returns its sequence number.
-    fn push(
+    /// once every group has taken it). Returns its sequence number; see
+    /// the module comment for what `Ok` and an error promise.
+    fn push_to(
         &self,
-        topic: &str,
+        topic: Target<'_>,
         data: Bytes,
         wait: Wait,
     ) -> impl Future<Output = Result<Seq>> + Send;
 
     /// Take the group's next message, waiting for one; `None` once the topic
     /// is closed and the group has read everything (end of file).
+    fn pull_from(
+        &self,
+        topic: Target<'_>,
+        group: &str,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Option<Self::Delivery>>> + Send;
+
+    /// `push_to` the topic named `topic`, whichever its identity.
+    fn push(
+        &self,
+        topic: &str,
+        data: Bytes,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Seq>> + Send {
+        self.push_to(topic.into(), data, wait)
+    }
+
+    /// `pull_from` the topic named `topic`, whichever its identity.
     fn pull(
         &self,
         topic: &str,
         group: &str,
         wait: Wait,
-    ) -> impl Future<Output = Result<Option<Self::Delivery>>> + Send;
+    ) -> impl Future<Output = Result<Option<Self::Delivery>>> + Send {
+        self.pull_from(topic.into(), group, wait)
+    }
 }

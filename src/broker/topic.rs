@@ -37,12 +37,14 @@ use slab::Slab;
 use super::group::Group;
 use super::log::Log;
 use super::waiters::store_waker;
-use super::{Cut, Error, Result, Seq, Setting, TopicConfig, TopicStatus, Wait, cut_error};
+use super::{Cut, Error, Result, Seq, Setting, TopicConfig, TopicId, TopicStatus, Wait, cut_error};
 
 /// A topic: its name and its state behind a lock.
 pub(crate) struct Topic {
     /// The name it was created with, for its status.
     pub(crate) name: String,
+    /// Its identity (see `TopicId`).
+    pub(crate) id: TopicId,
     /// Everything that changes. parking_lot: never held across an `.await`.
     pub(crate) state: Mutex<State>,
 }
@@ -55,9 +57,10 @@ thread_local! {
 }
 
 impl Topic {
-    pub(crate) fn new(name: &str, config: TopicConfig) -> Topic {
+    pub(crate) fn new(name: &str, id: TopicId, config: TopicConfig) -> Topic {
         Topic {
             name: name.to_string(),
+            id,
             state: Mutex::new(State::new(config)),
         }
     }
