@@ -3,7 +3,10 @@
 
 use std::collections::VecDeque;
 
+use std::time::Duration;
+
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::{GroupStatus, Seq};
 
@@ -31,6 +34,8 @@ pub(crate) struct Group {
     /// first. Invariant, restored after every change under the lock: when
     /// this is not empty, the group has nothing to take.
     pub(crate) waiters: VecDeque<usize>,
+    /// When a reader last used the group (only kept when groups expire).
+    pub(crate) active: Option<Instant>,
 }
 
 impl Group {
@@ -42,6 +47,7 @@ impl Group {
             requeued: VecDeque::new(),
             out: VecDeque::new(),
             waiters: VecDeque::new(),
+            active: None,
         }
     }
 
@@ -83,6 +89,15 @@ impl Group {
             floor = floor.min(s);
         }
         floor
+    }
+
+    /// Whether the group has gone `idle` without a reader at `now`.
+    pub(crate) fn expired(&self, now: Instant, idle: Duration) -> bool {
+        self.waiters.is_empty()
+            && self.out.is_empty()
+            && self
+                .active
+                .is_some_and(|t| now.saturating_duration_since(t) >= idle)
     }
 
     pub(crate) fn unacked(&self) -> u64 {

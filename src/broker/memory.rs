@@ -19,8 +19,8 @@ use parking_lot::RwLock;
 use super::topic::{Start, Topic};
 use super::waiters::{PullWait, PushWait, within};
 use super::{
-    Broker, BrokerStatus, Error, Result, Seq, Setting, Target, TopicConfig, TopicId, TopicStatus,
-    Wait,
+    Broker, BrokerStatus, Error, GroupLimits, Result, Seq, Setting, Target, TopicConfig, TopicId,
+    TopicStatus, Wait,
 };
 
 pub use super::waiters::MemoryDelivery;
@@ -46,6 +46,8 @@ pub struct MemoryBroker {
     removed_pulled: AtomicU64,
     /// The last topic identity handed out.
     last_id: AtomicU64,
+    /// What groups each topic keeps.
+    groups: GroupLimits,
 }
 
 /// Whether `name` is one or more `/`-separated components of
@@ -68,6 +70,7 @@ impl Default for MemoryBroker {
             removed_pushed: AtomicU64::new(0),
             removed_pulled: AtomicU64::new(0),
             last_id: AtomicU64::new(0),
+            groups: GroupLimits::default(),
         }
     }
 }
@@ -75,6 +78,14 @@ impl Default for MemoryBroker {
 impl MemoryBroker {
     pub fn new() -> MemoryBroker {
         MemoryBroker::default()
+    }
+
+    /// A broker whose topics keep groups as `limits` says.
+    pub fn with_group_limits(limits: GroupLimits) -> MemoryBroker {
+        MemoryBroker {
+            groups: limits,
+            ..MemoryBroker::default()
+        }
     }
 
     /// The shard that holds `name`.
@@ -116,7 +127,10 @@ impl Broker for MemoryBroker {
             return Err(Error::Exists(name.to_string()));
         }
         let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
-        topics.insert(name.to_string(), Arc::new(Topic::new(name, id, config)));
+        topics.insert(
+            name.to_string(),
+            Arc::new(Topic::new(name, id, config, self.groups)),
+        );
         Ok(())
     }
 

@@ -102,6 +102,29 @@ pub struct TopicConfig {
     pub timeout: Option<Duration>,
 }
 
+/// What reader groups a topic keeps: every attach name that reads makes
+/// one, so a server bounds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupLimits {
+    /// Groups one topic may have; a pull, `offset` or seek that would make
+    /// one more fails with `TooManyGroups`.
+    pub max_per_topic: usize,
+    /// A group with no reader blocked in it, no delivery out, and no pull,
+    /// `offset` or seek for this long is dropped (as by `forget`), as
+    /// JetStream's inactive threshold does; `None` keeps groups until
+    /// `forget`.
+    pub idle_expiry: Option<Duration>,
+}
+
+impl Default for GroupLimits {
+    fn default() -> GroupLimits {
+        GroupLimits {
+            max_per_topic: 10_000,
+            idle_expiry: None,
+        }
+    }
+}
+
 /// One setting to change on a live topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Setting {
@@ -146,6 +169,8 @@ pub enum Error {
     OffsetOutOfRange { asked: Seq, first: Seq, next: Seq },
     #[error("server shutting down")]
     Shutdown,
+    #[error("too many reader groups on this topic (at most {0}); forget one")]
+    TooManyGroups(usize),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

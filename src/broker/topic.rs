@@ -29,6 +29,8 @@ use std::collections::VecDeque;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use foldhash::HashMap;
 use parking_lot::Mutex;
@@ -37,7 +39,10 @@ use slab::Slab;
 use super::group::Group;
 use super::log::Log;
 use super::waiters::store_waker;
-use super::{Cut, Error, Result, Seq, Setting, TopicConfig, TopicId, TopicStatus, Wait, cut_error};
+use super::{
+    Cut, Error, GroupLimits, Result, Seq, Setting, TopicConfig, TopicId, TopicStatus, Wait,
+    cut_error,
+};
 
 /// A topic: its name and its state behind a lock.
 pub(crate) struct Topic {
@@ -57,11 +62,11 @@ thread_local! {
 }
 
 impl Topic {
-    pub(crate) fn new(name: &str, id: TopicId, config: TopicConfig) -> Topic {
+    pub(crate) fn new(name: &str, id: TopicId, config: TopicConfig, limits: GroupLimits) -> Topic {
         Topic {
             name: name.to_string(),
             id,
-            state: Mutex::new(State::new(config)),
+            state: Mutex::new(State::new(config, limits)),
         }
     }
 
@@ -166,12 +171,18 @@ pub(crate) struct State {
     /// Wakers of futures decided under the lock, for `Topic::with` to wake
     /// once it is released.
     wakes: Vec<Waker>,
+    /// How many groups, and for how long idle.
+    limits: GroupLimits,
+    /// When idle groups are next looked for (with `idle_expiry` only).
+    next_sweep: Option<Instant>,
 }
 
 impl State {
-    fn new(config: TopicConfig) -> State {
+    fn new(config: TopicConfig, limits: GroupLimits) -> State {
         State {
             config,
+            limits,
+            next_sweep: None,
             log: Log::new(),
             closed: false,
             removed: false,
@@ -207,15 +218,59 @@ impl State {
         self.next_group_id
     }
 
-    /// The group's key, creating it at the oldest held message.
-    fn group(&mut self, name: &str) -> usize {
-        if let Some(&key) = self.group_index.get(name) {
-            return key;
+    /// The group's key, creating it at the oldest held message (unless
+    /// the topic has its most groups), and marking it used.
+    fn group(&mut self, name: &str) -> Result<usize> {
+        let key = match self.group_index.get(name) {
+            Some(&key) => key,
+            None => {
+                if self.groups.len() >= self.limits.max_per_topic {
+                    self.next_sweep = None;
+                    self.expire_idle();
+                    if self.groups.len() >= self.limits.max_per_topic {
+                        return Err(Error::TooManyGroups(self.limits.max_per_topic));
+                    }
+                }
+                let id = self.new_group_id();
+                let key = self.groups.insert(Group::new(name, id, self.log.first()));
+                self.group_index.insert(name.into(), key);
+                key
+            }
+        };
+        self.touch(key);
+        Ok(key)
+    }
+
+    /// A reader used group `key` now (kept only when groups expire).
+    fn touch(&mut self, key: usize) {
+        if self.limits.idle_expiry.is_some() {
+            self.groups[key].active = Some(Instant::now());
         }
-        let id = self.new_group_id();
-        let key = self.groups.insert(Group::new(name, id, self.log.first()));
-        self.group_index.insert(name.into(), key);
-        key
+    }
+
+    /// Drop the groups idle past `idle_expiry`, looking at most four times
+    /// per that period (so the cost per operation stays small).
+    pub(crate) fn expire_idle(&mut self) {
+        let Some(idle) = self.limits.idle_expiry else {
+            return;
+        };
+        let now = Instant::now();
+        if self.next_sweep.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_sweep = Some(now + (idle / 4).max(Duration::from_millis(1)));
+        let expired: Vec<usize> = (self.groups.iter())
+            .filter(|(_, g)| g.expired(now, idle))
+            .map(|(k, _)| k)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for key in expired {
+            let group = self.groups.remove(key);
+            self.group_index.remove(&group.name);
+        }
+        self.dispatch();
     }
 
     /// The offset of the slowest group; with no group, the oldest held
@@ -234,7 +289,11 @@ impl State {
         if let Err(e) = self.alive() {
             return Start::Done(Err(e));
         }
-        let g = self.group(group);
+        self.expire_idle();
+        let g = match self.group(group) {
+            Ok(g) => g,
+            Err(e) => return Start::Done(Err(e)),
+        };
         // A group with blocked readers has nothing to take (invariant).
         if self.groups[g].waiters.is_empty() {
             if let Some(taken) = self.take(g) {
@@ -280,10 +339,12 @@ impl State {
             return None;
         };
         group.deliver(seq);
+        let group_id = group.id;
         self.pulled += 1;
+        self.touch(g);
         Some(Taken {
             group: g,
-            group_id: group.id,
+            group_id,
             seq,
             data,
         })
@@ -339,6 +400,7 @@ impl State {
         if let Err(e) = self.alive() {
             return Start::Done(Err(e));
         }
+        self.expire_idle();
         if self.closed {
             return Start::Done(Err(Error::Closed));
         }
@@ -654,7 +716,8 @@ impl State {
 
     pub(crate) fn offset(&mut self, name: &str) -> Result<Seq> {
         self.alive()?;
-        let key = self.group(name);
+        self.expire_idle();
+        let key = self.group(name)?;
         Ok(self.groups[key].next_seq())
     }
 
@@ -668,7 +731,7 @@ impl State {
                 next,
             });
         }
-        let key = self.group(name);
+        let key = self.group(name)?;
         let id = self.new_group_id();
         self.groups[key].restart(id, seq);
         self.dispatch();

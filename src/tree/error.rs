@@ -18,6 +18,7 @@ pub(super) fn broker_error(e: broker::Error) -> Error {
         E::Interrupted => errno::EINTR,
         E::OffsetOutOfRange { .. } => errno::ERANGE,
         E::Shutdown => errno::ESHUTDOWN,
+        E::TooManyGroups(_) => errno::EUSERS,
     };
     Error::new(n, e.to_string())
 }
@@ -48,6 +49,7 @@ pub(super) fn linux_text(errno: u32) -> Option<&'static str> {
         errno::ERANGE => "Numerical result out of range",
         errno::ENOTEMPTY => "Directory not empty",
         errno::ESHUTDOWN => "Cannot send after transport endpoint shutdown",
+        errno::EUSERS => "Too many users",
         errno::ETIMEDOUT => "Connection timed out",
         // Linux's table has no ECANCELED: a reset reads as one.
         errno::ECANCELED => "Connection reset by peer",
