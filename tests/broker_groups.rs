@@ -106,3 +106,57 @@ async fn groups_do_not_expire_by_default() {
     b.offset("t", "h").unwrap();
     assert_eq!(b.status("t").unwrap().groups.len(), 2);
 }
+
+/// Figures for issue 15.2, not a check (`--ignored`, best in release):
+/// with 200 000 groups on a topic, what a walk to it and a stat of it
+/// cost through the tree, what building its status costs (what each walk
+/// and stat cost before), and what a push costs.
+#[tokio::test]
+#[ignore]
+async fn measure_200k_groups() {
+    use dchan::fs::{Attach, FileTree};
+    use dchan::proto::Dialect;
+    use dchan::tree::{TopicTree, TreeConfig};
+    use std::time::Instant;
+    let b = broker(
+        GroupLimits {
+            max_per_topic: 1_000_000,
+            idle_expiry: None,
+        },
+        1 << 40,
+    );
+    for g in 0..200_000 {
+        b.offset("t", &format!("g{g}")).unwrap();
+    }
+    let tree = TopicTree::new(b, TreeConfig::default(), || 0);
+    let root = tree
+        .attach(&Attach {
+            uname: "u".into(),
+            aname: String::new(),
+            n_uname: 0,
+            dialect: Dialect::P2000L,
+        })
+        .unwrap();
+    let n = 200;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let dir = tree.walk(&root, "t").unwrap();
+        tree.stat(&tree.walk(&dir, "data").unwrap()).unwrap();
+    }
+    let walk = t0.elapsed() / n;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        tree.broker().status("t").unwrap();
+    }
+    let status = t0.elapsed() / n;
+    let m = 2000;
+    let t0 = Instant::now();
+    for i in 0..m {
+        let data = Bytes::from(format!("{i}"));
+        tree.broker().push("t", data, Wait::NonBlock).await.unwrap();
+    }
+    let push = t0.elapsed() / m;
+    println!(
+        "200000 groups: walk t, walk data, stat data: {walk:?}; status (old walk cost): {status:?}; push: {push:?}"
+    );
+}

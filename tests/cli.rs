@@ -332,3 +332,26 @@ async fn help_shows_examples_and_the_output_formats() {
         assert!(h.contains("--addr") && h.contains("DCHAN_ADDR"), "{sub}");
     }
 }
+
+/// Issue 14.5 through the CLI: capacity 0, groups g1 and g2, only g1 reads:
+/// `push --timeout` succeeds (g1 got the message) and g2 still gets it,
+/// so a script that retries on failure sends no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_one_group_took_before_its_timeout_succeeds() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "t"]).await);
+    ok(dchan(a, &["offset", "t", "--group", "g2"]).await);
+    let pull = spawn(a, &["pull", "t", "--group", "g1"], false);
+    patiently(async {
+        while !ok(dchan(a, &["stat", "t"]).await).contains("blocked_readers 1") {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    ok(dchan(a, &["push", "--timeout", "1s", "t", "urgent"]).await);
+    let got = patiently(pull.wait_with_output()).await.unwrap();
+    assert_eq!(ok(got), "urgent\n");
+    assert_eq!(ok(dchan(a, &["pull", "t", "--group", "g2"]).await), "urgent\n");
+    s.stop().await;
+}
