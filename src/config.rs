@@ -106,6 +106,7 @@ impl TopicDefaults {
 #[serde(deny_unknown_fields)]
 pub struct TopicSpec {
     /// The topic's name, such as `jobs` or `metrics/eu`.
+    #[serde(deserialize_with = "topic_name")]
     pub name: String,
     /// Its capacity, if not the default.
     pub capacity: Option<u64>,
@@ -160,7 +161,7 @@ impl TryFrom<String> for Timeout {
         }
         match humantime::parse_duration(&text) {
             Ok(d) if d.is_zero() => Err(format!(
-                "timeout {text:?} is zero; write \"none\" to wait for ever"
+                "a zero timeout ({text:?}) is refused (give a positive duration, or \"none\" to wait for ever)"
             )),
             Ok(d) => Ok(Timeout(Some(d))),
             Err(e) => Err(format!(
@@ -168,6 +169,29 @@ impl TryFrom<String> for Timeout {
             )),
         }
     }
+}
+
+/// A topic name the broker accepts.
+fn topic_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    match crate::broker::memory::valid_name(&name) {
+        true => Ok(name),
+        false => Err(serde::de::Error::custom(crate::broker::Error::BadName(
+            name,
+        ))),
+    }
+}
+
+/// The `[[topic]]` names with where they are, to find one given twice.
+#[derive(Deserialize)]
+struct TopicNames {
+    #[serde(default)]
+    topic: Vec<TopicName>,
+}
+
+#[derive(Deserialize)]
+struct TopicName {
+    name: toml::Spanned<String>,
 }
 
 /// A list of addresses, each parsed as the command line parses it.
@@ -246,6 +270,19 @@ impl Config {
             reason: e.message().trim_end().to_string(),
         };
         toml::from_str::<Config>(text).map_err(|e| invalid(text, e))?;
+        let names: TopicNames = toml::from_str(text).map_err(|e| invalid(text, e))?;
+        for (i, t) in names.topic.iter().enumerate() {
+            if names.topic[..i]
+                .iter()
+                .any(|o| o.name.get_ref() == t.name.get_ref())
+            {
+                return Err(ConfigError::Invalid {
+                    file: file.to_string(),
+                    line: Some(line_of(text, t.name.span().start)),
+                    reason: format!("topic {:?} is listed twice", t.name.get_ref()),
+                });
+            }
+        }
         let over: toml::Table = toml::from_str(text).map_err(|e| invalid(text, e))?;
         let mut merged: toml::Table = toml::from_str(DEFAULTS).map_err(|e| invalid(DEFAULTS, e))?;
         overlay(&mut merged, over);
@@ -378,6 +415,36 @@ mod tests {
             .to_string();
         assert!(
             e.starts_with("config my.toml:3: a limit must be at least 1"),
+            "{e}"
+        );
+
+        let e = Config::parse("my.toml", "[topic_defaults]\ntimeout = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config my.toml:2: a zero timeout (\"0s\") is refused"),
+            "{e}"
+        );
+
+        let e = Config::parse(
+            "my.toml",
+            "[[topic]]\nname = \"a\"\n[[topic]]\nname = \"-b\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config my.toml:4: bad topic name \"-b\": want parts of"),
+            "{e}"
+        );
+
+        let e = Config::parse(
+            "my.toml",
+            "[[topic]]\nname = \"a\"\n\n[[topic]]\nname = \"a\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config my.toml:5: topic \"a\" is listed twice"),
             "{e}"
         );
 

@@ -345,7 +345,7 @@ impl FileTree for RamFs {
             return Err(fs::Error::new(errno::EBUSY, "cannot remove the root"));
         }
         if matches!(&inode.body, Body::Dir(c) if !c.is_empty()) {
-            return Err(fs::Error::new(errno::ENOTEMPTY, "directory not empty"));
+            return Err(fs::Error::new(errno::ENOTEMPTY, "not empty"));
         }
         let (parent, name) = (inode.parent, inode.name.clone());
         t.map.remove(node);

@@ -11,8 +11,10 @@
 //!
 //! On start it prints one line per listener to stdout, `listening on
 //! tcp!127.0.0.1!PORT` (the real port when asked for port 0) or `listening
-//! on unix!PATH`. A bad configuration prints `dchan: config FILE:LINE:
-//! REASON` to stderr and exits with status 1, before anything listens.
+//! on unix!PATH`, once every address is bound. A bad configuration prints
+//! `dchan: config FILE:LINE: REASON` to stderr and exits with status 1,
+//! before anything listens; so does a bad log filter or an address that
+//! cannot be bound. A clean stop removes the Unix socket files it made.
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -124,20 +126,70 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// Bind every address, printing where each listens.
+/// Bind every address, then print where each listens: nothing is printed
+/// unless all of them could be bound. An address given twice is refused
+/// before any is bound (port 0 excepted: each gets a port of its own).
 async fn bind(addrs: &[Addr]) -> Result<Vec<Listener>, Error> {
+    for (i, addr) in addrs.iter().enumerate() {
+        let port0 = matches!(addr, Addr::Tcp { port: 0, .. });
+        if !port0 && addrs[..i].contains(addr) {
+            return Err(Error::Listen {
+                addr: addr.clone(),
+                source: std::io::Error::other("address given twice"),
+            });
+        }
+    }
     let mut listeners = Vec::with_capacity(addrs.len());
+    let mut bound = Vec::with_capacity(addrs.len());
     for addr in addrs {
         let listen_err = |source| Error::Listen {
             addr: addr.clone(),
             source,
         };
-        let listener = Listener::bind(addr).await.map_err(listen_err)?;
-        let bound = listener.local_addr().map_err(listen_err)?;
-        println!("listening on {bound}");
+        let listener = Listener::bind(addr).await;
+        let listener = match listener.and_then(|l| Ok((l.local_addr()?, l))) {
+            Ok((at, l)) => {
+                bound.push(at);
+                l
+            }
+            Err(e) => {
+                // Leave no socket file of the ones already bound behind.
+                remove_sockets(unix_sockets(&listeners));
+                return Err(listen_err(e));
+            }
+        };
         listeners.push(listener);
     }
+    for addr in bound {
+        println!("listening on {addr}");
+    }
     Ok(listeners)
+}
+
+/// The Unix sockets among `listeners`, each with its inode, to remove at a
+/// clean stop (only if the file there is still the one this server made).
+fn unix_sockets(listeners: &[Listener]) -> Vec<(PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    listeners
+        .iter()
+        .filter_map(|l| match l.local_addr() {
+            Ok(Addr::Unix(path)) => {
+                let ino = std::fs::symlink_metadata(&path).ok()?.ino();
+                Some((path, ino))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Remove the socket files this server made.
+fn remove_sockets(sockets: Vec<(PathBuf, u64)>) {
+    use std::os::unix::fs::MetadataExt;
+    for (path, ino) in sockets {
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == ino) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 async fn serve_tree<T: FileTree>(
@@ -154,7 +206,9 @@ async fn serve_tree<T: FileTree>(
         max_fids: l.max_fids,
         max_in_flight: l.max_in_flight,
     };
+    let sockets = unix_sockets(&listeners);
     engine::serve_counted(listeners, tree, limits, connections, shutdown).await;
+    remove_sockets(sockets);
     info!("stopped");
 }
 
@@ -164,9 +218,9 @@ fn init_logging(level: Option<&str>) -> Result<(), Error> {
     let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
     let filter = level.map(str::to_string).or(from_env);
     let filter = filter.as_deref().unwrap_or("info");
-    let env_filter = EnvFilter::try_new(filter).map_err(|e| Error::Log {
+    let env_filter = log_filter(filter).map_err(|reason| Error::Log {
         filter: filter.to_string(),
-        reason: e.to_string(),
+        reason,
     })?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
@@ -174,6 +228,26 @@ fn init_logging(level: Option<&str>) -> Result<(), Error> {
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     Ok(())
+}
+
+/// The levels a log filter may name.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A log filter: comma-separated directives, each a level or
+/// `TARGET=LEVEL` (`warn`, `dchan=debug,info`). tracing would take a lone
+/// word that is no level as a target name and log nothing else, so a typo
+/// (`wran`) is refused here, with the levels listed.
+pub fn log_filter(text: &str) -> Result<EnvFilter, String> {
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(format!(
+                "{level:?} is no level; want {} (or TARGET=LEVEL, comma-separated)",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    EnvFilter::try_new(text).map_err(|e| e.to_string())
 }
 
 /// A future that completes on SIGINT or SIGTERM. The handlers are

@@ -518,7 +518,7 @@ async fn names_are_checked() {
         b.create(good, TopicConfig::default()).unwrap();
     }
     for bad in [
-        "", "/a", "a/", "a//b", ".", "..", "a/../b", "a b", "é", "a\n",
+        "", "/a", "a/", "a//b", ".", "..", "a/../b", "a b", "é", "a\n", "-dash",
     ] {
         assert_eq!(
             b.create(bad, TopicConfig::default()),

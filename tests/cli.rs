@@ -245,7 +245,7 @@ async fn bad_input_gives_one_line_and_the_right_status() {
     fails(
         dchan(a, &["push", "nosuch", "x"]).await,
         1,
-        "dchan: push nosuch: no such topic",
+        "dchan: push nosuch: no such topic (0 pushed)",
     );
     fails(
         dchan(a, &["stat", "nosuch"]).await,
@@ -333,6 +333,197 @@ async fn help_shows_examples_and_the_output_formats() {
     }
 }
 
+/// `dchan ARGS...` (any bytes) against `addr`, with `env` set, to completion.
+async fn dchan_os(addr: &str, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dchan"));
+    cmd.args(args)
+        .env("DCHAN_ADDR", addr)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    patiently(cmd.output()).await.unwrap()
+}
+
+/// Wait until `dchan stat TOPIC` shows `line`.
+async fn until_stat(a: &str, topic: &str, line: &str) {
+    patiently(async {
+        while !ok(dchan(a, &["stat", topic]).await).contains(line) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_into_head_gives_back_the_message_it_could_not_print() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    // Capacity 0: each push returns once the follower has taken its
+    // message, so the test knows where the pipeline is.
+    ok(dchan(a, &["create", "t"]).await);
+    let mut pull = spawn(a, &["pull", "t", "--follow"], false);
+    let pipe: std::process::Stdio = pull.stdout.take().unwrap().try_into().unwrap();
+    let head = Command::new("head")
+        .args(["-n", "3"])
+        .stdin(pipe)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    ok(dchan(a, &["push", "t", "1", "2", "3"]).await);
+    let head = patiently(head.wait_with_output()).await.unwrap();
+    assert_eq!(stdout(&head), "1\n2\n3\n");
+    // head is gone: printing 4 fails, so 4 must go back to the topic.
+    ok(dchan(a, &["push", "t", "4"]).await);
+    let out = patiently(pull.wait_with_output()).await.unwrap();
+    fails(
+        out,
+        1,
+        "dchan: pull t: standard output: broken pipe; the message not printed goes back",
+    );
+    assert_eq!(ok(dchan(a, &["pull", "t"]).await), "4\n");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_push_says_how_many_went_out() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "t"]).await);
+    // One reader, for one message: m1 goes out, m2 finds nobody.
+    let pull = spawn(a, &["pull", "t"], false);
+    until_stat(a, "t", "blocked_readers 1\n").await;
+    let push = dchan(a, &["push", "--timeout", "300ms", "t", "m1", "m2", "m3"]).await;
+    fails(push, 1, "dchan: push t: timed out (1 pushed)");
+    assert_eq!(
+        ok(patiently(pull.wait_with_output()).await.unwrap()),
+        "m1\n"
+    );
+    // From standard input, a reset mid-stream: the count is of lines.
+    ok(dchan(a, &["create", "u", "--capacity", "2"]).await);
+    let mut push = spawn(a, &["push", "u"], true);
+    let mut stdin = push.stdin.take().unwrap();
+    stdin.write_all(b"a\nb\nc\n").await.unwrap();
+    until_stat(a, "u", "blocked_writers 1\n").await;
+    ok(dchan(a, &["reset", "u"]).await);
+    drop(stdin);
+    let out = patiently(push.wait_with_output()).await.unwrap();
+    fails(out, 1, "dchan: push u: topic reset (2 pushed)");
+    let help = ok(dchan(a, &["push", "--help"]).await);
+    assert!(help.contains("(N pushed)"), "{help}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_timeout_is_refused_everywhere() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "t", "--capacity", "1"]).await);
+    for args in [
+        &["create", "z", "--timeout", "0s"][..],
+        &["pull", "t", "--timeout", "0s"],
+        &["push", "t", "x", "--timeout", "0ms"],
+    ] {
+        fails(dchan(a, args).await, 2, "dchan: invalid value '0");
+        let err = stderr(&dchan(a, args).await);
+        assert!(err.contains("a zero timeout is refused"), "{err}");
+    }
+    assert_eq!(ok(dchan(a, &["ls", "-q"]).await), "t\n", "nothing created");
+    for sub in ["create", "pull", "push"] {
+        let help = ok(dchan(a, &[sub, "--help"]).await);
+        assert!(help.contains("not 0"), "{sub} --help: {help}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_usage_items() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    // No arguments: a usage error naming the subcommands.
+    fails(
+        dchan(a, &[]).await,
+        2,
+        "dchan: no subcommand given; want one of serve",
+    );
+    // A typo in RUST_LOG is refused, with the levels listed.
+    let o = dchan_os(a, &["ls".as_ref()], &[("RUST_LOG", "wran")]).await;
+    fails(
+        o,
+        2,
+        "dchan: RUST_LOG \"wran\": \"wran\" is no level; want off, error, warn",
+    );
+    ok(dchan_os(a, &["ls".as_ref()], &[("RUST_LOG", "dchan=debug,warn")]).await);
+    // The context is said once.
+    ok(dchan(a, &["create", "u"]).await);
+    let o = dchan(a, &["create", "u"]).await;
+    assert_eq!(stderr(&o), "dchan: create u: topic exists\n");
+    // A bad name says what is allowed; a leading '-' is refused.
+    fails(
+        dchan(a, &["pull", "../etc"]).await,
+        1,
+        "dchan: pull ../etc: bad topic name \"../etc\": want parts of A-Z a-z 0-9 . _ - separated by /",
+    );
+    fails(
+        dchan(a, &["create", "--", "-dash"]).await,
+        1,
+        "dchan: create -dash: bad topic name \"-dash\"",
+    );
+    // A message argument is bytes, UTF-8 or not.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    ok(dchan(a, &["create", "b", "--capacity", "1"]).await);
+    ok(dchan_os(a, &["push".as_ref(), "b".as_ref(), odd], &[]).await);
+    let o = dchan(a, &["pull", "b"]).await;
+    assert!(o.status.success());
+    assert_eq!(o.stdout, b"caf\xe9\n");
+    // bench's --size below its minimum is a usage error.
+    fails(
+        dchan(a, &["bench", "pipe", "--size", "10"]).await,
+        2,
+        "dchan: invalid value '10' for '--size <SIZE>': at least 48",
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_first_and_next_survive_a_moved_log() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "jobs", "--capacity", "5"]).await);
+    ok(dchan(a, &["push", "jobs", "1", "2", "3"]).await);
+    ok(dchan(a, &["pull", "jobs", "-n", "3"]).await);
+    ok(dchan(a, &["push", "jobs", "4", "5"]).await);
+    // The oldest message held is 4 now; "first" finds it.
+    ok(dchan(a, &["offset", "jobs", "first", "--group", "audit"]).await);
+    assert_eq!(
+        ok(dchan(a, &["pull", "jobs", "-n", "2", "--group", "audit"]).await),
+        "4\n5\n"
+    );
+    ok(dchan(a, &["offset", "jobs", "first", "--group", "audit"]).await);
+    ok(dchan(a, &["offset", "jobs", "next", "--group", "audit"]).await);
+    let stat = ok(dchan(a, &["stat", "jobs"]).await);
+    let next = stat.lines().find_map(|l| l.strip_prefix("next ")).unwrap();
+    assert_eq!(
+        ok(dchan(a, &["offset", "jobs", "--group", "audit"]).await),
+        format!("{next}\n"),
+    );
+    fails(
+        dchan(a, &["offset", "jobs", "oldest"]).await,
+        2,
+        "dchan: invalid value 'oldest'",
+    );
+    let help = ok(dchan(a, &["offset", "--help"]).await);
+    assert!(
+        help.contains("dchan offset jobs first --group audit"),
+        "{help}"
+    );
+    s.stop().await;
+}
+
 /// Issue 14.5 through the CLI: capacity 0, groups g1 and g2, only g1 reads:
 /// `push --timeout` succeeds (g1 got the message) and g2 still gets it,
 /// so a script that retries on failure sends no duplicate.
@@ -343,15 +534,13 @@ async fn a_push_one_group_took_before_its_timeout_succeeds() {
     ok(dchan(a, &["create", "t"]).await);
     ok(dchan(a, &["offset", "t", "--group", "g2"]).await);
     let pull = spawn(a, &["pull", "t", "--group", "g1"], false);
-    patiently(async {
-        while !ok(dchan(a, &["stat", "t"]).await).contains("blocked_readers 1") {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_stat(a, "t", "blocked_readers 1").await;
     ok(dchan(a, &["push", "--timeout", "1s", "t", "urgent"]).await);
     let got = patiently(pull.wait_with_output()).await.unwrap();
     assert_eq!(ok(got), "urgent\n");
-    assert_eq!(ok(dchan(a, &["pull", "t", "--group", "g2"]).await), "urgent\n");
+    assert_eq!(
+        ok(dchan(a, &["pull", "t", "--group", "g2"]).await),
+        "urgent\n"
+    );
     s.stop().await;
 }

@@ -442,6 +442,27 @@ fn payloads_are_slices_of_the_frame() {
 }
 
 #[test]
+fn version_strings_name_the_longest_known_dialect() {
+    for (v, d) in [
+        ("9P2000", Some(Dialect::P2000)),
+        ("9P2000.u", Some(Dialect::P2000u)),
+        ("9P2000.L", Some(Dialect::P2000L)),
+        // version(5): a period-separated extension names the dialect before it.
+        ("9P2000.L.Z", Some(Dialect::P2000L)),
+        ("9P2000.L.", Some(Dialect::P2000L)),
+        ("9P2000.u.x", Some(Dialect::P2000u)),
+        ("9P2000.x", Some(Dialect::P2000)),
+        ("9P2000.Lx", Some(Dialect::P2000)),
+        ("9P2000.uL", Some(Dialect::P2000)),
+        ("9P", None),
+        ("HTTP/1.1", None),
+        ("", None),
+    ] {
+        assert_eq!(Dialect::from_version(v), d, "{v:?}");
+    }
+}
+
+#[test]
 fn versions_encode_alike_in_every_dialect() {
     for msg in &samples(Dialect::P2000)[..2] {
         let b = enc(msg, Dialect::P2000);

@@ -36,6 +36,38 @@ async fn version_negotiation() {
             version: "9P2000".into()
         }
     );
+    // A dialect with a period-separated extension is that dialect: the
+    // longest known one the string starts with (ZeroFS sends "9P2000.L.Z").
+    for (asked, answered) in [
+        ("9P2000.L.Z", "9P2000.L"),
+        ("9P2000.u.x", "9P2000.u"),
+        ("9P2000.Lx", "9P2000"),
+    ] {
+        let r = c.version(8192, asked).await;
+        assert_eq!(
+            r,
+            Fcall::Rversion {
+                msize: 8192,
+                version: answered.into()
+            },
+            "{asked}"
+        );
+    }
+    // ...and the connection speaks it: 9P2000.L requests work.
+    c.version(8192, "9P2000.L.Z").await;
+    c.dialect = Dialect::P2000L;
+    c.attach(0, "").await;
+    let r = c
+        .rpc(
+            2,
+            Fcall::Tgetattr {
+                fid: 0,
+                request_mask: 0x7ff,
+            },
+        )
+        .await;
+    assert!(matches!(r, Fcall::Rgetattr { .. }), "{r:?}");
+    c.dialect = Dialect::P2000;
     let r = c.version(8192, "HTTP/1.1").await;
     assert_eq!(
         r,

@@ -128,6 +128,8 @@ fn linux(kernel: &str) {
         .arg(root().join("tests/guest/linux.sh"))
         .arg(format!("--env=RAMFS_PORT={}", ramfs.port))
         .arg(format!("--env=TOPIC_PORT={}", topics.port))
+        // For `dchan mount` run as root in the guest (tests/guest/linux.sh).
+        .arg(format!("--bin={}", env!("CARGO_BIN_EXE_dchan")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,6 +1,7 @@
 //! The README's tour, run as a new user would: every ```sh block of
 //! README.md (not the `sh setup`, `sh mount` or `sh plan9port` ones, which
-//! need a root shell, a 9P kernel or plan9port), in order, in one shell, with
+//! need a root shell, a 9P kernel or plan9port; tests/linux_client.rs and
+//! tests/plan9port.rs run those), in order, in one shell, with
 //! the built `dchan` first on PATH and `DCHAN_ADDR` pointing at a server this
 //! test started. The mount commands are what tests/linux_client.rs runs in a
 //! Linux guest.

@@ -280,8 +280,148 @@ fn a_bad_topic_in_the_config_fails_at_start() {
         .expect("run dchan");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    // The file and line, as for any other bad value (issue 15: the
+    // broker's words alone, without either, before).
+    let want = format!(
+        "dchan: config {}:2: bad topic name \"no spaces\": want parts of A-Z a-z 0-9 . _ -",
+        file.path().display()
+    );
+    assert!(stderr.contains(&want), "want {want:?} in {stderr:?}");
+}
+
+/// `dchan serve ARGS...` expected to fail at start: its stderr and stdout.
+fn fails_to_start(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run dchan");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    (stderr, String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+#[test]
+fn a_unix_socket_replaces_only_a_dead_socket_and_goes_at_a_clean_stop() {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let unix = format!("unix!{}", path.display());
+    let args = ["serve", "--listen", &unix, "--listen", "tcp!127.0.0.1!0"];
+
+    // A file that is not a socket is refused, and kept.
+    std::fs::write(&path, "notes").unwrap();
+    let (err, out) = fails_to_start(&args, &[]);
     assert!(
-        stderr.contains("dchan: topic \"no spaces\" in the configuration: bad topic name"),
-        "{stderr}"
+        err.contains(&format!(
+            "dchan: listen on {unix}: a file that is not a socket is there"
+        )),
+        "{err}"
+    );
+    assert!(!out.contains("listening"), "{out}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "notes");
+    std::fs::remove_file(&path).unwrap();
+
+    // A socket some server answers on is refused, and kept.
+    let live = UnixListener::bind(&path).unwrap();
+    let (err, _) = fails_to_start(&args, &[]);
+    assert!(err.contains("a server is already listening there"), "{err}");
+    assert!(
+        UnixStream::connect(&path).is_ok(),
+        "the live socket is kept"
+    );
+    drop(live);
+
+    // A later address that cannot be bound leaves no socket file behind.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = format!("tcp!127.0.0.1!{}", busy.local_addr().unwrap().port());
+    let (err, out) = fails_to_start(&["serve", "--listen", &unix, "--listen", &busy], &[]);
+    assert!(err.contains(&format!("dchan: listen on {busy}: ")), "{err}");
+    assert!(!out.contains("listening"), "{out}");
+    assert!(
+        std::fs::symlink_metadata(&path).is_err(),
+        "socket left behind"
+    );
+    let live = UnixListener::bind(&path).unwrap();
+    drop(live);
+
+    // A socket nobody answers on (a dead server's) is replaced...
+    let mut server = Server::start_raw(&args);
+    UnixStream::connect(&path).expect("the new server answers");
+    // ...and removed when the server stops cleanly.
+    server.signal("TERM");
+    assert_eq!(server.wait().code(), Some(0));
+    let gone = std::fs::symlink_metadata(&path);
+    assert!(
+        gone.is_err(),
+        "socket left behind: {:?}",
+        gone.map(|m| m.file_type().is_socket())
+    );
+}
+
+#[test]
+fn the_same_address_twice_is_refused_before_listening() {
+    let (err, out) = fails_to_start(
+        &[
+            "serve",
+            "--listen",
+            "tcp!127.0.0.1!5999",
+            "--listen",
+            "127.0.0.1:5999",
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("dchan: listen on tcp!127.0.0.1!5999: address given twice"),
+        "{err}"
+    );
+    assert!(!out.contains("listening"), "{out}");
+    // Port 0 twice is two ports.
+    let server = Server::start(&["--listen", "tcp!127.0.0.1!0"]);
+    Client::connect(server.port);
+}
+
+#[test]
+fn a_log_level_with_a_typo_is_refused() {
+    let listen = ["serve", "--listen", "tcp!127.0.0.1!0"];
+    let (err, out) = fails_to_start(&[&listen[..], &["--log", "wran"]].concat(), &[]);
+    assert!(
+        err.contains(
+            "dchan: log filter \"wran\": \"wran\" is no level; want off, error, warn, info, debug, trace"
+        ),
+        "{err}"
+    );
+    assert!(!out.contains("listening"), "{out}");
+    let (err, _) = fails_to_start(&listen, &[("RUST_LOG", "dchan=verbose")]);
+    assert!(err.contains("\"verbose\" is no level"), "{err}");
+    // Good filters still start.
+    Server::start(&["--log", "dchan=debug,warn"]);
+}
+
+#[test]
+fn past_max_connections_the_client_is_told_why() {
+    let file = config_file("[limits]\nmax_connections = 1\n");
+    let server = Server::start(&["--config", file.path().to_str().unwrap()]);
+    let _first = Client::connect(server.port);
+    let sock = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut c = Client { sock };
+    let mut b = 8192u32.to_le_bytes().to_vec();
+    s(&mut b, "9P2000");
+    let e = c.rpc(TVERSION, 0xFFFF, &b).unwrap_err();
+    assert!(e.contains("too many connections"), "{e}");
+    // The dchan CLI (9P2000.u) says it too.
+    let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["ls", "--addr", &server.addr()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "dchan: connect {}: too many connections",
+            server.addr()
+        )),
+        "{err}"
     );
 }

@@ -51,15 +51,17 @@ pub struct MemoryBroker {
 }
 
 /// Whether `name` is one or more `/`-separated components of
-/// `[A-Za-z0-9._-]`, none of them "." or "..".
+/// `[A-Za-z0-9._-]`, none of them "." or "..", and does not start with
+/// "-" (a command would take it for an option: `dchan ls -q | xargs`).
 pub fn valid_name(name: &str) -> bool {
-    name.split('/').all(|c| {
-        !c.is_empty()
-            && c != "."
-            && c != ".."
-            && c.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    })
+    !name.starts_with('-')
+        && name.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
 }
 
 impl Default for MemoryBroker {

@@ -142,13 +142,17 @@ pub enum Wait {
     NonBlock,
 }
 
+/// What a topic name may be, as errors say it.
+pub const NAME_RULE: &str =
+    "want parts of A-Z a-z 0-9 . _ - separated by /, not . or .., not starting with -";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("no such topic: {0}")]
     NoTopic(String),
     #[error("topic exists: {0}")]
     Exists(String),
-    #[error("bad topic name: {0:?}")]
+    #[error("bad topic name {0:?}: {NAME_RULE}")]
     BadName(String),
     #[error("topic closed")]
     Closed,

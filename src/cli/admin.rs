@@ -4,7 +4,7 @@
 use clap::{Args, ValueEnum};
 use dchan::client::{Framing, TopicSettings};
 
-use super::{ConnArgs, Context, Failure, parse_duration, print_out};
+use super::{ConnArgs, Context, Failure, parse_timeout, print_out};
 
 #[derive(Args)]
 pub struct TopicArg {
@@ -17,19 +17,45 @@ pub struct TopicArg {
 const OFFSET_HELP: &str = "\
 Output (without N): the group's next sequence number, in decimal, and a
 newline. With N: moves the group there (back to replay messages still
-held, forward to skip), and prints nothing.
+held, forward to skip), and prints nothing. N is a sequence number from
+the topic's \"first\" (the oldest message held) to its \"next\" (the one
+the next push gets), or one of those two words.
 
 Examples:
-  dchan offset jobs                    where the default group is
-  dchan offset jobs 0 --group audit    replay what is held, for group audit";
+  dchan offset jobs                       where the default group is
+  dchan offset jobs first --group audit   replay what is held, for group audit
+  dchan offset jobs next                  skip everything held";
+
+/// Where `dchan offset` moves a group.
+#[derive(Clone, Copy, Debug)]
+pub enum Seq {
+    /// This sequence number.
+    At(u64),
+    /// The oldest message the topic holds.
+    First,
+    /// Past the newest: the next message pushed.
+    Next,
+}
+
+fn parse_seq(s: &str) -> Result<Seq, String> {
+    match s {
+        "first" => Ok(Seq::First),
+        "next" => Ok(Seq::Next),
+        n => n
+            .parse()
+            .map(Seq::At)
+            .map_err(|_| "want a sequence number, first or next".to_string()),
+    }
+}
 
 #[derive(Args)]
 #[command(after_help = OFFSET_HELP)]
 pub struct OffsetArgs {
     /// The topic.
     pub topic: String,
-    /// A sequence number to move the group to.
-    pub seq: Option<u64>,
+    /// A sequence number to move the group to, or first or next.
+    #[arg(value_name = "N", value_parser = parse_seq)]
+    pub seq: Option<Seq>,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -59,8 +85,9 @@ pub struct CreateArgs {
     /// How writes become messages.
     #[arg(long, value_enum)]
     pub framing: Option<FramingArg>,
-    /// How long a push or pull may wait before it fails (e.g. 30s).
-    #[arg(long, value_parser = parse_duration)]
+    /// How long a push or pull may wait before it fails (e.g. 30s; not 0;
+    /// left out: the server's default, "none" unless configured).
+    #[arg(long, value_parser = parse_timeout)]
     pub timeout: Option<std::time::Duration>,
     #[command(flatten)]
     pub conn: ConnArgs,
@@ -78,9 +105,25 @@ pub async fn stat(a: TopicArg) -> Result<(), Failure> {
 pub async fn offset(a: OffsetArgs) -> Result<(), Failure> {
     let what = || format!("offset {}", a.topic);
     let client = a.conn.connect().await?;
-    match a.seq {
-        Some(seq) => client.set_offset(&a.topic, seq).await.what(what),
-        None => print_out(&format!("{}\n", client.offset(&a.topic).await.what(what)?)),
+    let key = match a.seq {
+        None => return print_out(&format!("{}\n", client.offset(&a.topic).await.what(what)?)),
+        Some(Seq::At(n)) => return client.set_offset(&a.topic, n).await.what(what),
+        Some(Seq::First) => "first",
+        Some(Seq::Next) => "next",
+    };
+    // The topic may move between reading its ctl and moving the group:
+    // a number it no longer holds is looked up again (a few times).
+    let mut tries = 0;
+    loop {
+        let ctl = client.ctl(&a.topic).await.what(what)?;
+        let seq = ctl
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+            .ok_or_else(|| Failure::new(what(), format!("the topic's ctl has no {key:?}")))?;
+        match client.set_offset(&a.topic, seq).await {
+            Err(e) if tries < 3 && e.errno() == Some(dchan::fs::errno::ERANGE) => tries += 1,
+            done => return done.what(what),
+        }
     }
 }
 

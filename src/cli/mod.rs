@@ -9,9 +9,11 @@
 //! - `pull`   — `dchan pull`.
 //! - `admin`  — `reset`, `close`, `create`, `rm`, `stat`, `offset`.
 //! - `ls`     — `dchan ls`.
+//! - `mount`  — `dchan mount`, `dchan umount`.
 
 mod admin;
 mod ls;
+mod mount;
 mod pull;
 mod push;
 
@@ -26,6 +28,7 @@ use dchan::engine::Addr;
 pub use admin::{CreateArgs, OffsetArgs, TopicArg};
 pub use dchan::serve::ServeArgs;
 pub use ls::LsArgs;
+pub use mount::{MountArgs, UmountArgs};
 pub use pull::PullArgs;
 pub use push::PushArgs;
 
@@ -98,6 +101,10 @@ pub enum ClientCommand {
     Reset(TopicArg),
     /// Close a topic: readers drain it, then see the end.
     Close(TopicArg),
+    /// Mount the server on a directory: the kernel's 9P client as root, else 9pfuse.
+    Mount(MountArgs),
+    /// Unmount what `dchan mount` mounted.
+    Umount(UmountArgs),
 }
 
 /// Where the server is and who we are; every client subcommand takes these.
@@ -116,10 +123,19 @@ fn parse_addr(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// A duration such as `5s`, `500ms` or `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 5s, 500ms, 2m)"))
+/// A wait limit such as `5s`, `500ms` or `2m`. Zero is refused, here as in
+/// the configuration: leaving `--timeout` out is how to wait for ever.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(ZERO_TIMEOUT.to_string()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (e.g. 5s, 500ms, 2m)")),
+    }
 }
+
+/// Why a zero timeout is refused.
+const ZERO_TIMEOUT: &str =
+    "a zero timeout is refused (give a positive duration, or leave --timeout out to wait for ever)";
 
 impl ConnArgs {
     /// Connect and attach, or fail with `connect ADDR: WHY`.
@@ -140,11 +156,16 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// `what` failed because of `why`; a `why` that already starts with
+    /// "WHAT: " (the server's words often do) is not told twice.
     pub fn new(what: impl Into<String>, why: impl fmt::Display) -> Failure {
-        Failure {
-            what: what.into(),
-            why: why.to_string(),
-        }
+        let what = what.into();
+        let why = why.to_string();
+        let why = match why.strip_prefix(&what).and_then(|w| w.strip_prefix(": ")) {
+            Some(rest) => rest.to_string(),
+            None => why,
+        };
+        Failure { what, why }
     }
 }
 
@@ -183,13 +204,32 @@ impl<T> Context<T> for Result<T, client::Error> {
 pub async fn run(command: Command) -> ExitCode {
     let command = match command {
         Command::Serve(args) => return dchan::serve::main(args).await,
-        Command::Bench(args) => return dchan::bench::command::main(args).await,
+        Command::Bench(args) => {
+            // A usage error, before any connection or JSON line.
+            let min = dchan::bench::payload::MIN_SIZE;
+            if args.opts.size < min {
+                let size = args.opts.size;
+                eprintln!(
+                    "dchan: invalid value '{size}' for '--size <SIZE>': at least {min} bytes; see 'dchan bench --help'"
+                );
+                return ExitCode::from(2);
+            }
+            return dchan::bench::command::main(args).await;
+        }
         Command::Client(c) => c,
     };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.is_empty() => match dchan::serve::log_filter(&text) {
+            Ok(filter) => filter,
+            Err(why) => {
+                eprintln!("dchan: RUST_LOG {text:?}: {why}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => "warn".into(),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     match run_client(command).await {
@@ -213,6 +253,8 @@ async fn run_client(command: ClientCommand) -> Result<(), Failure> {
         Command::Rm(a) => admin::rm(a).await,
         Command::Reset(a) => admin::reset(a).await,
         Command::Close(a) => admin::close(a).await,
+        Command::Mount(a) => mount::mount(a).await,
+        Command::Umount(a) => mount::umount(a).await,
     }
 }
 
@@ -221,6 +263,15 @@ async fn run_client(command: ClientCommand) -> Result<(), Failure> {
 pub fn parse() -> Result<Cli, ExitCode> {
     match Cli::try_parse() {
         Ok(cli) => Ok(cli),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let subs: Vec<&str> = cmd.get_subcommands().map(|s| s.get_name()).collect();
+            eprintln!(
+                "dchan: no subcommand given; want one of {}; see 'dchan --help'",
+                subs.join(", ")
+            );
+            Err(ExitCode::from(2))
+        }
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
             Err(ExitCode::SUCCESS)

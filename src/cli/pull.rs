@@ -6,7 +6,7 @@ use std::io::Write;
 use clap::Args;
 use dchan::client::Puller;
 
-use super::{ConnArgs, Context, Failure, parse_duration};
+use super::{ConnArgs, Context, Failure, parse_timeout};
 
 const HELP: &str = "\
 Output: each message as it is, followed by a newline if it does not end
@@ -15,6 +15,9 @@ with one (--raw: exactly as it is). Messages are printed as they arrive.
 Exit status: 0 when N messages were printed, or with --follow when the
 topic was closed and drained; 1 when the topic was closed before N
 messages came (\"topic closed\"), on a timeout, or on any other failure.
+If standard output goes away (`| head` has had enough), the message that
+could not be printed goes back to the topic for the next reader, and the
+status is 1 (\"standard output: broken pipe\").
 
 Examples:
   dchan pull jobs                      one message
@@ -37,9 +40,10 @@ pub struct PullArgs {
     /// Print messages exactly as they are, adding no newline.
     #[arg(long)]
     pub raw: bool,
-    /// Give up waiting for a message after this long (e.g. 30s); nothing is
-    /// taken then, and a message that came as time ran out is printed, not lost.
-    #[arg(long, value_parser = parse_duration)]
+    /// Give up waiting for a message after this long (e.g. 30s; not 0; left
+    /// out: wait for ever); nothing is taken then, and a message that came
+    /// as time ran out is printed, not lost.
+    #[arg(long, value_parser = parse_timeout)]
     pub timeout: Option<std::time::Duration>,
     #[command(flatten)]
     pub conn: ConnArgs,
@@ -49,16 +53,50 @@ pub async fn run(args: PullArgs) -> Result<(), Failure> {
     let what = || format!("pull {}", args.topic);
     let client = args.conn.connect().await?;
     let mut puller = client.open_data(&args.topic).await.what(what)?;
-    let printed = print_messages(&args, &mut puller).await;
-    // Clunk before exiting, whatever happened: a fid the server sees
-    // vanish with its connection gives its last message back to the group
-    // (at least once), which would print it twice.
-    let closed = puller.close().await.what(what);
-    printed.and(closed)
+    match print_messages(&args, &mut puller).await {
+        // A message pulled but not printed (standard output is gone, as
+        // when `| head` has had enough) must go back to the group. The
+        // server gives a fid's last message back when its connection ends
+        // without the fid's clunk (the clunk would acknowledge it): so the
+        // fid is not clunked, and the connection ends with the process.
+        Err(Stopped::Unprinted(failure)) => {
+            std::mem::forget(puller);
+            Err(failure)
+        }
+        // Otherwise clunk before exiting, whatever happened: the clunk
+        // acknowledges the last message printed, which would otherwise
+        // come back and be printed twice.
+        printed => {
+            let closed = puller.close().await.what(what);
+            printed.map_err(Stopped::into_failure).and(closed)
+        }
+    }
+}
+
+/// Why printing stopped early.
+enum Stopped {
+    /// A failure before a message was taken, or after it was printed.
+    Failed(Failure),
+    /// A message was taken but could not be printed.
+    Unprinted(Failure),
+}
+
+impl Stopped {
+    fn into_failure(self) -> Failure {
+        match self {
+            Stopped::Failed(f) | Stopped::Unprinted(f) => f,
+        }
+    }
+}
+
+impl From<Failure> for Stopped {
+    fn from(f: Failure) -> Stopped {
+        Stopped::Failed(f)
+    }
 }
 
 /// Pull and print what `args` asks for.
-async fn print_messages(args: &PullArgs, puller: &mut Puller) -> Result<(), Failure> {
+async fn print_messages(args: &PullArgs, puller: &mut Puller) -> Result<(), Stopped> {
     let what = || format!("pull {}", args.topic);
     let mut printed = 0u64;
     while args.follow || printed < args.count {
@@ -73,7 +111,7 @@ async fn print_messages(args: &PullArgs, puller: &mut Puller) -> Result<(), Fail
             if args.follow {
                 return Ok(());
             }
-            return Err(Failure::new(what(), "topic closed"));
+            return Err(Failure::new(what(), "topic closed").into());
         };
         let mut out = std::io::stdout().lock();
         let written = out
@@ -85,10 +123,10 @@ async fn print_messages(args: &PullArgs, puller: &mut Puller) -> Result<(), Fail
             .and_then(|_| out.flush());
         if let Err(e) = written {
             let why = dchan::client::io_reason(&e);
-            return Err(Failure::new(
+            return Err(Stopped::Unprinted(Failure::new(
                 what(),
-                format!("standard output: {why}; a message pulled was not printed"),
-            ));
+                format!("standard output: {why}; the message not printed goes back to the topic"),
+            )));
         }
         printed += 1;
     }

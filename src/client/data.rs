@@ -5,9 +5,13 @@
 //! 9P2000.L or .u session it also follows "the Linux read loop" rule: once a
 //! Tread of the largest count (msize − 24, or the iounit) returned the end of
 //! a message, the next Tread at that offset returns 0 bytes, once. So a
-//! puller issues largest-count Treads until one returns 0 bytes: the bytes
-//! before it are exactly one message, whatever its size or framing, and a
-//! 0-byte first reply is end of file (the topic was closed and drained).
+//! puller issues largest-count Treads until one returns 0 bytes or fewer
+//! than it asked for: the bytes up to there are exactly one message,
+//! whatever its size or framing. After a short reply the 0 bytes are still
+//! to come, and are read at the start of the next pull (the server
+//! acknowledges a message when the Tread after it arrives, so a message is
+//! acknowledged only once its reader asks for the next, or closes); any
+//! other 0-byte first reply is end of file (the topic closed and drained).
 //! On plain 9P2000 (no such rule) a reply shorter than the count ends the
 //! message, so a message that fills a whole number of Treads runs on into
 //! the next; use .u or .L for messages that large.
@@ -55,6 +59,12 @@ pub struct Puller {
     /// What is read of a message not yet complete: kept here, so a `next`
     /// dropped halfway (say by a timeout) loses nothing the next call needs.
     partial: Vec<Bytes>,
+    /// The last message ended in a short reply and was returned at once,
+    /// so its 0-byte end marker (the Linux read loop rule) is still to be
+    /// read: the next Tread gets it, and only then does the server
+    /// acknowledge that message. So a caller that cannot use a message can
+    /// give it back by dropping the connection before asking for the next.
+    zero_due: bool,
 }
 
 impl Puller {
@@ -63,6 +73,7 @@ impl Puller {
             file,
             offset: 0,
             partial: Vec::new(),
+            zero_due: false,
         }
     }
 
@@ -107,13 +118,21 @@ impl Puller {
             self.offset += chunk.len() as u64;
             let n = chunk.len();
             if n == 0 {
+                if std::mem::take(&mut self.zero_due) {
+                    continue;
+                }
                 if self.partial.is_empty() {
                     return Ok(None);
                 }
                 return Ok(Some(concat(std::mem::take(&mut self.partial))));
             }
+            self.zero_due = false;
             self.partial.push(chunk);
-            if !loop_rule && n < max as usize {
+            // A reply shorter than the count ends the message (the server
+            // sends no more than one); on a loop-rule session its 0-byte
+            // end marker is read at the start of the next call.
+            if n < max as usize {
+                self.zero_due = loop_rule;
                 return Ok(Some(concat(std::mem::take(&mut self.partial))));
             }
         }

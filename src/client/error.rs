@@ -26,7 +26,7 @@ pub enum Error {
     #[error("no such topic")]
     NoTopic(String),
     /// A topic name that the tree cannot hold.
-    #[error("bad topic name {0:?}")]
+    #[error("bad topic name {0:?}: {rule}", rule = crate::broker::NAME_RULE)]
     BadTopic(String),
     /// The address did not parse (the reason names the forms it takes).
     #[error("{0}")]

@@ -285,6 +285,7 @@ impl Client {
 /// none "." or "..".
 pub fn check_topic(topic: &str) -> Result<()> {
     let ok = !topic.is_empty()
+        && !topic.starts_with('-')
         && topic.split('/').all(|c| {
             !c.is_empty()
                 && c != "."

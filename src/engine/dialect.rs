@@ -128,7 +128,7 @@ pub fn dirent_type(info: &FileInfo) -> u8 {
 /// The changes a Twstat asks for; "don't touch" (all ones, "") is `None`.
 pub fn wstat_changes(s: &Stat) -> fs::Result<Changes> {
     if s.name.contains('/') || s.name == "." || s.name == ".." {
-        return Err(fs::Error::new(fs::errno::EINVAL, "bad file name"));
+        return Err(fs::Error::new(fs::errno::EINVAL, "invalid file name"));
     }
     let some_str = |v: &str| (!v.is_empty()).then(|| v.to_string());
     Ok(Changes {
@@ -193,16 +193,115 @@ pub fn statfs() -> StatFs {
     }
 }
 
-/// An error reply in `dialect`: 9P2000 the text alone, 9P2000.u the text and
-/// errno, 9P2000.L the errno.
+/// An error reply in `dialect`: 9P2000 the text alone (see [`plain_text`]),
+/// 9P2000.u the text and errno, 9P2000.L the errno.
 pub fn error(dialect: Dialect, e: &fs::Error) -> Fcall {
     match dialect {
         Dialect::P2000L => Fcall::Rlerror { ecode: e.errno },
-        Dialect::P2000 | Dialect::P2000u => Fcall::Rerror {
+        Dialect::P2000 => Fcall::Rerror {
+            ename: plain_text(e),
+            errno: e.errno,
+        },
+        Dialect::P2000u => Fcall::Rerror {
             ename: e.message.to_string(),
             errno: e.errno,
         },
     }
+}
+
+/// The text of `e` for a plain 9P2000 client, which may only guess the
+/// errno from the words ([`plan9port_errno`]). dchan's own words never
+/// mislead (a unit test of the tree checks them all), but what the user
+/// typed and the text quotes may (`unknown command "timeout=5s"` would
+/// read "Connection timed out"): then the quoted parts are elided.
+pub fn plain_text(e: &fs::Error) -> String {
+    let text = &*e.message;
+    if reads_right(e.errno, text) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '"' {
+            out.push('…');
+            // Skip to the closing quote (Rust's {:?} escapes inner ones).
+            while let Some(q) = chars.next() {
+                match q {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '"' => break,
+                    _ => {}
+                }
+            }
+            out.push('"');
+        }
+    }
+    if reads_right(e.errno, &out) {
+        out
+    } else {
+        text.to_string()
+    }
+}
+
+/// True when plan9port reads `text` as `errno`, or as nothing in
+/// particular (ERANGE, its "who knows"): never as another errno.
+pub fn reads_right(errno: u32, text: &str) -> bool {
+    let read = plan9port_errno(text);
+    read == errno || read == fs::errno::ERANGE
+}
+
+/// The errno plan9port makes of an error's text (9pfuse's table,
+/// src/cmd/9pfuse/errstr.c at 59ab62e5; lib9's errstr.c is alike): the
+/// first entry whose words the text contains, case-insensitively, wins, and
+/// a text matching none reads as ERANGE. 9pfuse reports every Rerror of a
+/// plain 9P2000 server this way, so no text dchan sends may contain the
+/// words of another errno.
+pub fn plan9port_errno(text: &str) -> u32 {
+    use fs::errno::*;
+    const E2BIG: u32 = 7;
+    const ENODEV: u32 = 19;
+    const ESTALE: u32 = 116;
+    const TABLE: &[(&str, u32)] = &[
+        ("permitted", EPERM),
+        ("permission", EACCES),
+        ("access", EACCES),
+        ("exists", EEXIST),
+        ("exist", ENOENT),
+        ("no such", ENOENT),
+        ("not found", ENOENT),
+        ("not implemented", ENOSYS),
+        ("input/output", EIO),
+        ("timeout", ETIMEDOUT),
+        ("timed out", ETIMEDOUT),
+        ("i/o", EIO),
+        ("too long", E2BIG),
+        ("interrupt", EINTR),
+        ("no such", ENODEV),
+        ("bad file", EBADF),
+        (" fid ", EBADF),
+        ("temporar", EAGAIN),
+        ("memory", ENOMEM),
+        ("is a directory", EISDIR),
+        ("directory", ENOTDIR),
+        ("argument", EINVAL),
+        ("pipe", EPIPE),
+        ("in use", EBUSY),
+        ("busy", EBUSY),
+        ("illegal", EINVAL),
+        ("invalid", EINVAL),
+        ("read-only", EROFS),
+        ("read only", EROFS),
+        ("stale ", ESTALE),
+        ("proto", EPROTO),
+        ("entry", ENOENT),
+    ];
+    let text = text.to_lowercase();
+    TABLE
+        .iter()
+        .find(|(words, _)| text.contains(words))
+        .map_or(ERANGE, |&(_, e)| e)
 }
 
 #[cfg(test)]
@@ -216,6 +315,29 @@ mod tests {
         let m = lopen_mode(0o2002 | 0o4000);
         assert!(m.writes() && m.reads() && m.append && m.nonblock && !m.truncate);
         assert_eq!(open_mode(3).access, Access::Exec);
+    }
+
+    #[test]
+    fn plain_9p2000_errors_never_read_as_another_errno() {
+        use fs::errno::{EEXIST, EINVAL, ETIMEDOUT};
+        let e = fs::Error::new(EINVAL, "unknown command \"timeout=5s\"; want reset");
+        let Fcall::Rerror { ename, .. } = error(Dialect::P2000, &e) else {
+            panic!()
+        };
+        assert_eq!(ename, "unknown command \"…\"; want reset");
+        assert!(reads_right(EINVAL, &ename));
+        assert_eq!(plan9port_errno(&e.message), ETIMEDOUT);
+        // 9P2000.u carries the errno: its text is left whole.
+        let Fcall::Rerror { ename, .. } = error(Dialect::P2000u, &e) else {
+            panic!()
+        };
+        assert_eq!(ename, &*e.message);
+        // Inner quotes, escaped by {:?}, stay inside the elision.
+        let e = fs::Error::new(EINVAL, r#"bad "a\"exists" and "b""#);
+        assert_eq!(plain_text(&e), r#"bad "…" and "…""#);
+        // A text that reads right is sent as it is.
+        let e = fs::Error::new(EEXIST, "topic exists: \"timeout\"");
+        assert_eq!(plain_text(&e), &*e.message);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub struct DirSnapshot {
 }
 
 fn bad_offset() -> fs::Error {
-    fs::Error::new(errno::EINVAL, "bad directory offset")
+    fs::Error::new(errno::EINVAL, "invalid offset for a listing")
 }
 
 impl DirSnapshot {
@@ -66,7 +66,7 @@ impl DirSnapshot {
         if end == start && start < self.records.len() {
             return Err(fs::Error::new(
                 errno::EINVAL,
-                "read count too small for a directory entry",
+                "invalid read count: too small for one entry",
             ));
         }
         Ok(self.records.slice(start..end))

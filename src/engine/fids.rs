@@ -96,7 +96,7 @@ impl<T: FileTree> Fids<T> {
     /// The error if `fid` cannot be added: in use, or one too many.
     pub fn check_free(&self, fid: Fid) -> fs::Result<()> {
         if self.map.contains_key(&fid) {
-            return Err(fs::Error::new(errno::EBADF, "fid in use"));
+            return Err(fs::Error::new(errno::EBADF, "fid taken"));
         }
         if self.map.len() >= self.max {
             return Err(fs::Error::new(errno::EMFILE, "too many fids"));

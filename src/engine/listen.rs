@@ -68,16 +68,16 @@ pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 impl Listener {
-    /// Binds `addr`. A Unix socket file left by a dead server is replaced.
+    /// Binds `addr`. At a Unix path, a socket that no server answers on
+    /// (left by one that died) is replaced; a live socket, or a file of any
+    /// other kind, is refused and left as it is.
     pub async fn bind(addr: &Addr) -> io::Result<Listener> {
         match addr {
             Addr::Tcp { host, port } => Ok(Listener::Tcp(
                 TcpListener::bind((host.as_str(), *port)).await?,
             )),
             Addr::Unix(path) => {
-                if tokio::net::UnixStream::connect(path).await.is_err() {
-                    let _ = std::fs::remove_file(path);
-                }
+                clear_stale_socket(path).await?;
                 Ok(Listener::Unix(UnixListener::bind(path)?))
             }
         }
@@ -116,6 +116,30 @@ impl Listener {
                 Ok((Box::new(r), Box::new(w), "unix".to_string()))
             }
         }
+    }
+}
+
+/// Remove the socket at `path` if no server answers on it; fail if a
+/// server does, or if something other than a socket is there.
+async fn clear_stale_socket(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        m => m?,
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a file that is not a socket is there (remove it, or choose another path)",
+        ));
+    }
+    match tokio::net::UnixStream::connect(path).await {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "a server is already listening there",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Err(e) => Err(e),
     }
 }
 

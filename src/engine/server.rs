@@ -13,10 +13,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::fs::FileTree;
+use bytes::BytesMut;
+use tokio_util::codec::FramedRead;
 
-use super::listen::Listener;
-use super::{Limits, conn};
+use crate::fs::{self, FileTree, errno};
+use crate::proto::codec::{decode, encode};
+use crate::proto::frame::FrameDecoder;
+use crate::proto::{Dialect, Fcall, Msg};
+
+use super::listen::{Listener, ReadHalf, WriteHalf};
+use super::{Limits, MIN_MSIZE, conn};
 
 /// How many clients are connected now: the engine counts, whoever reports
 /// it (the root ctl) reads. Clones share the count.
@@ -62,6 +68,10 @@ struct Shared<T> {
     next_id: AtomicU64,
     /// Connections open now.
     connections: Connections,
+    /// One permit per client being told "too many connections"; past
+    /// [`REFUSING`] of them a new one is closed unanswered, so a flood of
+    /// idle sockets cannot hold descriptors for long.
+    refusing: Arc<Semaphore>,
 }
 
 /// Serves `tree` on every listener until `shutdown` completes, then stops
@@ -93,6 +103,7 @@ pub async fn serve_counted<T: FileTree>(
         tasks: TaskTracker::new(),
         next_id: AtomicU64::new(1),
         connections,
+        refusing: Arc::new(Semaphore::new(REFUSING)),
     });
     for listener in listeners {
         let name = listener
@@ -127,7 +138,14 @@ async fn accept_loop<T: FileTree>(listener: Listener, shared: Arc<Shared<T>>) {
             }
         };
         let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-            warn!(%peer, "too many connections: closing the new one");
+            warn!(%peer, "too many connections: refusing the new one");
+            if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
+                let max = shared.limits.max_connections;
+                tokio::spawn(async move {
+                    refuse(reader, writer, max).await;
+                    drop(permit);
+                });
+            }
             continue;
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -149,4 +167,42 @@ async fn accept_loop<T: FileTree>(listener: Listener, shared: Arc<Shared<T>>) {
             .instrument(span),
         );
     }
+}
+
+/// Clients being refused at once, at most.
+const REFUSING: usize = 64;
+
+/// How long a refused client has to send its Tversion.
+const REFUSE_WAIT: Duration = Duration::from_secs(10);
+
+/// A client past `max_connections`: answer its Tversion with an error that
+/// says why, in its dialect, then hang up (rather than hang up unexplained).
+async fn refuse(reader: ReadHalf, mut writer: WriteHalf, max: usize) {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut frames = FramedRead::new(reader, FrameDecoder::new(MIN_MSIZE));
+    let Ok(Some(Ok(frame))) = tokio::time::timeout(REFUSE_WAIT, frames.next()).await else {
+        return;
+    };
+    let Ok(msg) = decode(frame, Dialect::P2000) else {
+        return;
+    };
+    let dialect = match &msg.body {
+        Fcall::Tversion { version, .. } => Dialect::from_version(version),
+        _ => None,
+    };
+    let dialect = dialect.unwrap_or(Dialect::P2000);
+    let why = format!("too many connections (the server serves {max} at once)");
+    let reply = super::dialect::error(dialect, &fs::Error::new(errno::EAGAIN, why));
+    let mut buf = BytesMut::new();
+    encode(
+        &Msg {
+            tag: msg.tag,
+            body: reply,
+        },
+        dialect,
+        &mut buf,
+    );
+    let _ = writer.write_all(&buf).await;
+    let _ = writer.shutdown().await;
 }

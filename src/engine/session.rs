@@ -103,7 +103,7 @@ fn not_open() -> fs::Error {
 /// A name for a new file: not empty, ".", "..", nor with a '/'.
 fn check_name(name: &str) -> fs::Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-        return Err(err(errno::EINVAL, "bad file name"));
+        return Err(err(errno::EINVAL, "invalid file name"));
     }
     Ok(())
 }
@@ -443,7 +443,7 @@ impl<T: FileTree> Session<T> {
                 self.fids.get(fid)?;
                 match name.as_str() {
                     "" => Err(err(errno::EOPNOTSUPP, "extended attributes not supported")),
-                    _ => Err(err(errno::ENODATA, "no such attribute")),
+                    _ => Err(err(errno::ENODATA, "attribute not set")),
                 }
             }
             Txattrcreate { .. } => Err(err(errno::EOPNOTSUPP, "extended attributes not supported")),

@@ -43,13 +43,19 @@ impl Dialect {
         }
     }
 
-    /// The dialect a Tversion string asks for: "9P2000" followed by
-    /// anything but ".u"/".L" is plain 9P2000 (version(5)); other strings
-    /// are not 9P at all.
+    /// The dialect a Tversion string asks for: the longest one known that
+    /// the string starts with, followed by nothing or by a period-separated
+    /// extension (version(5)): "9P2000.L.Z" is 9P2000.L, "9P2000.u.x"
+    /// 9P2000.u, and "9P2000" followed by anything else plain 9P2000
+    /// ("9P2000.Lx" too); other strings are not 9P at all.
     pub fn from_version(v: &str) -> Option<Dialect> {
+        let extends = |d: &str| {
+            v.strip_prefix(d)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        };
         match v {
-            "9P2000.L" => Some(Dialect::P2000L),
-            "9P2000.u" => Some(Dialect::P2000u),
+            _ if extends("9P2000.L") => Some(Dialect::P2000L),
+            _ if extends("9P2000.u") => Some(Dialect::P2000u),
             _ if v.starts_with("9P2000") => Some(Dialect::P2000),
             _ => None,
         }

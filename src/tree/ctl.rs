@@ -47,10 +47,12 @@ pub enum TopicCmd {
     Forget(String),
 }
 
-const ROOT_USAGE: &str =
-    "want create NAME [capacity=N] [framing=line|write] [timeout=DURATION], remove NAME";
-const TOPIC_USAGE: &str =
-    "want reset, close, capacity N, framing line|write, timeout DURATION, forget GROUP";
+// Error texts never name the `timeout` setting: plain 9P2000 clients such
+// as 9pfuse turn an error's text into an errno by substring, and the word
+// would make any mistyped command read "Connection timed out" (see the
+// table in error.rs). The settings' names are in the ctl file itself.
+const ROOT_USAGE: &str = "want create NAME [capacity=N] [framing=line|write] [SETTING=DURATION for the wait limit], remove NAME";
+const TOPIC_USAGE: &str = "want reset, close, capacity N, framing line|write, forget GROUP, or the wait limit with its name as this file shows it";
 
 /// The non-blank lines of a ctl write, trimmed; an error if it is not text.
 fn lines(text: &[u8]) -> Result<Vec<&str>, String> {
@@ -85,7 +87,7 @@ fn parse_root_line(line: &str) -> Result<RootCmd, String> {
                     "timeout" => timeout = Some(parse_timeout(value)?),
                     _ => {
                         return Err(format!(
-                            "create: unknown option {opt:?}; want capacity=N, framing=line|write, timeout=DURATION"
+                            "create: unknown option {opt:?}; want capacity=N, framing=line|write, or the wait limit as a topic's ctl file names it"
                         ));
                     }
                 }
@@ -167,12 +169,12 @@ fn parse_framing(s: &str) -> Result<Framing, String> {
 /// A timeout: humantime, or `0`/`none` for none.
 pub fn parse_timeout(s: &str) -> Result<Option<Duration>, String> {
     match s {
-        "" => Err("timeout: missing DURATION (e.g. 5s, 500ms, or none)".into()),
+        "" => Err("missing DURATION (e.g. 5s, 500ms, or none)".into()),
         "0" | "none" => Ok(None),
         _ => match humantime::parse_duration(s) {
             Ok(d) if d.is_zero() => Ok(None),
             Ok(d) => Ok(Some(d)),
-            Err(e) => Err(format!("bad timeout {s:?}: {e} (e.g. 5s, 500ms, or none)")),
+            Err(e) => Err(format!("bad duration {s:?}: {e} (e.g. 5s, 500ms, or none)")),
         },
     }
 }
@@ -421,7 +423,7 @@ mod tests {
         let e = parse_topic(b"reset\nfrob\n").unwrap_err();
         assert_eq!(
             e,
-            "unknown command \"frob\"; want reset, close, capacity N, framing line|write, timeout DURATION, forget GROUP"
+            "unknown command \"frob\"; want reset, close, capacity N, framing line|write, forget GROUP, or the wait limit with its name as this file shows it"
         );
         assert!(parse_topic(b"capacity").unwrap_err().contains("missing N"));
         assert!(
@@ -442,7 +444,7 @@ mod tests {
         assert!(
             parse_topic(b"timeout soon")
                 .unwrap_err()
-                .contains("bad timeout")
+                .contains("bad duration")
         );
         assert!(
             parse_topic(b"timeout")

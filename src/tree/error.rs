@@ -56,3 +56,187 @@ pub(super) fn linux_text(errno: u32) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::dialect::{plan9port_errno, reads_right};
+    use crate::tree::ctl;
+
+    /// The errno constants by name, for the source scan below.
+    fn errno_named(name: &str) -> u32 {
+        use errno::*;
+        match name {
+            "EPERM" => EPERM,
+            "ENOENT" => ENOENT,
+            "EINTR" => EINTR,
+            "EIO" => EIO,
+            "EBADF" => EBADF,
+            "EAGAIN" => EAGAIN,
+            "ENOMEM" => ENOMEM,
+            "EACCES" => EACCES,
+            "EBUSY" => EBUSY,
+            "EEXIST" => EEXIST,
+            "EXDEV" => EXDEV,
+            "ENOTDIR" => ENOTDIR,
+            "EISDIR" => EISDIR,
+            "EINVAL" => EINVAL,
+            "EMFILE" => EMFILE,
+            "EFBIG" => EFBIG,
+            "ENOSPC" => ENOSPC,
+            "ESPIPE" => ESPIPE,
+            "EROFS" => EROFS,
+            "EPIPE" => EPIPE,
+            "ERANGE" => ERANGE,
+            "ENAMETOOLONG" => ENAMETOOLONG,
+            "ENOSYS" => ENOSYS,
+            "ENOTEMPTY" => ENOTEMPTY,
+            "ENODATA" => ENODATA,
+            "EPROTO" => EPROTO,
+            "EMSGSIZE" => EMSGSIZE,
+            "EOPNOTSUPP" => EOPNOTSUPP,
+            "ECONNRESET" => ECONNRESET,
+            "ESHUTDOWN" => ESHUTDOWN,
+            "ETIMEDOUT" => ETIMEDOUT,
+            "ECANCELED" => ECANCELED,
+            _ => panic!("errno {name} unknown to this test: add it"),
+        }
+    }
+
+    /// Every `Error::new(errno::X, "text")` and `err(errno::X, "text")` in
+    /// the server's source, with its errno.
+    fn literal_errors() -> Vec<(u32, String)> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut found = Vec::new();
+        for f in files {
+            let src = std::fs::read_to_string(&f).unwrap();
+            for (i, _) in src.match_indices("errno::E") {
+                let before = src[..i].trim_end_matches("fs::");
+                let before = before.trim_end();
+                if !(before.ends_with("Error::new(") || before.ends_with("err(")) {
+                    continue;
+                }
+                let rest = &src[i + "errno::".len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
+                let rest = rest[name.len()..].trim_start();
+                let Some(rest) = rest.strip_prefix(',') else {
+                    continue;
+                };
+                let Some(rest) = rest.trim_start().strip_prefix('"') else {
+                    continue;
+                };
+                let text = &rest[..rest.find('"').unwrap()];
+                found.push((errno_named(&name), text.to_string()));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_scan_finds_the_errors() {
+        let found = literal_errors();
+        assert!(found.len() > 30, "{found:?}");
+        assert!(found.contains(&(errno::EISDIR, "is a directory".into())));
+    }
+
+    /// 9pfuse (and any plan9port program) reads every error text dchan can
+    /// send a plain 9P2000 client as the errno dchan meant, or as none.
+    #[test]
+    fn plan9port_reads_no_error_as_another_errno() {
+        // The server's fixed texts.
+        let mut texts = literal_errors();
+        // The broker's, as the tree maps them.
+        use broker::Error as E;
+        for e in [
+            E::NoTopic("jobs".into()),
+            E::Exists("jobs".into()),
+            E::BadName("jobs!".into()),
+            E::Closed,
+            E::Reset,
+            E::Removed,
+            E::TimedOut,
+            E::WouldBlock,
+            E::NoGroup("audit".into()),
+            E::OffsetOutOfRange {
+                asked: 9,
+                first: 1,
+                next: 3,
+            },
+            E::Shutdown,
+        ] {
+            let e = broker_error(e);
+            texts.push((e.errno, e.message.to_string()));
+        }
+        // Every kind of bad ctl and offset write (EINVAL).
+        let root = [
+            "frob",
+            "create",
+            "create a/ctl",
+            "create a/../b",
+            "create a capacity=x",
+            "create a framing=byte",
+            "create a timeout=soon",
+            "create a timeout=",
+            "create a colour=red",
+            "remove",
+            "remove a b",
+            "create ctl",
+            "create a/b/offset",
+            "create a\u{e9}",
+        ];
+        let topic = [
+            "frob",
+            "timeout soon",
+            "timeout",
+            "capacity",
+            "capacity x",
+            "capacity 1 2",
+            "framing x",
+            "reset now",
+            "close now",
+            "forget",
+        ];
+        let mut invalid = Vec::new();
+        for line in root {
+            invalid.push(ctl::parse_root(line.as_bytes()).unwrap_err());
+        }
+        for line in topic {
+            invalid.push(ctl::parse_topic(line.as_bytes()).unwrap_err());
+        }
+        invalid.push(ctl::parse_root(b"\xff").unwrap_err());
+        invalid.push(ctl::parse_offset(b"x").unwrap_err());
+        invalid.push(ctl::check_name(&"a".repeat(300)).unwrap_err());
+        invalid.push(ctl::check_name("").unwrap_err());
+        texts.extend(invalid.into_iter().map(|t| (errno::EINVAL, t)));
+
+        let wrong: Vec<_> = texts
+            .iter()
+            .filter(|(e, t)| !reads_right(*e, t))
+            .map(|(e, t)| format!("{t:?} (errno {e}) reads as {}", plan9port_errno(t)))
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        // The report of issue 15: a mistyped command read as a timeout.
+        assert_eq!(
+            plan9port_errno(&ctl::parse_topic(b"frob").unwrap_err()),
+            errno::ERANGE
+        );
+        assert_eq!(plan9port_errno("timed out"), 110);
+    }
+}

@@ -602,10 +602,9 @@ impl<B: Broker> TopicTree<B> {
     fn remove_node(&self, node: &Node) -> Result<()> {
         match &node.at {
             At::Dir(p) if self.is_topic(p) => self.remove_topic(p),
-            At::Dir(p) if self.dir_exists(p) => Err(Error::new(
-                errno::ENOTEMPTY,
-                "directory not empty: it holds topics",
-            )),
+            At::Dir(p) if self.dir_exists(p) => {
+                Err(Error::new(errno::ENOTEMPTY, "not empty: it holds topics"))
+            }
             At::Dir(_) => Err(not_found()),
             At::Root => Err(Error::new(errno::EPERM, "cannot remove the root")),
             At::RootCtl | At::File(..) => Err(Error::new(

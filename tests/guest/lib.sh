@@ -66,10 +66,11 @@ pushn() { exec sh -c 'i=1; while [ $i -le $2 ]; do echo "$3$i"; i=$((i + 1)); do
 # seqlines PREFIX N: the lines PREFIX1..PREFIXN, sorted as sort(1) does.
 seqlines() { i=1; while [ $i -le $2 ]; do echo "$1$i"; i=$((i + 1)); done; }
 
-# mount9p MOUNTPOINT PORT VERSION [ANAME]
+# mount9p MOUNTPOINT PORT VERSION [ANAME [MORE-OPTIONS]]
 mount9p() {
     mkdir -p "$1"
     _o="trans=tcp,port=$2,version=$3"
     [ -n "${4:-}" ] && _o="$_o,aname=$4"
+    [ -n "${5:-}" ] && _o="$_o,$5"
     timeout $WAIT mount -t 9p -o "$_o" "$SERVER" "$1"
 }
