@@ -173,6 +173,8 @@ pub(crate) struct State {
     wakes: Vec<Waker>,
     /// How many groups, and for how long idle.
     limits: GroupLimits,
+    /// Scratch for `dispatch`: the groups with blocked readers.
+    hungry: Vec<usize>,
     /// When idle groups are next looked for (with `idle_expiry` only).
     next_sweep: Option<Instant>,
 }
@@ -183,6 +185,7 @@ impl State {
             config,
             limits,
             next_sweep: None,
+            hungry: Vec::new(),
             log: Log::new(),
             closed: false,
             removed: false,
@@ -271,6 +274,7 @@ impl State {
             self.group_index.remove(&group.name);
         }
         self.dispatch();
+        self.trim();
     }
 
     /// The offset of the slowest group; with no group, the oldest held
@@ -389,8 +393,12 @@ impl State {
         if let Some(group) = self.groups.get_mut(taken.group)
             && group.id == taken.group_id
         {
+            // Only a group at the oldest held message can let it go.
+            let held_first = group.floor() == self.log.first();
             group.settle(taken.seq);
-            self.trim();
+            if held_first {
+                self.trim();
+            }
         }
     }
 
@@ -495,6 +503,11 @@ impl State {
     fn fits_now(&self) -> bool {
         let next = self.next();
         let c = self.config.capacity;
+        // Every group is at or past the oldest held message: room there is
+        // room for all (and idle groups cost nothing).
+        if next < self.log.first().saturating_add(c) {
+            return true;
+        }
         if self.groups.is_empty() {
             return next < self.log.first().saturating_add(c);
         }
@@ -528,23 +541,35 @@ impl State {
     // ---- the hand-off ----
 
     /// Restore the invariants after a change: feed every group's blocked
-    /// readers, complete and admit pushes, drop what every group has taken.
+    /// readers, complete and admit pushes. Only the groups with blocked
+    /// readers are visited, so idle groups cost a push nothing. (Feeding
+    /// and pushing never let a held message go: what a reader takes is out
+    /// with it. What does — an ack, a forget, a seek, an expiry — trims.)
     pub(crate) fn dispatch(&mut self) {
         loop {
             let mut moved = false;
             if self.waiting > 0 {
-                for g in 0..self.groups.capacity() {
+                let mut hungry = std::mem::take(&mut self.hungry);
+                hungry.extend(
+                    (self.readers.iter())
+                        .filter(|(_, r)| r.outcome.is_none())
+                        .map(|(_, r)| r.group),
+                );
+                hungry.sort_unstable();
+                hungry.dedup();
+                for &g in &hungry {
                     if self.groups.get(g).is_some_and(|g| !g.waiters.is_empty()) {
                         moved |= self.feed(g);
                     }
                 }
+                hungry.clear();
+                self.hungry = hungry;
             }
             moved |= self.settle_writers();
             if !moved {
                 break;
             }
         }
-        self.trim();
     }
 
     /// Hand group `g`'s messages to its blocked readers, oldest first.
@@ -711,6 +736,7 @@ impl State {
             self.groups[key].restart(id, first);
         }
         self.dispatch();
+        self.trim();
         Ok(())
     }
 
@@ -735,6 +761,7 @@ impl State {
         let id = self.new_group_id();
         self.groups[key].restart(id, seq);
         self.dispatch();
+        self.trim();
         Ok(())
     }
 
