@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::broker::{Framing, TopicConfig};
+use crate::broker::{self, Framing, TopicConfig};
 use crate::engine::{Addr, MIN_MSIZE};
 
 /// The built-in defaults: `dchan.toml`, documented there.
@@ -87,6 +87,8 @@ pub struct TopicDefaults {
     pub framing: FramingName,
     /// How long a push or pull may wait.
     pub timeout: Timeout,
+    /// The longest message.
+    pub max_message: MessageSize,
 }
 
 impl TopicDefaults {
@@ -96,6 +98,7 @@ impl TopicDefaults {
             capacity: self.capacity,
             framing: self.framing.into(),
             timeout: self.timeout.0,
+            max_message: self.max_message.0,
         }
     }
 }
@@ -114,6 +117,8 @@ pub struct TopicSpec {
     pub framing: Option<FramingName>,
     /// Its timeout, if not the default.
     pub timeout: Option<Timeout>,
+    /// Its longest message, if not the default.
+    pub max_message: Option<MessageSize>,
 }
 
 impl TopicSpec {
@@ -123,6 +128,7 @@ impl TopicSpec {
             capacity: self.capacity.unwrap_or(defaults.capacity),
             framing: self.framing.unwrap_or(defaults.framing).into(),
             timeout: self.timeout.unwrap_or(defaults.timeout).0,
+            max_message: self.max_message.unwrap_or(defaults.max_message).0,
         }
     }
 }
@@ -143,6 +149,40 @@ impl From<FramingName> for Framing {
             FramingName::Line => Framing::Line,
             FramingName::Write => Framing::Write,
         }
+    }
+}
+
+/// A message size as the file spells it: a number of bytes, or a string
+/// with a binary suffix ("64k", "16M").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeValue")]
+pub struct MessageSize(pub u64);
+
+impl Default for MessageSize {
+    fn default() -> Self {
+        MessageSize(broker::DEFAULT_MAX_MESSAGE)
+    }
+}
+
+/// What a size may be written as.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeValue> for MessageSize {
+    type Error = String;
+
+    fn try_from(v: SizeValue) -> Result<Self, String> {
+        let text = match v {
+            SizeValue::Bytes(n) => n.to_string(),
+            SizeValue::Text(s) => s,
+        };
+        broker::parse_size(&text)
+            .map(MessageSize)
+            .map_err(|why| format!("bad max_message {text:?}: {why}"))
     }
 }
 
@@ -334,7 +374,22 @@ mod tests {
         assert_eq!(c.topic_defaults.capacity, 0);
         assert_eq!(c.topic_defaults.framing, FramingName::Line);
         assert_eq!(c.topic_defaults.timeout, Timeout(None));
+        assert_eq!(c.topic_defaults.max_message, MessageSize::default());
+        assert_eq!(c.topic_defaults.topic_config(), TopicConfig::default());
         assert!(c.topic.is_empty());
+    }
+
+    #[test]
+    fn max_message_takes_bytes_or_a_suffix() {
+        let text = "[topic_defaults]\nmax_message = 65536\n\
+                    [[topic]]\nname = \"big\"\nmax_message = \"64M\"\n";
+        let c = Config::parse("t.toml", text).unwrap();
+        assert_eq!(c.topic_defaults.max_message, MessageSize(65536));
+        let big = c.topic[0].topic_config(&c.topic_defaults);
+        assert_eq!(big.max_message, 64 << 20);
+        let bad = "[topic_defaults]\nmax_message = \"lots\"\n";
+        let e = Config::parse("t.toml", bad).unwrap_err().to_string();
+        assert!(e.contains("bad max_message"), "{e}");
     }
 
     #[test]

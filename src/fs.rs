@@ -10,7 +10,8 @@
 //! Blocking operations are futures. The engine cancels one (Tflush, a
 //! dropped connection, shutdown) by dropping it, so every future here must be
 //! cancellation-safe: dropped before it returns, the operation did not
-//! happen. Walk, stat and clunk never block and are plain functions.
+//! happen. Walk, stat and clunk never block and are plain functions; what a
+//! file must finish before a Tclunk lets it go is [`FileTree::close`].
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -143,6 +144,10 @@ pub struct ReadReq {
     /// The largest count this connection allows (msize − IOHDRSZ, or the
     /// iounit): a Tread of this count is not a sign of a full buffer.
     pub max_count: u32,
+    /// Another Tread on this fid is in flight, or the reply to its last
+    /// one is not yet written to the connection: this Tread was sent
+    /// before the client could have seen what earlier reads returned.
+    pub overlaps: bool,
 }
 
 /// A change of metadata (Twstat, Tsetattr); `None` leaves a field alone.
@@ -228,6 +233,22 @@ pub trait FileTree: Send + Sync + 'static {
 
     /// Remove the file. The engine clunks the fid afterwards, whatever the result.
     fn remove(&self, node: &Self::Node) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether an open file holds work that its Tclunk must finish first
+    /// (dchan: a partial line to push). If so the engine runs
+    /// [`FileTree::close`] as a request like a write (it counts against the
+    /// connection's requests in flight, a Tflush cancels it) and answers
+    /// the Tclunk with its outcome; the fid is gone whatever that is.
+    fn unfinished(&self, _handle: &Self::Handle) -> bool {
+        false
+    }
+
+    /// Finish an open file before its Tclunk (see [`FileTree::unfinished`]).
+    /// Dropped before it returns, nothing happened; [`FileTree::clunk`]
+    /// follows either way.
+    fn close(&self, _handle: &Self::Handle) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
 
     /// The fid is gone; `handle` is its open state, if it was opened. The
     /// engine calls this once no other operation on the fid is running (a

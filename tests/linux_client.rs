@@ -112,6 +112,7 @@ fn linux(kernel: &str) {
         );
     }
     let dir = tempfile::tempdir().expect("temp dir");
+    let checks = guest_checks(dir.path());
     let ramfs = Server::start("ramfs", &["serve", "--ramfs"], dir.path());
     let topics = Server::start("topics", &["serve"], dir.path());
 
@@ -125,7 +126,7 @@ fn linux(kernel: &str) {
     let mut guest = Command::new("python3")
         .arg(root().join("scripts/guest"))
         .args(["run", "--kernel", kernel, "--timeout", "900", "--script"])
-        .arg(root().join("tests/guest/linux.sh"))
+        .arg(checks.join("linux.sh"))
         .arg(format!("--env=RAMFS_PORT={}", ramfs.port))
         .arg(format!("--env=TOPIC_PORT={}", topics.port))
         // For `dchan mount` run as root in the guest (tests/guest/linux.sh).
@@ -209,6 +210,27 @@ fn linux(kernel: &str) {
         "Linux {kernel}: too few checks ran: {}",
         checks.len()
     );
+}
+
+/// The guest's /checks: tests/guest's scripts, and `nb` (tests/guest/nb.c,
+/// built static here: busybox cannot open a file with O_NONBLOCK).
+fn guest_checks(dir: &Path) -> PathBuf {
+    let checks = dir.join("checks");
+    std::fs::create_dir_all(&checks).expect("checks dir");
+    for entry in std::fs::read_dir(root().join("tests/guest")).expect("tests/guest") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "sh") {
+            std::fs::copy(&path, checks.join(path.file_name().unwrap())).expect("copy script");
+        }
+    }
+    let built = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(checks.join("nb"))
+        .arg(root().join("tests/guest/nb.c"))
+        .status()
+        .expect("gcc (the guest's nb helper is built with gcc -static)");
+    assert!(built.success(), "gcc -static tests/guest/nb.c failed");
+    checks
 }
 
 /// The host's half of the guest's `c_cli`: for each dialect, `dchan push`

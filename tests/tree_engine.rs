@@ -214,6 +214,16 @@ async fn start() -> (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
+    start_with(Limits::default()).await
+}
+
+async fn start_with(
+    limits: Limits,
+) -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = tcp.local_addr().unwrap().port();
     let tree = Arc::new(TopicTree::new(
@@ -225,7 +235,7 @@ async fn start() -> (
     let server = tokio::spawn(engine::serve(
         vec![Listener::Tcp(tcp)],
         tree,
-        Limits::default(),
+        limits,
         async {
             let _ = stopped.await;
         },
@@ -301,6 +311,177 @@ async fn a_read_at_the_largest_offset_does_not_kill_the_connection() {
         .await
         .expect("server did not stop")
         .unwrap();
+}
+
+impl Conn {
+    /// One line of a topic's ctl text, e.g. `blocked_writers`.
+    async fn status(&mut self, topic: &str, key: &str) -> u64 {
+        self.open(90, &format!("{topic}/ctl"), 0).await;
+        let r = self
+            .rpc(
+                91,
+                Fcall::Tread {
+                    fid: 90,
+                    offset: 0,
+                    count: 4096,
+                },
+            )
+            .await;
+        self.rpc(92, Fcall::Tclunk { fid: 90 }).await;
+        let Fcall::Rread { data } = r else {
+            panic!("{r:?}")
+        };
+        let text = String::from_utf8_lossy(&data).to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+    }
+
+    async fn ctl(&mut self, path: &str, cmd: &str) -> Fcall {
+        self.open(80, path, 1).await;
+        let r = self
+            .rpc(
+                81,
+                Fcall::Twrite {
+                    fid: 80,
+                    offset: 0,
+                    data: Bytes::from(cmd.to_string()),
+                },
+            )
+            .await;
+        self.rpc(82, Fcall::Tclunk { fid: 80 }).await;
+        r
+    }
+}
+
+/// Issue 14.4: walk, open, write a line without its newline, clunk, again
+/// and again on one connection without waiting, on a capacity-0 topic with
+/// no reader: each clunk waits to push its partial line, as a request in
+/// flight, so past the connection's limit such a clunk fails with EAGAIN
+/// (its partial line dropped), and once the client has gone nothing waits.
+#[tokio::test]
+async fn clunks_with_partial_lines_count_against_the_limit_and_go_with_the_client() {
+    let limits = Limits {
+        max_in_flight: 8,
+        ..Limits::default()
+    };
+    let (port, stop, server) = start_with(limits).await;
+    let mut admin = Conn::connect(port, Dialect::P2000L, "").await;
+    let r = admin.ctl("ctl", "create t capacity=0\n").await;
+    assert!(matches!(r, Fcall::Rwrite { .. }), "{r:?}");
+    let mut c = Conn::connect(port, Dialect::P2000L, "").await;
+    const N: u16 = 2000;
+    for i in 0..N {
+        let tag = 100 + 4 * i;
+        let fid = 10;
+        let wnames = vec!["t".to_string(), "data".to_string()];
+        c.send(
+            tag,
+            Fcall::Twalk {
+                fid: 0,
+                newfid: fid,
+                wnames,
+            },
+        )
+        .await;
+        c.send(tag + 1, Fcall::Tlopen { fid, flags: 1 }).await;
+        let data = Bytes::from_static(b"yy");
+        c.send(
+            tag + 2,
+            Fcall::Twrite {
+                fid,
+                offset: 0,
+                data,
+            },
+        )
+        .await;
+        c.send(tag + 3, Fcall::Tclunk { fid }).await;
+    }
+    // Every request but the 8 waiting clunks is answered: once 8 wait, the
+    // opens, writes and clunks that would wait fail with EAGAIN (a write to
+    // a fid whose open failed, EBADF).
+    for _ in 0..(4 * N - 8) {
+        let m = c.recv().await;
+        match m.body {
+            Fcall::Rlerror { ecode } => assert!(ecode == 11 || ecode == 9, "{m:?}"),
+            _ => assert!((m.tag - 100) % 4 != 3 || m.body == Fcall::Rclunk, "{m:?}"),
+        }
+    }
+    assert_eq!(admin.status("t", "blocked_writers").await, 8);
+    drop(c);
+    for _ in 0..1000 {
+        if admin.status("t", "blocked_writers").await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(admin.status("t", "blocked_writers").await, 0);
+    let _ = stop.send(());
+    drop(admin);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}
+
+/// Issue 15.4: a data file takes one read at a time. A second Tread sent
+/// while the first is in flight could not prove that the first's reply
+/// arrived (the ack a read gives the message before it), so it is refused
+/// with EBUSY; the first goes on, and nothing is acked that was not
+/// proven: a message in hand when the connection drops comes again.
+#[tokio::test]
+async fn a_second_read_in_flight_on_a_data_fid_is_refused_and_nothing_is_lost() {
+    let (port, stop, server) = start().await;
+    let mut admin = Conn::connect(port, Dialect::P2000L, "").await;
+    let r = admin.ctl("ctl", "create t capacity=5\n").await;
+    assert!(matches!(r, Fcall::Rwrite { .. }), "{r:?}");
+    let mut c = Conn::connect(port, Dialect::P2000L, "").await;
+    c.open(1, "t/data", 0).await;
+    let read = |offset| Fcall::Tread {
+        fid: 1,
+        offset,
+        count: 100,
+    };
+    c.send(10, read(0)).await;
+    let busy = c.rpc(11, read(0)).await;
+    assert_eq!(busy, Fcall::Rlerror { ecode: 16 }, "EBUSY");
+    admin.open(2, "t/data", 1).await;
+    let data = Bytes::from_static(b"a\nb\n");
+    let w = admin
+        .rpc(
+            5,
+            Fcall::Twrite {
+                fid: 2,
+                offset: 0,
+                data,
+            },
+        )
+        .await;
+    assert_eq!(w, Fcall::Rwrite { count: 4 });
+    let a = c.recv().await;
+    assert_eq!((a.tag, data_of(a.body)), (10, Bytes::from_static(b"a\n")));
+    // Sent after its reply came: the Linux loop's zero, which acks "a".
+    assert_eq!(data_of(c.rpc(12, read(2)).await), "");
+    assert_eq!(data_of(c.rpc(13, read(2)).await), "b\n");
+    drop(c);
+    // "b" was in hand, unacked: it comes again; "a" does not.
+    let mut r = Conn::connect(port, Dialect::P2000L, "").await;
+    r.open(1, "t/data", 0).await;
+    let again = r.rpc(20, read(0)).await;
+    assert_eq!(data_of(again), "b\n");
+    let _ = stop.send(());
+    drop((admin, r));
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}
+
+fn data_of(f: Fcall) -> Bytes {
+    match f {
+        Fcall::Rread { data } => data,
+        other => panic!("not an Rread: {other:?}"),
+    }
 }
 
 /// Issue 14.5/15.1 through 9P: a push that one group took is not withdrawn

@@ -92,7 +92,7 @@ pub enum Framing {
 }
 
 /// A topic's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicConfig {
     /// How far the slowest group may lag; 0 is a rendezvous.
     pub capacity: u64,
@@ -100,6 +100,57 @@ pub struct TopicConfig {
     /// How long a push or pull may wait before failing with `TimedOut`;
     /// `None` waits forever.
     pub timeout: Option<Duration>,
+    /// The longest message, in bytes: a longer push fails with `TooLong`.
+    pub max_message: u64,
+}
+
+/// The default [`TopicConfig::max_message`], 16 MiB: RabbitMQ's default,
+/// above the 1 MB of NATS and Kafka, so that large documents fit, while a
+/// writer that never ends its line cannot make the server hold more than
+/// this per open file.
+pub const DEFAULT_MAX_MESSAGE: u64 = 16 << 20;
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            capacity: 0,
+            framing: Framing::default(),
+            timeout: None,
+            max_message: DEFAULT_MAX_MESSAGE,
+        }
+    }
+}
+
+/// A message size as people write it: bytes, or with a binary suffix
+/// (`64k`, `16M`, `1G`); at least 1.
+pub fn parse_size(s: &str) -> Result<u64, &'static str> {
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| "want a number of bytes ≥ 1, like 65536, 64k or 16M")?;
+    match n.checked_shl(shift).filter(|v| *v >= 1 && v >> shift == n) {
+        Some(v) => Ok(v),
+        None => Err("want a number of bytes ≥ 1, like 65536, 64k or 16M"),
+    }
+}
+
+impl TopicConfig {
+    /// Whether a message of `len` bytes may be pushed: every engine asks
+    /// before it takes a message.
+    pub fn admits(&self, len: usize) -> Result<()> {
+        match len as u64 <= self.max_message {
+            true => Ok(()),
+            false => Err(Error::TooLong {
+                size: len as u64,
+                max: self.max_message,
+            }),
+        }
+    }
 }
 
 /// What reader groups a topic keeps: every attach name that reads makes
@@ -131,6 +182,7 @@ pub enum Setting {
     Capacity(u64),
     Framing(Framing),
     Timeout(Option<Duration>),
+    MaxMessage(u64),
 }
 
 /// Whether an operation may wait.
@@ -175,6 +227,8 @@ pub enum Error {
     Shutdown,
     #[error("too many reader groups on this topic (at most {0}); forget one")]
     TooManyGroups(usize),
+    #[error("message too large: {size} bytes, over the topic's max_message {max}")]
+    TooLong { size: u64, max: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

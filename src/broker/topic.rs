@@ -412,6 +412,9 @@ impl State {
         if self.closed {
             return Start::Done(Err(Error::Closed));
         }
+        if let Err(e) = self.config.admits(data.len()) {
+            return Start::Done(Err(e));
+        }
         if self.offers.is_empty() && self.fits_now() {
             let seq = self.next();
             self.log.push(&data);
@@ -648,6 +651,7 @@ impl State {
             Setting::Capacity(c) => self.config.capacity = c,
             Setting::Framing(f) => self.config.framing = f,
             Setting::Timeout(t) => self.config.timeout = t,
+            Setting::MaxMessage(m) => self.config.max_message = m,
         }
         self.dispatch();
         Ok(())

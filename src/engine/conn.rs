@@ -51,7 +51,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, debug_span, warn};
+use tracing::{Instrument, Span, debug, debug_span, warn};
 
 use crate::cut;
 use crate::fs::{self, Clunk, FileTree, errno};
@@ -128,6 +128,9 @@ struct Outgoing {
     chunks: VecDeque<Bytes>,
     /// The bytes in `chunks`.
     sealed: usize,
+    /// Bytes of replies encoded since the connection began: the position
+    /// in its output where the last reply ends.
+    pushed: u64,
 }
 
 impl Outgoing {
@@ -140,8 +143,19 @@ impl Outgoing {
         self.len() == 0
     }
 
+    /// Bytes of replies written since the connection began.
+    fn written(&self) -> u64 {
+        self.pushed - self.len() as u64
+    }
+
     /// Encodes `msg` after the replies already here.
     fn push(&mut self, msg: &Msg, dialect: Dialect) {
+        let before = self.len();
+        self.encode(msg, dialect);
+        self.pushed += (self.len() - before) as u64;
+    }
+
+    fn encode(&mut self, msg: &Msg, dialect: Dialect) {
         if let Some(payload) = encode_head(msg, dialect, &mut self.buf) {
             if payload.len() <= COPY_MAX {
                 self.buf.extend_from_slice(&payload);
@@ -217,6 +231,14 @@ struct Conn<T: FileTree> {
     inflight: FuturesUnordered<Request<T>>,
     /// Tag → the fid of each request in `inflight` (not cancelled).
     busy: HashMap<Tag, Fid>,
+    /// Tag → the fid of each Tread in `busy`.
+    reading: HashMap<Tag, Fid>,
+    /// Fid → how many Treads in `busy` are on it.
+    fid_busy: HashMap<Fid, u32>,
+    /// Fid → where in the output its last Rread ends, while that may be
+    /// unwritten: with `fid_busy`, whether a Tread overlaps (see
+    /// `fs::ReadReq::overlaps`), so the tree acks only what was written.
+    read_ends: HashMap<Fid, u64>,
     /// Replies made and not yet written, encoded.
     out: Outgoing,
     /// How many requests may wait at once.
@@ -239,6 +261,9 @@ pub async fn run<T: FileTree>(
         session: Session::new(tree, limits),
         inflight: FuturesUnordered::new(),
         busy: HashMap::default(),
+        reading: HashMap::default(),
+        fid_busy: HashMap::default(),
+        read_ends: HashMap::default(),
         out: Outgoing::default(),
     };
     let mut cancelled = pin!(shutdown.cancelled());
@@ -330,6 +355,7 @@ impl<T: FileTree> Conn<T> {
         match msg.body {
             Fcall::Tversion { msize, version } => {
                 self.cancel_all(None);
+                self.read_ends.clear();
                 let (reply, removals) = self.session.version(msize, &version);
                 decoder.set_max(self.session.max_frame());
                 if !removals.is_empty() {
@@ -339,35 +365,38 @@ impl<T: FileTree> Conn<T> {
                 self.reply(tag, reply);
             }
             Fcall::Tflush { oldtag } => {
-                if let Some(reply) = self.cancel(oldtag) {
-                    self.reply(oldtag, reply);
+                if let Some((fid, reply)) = self.cancel(oldtag) {
+                    self.answer(oldtag, fid, reply);
                 }
                 self.reply(tag, Fcall::Rflush);
             }
             body => {
-                let releases = matches!(body, Fcall::Tclunk { .. } | Fcall::Tremove { .. });
                 if let Fcall::Tclunk { fid } | Fcall::Tremove { fid } = body {
                     let err = fs::Error::new(errno::EINTR, "fid clunked");
                     self.cancel_fid(fid, &err);
+                    self.read_ends.remove(&fid);
                 }
-                match self.session.handle(body) {
+                let read = match body {
+                    Fcall::Tread { fid, .. } => Some(fid),
+                    _ => None,
+                };
+                let overlaps = read.is_some_and(|fid| self.overlaps(fid));
+                match self.session.handle(body, overlaps) {
                     Action::Reply(reply) => self.reply(tag, reply),
-                    Action::Wait { fid, fut } => {
-                        if self.busy.len() >= self.max_in_flight && !releases {
-                            drop(fut);
-                            self.session.ended(fid);
-                            let err = fs::Error::new(errno::EAGAIN, "too many requests in flight");
-                            let reply = self.session.error(&err);
-                            self.reply(tag, reply);
-                        } else {
-                            self.busy.insert(tag, fid);
-                            let fut = fut.instrument(span.clone()).boxed();
-                            self.inflight.push(Request {
-                                tag,
-                                fut: Some(fut),
-                                waker: None,
-                            });
+                    Action::Release(fut) => self.start(tag, NOFID, fut, &span),
+                    Action::Wait { fid, fut } if self.busy.len() < self.max_in_flight => {
+                        if let Some(fid) = read {
+                            self.reading.insert(tag, fid);
+                            *self.fid_busy.entry(fid).or_default() += 1;
                         }
+                        self.start(tag, fid, fut, &span);
+                    }
+                    Action::Wait { fid, fut } => {
+                        drop(fut);
+                        self.session.ended(fid);
+                        let err = fs::Error::new(errno::EAGAIN, "too many requests in flight");
+                        let reply = self.session.error(&err);
+                        self.reply(tag, reply);
                     }
                 }
             }
@@ -375,20 +404,70 @@ impl<T: FileTree> Conn<T> {
         Ok(())
     }
 
+    /// Whether a Tread on `fid` now overlaps an earlier Tread on it.
+    fn overlaps(&mut self, fid: Fid) -> bool {
+        if self.fid_busy.contains_key(&fid) {
+            return true;
+        }
+        match self.read_ends.get(&fid) {
+            Some(end) if *end > self.out.written() => true,
+            Some(_) => {
+                self.read_ends.remove(&fid);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `tag` is no longer in flight; its fid.
+    fn unbusy(&mut self, tag: Tag) -> Option<Fid> {
+        let fid = self.busy.remove(&tag)?;
+        if let Some(read) = self.reading.remove(&tag)
+            && let Some(n) = self.fid_busy.get_mut(&read)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.fid_busy.remove(&read);
+            }
+        }
+        Some(fid)
+    }
+
+    /// Runs a request that waits.
+    fn start(&mut self, tag: Tag, fid: Fid, fut: BoxFuture<'static, Done<T>>, span: &Span) {
+        self.busy.insert(tag, fid);
+        let fut = fut.instrument(span.clone()).boxed();
+        self.inflight.push(Request {
+            tag,
+            fut: Some(fut),
+            waker: None,
+        });
+    }
+
     /// A request finished, or the shell of a cancelled one was reaped.
     fn finish(&mut self, tag: Tag, done: Option<Done<T>>) {
         let Some(done) = done else { return };
-        let fid = self.busy.remove(&tag).unwrap_or(NOFID);
+        let fid = self.unbusy(tag).unwrap_or(NOFID);
         let reply = self.session.complete(done);
         self.session.ended(fid);
+        self.answer(tag, fid, reply);
+    }
+
+    /// Send a finished request's reply; a read's end is remembered, so the
+    /// next Tread on its fid waits until it is written.
+    fn answer(&mut self, tag: Tag, fid: Fid, reply: Fcall) {
+        let read = matches!(reply, Fcall::Rread { .. });
         self.reply(tag, reply);
+        if read && fid != NOFID {
+            self.read_ends.insert(fid, self.out.pushed);
+        }
     }
 
     /// Cancels the request `tag` if it is still waiting, after one last
-    /// poll (see the module comment): the reply to send if it succeeded
-    /// after all, else `None` (nothing happened; it gets no reply).
-    fn cancel(&mut self, tag: Tag) -> Option<Fcall> {
-        let fid = self.busy.remove(&tag)?;
+    /// poll (see the module comment): its fid and the reply to send if it
+    /// succeeded after all, else `None` (nothing happened; no reply).
+    fn cancel(&mut self, tag: Tag) -> Option<(Fid, Fcall)> {
+        let fid = self.unbusy(tag)?;
         let mut reply = None;
         if let Some(r) = self
             .inflight
@@ -399,7 +478,7 @@ impl<T: FileTree> Conn<T> {
             if let Some(done) = cut::last_poll(cut::Cut::Cancel, fut.as_mut()) {
                 let done = self.session.complete(done);
                 if !matches!(done, Fcall::Rerror { .. } | Fcall::Rlerror { .. }) {
-                    reply = Some(done);
+                    reply = Some((fid, done));
                 }
             }
             r.cancel();
@@ -416,7 +495,10 @@ impl<T: FileTree> Conn<T> {
             .map(|(t, _)| *t)
             .collect();
         for tag in tags {
-            let reply = self.cancel(tag).unwrap_or_else(|| self.session.error(err));
+            let reply = match self.cancel(tag) {
+                Some((_, reply)) => reply,
+                None => self.session.error(err),
+            };
             self.reply(tag, reply);
         }
     }

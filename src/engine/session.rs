@@ -27,6 +27,10 @@ pub enum Action<T: FileTree> {
         fid: Fid,
         fut: BoxFuture<'static, Done<T>>,
     },
+    /// Releases a fid already taken from the table (a remove, an ORCLOSE
+    /// clunk): run even past the limit on requests in flight, because
+    /// dropping it unrun would skip the remove.
+    Release(BoxFuture<'static, Done<T>>),
 }
 
 /// The outcome of a request that waited.
@@ -183,28 +187,45 @@ impl<T: FileTree> Session<T> {
         entries
             .into_iter()
             .filter_map(|e| self.release(e, how))
+            .map(|(fut, _)| fut.map(drop).boxed())
             .collect()
     }
 
-    /// Clunks one fid taken from the table; an ORCLOSE fid is removed first,
-    /// by the returned future.
-    fn release(&self, e: FidEntry<T>, how: Clunk) -> Option<BoxFuture<'static, ()>> {
+    /// Clunks one fid taken from the table. The returned future, if any,
+    /// must run first: the file's [`FileTree::close`] (a Tclunk of an
+    /// unfinished file), then the remove of an ORCLOSE fid; with it, whether
+    /// it must run (a remove) or may be dropped unrun (only a close).
+    #[allow(clippy::type_complexity)]
+    fn release(
+        &self,
+        e: FidEntry<T>,
+        how: Clunk,
+    ) -> Option<(BoxFuture<'static, fs::Result<()>>, bool)> {
         let (handle, orclose) = match e.state {
             FidState::Open(o) => (o.handle, o.orclose),
             _ => (None, false),
         };
+        let closing =
+            how == Clunk::Client && handle.as_ref().is_some_and(|h| self.tree.unfinished(h));
         let release = Release {
             tree: self.tree.clone(),
             node: e.node,
             handle,
             how,
         };
-        orclose.then(|| {
-            async move {
-                let _ = release.tree.remove(&release.node).await;
+        (closing || orclose).then(|| {
+            let fut = async move {
+                let mut r = Ok(());
+                if closing && let Some(h) = release.handle.clone() {
+                    r = release.tree.close(&h).await;
+                }
+                if orclose {
+                    let _ = release.tree.remove(&release.node).await;
+                }
                 drop(release);
-            }
-            .boxed()
+                r
+            };
+            (fut.boxed(), orclose)
         })
     }
 
@@ -246,16 +267,17 @@ impl<T: FileTree> Session<T> {
         }
     }
 
-    /// Handles any request but Tversion and Tflush (the connection's).
-    pub fn handle(&mut self, body: Fcall) -> Action<T> {
+    /// Handles any request but Tversion and Tflush (the connection's);
+    /// `overlaps` is [`ReadReq::overlaps`] for a Tread.
+    pub fn handle(&mut self, body: Fcall, overlaps: bool) -> Action<T> {
         let Some(d) = self.dialect else {
             return Action::Reply(self.error(&err(errno::EPROTO, "no Tversion yet")));
         };
-        self.request(d, body)
+        self.request(d, body, overlaps)
             .unwrap_or_else(|e| Action::Reply(self.error(&e)))
     }
 
-    fn request(&mut self, d: Dialect, body: Fcall) -> Res<T> {
+    fn request(&mut self, d: Dialect, body: Fcall, overlaps: bool) -> Res<T> {
         use Fcall::*;
         let iounit = self.msize - IOHDRSZ;
         match body {
@@ -344,7 +366,7 @@ impl<T: FileTree> Session<T> {
             Tmkdir {
                 dfid, name, mode, ..
             } => self.mkdir(dfid, name, mode),
-            Tread { fid, offset, count } => self.read(d, fid, offset, count),
+            Tread { fid, offset, count } => self.read(d, fid, offset, count, overlaps),
             Treaddir { fid, offset, count } => self.readdir(fid, offset, count),
             Twrite { fid, offset, data } => {
                 let e = self.fids.get_mut(fid)?;
@@ -367,12 +389,18 @@ impl<T: FileTree> Session<T> {
             }
             Tclunk { fid } => {
                 let entry = self.fids.remove(fid)?;
-                match self.release(entry, Clunk::Client) {
-                    None => reply(Rclunk),
-                    Some(removal) => self.wait(NOFID, async move {
-                        removal.await;
-                        Done::Reply(Rclunk)
-                    }),
+                let Some((fut, must_run)) = self.release(entry, Clunk::Client) else {
+                    return reply(Rclunk);
+                };
+                let fut = async move {
+                    match fut.await {
+                        Ok(()) => Done::Reply(Rclunk),
+                        Err(e) => Done::Fail(e),
+                    }
+                };
+                match must_run {
+                    true => Ok(Action::Release(fut.boxed())),
+                    false => self.wait(NOFID, fut),
                 }
             }
             Tremove { fid } => {
@@ -387,14 +415,17 @@ impl<T: FileTree> Session<T> {
                     handle,
                     how: Clunk::Client,
                 };
-                self.wait(NOFID, async move {
-                    let r = release.tree.remove(&release.node).await;
-                    drop(release);
-                    match r {
-                        Ok(()) => Done::Reply(Rremove),
-                        Err(e) => Done::Fail(e),
+                Ok(Action::Release(
+                    async move {
+                        let r = release.tree.remove(&release.node).await;
+                        drop(release);
+                        match r {
+                            Ok(()) => Done::Reply(Rremove),
+                            Err(e) => Done::Fail(e),
+                        }
                     }
-                })
+                    .boxed(),
+                ))
             }
             Tstat { fid } => {
                 let e = self.fids.get(fid)?;
@@ -671,7 +702,7 @@ impl<T: FileTree> Session<T> {
         })
     }
 
-    fn read(&mut self, d: Dialect, fid: Fid, offset: u64, count: u32) -> Res<T> {
+    fn read(&mut self, d: Dialect, fid: Fid, offset: u64, count: u32, overlaps: bool) -> Res<T> {
         let max_count = self.msize - IOHDRSZ;
         let count = count.min(max_count);
         let e = self.fids.get_mut(fid)?;
@@ -695,6 +726,7 @@ impl<T: FileTree> Session<T> {
             offset,
             count,
             max_count,
+            overlaps,
         };
         self.wait(fid, async move {
             match tree.read(&handle, req).await {

@@ -10,8 +10,8 @@
 //! ```text
 //! reset | close | capacity N | framing line|write | timeout DURATION | forget GROUP
 //! ```
-//! DURATION is humantime (`500ms`, `2s`, `1m 30s`); `0` or `none` means no
-//! timeout. GROUP is the rest of the line; `""` names the default group.
+//! DURATION is humantime (`500ms`, `2s`, `1m 30s`) or `none` (no limit); a
+//! zero duration is refused, as by the CLI and the config. GROUP is the rest of the line; `""` names the default group.
 //!
 //! Status reads are "key value" lines. A topic's groups come one a line as
 //! `group "NAME" offset N lag N unacked N blocked N`, the name quoted (with
@@ -20,7 +20,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::broker::{BrokerStatus, Framing, Seq, Setting, TopicConfig, TopicStatus};
+use crate::broker::{self, BrokerStatus, Framing, Seq, Setting, TopicConfig, TopicStatus};
 
 /// The file names inside a topic directory.
 pub const RESERVED: [&str; 3] = ["ctl", "data", "offset"];
@@ -34,6 +34,7 @@ pub enum RootCmd {
         capacity: Option<u64>,
         framing: Option<Framing>,
         timeout: Option<Option<Duration>>,
+        max_message: Option<u64>,
     },
     Remove(String),
 }
@@ -51,8 +52,8 @@ pub enum TopicCmd {
 // as 9pfuse turn an error's text into an errno by substring, and the word
 // would make any mistyped command read "Connection timed out" (see the
 // table in error.rs). The settings' names are in the ctl file itself.
-const ROOT_USAGE: &str = "want create NAME [capacity=N] [framing=line|write] [SETTING=DURATION for the wait limit], remove NAME";
-const TOPIC_USAGE: &str = "want reset, close, capacity N, framing line|write, forget GROUP, or the wait limit with its name as this file shows it";
+const ROOT_USAGE: &str = "want create NAME [capacity=N] [framing=line|write] [SETTING=DURATION for the wait limit] [max_message=BYTES], remove NAME";
+const TOPIC_USAGE: &str = "want reset, close, capacity N, framing line|write, max_message BYTES, forget GROUP, or the wait limit with its name as this file shows it";
 
 /// The non-blank lines of a ctl write, trimmed; an error if it is not text.
 fn lines(text: &[u8]) -> Result<Vec<&str>, String> {
@@ -78,16 +79,18 @@ fn parse_root_line(line: &str) -> Result<RootCmd, String> {
                 .next()
                 .ok_or_else(|| "create: missing topic name".to_string())?;
             check_name(name)?;
-            let (mut capacity, mut framing, mut timeout) = (None, None, None);
+            let (mut capacity, mut framing, mut timeout, mut max_message) =
+                (None, None, None, None);
             for opt in words {
                 let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
                 match key {
                     "capacity" => capacity = Some(parse_capacity(value)?),
                     "framing" => framing = Some(parse_framing(value)?),
                     "timeout" => timeout = Some(parse_timeout(value)?),
+                    "max_message" => max_message = Some(parse_size(value)?),
                     _ => {
                         return Err(format!(
-                            "create: unknown option {opt:?}; want capacity=N, framing=line|write, or the wait limit as a topic's ctl file names it"
+                            "create: unknown option {opt:?}; want capacity=N, framing=line|write, max_message=BYTES, or the wait limit as a topic's ctl file names it"
                         ));
                     }
                 }
@@ -97,6 +100,7 @@ fn parse_root_line(line: &str) -> Result<RootCmd, String> {
                 capacity,
                 framing,
                 timeout,
+                max_message,
             })
         }
         "remove" => {
@@ -144,6 +148,7 @@ fn parse_topic_line(line: &str) -> Result<TopicCmd, String> {
         "capacity" => TopicCmd::Set(Setting::Capacity(parse_capacity(one_arg("N")?)?)),
         "framing" => TopicCmd::Set(Setting::Framing(parse_framing(one_arg("line|write")?)?)),
         "timeout" => TopicCmd::Set(Setting::Timeout(parse_timeout(rest)?)),
+        "max_message" => TopicCmd::Set(Setting::MaxMessage(parse_size(one_arg("BYTES")?)?)),
         "forget" => match rest {
             "" => return Err("forget: missing group name (\"\" is the default group)".into()),
             "\"\"" => TopicCmd::Forget(String::new()),
@@ -158,6 +163,10 @@ fn parse_capacity(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("bad capacity {s:?}: want a whole number ≥ 0"))
 }
 
+fn parse_size(s: &str) -> Result<u64, String> {
+    broker::parse_size(s).map_err(|why| format!("bad max_message {s:?}: {why}"))
+}
+
 fn parse_framing(s: &str) -> Result<Framing, String> {
     match s {
         "line" => Ok(Framing::Line),
@@ -166,13 +175,17 @@ fn parse_framing(s: &str) -> Result<Framing, String> {
     }
 }
 
-/// A timeout: humantime, or `0`/`none` for none.
+/// A wait limit: humantime, or `none` for none. A zero duration is
+/// refused, as by the CLI and the config: "0" once meant "none" here and
+/// "fail at once" elsewhere, so it means nothing anywhere.
 pub fn parse_timeout(s: &str) -> Result<Option<Duration>, String> {
     match s {
         "" => Err("missing DURATION (e.g. 5s, 500ms, or none)".into()),
-        "0" | "none" => Ok(None),
+        "none" => Ok(None),
         _ => match humantime::parse_duration(s) {
-            Ok(d) if d.is_zero() => Ok(None),
+            Ok(d) if d.is_zero() => Err(format!(
+                "a zero duration {s:?} is refused (give a positive one, e.g. 5s, or none)"
+            )),
             Ok(d) => Ok(Some(d)),
             Err(e) => Err(format!("bad duration {s:?}: {e} (e.g. 5s, 500ms, or none)")),
         },
@@ -249,11 +262,13 @@ pub fn create_config(
     capacity: Option<u64>,
     framing: Option<Framing>,
     timeout: Option<Option<Duration>>,
+    max_message: Option<u64>,
 ) -> TopicConfig {
     TopicConfig {
         capacity: capacity.unwrap_or(defaults.capacity),
         framing: framing.unwrap_or(defaults.framing),
         timeout: timeout.unwrap_or(defaults.timeout),
+        max_message: max_message.unwrap_or(defaults.max_message),
     }
 }
 
@@ -283,11 +298,12 @@ pub fn topic_text(s: &TopicStatus, readers: u64) -> String {
     let c = &s.config;
     let _ = write!(
         t,
-        "capacity {}\nframing {}\ntimeout {}\npending {}\nfirst {}\nnext {}\npushed {}\npulled {}\n\
+        "capacity {}\nframing {}\ntimeout {}\nmax_message {}\npending {}\nfirst {}\nnext {}\npushed {}\npulled {}\n\
          readers {}\nblocked_readers {}\nblocked_writers {}\n",
         c.capacity,
         framing_name(c.framing),
         timeout_text(c.timeout),
+        c.max_message,
         s.pending,
         s.first,
         s.next,
@@ -325,13 +341,15 @@ mod tests {
                     name: "jobs".into(),
                     capacity: None,
                     framing: None,
-                    timeout: None
+                    timeout: None,
+                    max_message: None,
                 },
                 RootCmd::Create {
                     name: "metrics/eu".into(),
                     capacity: Some(3),
                     framing: Some(Framing::Write),
-                    timeout: Some(Some(Duration::from_secs(2)))
+                    timeout: Some(Some(Duration::from_secs(2))),
+                    max_message: None,
                 },
                 RootCmd::Remove("old".into()),
             ]
@@ -399,7 +417,7 @@ mod tests {
     #[test]
     fn topic_commands() {
         let cmds = parse_topic(
-            b"reset\nclose\ncapacity 5\nframing write\ntimeout 1m 30s\ntimeout none\ntimeout 0\nforget workers\nforget \"\"\n",
+            b"reset\nclose\ncapacity 5\nframing write\ntimeout 1m 30s\ntimeout none\nforget workers\nforget \"\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -410,7 +428,6 @@ mod tests {
                 TopicCmd::Set(Setting::Capacity(5)),
                 TopicCmd::Set(Setting::Framing(Framing::Write)),
                 TopicCmd::Set(Setting::Timeout(Some(Duration::from_secs(90)))),
-                TopicCmd::Set(Setting::Timeout(None)),
                 TopicCmd::Set(Setting::Timeout(None)),
                 TopicCmd::Forget("workers".into()),
                 TopicCmd::Forget(String::new()),
@@ -423,7 +440,7 @@ mod tests {
         let e = parse_topic(b"reset\nfrob\n").unwrap_err();
         assert_eq!(
             e,
-            "unknown command \"frob\"; want reset, close, capacity N, framing line|write, forget GROUP, or the wait limit with its name as this file shows it"
+            "unknown command \"frob\"; want reset, close, capacity N, framing line|write, max_message BYTES, forget GROUP, or the wait limit with its name as this file shows it"
         );
         assert!(parse_topic(b"capacity").unwrap_err().contains("missing N"));
         assert!(
@@ -446,6 +463,9 @@ mod tests {
                 .unwrap_err()
                 .contains("bad duration")
         );
+        for zero in [&b"timeout 0"[..], b"timeout 0s", b"timeout 0ms"] {
+            assert!(parse_topic(zero).unwrap_err().contains("zero duration"));
+        }
         assert!(
             parse_topic(b"timeout")
                 .unwrap_err()

@@ -7,7 +7,12 @@
 //! stays unacked in the open file until the next read arrives (which proves
 //! the reply carrying its end arrived) or the file is closed; if the
 //! connection is lost first, dropping the [`Delivery`] puts it back at the
-//! front of its group. A read dropped while it waits (Tflush) has changed
+//! front of its group. So a data file takes one read at a time: a Tread
+//! that overlaps (sent while another Tread on the fid was in flight or the
+//! reply to the last one unwritten, as from threads or processes sharing a
+//! file descriptor) could not prove that reply arrived, and is refused with
+//! EBUSY; the engine, which alone sees the connection, says which overlap.
+//! A read dropped while it waits (Tflush) has changed
 //! nothing: all state changes happen after the broker's pull returns, with
 //! no await in between.
 //!
@@ -19,6 +24,17 @@
 //! means the buffer is full and no Tread follows inside that read(2), so a
 //! zero armed then would reach the program as end of file. It applies to
 //! sessions marked `linux` (see the tree's module comment).
+//!
+//! O_NONBLOCK. Linux 6.1 sends one Tread per non-blocking read(2), so the
+//! zero would reach the program as a false end of file; 6.12 (netfs) goes
+//! on sending Treads inside one read(2) as for a blocking one, and an
+//! EAGAIN there discards what the read(2) already had (a message pulled
+//! and lost). So for an O_NONBLOCK open the zero goes only to a Tread that
+//! continues the same read(2): at offset N with the count the previous
+//! Tread left (its count less the bytes it got). Any other Tread pulls:
+//! a message, or EAGAIN. (A 6.1 program whose next read(2) asks for
+//! exactly what its last one left over gets the false zero: the one case
+//! the server cannot tell apart.)
 //!
 //! Writes. With `line` framing each newline-terminated line of a write is a
 //! message; a partial last line waits here for the next write and is pushed
@@ -43,10 +59,13 @@ pub struct Reader<D> {
     /// The message being handed out and how many of its bytes went out;
     /// kept, unacked, after its last byte went out until the next read.
     current: Option<(D, usize)>,
-    /// The offset at which the next Tread gets 0 bytes once (Linux loop).
-    zero_at: Option<u64>,
+    /// The offset at which the next Tread gets 0 bytes once (Linux loop),
+    /// and for an O_NONBLOCK open the count that Tread must have.
+    zero_at: Option<(u64, Option<u32>)>,
     /// Whether this session's client reads with the Linux read loop.
     linux: bool,
+    /// Whether the file was opened with O_NONBLOCK.
+    nonblock: bool,
 }
 
 /// What a read does after looking at the open file's state.
@@ -59,11 +78,12 @@ pub enum Step {
 }
 
 impl<D: Delivery> Reader<D> {
-    pub fn new(linux: bool) -> Self {
+    pub fn new(linux: bool, nonblock: bool) -> Self {
         Reader {
             current: None,
             zero_at: None,
             linux,
+            nonblock,
         }
     }
 
@@ -83,7 +103,9 @@ impl<D: Delivery> Reader<D> {
             }
         }
         match self.zero_at.take() {
-            Some(n) if n == req.offset => Step::Reply(Bytes::new()),
+            Some((n, count)) if n == req.offset && count.is_none_or(|c| c == req.count) => {
+                Step::Reply(Bytes::new())
+            }
             _ => Step::Pull,
         }
     }
@@ -106,8 +128,16 @@ impl<D: Delivery> Reader<D> {
         let piece = data.slice(*sent..end);
         *sent = end;
         let unfilled = piece.len() < req.count as usize;
-        if end == data.len() && self.linux && (unfilled || req.count >= req.max_count) {
-            self.zero_at = Some(req.offset.saturating_add(piece.len() as u64));
+        let at = req.offset.saturating_add(piece.len() as u64);
+        if end == data.len() && self.linux {
+            if self.nonblock {
+                // Only the continuation of this read(2) (6.12) gets it.
+                if unfilled {
+                    self.zero_at = Some((at, Some(req.count - piece.len() as u32)));
+                }
+            } else if unfilled || req.count >= req.max_count {
+                self.zero_at = Some((at, None));
+            }
         }
         piece
     }
@@ -127,9 +157,18 @@ impl<D: Delivery> Reader<D> {
 pub struct Writer {
     /// How this file cuts writes into messages, fixed at open.
     pub framing: Framing,
+    /// The topic's longest message when the file was opened: a write that
+    /// would make a longer one, or grow the partial line past it, fails.
+    pub max: u64,
     /// The pieces of a line begun by earlier writes and not yet ended.
     partial: Vec<Bytes>,
+    /// Their bytes.
+    partial_len: usize,
 }
+
+/// A write would make a message of this many bytes, over the limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooLong(pub u64);
 
 /// The messages one write makes.
 pub struct Cut {
@@ -145,18 +184,44 @@ pub struct Cut {
 }
 
 impl Writer {
-    pub fn new(framing: Framing) -> Self {
+    pub fn new(framing: Framing, max: u64) -> Self {
         Writer {
             framing,
+            max,
             partial: Vec::new(),
+            partial_len: 0,
         }
+    }
+
+    /// A write was refused as too long: the line it would have grown is
+    /// dropped with it.
+    pub fn discard(&mut self) {
+        self.partial.clear();
+        self.partial_len = 0;
     }
 
     /// Cut a write into messages without changing the held partial line;
     /// [`Writer::commit_first`] and [`Writer::commit`] record the result as
     /// the pushes complete, so a write dropped midway loses nothing it had
     /// not pushed.
-    pub fn cut(&self, data: Bytes) -> Cut {
+    pub fn cut(&self, data: Bytes) -> Result<Cut, TooLong> {
+        let cut = self.cut_unchecked(data);
+        let held = |c: &Cut| match &c.rest {
+            Some(r) if c.messages.is_empty() => self.partial_len + r.len(),
+            Some(r) => r.len(),
+            None => 0,
+        };
+        let longest = (cut.messages.iter().map(Bytes::len))
+            .chain([held(&cut)])
+            .max()
+            .unwrap_or(0) as u64;
+        match longest <= self.max {
+            true => Ok(cut),
+            false => Err(TooLong(longest)),
+        }
+    }
+
+    fn cut_unchecked(&self, data: Bytes) -> Cut {
         if self.framing == Framing::Write {
             let (messages, ends) = match data.len() {
                 0 => (vec![], vec![]),
@@ -198,17 +263,21 @@ impl Writer {
     /// The first message of a cut was pushed.
     pub fn commit_first(&mut self, cut: &Cut) {
         if cut.ends_partial {
-            self.partial.clear();
+            self.discard();
         }
     }
 
     /// Every message of a cut was pushed: hold its tail.
     pub fn commit(&mut self, cut: Cut) {
         match cut.rest {
-            Some(rest) if cut.messages.is_empty() => self.partial.push(rest),
+            Some(rest) if cut.messages.is_empty() => {
+                self.partial_len += rest.len();
+                self.partial.push(rest);
+            }
             Some(rest) => {
-                self.partial.clear();
+                self.discard();
                 if !rest.is_empty() {
+                    self.partial_len = rest.len();
                     self.partial.push(rest);
                 }
             }
@@ -216,13 +285,20 @@ impl Writer {
         }
     }
 
-    /// The partial line left when the file is closed, as one message.
-    pub fn leftover(self) -> Option<Bytes> {
-        match self.partial.len() {
+    /// Whether a partial line is held.
+    pub fn has_partial(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
+    /// The partial line held, as one message (the file is being closed).
+    pub fn take_partial(&mut self) -> Option<Bytes> {
+        let line = match self.partial.len() {
             0 => None,
-            1 => self.partial.into_iter().next(),
+            1 => self.partial.pop(),
             _ => Some(concat(self.partial.iter())),
-        }
+        };
+        self.discard();
+        line
     }
 }
 
@@ -265,6 +341,7 @@ mod tests {
             offset,
             count,
             max_count: MAX,
+            overlaps: false,
         }
     }
 
@@ -297,7 +374,7 @@ mod tests {
 
     #[test]
     fn each_read_syscall_gets_one_message() {
-        let mut r = Reader::new(true);
+        let mut r = Reader::new(true, false);
         let (a, acks_a) = fake("one\n");
         let (b, _) = fake("two\n");
         let mut msgs = vec![b, a];
@@ -309,7 +386,7 @@ mod tests {
 
     #[test]
     fn byte_at_a_time_reader_never_sees_a_zero() {
-        let mut r = Reader::new(true);
+        let mut r = Reader::new(true, false);
         let (a, _) = fake("abc\n");
         let (b, _) = fake("de\n");
         let mut msgs = vec![b, a];
@@ -325,7 +402,7 @@ mod tests {
 
     #[test]
     fn full_small_buffer_arms_no_zero() {
-        let mut r = Reader::new(true);
+        let mut r = Reader::new(true, false);
         let (a, _) = fake("abc\n");
         let (b, _) = fake("xy\n");
         let mut msgs = vec![b, a];
@@ -336,7 +413,7 @@ mod tests {
 
     #[test]
     fn message_longer_than_a_tread_arrives_whole() {
-        let mut r = Reader::new(true);
+        let mut r = Reader::new(true, false);
         let long = "x".repeat(3 * MAX as usize + 5);
         let (a, _) = fake(&long);
         let mut msgs = vec![a];
@@ -357,7 +434,7 @@ mod tests {
 
     #[test]
     fn plain_stream_reads_never_zero() {
-        let mut r = Reader::new(false);
+        let mut r = Reader::new(false, false);
         let (a, _) = fake("one\n");
         assert_eq!(r.begin(req(0, 100)), Step::Pull);
         assert_eq!(r.pulled(a, req(0, 100)), "one\n");
@@ -366,7 +443,7 @@ mod tests {
 
     #[test]
     fn zero_only_at_its_offset_and_once() {
-        let mut r = Reader::new(true);
+        let mut r = Reader::new(true, false);
         let (a, _) = fake("one\n");
         r.begin(req(0, 100));
         r.pulled(a, req(0, 100));
@@ -379,12 +456,12 @@ mod tests {
 
     #[test]
     fn finish_acks_or_returns() {
-        let mut r = Reader::new(false);
+        let mut r = Reader::new(false, false);
         let (a, acks) = fake("one\n");
         r.pulled(a, req(0, 2));
         r.finish(false);
         assert_eq!(acks.load(Ordering::SeqCst), 0);
-        let mut r = Reader::new(false);
+        let mut r = Reader::new(false, false);
         let (a, acks) = fake("one\n");
         r.pulled(a, req(0, 2));
         r.finish(true);
@@ -392,7 +469,7 @@ mod tests {
     }
 
     fn write(w: &mut Writer, s: &str) -> Vec<Bytes> {
-        let cut = w.cut(Bytes::from(s.to_string()));
+        let cut = w.cut(Bytes::from(s.to_string())).unwrap();
         let msgs = cut.messages.clone();
         w.commit_first(&cut);
         w.commit(cut);
@@ -401,7 +478,7 @@ mod tests {
 
     #[test]
     fn lines_and_partial_lines() {
-        let mut w = Writer::new(Framing::Line);
+        let mut w = Writer::new(Framing::Line, 100);
         assert_eq!(write(&mut w, "a\nb\nc"), vec!["a\n", "b\n"]);
         assert_eq!(write(&mut w, "d"), Vec::<Bytes>::new());
         assert_eq!(write(&mut w, "e\nf\n"), vec!["cde\n", "f\n"]);
@@ -409,22 +486,55 @@ mod tests {
         assert_eq!(write(&mut w, "\n"), vec!["\n"]);
         assert_eq!(write(&mut w, "tail"), Vec::<Bytes>::new());
         assert_eq!(write(&mut w, "more"), Vec::<Bytes>::new());
-        assert_eq!(w.leftover().unwrap(), "tailmore");
+        assert_eq!(w.take_partial().unwrap(), "tailmore");
     }
 
     #[test]
     fn a_write_dropped_before_its_first_push_keeps_the_partial() {
-        let mut w = Writer::new(Framing::Line);
+        let mut w = Writer::new(Framing::Line, 100);
         write(&mut w, "ab");
-        let _cut = w.cut(Bytes::from_static(b"c\n"));
+        let _cut = w.cut(Bytes::from_static(b"c\n")).unwrap();
         // dropped: nothing committed
-        assert_eq!(w.leftover().unwrap(), "ab");
+        assert_eq!(w.take_partial().unwrap(), "ab");
     }
 
     #[test]
     fn write_framing_is_one_message_per_write() {
-        let mut w = Writer::new(Framing::Write);
+        let mut w = Writer::new(Framing::Write, 100);
         assert_eq!(write(&mut w, "a\nb"), vec!["a\nb"]);
-        assert!(w.leftover().is_none());
+        assert!(w.take_partial().is_none());
+    }
+
+    #[test]
+    fn no_message_nor_partial_line_grows_past_the_limit() {
+        let mut w = Writer::new(Framing::Line, 4);
+        assert_eq!(write(&mut w, "abc\nab"), vec!["abc\n"]);
+        assert_eq!(w.cut(Bytes::from_static(b"cde")).err(), Some(TooLong(5)));
+        assert_eq!(
+            w.cut(Bytes::from_static(b"c\nxyzzy")).err(),
+            Some(TooLong(5))
+        );
+        assert_eq!(write(&mut w, "cd"), Vec::<Bytes>::new());
+        assert_eq!(w.cut(Bytes::from_static(b"\n")).err(), Some(TooLong(5)));
+        w.discard();
+        assert_eq!(write(&mut w, "abc\n"), vec!["abc\n"]);
+        let w = Writer::new(Framing::Write, 4);
+        assert_eq!(w.cut(Bytes::from_static(b"abcde")).err(), Some(TooLong(5)));
+    }
+
+    /// O_NONBLOCK: the zero only for the continuation of the same read(2)
+    /// (6.12), never for the next read(2) (6.1).
+    #[test]
+    fn a_nonblocking_reader_gets_the_zero_only_inside_its_read() {
+        let mut r = Reader::new(true, true);
+        let (a, _) = fake("one\n");
+        assert_eq!(r.begin(req(0, 4096)), Step::Pull);
+        r.pulled(a, req(0, 4096));
+        assert_eq!(r.begin(req(4, 4096)), Step::Pull, "6.1: the next read(2)");
+        let mut r = Reader::new(true, true);
+        let (a, _) = fake("one\n");
+        r.begin(req(0, 4096));
+        r.pulled(a, req(0, 4096));
+        assert_eq!(r.begin(req(4, 4092)), Step::Reply(Bytes::new()), "6.12");
     }
 }

@@ -19,6 +19,7 @@ pub(super) fn broker_error(e: broker::Error) -> Error {
         E::OffsetOutOfRange { .. } => errno::ERANGE,
         E::Shutdown => errno::ESHUTDOWN,
         E::TooManyGroups(_) => errno::EUSERS,
+        E::TooLong { .. } => errno::EMSGSIZE,
     };
     Error::new(n, e.to_string())
 }
@@ -51,6 +52,7 @@ pub(super) fn linux_text(errno: u32) -> Option<&'static str> {
         errno::ESHUTDOWN => "Cannot send after transport endpoint shutdown",
         errno::EUSERS => "Too many users",
         errno::ETIMEDOUT => "Connection timed out",
+        errno::EMSGSIZE => "Message too long",
         // Linux's table has no ECANCELED: a reset reads as one.
         errno::ECANCELED => "Connection reset by peer",
         _ => return None,
@@ -180,6 +182,7 @@ mod tests {
                 next: 3,
             },
             E::Shutdown,
+            E::TooLong { size: 9, max: 8 },
         ] {
             let e = broker_error(e);
             texts.push((e.errno, e.message.to_string()));
@@ -195,6 +198,7 @@ mod tests {
             "create a timeout=soon",
             "create a timeout=",
             "create a colour=red",
+            "create a max_message=lots",
             "remove",
             "remove a b",
             "create ctl",
@@ -207,6 +211,8 @@ mod tests {
             "timeout",
             "capacity",
             "capacity x",
+            "max_message 0",
+            "max_message 1 2",
             "capacity 1 2",
             "framing x",
             "reset now",

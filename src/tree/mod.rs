@@ -61,7 +61,7 @@ use crate::fs::{
 };
 use crate::proto::{DMDIR, Dialect, QTDIR, QTFILE, Qid};
 use ctl::{RootCmd, TopicCmd};
-use data::{Reader, Step, Writer};
+use data::{Reader, Step, TooLong, Writer};
 use error::{broker_error, invalid, not_found};
 use node::{At, DataFile, FileKind, HandleKind, Places, Session};
 pub use node::{Handle, Node};
@@ -75,8 +75,7 @@ pub struct TreeConfig {
 
 /// The topic tree over a broker.
 pub struct TopicTree<B: Broker> {
-    /// Where the topics live; shared with the tasks that push a partial line
-    /// left at close.
+    /// Where the topics live.
     broker: Arc<B>,
     /// Defaults for new topics.
     config: TreeConfig,
@@ -291,9 +290,10 @@ impl<B: Broker> TopicTree<B> {
                     capacity,
                     framing,
                     timeout,
+                    max_message,
                 } => {
-                    let config =
-                        ctl::create_config(self.config.defaults, capacity, framing, timeout);
+                    let d = self.config.defaults;
+                    let config = ctl::create_config(d, capacity, framing, timeout, max_message);
                     self.create_topic(&name, config)?
                 }
                 RootCmd::Remove(name) => self.remove_topic(&name)?,
@@ -370,8 +370,11 @@ impl<B: Broker> TopicTree<B> {
                     },
                     reads,
                     writes: mode.writes(),
-                    reader: tokio::sync::Mutex::new(Reader::new(node.session.linux)),
-                    writer: tokio::sync::Mutex::new(Writer::new(status.config.framing)),
+                    reader: tokio::sync::Mutex::new(Reader::new(node.session.linux, mode.nonblock)),
+                    writer: tokio::sync::Mutex::new(Writer::new(
+                        status.config.framing,
+                        status.config.max_message,
+                    )),
                 })
             }
         };
@@ -389,6 +392,12 @@ impl<B: Broker> TopicTree<B> {
         f: &DataFile<B::Delivery>,
         req: ReadReq,
     ) -> Result<Bytes> {
+        if req.overlaps {
+            return Err(Error::new(
+                errno::EBUSY,
+                "busy: one read at a time per open data file, and another has not been answered",
+            ));
+        }
         let mut reader = f.reader.lock().await;
         match reader.begin(req) {
             Step::Reply(b) => Ok(b),
@@ -412,7 +421,14 @@ impl<B: Broker> TopicTree<B> {
         }
         let n = data.len() as u32;
         let mut writer = f.writer.lock().await;
-        let cut = writer.cut(data);
+        let cut = match writer.cut(data) {
+            Ok(cut) => cut,
+            Err(TooLong(size)) => {
+                writer.discard();
+                let max = writer.max;
+                return Err(broker_error(broker::Error::TooLong { size, max }));
+            }
+        };
         for (i, m) in cut.messages.iter().enumerate() {
             match self.broker.push_to(topic, m.clone(), f.wait).await {
                 Ok(_) if i == 0 => writer.commit_first(&cut),
@@ -684,14 +700,40 @@ impl<B: Broker> FileTree for TopicTree<B> {
         self.remove_node(node).map_err(|e| node.session.error(e))
     }
 
+    /// A data file with a partial line left by its writes.
+    fn unfinished(&self, handle: &Self::Handle) -> bool {
+        match &handle.kind {
+            HandleKind::Data(f) => f.writer.try_lock().map_or(true, |w| w.has_partial()),
+            _ => false,
+        }
+    }
+
+    /// The partial line a data file's writes left is pushed as one message,
+    /// as a write would push it: the Tclunk waits like a write and fails as
+    /// a write fails (a message too long for the topic, a timeout, EAGAIN
+    /// under O_NONBLOCK, a closed topic).
+    async fn close(&self, handle: &Self::Handle) -> Result<()> {
+        let (HandleKind::Data(f), At::File(topic, _)) = (&handle.kind, &handle.node.at) else {
+            return Ok(());
+        };
+        let Some(line) = f.writer.lock().await.take_partial() else {
+            return Ok(());
+        };
+        let r = self
+            .broker
+            .push_to(handle.target(topic), line, f.wait)
+            .await;
+        r.map(drop)
+            .map_err(|e| handle.node.session.error(broker_error(e)))
+    }
+
     /// A data file's message in hand is acked (`Clunk::Client`) or goes
-    /// back to its group (`Clunk::Lost`). A partial line left by its writes
-    /// is pushed by a task of its own (clunk must not wait), whichever the
-    /// cause: its writes were answered, so it was accepted.
+    /// back to its group (`Clunk::Lost`). A partial line still held (the
+    /// connection was lost, or the Tclunk's close was cancelled) is dropped:
+    /// no writer learned that it went out.
     fn clunk(&self, node: &Node, handle: Option<Self::Handle>, how: Clunk) {
         let Some(Handle {
             kind: HandleKind::Data(f),
-            topic_id,
             ..
         }) = handle
         else {
@@ -709,23 +751,8 @@ impl<B: Broker> FileTree for TopicTree<B> {
                 entry.1 = entry.1.saturating_sub(1);
             }
         }
-        if let Some(line) = f.writer.into_inner().leftover() {
-            let broker = self.broker.clone();
-            let topic = topic.to_string();
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(async move {
-                        let target = Target {
-                            name: &topic,
-                            id: topic_id,
-                        };
-                        if let Err(e) = broker.push_to(target, line, Wait::Block).await {
-                            tracing::warn!(%topic, error = %e, "partial line left at close not pushed");
-                        }
-                    });
-                }
-                Err(_) => tracing::warn!(%topic, "partial line left at close dropped: no runtime"),
-            }
+        if f.writer.into_inner().has_partial() {
+            tracing::debug!(%topic, "partial line left at clunk dropped");
         }
     }
 }

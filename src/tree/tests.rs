@@ -72,6 +72,7 @@ fn req(offset: u64, count: u32) -> ReadReq {
         offset,
         count,
         max_count: MAX,
+        overlaps: false,
     }
 }
 
@@ -95,6 +96,17 @@ fn clunk(t: &Tree, h: Arc<H>, how: Clunk) {
     let h = Arc::into_inner(h).expect("handle still in use");
     let node = h.node.clone();
     t.clunk(&node, Some(h), how);
+}
+
+/// A Tclunk the way the engine does it: finish an unfinished file, then
+/// clunk it.
+async fn close(t: &Tree, h: Arc<H>) -> Result<()> {
+    let r = match t.unfinished(&h) {
+        true => soon(t.close(&h)).await,
+        false => Ok(()),
+    };
+    clunk(t, h, Clunk::Client);
+    r
 }
 
 fn status(t: &Tree, topic: &str) -> broker::TopicStatus {
@@ -130,7 +142,13 @@ async fn line_framing_pushes_each_line_and_the_partial_one_at_close() {
     assert_eq!(write(&t, &w, "a\nb\nc").await, Ok(5));
     assert_eq!(write(&t, &w, "d\ne").await, Ok(3));
     assert_eq!(status(&t, "t").pending, 3);
-    clunk(&t, w, Clunk::Client);
+    assert!(t.unfinished(&w));
+    close(&t, w).await.unwrap();
+    assert_eq!(
+        status(&t, "t").pending,
+        4,
+        "the close pushed the partial line"
+    );
     let r = open(&t, &root, "t/data", Access::Read).await.unwrap();
     let mut pos = 0;
     for want in ["a\n", "b\n", "cd\n", "e"] {
@@ -139,6 +157,83 @@ async fn line_framing_pushes_each_line_and_the_partial_one_at_close() {
         pos += got.len() as u64;
         assert_eq!(read(&t, &r, pos, MAX - got.len() as u32).await.unwrap(), "");
     }
+}
+
+#[tokio::test]
+async fn a_partial_line_at_close_keeps_the_rendezvous_or_is_dropped() {
+    let (t, root) = setup().await;
+    echo(&t, &root, "t/ctl", "capacity 0\n").await.unwrap();
+    // The close waits for a reader, like a write of a whole line.
+    let w = open(&t, &root, "t/data", Access::Write).await.unwrap();
+    write(&t, &w, "abc").await.unwrap();
+    let closing = {
+        let t = t.clone();
+        tokio::spawn(async move { close(&t, w).await })
+    };
+    until(&t, "t", |s| s.blocked_writers == 1).await;
+    assert!(!closing.is_finished());
+    let r = open(&t, &root, "t/data", Access::Read).await.unwrap();
+    assert_eq!(read(&t, &r, 0, MAX).await.unwrap(), "abc");
+    assert_eq!(soon(closing).await.unwrap(), Ok(()));
+    // A lost connection (or a cancelled close) drops it: nothing waits on.
+    let w = open(&t, &root, "t/data", Access::Write).await.unwrap();
+    write(&t, &w, "lost").await.unwrap();
+    clunk(&t, w, Clunk::Lost);
+    assert_eq!(status(&t, "t").blocked_writers, 0);
+    // Under O_NONBLOCK the close fails as the write would.
+    let n = walk(&t, &root, "t/data").unwrap();
+    let nb = OpenMode {
+        nonblock: true,
+        ..mode(Access::Write)
+    };
+    let w = Arc::new(t.open(&n, nb).await.unwrap());
+    write(&t, &w, "nb").await.unwrap();
+    assert_eq!(close(&t, w).await.unwrap_err().errno, errno::EAGAIN);
+    assert_eq!(status(&t, "t").blocked_writers, 0);
+}
+
+/// Issue 14.3: a line without a newline cannot grow past the topic's
+/// max_message; the write that would make it fails with EMSGSIZE and the
+/// partial line is dropped; the same bound holds with write framing.
+#[tokio::test]
+async fn a_message_longer_than_max_message_is_refused_and_its_line_dropped() {
+    let (t, root) = setup().await;
+    echo(&t, &root, "ctl", "create m capacity=10 max_message=8\n")
+        .await
+        .unwrap();
+    let w = open(&t, &root, "m/data", Access::Write).await.unwrap();
+    assert_eq!(write(&t, &w, "12345").await, Ok(5));
+    let e = write(&t, &w, "6789").await.unwrap_err();
+    assert_eq!(e.errno, errno::EMSGSIZE);
+    assert!(e.message.contains("message too large"), "{e:?}");
+    assert_eq!(write(&t, &w, "ok\n").await, Ok(3), "the long line is gone");
+    let e = write(&t, &w, "a\n123456789\n").await.unwrap_err();
+    assert_eq!(e.errno, errno::EMSGSIZE, "nothing of the write goes out");
+    assert_eq!(status(&t, "m").pending, 1);
+    close(&t, w).await.unwrap();
+    // Write framing, and a live change through ctl (for files opened after).
+    echo(&t, &root, "m/ctl", "framing write\nmax_message 4\n")
+        .await
+        .unwrap();
+    assert!(cat(&t, &root, "m/ctl").await.contains("max_message 4\n"));
+    let w = open(&t, &root, "m/data", Access::Write).await.unwrap();
+    assert_eq!(write(&t, &w, "abcd").await, Ok(4));
+    assert_eq!(
+        write(&t, &w, "abcde").await.unwrap_err().errno,
+        errno::EMSGSIZE
+    );
+    // The broker refuses it too, for every engine.
+    let e = t
+        .broker()
+        .push("m", Bytes::from_static(b"12345"), Wait::NonBlock);
+    assert!(matches!(
+        e.await,
+        Err(broker::Error::TooLong { size: 5, max: 4 })
+    ));
+    let e = echo(&t, &root, "m/ctl", "max_message 0\n")
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("bad max_message"), "{e:?}");
 }
 
 #[tokio::test]

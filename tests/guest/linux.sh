@@ -351,6 +351,66 @@ c_size_limit() {
     cleanup w
 }
 
+# Issue 14.2: a reader that opened data with O_NONBLOCK (9P2000.L: the
+# server sees it in Tlopen) gets each message, then EAGAIN (11), never a
+# false end of file. (tests/guest/nb.c; plain 9P2000 and .u opens carry no
+# O_NONBLOCK.)
+c_nonblock() {
+    [ $V = 9p2000.L ] || return 0
+    topic nonblock
+    ctl "capacity 10"
+    cat $T/offset > /dev/null
+    printf 'one\ntwo\n' >> $W/data
+    got=$(timeout $WAIT ./nb read $T/data 3 | tr '\n' ' ')
+    want='data one\n data two\n errno 11 '
+    if [ "$got" = "$want" ]; then ok $C.nonblock-read
+    else fail $C.nonblock-read "got '$got', want '$want'"; fi
+    cleanup
+}
+
+# What a write(2) refused by the server returns (issues 14.1, 14.3), on
+# 9P2000.L: 6.1 passes the errno (EMSGSIZE 90 for a message over
+# max_message, ETIMEDOUT 110 for a timeout); 6.12's netfs write path turns
+# every error into a write(2) that returns 0 (and retries EAGAIN for ever,
+# so no non-blocking write is tried here). Nothing is pushed either way.
+c_write_errors() {
+    [ $V = 9p2000.L ] || return 0
+    topic write-errors
+    ctl "capacity 10"
+    ctl "max_message 4"
+    ctl "timeout 1s"
+    cat $T/offset > /dev/null
+    long=$(timeout $WAIT ./nb bwrite $W/data "12345
+" | head -n 1)
+    ctl "capacity 0"
+    slow=$(timeout $WAIT ./nb bwrite $W/data "ab
+" | head -n 1)
+    case $KERNEL in
+    6.1.*) want_long="errno 90" want_slow="errno 110" ;;
+    *) want_long="wrote 0" want_slow="wrote 0" ;;
+    esac
+    pending=$(grep '^pending' $T/ctl)
+    if [ "$long" = "$want_long" ] && [ "$slow" = "$want_slow" ] && [ "$pending" = "pending 0" ]; then
+        ok $C.write-errors "(too long: $long; timed out: $slow)"
+    else
+        fail $C.write-errors "too long: '$long' (want '$want_long'), timed out: '$slow' (want '$want_slow'), $pending"
+    fi
+    cleanup
+}
+
+# Issue 14.4: a line left without its newline is pushed when the file is
+# closed, and the close waits for a reader like a write (capacity 0).
+c_partial() {
+    topic partial
+    bg w sh -c 'printf abc >> "$1"' sh $W/data
+    sleep $BLOCK
+    if ended w; then fail $C.partial-close "the close returned before any reader: rc $(rc w)"; cleanup w; return; fi
+    bg r pull $T/data
+    if waitfor $WAIT has r abc && waitfor $WAIT ended w && [ "$(rc w)" = 0 ]; then ok $C.partial-close
+    else fail $C.partial-close "cat printed '$(out r)', writer rc $(rc w) $(err w)"; fi
+    cleanup r w
+}
+
 # The CLI and a mount agree: tests/linux_client.rs, on the host, pushes
 # "from the cli" with `dchan push` to $V.cli-in as soon as the topic exists,
 # and pulls $V.cli-out with `dchan pull`, where the mount pushes "from the
@@ -381,7 +441,7 @@ topics() {
     done
     ok $C.mount
     c_rendezvous; c_head; c_whileread; c_big; c_capacity; c_split; c_groups
-    c_offset; c_reset; c_close; c_killed; c_bad; c_rmdir; c_timeout; c_kernel_limit; c_size_limit; c_cli
+    c_offset; c_reset; c_close; c_killed; c_bad; c_rmdir; c_timeout; c_kernel_limit; c_size_limit; c_nonblock; c_write_errors; c_partial; c_cli
     for mp in $M $M1 $M2 $MW; do
         umount $mp 2> /tmp/e || { fail $C.umount "$mp: $(cat /tmp/e)"; return; }
     done
