@@ -19,7 +19,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use server::{PATIENCE, Server, repo, wait_bounded};
+use server::{PATIENCE, Server, readme_blocks, repo, wait_bounded};
 
 /// The tools, or `None` (after saying why) when this machine lacks them.
 struct Tools {
@@ -322,30 +322,6 @@ fn blocked_readers(t: &Tools, s: &Server, topic: &str, n: usize) {
     eventually(&want, || ctl(t, s, topic).lines().any(|l| l == want));
 }
 
-/// The blocks whose info string is `sh plan9port`.
-fn plan9port_blocks(readme: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in readme.lines() {
-        match (&mut current, line.trim_start().strip_prefix("```")) {
-            (None, Some(info)) if info.trim() == "sh plan9port" => current = Some(String::new()),
-            (None, Some(_)) => current = Some(String::from("\0skip")),
-            (Some(block), Some(_)) => {
-                if !block.starts_with('\0') {
-                    blocks.push(std::mem::take(block));
-                }
-                current = None;
-            }
-            (Some(block), None) => {
-                block.push_str(line);
-                block.push('\n');
-            }
-            (None, None) => {}
-        }
-    }
-    blocks
-}
-
 /// The README's plan9port block as written, with the test server's address
 /// for `tcp!127.0.0.1!5640` and a fresh directory for `/n/dchan`, after the
 /// tour's CLI block made `jobs`. Its `9p read` prints until `jobs` is
@@ -354,7 +330,7 @@ fn plan9port_blocks(readme: &str) -> Vec<String> {
 fn the_readme_plan9port_block_runs() {
     let Some(t) = fuse_tools() else { return };
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let blocks = plan9port_blocks(&readme);
+    let blocks = readme_blocks(&readme, "sh plan9port");
     assert_eq!(blocks.len(), 1, "the README's plan9port block: {blocks:?}");
     let s = Server::start(&[]);
     let dir = tempfile::tempdir().unwrap();

@@ -12,37 +12,13 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use server::Server;
-
-/// The blocks whose info string is exactly `sh`.
-fn tour_blocks(readme: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in readme.lines() {
-        match (&mut current, line.trim_start().strip_prefix("```")) {
-            (None, Some(info)) if info.trim() == "sh" => current = Some(String::new()),
-            (None, Some(_)) => current = Some(String::from("\0skip")),
-            (Some(block), Some(_)) => {
-                if !block.starts_with('\0') {
-                    blocks.push(std::mem::take(block));
-                }
-                current = None;
-            }
-            (Some(block), None) => {
-                block.push_str(line);
-                block.push('\n');
-            }
-            (None, None) => {}
-        }
-    }
-    blocks
-}
+use server::{Server, readme_blocks};
 
 #[test]
 fn the_readme_tour_runs() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let blocks = tour_blocks(&readme);
+    let blocks = readme_blocks(&readme, "sh");
     assert!(blocks.len() >= 4, "the README lost its tour: {blocks:?}");
     let script = format!("set -eu\n{}", blocks.concat());
 

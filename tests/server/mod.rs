@@ -145,3 +145,28 @@ pub fn listening_port(line: &str) -> Option<u16> {
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// The fenced blocks of a Markdown text whose info string is exactly `info`
+/// (`sh`, `sh plan9port`), in order: what the README tests run as written.
+pub fn readme_blocks(readme: &str, info: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut current, line.trim_start().strip_prefix("```")) {
+            (None, Some(i)) if i.trim() == info => current = Some(String::new()),
+            (None, Some(_)) => current = Some(String::from("\0skip")),
+            (Some(block), Some(_)) => {
+                if !block.starts_with('\0') {
+                    blocks.push(std::mem::take(block));
+                }
+                current = None;
+            }
+            (Some(block), None) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    blocks
+}
