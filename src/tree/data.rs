@@ -48,6 +48,15 @@
 //! rest again (and gets the error then) and nothing is doubled. (A write
 //! interrupted by a signal is flushed and gets no reply; Linux then restarts
 //! it whole, so lines it had pushed go out twice: at least once, there.)
+//!
+//! A spinning non-blocking writer. Linux 6.12 (netfs) retries a write
+//! answered EAGAIN for ever, in the kernel, unkillable; any other error
+//! ends its write(2) with 0 (6.1 passes each errno). So an open file
+//! counts the would-block refusals of its writes that come in a row, each
+//! within [`SPIN_GAP`] of the last, with no push in between; past
+//! [`SPIN_REFUSALS`] the refused write gets EBUSY instead of EAGAIN, and
+//! the count starts again. A program on 6.1 that retries in a tight loop
+//! sees that EBUSY too; one that pauses between tries never does.
 
 use std::time::Duration;
 
