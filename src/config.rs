@@ -31,6 +31,8 @@ pub struct Config {
     pub limits: Limits,
     /// Settings a new topic starts with.
     pub topic_defaults: TopicDefaults,
+    /// What reader groups each topic keeps.
+    pub groups: Groups,
     /// Topics created at start (`[[topic]]` tables).
     pub topic: Vec<TopicSpec>,
 }
@@ -51,6 +53,28 @@ pub struct Limits {
     /// Requests one connection may have in flight at once.
     #[serde(deserialize_with = "positive")]
     pub max_in_flight: usize,
+}
+
+/// `[groups]`: how many reader groups a topic keeps, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Groups {
+    /// Groups one topic may have.
+    #[serde(deserialize_with = "positive")]
+    pub max_per_topic: usize,
+    /// How long a group may go without a reader before it is dropped;
+    /// "none" keeps it until `forget`.
+    pub idle_expiry: Timeout,
+}
+
+impl Groups {
+    /// The broker's form of these settings.
+    pub fn limits(&self) -> crate::broker::GroupLimits {
+        crate::broker::GroupLimits {
+            max_per_topic: self.max_per_topic,
+            idle_expiry: self.idle_expiry.0,
+        }
+    }
 }
 
 /// The settings of a topic created without its own.

@@ -68,6 +68,7 @@ pub mod errno {
     pub const ENOTEMPTY: u32 = 39;
     pub const ENODATA: u32 = 61;
     pub const EPROTO: u32 = 71;
+    pub const EUSERS: u32 = 87;
     pub const EMSGSIZE: u32 = 90;
     pub const EOPNOTSUPP: u32 = 95;
     pub const ECONNRESET: u32 = 104;

@@ -3,6 +3,7 @@
 //! The layers, each ignorant of the one above (arrows point down):
 //!
 //! - `proto`  — the 9P wire protocol: message values, their codec, framing.
+//! - `cut`    — cutting a future short with an answer (a deadline, a flush).
 //! - `fs`     — the file-tree interface between the engine and what it serves.
 //! - `engine` — the 9P connection engine: listeners, tags, fids, Tflush, limits.
 //! - `ramfs`  — a small in-memory `FileTree` for tests and `dchan serve --ramfs`.
@@ -17,6 +18,7 @@ pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod cut;
 pub mod engine;
 pub mod fs;
 pub mod proto;

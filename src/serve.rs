@@ -103,7 +103,7 @@ async fn start(args: ServeArgs) -> Result<(), Error> {
 /// accepting, answer every blocked request with an error, and return once
 /// every connection has closed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let broker = MemoryBroker::new();
+    let broker = MemoryBroker::with_group_limits(config.groups.limits());
     for spec in &config.topic {
         broker
             .create(&spec.name, spec.topic_config(&config.topic_defaults))

@@ -1,12 +1,25 @@
 //! `dchan bench`, run as a user would against a server this test starts:
-//! every workload completes, checks what arrived, and prints one JSON line.
+//! every workload completes, checks what arrived, prints one JSON line and
+//! removes its topics. And the driver's accounting, against systems made
+//! up here that drop or hold messages: a lossy run is reported as lossy and
+//! an unfinished one as unfinished, with rates from what was delivered,
+//! never from what was pushed. No test asserts on time.
 
 mod support;
 
+use std::collections::{HashMap, VecDeque};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
+use clap::Parser;
+use dchan::bench::{self, Conn, Options, Reader, System, Workload, Writer, payload};
+use dchan::client::{Client, Options as ClientOptions};
+use parking_lot::Mutex;
 use support::{Server, patiently};
 use tokio::process::Command;
+use tokio::sync::Notify;
 
 /// Run `dchan bench ARGS...` against `addr`; its exit status and its JSON line.
 async fn bench(addr: &str, args: &[&str]) -> (bool, serde_json::Value, String) {
@@ -14,7 +27,9 @@ async fn bench(addr: &str, args: &[&str]) -> (bool, serde_json::Value, String) {
         Command::new(env!("CARGO_BIN_EXE_dchan"))
             .arg("bench")
             .args(args)
-            .args(["--addr", addr, "--secs", "0.3", "--drain", "20"])
+            .args([
+                "--addr", addr, "--secs", "0.3", "--drain", "20", "--warmup", "50",
+            ])
             .arg("--server-pid")
             .arg(std::process::id().to_string())
             .stdin(Stdio::null())
@@ -57,7 +72,20 @@ async fn every_workload_runs_clean_and_reports() {
         assert_eq!(r["check"]["duplicates"], 0, "{r}");
         assert!(r["msgs_per_sec"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["server_rss_mib"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["server_rss_growth_mib"].is_f64(), "{r}");
+        assert_eq!(
+            r["variant"], "9P2000.L, memory",
+            "the dialect of mounts: {r}"
+        );
     }
+    let client = Client::connect(&server.addr, &ClientOptions::group(""))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.topics().await.unwrap(),
+        Vec::<String>::new(),
+        "every run removes its topics (conns made 200)"
+    );
     server.stop().await;
 }
 
@@ -73,4 +101,177 @@ async fn an_unreachable_server_fails_with_one_line() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.starts_with("dchan: bench: connect"), "{err}");
+}
+
+/// What a made-up system does to every tenth timed message it is given.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// Acknowledge the push and throw the message away.
+    Drop,
+    /// Acknowledge the push and keep the message where no reader gets it;
+    /// `pending` says how many are held if `tells`.
+    Hold { tells: bool },
+}
+
+/// One in-memory queue per topic; every reader of a topic shares it (one
+/// group), as in pipe and queue.
+struct Faulty {
+    fault: Fault,
+    queues: Queues,
+    removed: Mutex<Vec<String>>,
+}
+
+type Queues = Arc<Mutex<HashMap<String, Arc<Queue>>>>;
+
+fn queue(queues: &Queues, topic: &str) -> Arc<Queue> {
+    queues.lock().entry(topic.to_string()).or_default().clone()
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Mutex<VecDeque<Bytes>>,
+    ready: Notify,
+    timed: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Faulty {
+    fn new(fault: Fault) -> Faulty {
+        Faulty {
+            fault,
+            queues: Queues::default(),
+            removed: Mutex::default(),
+        }
+    }
+    fn queue(&self, topic: &str) -> Arc<Queue> {
+        queue(&self.queues, topic)
+    }
+}
+
+struct FaultyConn(Fault, Queues);
+struct End(Arc<Queue>, Fault);
+
+impl System for Faulty {
+    type Conn = FaultyConn;
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+    async fn create(&self, topic: &str, _capacity: u64) -> bench::Result<()> {
+        self.queue(topic);
+        Ok(())
+    }
+    async fn connect(&self, _group: &str) -> bench::Result<FaultyConn> {
+        Ok(FaultyConn(self.fault, self.queues.clone()))
+    }
+    async fn remove(&self, topic: &str) -> bench::Result<()> {
+        self.queues.lock().remove(topic);
+        self.removed.lock().push(topic.to_string());
+        Ok(())
+    }
+    async fn pending(&self, topic: &str, _group: &str) -> Option<u64> {
+        let q = self.queue(topic);
+        match self.fault {
+            Fault::Drop => Some(q.items.lock().len() as u64),
+            Fault::Hold { tells: true } => {
+                Some(q.items.lock().len() as u64 + q.held.load(Ordering::Relaxed))
+            }
+            Fault::Hold { tells: false } => None,
+        }
+    }
+}
+
+impl Conn for FaultyConn {
+    type Writer = End;
+    type Reader = End;
+    async fn writer(&self, topic: &str) -> bench::Result<End> {
+        Ok(End(queue(&self.1, topic), self.0))
+    }
+    async fn reader(&self, topic: &str) -> bench::Result<End> {
+        self.writer(topic).await
+    }
+}
+
+impl Writer for End {
+    async fn push(&self, msg: Bytes) -> bench::Result<()> {
+        // Give the readers their turn, as a real system's I/O would.
+        tokio::task::yield_now().await;
+        let warm = payload::decode(&msg, msg.len())?.is_warmup();
+        if !warm && self.0.timed.fetch_add(1, Ordering::Relaxed) % 10 == 9 {
+            if let Fault::Hold { .. } = self.1 {
+                self.0.held.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        self.0.items.lock().push_back(msg);
+        self.0.ready.notify_one();
+        Ok(())
+    }
+}
+
+impl Reader for End {
+    async fn pull(&self) -> bench::Result<Bytes> {
+        loop {
+            let notified = self.0.ready.notified();
+            if let Some(m) = self.0.items.lock().pop_front() {
+                return Ok(m);
+            }
+            notified.await;
+        }
+    }
+}
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    opts: Options,
+}
+
+/// Run `workload` against a made-up system with `fault`, briefly.
+async fn faulty(fault: Fault, workload: Workload) -> (bench::Report, Faulty) {
+    let opts = Args::parse_from([
+        "x", "--secs", "0.2", "--drain", "0.3", "--depth", "4", "--warmup", "20",
+    ])
+    .opts;
+    let sys = Faulty::new(fault);
+    let report = patiently(bench::run(&sys, workload, &opts)).await;
+    (report, sys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossy_run_reports_what_was_delivered() {
+    for workload in [Workload::Pipe, Workload::Queue] {
+        let (r, sys) = faulty(Fault::Drop, workload).await;
+        let c = &r.check;
+        assert!(c.expected > 0 && c.lost > 0, "{r:?}");
+        assert_eq!(c.unfinished, 0, "the system holds nothing: {r:?}");
+        assert_eq!(c.lost + c.received, c.expected, "{r:?}");
+        assert_eq!(r.messages, c.received, "the count is what arrived: {r:?}");
+        let rate = r.messages as f64 / r.secs;
+        assert!(
+            (r.msgs_per_sec - rate).abs() <= 1.0 + rate * 0.01,
+            "the rate is from what arrived, not from {} pushed: {r:?}",
+            c.expected
+        );
+        let error = r.error.as_deref().unwrap();
+        assert!(
+            error.contains("lost") && !error.starts_with("unfinished"),
+            "{error}"
+        );
+        assert!(sys.queues.lock().is_empty(), "topics removed");
+        assert!(!sys.removed.lock().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_still_held_are_unfinished_not_lost() {
+    for tells in [true, false] {
+        let (r, _) = faulty(Fault::Hold { tells }, Workload::Pipe).await;
+        let c = &r.check;
+        assert!(c.unfinished > 0, "{r:?}");
+        assert_eq!(c.lost, 0, "held (or unknown) is not lost: {r:?}");
+        assert_eq!(c.unfinished + c.received, c.expected, "{r:?}");
+        assert_eq!(r.messages, c.received, "{r:?}");
+        let error = r.error.as_deref().unwrap();
+        assert!(error.starts_with("unfinished: "), "{error}");
+    }
 }

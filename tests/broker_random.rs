@@ -18,7 +18,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dchan::broker::{Broker, Delivery, Error, MemoryBroker, Seq, Setting, TopicConfig, Wait};
+use dchan::broker::{
+    Broker, Cut, Delivery, Error, MemoryBroker, Seq, Setting, TopicConfig, Wait, resolve_now,
+};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -51,6 +53,9 @@ struct Plan {
     /// Readers per group.
     groups: Vec<usize>,
     resets: usize,
+    /// The topic's timeout, in some runs: pushes and pulls then also end
+    /// at their deadline, at any point.
+    timeout: Option<Duration>,
 }
 
 fn plan(rng: &mut StdRng) -> Plan {
@@ -62,6 +67,9 @@ fn plan(rng: &mut StdRng) -> Plan {
             .map(|_| rng.random_range(1..4))
             .collect(),
         resets: rng.random_range(0..3),
+        timeout: rng
+            .random_bool(0.25)
+            .then(|| Duration::from_micros(rng.random_range(50..2000))),
     }
 }
 
@@ -72,11 +80,14 @@ fn short(rng: &mut StdRng) -> Duration {
 
 /// Await `fut`, or, at random, cut it short: after a short time, or after
 /// a few polls with other tasks running in between and no last poll (so
-/// what the broker decided for it meanwhile must be undone by its drop).
+/// what the broker decided for it meanwhile must be undone by its drop),
+/// or with a last poll inside `resolve_now` (as a deadline or a flush
+/// does), whose answer must agree with what the broker decided. `None`:
+/// dropped unanswered.
 async fn maybe_cut<F: Future>(fut: F, rng: &mut StdRng) -> Option<F::Output> {
-    match rng.random_range(0..10) {
+    match rng.random_range(0..12) {
         0 | 1 => tokio::time::timeout(short(rng), fut).await.ok(),
-        2 | 3 => {
+        choice @ 2..=5 => {
             let mut fut = std::pin::pin!(fut);
             for _ in 0..rng.random_range(1..6) {
                 if let Poll::Ready(out) = futures_util::poll!(fut.as_mut()) {
@@ -84,9 +95,35 @@ async fn maybe_cut<F: Future>(fut: F, rng: &mut StdRng) -> Option<F::Output> {
                 }
                 tokio::task::yield_now().await;
             }
-            None
+            if choice < 4 {
+                return None;
+            }
+            let cut = if choice == 4 {
+                Cut::Cancel
+            } else {
+                Cut::Deadline
+            };
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match resolve_now(cut, || fut.as_mut().poll(&mut cx)) {
+                Poll::Ready(out) => Some(out),
+                Poll::Pending => panic!("a broker future did not decide when cut"),
+            }
         }
         _ => Some(fut.await),
+    }
+}
+
+/// The status agrees with itself (issue 14.6), checked after every step:
+/// what is held is `[first, next)`, every group's offset is in it (so it
+/// can be written back), and what a group has not read or not acked is
+/// held.
+fn invariants(broker: &MemoryBroker) {
+    let s = broker.status("t").unwrap();
+    assert_eq!(s.pending, s.next - s.first, "{s:?}");
+    for g in &s.groups {
+        assert!(s.first <= g.offset && g.offset <= s.next, "{s:?}");
+        assert!(g.lag <= s.next - g.offset, "{s:?}");
+        assert!(g.lag + g.unacked <= s.pending, "{s:?}");
     }
 }
 
@@ -99,6 +136,7 @@ async fn run(seed: u64) {
             "t",
             TopicConfig {
                 capacity: plan.capacity,
+                timeout: plan.timeout,
                 ..TopicConfig::default()
             },
         )
@@ -128,13 +166,16 @@ async fn run(seed: u64) {
                 let push = broker.push("t", data, wait);
                 let pushed = match maybe_cut(push, &mut rng).await {
                     Some(Ok(seq)) => Pushed::Ok(seq),
-                    Some(Err(Error::Reset)) | None => Pushed::Unsure,
+                    None => Pushed::Unsure,
+                    // Every error means withdrawn: never delivered.
                     Some(Err(Error::WouldBlock)) => {
                         tokio::task::yield_now().await;
                         Pushed::Never
                     }
+                    Some(Err(Error::Reset | Error::Interrupted | Error::TimedOut)) => Pushed::Never,
                     Some(Err(e)) => panic!("push: {e}"),
                 };
+                invariants(&broker);
                 record.lock().pushes[p].push(pushed);
                 if rng.random_bool(0.1) {
                     tokio::time::sleep(short(&mut rng)).await;
@@ -157,9 +198,11 @@ async fn run(seed: u64) {
                         Wait::Block
                     };
                     let pull = broker.pull("t", &group, wait);
-                    let got = match maybe_cut(pull, &mut rng).await {
+                    let got = maybe_cut(pull, &mut rng).await;
+                    invariants(&broker);
+                    let got = match got {
                         None => continue, // cut short: took nothing
-                        Some(Err(Error::WouldBlock)) => {
+                        Some(Err(Error::WouldBlock | Error::Interrupted | Error::TimedOut)) => {
                             tokio::task::yield_now().await;
                             continue;
                         }
@@ -175,6 +218,7 @@ async fn run(seed: u64) {
                         record.lock().acked[g][r].push((d.seq(), text));
                         d.ack();
                     }
+                    invariants(&broker);
                     if rng.random_bool(0.1) {
                         tokio::time::sleep(short(&mut rng)).await;
                     }
@@ -191,6 +235,7 @@ async fn run(seed: u64) {
             for _ in 0..resets {
                 tokio::time::sleep(Duration::from_micros(rng.random_range(0..20_000))).await;
                 broker.reset("t").unwrap();
+                invariants(&broker);
                 // At or above the true boundary (pushes may land between).
                 let below = broker.status("t").unwrap().first;
                 record.lock().reset_below = below;
@@ -256,7 +301,7 @@ fn check(plan: &Plan, rec: &Record, broker: &MemoryBroker) {
                         rec.reset_below
                     ),
                     (Pushed::Never, Some(seq)) => {
-                        panic!("group {g}: {text} (seq {seq}) delivered, its push would block")
+                        panic!("group {g}: {text} (seq {seq}) delivered, its push failed")
                     }
                     (Pushed::Unsure | Pushed::Never, _) => {}
                 }

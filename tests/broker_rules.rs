@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dchan::broker::{
-    Broker, Delivery, Error, MemoryBroker, MemoryDelivery, Seq, Setting, TopicConfig, Wait,
+    Broker, Cut, Delivery, Error, MemoryBroker, MemoryDelivery, Seq, Setting, Target, TopicConfig,
+    Wait, resolve_now,
 };
 use futures_util::poll;
 
@@ -250,7 +251,10 @@ async fn reset_fails_blocked_pushes_and_empties() {
 }
 
 #[tokio::test]
-async fn reset_fails_a_push_one_group_took() {
+async fn reset_after_one_group_took_a_push_reports_it_pushed() {
+    // Issue 14.5: once any group has taken a message, its writer is not
+    // told it failed (a retry would duplicate it); the reset drops it for
+    // the other groups, as it drops every held message.
     let b = broker(0);
     b.offset("t", "a").unwrap();
     b.offset("t", "b").unwrap();
@@ -258,7 +262,7 @@ async fn reset_fails_a_push_one_group_took() {
     blocked(&mut p).await;
     assert_eq!(take(&b, "a").await, "m");
     b.reset("t").unwrap();
-    assert_eq!(done(p).await, Err(Error::Reset));
+    assert_eq!(done(p).await, Ok(0));
     assert_eq!(
         b.pull("t", "b", Wait::NonBlock).await.err(),
         Some(Error::WouldBlock)
@@ -327,7 +331,9 @@ async fn remove_wakes_everything_with_errors() {
     let mut r2 = pull(&b, "");
     blocked(&mut r2).await;
     b.remove("t").unwrap();
-    assert_eq!(done(p).await, Err(Error::Removed));
+    // A group took it: delivered, so its push is not told it failed
+    // (issue 14.5).
+    assert_eq!(done(p).await, Ok(0));
     assert!(done(r).await.unwrap().is_some(), "taken before the removal");
     assert_eq!(done(r2).await.err(), Some(Error::Removed));
     assert_eq!(
@@ -587,12 +593,13 @@ async fn status_shows_groups_and_waiters() {
     }
     let d = done(pull(&b, "b")).await.unwrap().unwrap();
     let mut r = pull(&b, "a");
-    // "a" is new: it starts at the oldest held (0 went when "b" took it).
-    assert_eq!(done(&mut r).await.unwrap().unwrap().seq(), 1);
+    // "a" is new: it starts at the oldest held, 0, which is held while
+    // "b"'s delivery of it is unacked (it may come back: issue 14.6).
+    assert_eq!(done(&mut r).await.unwrap().unwrap().seq(), 0);
     let s = b.status("t").unwrap();
     assert_eq!(
         (s.first, s.next, s.pending, s.pushed, s.pulled),
-        (1, 3, 2, 3, 2)
+        (0, 3, 3, 3, 2)
     );
     let b_status = &s.groups[1];
     assert_eq!(b_status.name, "b");
@@ -600,7 +607,7 @@ async fn status_shows_groups_and_waiters() {
     // "a"'s delivery was dropped unacked: it is back, at the front.
     assert_eq!(
         (s.groups[0].offset, s.groups[0].lag, s.groups[0].unacked),
-        (1, 2, 0)
+        (0, 3, 0)
     );
     d.ack();
     let mut w = pull(&b, "c");
@@ -687,4 +694,162 @@ async fn an_enormous_timeout_waits() {
         assert_eq!(take(&b, "").await, "late");
         done(p).await.unwrap();
     }
+}
+
+/// Poll `f` one last time as a deadline or a flush does, before dropping it.
+fn cut<T>(how: Cut, f: &mut Boxed<'_, T>) -> T {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match resolve_now(how, || f.as_mut().poll(&mut cx)) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => panic!("did not decide when cut"),
+    }
+}
+
+#[tokio::test]
+async fn a_push_dropped_after_room_came_is_withdrawn() {
+    // Issue 15.1: room alone appends nothing; the dropped push is gone.
+    let b = broker(1);
+    b.offset("t", "").unwrap();
+    push_now(&b, "a").await;
+    let mut p = push(&b, "b");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "").await, "a"); // room for b
+    drop(p);
+    assert_eq!(
+        b.pull("t", "", Wait::NonBlock).await.err(),
+        Some(Error::WouldBlock)
+    );
+    assert_eq!(b.status("t").unwrap().pushed, 1);
+}
+
+#[tokio::test]
+async fn a_push_cut_after_room_came_is_pushed_and_says_so() {
+    let b = broker(1);
+    b.offset("t", "").unwrap();
+    push_now(&b, "a").await;
+    let mut p = push(&b, "b");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "").await, "a");
+    // Cut at its deadline with room: it goes in, and returns Ok.
+    assert_eq!(cut(Cut::Deadline, &mut p), Ok(1));
+    assert_eq!(take(&b, "").await, "b");
+}
+
+#[tokio::test]
+async fn a_push_cut_before_room_is_withdrawn() {
+    let b = broker(1);
+    b.offset("t", "").unwrap();
+    push_now(&b, "a").await;
+    let mut p = push(&b, "b");
+    blocked(&mut p).await;
+    assert_eq!(cut(Cut::Cancel, &mut p), Err(Error::Interrupted));
+    drop(p);
+    let mut q = push(&b, "c");
+    blocked(&mut q).await;
+    assert_eq!(cut(Cut::Deadline, &mut q), Err(Error::TimedOut));
+    drop(q);
+    assert_eq!(take(&b, "").await, "a");
+    assert_eq!(
+        b.pull("t", "", Wait::NonBlock).await.err(),
+        Some(Error::WouldBlock)
+    );
+}
+
+#[tokio::test]
+async fn a_rendezvous_push_one_group_took_succeeds_at_its_deadline() {
+    // Issue 14.5: capacity 0, groups g1 and g2, only g1 reads before the
+    // push's deadline: the push returns Ok (it was delivered), and g2 still
+    // gets it.
+    let b = broker(0);
+    b.set("t", Setting::Timeout(Some(Duration::from_millis(50))))
+        .unwrap();
+    b.offset("t", "g1").unwrap();
+    b.offset("t", "g2").unwrap();
+    let mut p = push(&b, "urgent");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "g1").await, "urgent");
+    assert_eq!(done(p).await, Ok(0));
+    assert_eq!(take(&b, "g2").await, "urgent");
+    // Cut by a flush instead: the same.
+    let mut p = push(&b, "again");
+    blocked(&mut p).await;
+    assert_eq!(take(&b, "g2").await, "again");
+    assert_eq!(cut(Cut::Cancel, &mut p), Ok(1));
+    assert_eq!(take(&b, "g1").await, "again");
+}
+
+#[tokio::test]
+async fn a_pull_cut_returns_what_was_reserved_for_it() {
+    let b = broker(0);
+    let mut r = pull(&b, "");
+    blocked(&mut r).await;
+    assert_eq!(cut(Cut::Cancel, &mut r).err(), Some(Error::Interrupted));
+    drop(r);
+    let mut r = pull(&b, "");
+    blocked(&mut r).await;
+    push_now(&b, "m").await;
+    let d = cut(Cut::Deadline, &mut r).unwrap().unwrap();
+    assert_eq!(d.data().as_ref(), b"m");
+    d.ack();
+}
+
+#[tokio::test]
+async fn a_redelivery_keeps_offset_and_status_in_step() {
+    // Issue 14.6: capacity 5, push a and b; a reader takes a and its
+    // connection drops. The group's offset (0) is held, within
+    // [first, next], and can be written back.
+    let b = broker(5);
+    b.offset("t", "").unwrap();
+    push_now(&b, "a").await;
+    push_now(&b, "b").await;
+    let d = done(pull(&b, "")).await.unwrap().unwrap();
+    let s = b.status("t").unwrap();
+    assert_eq!((s.first, s.pending, s.groups[0].unacked), (0, 2, 1));
+    drop(d);
+    let s = b.status("t").unwrap();
+    let g = &s.groups[0];
+    assert_eq!((s.first, s.next, s.pending), (0, 2, 2));
+    assert_eq!((g.offset, g.lag, g.unacked), (0, 2, 0));
+    assert_eq!(b.offset("t", "").unwrap(), 0);
+    b.seek("t", "", 0).unwrap();
+    assert_eq!(take(&b, "").await, "a");
+    assert_eq!(take(&b, "").await, "b");
+    let s = b.status("t").unwrap();
+    assert_eq!((s.first, s.next, s.pending), (2, 2, 0));
+}
+
+#[tokio::test]
+async fn a_removed_topic_stays_removed_for_its_old_handles() {
+    // Issue 14.7: a topic created again under a removed one's name is
+    // another topic; what was opened on the old one keeps failing.
+    let b = broker(5);
+    let old = Target {
+        name: "t",
+        id: Some(b.id("t").unwrap()),
+    };
+    assert_eq!(
+        done(b.push_to(old, Bytes::from_static(b"x"), Wait::Block)).await,
+        Ok(0)
+    );
+    b.remove("t").unwrap();
+    let stale = |b: &MemoryBroker| {
+        assert_eq!(b.status(old).err(), Some(Error::Removed));
+        assert_eq!(b.offset(old, "").err(), Some(Error::Removed));
+        assert_eq!(b.seek(old, "", 0).err(), Some(Error::Removed));
+        assert_eq!(b.reset(old).err(), Some(Error::Removed));
+    };
+    stale(&b);
+    b.create("t", TopicConfig::default()).unwrap();
+    assert_ne!(Some(b.id("t").unwrap()), old.id);
+    stale(&b);
+    assert_eq!(
+        done(b.push_to(old, Bytes::from_static(b"y"), Wait::NonBlock)).await,
+        Err(Error::Removed)
+    );
+    assert_eq!(
+        done(b.pull_from(old, "", Wait::NonBlock)).await.err(),
+        Some(Error::Removed)
+    );
+    // By name, it is the new topic.
+    assert_eq!(b.status("t").unwrap().pushed, 0);
 }

@@ -523,3 +523,24 @@ async fn offset_first_and_next_survive_a_moved_log() {
     );
     s.stop().await;
 }
+
+/// Issue 14.5 through the CLI: capacity 0, groups g1 and g2, only g1 reads:
+/// `push --timeout` succeeds (g1 got the message) and g2 still gets it,
+/// so a script that retries on failure sends no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_one_group_took_before_its_timeout_succeeds() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "t"]).await);
+    ok(dchan(a, &["offset", "t", "--group", "g2"]).await);
+    let pull = spawn(a, &["pull", "t", "--group", "g1"], false);
+    until_stat(a, "t", "blocked_readers 1").await;
+    ok(dchan(a, &["push", "--timeout", "1s", "t", "urgent"]).await);
+    let got = patiently(pull.wait_with_output()).await.unwrap();
+    assert_eq!(ok(got), "urgent\n");
+    assert_eq!(
+        ok(dchan(a, &["pull", "t", "--group", "g2"]).await),
+        "urgent\n"
+    );
+    s.stop().await;
+}

@@ -3,74 +3,14 @@
 //! sends Tflush and keeps its tag until the Rflush, and a cancel that waits
 //! for the verdict returns a reply that beat the Rflush.
 
+mod script;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use dchan::client::{ConnectOptions, Connection};
-use dchan::proto::codec::{decode, encode};
-use dchan::proto::frame::FrameDecoder;
+use dchan::client::Connection;
 use dchan::proto::{Dialect, Fcall, Msg};
-use futures_util::StreamExt;
-use tokio::io::{AsyncWriteExt, DuplexStream, WriteHalf};
-use tokio_util::codec::FramedRead;
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-/// The server's end: reads T-messages, writes R-messages.
-struct Script {
-    rx: FramedRead<tokio::io::ReadHalf<DuplexStream>, FrameDecoder>,
-    tx: WriteHalf<DuplexStream>,
-    dialect: Dialect,
-}
-
-impl Script {
-    async fn recv(&mut self) -> Msg {
-        let frame = tokio::time::timeout(LIMIT, self.rx.next())
-            .await
-            .expect("client sent nothing")
-            .expect("client hung up")
-            .expect("bad frame");
-        decode(frame, self.dialect).expect("bad message")
-    }
-
-    async fn send(&mut self, tag: u16, body: Fcall) {
-        let mut buf = BytesMut::new();
-        encode(&Msg { tag, body }, self.dialect, &mut buf);
-        self.tx.write_all(&buf).await.unwrap();
-    }
-}
-
-/// A connected client and the script playing its server.
-async fn pair(dialect: Dialect) -> (Connection, Script) {
-    let (client, server) = tokio::io::duplex(1 << 20);
-    let (cr, cw) = tokio::io::split(client);
-    let (sr, sw) = tokio::io::split(server);
-    let mut script = Script {
-        rx: FramedRead::new(sr, FrameDecoder::new(1 << 20)),
-        tx: sw,
-        dialect,
-    };
-    let opts = ConnectOptions {
-        dialect,
-        msize: 8192,
-    };
-    let conn = tokio::spawn(async move { Connection::handshake(cr, cw, &opts).await });
-    let tv = script.recv().await;
-    assert!(matches!(tv.body, Fcall::Tversion { msize: 8192, .. }));
-    script
-        .send(
-            tv.tag,
-            Fcall::Rversion {
-                msize: 4096,
-                version: dialect.as_str().into(),
-            },
-        )
-        .await;
-    let conn = conn.await.unwrap().expect("handshake");
-    assert_eq!((conn.msize(), conn.dialect()), (4096, dialect));
-    (conn, script)
-}
+use script::{LIMIT, pair};
 
 fn read_of(msg: &Msg) -> u32 {
     match msg.body {

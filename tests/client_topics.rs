@@ -380,6 +380,7 @@ async fn message_boundaries_hold_at_every_multiple_of_a_small_msize() {
             connect: ConnectOptions {
                 dialect: d,
                 msize: 4096,
+                ..ConnectOptions::default()
             },
             ..Options::default()
         };

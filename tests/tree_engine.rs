@@ -483,3 +483,152 @@ fn data_of(f: Fcall) -> Bytes {
         other => panic!("not an Rread: {other:?}"),
     }
 }
+
+/// Issue 14.5/15.1 through 9P: a push that one group took is not withdrawn
+/// by a Tflush; its Rwrite goes out before the Rflush, so the writer knows
+/// it was delivered (and a Linux writer does not write it again). A push
+/// nobody took is withdrawn: only the Rflush, and no reader gets it.
+#[tokio::test]
+async fn a_flushed_push_a_group_took_is_answered_before_the_rflush() {
+    let (port, stop, server) = start().await;
+    let mut writer = Conn::connect(port, Dialect::P2000L, "").await;
+    let mut g1 = Conn::connect(port, Dialect::P2000L, "g1").await;
+    let mut g2 = Conn::connect(port, Dialect::P2000L, "g2").await;
+    writer.open(1, "ctl", 1).await;
+    let create = Fcall::Twrite {
+        fid: 1,
+        offset: 0,
+        data: Bytes::from_static(b"create jobs\n"),
+    };
+    assert_eq!(writer.rpc(4, create).await, Fcall::Rwrite { count: 12 });
+    // Group g2 exists (reading offset makes it) but does not read.
+    g2.open(1, "jobs/offset", 0).await;
+    let read = |fid, tag_count: u32| Fcall::Tread {
+        fid,
+        offset: 0,
+        count: tag_count,
+    };
+    let o = g2.rpc(5, read(1, 100)).await;
+    assert!(matches!(o, Fcall::Rread { .. }), "{o:?}");
+    g1.open(1, "jobs/data", 0).await;
+    g1.send(10, read(1, 100)).await;
+    writer.open(2, "jobs/data", 1).await;
+    let write = |data: &'static [u8]| Fcall::Twrite {
+        fid: 2,
+        offset: 0,
+        data: Bytes::from_static(data),
+    };
+    writer.send(11, write(b"m\n")).await;
+    let got = g1.recv().await;
+    assert_eq!(
+        (got.tag, got.body),
+        (
+            10,
+            Fcall::Rread {
+                data: Bytes::from_static(b"m\n")
+            }
+        )
+    );
+    // g1 took it; the push still waits for g2. Flush it.
+    writer.send(12, Fcall::Tflush { oldtag: 11 }).await;
+    let a = writer.recv().await;
+    assert_eq!((a.tag, a.body), (11, Fcall::Rwrite { count: 2 }));
+    let b = writer.recv().await;
+    assert_eq!((b.tag, b.body), (12, Fcall::Rflush));
+    // g2 still gets it.
+    g2.open(2, "jobs/data", 0).await;
+    let got = g2.rpc(13, read(2, 100)).await;
+    assert_eq!(
+        got,
+        Fcall::Rread {
+            data: Bytes::from_static(b"m\n")
+        }
+    );
+
+    // Nobody reads now: a flushed push is withdrawn, with only the Rflush.
+    writer.send(14, write(b"gone\n")).await;
+    writer.send(15, Fcall::Tflush { oldtag: 14 }).await;
+    let b = writer.recv().await;
+    assert_eq!((b.tag, b.body), (15, Fcall::Rflush));
+    writer.open(3, "jobs/ctl", 0).await;
+    let s = writer.rpc(16, read(3, 4096)).await;
+    let Fcall::Rread { data } = s else {
+        panic!("{s:?}")
+    };
+    let text = String::from_utf8_lossy(&data);
+    assert!(text.contains("pushed 1"), "{text}");
+
+    let _ = stop.send(());
+    drop((writer, g1, g2));
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}
+
+/// Issue 14.7: files opened on a topic that is then removed and created
+/// again keep failing (as between the removal and the re-creation); a new
+/// open reaches the new topic.
+#[tokio::test]
+async fn files_of_a_removed_topic_stay_stale_after_it_is_created_again() {
+    let (port, stop, server) = start().await;
+    let mut c = Conn::connect(port, Dialect::P2000L, "").await;
+    c.open(1, "ctl", 1).await;
+    let ctl = |text: &'static [u8]| Fcall::Twrite {
+        fid: 1,
+        offset: 0,
+        data: Bytes::from_static(text),
+    };
+    assert!(matches!(
+        c.rpc(4, ctl(b"create s8 capacity=5\n")).await,
+        Fcall::Rwrite { .. }
+    ));
+    c.open(2, "s8/data", 1).await; // writer
+    c.open(3, "s8/data", 0).await; // reader
+    c.open(5, "s8/ctl", 0).await;
+    let write = |fid| Fcall::Twrite {
+        fid,
+        offset: 0,
+        data: Bytes::from_static(b"m\n"),
+    };
+    let read = |fid| Fcall::Tread {
+        fid,
+        offset: 0,
+        count: 100,
+    };
+    assert_eq!(c.rpc(6, write(2)).await, Fcall::Rwrite { count: 2 });
+    assert_eq!(
+        c.rpc(7, read(3)).await,
+        Fcall::Rread {
+            data: Bytes::from_static(b"m\n")
+        }
+    );
+    assert!(matches!(
+        c.rpc(4, ctl(b"remove s8\n")).await,
+        Fcall::Rwrite { .. }
+    ));
+    let enoent = Fcall::Rlerror { ecode: 2 };
+    assert_eq!(c.rpc(8, write(2)).await, enoent);
+    assert!(matches!(
+        c.rpc(4, ctl(b"create s8 capacity=5\n")).await,
+        Fcall::Rwrite { .. }
+    ));
+    // The old files: still the removed topic's.
+    assert_eq!(c.rpc(9, write(2)).await, enoent);
+    assert_eq!(c.rpc(10, read(3)).await, enoent);
+    assert_eq!(c.rpc(11, read(5)).await, enoent);
+    // A new open is the new topic, which got nothing from the old files.
+    c.open(12, "s8/ctl", 0).await;
+    let Fcall::Rread { data } = c.rpc(13, read(12)).await else {
+        panic!("ctl read failed")
+    };
+    let text = String::from_utf8_lossy(&data).to_string();
+    assert!(text.contains("pushed 0"), "{text}");
+
+    let _ = stop.send(());
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}

@@ -60,8 +60,16 @@ async fn main() {
     };
     let report = match args.peer {
         Peer::Redis => go(redis::Redis::new(&args.addr), workload, &args.opts).await,
-        Peer::Nats => go(nats::Core::new(&args.addr), workload, &args.opts).await,
-        Peer::Jetstream => go(nats::JetStream::new(&args.addr), workload, &args.opts).await,
+        Peer::Nats => {
+            let core = nats::Core::new(&args.addr, args.opts.depth);
+            go(core, workload, &args.opts).await
+        }
+        Peer::Jetstream => {
+            let in_flight = args.opts.group_in_flight(workload);
+            let depth = args.opts.reader_depth(workload);
+            let js = nats::JetStream::new(&args.addr, depth, in_flight).await;
+            go(js, workload, &args.opts).await
+        }
         Peer::Tcp => go(Ok(bench::tcp::Tcp::new(&args.addr)), workload, &args.opts).await,
         Peer::EchoServer => unreachable!("served above"),
     };

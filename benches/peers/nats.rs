@@ -1,22 +1,37 @@
-//! NATS as systems under test. Core: a topic is a subject, a push a publish
-//! (no acknowledgement, nothing kept: a slow reader loses messages), a group
-//! a queue group. JetStream: a topic is a stream on file storage, a push an
-//! acknowledged publish, a group a durable pull consumer whose every message
-//! is acked.
+//! NATS as systems under test.
+//!
+//! Core: a topic is a subject, a push a publish, a group a queue group.
+//! Nothing is kept (a slow reader loses messages), so what a group has not
+//! received once draining stops is lost. A publish returns once buffered in
+//! the client; to acknowledge as the others do, every `--depth`-th push
+//! also flushes (a PING/PONG round trip: the server has everything before).
+//!
+//! JetStream: a topic is a stream on *memory* storage with interest
+//! retention (a message goes once every group has acked it, as dchan drops
+//! it once every group read it), a push an acknowledged publish, a group a
+//! durable pull consumer whose every message is acked before the pull
+//! returns (the ack is sent, not confirmed). The consumer allows as many
+//! unacknowledged messages as the group has pulls in flight (`max_ack_pending`)
+//! and each reader asks for `--depth` at a time, so "depth 1" is depth 1.
+//! Streams are deleted after each run.
 
 use bytes::Bytes;
 use dchan::bench::{Conn, Reader, Result, System, Workload, Writer};
 use futures_util::StreamExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// NATS core publish/subscribe.
 pub struct Core {
     addr: String,
+    /// Pushes per flush: the run's depth.
+    depth: u64,
 }
 
 impl Core {
-    pub fn new(addr: &str) -> Result<Core> {
+    pub fn new(addr: &str, depth: usize) -> Result<Core> {
         Ok(Core {
             addr: addr.to_string(),
+            depth: depth.max(1) as u64,
         })
     }
 }
@@ -25,11 +40,15 @@ impl Core {
 pub struct CoreConn {
     client: async_nats::Client,
     group: String,
+    depth: u64,
 }
 
 pub struct Publisher {
     client: async_nats::Client,
     subject: String,
+    /// Pushes so far; every `depth`-th one flushes.
+    pushed: AtomicU64,
+    depth: u64,
 }
 
 /// A subscription; pulls in flight take turns on it.
@@ -44,6 +63,10 @@ impl System for Core {
         "nats"
     }
 
+    fn variant(&self) -> Option<String> {
+        Some(format!("core, flush every {} publishes", self.depth))
+    }
+
     fn supports(&self, workload: Workload) -> bool {
         workload != Workload::Backlog
     }
@@ -52,10 +75,21 @@ impl System for Core {
         Ok(())
     }
 
+    async fn remove(&self, _topic: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Core NATS keeps nothing: once draining stopped, a message a group
+    /// has not received was dropped.
+    async fn pending(&self, _topic: &str, _group: &str) -> Option<u64> {
+        Some(0)
+    }
+
     async fn connect(&self, group: &str) -> Result<CoreConn> {
         Ok(CoreConn {
             client: async_nats::connect(&self.addr).await?,
             group: group_name(group),
+            depth: self.depth,
         })
     }
 }
@@ -77,6 +111,8 @@ impl Conn for CoreConn {
         Ok(Publisher {
             client: self.client.clone(),
             subject: topic.to_string(),
+            pushed: AtomicU64::new(0),
+            depth: self.depth,
         })
     }
 
@@ -96,6 +132,9 @@ impl Conn for CoreConn {
 impl Writer for Publisher {
     async fn push(&self, msg: Bytes) -> Result<()> {
         self.client.publish(self.subject.clone(), msg).await?;
+        if (self.pushed.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(self.depth) {
+            self.client.flush().await?;
+        }
         Ok(())
     }
 }
@@ -109,15 +148,25 @@ impl Reader for Subscription {
     }
 }
 
-/// NATS JetStream with durable pull consumers.
+/// NATS JetStream with durable pull consumers, on memory storage.
 pub struct JetStream {
     addr: String,
+    /// For creating and deleting streams, and asking consumers' state.
+    admin: async_nats::jetstream::Context,
+    /// Messages each reader asks for at a time: the run's depth.
+    batch: usize,
+    /// Unacknowledged messages a group's consumer may have out: its pulls
+    /// in flight.
+    ack_pending: i64,
 }
 
 impl JetStream {
-    pub fn new(addr: &str) -> Result<JetStream> {
+    pub async fn new(addr: &str, depth: usize, group_in_flight: usize) -> Result<JetStream> {
         Ok(JetStream {
             addr: addr.to_string(),
+            admin: async_nats::jetstream::new(async_nats::connect(addr).await?),
+            batch: depth.max(1),
+            ack_pending: group_in_flight.max(1) as i64,
         })
     }
 }
@@ -125,6 +174,8 @@ impl JetStream {
 pub struct JsConn {
     js: async_nats::jetstream::Context,
     group: String,
+    batch: usize,
+    ack_pending: i64,
 }
 
 pub struct JsPublisher {
@@ -144,27 +195,52 @@ impl System for JetStream {
         "jetstream"
     }
 
+    fn variant(&self) -> Option<String> {
+        Some(format!(
+            "memory storage, interest retention, batch {}, max_ack_pending {}",
+            self.batch, self.ack_pending
+        ))
+    }
+
     fn supports(&self, workload: Workload) -> bool {
         // Ten thousand streams and consumers take minutes to set up.
         workload != Workload::Conns
     }
 
     async fn create(&self, topic: &str, _capacity: u64) -> Result<()> {
-        let js = async_nats::jetstream::new(async_nats::connect(&self.addr).await?);
-        let _ = js.delete_stream(topic).await;
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: topic.to_string(),
-            subjects: vec![topic.to_string()],
-            ..Default::default()
-        })
-        .await?;
+        use async_nats::jetstream::stream::{Config, RetentionPolicy, StorageType};
+        let _ = self.admin.delete_stream(topic).await;
+        self.admin
+            .create_stream(Config {
+                name: topic.to_string(),
+                subjects: vec![topic.to_string()],
+                storage: StorageType::Memory,
+                retention: RetentionPolicy::Interest,
+                ..Default::default()
+            })
+            .await?;
         Ok(())
+    }
+
+    async fn remove(&self, topic: &str) -> Result<()> {
+        self.admin.delete_stream(topic).await?;
+        Ok(())
+    }
+
+    /// The group's consumer: messages not yet delivered plus those
+    /// delivered and not acked.
+    async fn pending(&self, topic: &str, group: &str) -> Option<u64> {
+        let stream = self.admin.get_stream(topic).await.ok()?;
+        let info = stream.consumer_info(group_name(group)).await.ok()?;
+        Some(info.num_pending + info.num_ack_pending as u64)
     }
 
     async fn connect(&self, group: &str) -> Result<JsConn> {
         Ok(JsConn {
             js: async_nats::jetstream::new(async_nats::connect(&self.addr).await?),
             group: group_name(group),
+            batch: self.batch,
+            ack_pending: self.ack_pending,
         })
     }
 }
@@ -189,12 +265,19 @@ impl Conn for JsConn {
                 pull::Config {
                     durable_name: Some(self.group.clone()),
                     ack_policy: AckPolicy::Explicit,
+                    max_ack_pending: self.ack_pending,
+                    memory_storage: true,
                     ..Default::default()
                 },
             )
             .await?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.batch)
+            .messages()
+            .await?;
         Ok(JsSubscription {
-            messages: tokio::sync::Mutex::new(consumer.messages().await?),
+            messages: tokio::sync::Mutex::new(messages),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Redis lists as a system under test: a topic is a list, a push is RPUSH,
 //! a pull is BLPOP. Lists have no reader groups (no fanout) and no capacity
-//! (producers never wait).
+//! (producers never wait). What a list still holds is its LLEN; its key is
+//! deleted after each run.
 
 use bytes::Bytes;
 use dchan::bench::{Conn, Reader, Result, System, Workload, Writer};
@@ -45,6 +46,17 @@ impl System for Redis {
         let mut c = self.client.get_multiplexed_async_connection().await?;
         cmd("DEL").arg(topic).query_async::<()>(&mut c).await?;
         Ok(())
+    }
+
+    async fn remove(&self, topic: &str) -> Result<()> {
+        let mut c = self.client.get_multiplexed_async_connection().await?;
+        cmd("DEL").arg(topic).query_async::<()>(&mut c).await?;
+        Ok(())
+    }
+
+    async fn pending(&self, topic: &str, _group: &str) -> Option<u64> {
+        let mut c = self.client.get_multiplexed_async_connection().await.ok()?;
+        cmd("LLEN").arg(topic).query_async(&mut c).await.ok()
     }
 
     async fn connect(&self, _group: &str) -> Result<RedisConn> {

@@ -16,8 +16,10 @@ pub struct BenchArgs {
     /// The server: tcp!HOST!PORT, HOST:PORT or unix!PATH.
     #[arg(long, env = "DCHAN_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
-    /// The 9P dialect to speak: 9p2000 (one Tread per message), 9p2000.u or 9p2000.L.
-    #[arg(long, default_value = "9p2000", value_parser = parse_dialect)]
+    /// The 9P dialect to speak: 9p2000.L (as Linux mounts and the CLI do:
+    /// a second Tread per message for the end-of-message zero), 9p2000.u,
+    /// or 9p2000 (one Tread per message).
+    #[arg(long, default_value = "9p2000.L", value_parser = parse_dialect)]
     pub dialect: Dialect,
     #[command(flatten)]
     pub opts: Options,

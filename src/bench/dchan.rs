@@ -3,10 +3,13 @@
 //! A connection is a [`Client`] attached as the reader group; a writer is
 //! one open data fid ([`Pusher`], which takes concurrent pushes); a reader is
 //! a pool of open data fids ([`Puller`]s, one pull in flight each), grown
-//! to as many as there are pulls in flight. Sessions speak plain 9P2000 by
-//! default: there a message shorter than the read's count takes one Tread,
-//! where .u and .L spend a second Tread on the end-of-message zero of the
-//! Linux read loop rule.
+//! to as many as there are pulls in flight (the warm-up fills the pool
+//! before the timed window). Sessions speak 9P2000.L by default, the dialect
+//! of Linux mounts and of the CLI: there a message takes a second Tread for
+//! the end-of-message zero of the Linux read loop rule, where plain 9P2000
+//! (`--dialect 9p2000`) takes one. A topic is removed through the root ctl
+//! file; what a group still holds is its `lag` plus `unacked` in the
+//! topic's ctl file.
 
 use std::sync::Arc;
 
@@ -57,6 +60,10 @@ impl System for Dchan {
         "dchan"
     }
 
+    fn variant(&self) -> Option<String> {
+        Some(format!("{}, memory", self.dialect.as_str()))
+    }
+
     async fn create(&self, topic: &str, capacity: u64) -> Result<()> {
         let settings = TopicSettings {
             capacity: Some(capacity),
@@ -64,6 +71,15 @@ impl System for Dchan {
         };
         self.admin.create(topic, &settings).await?;
         Ok(())
+    }
+
+    async fn remove(&self, topic: &str) -> Result<()> {
+        Ok(self.admin.remove(topic).await?)
+    }
+
+    async fn pending(&self, topic: &str, group: &str) -> Option<u64> {
+        let ctl = self.admin.ctl(topic).await.ok()?;
+        group_held(&ctl, group)
     }
 
     async fn connect(&self, group: &str) -> Result<DchanConn> {
@@ -110,5 +126,30 @@ impl Reader for Pullers {
         let msg = puller.next().await?;
         self.idle.lock().push(puller);
         msg.ok_or_else(|| "topic closed".into())
+    }
+}
+
+/// From a topic's ctl text, what `group` still holds: its `lag` (pushed,
+/// not yet read) plus `unacked` (delivered, not yet acknowledged), from the
+/// line `group "NAME" offset N lag N unacked N blocked N`.
+fn group_held(ctl: &str, group: &str) -> Option<u64> {
+    let quoted = format!("group {group:?} ");
+    let line = ctl.lines().find_map(|l| l.strip_prefix(&quoted))?;
+    let field = |key: &str| -> Option<u64> {
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == key)?;
+        words.next()?.parse().ok()
+    };
+    Some(field("lag")? + field("unacked")?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn group_held_reads_lag_and_unacked() {
+        let ctl = "capacity 1024\ngroup \"\" offset 7 lag 3 unacked 2 blocked 0\ngroup \"g1\" offset 9 lag 0 unacked 0 blocked 1\n";
+        assert_eq!(super::group_held(ctl, ""), Some(5));
+        assert_eq!(super::group_held(ctl, "g1"), Some(0));
+        assert_eq!(super::group_held(ctl, "g2"), None);
     }
 }

@@ -9,6 +9,11 @@
 //! pulls on separate fids. So with requests in flight, messages arriving
 //! further out of place than the in-flight window are counted, but only a
 //! run with one request in flight per side fails on them.
+//!
+//! A message acknowledged and never received is *lost* only when the system
+//! says it holds nothing more for the group; while it still holds some (or
+//! cannot say), the missing ones are *unfinished*: a slow system is not a
+//! lossy one ([`Verdict::settle`]).
 
 use std::time::Instant;
 
@@ -57,9 +62,13 @@ impl Tally {
         }
     }
 
-    /// Record one message; a malformed message is an error.
+    /// Record one message; a malformed message is an error. A warm-up
+    /// message is checked for shape and otherwise left out.
     pub fn record(&mut self, msg: &[u8]) -> Result<payload::Stamp> {
         let stamp = payload::decode(msg, self.size)?;
+        if stamp.is_warmup() {
+            return Ok(stamp);
+        }
         let now = self.epoch.elapsed().as_nanos() as u64;
         self.latency
             .saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
@@ -87,6 +96,17 @@ impl Tally {
     }
 }
 
+impl Tally {
+    /// Whether message `seq` of `producer` arrived.
+    pub fn has(&self, producer: u32, seq: u64) -> bool {
+        let Some(bits) = self.seen.get(producer as usize) else {
+            return false;
+        };
+        bits.get((seq / 64) as usize)
+            .is_some_and(|w| w & (1 << (seq % 64)) != 0)
+    }
+}
+
 /// The verdict on one group (or on the whole run, summed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Verdict {
@@ -94,7 +114,11 @@ pub struct Verdict {
     pub expected: u64,
     /// Distinct messages received.
     pub received: u64,
+    /// Acknowledged, not received, and no longer held by the system.
     pub lost: u64,
+    /// Acknowledged, not received, and still held by the system (or it
+    /// cannot say) when draining stopped.
+    pub unfinished: u64,
     pub duplicates: u64,
     pub reordered: u64,
     /// Messages received that no producer had been acknowledged for.
@@ -155,10 +179,26 @@ impl Verdict {
         v
     }
 
+    /// Messages received that a producer had been acknowledged for: what a
+    /// rate counts.
+    pub fn delivered(&self) -> u64 {
+        self.received - self.unexpected
+    }
+
+    /// Draining stopped with messages missing and the system holding `held`
+    /// more for this group (`None`: it cannot say): those it holds are
+    /// unfinished, only the rest lost.
+    pub fn settle(&mut self, held: Option<u64>) {
+        let unfinished = held.map_or(self.lost, |n| n.min(self.lost));
+        self.unfinished += unfinished;
+        self.lost -= unfinished;
+    }
+
     pub fn add(&mut self, other: &Verdict) {
         self.expected += other.expected;
         self.received += other.received;
         self.lost += other.lost;
+        self.unfinished += other.unfinished;
         self.duplicates += other.duplicates;
         self.reordered += other.reordered;
         self.unexpected += other.unexpected;
@@ -169,17 +209,27 @@ impl Verdict {
     /// is defined.
     pub fn is_clean(&self) -> bool {
         self.lost == 0
+            && self.unfinished == 0
             && self.duplicates == 0
             && self.unexpected == 0
             && (self.reordered == 0 || !self.ordered)
     }
 
-    /// What went wrong, for the error line.
+    /// What went wrong, for the error line: "unfinished: ..." when some
+    /// were still held, "N of M messages lost, ..." otherwise.
     pub fn describe(&self) -> String {
-        format!(
+        let counts = format!(
             "{} of {} messages lost, {} duplicated, {} out of order, {} unexpected",
             self.lost, self.expected, self.duplicates, self.reordered, self.unexpected
-        )
+        );
+        if self.unfinished > 0 {
+            format!(
+                "unfinished: {} of {} messages still held when draining stopped; {counts}",
+                self.unfinished, self.expected
+            )
+        } else {
+            counts
+        }
     }
 }
 
@@ -227,7 +277,18 @@ mod tests {
         assert_eq!(v.duplicates, 1);
         assert_eq!(v.reordered, 1, "4 after 6 is beyond a window of 1");
         assert_eq!(v.unexpected, 1);
+        assert_eq!(v.delivered(), 6, "0, 1, 2, 3, 4, 6");
         assert!(!v.is_clean());
+        let mut held = v.clone();
+        held.settle(Some(1));
+        assert_eq!((held.lost, held.unfinished), (1, 1));
+        assert!(
+            held.describe().starts_with("unfinished: 1 of 8"),
+            "{held:?}"
+        );
+        let mut unknown = v.clone();
+        unknown.settle(None);
+        assert_eq!((unknown.lost, unknown.unfinished), (0, 2));
         let unordered = Verdict {
             ordered: false,
             reordered: 3,

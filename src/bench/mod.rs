@@ -10,8 +10,13 @@
 //! Every message carries its producer, its sequence number within that
 //! producer and the time it was sent (`payload`), so every workload checks
 //! what arrived (count, order within a producer, no duplicates) and reports a
-//! loss as an error, never as a slow result (`ledger`). Results are one JSON
-//! line each (`report`).
+//! loss as an error, never as a slow result (`ledger`). Rates count what was
+//! delivered, never what was pushed. Once the producers stop, readers drain
+//! for as long as messages keep coming; a message still missing then is
+//! "lost" only if the system says it holds nothing more for the group
+//! ([`System::pending`]), and "unfinished" otherwise. Every run warms up
+//! untimed first, and removes what it created (topics, streams, keys) at
+//! the end. Results are one JSON line each (`report`).
 //!
 //! Modules:
 //! - `payload`  — the bytes of a benchmark message and their parsing.
@@ -100,10 +105,20 @@ pub struct Options {
     /// The server's process id, to report its CPU time and memory from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// How long to wait for the last messages once producers stopped, before
-    /// declaring the missing ones lost, in seconds.
+    /// Once producers stopped: how long readers may go without receiving
+    /// anything before draining stops, in seconds. What is missing then is
+    /// lost if the system holds nothing more for the group, unfinished if
+    /// it does or cannot say.
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
+    /// The longest drain in all, in seconds, however steadily messages
+    /// still arrive; what is missing then is unfinished.
+    #[arg(long, default_value_t = 60.0)]
+    pub drain_max: f64,
+    /// Untimed warm-up messages per producer before the timed window (flows
+    /// and backlog), and untimed round trips (rendezvous).
+    #[arg(long, default_value_t = 2000)]
+    pub warmup: u64,
     /// Prefix of the topic names this run creates (so runs do not collide).
     #[arg(long, default_value = "bench")]
     pub prefix: String,
@@ -116,6 +131,28 @@ impl Options {
     pub fn drain(&self) -> Duration {
         Duration::from_secs_f64(self.drain)
     }
+    pub fn drain_max(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_max.max(self.drain))
+    }
+    /// Requests in flight per reader group: the depth of each of its readers
+    /// (queue: `--consumers` of them), which a peer that bounds a group's
+    /// unacknowledged messages uses as that bound.
+    pub fn group_in_flight(&self, workload: Workload) -> usize {
+        let readers = match workload {
+            Workload::Queue => self.consumers.max(1),
+            _ => 1,
+        };
+        self.reader_depth(workload) * readers
+    }
+
+    /// Requests in flight per producer and per reader: `--depth`, and at
+    /// least 64 for backlog, which pushes and drains a million.
+    pub fn reader_depth(&self, workload: Workload) -> usize {
+        match workload {
+            Workload::Backlog => self.depth.max(64),
+            _ => self.depth.max(1),
+        }
+    }
 }
 
 /// A message system under test.
@@ -124,6 +161,12 @@ pub trait System: Send + Sync + 'static {
 
     /// The name results carry: "dchan", "redis", "nats", ...
     fn name(&self) -> &'static str;
+
+    /// How it is set up where that changes the work (dialect, storage,
+    /// acknowledgement), for the report's `variant`.
+    fn variant(&self) -> Option<String> {
+        None
+    }
 
     /// Whether this system can run the workload with its own semantics; the
     /// driver reports the others as not applicable rather than faking them.
@@ -143,6 +186,18 @@ pub trait System: Send + Sync + 'static {
 
     /// A new connection whose readers belong to reader group `group`.
     fn connect(&self, group: &str) -> impl Future<Output = Result<Self::Conn>> + Send;
+
+    /// Delete `topic` and everything the system keeps for it (a dchan
+    /// topic, a JetStream stream, a Redis key), once the run is over.
+    fn remove(&self, topic: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// How many messages the system still holds for `group` on `topic`
+    /// (queued or delivered and unacknowledged), where it can say: `Some(0)`
+    /// means a message the group has not received is lost. `None`: the
+    /// system cannot tell, so a missing message is unfinished, not lost.
+    fn pending(&self, _topic: &str, _group: &str) -> impl Future<Output = Option<u64>> + Send {
+        async { None }
+    }
 }
 
 /// One connection to a system.

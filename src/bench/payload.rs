@@ -19,6 +19,10 @@ const HEADER: usize = 36;
 /// The smallest message size accepted.
 pub const MIN_SIZE: usize = 48;
 
+/// The producer number of warm-up messages: pushed and pulled before the
+/// timed window, and left out of the tally.
+pub const WARMUP: u32 = 99_999;
+
 /// What a message says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
@@ -26,6 +30,13 @@ pub struct Stamp {
     pub seq: u64,
     /// Nanoseconds since the run's epoch when the push began.
     pub sent_ns: u64,
+}
+
+impl Stamp {
+    /// A warm-up message, not part of the measured run.
+    pub fn is_warmup(&self) -> bool {
+        self.producer == WARMUP
+    }
 }
 
 /// Build a message of `size` bytes (`size >= MIN_SIZE`).

@@ -12,6 +12,10 @@ use super::{Options, Workload};
 pub struct Report {
     pub workload: Workload,
     pub system: String,
+    /// How this system was set up, where it has choices that change the
+    /// work (dchan's 9P dialect, JetStream's storage, NATS core's flushes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     pub size: usize,
     pub depth: usize,
     pub producers: usize,
@@ -20,12 +24,14 @@ pub struct Report {
     /// Connections held open (conns).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conns: Option<usize>,
-    /// Messages each group received (= pushed when nothing was lost).
+    /// Messages each group received that a producer had been acknowledged
+    /// for, warm-up excluded (= pushed when nothing was lost or unfinished).
     pub messages: u64,
-    /// Seconds from the first push to the last message received.
+    /// Seconds from the first timed push to the last message received.
     pub secs: f64,
-    /// Messages per second per group: for fanout, each reader's rate; for
-    /// queue, the whole group's; for rendezvous, round trips per second.
+    /// Messages delivered per second per group: for fanout, each reader's
+    /// rate; for queue, the whole group's; for rendezvous, round trips per
+    /// second. Never computed from what was pushed.
     pub msgs_per_sec: f64,
     /// `msgs_per_sec` times the message size, in MB (10^6 bytes) per second.
     pub mb_per_sec: f64,
@@ -36,10 +42,16 @@ pub struct Report {
     /// Server CPU (user + system) seconds per million messages delivered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_s_per_m: Option<f64>,
-    /// Server resident memory at the end (conns: with every reader blocked).
+    /// Server resident memory at the end (conns: with every reader blocked;
+    /// backlog: with every message held), whatever earlier runs left.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_rss_mib: Option<f64>,
-    /// Bytes of server memory per queued message beyond its payload (backlog).
+    /// How much the server's resident memory grew during this run: from
+    /// before its first connection to the point `server_rss_mib` is taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_rss_growth_mib: Option<f64>,
+    /// Bytes of server memory growth per queued message beyond its payload
+    /// (backlog; memory only: a system that keeps them on disk shows less).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overhead_bytes_per_msg: Option<f64>,
     /// Milliseconds from the first push until every reader had its message (conns).
@@ -64,6 +76,7 @@ impl Report {
         Report {
             workload,
             system: system.to_string(),
+            variant: None,
             size: opts.size,
             depth: opts.depth,
             producers,
@@ -79,6 +92,7 @@ impl Report {
             p999_us: 0.0,
             server_cpu_s_per_m: None,
             server_rss_mib: None,
+            server_rss_growth_mib: None,
             overhead_bytes_per_msg: None,
             deliver_all_ms: None,
             check: Verdict::default(),
@@ -86,8 +100,8 @@ impl Report {
         }
     }
 
-    /// Fill in rates and latencies from a count, a duration and a histogram
-    /// of nanoseconds.
+    /// Fill in rates and latencies from a count of messages delivered (per
+    /// group), a duration and a histogram of nanoseconds.
     pub fn measured(&mut self, messages: u64, elapsed: Duration, latency: &Histogram<u64>) {
         let secs = elapsed.as_secs_f64().max(1e-9);
         self.messages = messages;
@@ -102,15 +116,29 @@ impl Report {
         }
     }
 
-    /// Fill in the server's CPU per million deliveries since `before`, and
-    /// its memory now.
-    pub fn server(&mut self, before: Option<ProcStat>, after: Option<ProcStat>, deliveries: u64) {
+    /// Fill in the server's CPU per million deliveries between `before`
+    /// and `after` (the timed window and its drain).
+    pub fn server_cpu(
+        &mut self,
+        before: Option<ProcStat>,
+        after: Option<ProcStat>,
+        deliveries: u64,
+    ) {
         if let (Some(b), Some(a), true) = (before, after, deliveries > 0) {
             let cpu = (a.cpu_secs - b.cpu_secs).max(0.0);
             self.server_cpu_s_per_m = Some(round(cpu * 1e6 / deliveries as f64, 3));
         }
-        if let Some(a) = after {
-            self.server_rss_mib = Some(round(a.rss_bytes as f64 / (1 << 20) as f64, 1));
+    }
+
+    /// Fill in the server's memory at `at`, and its growth since `start`
+    /// (before the run's first connection).
+    pub fn server_memory(&mut self, start: Option<ProcStat>, at: Option<ProcStat>) {
+        let mib = |bytes: f64| round(bytes / (1 << 20) as f64, 1);
+        if let Some(a) = at {
+            self.server_rss_mib = Some(mib(a.rss_bytes as f64));
+            if let Some(s) = start {
+                self.server_rss_growth_mib = Some(mib(a.rss_bytes as f64 - s.rss_bytes as f64));
+            }
         }
     }
 

@@ -117,6 +117,11 @@ impl System for Tcp {
         Ok(())
     }
 
+    async fn remove(&self, topic: &str) -> Result<()> {
+        self.sockets.lock().remove(topic);
+        Ok(())
+    }
+
     async fn connect(&self, _group: &str) -> Result<TcpConn> {
         Ok(TcpConn {
             addr: self.addr.clone(),

@@ -1,15 +1,22 @@
 //! The workloads, written once against the [`System`] traits: rendezvous,
 //! the flows (pipe, queue, fanout), conns and backlog.
 //!
-//! Producers stop pushing after `--secs`; readers then take what is left
-//! until every group has every acknowledged message, or until `--drain`
-//! passes without it, and whatever is missing then is reported as lost.
+//! Each run first warms up untimed (`--warmup` messages per producer
+//! through the same connections, so every system's connections, buffers and
+//! dchan's pool of open data files are in place), then times its window.
+//! Producers stop pushing after `--secs`; readers then take what is left for
+//! as long as messages keep arriving (`--drain` of silence ends it, and
+//! `--drain-max` in all). A group still missing messages then asks the
+//! system what it holds for it: those held are unfinished, only the rest
+//! lost. Rates count what was delivered. Every topic the run made is
+//! removed at the end.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::ledger::{Tally, Verdict};
@@ -21,14 +28,15 @@ use super::{Conn, Options, Reader, Result, System, Workload, Writer};
 /// up in the report's `error`; the caller decides how loudly to fail.
 pub async fn run<S: System>(system: &S, workload: Workload, opts: &Options) -> Report {
     let mut report = Report::new(workload, system.name(), opts);
+    report.variant = system.variant();
     if !system.supports(workload) {
         report.error = Some(format!("n/a: {} has no such workload", system.name()));
         return report;
     }
+    let names = Names::new(&opts.prefix, workload);
     let result = if opts.size < payload::MIN_SIZE {
         Err(format!("--size must be at least {} bytes", payload::MIN_SIZE).into())
     } else {
-        let names = Names::new(&opts.prefix, workload);
         match workload {
             Workload::Rendezvous => rendezvous(system, opts, &names, &mut report).await,
             Workload::Pipe => flow(system, opts, &names, Shape::pipe(opts), &mut report).await,
@@ -38,7 +46,8 @@ pub async fn run<S: System>(system: &S, workload: Workload, opts: &Options) -> R
             Workload::Backlog => backlog(system, opts, &names, &mut report).await,
         }
     };
-    match result {
+    let cleanup = names.remove_all(system).await;
+    match result.and(cleanup) {
         Err(e) => report.error = Some(e.to_string()),
         Ok(()) if !report.check.is_clean() => report.error = Some(report.check.describe()),
         Ok(()) => {}
@@ -46,9 +55,13 @@ pub async fn run<S: System>(system: &S, workload: Workload, opts: &Options) -> R
     report
 }
 
-/// Topic names unique to this run, so runs against one server never meet.
+/// Topic names unique to this run, so runs against one server never meet,
+/// and the topics it made, to remove at the end.
 struct Names {
     base: String,
+    /// Every topic `create` made. A parking_lot mutex, never held across
+    /// an `.await`.
+    created: Mutex<Vec<String>>,
 }
 
 impl Names {
@@ -65,33 +78,56 @@ impl Names {
                 RUN.fetch_add(1, Ordering::Relaxed)
             )
             .to_lowercase(),
+            created: Mutex::new(Vec::new()),
         }
     }
 
     fn topic(&self, suffix: &str) -> String {
         format!("{}-{suffix}", self.base)
     }
+
+    /// Make topic `suffix` with `capacity`, remembering it for removal.
+    async fn create<S: System>(&self, sys: &S, suffix: &str, capacity: u64) -> Result<String> {
+        let topic = self.topic(suffix);
+        self.created.lock().push(topic.clone());
+        sys.create(&topic, capacity).await?;
+        Ok(topic)
+    }
+
+    /// Remove every topic this run made; the first failure, if any.
+    async fn remove_all<S: System>(&self, sys: &S) -> Result<()> {
+        let topics = std::mem::take(&mut *self.created.lock());
+        let results: Vec<Result<()>> = futures_util::stream::iter(&topics)
+            .map(|t| sys.remove(t))
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        let failed = results.into_iter().filter_map(|r| r.err()).count();
+        match failed {
+            0 => Ok(()),
+            n => Err(format!("cleanup: {n} of {} topics not removed", topics.len()).into()),
+        }
+    }
 }
 
 /// Rendezvous: each round, the producer pushes to `a` while pulling from `b`;
 /// the consumer pulls from `a` and pushes the message back to `b`. The
-/// latency is the producer's round trip.
+/// latency is the producer's round trip. `--warmup` rounds go untimed first.
 async fn rendezvous<S: System>(
     sys: &S,
     opts: &Options,
     names: &Names,
     report: &mut Report,
 ) -> Result<()> {
-    let (a, b) = (names.topic("a"), names.topic("b"));
-    sys.create(&a, 0).await?;
-    let answers = if sys.echoes() {
-        &a
+    let start_mem = ProcStat::read(opts.server_pid);
+    let a = names.create(sys, "a", 0).await?;
+    let b = if sys.echoes() {
+        a.clone()
     } else {
-        sys.create(&b, 0).await?;
-        &b
+        names.create(sys, "b", 0).await?
     };
     let producer = sys.connect("").await?;
-    let (out, back) = (producer.writer(&a).await?, producer.reader(answers).await?);
+    let (out, back) = (producer.writer(&a).await?, producer.reader(&b).await?);
     let (done, _) = watch::channel(false);
     let mut consumer_task = None;
     let mut consumer_conn = None;
@@ -104,24 +140,38 @@ async fn rendezvous<S: System>(
 
     let epoch = Instant::now();
     let mut tally = Tally::new(opts.size, 0, epoch);
-    let stop = stop_after(opts.secs());
-    let before = ProcStat::read(opts.server_pid);
-    let mut seq = 0;
-    let result: Result<()> = async {
-        while !stop.load(Ordering::Relaxed) {
-            let msg = payload::encode(stamp(0, seq, epoch), opts.size);
+    let round = |producer: u32, seq: u64| {
+        let msg = payload::encode(stamp(producer, seq, epoch), opts.size);
+        let (out, back) = (&out, &back);
+        async move {
             let (pushed, answer) = tokio::join!(out.push(msg), back.pull());
             pushed?;
-            let got = tally.record(&answer?)?;
-            if got.seq != seq {
+            let answer = answer?;
+            let got = payload::decode(&answer, opts.size)?;
+            if (got.producer, got.seq) != (producer, seq) {
                 return Err(format!("sent message {seq}, got back {}", got.seq).into());
             }
+            Ok::<_, super::Error>(answer)
+        }
+    };
+    let mut seq = 0;
+    let mut before = None;
+    let mut start = Duration::ZERO;
+    let result: Result<()> = async {
+        for w in 0..opts.warmup {
+            round(payload::WARMUP, w).await?;
+        }
+        before = ProcStat::read(opts.server_pid);
+        start = epoch.elapsed();
+        let stop = stop_after(opts.secs());
+        while !stop.load(Ordering::Relaxed) {
+            tally.record(&round(0, seq).await?)?;
             seq += 1;
         }
         Ok(())
     }
     .await;
-    let elapsed = epoch.elapsed();
+    let elapsed = epoch.elapsed().saturating_sub(start);
     let after = ProcStat::read(opts.server_pid);
     done.send_replace(true);
     if let Some(task) = consumer_task {
@@ -130,8 +180,9 @@ async fn rendezvous<S: System>(
     drop(consumer_conn);
     result?;
     report.check = Verdict::of_group(std::slice::from_ref(&tally), &[seq], true);
-    report.measured(seq, elapsed, &tally.latency);
-    report.server(before, after, seq * 2);
+    report.measured(report.check.delivered(), elapsed, &tally.latency);
+    report.server_cpu(before, after, seq * 2);
+    report.server_memory(start_mem, after);
     Ok(())
 }
 
@@ -199,15 +250,16 @@ impl Shape {
 
 /// How far one group has got, shared by its readers and the driver.
 struct Progress {
-    /// Messages the group's readers received so far.
+    /// Timed messages the group's readers received so far.
     received: AtomicU64,
+    /// Warm-up messages the group's readers received so far.
+    warm: AtomicU64,
     /// How many the group must receive: unknown (u64::MAX) until the
     /// producers stopped.
     target: AtomicU64,
-    /// Nanoseconds since the epoch of the latest arrival.
+    /// Nanoseconds since the epoch of the latest timed arrival.
     last_ns: AtomicU64,
-    /// Set once the group has everything, or the drain time ran out: the
-    /// readers stop.
+    /// Set once the driver is done with the group: the readers stop.
     done: watch::Sender<bool>,
 }
 
@@ -215,33 +267,76 @@ impl Progress {
     fn new() -> Progress {
         Progress {
             received: AtomicU64::new(0),
+            warm: AtomicU64::new(0),
             target: AtomicU64::new(u64::MAX),
             last_ns: AtomicU64::new(0),
             done: watch::channel(false).0,
         }
     }
 
-    /// A reader got a message (SeqCst pairs with `expect`, so one of the two
-    /// sees the other and the group finishes).
+    /// A reader got a timed message.
     fn arrived(&self, at_ns: u64) {
         self.last_ns.fetch_max(at_ns, Ordering::Relaxed);
-        let got = self.received.fetch_add(1, Ordering::SeqCst) + 1;
-        if got >= self.target.load(Ordering::SeqCst) {
-            self.done.send_replace(true);
-        }
+        self.received.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The producers stopped, having pushed `total`.
-    fn expect(&self, total: u64) {
-        self.target.store(total, Ordering::SeqCst);
-        if self.received.load(Ordering::SeqCst) >= total {
-            self.done.send_replace(true);
-        }
+    /// Whether the group has all it must receive.
+    fn complete(&self) -> bool {
+        self.received.load(Ordering::Relaxed) >= self.target.load(Ordering::Relaxed)
     }
 }
 
-/// Pipe, queue and fanout: producers push for `--secs`, every group's readers
-/// take everything.
+/// Wait until `count` (summed over groups) reaches `want`, or stops moving
+/// for `idle`, or `limit` passes; whether it got there.
+async fn await_count(count: impl Fn() -> (u64, bool), idle: Duration, limit: Duration) -> bool {
+    let begin = tokio::time::Instant::now();
+    let (mut seen, mut moved) = (count().0, begin);
+    loop {
+        let (now, complete) = count();
+        if complete {
+            return true;
+        }
+        let t = tokio::time::Instant::now();
+        if now != seen {
+            (seen, moved) = (now, t);
+        }
+        if t - moved >= idle || t - begin >= limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Drain: wait while every group still gets messages, then for each group
+/// missing some, ask the system what it still holds. Returns, per group,
+/// `None` if complete, else what the system holds (`Some(None)`: cannot say).
+async fn drain<S: System>(
+    sys: &S,
+    topic: &str,
+    group_names: &[String],
+    progress: &[Arc<Progress>],
+    opts: &Options,
+) -> Vec<Option<Option<u64>>> {
+    let count = || {
+        let got = progress
+            .iter()
+            .map(|p| p.received.load(Ordering::Relaxed))
+            .sum();
+        (got, progress.iter().all(|p| p.complete()))
+    };
+    await_count(count, opts.drain(), opts.drain_max()).await;
+    let mut held = Vec::new();
+    for (p, g) in progress.iter().zip(group_names) {
+        held.push(match p.complete() {
+            true => None,
+            false => Some(sys.pending(topic, g).await),
+        });
+    }
+    held
+}
+
+/// Pipe, queue and fanout: warm up, then producers push for `--secs`, every
+/// group's readers take everything.
 async fn flow<S: System>(
     sys: &S,
     opts: &Options,
@@ -249,10 +344,10 @@ async fn flow<S: System>(
     shape: Shape,
     report: &mut Report,
 ) -> Result<()> {
-    let topic = names.topic("t");
-    sys.create(&topic, opts.capacity).await?;
-    let depth = opts.depth.max(1) as u64;
-    let window = (depth - 1) + (depth - 1) * shape.consumers_per_group as u64;
+    let start_mem = ProcStat::read(opts.server_pid);
+    let topic = names.create(sys, "t", opts.capacity).await?;
+    let depth = opts.depth.max(1);
+    let window = (depth as u64 - 1) * (1 + shape.consumers_per_group as u64);
     let epoch = Instant::now();
 
     // Readers first, so that every group exists before the first push.
@@ -268,18 +363,56 @@ async fn flow<S: System>(
     let mut writers = Vec::new();
     for _ in 0..shape.producers {
         let conn = sys.connect("").await?;
-        writers.push(conn.writer(&topic).await?);
+        writers.push(Arc::new(conn.writer(&topic).await?));
         conns.push(conn);
     }
 
     let progress: Vec<Arc<Progress>> = (0..shape.groups)
         .map(|_| Arc::new(Progress::new()))
         .collect();
+    let group_names: Vec<String> = (0..shape.groups).map(|g| shape.group_name(g)).collect();
     let mut consumers = Vec::new();
     for (g, reader) in readers {
         let tally = Tally::new(opts.size, window, epoch);
-        let task = consume(reader, opts.depth.max(1), tally, progress[g].clone(), epoch);
+        let task = consume(reader, depth, tally, progress[g].clone(), epoch);
         consumers.push((g, tokio::spawn(task)));
+    }
+
+    // Warm-up: the same pushes and pulls, untimed, until every group has
+    // every warm-up message (or they stop coming).
+    let never = Arc::new(AtomicBool::new(false));
+    let warmups = writers.iter().map(|w| {
+        produce(
+            w.clone(),
+            payload::WARMUP,
+            opts.size,
+            depth,
+            epoch,
+            never.clone(),
+            opts.warmup,
+        )
+    });
+    let mut failure = None;
+    for r in futures_util::future::join_all(warmups).await {
+        if let Err(e) = r {
+            failure.get_or_insert(e);
+        }
+    }
+    let warm_target = opts.warmup * shape.producers as u64;
+    let warm_count = || {
+        let got = progress
+            .iter()
+            .map(|p| p.warm.load(Ordering::Relaxed))
+            .sum();
+        (
+            got,
+            progress
+                .iter()
+                .all(|p| p.warm.load(Ordering::Relaxed) >= warm_target),
+        )
+    };
+    if failure.is_none() {
+        await_count(warm_count, opts.drain(), opts.drain_max()).await;
     }
 
     let before = ProcStat::read(opts.server_pid);
@@ -293,15 +426,15 @@ async fn flow<S: System>(
                 w,
                 id as u32,
                 opts.size,
-                opts.depth.max(1),
+                depth,
                 epoch,
                 stop.clone(),
+                u64::MAX,
             );
             tokio::spawn(task)
         })
         .collect();
     let mut pushed = Vec::new();
-    let mut failure = None;
     for p in producers {
         match join(p).await {
             Ok(n) => pushed.push(n),
@@ -313,13 +446,10 @@ async fn flow<S: System>(
     }
     let total: u64 = pushed.iter().sum();
     for p in &progress {
-        p.expect(total);
+        p.target.store(total, Ordering::Relaxed);
     }
-    // Wait for every group to have everything, or for the drain time.
-    let deadline = tokio::time::Instant::now() + opts.drain();
+    let held = drain(sys, &topic, &group_names, &progress, opts).await;
     for p in &progress {
-        let mut done = p.done.subscribe();
-        let _ = tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await;
         p.done.send_replace(true);
     }
     let after = ProcStat::read(opts.server_pid);
@@ -340,8 +470,12 @@ async fn flow<S: System>(
 
     let mut verdict = Verdict::default();
     let mut latency = super::ledger::histogram();
-    for group in &tallies {
-        verdict.add(&Verdict::of_group(group, &pushed, depth == 1));
+    for (group, held) in tallies.iter().zip(held) {
+        let mut v = Verdict::of_group(group, &pushed, depth == 1);
+        if let Some(held) = held {
+            v.settle(held);
+        }
+        verdict.add(&v);
         for t in group {
             latency.add(&t.latency).expect("same histogram bounds");
         }
@@ -352,26 +486,30 @@ async fn flow<S: System>(
         .max()
         .unwrap_or(0);
     let elapsed = Duration::from_nanos(last).saturating_sub(start);
+    let delivered = verdict.delivered();
     report.check = verdict;
-    report.measured(total, elapsed, &latency);
-    report.server(before, after, total * shape.groups as u64);
+    report.measured(delivered / shape.groups as u64, elapsed, &latency);
+    report.server_cpu(before, after, delivered);
+    report.server_memory(start_mem, after);
     Ok(())
 }
 
-/// One producer: keep `depth` pushes in flight until told to stop; returns
-/// how many were acknowledged (sequence numbers `0..n`).
+/// One producer: keep `depth` pushes in flight until told to stop or
+/// `limit` are pushed; returns how many were acknowledged (sequence numbers
+/// `0..n`).
 async fn produce<W: Writer>(
-    writer: W,
+    writer: Arc<W>,
     id: u32,
     size: usize,
     depth: usize,
     epoch: Instant,
     stop: Arc<AtomicBool>,
+    limit: u64,
 ) -> Result<u64> {
     let mut seq = 0;
     let mut in_flight = FuturesUnordered::new();
     loop {
-        while in_flight.len() < depth && !stop.load(Ordering::Relaxed) {
+        while in_flight.len() < depth && seq < limit && !stop.load(Ordering::Relaxed) {
             let msg = payload::encode(stamp(id, seq, epoch), size);
             in_flight.push(writer.push(msg));
             seq += 1;
@@ -401,8 +539,11 @@ async fn consume<R: Reader>(
             biased;
             _ = done.wait_for(|d| *d) => return Ok(tally),
             Some(msg) = pulls.next() => {
-                tally.record(&msg?)?;
-                progress.arrived(epoch.elapsed().as_nanos() as u64);
+                if tally.record(&msg?)?.is_warmup() {
+                    progress.warm.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    progress.arrived(epoch.elapsed().as_nanos() as u64);
+                }
                 pulls.push(reader.pull());
             }
         }
@@ -410,7 +551,8 @@ async fn consume<R: Reader>(
 }
 
 /// Conns: `--conns` connections each blocked in a read on its own topic,
-/// then one push to each from one connection.
+/// then one push to each from one connection. Untimed set-up (every
+/// connection made and its read blocked in the server) is its warm-up.
 async fn conns<S: System>(
     sys: &S,
     opts: &Options,
@@ -418,22 +560,22 @@ async fn conns<S: System>(
     report: &mut Report,
 ) -> Result<()> {
     let n = opts.conns;
-    let topics: Vec<String> = (0..n).map(|i| names.topic(&format!("c{i}"))).collect();
+    let start_mem = ProcStat::read(opts.server_pid);
     let parallel = 64;
-    futures_util::stream::iter(&topics)
-        .map(|t| sys.create(t, 0))
-        .buffer_unordered(parallel)
+    let topics: Vec<String> = futures_util::stream::iter(0..n)
+        .map(|i| async move { names.create(sys, &format!("c{i}"), 0).await })
+        .buffered(parallel)
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect::<Result<Vec<()>>>()?;
+        .collect::<Result<_>>()?;
     let opened: Vec<(S::Conn, <S::Conn as Conn>::Reader)> = futures_util::stream::iter(&topics)
         .map(|t| async move {
             let conn = sys.connect("").await?;
             let reader = conn.reader(t).await?;
             Ok::<_, super::Error>((conn, reader))
         })
-        .buffer_unordered(parallel)
+        .buffered(parallel)
         .collect::<Vec<_>>()
         .await
         .into_iter()
@@ -475,76 +617,124 @@ async fn conns<S: System>(
 
     let mut tally = Tally::new(opts.size, n as u64, epoch);
     let mut last = start;
-    let deadline = tokio::time::Instant::now() + opts.drain();
+    let (begin, mut moved) = (tokio::time::Instant::now(), tokio::time::Instant::now());
     while tally.received < n as u64 {
+        let deadline = (moved + opts.drain()).min(begin + opts.drain_max());
         match tokio::time::timeout_at(deadline, arrived.recv()).await {
             Ok(Some((msg, at))) => {
                 tally.record(&msg?)?;
                 last = last.max(at);
+                moved = tokio::time::Instant::now();
             }
             Ok(None) | Err(_) => break,
         }
     }
     let after = ProcStat::read(opts.server_pid);
-    drop(conns);
-    report.check = Verdict::of_group(std::slice::from_ref(&tally), &[n as u64], false);
-    let elapsed = last.saturating_sub(start);
-    report.measured(tally.received, elapsed, &tally.latency);
-    report.server(before, after, n as u64);
-    if let Some(b) = blocked {
-        report.server_rss_mib = Some((b.rss_bytes as f64 / (1 << 20) as f64 * 10.0).round() / 10.0);
+    let mut check = Verdict::of_group(std::slice::from_ref(&tally), &[n as u64], false);
+    if check.lost > 0 {
+        // What the system still holds on the topics whose reader got nothing.
+        let got: std::collections::HashSet<u64> =
+            (0..n as u64).filter(|&i| tally.has(0, i)).collect();
+        let missing = topics
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !got.contains(&(*i as u64)));
+        let held: Vec<Option<u64>> = futures_util::stream::iter(missing)
+            .map(|(_, t)| sys.pending(t, ""))
+            .buffer_unordered(parallel)
+            .collect()
+            .await;
+        check.settle(held.into_iter().sum());
     }
+    drop(conns);
+    let elapsed = last.saturating_sub(start);
+    report.measured(check.delivered(), elapsed, &tally.latency);
+    report.check = check;
+    report.server_cpu(before, after, n as u64);
+    report.server_memory(start_mem, blocked);
     report.deliver_all_ms = Some((elapsed.as_secs_f64() * 1e5).round() / 100.0);
     Ok(())
 }
 
 /// Backlog: `--count` messages pushed with a group that takes none of them,
-/// the server's memory measured, then all drained and checked.
+/// the server's memory growth measured, then all drained and checked. The
+/// warm-up pushes and drains `--warmup` messages through the same topic
+/// first.
 async fn backlog<S: System>(
     sys: &S,
     opts: &Options,
     names: &Names,
     report: &mut Report,
 ) -> Result<()> {
-    let topic = names.topic("t");
     let count = opts.count;
-    sys.create(&topic, count).await?;
+    let start_mem = ProcStat::read(opts.server_pid);
+    let topic = names.create(sys, "t", count.max(opts.warmup)).await?;
     let reader_conn = sys.connect("").await?;
     let reader = reader_conn.reader(&topic).await?;
     let writer_conn = sys.connect("").await?;
     let writer = writer_conn.writer(&topic).await?;
 
     let epoch = Instant::now();
-    let before = ProcStat::read(opts.server_pid);
-    let depth = opts.depth.max(64);
-    let pushes =
-        (0..count).map(|seq| writer.push(payload::encode(stamp(0, seq, epoch), opts.size)));
-    futures_util::stream::iter(pushes)
+    let depth = opts.reader_depth(Workload::Backlog);
+    let writer = &writer;
+    let push_all = |producer: u32, n: u64| {
+        let pushes = (0..n)
+            .map(move |seq| writer.push(payload::encode(stamp(producer, seq, epoch), opts.size)));
+        futures_util::stream::iter(pushes)
+            .buffer_unordered(depth)
+            .collect::<Vec<_>>()
+    };
+    push_all(payload::WARMUP, opts.warmup)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>>>()?;
+    let warm: Vec<Result<bytes::Bytes>> = futures_util::stream::iter(0..opts.warmup)
+        .map(|_| reader.pull())
         .buffer_unordered(depth)
-        .collect::<Vec<_>>()
+        .collect()
+        .await;
+    for msg in warm {
+        if !payload::decode(&msg?, opts.size)?.is_warmup() {
+            return Err("a timed message arrived during the warm-up".into());
+        }
+    }
+
+    let before = ProcStat::read(opts.server_pid);
+    push_all(0, count)
         .await
         .into_iter()
         .collect::<Result<Vec<()>>>()?;
     let full = ProcStat::read(opts.server_pid);
 
     let progress = Arc::new(Progress::new());
-    progress.expect(count);
+    progress.target.store(count, Ordering::Relaxed);
     let tally = Tally::new(opts.size, (depth - 1) as u64 * 2, epoch);
     let task = tokio::spawn(consume(reader, depth, tally, progress.clone(), epoch));
-    let _ = tokio::time::timeout(opts.drain(), progress.done.subscribe().wait_for(|d| *d)).await;
+    let held = drain(
+        sys,
+        &topic,
+        &[String::new()],
+        std::slice::from_ref(&progress),
+        opts,
+    )
+    .await;
     progress.done.send_replace(true);
     let tally = join(task).await?;
     let after = ProcStat::read(opts.server_pid);
     drop((reader_conn, writer_conn));
 
-    report.check = Verdict::of_group(std::slice::from_ref(&tally), &[count], false);
+    let mut check = Verdict::of_group(std::slice::from_ref(&tally), &[count], false);
+    if let Some(Some(held)) = held.first() {
+        check.settle(*held);
+    }
     let elapsed = Duration::from_nanos(progress.last_ns.load(Ordering::Relaxed));
-    report.measured(count, elapsed, &tally.latency);
-    report.server(before, after, count);
+    report.measured(check.delivered(), elapsed, &tally.latency);
+    report.check = check;
+    report.server_cpu(before, after, count);
+    report.server_memory(start_mem, full);
     if let (Some(b), Some(f)) = (before, full) {
         let grown = f.rss_bytes as f64 - b.rss_bytes as f64;
         report.overhead_bytes_per_msg = Some((grown / count as f64 - opts.size as f64).round());
-        report.server_rss_mib = Some((f.rss_bytes as f64 / (1 << 20) as f64 * 10.0).round() / 10.0);
     }
     Ok(())
 }

@@ -3,7 +3,10 @@
 
 use std::collections::VecDeque;
 
+use std::time::Duration;
+
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::{GroupStatus, Seq};
 
@@ -23,12 +26,16 @@ pub(crate) struct Group {
     /// Deliveries dropped unacked, by sequence number: the group's readers
     /// take these before anything else (at-least-once).
     pub(crate) requeued: VecDeque<(Seq, Bytes)>,
-    /// Deliveries handed to readers and neither acked nor returned.
-    pub(crate) unacked: u64,
+    /// Sequence numbers of the deliveries handed to readers and neither
+    /// acked nor returned, in order. The topic holds them in its log (they
+    /// may come back), so `floor` counts them.
+    out: VecDeque<Seq>,
     /// Keys of the blocked readers (in the topic's reader slab), oldest
     /// first. Invariant, restored after every change under the lock: when
     /// this is not empty, the group has nothing to take.
     pub(crate) waiters: VecDeque<usize>,
+    /// When a reader last used the group (only kept when groups expire).
+    pub(crate) active: Option<Instant>,
 }
 
 impl Group {
@@ -38,8 +45,9 @@ impl Group {
             id,
             offset,
             requeued: VecDeque::new(),
-            unacked: 0,
+            out: VecDeque::new(),
             waiters: VecDeque::new(),
+            active: None,
         }
     }
 
@@ -49,13 +57,51 @@ impl Group {
         self.id = id;
         self.offset = offset;
         self.requeued.clear();
-        self.unacked = 0;
+        self.out.clear();
+    }
+
+    /// `seq` was handed to a reader.
+    pub(crate) fn deliver(&mut self, seq: Seq) {
+        // Usually the newest (a requeued one comes back lower).
+        let at = self.out.partition_point(|&s| s < seq);
+        self.out.insert(at, seq);
+    }
+
+    /// The delivery of `seq` is done with (acked or returned).
+    pub(crate) fn settle(&mut self, seq: Seq) {
+        if let Ok(at) = self.out.binary_search(&seq) {
+            self.out.remove(at);
+        }
     }
 
     /// Put a delivery back, in sequence order, ahead of the log.
     pub(crate) fn requeue(&mut self, seq: Seq, data: Bytes) {
+        self.settle(seq);
         let at = self.requeued.partition_point(|&(s, _)| s < seq);
         self.requeued.insert(at, (seq, data));
+    }
+
+    /// The oldest message the group may still read: out with a reader,
+    /// requeued, or next in the log. The topic holds everything from here.
+    pub(crate) fn floor(&self) -> Seq {
+        let mut floor = self.next_seq();
+        if let Some(&s) = self.out.front() {
+            floor = floor.min(s);
+        }
+        floor
+    }
+
+    /// Whether the group has gone `idle` without a reader at `now`.
+    pub(crate) fn expired(&self, now: Instant, idle: Duration) -> bool {
+        self.waiters.is_empty()
+            && self.out.is_empty()
+            && self
+                .active
+                .is_some_and(|t| now.saturating_duration_since(t) >= idle)
+    }
+
+    pub(crate) fn unacked(&self) -> u64 {
+        self.out.len() as u64
     }
 
     /// The sequence number the group's next pull returns, if one is there.
@@ -68,7 +114,7 @@ impl Group {
             name: self.name.to_string(),
             offset: self.next_seq(),
             lag: next - self.offset + self.requeued.len() as u64,
-            unacked: self.unacked,
+            unacked: self.unacked(),
             blocked: self.waiters.len() as u64,
         }
     }

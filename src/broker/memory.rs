@@ -18,7 +18,10 @@ use parking_lot::RwLock;
 
 use super::topic::{Start, Topic};
 use super::waiters::{PullWait, PushWait, within};
-use super::{Broker, BrokerStatus, Error, Result, Seq, Setting, TopicConfig, TopicStatus, Wait};
+use super::{
+    Broker, BrokerStatus, Error, GroupLimits, Result, Seq, Setting, Target, TopicConfig, TopicId,
+    TopicStatus, Wait,
+};
 
 pub use super::waiters::MemoryDelivery;
 
@@ -41,6 +44,10 @@ pub struct MemoryBroker {
     removed_pushed: AtomicU64,
     /// Messages pulled from topics since removed, for the totals.
     removed_pulled: AtomicU64,
+    /// The last topic identity handed out.
+    last_id: AtomicU64,
+    /// What groups each topic keeps.
+    groups: GroupLimits,
 }
 
 /// Whether `name` is one or more `/`-separated components of
@@ -64,6 +71,8 @@ impl Default for MemoryBroker {
             hasher: foldhash::fast::RandomState::default(),
             removed_pushed: AtomicU64::new(0),
             removed_pulled: AtomicU64::new(0),
+            last_id: AtomicU64::new(0),
+            groups: GroupLimits::default(),
         }
     }
 }
@@ -71,6 +80,14 @@ impl Default for MemoryBroker {
 impl MemoryBroker {
     pub fn new() -> MemoryBroker {
         MemoryBroker::default()
+    }
+
+    /// A broker whose topics keep groups as `limits` says.
+    pub fn with_group_limits(limits: GroupLimits) -> MemoryBroker {
+        MemoryBroker {
+            groups: limits,
+            ..MemoryBroker::default()
+        }
     }
 
     /// The shard that holds `name`.
@@ -87,12 +104,16 @@ impl MemoryBroker {
             .collect()
     }
 
-    fn topic(&self, name: &str) -> Result<Arc<Topic>> {
-        self.shard(name)
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::NoTopic(name.to_string()))
+    /// The topic `target` names; a stale target (its topic was removed,
+    /// whether or not one of that name exists now) fails with `Removed`.
+    fn topic(&self, target: Target<'_>) -> Result<Arc<Topic>> {
+        let found = self.shard(target.name).read().get(target.name).cloned();
+        match (found, target.id) {
+            (Some(topic), Some(id)) if topic.id != id => Err(Error::Removed),
+            (Some(topic), _) => Ok(topic),
+            (None, Some(_)) => Err(Error::Removed),
+            (None, None) => Err(Error::NoTopic(target.name.to_string())),
+        }
     }
 }
 
@@ -107,7 +128,11 @@ impl Broker for MemoryBroker {
         if topics.contains_key(name) {
             return Err(Error::Exists(name.to_string()));
         }
-        topics.insert(name.to_string(), Arc::new(Topic::new(name, config)));
+        let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
+        topics.insert(
+            name.to_string(),
+            Arc::new(Topic::new(name, id, config, self.groups)),
+        );
         Ok(())
     }
 
@@ -132,8 +157,12 @@ impl Broker for MemoryBroker {
         names
     }
 
-    fn status(&self, name: &str) -> Result<TopicStatus> {
-        let topic = self.topic(name)?;
+    fn id(&self, name: &str) -> Result<TopicId> {
+        Ok(self.topic(name.into())?.id)
+    }
+
+    fn status<'a>(&self, name: impl Into<Target<'a>>) -> Result<TopicStatus> {
+        let topic = self.topic(name.into())?;
         topic.state.lock().status(&topic.name)
     }
 
@@ -152,33 +181,33 @@ impl Broker for MemoryBroker {
         totals
     }
 
-    fn set(&self, name: &str, setting: Setting) -> Result<()> {
-        self.topic(name)?.with(|s| s.set(setting))
+    fn set<'a>(&self, name: impl Into<Target<'a>>, setting: Setting) -> Result<()> {
+        self.topic(name.into())?.with(|s| s.set(setting))
     }
 
-    fn reset(&self, name: &str) -> Result<()> {
-        self.topic(name)?.with(|s| s.reset())
+    fn reset<'a>(&self, name: impl Into<Target<'a>>) -> Result<()> {
+        self.topic(name.into())?.with(|s| s.reset())
     }
 
-    fn close(&self, name: &str) -> Result<()> {
-        self.topic(name)?.with(|s| s.close())
+    fn close<'a>(&self, name: impl Into<Target<'a>>) -> Result<()> {
+        self.topic(name.into())?.with(|s| s.close())
     }
 
-    fn forget(&self, name: &str, group: &str) -> Result<()> {
-        self.topic(name)?.with(|s| s.forget(group))
+    fn forget<'a>(&self, name: impl Into<Target<'a>>, group: &str) -> Result<()> {
+        self.topic(name.into())?.with(|s| s.forget(group))
     }
 
-    fn offset(&self, name: &str, group: &str) -> Result<Seq> {
-        self.topic(name)?.with(|s| s.offset(group))
+    fn offset<'a>(&self, name: impl Into<Target<'a>>, group: &str) -> Result<Seq> {
+        self.topic(name.into())?.with(|s| s.offset(group))
     }
 
-    fn seek(&self, name: &str, group: &str, seq: Seq) -> Result<()> {
-        self.topic(name)?.with(|s| s.seek(group, seq))
+    fn seek<'a>(&self, name: impl Into<Target<'a>>, group: &str, seq: Seq) -> Result<()> {
+        self.topic(name.into())?.with(|s| s.seek(group, seq))
     }
 
-    fn push(
+    fn push_to(
         &self,
-        name: &str,
+        name: Target<'_>,
         data: Bytes,
         wait: Wait,
     ) -> impl Future<Output = Result<Seq>> + Send {
@@ -193,9 +222,9 @@ impl Broker for MemoryBroker {
         }
     }
 
-    fn pull(
+    fn pull_from(
         &self,
-        name: &str,
+        name: Target<'_>,
         group: &str,
         wait: Wait,
     ) -> impl Future<Output = Result<Option<MemoryDelivery>>> + Send {

@@ -6,11 +6,37 @@
 //! share their topics) implements the same trait.
 //!
 //! Pushes and pulls are futures that may wait (capacity, rendezvous, an empty
-//! topic). Each is cancellation-safe: a push dropped before it returns is
-//! withdrawn if no reader has taken its message; a pull dropped before it
-//! returns took nothing. A pulled message comes as a [`Delivery`]: acked, it
-//! is done; dropped unacked (the reader's connection was lost before it read
-//! again), it goes back to the front of its group.
+//! topic). A pulled message comes as a [`Delivery`]: acked, it is done;
+//! dropped unacked (the reader's connection was lost before it read again),
+//! it goes back to the front of its group.
+//!
+//! # A push's outcome (every engine)
+//!
+//! A push's message is *taken* once it is in the topic: appended to the log
+//! (capacity allowed it, or a reader took it at a rendezvous). That is
+//! decided once, under the topic's lock, and everything the writer can be
+//! told agrees with it:
+//!
+//! - `Ok(seq)`: taken. It is held for every group (until a `reset`, `seek`,
+//!   `forget` or `remove` drops it, as for any held message), so a writer
+//!   that gets `Ok` must not push it again. At a rendezvous (capacity 0)
+//!   the push waits for every group, but when its deadline comes, or a
+//!   `reset` or `remove` ends the wait, after *some* group took the message,
+//!   it is still `Ok`: the message was delivered and the others get it
+//!   from the log, so an error would make a retrying writer send a
+//!   duplicate.
+//! - any error: not taken, and never will be (withdrawn). Retrying cannot
+//!   duplicate it.
+//!
+//! A push or pull cut short — its deadline passed, or its future is about
+//! to be dropped by a caller that still wants an answer (a 9P Tflush) — is
+//! decided at once: the caller polls it one last time inside
+//! [`resolve_now`], and a waiting broker future then returns its outcome
+//! instead of `Pending`: a push not taken is withdrawn (`TimedOut` at a
+//! deadline, `Interrupted` for a flush), a push taken returns `Ok`, a pull
+//! returns the message reserved for it or withdraws. A future simply
+//! dropped (its caller is gone) is withdrawn if not taken; a message taken
+//! stays. A pull dropped before it returns took nothing.
 
 mod group;
 mod log;
@@ -27,6 +53,32 @@ use bytes::Bytes;
 
 /// A message's sequence number in its topic: only grows, never reused.
 pub type Seq = u64;
+
+/// A topic's identity: one per creation, never reused in a broker, so a
+/// topic removed and created again under its name is another topic.
+pub type TopicId = u64;
+
+/// The topic an operation is for: by name, and, from a file opened
+/// earlier, the incarnation it was opened on. A removed topic's handles
+/// are stale: with `id` set, an operation on a topic of that name but
+/// another identity (or none) fails with `Removed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub name: &'a str,
+    pub id: Option<TopicId>,
+}
+
+impl<'a> From<&'a str> for Target<'a> {
+    fn from(name: &'a str) -> Target<'a> {
+        Target { name, id: None }
+    }
+}
+
+impl<'a> From<&'a String> for Target<'a> {
+    fn from(name: &'a String) -> Target<'a> {
+        Target { name, id: None }
+    }
+}
 
 /// How writes to a topic's data file become messages. The broker only
 /// stores it; the file tree applies it.
@@ -101,6 +153,29 @@ impl TopicConfig {
     }
 }
 
+/// What reader groups a topic keeps: every attach name that reads makes
+/// one, so a server bounds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupLimits {
+    /// Groups one topic may have; a pull, `offset` or seek that would make
+    /// one more fails with `TooManyGroups`.
+    pub max_per_topic: usize,
+    /// A group with no reader blocked in it, no delivery out, and no pull,
+    /// `offset` or seek for this long is dropped (as by `forget`), as
+    /// JetStream's inactive threshold does; `None` keeps groups until
+    /// `forget`.
+    pub idle_expiry: Option<Duration>,
+}
+
+impl Default for GroupLimits {
+    fn default() -> GroupLimits {
+        GroupLimits {
+            max_per_topic: 10_000,
+            idle_expiry: None,
+        }
+    }
+}
+
 /// One setting to change on a live topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Setting {
@@ -141,17 +216,32 @@ pub enum Error {
     TimedOut,
     #[error("would block")]
     WouldBlock,
+    /// Cut short by its caller (see [`resolve_now`]); withdrawn.
+    #[error("interrupted")]
+    Interrupted,
     #[error("no such group: {0}")]
     NoGroup(String),
     #[error("offset {asked} out of range [{first}, {next}]")]
     OffsetOutOfRange { asked: Seq, first: Seq, next: Seq },
     #[error("server shutting down")]
     Shutdown,
+    #[error("too many reader groups on this topic (at most {0}); forget one")]
+    TooManyGroups(usize),
     #[error("message too large: {size} bytes, over the topic's max_message {max}")]
     TooLong { size: u64, max: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub use crate::cut::{Cut, resolve_now};
+
+/// The error a push or pull cut short and withdrawn returns.
+pub(crate) fn cut_error(cut: Cut) -> Error {
+    match cut {
+        Cut::Deadline => Error::TimedOut,
+        Cut::Cancel => Error::Interrupted,
+    }
+}
 
 /// A group's place in a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,36 +303,60 @@ pub trait Broker: Send + Sync + 'static {
     fn remove(&self, topic: &str) -> Result<()>;
     /// Every topic's name, sorted.
     fn topics(&self) -> Vec<String>;
-    fn status(&self, topic: &str) -> Result<TopicStatus>;
+    /// The topic's identity, in constant time (no status is built).
+    fn id(&self, topic: &str) -> Result<TopicId>;
+    fn status<'a>(&self, topic: impl Into<Target<'a>>) -> Result<TopicStatus>;
     fn totals(&self) -> BrokerStatus;
-    fn set(&self, topic: &str, setting: Setting) -> Result<()>;
+    fn set<'a>(&self, topic: impl Into<Target<'a>>, setting: Setting) -> Result<()>;
     /// Drop every message, move every group to the end, fail blocked pushes
-    /// with `Reset`, reopen a closed topic. Blocked pulls keep waiting.
-    fn reset(&self, topic: &str) -> Result<()>;
+    /// not taken with `Reset`, reopen a closed topic. Blocked pulls keep
+    /// waiting.
+    fn reset<'a>(&self, topic: impl Into<Target<'a>>) -> Result<()>;
     /// Pushes fail with `Closed`; pulls drain what is held, then end.
-    fn close(&self, topic: &str) -> Result<()>;
+    fn close<'a>(&self, topic: impl Into<Target<'a>>) -> Result<()>;
     /// Drop a group.
-    fn forget(&self, topic: &str, group: &str) -> Result<()>;
+    fn forget<'a>(&self, topic: impl Into<Target<'a>>, group: &str) -> Result<()>;
     /// The group's next sequence number (creating the group).
-    fn offset(&self, topic: &str, group: &str) -> Result<Seq>;
+    fn offset<'a>(&self, topic: impl Into<Target<'a>>, group: &str) -> Result<Seq>;
     /// Move the group to `seq`, anywhere in `[first, next]`.
-    fn seek(&self, topic: &str, group: &str, seq: Seq) -> Result<()>;
+    fn seek<'a>(&self, topic: impl Into<Target<'a>>, group: &str, seq: Seq) -> Result<()>;
 
     /// Append a message; resolves once capacity allows (with capacity 0,
-    /// once every group has taken it). Returns its sequence number.
-    fn push(
+    /// once every group has taken it). Returns its sequence number; see
+    /// the module comment for what `Ok` and an error promise.
+    fn push_to(
         &self,
-        topic: &str,
+        topic: Target<'_>,
         data: Bytes,
         wait: Wait,
     ) -> impl Future<Output = Result<Seq>> + Send;
 
     /// Take the group's next message, waiting for one; `None` once the topic
     /// is closed and the group has read everything (end of file).
+    fn pull_from(
+        &self,
+        topic: Target<'_>,
+        group: &str,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Option<Self::Delivery>>> + Send;
+
+    /// `push_to` the topic named `topic`, whichever its identity.
+    fn push(
+        &self,
+        topic: &str,
+        data: Bytes,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Seq>> + Send {
+        self.push_to(topic.into(), data, wait)
+    }
+
+    /// `pull_from` the topic named `topic`, whichever its identity.
     fn pull(
         &self,
         topic: &str,
         group: &str,
         wait: Wait,
-    ) -> impl Future<Output = Result<Option<Self::Delivery>>> + Send;
+    ) -> impl Future<Output = Result<Option<Self::Delivery>>> + Send {
+        self.pull_from(topic.into(), group, wait)
+    }
 }

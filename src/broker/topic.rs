@@ -5,10 +5,17 @@
 //! something changes (a push, a pull, an ack, a drop, a setting), `dispatch`
 //! gives each group's oldest blocked reader its message right away
 //! (reserving it in the reader's slot), completes the pushes whose
-//! condition now holds, and admits waiting pushes where there is room. A
-//! future only collects what was decided for it, or, dropped first, undoes
-//! it under the same lock (see `waiters`). So no interleaving of a wake-up
-//! and a drop can lose or duplicate a message.
+//! condition now holds, and wakes the oldest waiting push when there is
+//! room. A future only collects what was decided for it, or, dropped first,
+//! undoes it under the same lock (see `waiters`). So no interleaving of a
+//! wake-up and a drop can lose or duplicate a message.
+//!
+//! A waiting push's message enters the log in one of two ways only, each
+//! final: a reader takes it (`take`, a rendezvous), or its own future, at
+//! the front of the queue when there is room, appends it (`collect_writer`)
+//! and returns `Ok` in the same critical section. Room alone appends
+//! nothing, so a push dropped or cut short before that is withdrawn, and
+//! a writer is never told "failed" about a message in the log (issue 15).
 //!
 //! The model of capacity C: a push appends its message when no group would
 //! then lag more than C behind (the push returns at once), or when a reader
@@ -19,8 +26,10 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::task::Waker;
+use std::task::{Context, Waker};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use foldhash::HashMap;
@@ -29,12 +38,18 @@ use slab::Slab;
 
 use super::group::Group;
 use super::log::Log;
-use super::{Error, Result, Seq, Setting, TopicConfig, TopicStatus, Wait};
+use super::waiters::store_waker;
+use super::{
+    Cut, Error, GroupLimits, Result, Seq, Setting, TopicConfig, TopicId, TopicStatus, Wait,
+    cut_error,
+};
 
 /// A topic: its name and its state behind a lock.
 pub(crate) struct Topic {
     /// The name it was created with, for its status.
     pub(crate) name: String,
+    /// Its identity (see `TopicId`).
+    pub(crate) id: TopicId,
     /// Everything that changes. parking_lot: never held across an `.await`.
     pub(crate) state: Mutex<State>,
 }
@@ -47,10 +62,11 @@ thread_local! {
 }
 
 impl Topic {
-    pub(crate) fn new(name: &str, config: TopicConfig) -> Topic {
+    pub(crate) fn new(name: &str, id: TopicId, config: TopicConfig, limits: GroupLimits) -> Topic {
         Topic {
             name: name.to_string(),
-            state: Mutex::new(State::new(config)),
+            id,
+            state: Mutex::new(State::new(config, limits)),
         }
     }
 
@@ -106,9 +122,10 @@ pub(crate) enum Stage {
     /// Its message waits in `offers`, not in the log: dropped now, the push
     /// is withdrawn.
     Offered,
-    /// Its message is in the log (a reader took it) and waits in `appended`
-    /// until every group has taken it, or capacity allows.
-    Appended,
+    /// Its message (this sequence number) is in the log (a reader took
+    /// it) and waits in `appended` until every group has taken it, or
+    /// capacity allows. Whatever happens next, the push succeeded.
+    Appended(Seq),
     /// Decided; the future collects it.
     Done(Result<Seq>),
 }
@@ -154,12 +171,21 @@ pub(crate) struct State {
     /// Wakers of futures decided under the lock, for `Topic::with` to wake
     /// once it is released.
     wakes: Vec<Waker>,
+    /// How many groups, and for how long idle.
+    limits: GroupLimits,
+    /// Scratch for `dispatch`: the groups with blocked readers.
+    hungry: Vec<usize>,
+    /// When idle groups are next looked for (with `idle_expiry` only).
+    next_sweep: Option<Instant>,
 }
 
 impl State {
-    fn new(config: TopicConfig) -> State {
+    fn new(config: TopicConfig, limits: GroupLimits) -> State {
         State {
             config,
+            limits,
+            next_sweep: None,
+            hungry: Vec::new(),
             log: Log::new(),
             closed: false,
             removed: false,
@@ -195,15 +221,60 @@ impl State {
         self.next_group_id
     }
 
-    /// The group's key, creating it at the oldest held message.
-    fn group(&mut self, name: &str) -> usize {
-        if let Some(&key) = self.group_index.get(name) {
-            return key;
+    /// The group's key, creating it at the oldest held message (unless
+    /// the topic has its most groups), and marking it used.
+    fn group(&mut self, name: &str) -> Result<usize> {
+        let key = match self.group_index.get(name) {
+            Some(&key) => key,
+            None => {
+                if self.groups.len() >= self.limits.max_per_topic {
+                    self.next_sweep = None;
+                    self.expire_idle();
+                    if self.groups.len() >= self.limits.max_per_topic {
+                        return Err(Error::TooManyGroups(self.limits.max_per_topic));
+                    }
+                }
+                let id = self.new_group_id();
+                let key = self.groups.insert(Group::new(name, id, self.log.first()));
+                self.group_index.insert(name.into(), key);
+                key
+            }
+        };
+        self.touch(key);
+        Ok(key)
+    }
+
+    /// A reader used group `key` now (kept only when groups expire).
+    fn touch(&mut self, key: usize) {
+        if self.limits.idle_expiry.is_some() {
+            self.groups[key].active = Some(Instant::now());
         }
-        let id = self.new_group_id();
-        let key = self.groups.insert(Group::new(name, id, self.log.first()));
-        self.group_index.insert(name.into(), key);
-        key
+    }
+
+    /// Drop the groups idle past `idle_expiry`, looking at most four times
+    /// per that period (so the cost per operation stays small).
+    pub(crate) fn expire_idle(&mut self) {
+        let Some(idle) = self.limits.idle_expiry else {
+            return;
+        };
+        let now = Instant::now();
+        if self.next_sweep.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_sweep = Some(now + (idle / 4).max(Duration::from_millis(1)));
+        let expired: Vec<usize> = (self.groups.iter())
+            .filter(|(_, g)| g.expired(now, idle))
+            .map(|(k, _)| k)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for key in expired {
+            let group = self.groups.remove(key);
+            self.group_index.remove(&group.name);
+        }
+        self.dispatch();
+        self.trim();
     }
 
     /// The offset of the slowest group; with no group, the oldest held
@@ -222,7 +293,11 @@ impl State {
         if let Err(e) = self.alive() {
             return Start::Done(Err(e));
         }
-        let g = self.group(group);
+        self.expire_idle();
+        let g = match self.group(group) {
+            Ok(g) => g,
+            Err(e) => return Start::Done(Err(e)),
+        };
         // A group with blocked readers has nothing to take (invariant).
         if self.groups[g].waiters.is_empty() {
             if let Some(taken) = self.take(g) {
@@ -261,17 +336,19 @@ impl State {
             group.offset += 1;
             self.log.push(&data);
             self.pushed += 1;
-            self.writers[key].stage = Stage::Appended;
+            self.writers[key].stage = Stage::Appended(next);
             self.appended.push_back((next, key));
             (next, data)
         } else {
             return None;
         };
-        group.unacked += 1;
+        group.deliver(seq);
+        let group_id = group.id;
         self.pulled += 1;
+        self.touch(g);
         Some(Taken {
             group: g,
-            group_id: group.id,
+            group_id,
             seq,
             data,
         })
@@ -306,17 +383,22 @@ impl State {
         if let Some(group) = self.groups.get_mut(taken.group)
             && group.id == taken.group_id
         {
-            group.unacked -= 1;
             group.requeue(taken.seq, taken.data);
             self.dispatch();
         }
     }
 
+    /// A delivery was acked: done with; the log may let it go.
     pub(crate) fn ack(&mut self, taken: &Taken) {
         if let Some(group) = self.groups.get_mut(taken.group)
             && group.id == taken.group_id
         {
-            group.unacked -= 1;
+            // Only a group at the oldest held message can let it go.
+            let held_first = group.floor() == self.log.first();
+            group.settle(taken.seq);
+            if held_first {
+                self.trim();
+            }
         }
     }
 
@@ -326,6 +408,7 @@ impl State {
         if let Err(e) = self.alive() {
             return Start::Done(Err(e));
         }
+        self.expire_idle();
         if self.closed {
             return Start::Done(Err(Error::Closed));
         }
@@ -348,13 +431,73 @@ impl State {
         });
         self.offers.push_back((key, data));
         self.dispatch();
-        if let Stage::Done(_) = self.writers[key].stage {
-            let Stage::Done(result) = self.writers.remove(key).stage else {
-                unreachable!()
-            };
-            return Start::Done(result);
+        match self.decide_writer(key, None) {
+            Some(result) => Start::Done(result),
+            None => Start::Wait(key, self.config.timeout),
         }
-        Start::Wait(key, self.config.timeout)
+    }
+
+    /// A waiting push's future polls: its result if decided (removing its
+    /// entry), else `None` with its waker stored. At the front of the
+    /// queue with room, it appends its message now. With `cut`, it must
+    /// decide: a message not taken is withdrawn with `cut`'s error, one a
+    /// reader took is `Ok`.
+    pub(crate) fn collect_writer(
+        &mut self,
+        key: usize,
+        cut: Option<Cut>,
+        cx: &Context<'_>,
+    ) -> Option<Result<Seq>> {
+        let out = self.decide_writer(key, cut);
+        if out.is_none() {
+            store_waker(&mut self.writers[key].waker, cx);
+        }
+        out
+    }
+
+    fn decide_writer(&mut self, key: usize, cut: Option<Cut>) -> Option<Result<Seq>> {
+        let result = match self.writers[key].stage {
+            Stage::Done(_) => None,
+            Stage::Offered
+                if self.offers.front().is_some_and(|o| o.0 == key) && self.fits_now() =>
+            {
+                let (_, data) = self.offers.pop_front().expect("front");
+                let seq = self.next();
+                self.log.push(&data);
+                self.pushed += 1;
+                self.dispatch();
+                Some(Ok(seq))
+            }
+            Stage::Offered => {
+                let cut = cut?;
+                self.withdraw(key);
+                Some(Err(cut_error(cut)))
+            }
+            Stage::Appended(seq) => {
+                cut?;
+                if let Some(at) = self.appended.iter().position(|&(_, k)| k == key) {
+                    self.appended.remove(at);
+                }
+                Some(Ok(seq))
+            }
+        };
+        if result.is_some() || matches!(self.writers[key].stage, Stage::Done(_)) {
+            let removed = self.writers.remove(key);
+            return result.or(match removed.stage {
+                Stage::Done(result) => Some(result),
+                _ => None,
+            });
+        }
+        None
+    }
+
+    /// Take a waiting push's message out of the queue (it was never in the
+    /// log), and let the next one go if there is room.
+    fn withdraw(&mut self, key: usize) {
+        if let Some(at) = self.offers.iter().position(|&(k, _)| k == key) {
+            self.offers.remove(at);
+        }
+        self.dispatch();
     }
 
     /// Whether a message appended now leaves its push nothing to wait for:
@@ -363,6 +506,11 @@ impl State {
     fn fits_now(&self) -> bool {
         let next = self.next();
         let c = self.config.capacity;
+        // Every group is at or past the oldest held message: room there is
+        // room for all (and idle groups cost nothing).
+        if next < self.log.first().saturating_add(c) {
+            return true;
+        }
         if self.groups.is_empty() {
             return next < self.log.first().saturating_add(c);
         }
@@ -371,16 +519,12 @@ impl State {
         })
     }
 
-    /// A blocked push's future was dropped: withdraw its message if no
-    /// reader took it.
+    /// A blocked push's future was dropped: withdraw its message if it
+    /// was not taken.
     pub(crate) fn cancel_writer(&mut self, key: usize) {
         match self.writers.remove(key).stage {
-            Stage::Offered => {
-                if let Some(at) = self.offers.iter().position(|&(k, _)| k == key) {
-                    self.offers.remove(at);
-                }
-            }
-            Stage::Appended => {
+            Stage::Offered => self.withdraw(key),
+            Stage::Appended(_) => {
                 if let Some(at) = self.appended.iter().position(|&(_, k)| k == key) {
                     self.appended.remove(at);
                 }
@@ -400,23 +544,35 @@ impl State {
     // ---- the hand-off ----
 
     /// Restore the invariants after a change: feed every group's blocked
-    /// readers, complete and admit pushes, drop what every group has taken.
+    /// readers, complete and admit pushes. Only the groups with blocked
+    /// readers are visited, so idle groups cost a push nothing. (Feeding
+    /// and pushing never let a held message go: what a reader takes is out
+    /// with it. What does — an ack, a forget, a seek, an expiry — trims.)
     pub(crate) fn dispatch(&mut self) {
         loop {
             let mut moved = false;
             if self.waiting > 0 {
-                for g in 0..self.groups.capacity() {
+                let mut hungry = std::mem::take(&mut self.hungry);
+                hungry.extend(
+                    (self.readers.iter())
+                        .filter(|(_, r)| r.outcome.is_none())
+                        .map(|(_, r)| r.group),
+                );
+                hungry.sort_unstable();
+                hungry.dedup();
+                for &g in &hungry {
                     if self.groups.get(g).is_some_and(|g| !g.waiters.is_empty()) {
                         moved |= self.feed(g);
                     }
                 }
+                hungry.clear();
+                self.hungry = hungry;
             }
             moved |= self.settle_writers();
             if !moved {
                 break;
             }
         }
-        self.trim();
     }
 
     /// Hand group `g`'s messages to its blocked readers, oldest first.
@@ -448,8 +604,9 @@ impl State {
     }
 
     /// Complete the appended pushes whose message every group has taken (or
-    /// capacity allows), and append waiting pushes where there is room.
-    /// Returns whether a message was appended.
+    /// capacity allows), and wake the oldest waiting push if there is room
+    /// (its future appends it: see the module comment). Returns whether a
+    /// message was appended.
     fn settle_writers(&mut self) -> bool {
         if self.appended.is_empty() && self.offers.is_empty() {
             return false;
@@ -464,27 +621,23 @@ impl State {
                 break;
             }
         }
-        let mut appended = false;
-        while self.next() < min.saturating_add(c) {
-            let Some((key, data)) = self.offers.pop_front() else {
-                break;
-            };
-            let seq = self.next();
-            self.log.push(&data);
-            self.pushed += 1;
-            self.finish_writer(key, Ok(seq));
-            appended = true;
+        if let Some(&(key, _)) = self.offers.front()
+            && self.next() < min.saturating_add(c)
+            && let Some(waker) = self.writers[key].waker.take()
+        {
+            self.wakes.push(waker);
         }
-        appended
+        false
     }
 
-    /// Drop the messages every group has taken. With no group, keep all:
-    /// they wait for the first.
+    /// Drop the messages every group is done with (read and acked, not
+    /// out with a reader nor waiting for redelivery), so `first`, `pending`
+    /// and every group's `offset` agree. With no group, keep all: they wait
+    /// for the first.
     fn trim(&mut self) {
-        if self.groups.is_empty() {
+        let Some(min) = self.groups.iter().map(|(_, g)| g.floor()).min() else {
             return;
-        }
-        let min = self.min_offset();
+        };
         if min > self.log.first() {
             self.log.trim(min);
         }
@@ -504,14 +657,18 @@ impl State {
         Ok(())
     }
 
-    /// Fail every blocked push (withdrawing what is not in the log).
+    /// End every blocked push: those not taken fail with `error` (and are
+    /// withdrawn), those a reader took succeed.
     fn fail_writers(&mut self, error: Error) {
         for (_, writer) in self.writers.iter_mut() {
-            if !matches!(writer.stage, Stage::Done(_)) {
-                writer.stage = Stage::Done(Err(error.clone()));
-                if let Some(waker) = writer.waker.take() {
-                    self.wakes.push(waker);
-                }
+            let result = match writer.stage {
+                Stage::Done(_) => continue,
+                Stage::Offered => Err(error.clone()),
+                Stage::Appended(seq) => Ok(seq),
+            };
+            writer.stage = Stage::Done(result);
+            if let Some(waker) = writer.waker.take() {
+                self.wakes.push(waker);
             }
         }
         self.offers.clear();
@@ -583,12 +740,14 @@ impl State {
             self.groups[key].restart(id, first);
         }
         self.dispatch();
+        self.trim();
         Ok(())
     }
 
     pub(crate) fn offset(&mut self, name: &str) -> Result<Seq> {
         self.alive()?;
-        let key = self.group(name);
+        self.expire_idle();
+        let key = self.group(name)?;
         Ok(self.groups[key].next_seq())
     }
 
@@ -602,10 +761,11 @@ impl State {
                 next,
             });
         }
-        let key = self.group(name);
+        let key = self.group(name)?;
         let id = self.new_group_id();
         self.groups[key].restart(id, seq);
         self.dispatch();
+        self.trim();
         Ok(())
     }
 

@@ -6,8 +6,9 @@
 //! Whatever the topic decided is read and removed under the topic's lock,
 //! and a drop that finds a decision undoes it under the same lock: a
 //! message reserved for a dropped pull goes back to the front of its group
-//! (and on to the next blocked reader); a push dropped before a reader took
-//! its message is withdrawn.
+//! (and on to the next blocked reader); a push dropped before its message
+//! was taken is withdrawn. Polled inside `resolve_now` (a deadline, a
+//! flush), a waiter decides at once under the lock instead of waiting.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,28 +18,31 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::topic::{Stage, Taken, Topic};
-use super::{Delivery, Error, Result, Seq};
+use super::topic::{Taken, Topic};
+use super::{Delivery, Error, Result, Seq, cut_error};
+use crate::cut::{Cut, cutting, last_poll};
 
 /// Replace a stored waker unless it already wakes the same task.
-fn store_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+pub(crate) fn store_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
     match slot {
         Some(w) if w.will_wake(cx.waker()) => {}
         _ => *slot = Some(cx.waker().clone()),
     }
 }
 
-/// Await `fut`, failing with `TimedOut` after `limit`. A future cut short is
-/// dropped, which undoes it.
+/// Await `fut`; after `limit`, poll it one last time inside `resolve_now`,
+/// so what the lock decided (taken or withdrawn) is what it returns.
 pub(crate) async fn within<T>(
     limit: Option<Duration>,
     fut: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    match limit {
-        None => fut.await,
-        Some(limit) => tokio::time::timeout(limit, fut)
-            .await
-            .unwrap_or(Err(Error::TimedOut)),
+    let Some(limit) = limit else {
+        return fut.await;
+    };
+    let mut fut = std::pin::pin!(fut);
+    match tokio::time::timeout(limit, fut.as_mut()).await {
+        Ok(out) => out,
+        Err(_) => last_poll(Cut::Deadline, fut).unwrap_or(Err(Error::TimedOut)),
     }
 }
 
@@ -69,11 +73,22 @@ impl Future for PullWait {
         let this = &mut *self;
         let mut state = this.topic.state.lock();
         let reader = &mut state.readers[this.key];
-        let Some(outcome) = reader.outcome.take() else {
-            store_waker(&mut reader.waker, cx);
-            return Poll::Pending;
+        let outcome = match (reader.outcome.take(), cutting()) {
+            (Some(outcome), _) => {
+                state.readers.remove(this.key);
+                outcome
+            }
+            (None, None) => {
+                store_waker(&mut reader.waker, cx);
+                return Poll::Pending;
+            }
+            (None, Some(cut)) => {
+                drop(state);
+                this.topic.with(|s| s.cancel_reader(this.key));
+                this.finished = true;
+                return Poll::Ready(Err(cut_error(cut)));
+            }
         };
-        state.readers.remove(this.key);
         drop(state);
         this.finished = true;
         let topic = &this.topic;
@@ -114,17 +129,14 @@ impl Future for PushWait {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let mut state = this.topic.state.lock();
-        let writer = &mut state.writers[this.key];
-        if !matches!(writer.stage, Stage::Done(_)) {
-            store_waker(&mut writer.waker, cx);
-            return Poll::Pending;
+        let cut = cutting();
+        match this.topic.with(|s| s.collect_writer(this.key, cut, cx)) {
+            Some(result) => {
+                this.finished = true;
+                Poll::Ready(result)
+            }
+            None => Poll::Pending,
         }
-        let Stage::Done(result) = state.writers.remove(this.key).stage else {
-            unreachable!("checked above")
-        };
-        this.finished = true;
-        Poll::Ready(result)
     }
 }
 

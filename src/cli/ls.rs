@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 
 use clap::Args;
-use dchan::client::{Client, Error};
-use futures_util::future::join_all;
+use dchan::client::Error;
 
 use super::{ConnArgs, Context, Failure, print_out};
 
@@ -56,9 +55,10 @@ pub async fn run(args: LsArgs) -> Result<(), Failure> {
         let names: String = topics.iter().map(|t| format!("{t}\n")).collect();
         return print_out(&names);
     }
-    let statuses = join_all(topics.iter().map(|t| status(&client, t))).await;
+    let texts = client.ctl_each(&topics).await;
+    let statuses = topics.iter().zip(texts).map(|(t, text)| status(t, text));
     let mut rows = vec![COLUMNS.map(String::from).to_vec()];
-    for (topic, status) in topics.into_iter().zip(statuses) {
+    for (topic, status) in topics.iter().zip(statuses) {
         match status {
             Ok(Some(row)) => rows.push(row),
             // Removed since it was listed.
@@ -70,8 +70,8 @@ pub async fn run(args: LsArgs) -> Result<(), Failure> {
 }
 
 /// One row of the table, from the topic's ctl file; `None` if it is gone.
-async fn status(client: &Client, topic: &str) -> Result<Option<Vec<String>>, Error> {
-    let text = match client.ctl(topic).await {
+fn status(topic: &str, text: Result<String, Error>) -> Result<Option<Vec<String>>, Error> {
+    let text = match text {
         Ok(text) => text,
         Err(Error::NoTopic(_)) => return Ok(None),
         Err(e) => return Err(e),

@@ -11,11 +11,11 @@ use tokio_util::codec::FramedRead;
 
 use super::error::{Error, Result};
 use super::file::File;
-use super::mux::Mux;
+use super::mux::{Mux, Reply};
 use crate::engine::Addr;
 use crate::proto::codec;
 use crate::proto::frame::FrameDecoder;
-use crate::proto::{Dialect, Fcall, Fid, Msg, NOFID, NONUNAME, NOTAG};
+use crate::proto::{Dialect, Fcall, Fid, Msg, NOFID, NONUNAME, NOTAG, Qid};
 
 /// Where the server listens unless told otherwise.
 pub const DEFAULT_ADDR: &str = "tcp!127.0.0.1!5640";
@@ -30,15 +30,30 @@ pub struct ConnectOptions {
     pub dialect: Dialect,
     /// The largest message to propose; the server may lower it.
     pub msize: u32,
+    /// Requests this connection has in flight at once; more wait in the
+    /// client for one to finish. 9P cannot tell a client the server's
+    /// limit, so this defaults to dchan's (`Limits::max_in_flight`, 1024),
+    /// beyond which the server refuses a waiting request with EAGAIN; set
+    /// it to a server's own limit if lower. At most 16384. A request that
+    /// waits at the server (a pull with nothing to pull) holds its place
+    /// until answered, so when every place is held by such waits, a push on
+    /// the same connection waits for one too: push on another connection
+    /// than more pulls than this wait on.
+    pub max_in_flight: usize,
 }
+
+/// dchan's default `Limits::max_in_flight`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 impl Default for ConnectOptions {
     /// 9P2000.u (its Rerror carries both the server's text and an errno, and
-    /// dchan serves it Linux-style reads) and an msize of 1 MiB.
+    /// dchan serves it Linux-style reads), an msize of 1 MiB, and 1024
+    /// requests in flight.
     fn default() -> Self {
         ConnectOptions {
             dialect: Dialect::P2000u,
             msize: 1 << 20,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -135,7 +150,7 @@ impl Connection {
         tracing::debug!(version, msize = smsize, "9P session");
         Ok(Connection {
             inner: Arc::new(Inner {
-                mux: Mux::start(reader, write, dialect, smsize),
+                mux: Mux::start(reader, write, dialect, smsize, opts.max_in_flight),
                 next_fid: AtomicU32::new(1),
             }),
         })
@@ -153,19 +168,25 @@ impl Connection {
 
     /// Attach to the tree as `uname`, naming `aname` (dchan: the reader group).
     pub async fn attach(&self, uname: &str, aname: &str) -> Result<File> {
-        let fid = self.new_fid();
-        let reply = self
-            .rpc(Fcall::Tattach {
-                fid,
-                afid: NOFID,
-                uname: uname.to_string(),
-                aname: aname.to_string(),
-                n_uname: NONUNAME,
-            })
-            .await?;
-        match reply {
-            Fcall::Rattach { qid } => Ok(File::new(self.clone(), fid, qid)),
-            other => Err(unexpected("Rattach", &other)),
+        // Made first, so that a drop after the reply still clunks the fid.
+        let mut root = File::new(self.clone(), self.new_fid(), Qid::default());
+        let reply = self.rpc(Fcall::Tattach {
+            fid: root.fid(),
+            afid: NOFID,
+            uname: uname.to_string(),
+            aname: aname.to_string(),
+            n_uname: NONUNAME,
+        });
+        match reply.await {
+            Ok(Fcall::Rattach { qid }) => {
+                root.set_qid(qid);
+                Ok(root)
+            }
+            Ok(other) => Err(unexpected("Rattach", &other)),
+            Err(e) => {
+                root.forget();
+                Err(e)
+            }
         }
     }
 
@@ -185,6 +206,18 @@ impl Connection {
         cancel: impl Future<Output = ()>,
     ) -> Result<Option<Fcall>> {
         self.inner.mux.rpc_unless(body, cancel).await
+    }
+
+    /// Send a request that is not flushed when its waiter goes: its
+    /// [`Reply`] may be awaited again by a later call (see `mux`).
+    pub(crate) async fn send_detached(&self, body: Fcall) -> Result<Reply> {
+        self.inner.mux.send_detached(body).await
+    }
+
+    /// Await a detached request's reply (Rerror/Rlerror become `Err`). Once
+    /// this returned, the `Reply` is spent: drop it.
+    pub(crate) async fn wait(&self, reply: &mut Reply) -> Result<Fcall> {
+        self.inner.mux.wait(reply).await
     }
 
     /// Send a request nobody awaits the reply of.

@@ -18,10 +18,20 @@
 //!
 //! Giving up. A pull or push given up by dropping its future sends Tflush
 //! but cannot wait for the answer, and a reply already on its way is lost
-//! (see [`Puller`]). [`Puller::next_timeout`] and [`Pusher::push_timeout`]
-//! give up by flushing and waiting: a reply that beat the Rflush is the
-//! request's real outcome (flush(5)), so the message is returned, or the push
-//! reported done, rather than a timeout that is not true.
+//! (see [`Puller`]). That holds only until a message starts to arrive: the
+//! Treads that follow a full-size first reply (the rest of the message, and
+//! the 0 that ends it) are answered at once, so they are never flushed. A
+//! `next()` dropped while one is in flight leaves it to the [`Puller`], and
+//! the next call takes its reply first; had it sent a fresh Tread instead,
+//! the server, whose 0 went to the dropped call, would answer with the next
+//! message, and the two would come back as one. (The 0 read at the start of
+//! a call, after a message that ended short, needs no such care: whether a
+//! dropped call used it up or not, the next Tread gets the 0 or the next
+//! message, never a message's middle.) [`Puller::next_timeout`] and
+//! [`Pusher::push_timeout`] give up by flushing and waiting: a reply that
+//! beat the Rflush is the request's real outcome (flush(5)), so the message
+//! is returned, or the push reported done, rather than a timeout that is
+//! not true.
 
 use std::time::Duration;
 
@@ -30,6 +40,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::error::{Error, Result};
 use super::file::{File, concat};
+use super::mux::Reply;
 use crate::proto::Dialect;
 
 /// A topic's data file open for reading, as one member of the client's group.
@@ -47,7 +58,9 @@ use crate::proto::Dialect;
 /// and acknowledges it on the fid's next read or clunk, while the dropped
 /// future can no longer hand it to anyone: that message is lost. With no
 /// reply in flight, a drop loses nothing (the message stays for the next
-/// reader), and a message partly read stays buffered for the next call.
+/// reader). Once a message has begun to arrive, a drop loses nothing
+/// either: what was read, and the Tread in flight for the rest, stay with
+/// the `Puller`, and the next call returns that message, whole and alone.
 /// `next_timeout` flushes and waits for the verdict instead, so a message
 /// the server let go reaches the caller exactly once.
 #[derive(Debug)]
@@ -59,6 +72,11 @@ pub struct Puller {
     /// What is read of a message not yet complete: kept here, so a `next`
     /// dropped halfway (say by a timeout) loses nothing the next call needs.
     partial: Vec<Bytes>,
+    /// The Tread for the rest of that message (or the 0 that ends it),
+    /// sent and not yet collected: a `next` dropped while it was in flight
+    /// leaves it here, and the next call takes its reply rather than send
+    /// another Tread, which would find the message's 0 used up.
+    reading: Option<Reply>,
     /// The last message ended in a short reply and was returned at once,
     /// so its 0-byte end marker (the Linux read loop rule) is still to be
     /// read: the next Tread gets it, and only then does the server
@@ -73,6 +91,7 @@ impl Puller {
             file,
             offset: 0,
             partial: Vec::new(),
+            reading: None,
             zero_due: false,
         }
     }
@@ -107,13 +126,20 @@ impl Puller {
         let loop_rule = self.file.connection().dialect() != Dialect::P2000;
         let mut cancel = std::pin::pin!(cancel);
         loop {
-            let chunk = if self.partial.is_empty() {
+            let chunk = if let Some(reading) = &mut self.reading {
+                let chunk = self.file.read_reply(reading, max).await;
+                self.reading = None;
+                chunk?
+            } else if self.partial.is_empty() {
                 match self.file.read_unless(self.offset, max, &mut cancel).await? {
                     Some(chunk) => chunk,
                     None => return Err(Error::TimedOut),
                 }
             } else {
-                self.file.read(self.offset, max).await?
+                // The rest of a message, or the 0 that ends it: answered at
+                // once, and never flushed (see the module doc).
+                self.reading = Some(self.file.read_detached(self.offset, max).await?);
+                continue;
             };
             self.offset += chunk.len() as u64;
             let n = chunk.len();

@@ -60,15 +60,18 @@ impl Error {
         }
     }
 
-    /// The server said "timed out" (a topic's `timeout` elapsed).
+    /// A wait ran out: the server said "timed out" (a topic's `timeout`
+    /// elapsed), or a client-side deadline passed ([`Error::TimedOut`]).
     pub fn is_timeout(&self) -> bool {
-        matches!(
-            self,
-            Error::Server {
-                errno: Some(ETIMEDOUT),
-                ..
-            }
-        ) || matches!(self, Error::Server { message, .. } if message.contains("timed out"))
+        matches!(self, Error::TimedOut)
+            || matches!(
+                self,
+                Error::Server {
+                    errno: Some(ETIMEDOUT),
+                    ..
+                }
+            )
+            || matches!(self, Error::Server { message, .. } if message.contains("timed out"))
     }
 
     /// An Rlerror: only a number, named here.
@@ -160,5 +163,6 @@ mod tests {
         let e = Error::from_rerror("topic reset".into(), 0);
         assert_eq!((e.to_string().as_str(), e.errno()), ("topic reset", None));
         assert!(Error::from_errno(ETIMEDOUT).is_timeout());
+        assert!(Error::TimedOut.is_timeout());
     }
 }

@@ -5,6 +5,7 @@ use bytes::{Buf, Bytes};
 
 use super::conn::{Connection, unexpected};
 use super::error::{Error, Result};
+use super::mux::Reply;
 use crate::proto::codec;
 use crate::proto::{
     Attr, DMDIR, Dialect, Fcall, Fid, IOHDRSZ, MAXWELEM, NONUNAME, ORDWR, OREAD, OWRITE, QTDIR,
@@ -87,6 +88,16 @@ impl File {
         }
     }
 
+    /// The qid the server gave at attach.
+    pub(crate) fn set_qid(&mut self, qid: Qid) {
+        self.qid = qid;
+    }
+
+    /// The server surely holds no such fid: do not clunk it.
+    pub(crate) fn forget(&mut self) {
+        self.live = false;
+    }
+
     pub fn qid(&self) -> Qid {
         self.qid
     }
@@ -110,64 +121,79 @@ impl File {
     }
 
     /// A new fid for the file at `path` (names separated by '/') under this
-    /// one; the empty path clones this fid.
+    /// one; the empty path clones this fid. However the walk ends (an error,
+    /// a reply of the wrong type, the future dropped), a new fid the server
+    /// may hold is clunked.
     pub async fn walk(&self, path: &str) -> Result<File> {
         let names: Vec<&str> = path.split('/').filter(|n| !n.is_empty()).collect();
-        let mut from = self.fid;
-        let mut qid = self.qid;
-        let mut newfid = None;
         // Walks of more than MAXWELEM names go in steps from the new fid.
         let chunks: Vec<&[&str]> = if names.is_empty() {
             vec![&[]]
         } else {
             names.chunks(MAXWELEM).collect()
         };
+        // Live from before the Twalk goes out, so that a drop at any point
+        // clunks it (a clunk of a fid the server never made gets an error
+        // nobody reads); `made` says whether the server surely holds it.
+        let mut new = File::new(self.conn.clone(), self.conn.new_fid(), self.qid);
+        let mut made = false;
         let mut walked = 0;
         for chunk in chunks {
-            let fid = match newfid {
-                Some(f) => f,
-                None => self.conn.new_fid(),
-            };
             let wnames: Vec<String> = chunk.iter().map(|s| s.to_string()).collect();
             let reply = self
                 .conn
                 .rpc(Fcall::Twalk {
-                    fid: from,
-                    newfid: fid,
+                    fid: if made { new.fid } else { self.fid },
+                    newfid: new.fid,
                     wnames,
                 })
                 .await;
-            let reply = match reply {
-                Ok(r) => r,
+            let wqids = match reply {
+                Ok(Fcall::Rwalk { wqids }) if wqids.len() <= chunk.len() => wqids,
+                Ok(Fcall::Rwalk { wqids }) => {
+                    return Err(Error::Protocol(format!(
+                        "Rwalk of {} qids for a Twalk of {} names",
+                        wqids.len(),
+                        chunk.len()
+                    )));
+                }
+                Ok(other) => return Err(unexpected("Rwalk", &other)),
                 Err(e) => {
-                    if let Some(f) = newfid {
-                        self.conn.send_and_forget(Fcall::Tclunk { fid: f });
-                    }
+                    // A failed walk makes no fid and leaves one made before as it was.
+                    new.live = made;
                     return Err(match e.errno() {
                         Some(crate::fs::errno::ENOENT) => Error::NotFound(path.to_string()),
                         _ => e,
                     });
                 }
             };
-            let Fcall::Rwalk { wqids } = reply else {
-                return Err(unexpected("Rwalk", &reply));
-            };
             if wqids.len() < chunk.len() {
-                // A partial walk: the new fid was not made (walk(5)).
-                if let Some(f) = newfid {
-                    self.conn.send_and_forget(Fcall::Tclunk { fid: f });
-                }
+                // A partial walk: the new fid was not made, or not moved (walk(5)).
+                new.live = made;
                 let missing = names[..walked + wqids.len() + 1].join("/");
                 return Err(Error::NotFound(missing));
             }
             walked += chunk.len();
             if let Some(q) = wqids.last() {
-                qid = *q;
+                new.qid = *q;
             }
-            newfid = Some(fid);
-            from = fid;
+            made = true;
         }
-        Ok(File::new(self.conn.clone(), newfid.unwrap(), qid))
+        Ok(new)
+    }
+
+    /// An iounit from Ropen or Rcreate, refused if a read or write of that
+    /// count would not fit in msize (the client would send, or ask for,
+    /// frames larger than the connection carries).
+    fn check_iounit(&self, iounit: u32) -> Result<u32> {
+        let most = self.conn.msize() - IOHDRSZ;
+        match iounit <= most {
+            true => Ok(iounit),
+            false => Err(Error::Protocol(format!(
+                "iounit {iounit} above msize {} - {IOHDRSZ}",
+                self.conn.msize()
+            ))),
+        }
     }
 
     /// Open the file.
@@ -196,7 +222,7 @@ impl File {
         match reply {
             Fcall::Ropen { qid, iounit } | Fcall::Rlopen { qid, iounit } => {
                 self.qid = qid;
-                self.iounit = iounit;
+                self.iounit = self.check_iounit(iounit)?;
                 Ok(())
             }
             other => Err(unexpected("Ropen", &other)),
@@ -234,7 +260,7 @@ impl File {
         match reply {
             Fcall::Rcreate { qid, iounit } | Fcall::Rlcreate { qid, iounit } => {
                 self.qid = qid;
-                self.iounit = iounit;
+                self.iounit = self.check_iounit(iounit)?;
                 Ok(())
             }
             other => Err(unexpected("Rcreate", &other)),
@@ -260,19 +286,8 @@ impl File {
                 }
             }
             _ => {
-                let fid = self.conn.new_fid();
-                let mut dir = match self
-                    .conn
-                    .rpc(Fcall::Twalk {
-                        fid: self.fid,
-                        newfid: fid,
-                        wnames: vec![],
-                    })
-                    .await?
-                {
-                    Fcall::Rwalk { .. } => File::new(self.conn.clone(), fid, self.qid),
-                    other => return Err(unexpected("Rwalk", &other)),
-                };
+                let mut dir = self.walk("").await?;
+                let fid = dir.fid;
                 let reply = self
                     .conn
                     .rpc(Fcall::Tcreate {
@@ -313,6 +328,17 @@ impl File {
             .rpc_unless(self.tread(offset, count), cancel)
             .await?;
         reply.map(|r| read_reply(r, count)).transpose()
+    }
+
+    /// Send a Tread that is not flushed if its waiter goes; collect it with
+    /// [`File::read_reply`], even from a later call.
+    pub(crate) async fn read_detached(&self, offset: u64, count: u32) -> Result<Reply> {
+        self.conn.send_detached(self.tread(offset, count)).await
+    }
+
+    /// The data of a Tread from [`File::read_detached`] of `count` bytes.
+    pub(crate) async fn read_reply(&self, reply: &mut Reply, count: u32) -> Result<Bytes> {
+        read_reply(self.conn.wait(reply).await?, count)
     }
 
     fn tread(&self, offset: u64, count: u32) -> Fcall {
@@ -391,12 +417,23 @@ impl File {
     }
 
     /// The entries of this directory, which must be open for reading.
+    ///
+    /// On 9P2000.L the server names the offset of each entry's successor;
+    /// a reply that leads back to an offset already read from is refused
+    /// (a protocol error), so a broken server cannot make this loop for
+    /// ever. Otherwise the offset only grows, by what each read returned.
     pub async fn readdir(&self) -> Result<Vec<DirEntry>> {
         let mut entries = Vec::new();
         let max = self.max_io();
         let mut offset = 0u64;
         if self.conn.dialect() == Dialect::P2000L {
+            let mut seen = std::collections::HashSet::new();
             loop {
+                if !seen.insert(offset) {
+                    return Err(Error::Protocol(format!(
+                        "Rreaddir led back to offset {offset}"
+                    )));
+                }
                 let reply = self
                     .conn
                     .rpc(Fcall::Treaddir {
@@ -408,6 +445,12 @@ impl File {
                 let Fcall::Rreaddir { mut data } = reply else {
                     return Err(unexpected("Rreaddir", &reply));
                 };
+                if data.len() > max as usize {
+                    return Err(Error::Protocol(format!(
+                        "Rreaddir of {} bytes for a Treaddir of {max}",
+                        data.len()
+                    )));
+                }
                 if data.is_empty() {
                     return Ok(entries);
                 }

@@ -4,10 +4,15 @@
 //!
 //! - `error`  — [`Error`]: the server's message, I/O, protocol.
 //! - `conn`   — [`Connection`]: dial, Tversion (9P2000, .u, .L), attach.
-//! - `mux`    — tags, the reader and writer tasks, Tflush on cancellation.
+//! - `mux`    — tags, the bound on requests in flight, the reader and
+//!   writer tasks, Tflush on cancellation.
 //! - `file`   — [`File`]: one fid; walk, open, read, write, create, readdir, clunk.
 //! - `data`   — [`Puller`] and [`Pusher`]: whole messages over one open data file.
 //! - `topics` — [`Client`]: push, pull, ctl, offset, create, remove, list.
+//!
+//! The client trusts no server: a reply that would make it loop or send
+//! frames larger than msize is refused with [`Error::Protocol`], and a
+//! walk's new fid is clunked however the walk ends.
 //!
 //! ```no_run
 //! # async fn demo() -> dchan::client::Result<()> {
@@ -27,8 +32,8 @@ mod file;
 mod mux;
 mod topics;
 
-pub use conn::{ConnectOptions, Connection, DEFAULT_ADDR};
+pub use conn::{ConnectOptions, Connection, DEFAULT_ADDR, DEFAULT_MAX_IN_FLIGHT};
 pub use data::{Puller, Pusher};
 pub use error::{Error, Result, errno_message, io_reason};
 pub use file::{DirEntry, File, Mode};
-pub use topics::{Client, Framing, Options, TopicSettings, check_topic};
+pub use topics::{Client, Framing, Options, TOPICS_AT_ONCE, TopicSettings, check_topic};

@@ -16,6 +16,22 @@
 //! forgotten it. A reply already on its way when the future was dropped is
 //! lost to the caller; for a pull, that message was delivered.
 //!
+//! In flight. dchan answers a request beyond `Limits::max_in_flight` (1024
+//! by default) waiting on one connection with EAGAIN, and 9P has no way to
+//! learn a server's limit. So requests beyond the client's own bound
+//! ([`ConnectOptions::max_in_flight`], 1024 by default) queue here for a
+//! permit instead of failing at the server; a tag's permit is given back
+//! when the tag is free again. Clunks sent from `Drop` (which the server
+//! takes beyond its limit, and which cannot wait) draw on a separate
+//! reserve of tags instead, so a dropped `File` is clunked however busy
+//! the connection is.
+//!
+//! A request may also be sent detached ([`Mux::send_detached`]): nothing
+//! flushes it when its waiter goes, and its [`Reply`] can be awaited again
+//! by a later call. The puller uses it for reads the server answers at once.
+//!
+//! [`ConnectOptions::max_in_flight`]: super::ConnectOptions::max_in_flight
+//!
 //! [`Mux::rpc_unless`] is the cancellation that keeps the outcome: when its
 //! `cancel` future completes first it sends the Tflush itself and waits for
 //! the Rflush, and a reply to the old tag that arrives before the Rflush is
@@ -39,9 +55,13 @@ use crate::proto::codec;
 use crate::proto::frame::FrameDecoder;
 use crate::proto::{Dialect, Fcall, Msg, NOTAG, Tag};
 
-/// Requests in flight at most. Each may need a second tag for its Tflush,
-/// so twice this stays below the 65535 usable tags.
-const MAX_IN_FLIGHT: usize = 32767;
+/// The largest in-flight bound a connection takes. Each request may need a
+/// second tag for its Tflush, so twice this plus [`FORGET_TAGS`] stays
+/// below the 65535 usable tags.
+pub(crate) const MAX_IN_FLIGHT: usize = 16384;
+
+/// Tags for requests sent from `Drop` (clunks), outside the in-flight bound.
+const FORGET_TAGS: usize = 16384;
 
 /// Bytes of queued messages the writer gathers into one socket write.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -57,8 +77,11 @@ pub(crate) struct Mux {
     out: mpsc::UnboundedSender<Msg>,
     /// The tags in use and who waits on each; shared with the reader task.
     table: Arc<TagTable>,
-    /// One permit per request in flight, released when its tag is free again.
+    /// One permit per request in flight, released when its tag is free
+    /// again; requests beyond the bound wait here (see the module doc).
     permits: Arc<Semaphore>,
+    /// Permits for requests sent from `Drop`, which cannot wait.
+    forget: Arc<Semaphore>,
     /// Dropped with the `Mux`, which tells the reader task to stop.
     _stop: oneshot::Sender<()>,
     /// The dialect agreed in Tversion.
@@ -87,7 +110,8 @@ struct Slot {
     /// Which request this is (see `Tags::next_id`).
     id: u64,
     state: State,
-    /// The request's place under `MAX_IN_FLIGHT`, given back with the tag.
+    /// The request's place under the in-flight bound (or in the reserve for
+    /// `Drop`), given back with the tag.
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -178,6 +202,10 @@ impl TagTable {
     }
 }
 
+/// The reply to come to a request sent with [`Mux::send_detached`].
+#[derive(Debug)]
+pub(crate) struct Reply(oneshot::Receiver<Fcall>);
+
 /// A request awaiting its reply; dropped while still armed, it sends Tflush.
 struct Pending<'a> {
     mux: &'a Mux,
@@ -201,6 +229,7 @@ impl Mux {
         writer: W,
         dialect: Dialect,
         msize: u32,
+        max_in_flight: usize,
     ) -> Mux
     where
         R: AsyncRead + Unpin + Send + 'static,
@@ -221,7 +250,8 @@ impl Mux {
         Mux {
             out,
             table,
-            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            permits: Arc::new(Semaphore::new(max_in_flight.clamp(1, MAX_IN_FLIGHT))),
+            forget: Arc::new(Semaphore::new(FORGET_TAGS)),
             _stop: stop,
             dialect,
             msize,
@@ -231,6 +261,18 @@ impl Mux {
     /// Take a tag, register the request's waiter and send it. Until the
     /// returned `Pending` is disarmed, dropping it flushes the request.
     async fn send(&self, body: Fcall) -> Result<(Pending<'_>, oneshot::Receiver<Fcall>)> {
+        let (tag, id, rx) = self.register(body).await?;
+        let pending = Pending {
+            mux: self,
+            tag,
+            id,
+            armed: true,
+        };
+        Ok((pending, rx))
+    }
+
+    /// Take a permit and a tag, register a waiter and queue the request.
+    async fn register(&self, body: Fcall) -> Result<(Tag, u64, oneshot::Receiver<Fcall>)> {
         let permit = self
             .permits
             .clone()
@@ -245,17 +287,26 @@ impl Mux {
             }
             t.insert(State::Waiting(tx), Some(permit))
         };
-        let mut pending = Pending {
-            mux: self,
-            tag,
-            id,
-            armed: true,
-        };
         if self.out.send(Msg { tag, body }).is_err() {
-            pending.armed = false;
             return Err(Error::Disconnected(self.table.closed_reason()));
         }
-        Ok((pending, rx))
+        Ok((tag, id, rx))
+    }
+
+    /// Send a request that nothing flushes: dropping the returned [`Reply`]
+    /// or a future awaiting it leaves the request to complete at the server,
+    /// and the reply can be awaited again with [`Mux::wait`]. For requests
+    /// the server answers at once.
+    pub(crate) async fn send_detached(&self, body: Fcall) -> Result<Reply> {
+        let (_, _, rx) = self.register(body).await?;
+        Ok(Reply(rx))
+    }
+
+    /// Await a detached request's reply; Rerror and Rlerror become `Err`.
+    /// Dropped before the reply, the `Reply` still holds it.
+    pub(crate) async fn wait(&self, reply: &mut Reply) -> Result<Fcall> {
+        let r = (&mut reply.0).await;
+        self.outcome(r)
     }
 
     /// Send a request and await its reply; Rerror and Rlerror become `Err`.
@@ -310,7 +361,7 @@ impl Mux {
 
     /// Send a request whose reply nobody awaits (a clunk from `Drop`).
     pub(crate) fn send_and_forget(&self, body: Fcall) {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        let Ok(permit) = self.forget.clone().try_acquire_owned() else {
             tracing::warn!("too many requests in flight; {body:?} not sent");
             return;
         };

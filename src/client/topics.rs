@@ -4,12 +4,17 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::{StreamExt, stream};
 
 use super::conn::{ConnectOptions, Connection};
 use super::data::{Puller, Pusher};
 use super::error::{Error, Result};
-use super::file::{File, Mode};
+use super::file::{DirEntry, File, Mode};
 use crate::proto::Dialect;
+
+/// How many topics [`Client::ctl_each`] and [`Client::topics_under`] read
+/// at once: each read holds a fid, and a server bounds a connection's fids.
+pub const TOPICS_AT_ONCE: usize = 64;
 
 /// How to connect: the group to read as, and the session's parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +145,18 @@ impl Client {
         self.read_text(topic, "ctl").await
     }
 
+    /// The status of each of `topics` (as [`Client::ctl`]), in their order,
+    /// read [`TOPICS_AT_ONCE`] at a time. Each read holds a fid from its walk
+    /// to its clunk, and a server bounds the fids one connection may hold
+    /// (dchan: 16384), so reading thousands of topics at once would fail.
+    pub async fn ctl_each(&self, topics: &[String]) -> Vec<Result<String>> {
+        stream::iter(topics)
+            .map(|t| self.ctl(t))
+            .buffered(TOPICS_AT_ONCE)
+            .collect()
+            .await
+    }
+
     /// Write one command to the topic's ctl ("reset", "close", "capacity 3"...).
     pub async fn ctl_write(&self, topic: &str, command: &str) -> Result<()> {
         self.write_text(topic, "ctl", command).await
@@ -208,37 +225,50 @@ impl Client {
         self.topics_under("").await
     }
 
-    /// `prefix` itself if it is a topic, and every topic under it.
+    /// `prefix` itself if it is a topic, and every topic under it. Each
+    /// level of the tree is listed [`TOPICS_AT_ONCE`] directories at a time.
     pub async fn topics_under(&self, prefix: &str) -> Result<Vec<String>> {
         if !prefix.is_empty() {
             check_topic(prefix)?;
         }
         let mut found = Vec::new();
-        let mut todo = vec![prefix.to_string()];
-        while let Some(dir) = todo.pop() {
-            let mut file = match dir.is_empty() {
-                true => self.root.walk("").await?,
-                false => self.topic_dir(&dir).await?,
-            };
-            file.open(Mode::Read).await?;
-            let entries = file.readdir().await?;
-            drop(file);
-            let mut subdirs = Vec::new();
-            for e in entries {
-                if !dir.is_empty() && e.name == "data" && !e.is_dir() {
-                    found.push(dir.clone());
-                } else if e.is_dir() {
-                    subdirs.push(match dir.is_empty() {
-                        true => e.name,
-                        false => format!("{dir}/{}", e.name),
-                    });
+        let mut level = vec![prefix.to_string()];
+        while !level.is_empty() {
+            let listings: Vec<Result<Vec<DirEntry>>> = stream::iter(&level)
+                .map(|dir| self.list_dir(dir))
+                .buffered(TOPICS_AT_ONCE)
+                .collect()
+                .await;
+            let mut next = Vec::new();
+            for (dir, entries) in level.iter().zip(listings) {
+                for e in entries? {
+                    if !dir.is_empty() && e.name == "data" && !e.is_dir() {
+                        found.push(dir.clone());
+                    } else if e.is_dir() {
+                        next.push(match dir.is_empty() {
+                            true => e.name,
+                            false => format!("{dir}/{}", e.name),
+                        });
+                    }
                 }
             }
-            // Depth first, in the tree's order.
-            todo.extend(subdirs.into_iter().rev());
+            level = next;
         }
         found.sort();
         Ok(found)
+    }
+
+    /// The entries of the directory `dir` ("" for the root), its fid
+    /// clunked before this returns.
+    async fn list_dir(&self, dir: &str) -> Result<Vec<DirEntry>> {
+        let mut file = match dir.is_empty() {
+            true => self.root.walk("").await?,
+            false => self.topic_dir(dir).await?,
+        };
+        file.open(Mode::Read).await?;
+        let entries = file.readdir().await?;
+        file.clunk().await?;
+        Ok(entries)
     }
 
     /// Walk to the topic's directory; an unknown topic is `NoTopic`.

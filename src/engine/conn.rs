@@ -8,8 +8,13 @@
 //! one task both completes requests and handles Tflush, the flush race
 //! resolves itself: when a Tflush is handled, the old request has either
 //! completed (its reply is already queued, so the Rflush follows it) or has
-//! not (its future is dropped on the spot: the operation did not happen, and
-//! no reply is sent).
+//! not. Then it gets one last poll inside `cut::resolve_now`, where a
+//! broker wait decides at once: if the request succeeded after all (a push
+//! a reader took), its reply goes out before the Rflush, as flush(5)
+//! allows, so the client learns it happened; otherwise its future is
+//! dropped on the spot, having withdrawn what it had not done, and no reply
+//! is sent. (A Tclunk cancelling its fid's requests does the same, with an
+//! EINTR error for those that did not happen.)
 //!
 //! Protocol breaches that leave no tag to answer on close the connection:
 //! a frame whose size is under 7 or over msize, and a request whose tag is
@@ -48,6 +53,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, debug_span, warn};
 
+use crate::cut;
 use crate::fs::{self, Clunk, FileTree, errno};
 use crate::proto::codec::{decode, encode_head};
 use crate::proto::frame::FrameDecoder;
@@ -359,7 +365,9 @@ impl<T: FileTree> Conn<T> {
                 self.reply(tag, reply);
             }
             Fcall::Tflush { oldtag } => {
-                self.cancel(oldtag);
+                if let Some((fid, reply)) = self.cancel(oldtag) {
+                    self.answer(oldtag, fid, reply);
+                }
                 self.reply(tag, Fcall::Rflush);
             }
             body => {
@@ -442,6 +450,12 @@ impl<T: FileTree> Conn<T> {
         let fid = self.unbusy(tag).unwrap_or(NOFID);
         let reply = self.session.complete(done);
         self.session.ended(fid);
+        self.answer(tag, fid, reply);
+    }
+
+    /// Send a finished request's reply; a read's end is remembered, so the
+    /// next Tread on its fid waits until it is written.
+    fn answer(&mut self, tag: Tag, fid: Fid, reply: Fcall) {
         let read = matches!(reply, Fcall::Rread { .. });
         self.reply(tag, reply);
         if read && fid != NOFID {
@@ -449,21 +463,29 @@ impl<T: FileTree> Conn<T> {
         }
     }
 
-    /// Cancels the request `tag` if it is still waiting: it gets no reply.
-    fn cancel(&mut self, tag: Tag) -> bool {
-        let Some(fid) = self.unbusy(tag) else {
-            return false;
-        };
+    /// Cancels the request `tag` if it is still waiting, after one last
+    /// poll (see the module comment): its fid and the reply to send if it
+    /// succeeded after all, else `None` (nothing happened; no reply).
+    fn cancel(&mut self, tag: Tag) -> Option<(Fid, Fcall)> {
+        let fid = self.unbusy(tag)?;
+        let mut reply = None;
         if let Some(r) = self
             .inflight
             .iter_mut()
             .find(|r| r.tag == tag && r.fut.is_some())
         {
+            let fut = r.fut.as_mut().expect("found with a future");
+            if let Some(done) = cut::last_poll(cut::Cut::Cancel, fut.as_mut()) {
+                let done = self.session.complete(done);
+                if !matches!(done, Fcall::Rerror { .. } | Fcall::Rlerror { .. }) {
+                    reply = Some((fid, done));
+                }
+            }
             r.cancel();
         }
         self.session.ended(fid);
-        debug!(tag, "cancelled");
-        true
+        debug!(tag, answered = reply.is_some(), "cancelled");
+        reply
     }
 
     /// Cancels every request on `fid`, answering each with `err`.
@@ -473,8 +495,10 @@ impl<T: FileTree> Conn<T> {
             .map(|(t, _)| *t)
             .collect();
         for tag in tags {
-            self.cancel(tag);
-            let reply = self.session.error(err);
+            let reply = match self.cancel(tag) {
+                Some((_, reply)) => reply,
+                None => self.session.error(err),
+            };
             self.reply(tag, reply);
         }
     }

@@ -10,8 +10,8 @@
 //! ```text
 //! reset | close | capacity N | framing line|write | timeout DURATION | forget GROUP
 //! ```
-//! DURATION is humantime (`500ms`, `2s`, `1m 30s`); `0` or `none` means no
-//! timeout. GROUP is the rest of the line; `""` names the default group.
+//! DURATION is humantime (`500ms`, `2s`, `1m 30s`) or `none` (no limit); a
+//! zero duration is refused, as by the CLI and the config. GROUP is the rest of the line; `""` names the default group.
 //!
 //! Status reads are "key value" lines. A topic's groups come one a line as
 //! `group "NAME" offset N lag N unacked N blocked N`, the name quoted (with
@@ -175,13 +175,17 @@ fn parse_framing(s: &str) -> Result<Framing, String> {
     }
 }
 
-/// A timeout: humantime, or `0`/`none` for none.
+/// A wait limit: humantime, or `none` for none. A zero duration is
+/// refused, as by the CLI and the config: "0" once meant "none" here and
+/// "fail at once" elsewhere, so it means nothing anywhere.
 pub fn parse_timeout(s: &str) -> Result<Option<Duration>, String> {
     match s {
         "" => Err("missing DURATION (e.g. 5s, 500ms, or none)".into()),
-        "0" | "none" => Ok(None),
+        "none" => Ok(None),
         _ => match humantime::parse_duration(s) {
-            Ok(d) if d.is_zero() => Ok(None),
+            Ok(d) if d.is_zero() => Err(format!(
+                "a zero duration {s:?} is refused (give a positive one, e.g. 5s, or none)"
+            )),
             Ok(d) => Ok(Some(d)),
             Err(e) => Err(format!("bad duration {s:?}: {e} (e.g. 5s, 500ms, or none)")),
         },
@@ -413,7 +417,7 @@ mod tests {
     #[test]
     fn topic_commands() {
         let cmds = parse_topic(
-            b"reset\nclose\ncapacity 5\nframing write\ntimeout 1m 30s\ntimeout none\ntimeout 0\nforget workers\nforget \"\"\n",
+            b"reset\nclose\ncapacity 5\nframing write\ntimeout 1m 30s\ntimeout none\nforget workers\nforget \"\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -424,7 +428,6 @@ mod tests {
                 TopicCmd::Set(Setting::Capacity(5)),
                 TopicCmd::Set(Setting::Framing(Framing::Write)),
                 TopicCmd::Set(Setting::Timeout(Some(Duration::from_secs(90)))),
-                TopicCmd::Set(Setting::Timeout(None)),
                 TopicCmd::Set(Setting::Timeout(None)),
                 TopicCmd::Forget("workers".into()),
                 TopicCmd::Forget(String::new()),
@@ -460,6 +463,9 @@ mod tests {
                 .unwrap_err()
                 .contains("bad duration")
         );
+        for zero in [&b"timeout 0"[..], b"timeout 0s", b"timeout 0ms"] {
+            assert!(parse_topic(zero).unwrap_err().contains("zero duration"));
+        }
         assert!(
             parse_topic(b"timeout")
                 .unwrap_err()

@@ -15,8 +15,10 @@ pub(super) fn broker_error(e: broker::Error) -> Error {
         E::Reset => errno::ECANCELED,
         E::TimedOut => errno::ETIMEDOUT,
         E::WouldBlock => errno::EAGAIN,
+        E::Interrupted => errno::EINTR,
         E::OffsetOutOfRange { .. } => errno::ERANGE,
         E::Shutdown => errno::ESHUTDOWN,
+        E::TooManyGroups(_) => errno::EUSERS,
         E::TooLong { .. } => errno::EMSGSIZE,
     };
     Error::new(n, e.to_string())
@@ -44,9 +46,11 @@ pub(super) fn linux_text(errno: u32) -> Option<&'static str> {
         errno::EISDIR => "Is a directory",
         errno::EINVAL => "Invalid argument",
         errno::EPIPE => "Broken pipe",
+        errno::EINTR => "Interrupted system call",
         errno::ERANGE => "Numerical result out of range",
         errno::ENOTEMPTY => "Directory not empty",
         errno::ESHUTDOWN => "Cannot send after transport endpoint shutdown",
+        errno::EUSERS => "Too many users",
         errno::ETIMEDOUT => "Connection timed out",
         errno::EMSGSIZE => "Message too long",
         // Linux's table has no ECANCELED: a reset reads as one.

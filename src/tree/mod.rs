@@ -55,7 +55,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::broker::{self, Broker, TopicConfig, Wait};
+use crate::broker::{self, Broker, Target, TopicConfig, Wait};
 use crate::fs::{
     Access, Attach, Changes, Clunk, Error, FileInfo, FileTree, OpenMode, ReadReq, Result, errno,
 };
@@ -125,8 +125,9 @@ impl<B: Broker> TopicTree<B> {
         &self.broker
     }
 
+    /// Whether `path` is a topic: one map look-up, whatever its groups.
     fn is_topic(&self, path: &str) -> bool {
-        self.broker.status(path).is_ok()
+        self.broker.id(path).is_ok()
     }
 
     /// Whether `path` is a topic or leads to one.
@@ -165,13 +166,25 @@ impl<B: Broker> TopicTree<B> {
         let (ty, path) = match at {
             At::Root => (QTDIR, 0),
             At::RootCtl => (QTFILE, 1),
-            At::Dir(p) => (QTDIR, self.places.lock().id(p) * 4),
-            At::File(p, k) => (QTFILE, self.places.lock().id(p) * 4 + k.qid_offset()),
+            At::Dir(p) => (QTDIR, self.place(p)),
+            At::File(p, k) => (QTFILE, self.place(p) + k.qid_offset()),
         };
         Qid {
             ty,
             version: 0,
             path,
+        }
+    }
+
+    /// A directory's qid path (its files' are the next three). A topic's
+    /// comes from its identity, so a topic created again under a removed
+    /// one's name is a new file; a directory that only leads to topics
+    /// gets a hash of its path, in the upper half. Nothing is stored, so
+    /// nothing grows (issue 15.3).
+    fn place(&self, path: &str) -> u64 {
+        match self.broker.id(path) {
+            Ok(id) => id * 4,
+            Err(_) => node::path_qid(path),
         }
     }
 
@@ -213,7 +226,8 @@ impl<B: Broker> TopicTree<B> {
     }
 
     /// The text a ctl or offset file reads now.
-    fn text(&self, node: &Node) -> Result<Bytes> {
+    fn text(&self, handle: &Handle<B::Delivery>) -> Result<Bytes> {
+        let node = &handle.node;
         let text = match &node.at {
             At::RootCtl => ctl::root_text(&ctl::RootStatus {
                 uptime: self.started.elapsed(),
@@ -221,14 +235,14 @@ impl<B: Broker> TopicTree<B> {
                 totals: self.broker.totals(),
             }),
             At::File(topic, FileKind::Ctl) => {
-                let status = self.broker.status(topic).map_err(broker_error)?;
+                let status = (self.broker.status(handle.target(topic))).map_err(broker_error)?;
                 let readers = self.places.lock().readers.get(&**topic).map_or(0, |r| r.1);
                 ctl::topic_text(&status, readers)
             }
             At::File(topic, FileKind::Offset) => {
                 let seq = self
                     .broker
-                    .offset(topic, &node.session.group)
+                    .offset(handle.target(topic), &node.session.group)
                     .map_err(broker_error)?;
                 format!("{seq}\n")
             }
@@ -244,9 +258,7 @@ impl<B: Broker> TopicTree<B> {
 
     fn remove_topic(&self, name: &str) -> Result<()> {
         self.broker.remove(name).map_err(broker_error)?;
-        let mut places = self.places.lock();
-        places.ids.remove(name);
-        places.readers.remove(name);
+        self.places.lock().readers.remove(name);
         Ok(())
     }
 
@@ -291,7 +303,7 @@ impl<B: Broker> TopicTree<B> {
     }
 
     /// Run a topic ctl write: check every command, then apply them.
-    fn topic_ctl(&self, topic: &str, text: &[u8]) -> Result<()> {
+    fn topic_ctl(&self, topic: Target<'_>, text: &[u8]) -> Result<()> {
         let cmds = ctl::parse_topic(text).map_err(invalid)?;
         let status = self.broker.status(topic).map_err(broker_error)?;
         for cmd in &cmds {
@@ -319,6 +331,11 @@ impl<B: Broker> TopicTree<B> {
     /// Open an existing file.
     fn open_file(&self, node: &Node, mode: OpenMode) -> Result<Handle<B::Delivery>> {
         self.check_exists(&node.at)?;
+        // A topic's file belongs to the topic it was opened on (issue 14.7).
+        let topic_id = match &node.at {
+            At::File(topic, _) => Some(self.broker.id(topic).map_err(|_| not_found())?),
+            _ => None,
+        };
         let kind = match &node.at {
             At::Root | At::Dir(_) => {
                 if mode.writes() {
@@ -330,10 +347,14 @@ impl<B: Broker> TopicTree<B> {
                 HandleKind::Text(Mutex::new(None))
             }
             At::File(topic, FileKind::Data) => {
-                let status = self.broker.status(topic).map_err(broker_error)?;
+                let target = Target {
+                    name: topic,
+                    id: topic_id,
+                };
+                let status = self.broker.status(target).map_err(broker_error)?;
                 let reads = mode.reads().then(|| {
                     let mut places = self.places.lock();
-                    let id = places.id(topic);
+                    let id = topic_id.unwrap_or_default();
                     let entry = places.readers.entry(topic.to_string()).or_insert((id, 0));
                     if entry.0 != id {
                         *entry = (id, 0);
@@ -359,13 +380,14 @@ impl<B: Broker> TopicTree<B> {
         };
         Ok(Handle {
             node: node.clone(),
+            topic_id,
             kind,
         })
     }
 
     async fn read_data(
         &self,
-        topic: &str,
+        topic: Target<'_>,
         group: &str,
         f: &DataFile<B::Delivery>,
         req: ReadReq,
@@ -379,7 +401,7 @@ impl<B: Broker> TopicTree<B> {
         let mut reader = f.reader.lock().await;
         match reader.begin(req) {
             Step::Reply(b) => Ok(b),
-            Step::Pull => match self.broker.pull(topic, group, f.wait).await {
+            Step::Pull => match self.broker.pull_from(topic, group, f.wait).await {
                 Ok(Some(d)) => Ok(reader.pulled(d, req)),
                 Ok(None) => Ok(Bytes::new()),
                 Err(e) => Err(broker_error(e)),
@@ -388,7 +410,12 @@ impl<B: Broker> TopicTree<B> {
     }
 
     /// Push what a write makes; the count of bytes taken.
-    async fn write_data(&self, topic: &str, f: &DataFile<B::Delivery>, data: Bytes) -> Result<u32> {
+    async fn write_data(
+        &self,
+        topic: Target<'_>,
+        f: &DataFile<B::Delivery>,
+        data: Bytes,
+    ) -> Result<u32> {
         if !f.writes {
             return Err(Error::new(errno::EBADF, "file not open for writing"));
         }
@@ -403,7 +430,7 @@ impl<B: Broker> TopicTree<B> {
             }
         };
         for (i, m) in cut.messages.iter().enumerate() {
-            match self.broker.push(topic, m.clone(), f.wait).await {
+            match self.broker.push_to(topic, m.clone(), f.wait).await {
                 Ok(_) if i == 0 => {
                     writer.pushed();
                     writer.commit_first(&cut);
@@ -425,7 +452,10 @@ impl<B: Broker> TopicTree<B> {
                 // gets the error itself). A reset fails the whole write: its
                 // writer must know that nothing it wrote is held.
                 Err(
-                    broker::Error::WouldBlock | broker::Error::TimedOut | broker::Error::Closed,
+                    broker::Error::WouldBlock
+                    | broker::Error::TimedOut
+                    | broker::Error::Closed
+                    | broker::Error::Interrupted,
                 ) if i > 0 => return Ok(cut.ends[i - 1] as u32),
                 Err(e) => return Err(broker_error(e)),
             }
@@ -537,7 +567,7 @@ impl<B: Broker> TopicTree<B> {
             HandleKind::Text(snapshot) => {
                 let mut snap = snapshot.lock();
                 if req.offset == 0 || snap.is_none() {
-                    *snap = Some(self.text(&handle.node)?);
+                    *snap = Some(self.text(handle)?);
                 }
                 let text = snap.as_ref().cloned().unwrap_or_default();
                 let start = (req.offset as usize).min(text.len());
@@ -551,7 +581,7 @@ impl<B: Broker> TopicTree<B> {
                 if f.reads.is_none() {
                     return Err(Error::new(errno::EBADF, "file not open for reading"));
                 }
-                self.read_data(topic, &handle.node.session.group, f, req)
+                self.read_data(handle.target(topic), &handle.node.session.group, f, req)
                     .await
             }
         }
@@ -562,16 +592,16 @@ impl<B: Broker> TopicTree<B> {
         match (&handle.kind, &handle.node.at) {
             (HandleKind::Text(_), At::RootCtl) => self.root_ctl(&data)?,
             (HandleKind::Text(_), At::File(topic, FileKind::Ctl)) => {
-                self.topic_ctl(topic, &data)?
+                self.topic_ctl(handle.target(topic), &data)?
             }
             (HandleKind::Text(_), At::File(topic, FileKind::Offset)) => {
                 let seq = ctl::parse_offset(&data).map_err(invalid)?;
                 self.broker
-                    .seek(topic, &handle.node.session.group, seq)
+                    .seek(handle.target(topic), &handle.node.session.group, seq)
                     .map_err(broker_error)?
             }
             (HandleKind::Data(f), At::File(topic, _)) => {
-                return self.write_data(topic, f, data).await;
+                return self.write_data(handle.target(topic), f, data).await;
             }
             _ => return Err(Error::new(errno::EISDIR, "is a directory")),
         }
@@ -703,7 +733,10 @@ impl<B: Broker> FileTree for TopicTree<B> {
         let Some(line) = f.writer.lock().await.take_partial() else {
             return Ok(());
         };
-        let r = self.broker.push(topic, line, f.wait).await;
+        let r = self
+            .broker
+            .push_to(handle.target(topic), line, f.wait)
+            .await;
         r.map(drop)
             .map_err(|e| handle.node.session.error(broker_error(e)))
     }

@@ -10,32 +10,26 @@ use parking_lot::Mutex;
 
 use super::data::{Reader, Writer};
 use super::error::linux_text;
-use crate::broker::Wait;
+use crate::broker::{Target, TopicId, Wait};
 use crate::fs::Error;
 use crate::proto::Dialect;
 
-/// Identity and reader counts of directories, kept by the tree.
+/// Reader counts of topics, kept by the tree (an entry per topic with a
+/// reader open, dropped with the topic).
 #[derive(Default)]
 pub(super) struct Places {
-    /// Each directory's number (its qid path is the number × 4, its files'
-    /// the next three); a removed topic's number is dropped, so a new topic
-    /// of the same name is a new file.
-    pub(super) ids: HashMap<String, u64>,
-    /// The last number handed out (the root is 0).
-    pub(super) last_id: u64,
-    /// Open data files that read, per topic: (topic's number, count).
-    pub(super) readers: HashMap<String, (u64, u64)>,
+    /// Open data files that read, per topic: (topic's identity, count).
+    pub(super) readers: HashMap<String, (TopicId, u64)>,
 }
 
-impl Places {
-    pub(super) fn id(&mut self, path: &str) -> u64 {
-        if let Some(&id) = self.ids.get(path) {
-            return id;
-        }
-        self.last_id += 1;
-        self.ids.insert(path.to_string(), self.last_id);
-        self.last_id
-    }
+/// The qid path of a directory that is not a topic but leads to topics:
+/// a hash of its path with the top bit set (topics' paths come from their
+/// identities, small numbers) and the low two bits clear (its would-be
+/// files'). Stable, and stored nowhere.
+pub(super) fn path_qid(path: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(path);
+    (1 << 63) | (hash & !3)
 }
 
 /// A file of a topic directory.
@@ -124,8 +118,22 @@ pub struct Node {
 pub struct Handle<D> {
     /// What was opened.
     pub(super) node: Node,
+    /// For a topic's file, the identity of the topic it was opened on:
+    /// once that topic is removed, the handle is stale for good, even if a
+    /// topic of the same name is created (issue 14.7).
+    pub(super) topic_id: Option<TopicId>,
     /// Its open state.
     pub(super) kind: HandleKind<D>,
+}
+
+impl<D> Handle<D> {
+    /// The topic this handle's operations are for.
+    pub(super) fn target<'a>(&self, topic: &'a str) -> Target<'a> {
+        Target {
+            name: topic,
+            id: self.topic_id,
+        }
+    }
 }
 
 impl<D> std::fmt::Debug for Handle<D> {

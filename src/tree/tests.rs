@@ -598,10 +598,9 @@ async fn rmdir_wakes_blocked_readers_and_writers_with_errors() {
         soon(reader).await.unwrap().unwrap_err().errno,
         errno::ENOENT
     );
-    assert_eq!(
-        soon(writer).await.unwrap().unwrap_err().errno,
-        errno::ENOENT
-    );
+    // The default group took the message: its writer is told it was
+    // pushed, not that it failed (issue 14.5).
+    assert_eq!(soon(writer).await.unwrap().unwrap(), 2);
     assert!(walk(&t, &root, "q").is_err());
 }
 
@@ -901,4 +900,48 @@ async fn a_nonblocking_write_refused_in_a_fast_loop_gets_ebusy() {
     // Another open file counts its own refusals.
     let w2 = Arc::new(t.open(&n, nb).await.unwrap());
     assert_eq!(errno_of(write(&t, &w2, "nb\n").await), errno::EAGAIN);
+}
+
+/// Issue 15.3: qids cost no memory: an intermediate directory's is stable
+/// without being stored, a topic's is its identity (a topic created again
+/// is a new file), and stats racing removes leave nothing behind.
+#[tokio::test]
+async fn qids_are_stable_distinct_and_stored_nowhere() {
+    let (t, root) = setup().await;
+    let qid = |p: &str| t.stat(&walk(&t, &root, p).unwrap()).unwrap().qid.path;
+    for i in 0..1000 {
+        echo(&t, &root, "ctl", &format!("create u{i}/inbox\n"))
+            .await
+            .unwrap();
+        let (dir, topic) = (qid(&format!("u{i}")), qid(&format!("u{i}/inbox")));
+        assert_ne!(dir, topic);
+        assert_eq!(dir, qid(&format!("u{i}")));
+        echo(&t, &root, "ctl", &format!("remove u{i}/inbox\n"))
+            .await
+            .unwrap();
+        echo(&t, &root, "ctl", &format!("create u{i}/inbox\n"))
+            .await
+            .unwrap();
+        assert_ne!(
+            topic,
+            qid(&format!("u{i}/inbox")),
+            "a new topic, a new file"
+        );
+        assert_eq!(dir, qid(&format!("u{i}")));
+        // A stat racing the removal of what it stats.
+        let n = walk(&t, &root, &format!("u{i}/inbox/data")).unwrap();
+        let racer = {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for _ in 0..3 {
+                    let _ = t.stat(&n);
+                }
+            })
+        };
+        echo(&t, &root, "ctl", &format!("remove u{i}/inbox\n"))
+            .await
+            .unwrap();
+        racer.join().unwrap();
+    }
+    assert!(t.places.lock().readers.is_empty());
 }

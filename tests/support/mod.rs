@@ -24,20 +24,20 @@ pub struct Server {
 
 impl Server {
     pub async fn start() -> Server {
+        Server::start_with(Limits::default()).await
+    }
+
+    /// A server with these limits on each connection.
+    pub async fn start_with(limits: Limits) -> Server {
         let l = Listener::bind(&"tcp!127.0.0.1!0".parse::<Addr>().unwrap())
             .await
             .unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let tree = TopicTree::new(MemoryBroker::new(), TreeConfig::default(), || 0);
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(engine::serve(
-            vec![l],
-            Arc::new(tree),
-            Limits::default(),
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let task = tokio::spawn(engine::serve(vec![l], Arc::new(tree), limits, async {
+            let _ = rx.await;
+        }));
         Server {
             addr,
             stop: Some(tx),
