@@ -48,8 +48,20 @@
 //! rest again (and gets the error then) and nothing is doubled. (A write
 //! interrupted by a signal is flushed and gets no reply; Linux then restarts
 //! it whole, so lines it had pushed go out twice: at least once, there.)
+//!
+//! A spinning non-blocking writer. Linux 6.12 (netfs) retries a write
+//! answered EAGAIN for ever, in the kernel, unkillable; any other error
+//! ends its write(2) with 0 (6.1 passes each errno). So an open file
+//! counts the would-block refusals of its writes that come in a row, each
+//! within [`SPIN_GAP`] of the last, with no push in between; past
+//! [`SPIN_REFUSALS`] the refused write gets EBUSY instead of EAGAIN, and
+//! the count starts again. A program on 6.1 that retries in a tight loop
+//! sees that EBUSY too; one that pauses between tries never does.
+
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
 
 use crate::broker::{Delivery, Framing};
 use crate::fs::ReadReq;
@@ -164,7 +176,18 @@ pub struct Writer {
     partial: Vec<Bytes>,
     /// Their bytes.
     partial_len: usize,
+    /// Would-block refusals in a row, each within [`SPIN_GAP`] of the one
+    /// before, and when the last one was.
+    refusals: u32,
+    last_refusal: Option<Instant>,
 }
+
+/// Would-block refusals in a row after which a non-blocking write is
+/// answered EBUSY instead: a kernel's retry loop (Linux 6.12 sends ~1 400 a
+/// second), not a program's occasional retry.
+pub const SPIN_REFUSALS: u32 = 64;
+/// The longest gap between two refusals that still counts as "in a row".
+pub const SPIN_GAP: Duration = Duration::from_millis(20);
 
 /// A write would make a message of this many bytes, over the limit.
 #[derive(Debug, PartialEq, Eq)]
@@ -190,7 +213,33 @@ impl Writer {
             max,
             partial: Vec::new(),
             partial_len: 0,
+            refusals: 0,
+            last_refusal: None,
         }
+    }
+
+    /// A non-blocking write was refused (its push would block) at `now`:
+    /// whether this refusal ends a spin of [`SPIN_REFUSALS`], each within
+    /// [`SPIN_GAP`] of the last, so the write gets EBUSY (and the count
+    /// starts again) instead of EAGAIN.
+    pub fn refused(&mut self, now: Instant) -> bool {
+        let in_a_row = self
+            .last_refusal
+            .is_some_and(|t| now.saturating_duration_since(t) <= SPIN_GAP);
+        self.refusals = if in_a_row { self.refusals + 1 } else { 1 };
+        self.last_refusal = Some(now);
+        if self.refusals > SPIN_REFUSALS {
+            self.refusals = 0;
+            self.last_refusal = None;
+            return true;
+        }
+        false
+    }
+
+    /// A push went out: refusals no longer run in a row.
+    pub fn pushed(&mut self) {
+        self.refusals = 0;
+        self.last_refusal = None;
     }
 
     /// A write was refused as too long: the line it would have grown is

@@ -431,8 +431,22 @@ impl<B: Broker> TopicTree<B> {
         };
         for (i, m) in cut.messages.iter().enumerate() {
             match self.broker.push_to(topic, m.clone(), f.wait).await {
-                Ok(_) if i == 0 => writer.commit_first(&cut),
+                Ok(_) if i == 0 => {
+                    writer.pushed();
+                    writer.commit_first(&cut);
+                }
                 Ok(_) => {}
+                // A non-blocking write refused whole, again and again in
+                // quick succession: a kernel retrying it (Linux 6.12 does
+                // for ever, unkillable); EBUSY ends that (see `data`).
+                Err(broker::Error::WouldBlock)
+                    if i == 0 && writer.refused(tokio::time::Instant::now()) =>
+                {
+                    return Err(Error::new(
+                        errno::EBUSY,
+                        "busy: no reader took this non-blocking write's message in many tries in a row; nothing was pushed",
+                    ));
+                }
                 // Some lines went out: say so with a short count, so that a
                 // writer that tries the rest again doubles nothing (it then
                 // gets the error itself). A reset fails the whole write: its

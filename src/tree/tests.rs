@@ -849,6 +849,59 @@ async fn overlong_names_are_refused() {
     assert!(t.stat(&n).is_ok());
 }
 
+/// Issue 14.1: Linux 6.12 retries a write answered EAGAIN for ever; after
+/// more than `SPIN_REFUSALS` would-block refusals of one open file in a row,
+/// each within `SPIN_GAP` of the last, with no push between, the refused
+/// write gets EBUSY instead, and the count starts again. Nothing is pushed.
+#[tokio::test(start_paused = true)]
+async fn a_nonblocking_write_refused_in_a_fast_loop_gets_ebusy() {
+    use data::{SPIN_GAP, SPIN_REFUSALS};
+    let (t, root) = setup().await;
+    echo(&t, &root, "t/ctl", "capacity 0").await.unwrap();
+    cat(&t, &root, "t/offset").await; // the default group exists, reads nothing
+    let n = walk(&t, &root, "t/data").unwrap();
+    let nb = OpenMode {
+        nonblock: true,
+        ..mode(Access::Write)
+    };
+    let w = Arc::new(t.open(&n, nb).await.unwrap());
+    let errno_of = |r: Result<u32>| r.unwrap_err().errno;
+    // The clock is paused: every refusal comes at the same instant.
+    for _ in 0..SPIN_REFUSALS {
+        assert_eq!(errno_of(write(&t, &w, "nb\n").await), errno::EAGAIN);
+    }
+    let e = write(&t, &w, "nb\n").await.unwrap_err();
+    assert_eq!(e.errno, errno::EBUSY);
+    assert!(e.message.starts_with("busy: "), "{}", e.message);
+    assert_eq!(errno_of(write(&t, &w, "nb\n").await), errno::EAGAIN);
+    // A gap longer than SPIN_GAP starts the count again.
+    for _ in 1..SPIN_REFUSALS {
+        assert_eq!(errno_of(write(&t, &w, "nb\n").await), errno::EAGAIN);
+    }
+    tokio::time::advance(SPIN_GAP + Duration::from_millis(1)).await;
+    for _ in 0..SPIN_REFUSALS {
+        assert_eq!(errno_of(write(&t, &w, "nb\n").await), errno::EAGAIN);
+    }
+    assert_eq!(errno_of(write(&t, &w, "nb\n").await), errno::EBUSY);
+    let s = status(&t, "t");
+    assert_eq!((s.pending, s.blocked_writers), (0, 0), "nothing pushed");
+    // A push that goes out starts the count again.
+    for _ in 1..SPIN_REFUSALS {
+        assert_eq!(errno_of(write(&t, &w, "nb\n").await), errno::EAGAIN);
+    }
+    echo(&t, &root, "t/ctl", "capacity 1").await.unwrap();
+    assert_eq!(write(&t, &w, "one\n").await, Ok(4));
+    // Full again: refused, counting from 1.
+    for _ in 0..SPIN_REFUSALS {
+        assert_eq!(errno_of(write(&t, &w, "nb\n").await), errno::EAGAIN);
+    }
+    assert_eq!(errno_of(write(&t, &w, "nb\n").await), errno::EBUSY);
+    assert_eq!(status(&t, "t").pending, 1);
+    // Another open file counts its own refusals.
+    let w2 = Arc::new(t.open(&n, nb).await.unwrap());
+    assert_eq!(errno_of(write(&t, &w2, "nb\n").await), errno::EAGAIN);
+}
+
 /// Issue 15.3: qids cost no memory: an intermediate directory's is stable
 /// without being stored, a topic's is its identity (a topic created again
 /// is a new file), and stats racing removes leave nothing behind.

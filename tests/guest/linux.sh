@@ -371,8 +371,8 @@ c_nonblock() {
 # What a write(2) refused by the server returns (issues 14.1, 14.3), on
 # 9P2000.L: 6.1 passes the errno (EMSGSIZE 90 for a message over
 # max_message, ETIMEDOUT 110 for a timeout); 6.12's netfs write path turns
-# every error into a write(2) that returns 0 (and retries EAGAIN for ever,
-# so no non-blocking write is tried here). Nothing is pushed either way.
+# every error into a write(2) that returns 0 (and retries EAGAIN: see
+# c_nonblock_write). Nothing is pushed either way.
 c_write_errors() {
     [ $V = 9p2000.L ] || return 0
     topic write-errors
@@ -396,6 +396,41 @@ c_write_errors() {
         fail $C.write-errors "too long: '$long' (want '$want_long'), timed out: '$slow' (want '$want_slow'), $pending"
     fi
     cleanup
+}
+
+# Issue 14.1: a non-blocking write(2) that would block, on 9P2000.L
+# (capacity 0, no reader). 6.1 passes the server's EAGAIN (11). 6.12 retries
+# a write answered EAGAIN for ever, unkillable; the server answers EBUSY once
+# the same open file's refusals come fast and many in a row, and 6.12 turns
+# that into a write(2) that returns 0. Nothing is pushed. Should the write
+# still hang (a regression), closing the topic ends it (a D-state process
+# ignores `kill`), so the check fails instead of wedging the guest.
+c_nonblock_write() {
+    [ $V = 9p2000.L ] || return 0
+    topic nonblock-write
+    ctl "capacity 0"
+    cat $T/offset > /dev/null
+    bg w ./nb write $W/data "nb
+"
+    if ! waitfor $WAIT ended w; then
+        ctl close
+        waitfor $WAIT ended w
+        fail $C.nonblock-write "write(2) still waiting after ${WAIT}s; ended by a close: $(out w | tr '\n' ' ')"
+        cleanup w
+        return
+    fi
+    got=$(out w | head -n 1)
+    case $KERNEL in
+    6.1.*) want="errno 11" ;;
+    *) want="wrote 0" ;;
+    esac
+    status=$(grep -E '^(pending|blocked_writers)' $T/ctl | tr '\n' ' ')
+    if [ "$got" = "$want" ] && [ "$status" = "pending 0 blocked_writers 0 " ]; then
+        ok $C.nonblock-write "($got)"
+    else
+        fail $C.nonblock-write "got '$got' (want '$want'), $status"
+    fi
+    cleanup w
 }
 
 # Issue 14.4: a line left without its newline is pushed when the file is
@@ -441,7 +476,7 @@ topics() {
     done
     ok $C.mount
     c_rendezvous; c_head; c_whileread; c_big; c_capacity; c_split; c_groups
-    c_offset; c_reset; c_close; c_killed; c_bad; c_rmdir; c_timeout; c_kernel_limit; c_size_limit; c_nonblock; c_write_errors; c_partial; c_cli
+    c_offset; c_reset; c_close; c_killed; c_bad; c_rmdir; c_timeout; c_kernel_limit; c_size_limit; c_nonblock; c_write_errors; c_nonblock_write; c_partial; c_cli
     for mp in $M $M1 $M2 $MW; do
         umount $mp 2> /tmp/e || { fail $C.umount "$mp: $(cat /tmp/e)"; return; }
     done
