@@ -107,10 +107,12 @@ async fn follow_ends_when_the_topic_is_closed() {
     let s = Server::start().await;
     let a = &s.addr;
     ok(dchan(a, &["create", "stream"]).await);
-    let follow = spawn(a, &["pull", "stream", "--follow"], false);
+    // Its output is read as it comes: a pull into a pipe takes the next
+    // message only once the pipe's reader has read the last.
+    let follow = tokio::spawn(spawn(a, &["pull", "stream", "--follow"], false).wait_with_output());
     ok(dchan(a, &["push", "stream", "a", "b", "c"]).await);
     ok(dchan(a, &["close", "stream"]).await);
-    let out = patiently(follow.wait_with_output()).await.unwrap();
+    let out = patiently(follow).await.unwrap().unwrap();
     assert_eq!(ok(out), "a\nb\nc\n");
     // Closed and drained: a plain pull fails, push too; reset reopens.
     fails(
@@ -385,6 +387,50 @@ async fn pull_into_head_gives_back_the_message_it_could_not_print() {
         "dchan: pull t: standard output: broken pipe; the message not printed goes back",
     );
     assert_eq!(ok(dchan(a, &["pull", "t"]).await), "4\n");
+    s.stop().await;
+}
+
+/// `sh -c SCRIPT` with $DCHAN and $DCHAN_ADDR set; its stdout.
+async fn sh(addr: &str, script: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .env("DCHAN", env!("CARGO_BIN_EXE_dchan"))
+        .env("DCHAN_ADDR", addr)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    stdout(&patiently(out).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_into_a_pipe_takes_only_what_its_reader_read() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "t", "--capacity", "100"]).await);
+    let lines: Vec<String> = (1..=40).map(|i| i.to_string()).collect();
+    ok(dchan_in(a, &["push", "t"], Some(&(lines.join("\n") + "\n"))).await);
+    // Messages 1..10 would all fit in the pipe before head starts: pull
+    // waits for each to be read, so only 1, 2, 3 are taken.
+    let head = sh(a, r#""$DCHAN" pull t -n 10 | (sleep 1; head -n 3)"#).await;
+    assert_eq!(head, "1\n2\n3\n");
+    assert_eq!(ok(dchan(a, &["pull", "t"]).await), "4\n");
+    // A reader that stays a while after its last line: the message left
+    // in the pipe goes back too.
+    let head = sh(a, r#""$DCHAN" pull t -n 10 | (head -n 1; sleep 1)"#).await;
+    assert_eq!(head, "5\n");
+    assert_eq!(ok(dchan(a, &["pull", "t"]).await), "6\n");
+    let mut next = 7;
+    for _ in 0..4 {
+        let head = sh(a, r#""$DCHAN" pull t --follow | head -n 3"#).await;
+        let want: String = (next..next + 3).map(|i| format!("{i}\n")).collect();
+        assert_eq!(head, want);
+        assert_eq!(
+            ok(dchan(a, &["pull", "t"]).await),
+            format!("{}\n", next + 3)
+        );
+        next += 4;
+    }
     s.stop().await;
 }
 
