@@ -477,6 +477,27 @@ async fn a_zero_timeout_is_refused_everywhere() {
         let err = stderr(&dchan(a, args).await);
         assert!(err.contains("a zero timeout is refused"), "{err}");
     }
+    // Under a millisecond (it would be stored as none) and too long for
+    // the server: refused with the user's own words.
+    for (t, why) in [
+        ("1ns", "under 1ms is refused"),
+        ("500us", "under 1ms is refused"),
+        ("1000000000h", "over 500 years is refused"),
+    ] {
+        for args in [
+            &["create", "z", "--timeout", t][..],
+            &["pull", "t", "--timeout", t],
+            &["push", "t", "x", "--timeout", t],
+        ] {
+            let o = dchan(a, args).await;
+            let err = stderr(&o);
+            fails(o, 2, &format!("dchan: invalid value '{t}' for '--timeout"));
+            assert!(err.contains(why) && !err.contains("ms\""), "{err}");
+        }
+    }
+    ok(dchan(a, &["create", "edge", "--timeout", "1ms"]).await);
+    assert!(ok(dchan(a, &["stat", "edge"]).await).contains("timeout 1ms\n"));
+    ok(dchan(a, &["rm", "edge"]).await);
     assert_eq!(ok(dchan(a, &["ls", "-q"]).await), "t\n", "nothing created");
     for sub in ["create", "pull", "push"] {
         let help = ok(dchan(a, &[sub, "--help"]).await);

@@ -123,15 +123,27 @@ fn parse_addr(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// A wait limit such as `5s`, `500ms` or `2m`. Zero is refused, here as in
-/// the configuration: leaving `--timeout` out is how to wait for ever.
+/// A wait limit such as `5s`, `500ms` or `2m`, from 1 ms to 500 years.
+/// Zero is refused, here as in the configuration: leaving `--timeout` out
+/// is how to wait for ever. Under a millisecond is refused too (the
+/// server keeps whole milliseconds, so it would become zero), and so is
+/// more than 500 years (the server's parser cannot take it in ms).
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
         Ok(d) if d.is_zero() => Err(ZERO_TIMEOUT.to_string()),
+        Ok(d) if d < Duration::from_millis(1) => {
+            Err("under 1ms is refused (timeouts are whole milliseconds; e.g. 1ms, 5s)".into())
+        }
+        Ok(d) if d > MAX_TIMEOUT => {
+            Err("over 500 years is refused (leave --timeout out to wait for ever)".into())
+        }
         Ok(d) => Ok(d),
         Err(e) => Err(format!("{e} (e.g. 5s, 500ms, 2m)")),
     }
 }
+
+/// The longest timeout taken: 500 years of 365 days.
+const MAX_TIMEOUT: Duration = Duration::from_secs(500 * 365 * 24 * 3600);
 
 /// Why a zero timeout is refused.
 const ZERO_TIMEOUT: &str =
