@@ -611,3 +611,11 @@ async fn a_push_one_group_took_before_its_timeout_succeeds() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn umount_refuses_what_is_not_a_9p_mount() {
+    // /proc is always mounted, and never by 9P (it was unmounted as root).
+    let o = dchan("tcp!127.0.0.1!1", &["umount", "/proc"]).await;
+    fails(o, 1, "dchan: umount /proc: not a 9P mount (proc ");
+    assert!(std::path::Path::new("/proc/self").exists(), "still mounted");
+}

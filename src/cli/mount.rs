@@ -2,7 +2,8 @@
 //! root, the kernel's 9P client with the README's options (9P2000.L, no
 //! cache; `aname=` the group), and a second, writers' mount when asked;
 //! otherwise, or when the kernel has no 9P, plan9port's `9pfuse` from PATH.
-//! `umount` undoes either (`fusermount -u` for 9pfuse, `umount` for 9p).
+//! `umount` undoes either (`fusermount -u` for 9pfuse, `umount` for 9p),
+//! and refuses any other mount.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -170,32 +171,117 @@ pub async fn mount(a: MountArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The file system type `dir` is mounted with, from /proc/mounts.
-fn mounted_type(dir: &Path) -> Option<String> {
+/// What /proc/mounts says is mounted on a directory (the last mount there).
+#[derive(Debug, PartialEq)]
+struct Mounted {
+    source: String,
+    ty: String,
+}
+
+/// What is mounted on `dir`, from /proc/mounts.
+fn mounted(dir: &Path) -> Option<Mounted> {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounted_in(&mounts, &dir)
+}
+
+/// [`mounted`] from the text of /proc/mounts.
+fn mounted_in(mounts: &str, dir: &Path) -> Option<Mounted> {
     mounts
         .lines()
         .filter_map(|l| {
             let mut f = l.split(' ');
-            let (_, at, ty) = (f.next()?, f.next()?, f.next()?);
-            (Path::new(at) == dir).then(|| ty.to_string())
+            let (source, at, ty) = (f.next()?, f.next()?, f.next()?);
+            (Path::new(&unescape(at)) == dir).then(|| Mounted {
+                source: unescape(source),
+                ty: ty.to_string(),
+            })
         })
         .next_back()
 }
 
+/// A /proc/mounts field with its octal escapes (`\040` for a space) undone.
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(o)) => {
+                out.push((o[0] - b'0') << 6 | (o[1] - b'0') << 3 | (o[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How to unmount `m` on `dir`: kernel 9P with umount, a 9pfuse mount
+/// with fusermount -u; anything else is not ours to unmount.
+enum Kind {
+    Kernel,
+    Fuse,
+}
+
+fn kind(m: &Mounted, dir: &Path) -> Result<Kind, String> {
+    if m.ty == "9p" {
+        return Ok(Kind::Kernel);
+    }
+    // 9pfuse names itself nowhere in /proc/mounts (source /dev/fuse, type
+    // fuse): it is a FUSE mount whose server is a 9pfuse process given DIR.
+    let named = m.source.contains("9pfuse") || m.ty.contains("9pfuse");
+    if m.ty.starts_with("fuse") && (named || served_by_9pfuse(dir)) {
+        return Ok(Kind::Fuse);
+    }
+    Err(format!(
+        "not a 9P mount ({} {}): dchan umount only undoes a 9p or 9pfuse mount",
+        m.ty, m.source
+    ))
+}
+
+/// A running 9pfuse process has `dir` as its mount point (its last argument,
+/// taken from its working directory if relative).
+fn served_by_9pfuse(dir: &Path) -> bool {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        let p = p.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        if comm.trim_end() != "9pfuse" {
+            return false;
+        }
+        let cmdline = std::fs::read(p.join("cmdline")).unwrap_or_default();
+        let Some(last) = cmdline.split(|&c| c == 0).rfind(|a| !a.is_empty()) else {
+            return false;
+        };
+        use std::os::unix::ffi::OsStrExt;
+        let at = p.join("cwd").join(std::ffi::OsStr::from_bytes(last));
+        std::fs::canonicalize(at).is_ok_and(|at| at == dir)
+    })
+}
+
 pub async fn umount(a: UmountArgs) -> Result<(), Failure> {
     let fail = |e: String| Failure::new(format!("umount {}", a.dir.display()), e);
-    let ty = mounted_type(&a.dir).ok_or_else(|| fail("not mounted".into()))?;
-    let mut cmd = if ty.starts_with("fuse") {
-        let fm = on_path("fusermount3")
-            .or_else(|| on_path("fusermount"))
-            .ok_or_else(|| fail("fusermount (FUSE) not on PATH".into()))?;
-        let mut c = Command::new(fm);
-        c.arg("-u");
-        c
-    } else {
-        Command::new("umount")
+    let m = mounted(&a.dir).ok_or_else(|| fail("not mounted".into()))?;
+    let mut cmd = match kind(&m, &a.dir).map_err(fail)? {
+        Kind::Fuse => {
+            let fm = on_path("fusermount3")
+                .or_else(|| on_path("fusermount"))
+                .ok_or_else(|| fail("fusermount (FUSE) not on PATH".into()))?;
+            let mut c = Command::new(fm);
+            c.arg("-u");
+            c
+        }
+        Kind::Kernel => Command::new("umount"),
     };
     run(cmd.arg(&a.dir)).map_err(fail)
 }
@@ -232,6 +318,35 @@ mod tests {
         let unix: Addr = "unix!/run/dchan.sock".parse().unwrap();
         let c = kernel_mount(&unix, "", Path::new("/n/d")).unwrap();
         assert_eq!(words(&c)[4..6], ["trans=unix", "/run/dchan.sock"]);
+    }
+
+    #[test]
+    fn umount_undoes_only_9p_mounts() {
+        let mounts = "proc /proc proc rw 0 0\n\
+                      tmpfs /tmp/a\\040b tmpfs rw 0 0\n\
+                      127.0.0.1 /n/d 9p rw,trans=tcp 0 0\n\
+                      9pfuse /n/f fuse.9pfuse rw 0 0\n";
+        let at = |d: &str| mounted_in(mounts, Path::new(d)).unwrap();
+        assert_eq!(at("/tmp/a b").ty, "tmpfs");
+        assert!(mounted_in(mounts, Path::new("/n")).is_none());
+        assert!(matches!(
+            kind(&at("/n/d"), Path::new("/n/d")),
+            Ok(Kind::Kernel)
+        ));
+        assert!(matches!(
+            kind(&at("/n/f"), Path::new("/n/f")),
+            Ok(Kind::Fuse)
+        ));
+        for d in ["/proc", "/tmp/a b"] {
+            let e = kind(&at(d), Path::new(d)).err().unwrap();
+            assert!(e.starts_with("not a 9P mount"), "{e}");
+        }
+        // A FUSE mount no 9pfuse serves is not ours either.
+        let other = Mounted {
+            source: "/dev/fuse".into(),
+            ty: "fuse".into(),
+        };
+        assert!(kind(&other, Path::new("/nowhere/at/all")).is_err());
     }
 
     #[test]
