@@ -619,3 +619,47 @@ async fn umount_refuses_what_is_not_a_9p_mount() {
     fails(o, 1, "dchan: umount /proc: not a 9P mount (proc ");
     assert!(std::path::Path::new("/proc/self").exists(), "still mounted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_refuses_a_mount_point_a_file_and_twice_the_same_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let at = |p: &str| tmp.path().join(p).to_str().unwrap().to_string();
+    let a = "tcp!127.0.0.1!1";
+    // Something is mounted there already: no second mount on top.
+    fails(
+        dchan(a, &["mount", "/proc"]).await,
+        1,
+        "dchan: mount /proc: already a mount point (proc ",
+    );
+    std::fs::write(at("file"), "x").unwrap();
+    fails(
+        dchan(a, &["mount", &at("file")]).await,
+        1,
+        &format!("dchan: mount {}: not a directory", at("file")),
+    );
+    fails(
+        dchan(a, &["mount", &at("d"), "--writers", &at("d/")]).await,
+        1,
+        &format!(
+            "dchan: mount {}: --writers {}/ is the same directory",
+            at("d"),
+            at("d")
+        ),
+    );
+    // A mount that fails (no server, no mount program, no 9pfuse) leaves
+    // no directory behind, parents made for it included.
+    let path = std::ffi::OsStr::new;
+    let o = dchan_os(
+        a,
+        &[path("mount"), path(&at("new/a/b"))],
+        &[("PATH", "/nonexistent")],
+    )
+    .await;
+    fails(
+        o,
+        1,
+        &format!("dchan: mount {}: no way to mount", at("new/a/b")),
+    );
+    assert!(!tmp.path().join("new").exists());
+    assert!(!tmp.path().join("d").exists());
+}

@@ -17,8 +17,10 @@ const MOUNT_HELP: &str = "\
 As root, mounts with the kernel's 9P client (`mount -t 9p -o
 trans=tcp,port=PORT[,aname=GROUP] HOST DIR`, or trans=unix); otherwise, or
 when that fails, with plan9port's 9pfuse (`9pfuse [-a GROUP] ADDR DIR`)
-when it is on PATH. Makes DIR (and --writers DIR) if missing. A read
-through 9pfuse cannot be interrupted: give its topics a timeout (README).
+when it is on PATH. Makes DIR (and --writers DIR) if missing, and removes
+what it made if the mount fails. Refuses a DIR something is already
+mounted on, and a --writers DIR that is DIR. A read through 9pfuse cannot
+be interrupted: give its topics a timeout (README).
 
 Examples:
   dchan mount /n/dchan                          readers' mount
@@ -140,9 +142,56 @@ fn fuse_mount(nine_p_fuse: &Path, addr: &str, group: &str, dir: &Path) -> Comman
     cmd
 }
 
-/// Mount `dir`: the kernel's client as root, else (or if that fails) 9pfuse.
+/// Mount `dir`, made if missing and removed again (with any parents made
+/// for it) if the mount fails. A directory something is already mounted
+/// on is refused: a second mount would hide the first.
 fn mount_one(a: &MountArgs, dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("mkdir: {e}"))?;
+    if let Some(m) = mounted(dir) {
+        return Err(format!(
+            "already a mount point ({} {}); dchan umount it first",
+            m.ty, m.source
+        ));
+    }
+    let made = make_dir(dir)?;
+    let mounted = try_mounts(a, dir);
+    if mounted.is_err() {
+        for d in made.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    mounted
+}
+
+/// Make `dir` and its missing parents; the ones made, outermost first.
+fn make_dir(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut made = Vec::new();
+    for d in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+        match std::fs::symlink_metadata(d) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => made.push(d.to_path_buf()),
+            _ => break,
+        }
+    }
+    made.reverse();
+    if made.is_empty() {
+        return match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => Ok(made),
+            Ok(_) => Err("not a directory".into()),
+            Err(e) => Err(dchan::client::io_reason(&e)),
+        };
+    }
+    for (i, d) in made.iter().enumerate() {
+        if let Err(e) = std::fs::create_dir(d) {
+            for d in made[..i].iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+            return Err(format!("mkdir {}: {e}", d.display()));
+        }
+    }
+    Ok(made)
+}
+
+/// The kernel's client as root, else (or if that fails) 9pfuse.
+fn try_mounts(a: &MountArgs, dir: &Path) -> Result<(), String> {
     let addr: Addr = a.conn.addr.parse()?;
     let mut tried = Vec::new();
     if is_root() {
@@ -163,7 +212,26 @@ fn mount_one(a: &MountArgs, dir: &Path) -> Result<(), String> {
     Err(format!("no way to mount: {}", tried.join("; ")))
 }
 
+/// `a` and `b` name the same directory (made or not).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let full = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    full(a) == full(b)
+}
+
 pub async fn mount(a: MountArgs) -> Result<(), Failure> {
+    if let Some(w) = a.writers.as_deref().filter(|w| same_dir(w, &a.dir)) {
+        return Err(Failure::new(
+            format!("mount {}", a.dir.display()),
+            format!(
+                "--writers {} is the same directory; give it another",
+                w.display()
+            ),
+        ));
+    }
     mount_one(&a, &a.dir).map_err(|e| Failure::new(format!("mount {}", a.dir.display()), e))?;
     if let Some(w) = &a.writers {
         mount_one(&a, w).map_err(|e| Failure::new(format!("mount {}", w.display()), e))?;
