@@ -227,6 +227,12 @@ async fn ls_stat_offset_create_rm() {
         1,
         "dchan: rm metrics/eu: no such topic",
     );
+    // A directory that only holds topics is no topic either, said once.
+    ok(dchan(a, &["create", "deep/b/c"]).await);
+    let o = dchan(a, &["rm", "deep"]).await;
+    assert_eq!(stderr(&o), "dchan: rm deep: no such topic\n");
+    fails(o, 1, "dchan: rm deep: no such topic");
+    ok(dchan(a, &["rm", "deep/b/c"]).await);
     fails(
         dchan(a, &["create", "jobs"]).await,
         1,

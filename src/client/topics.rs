@@ -217,7 +217,14 @@ impl Client {
     pub async fn remove(&self, topic: &str) -> Result<()> {
         check_topic(topic)?;
         self.topic_dir(topic).await?;
-        self.server_command(&format!("remove {topic}")).await
+        // A directory that only holds topics (`a` of `a/b`) is none itself:
+        // the server says "remove a: no such topic"; say it as for any other.
+        match self.server_command(&format!("remove {topic}")).await {
+            Err(Error::Server { message, .. }) if message.ends_with(": no such topic") => {
+                Err(Error::NoTopic(topic.to_string()))
+            }
+            done => done,
+        }
     }
 
     /// Every topic, nested ones included, in the tree's order.
