@@ -236,8 +236,15 @@ const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 /// A log filter: comma-separated directives, each a level or
 /// `TARGET=LEVEL` (`warn`, `dchan=debug,info`). tracing would take a lone
 /// word that is no level as a target name and log nothing else, so a typo
-/// (`wran`) is refused here, with the levels listed.
+/// (`wran`) is refused here, with the levels listed; so is a filter with
+/// no directive at all (`--log ''`), which tracing would take as "off".
 pub fn log_filter(text: &str) -> Result<EnvFilter, String> {
+    if text.split(',').all(|d| d.trim().is_empty()) {
+        return Err(format!(
+            "empty; want a level ({}) or TARGET=LEVEL, comma-separated",
+            LEVELS.join(", ")
+        ));
+    }
     for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
         if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {

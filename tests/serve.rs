@@ -395,6 +395,17 @@ fn a_log_level_with_a_typo_is_refused() {
     assert!(!out.contains("listening"), "{out}");
     let (err, _) = fails_to_start(&listen, &[("RUST_LOG", "dchan=verbose")]);
     assert!(err.contains("\"verbose\" is no level"), "{err}");
+    // An empty filter would turn logging off without a word: refused too.
+    for empty in ["", " ", ","] {
+        let (err, out) = fails_to_start(&[&listen[..], &["--log", empty]].concat(), &[]);
+        assert!(
+            err.contains(&format!(
+                "dchan: log filter {empty:?}: empty; want a level (off, error"
+            )),
+            "{err}"
+        );
+        assert!(!out.contains("listening"), "{out}");
+    }
     // Good filters still start.
     Server::start(&["--log", "dchan=debug,warn"]);
 }
