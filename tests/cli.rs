@@ -92,6 +92,31 @@ async fn push_reads_lines_from_stdin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_too_large_for_one_write_is_refused_on_a_write_framed_topic() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(
+        a,
+        &["create", "bigw", "--capacity", "5", "--framing", "write"],
+    )
+    .await);
+    let big = format!("{}\n", "b".repeat(2_000_000));
+    let out = dchan_in(a, &["push", "bigw"], Some(&big)).await;
+    fails(
+        out,
+        1,
+        "dchan: push bigw: message too large for one write: 2000001 bytes, at most ",
+    );
+    let stat = ok(dchan(a, &["stat", "bigw"]).await);
+    assert!(stat.contains("pushed 0\n"), "{stat}");
+    // On a line-framed topic the same line goes out in parts, as one message.
+    ok(dchan(a, &["create", "bigl", "--capacity", "5"]).await);
+    ok(dchan_in(a, &["push", "bigl"], Some(&big)).await);
+    assert_eq!(ok(dchan(a, &["pull", "bigl"]).await), big);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rendezvous_push_waits_for_a_pull() {
     let s = Server::start().await;
     let a = &s.addr;

@@ -14,7 +14,9 @@ line-framed topic gets one message each, and a write-framed topic keeps
 the newline; a MSG with newlines inside is several messages on a
 line-framed topic). A MSG is taken as bytes, as the shell passes it (UTF-8
 or not), as a line of standard input is. Messages go out one at a time, in
-order, over one open data file. Each push waits as a writer of the topic's
+order, over one open data file. On a write-framed topic a message must fit
+one 9P write (msize - 24 bytes: about 1 MiB against dchan's default); a
+longer one is refused, and nothing of it pushed. Each push waits as a writer of the topic's
 data file does: for a reader when its capacity is 0, for room otherwise.
 
 Once connected, a failed push's error ends with \"(N pushed)\": the first

@@ -112,8 +112,9 @@ impl Client {
         &self.root
     }
 
-    /// Push one message to `topic` (write framing: exactly these bytes;
-    /// line framing: end it with a newline). Waits as a writer would: for a
+    /// Push one message to `topic` (write framing: exactly these bytes, at
+    /// most one write's worth, see [`Pusher`]; line framing: end it with a
+    /// newline). Waits as a writer would: for a
     /// reader if the topic's capacity is 0, for room otherwise.
     pub async fn push(&self, topic: &str, msg: impl Into<Bytes>) -> Result<()> {
         let pusher = self.open_push(topic).await?;
@@ -135,9 +136,34 @@ impl Client {
         Ok(Puller::new(self.open(topic, "data", Mode::Read).await?))
     }
 
-    /// Open `topic`'s data file for a stream of pushes on one fid.
+    /// Open `topic`'s data file for a stream of pushes on one fid, reading
+    /// its framing from its ctl meanwhile (see [`Pusher`]).
     pub async fn open_push(&self, topic: &str) -> Result<Pusher> {
-        Ok(Pusher::new(self.open(topic, "data", Mode::Write).await?))
+        let (data, framing) =
+            futures_util::future::join(self.open(topic, "data", Mode::Write), self.framing(topic))
+                .await;
+        Ok(Pusher::new(data?, framing?))
+    }
+
+    /// The topic's framing, from its ctl's `framing` line (near the top,
+    /// so one read finds it); `None` if that cannot be read, as from a
+    /// server other than dchan. A lost connection is that error instead.
+    async fn framing(&self, topic: &str) -> Result<Option<Framing>> {
+        let text = async {
+            let ctl = self.open(topic, "ctl", Mode::Read).await?;
+            ctl.read(0, ctl.max_io()).await
+        };
+        let text = match text.await {
+            Ok(t) => t,
+            Err(e @ (Error::Disconnected(_) | Error::Io(_))) => return Err(e),
+            Err(_) => return Ok(None),
+        };
+        let framing = text.split(|&b| b == b'\n').find_map(|l| match l {
+            b"framing line" => Some(Framing::Line),
+            b"framing write" => Some(Framing::Write),
+            _ => None,
+        });
+        Ok(framing)
     }
 
     /// The topic's status: its ctl file's "key value" lines.
