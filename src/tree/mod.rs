@@ -225,6 +225,18 @@ impl<B: Broker> TopicTree<B> {
         if ok { Ok(()) } else { Err(not_found()) }
     }
 
+    /// Fail with "topic removed" if the node was walked to a topic that has
+    /// since been removed (a topic created again under its name is another).
+    fn check_current(&self, node: &Node) -> Result<()> {
+        let (Some(id), At::Dir(p) | At::File(p, _)) = (node.topic_id, &node.at) else {
+            return Ok(());
+        };
+        match self.broker.id(p) {
+            Ok(now) if now == id => Ok(()),
+            _ => Err(broker_error(broker::Error::Removed)),
+        }
+    }
+
     /// The text a ctl or offset file reads now.
     fn text(&self, handle: &Handle<B::Delivery>) -> Result<Bytes> {
         let node = &handle.node;
@@ -330,6 +342,7 @@ impl<B: Broker> TopicTree<B> {
 
     /// Open an existing file.
     fn open_file(&self, node: &Node, mode: OpenMode) -> Result<Handle<B::Delivery>> {
+        self.check_current(node)?;
         self.check_exists(&node.at)?;
         // A topic's file belongs to the topic it was opened on (issue 14.7).
         let topic_id = match &node.at {
@@ -467,6 +480,7 @@ impl<B: Broker> TopicTree<B> {
 
 impl<B: Broker> TopicTree<B> {
     fn walk_node(&self, dir: &Node, name: &str) -> Result<Node> {
+        self.check_current(dir)?;
         let at = match (&dir.at, name) {
             (At::Root, "..") => At::Root,
             (At::Dir(p), "..") => parent(p),
@@ -484,13 +498,22 @@ impl<B: Broker> TopicTree<B> {
             return Err(not_found());
         }
         self.check_exists(&at)?;
+        // A topic's file is of the topic its directory was walked to; a
+        // directory is of the topic named so now (if any).
+        let topic_id = match &at {
+            At::File(p, _) => dir.topic_id.or_else(|| self.broker.id(p).ok()),
+            At::Dir(p) => self.broker.id(p).ok(),
+            At::Root | At::RootCtl => None,
+        };
         Ok(Node {
             at,
             session: dir.session.clone(),
+            topic_id,
         })
     }
 
     fn stat_node(&self, node: &Node) -> Result<FileInfo> {
+        self.check_current(node)?;
         self.check_exists(&node.at)?;
         Ok(self.info(node, node.at.clone()))
     }
@@ -501,6 +524,7 @@ impl<B: Broker> TopicTree<B> {
             At::Dir(p) => p,
             _ => return Err(Error::new(errno::ENOTDIR, "not a directory")),
         };
+        self.check_current(dir)?;
         self.check_exists(&dir.at)?;
         let mut entries = Vec::new();
         if path.is_empty() {
@@ -532,6 +556,7 @@ impl<B: Broker> TopicTree<B> {
             At::Dir(p) => format!("{p}/{name}"),
             _ => return Err(Error::new(errno::ENOTDIR, "not a directory")),
         };
+        self.check_current(dir)?;
         if perm & DMDIR == 0 {
             // Plan 9's `>` creates a file that exists: open it.
             if let Ok(node) = self.walk_node(dir, name)
@@ -548,6 +573,7 @@ impl<B: Broker> TopicTree<B> {
         self.check_exists(&dir.at)?;
         self.create_topic(&path, self.config.defaults)?;
         let node = Node {
+            topic_id: self.broker.id(&path).ok(),
             at: At::Dir(path.into()),
             session: dir.session.clone(),
         };
@@ -609,6 +635,7 @@ impl<B: Broker> TopicTree<B> {
     }
 
     fn wstat_node(&self, node: &Node, changes: Changes) -> Result<()> {
+        self.check_current(node)?;
         self.check_exists(&node.at)?;
         let is_dir = matches!(node.at, At::Root | At::Dir(_));
         match changes.length {
@@ -630,6 +657,7 @@ impl<B: Broker> TopicTree<B> {
     }
 
     fn remove_node(&self, node: &Node) -> Result<()> {
+        self.check_current(node)?;
         match &node.at {
             At::Dir(p) if self.is_topic(p) => self.remove_topic(p),
             At::Dir(p) if self.dir_exists(p) => {
@@ -656,6 +684,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         };
         Ok(Node {
             at: At::Root,
+            topic_id: None,
             session: Arc::new(Session {
                 group: group.to_string(),
                 linux,
