@@ -53,6 +53,33 @@ pub struct Limits {
     /// Requests one connection may have in flight at once.
     #[serde(deserialize_with = "positive")]
     pub max_in_flight: usize,
+    /// Bytes held in partial lines by all open data files together.
+    pub max_unfinished_bytes: UnfinishedBytes,
+}
+
+/// `limits.max_unfinished_bytes`: a size as `max_message` takes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeValue")]
+pub struct UnfinishedBytes(pub u64);
+
+impl Default for UnfinishedBytes {
+    fn default() -> Self {
+        UnfinishedBytes(crate::tree::MAX_UNFINISHED_BYTES)
+    }
+}
+
+impl TryFrom<SizeValue> for UnfinishedBytes {
+    type Error = String;
+
+    fn try_from(v: SizeValue) -> Result<Self, String> {
+        let text = match v {
+            SizeValue::Bytes(n) => n.to_string(),
+            SizeValue::Text(s) => s,
+        };
+        broker::parse_size(&text)
+            .map(UnfinishedBytes)
+            .map_err(|why| format!("bad max_unfinished_bytes {text:?}: {why}"))
+    }
 }
 
 /// `[groups]`: how many reader groups a topic keeps, and for how long.

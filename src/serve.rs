@@ -120,6 +120,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         broker,
         TreeConfig {
             defaults: config.topic_defaults.topic_config(),
+            max_unfinished_bytes: config.limits.max_unfinished_bytes.0,
         },
         move || counted.count(),
     );
