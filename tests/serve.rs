@@ -241,6 +241,68 @@ fn an_expired_group_lets_a_held_push_through_untouched() {
     assert_eq!((ty, tag), (TWRITE + 1, 8));
 }
 
+/// A client that goes away (a TCP reset, or an EOF inside a frame) is a
+/// disconnect, logged at debug level; only a broken frame is logged as a
+/// protocol violation.
+#[test]
+fn a_reset_or_eof_is_a_disconnect_not_a_protocol_violation() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["serve", "--listen", "tcp!127.0.0.1!0", "--log", "debug"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dchan");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port = server::listening_port(&line).expect("listening line");
+    let frame = |size: u32| {
+        let mut m = size.to_le_bytes().to_vec();
+        m.extend_from_slice(&[TVERSION, 0xFF, 0xFF]);
+        m
+    };
+    // A reset: close with the Rversion unread.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut b = frame(19);
+    b.extend_from_slice(&8192u32.to_le_bytes());
+    s(&mut b, "9P2000");
+    c.write_all(&b).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(c);
+    // An EOF inside a frame.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&frame(100)).unwrap();
+    drop(c);
+    // A broken frame: a protocol violation.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&frame(3)).unwrap();
+    let _ = c.read(&mut [0; 16]);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+    Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    server::wait_bounded(&mut child, "dchan", PATIENCE);
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let lost = logs.matches("connection lost").count();
+    let violations: Vec<_> = logs
+        .lines()
+        .filter(|l| l.contains("protocol violation"))
+        .collect();
+    assert_eq!(lost, 2, "{logs}");
+    assert_eq!(violations.len(), 1, "{logs}");
+    assert!(violations[0].contains("smaller than"), "{logs}");
+}
+
 #[test]
 fn sigterm_stops_cleanly_while_a_read_is_blocked() {
     let file = config_file("[[topic]]\nname = \"jobs\"\n");
