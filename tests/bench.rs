@@ -111,6 +111,8 @@ enum Fault {
     /// Acknowledge the push and keep the message where no reader gets it;
     /// `pending` says how many are held if `tells`.
     Hold { tells: bool },
+    /// Panic making any topic but the first.
+    Panic,
 }
 
 /// One in-memory queue per topic; every reader of a topic shares it (one
@@ -157,6 +159,9 @@ impl System for Faulty {
         "faulty"
     }
     async fn create(&self, topic: &str, _capacity: u64) -> bench::Result<()> {
+        if self.fault == Fault::Panic && !self.queues.lock().is_empty() {
+            panic!("made up");
+        }
         self.queue(topic);
         Ok(())
     }
@@ -175,7 +180,7 @@ impl System for Faulty {
             Fault::Hold { tells: true } => {
                 Some(q.items.lock().len() as u64 + q.held.load(Ordering::Relaxed))
             }
-            Fault::Hold { tells: false } => None,
+            Fault::Hold { tells: false } | Fault::Panic => None,
         }
     }
 }
@@ -263,6 +268,15 @@ async fn a_lossy_run_reports_what_was_delivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_run_fails_and_removes_its_topics() {
+    let (r, sys) = faulty(Fault::Panic, Workload::Rendezvous).await;
+    let error = r.error.as_deref().unwrap();
+    assert!(error.contains("panicked: made up"), "{error}");
+    assert!(sys.queues.lock().is_empty(), "the topic made is removed");
+    assert_eq!(sys.removed.lock().len(), 2, "both named topics: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_still_held_are_unfinished_not_lost() {
     for tells in [true, false] {
         let (r, _) = faulty(Fault::Hold { tells }, Workload::Pipe).await;
@@ -274,4 +288,69 @@ async fn messages_still_held_are_unfinished_not_lost() {
         let error = r.error.as_deref().unwrap();
         assert!(error.starts_with("unfinished: "), "{error}");
     }
+}
+
+/// A run ended by SIGINT at any point removes every topic it made, says it
+/// was interrupted (no rate) and exits 130; SIGTERM likewise, with 143.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_removes_its_topics() {
+    let server = Server::start().await;
+    let client = Client::connect(&server.addr, &ClientOptions::group(""))
+        .await
+        .unwrap();
+    let runs: &[(&[&str], &str, i32)] = &[
+        (&["conns", "--conns", "300"], "INT", 130),
+        (&["pipe", "--depth", "8"], "INT", 130),
+        (&["queue"], "TERM", 143),
+        (&["fanout", "--groups", "4"], "INT", 130),
+        (&["rendezvous"], "INT", 130),
+        (&["backlog", "--count", "100000000"], "INT", 130),
+    ];
+    for (args, signal, code) in runs {
+        let child = Command::new(env!("CARGO_BIN_EXE_dchan"))
+            .arg("bench")
+            .args(*args)
+            .args(["--addr", &server.addr, "--secs", "600", "--warmup", "10"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // Mid-run: once its topics exist, and a little after.
+        patiently(async {
+            while client.topics().await.unwrap().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let pid = child.id().unwrap().to_string();
+        let killed = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = patiently(child.wait_with_output()).await.unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(*code),
+            "{args:?}: {stdout} {stderr}"
+        );
+        let r: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON line");
+        assert_eq!(r["interrupted"], format!("SIG{signal}"), "{r}");
+        assert_eq!(
+            r["msgs_per_sec"], 0.0,
+            "no rate from an interrupted run: {r}"
+        );
+        assert!(stderr.contains("interrupted"), "{stderr}");
+        assert_eq!(
+            client.topics().await.unwrap(),
+            Vec::<String>::new(),
+            "{args:?} removed its topics"
+        );
+    }
+    server.stop().await;
 }

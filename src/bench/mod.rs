@@ -16,7 +16,9 @@
 //! "lost" only if the system says it holds nothing more for the group
 //! ([`System::pending`]), and "unfinished" otherwise. Every run warms up
 //! untimed first, and removes what it created (topics, streams, keys) at
-//! the end. Results are one JSON line each (`report`).
+//! the end, however it ends: an error, a panic, or (`dchan bench`) SIGINT
+//! or SIGTERM, which stops the run and reports it as interrupted, with no
+//! rate. Results are one JSON line each (`report`).
 //!
 //! Modules:
 //! - `payload`  — the bytes of a benchmark message and their parsing.
