@@ -354,3 +354,84 @@ async fn an_interrupted_run_removes_its_topics() {
     }
     server.stop().await;
 }
+
+/// Arguments out of their bounds are usage errors (exit 2, one clear line)
+/// found before connecting: the address here is unreachable, which would
+/// be exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_out_of_bounds_are_usage_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["pipe", "--size", "99999999999"],
+            "'--size <SIZE>': at most",
+        ),
+        (&["pipe", "--size", "10"], "'--size <SIZE>': at least 48"),
+        (&["pipe", "--secs", "nan"], "'--secs <SECS>': a finite"),
+        (&["pipe", "--secs", "inf"], "'--secs <SECS>': a finite"),
+        (&["pipe", "--secs", "1e9"], "'--secs <SECS>': at most"),
+        (&["pipe", "--secs", "0"], "'--secs <SECS>': more than 0"),
+        (&["pipe", "--drain", "nan"], "'--drain <DRAIN>': a finite"),
+        (
+            &["pipe", "--drain-max", "inf"],
+            "'--drain-max <DRAIN_MAX>': a finite",
+        ),
+        (&["pipe", "--depth", "0"], "'--depth <DEPTH>': at least 1"),
+        (
+            &["pipe", "--depth", "20000"],
+            "'--depth <DEPTH>': at most 1024",
+        ),
+        (
+            &["queue", "--producers", "0"],
+            "'--producers <PRODUCERS>': at least 1",
+        ),
+        (
+            &["queue", "--consumers", "0"],
+            "'--consumers <CONSUMERS>': at least 1",
+        ),
+        (
+            &["fanout", "--groups", "0"],
+            "'--groups <GROUPS>': at least 1",
+        ),
+        (&["conns", "--conns", "0"], "'--conns <CONNS>': at least 1"),
+        (
+            &["backlog", "--count", "0"],
+            "'--count <COUNT>': at least 1",
+        ),
+        (
+            &["pipe", "--prefix="],
+            "'--prefix <PREFIX>': not a topic name",
+        ),
+        (
+            &["pipe", "--prefix", "../x"],
+            "'--prefix <PREFIX>': not a topic name",
+        ),
+        (
+            &["pipe", "--prefix", "a b"],
+            "'--prefix <PREFIX>': not a topic name",
+        ),
+        (
+            &["pipe", "--size", "16777216", "--depth", "1024"],
+            "in flight; lower --size or --depth",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = patiently(
+            Command::new(env!("CARGO_BIN_EXE_dchan"))
+                .arg("bench")
+                .args(*args)
+                .args(["--addr", "tcp!127.0.0.1!1"])
+                .output(),
+        )
+        .await
+        .unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: no JSON line");
+        assert!(
+            err.starts_with("dchan: ") && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert!(err.ends_with("see 'dchan bench --help'\n"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}

@@ -37,9 +37,14 @@ fn parse_dialect(s: &str) -> Result<Dialect, String> {
 }
 
 /// Run `dchan bench`: exit 0 with a clean result, 1 on any loss or error,
+/// 2 on arguments that do not fit together,
 /// 128 + the signal's number (130 for SIGINT) when interrupted. A signal
 /// stops the run, removes its topics and reports it as interrupted.
 pub async fn main(args: BenchArgs) -> ExitCode {
+    if let Err(why) = args.opts.check(args.workload) {
+        eprintln!("dchan: {why}; see 'dchan bench --help'");
+        return ExitCode::from(2);
+    }
     let signalled = match Signals::new() {
         Ok(s) => s,
         Err(e) => {

@@ -59,6 +59,7 @@ pub async fn run_until<S: System>(
         if opts.size < payload::MIN_SIZE {
             return Err(format!("--size must be at least {} bytes", payload::MIN_SIZE).into());
         }
+        opts.check(workload)?;
         let report = &mut report;
         match workload {
             Workload::Rendezvous => rendezvous(system, opts, &names, report).await,

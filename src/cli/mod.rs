@@ -204,18 +204,8 @@ impl<T> Context<T> for Result<T, client::Error> {
 pub async fn run(command: Command) -> ExitCode {
     let command = match command {
         Command::Serve(args) => return dchan::serve::main(args).await,
-        Command::Bench(args) => {
-            // A usage error, before any connection or JSON line.
-            let min = dchan::bench::payload::MIN_SIZE;
-            if args.opts.size < min {
-                let size = args.opts.size;
-                eprintln!(
-                    "dchan: invalid value '{size}' for '--size <SIZE>': at least {min} bytes; see 'dchan bench --help'"
-                );
-                return ExitCode::from(2);
-            }
-            return dchan::bench::command::main(args).await;
-        }
+        // Its arguments' bounds are checked as they are parsed.
+        Command::Bench(args) => return dchan::bench::command::main(args).await,
         Command::Client(c) => c,
     };
     let filter = match std::env::var("RUST_LOG") {
