@@ -121,6 +121,9 @@ struct Faulty {
     fault: Fault,
     queues: Queues,
     removed: Mutex<Vec<String>>,
+    /// `pending` calls under way, and the most at once.
+    asking: AtomicU64,
+    most_asking: AtomicU64,
 }
 
 type Queues = Arc<Mutex<HashMap<String, Arc<Queue>>>>;
@@ -143,6 +146,8 @@ impl Faulty {
             fault,
             queues: Queues::default(),
             removed: Mutex::default(),
+            asking: AtomicU64::new(0),
+            most_asking: AtomicU64::new(0),
         }
     }
     fn queue(&self, topic: &str) -> Arc<Queue> {
@@ -174,6 +179,10 @@ impl System for Faulty {
         Ok(())
     }
     async fn pending(&self, topic: &str, _group: &str) -> Option<u64> {
+        let now = self.asking.fetch_add(1, Ordering::Relaxed) + 1;
+        self.most_asking.fetch_max(now, Ordering::Relaxed);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        self.asking.fetch_sub(1, Ordering::Relaxed);
         let q = self.queue(topic);
         match self.fault {
             Fault::Drop => Some(q.items.lock().len() as u64),
@@ -274,6 +283,17 @@ async fn a_panicking_run_fails_and_removes_its_topics() {
     assert!(error.contains("panicked: made up"), "{error}");
     assert!(sys.queues.lock().is_empty(), "the topic made is removed");
     assert_eq!(sys.removed.lock().len(), 2, "both named topics: {r:?}");
+}
+
+/// Once the drain ends, the groups still missing messages are asked what
+/// the system holds for them all at once, not one after another, so the
+/// questions add one round trip to a drain bounded by --drain-max.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_groups_left_are_asked_at_once() {
+    // Every group's reader shares one queue here, so each gets only part.
+    let (r, sys) = faulty(Fault::Hold { tells: true }, Workload::Fanout).await;
+    assert!(r.error.is_some(), "{r:?}");
+    assert_eq!(sys.most_asking.load(Ordering::Relaxed), 16, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,7 +116,9 @@ pub struct Options {
     #[arg(long, default_value_t = 10.0, value_parser = drain)]
     pub drain: f64,
     /// The longest drain in all, in seconds, however steadily messages
-    /// still arrive; what is missing then is unfinished (at most a day).
+    /// still arrive, counted from when the producers are told to stop
+    /// (their last pushes may wait for room); what is missing then is
+    /// unfinished (at most a day).
     #[arg(long, default_value_t = 60.0, value_parser = drain)]
     pub drain_max: f64,
     /// Untimed warm-up messages per producer before the timed window (flows

@@ -6,8 +6,9 @@
 //! dchan's pool of open data files are in place), then times its window.
 //! Producers stop pushing after `--secs`; readers then take what is left for
 //! as long as messages keep arriving (`--drain` of silence ends it, and
-//! `--drain-max` in all). A group still missing messages then asks the
-//! system what it holds for it: those held are unfinished, only the rest
+//! `--drain-max` in all, from the moment the producers are told to stop).
+//! The groups still missing messages then ask the system, all at once,
+//! what it holds for them: those held are unfinished, only the rest
 //! lost. Rates count what was delivered. Every topic the run made is
 //! removed at the end.
 
@@ -377,11 +378,14 @@ impl Progress {
     }
 }
 
-/// Wait until `count` (summed over groups) reaches `want`, or stops moving
-/// for `idle`, or `limit` passes; whether it got there.
-async fn await_count(count: impl Fn() -> (u64, bool), idle: Duration, limit: Duration) -> bool {
-    let begin = tokio::time::Instant::now();
-    let (mut seen, mut moved) = (count().0, begin);
+/// Wait until `count` (summed over groups) says complete, or stops moving
+/// for `idle`, or the deadline `until` passes; whether it got there.
+async fn await_count(
+    count: impl Fn() -> (u64, bool),
+    idle: Duration,
+    until: tokio::time::Instant,
+) -> bool {
+    let (mut seen, mut moved) = (count().0, tokio::time::Instant::now());
     loop {
         let (now, complete) = count();
         if complete {
@@ -391,22 +395,25 @@ async fn await_count(count: impl Fn() -> (u64, bool), idle: Duration, limit: Dur
         if now != seen {
             (seen, moved) = (now, t);
         }
-        if t - moved >= idle || t - begin >= limit {
+        if t - moved >= idle || t >= until {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// Drain: wait while every group still gets messages, then for each group
-/// missing some, ask the system what it still holds. Returns, per group,
-/// `None` if complete, else what the system holds (`Some(None)`: cannot say).
+/// Drain, which `began` when the producers were told to stop: wait while
+/// every group still gets messages, for `--drain-max` from `began` at
+/// most, then for each group missing some, ask the system (all at once)
+/// what it still holds. Returns, per group, `None` if complete, else what
+/// the system holds (`Some(None)`: cannot say).
 async fn drain<S: System>(
     sys: &S,
     topic: &str,
     group_names: &[String],
     progress: &[Arc<Progress>],
     opts: &Options,
+    began: tokio::time::Instant,
 ) -> Vec<Option<Option<u64>>> {
     let count = || {
         let got = progress
@@ -415,15 +422,14 @@ async fn drain<S: System>(
             .sum();
         (got, progress.iter().all(|p| p.complete()))
     };
-    await_count(count, opts.drain(), opts.drain_max()).await;
-    let mut held = Vec::new();
-    for (p, g) in progress.iter().zip(group_names) {
-        held.push(match p.complete() {
+    await_count(count, opts.drain(), began + opts.drain_max()).await;
+    let held = progress.iter().zip(group_names).map(|(p, g)| async move {
+        match p.complete() {
             true => None,
             false => Some(sys.pending(topic, g).await),
-        });
-    }
-    held
+        }
+    });
+    futures_util::future::join_all(held).await
 }
 
 /// Pipe, queue and fanout: warm up, then producers push for `--secs`, every
@@ -503,11 +509,15 @@ async fn flow<S: System>(
         )
     };
     if failure.is_none() {
-        await_count(warm_count, opts.drain(), opts.drain_max()).await;
+        let until = tokio::time::Instant::now() + opts.drain_max();
+        await_count(warm_count, opts.drain(), until).await;
     }
 
     let before = ProcStat::read(opts.server_pid);
     let start = epoch.elapsed();
+    // The drain begins when the producers are told to stop: their last
+    // pushes, waiting for room, wait on the readers too.
+    let stopping = tokio::time::Instant::now() + opts.secs();
     let stop = stop_after(opts.secs());
     let producers: Vec<_> = writers
         .into_iter()
@@ -539,7 +549,7 @@ async fn flow<S: System>(
     for p in &progress {
         p.target.store(total, Ordering::Relaxed);
     }
-    let held = drain(sys, &topic, &group_names, &progress, opts).await;
+    let held = drain(sys, &topic, &group_names, &progress, opts, stopping).await;
     for p in &progress {
         p.done.send_replace(true);
     }
@@ -809,6 +819,7 @@ async fn backlog<S: System>(
         &[String::new()],
         std::slice::from_ref(&progress),
         opts,
+        tokio::time::Instant::now(),
     )
     .await;
     progress.done.send_replace(true);
