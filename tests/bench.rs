@@ -16,6 +16,7 @@ use bytes::Bytes;
 use clap::Parser;
 use dchan::bench::{self, Conn, Options, Reader, System, Workload, Writer, payload};
 use dchan::client::{Client, Options as ClientOptions};
+use dchan::engine::Limits;
 use parking_lot::Mutex;
 use support::{Server, patiently};
 use tokio::process::Command;
@@ -454,4 +455,65 @@ async fn arguments_out_of_bounds_are_usage_errors() {
         assert!(err.ends_with("see 'dchan bench --help'\n"), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
+}
+
+/// A run past the server's limits fails with the server's own words where
+/// the wire carries them: a refused connection is asked again in 9P2000.u
+/// for its reason, and a request refused in 9P2000.L (an errno alone) says
+/// it met a limit. The topics are removed either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_at_the_servers_limits_says_why() {
+    let run = |addr: String, args: &'static [&'static str]| async move {
+        let out = patiently(
+            Command::new(env!("CARGO_BIN_EXE_dchan"))
+                .arg("bench")
+                .args(args)
+                .args(["--addr", &addr, "--secs", "0.3", "--warmup", "10"])
+                .output(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let empty = |addr: String| async move {
+        let c = Client::connect(&addr, &ClientOptions::group(""))
+            .await
+            .unwrap();
+        assert_eq!(c.topics().await.unwrap(), Vec::<String>::new());
+    };
+    let server = Server::start_with(Limits {
+        max_connections: 2,
+        ..Limits::default()
+    })
+    .await;
+    let dialects: [&'static [&'static str]; 2] = [
+        &["pipe", "--dialect", "9p2000.L"],
+        &["pipe", "--dialect", "9p2000.u"],
+    ];
+    for args in dialects {
+        let err = run(server.addr.clone(), args).await;
+        assert!(
+            err.contains("FAILED: too many connections (the server serves 2 at once)"),
+            "{args:?}: {err}"
+        );
+        empty(server.addr.clone()).await;
+    }
+    server.stop().await;
+
+    let server = Server::start_with(Limits {
+        max_in_flight: 4,
+        ..Limits::default()
+    })
+    .await;
+    let err = run(server.addr.clone(), &["pipe", "--depth", "16"]).await;
+    assert!(
+        err.contains("the server refused it at one of its limits, such as max_in_flight"),
+        "{err}"
+    );
+    let args = &["pipe", "--depth", "16", "--dialect", "9p2000.u"];
+    let err = run(server.addr.clone(), args).await;
+    assert!(err.contains("FAILED: too many requests in flight"), "{err}");
+    empty(server.addr.clone()).await;
+    server.stop().await;
 }
