@@ -16,6 +16,12 @@ use crate::proto::Dialect;
 /// at once: each read holds a fid, and a server bounds a connection's fids.
 pub const TOPICS_AT_ONCE: usize = 64;
 
+/// How many levels deep [`Client::topics_under`] goes below its prefix;
+/// a deeper tree is a protocol error (a server whose directory contains
+/// itself would otherwise be listed for ever). dchan's topic names have
+/// no depth limit of their own; 64 levels is far beyond any naming scheme.
+pub const MAX_DEPTH: usize = 64;
+
 /// How to connect: the group to read as, and the session's parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -252,14 +258,22 @@ impl Client {
     }
 
     /// `prefix` itself if it is a topic, and every topic under it. Each
-    /// level of the tree is listed [`TOPICS_AT_ONCE`] directories at a time.
+    /// level of the tree is listed [`TOPICS_AT_ONCE`] directories at a time,
+    /// at most [`MAX_DEPTH`] levels below `prefix`.
     pub async fn topics_under(&self, prefix: &str) -> Result<Vec<String>> {
         if !prefix.is_empty() {
             check_topic(prefix)?;
         }
         let mut found = Vec::new();
         let mut level = vec![prefix.to_string()];
+        let mut depth = 0;
         while !level.is_empty() {
+            if depth > MAX_DEPTH {
+                return Err(Error::Protocol(format!(
+                    "topic tree deeper than {MAX_DEPTH} levels"
+                )));
+            }
+            depth += 1;
             let listings: Vec<Result<Vec<DirEntry>>> = stream::iter(&level)
                 .map(|dir| self.list_dir(dir))
                 .buffered(TOPICS_AT_ONCE)
