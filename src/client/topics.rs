@@ -181,12 +181,9 @@ impl Client {
     /// read [`TOPICS_AT_ONCE`] at a time. Each read holds a fid from its walk
     /// to its clunk, and a server bounds the fids one connection may hold
     /// (dchan: 16384), so reading thousands of topics at once would fail.
+    /// A server that holds fewer is met by reading fewer at once.
     pub async fn ctl_each(&self, topics: &[String]) -> Vec<Result<String>> {
-        stream::iter(topics)
-            .map(|t| self.ctl(t))
-            .buffered(TOPICS_AT_ONCE)
-            .collect()
-            .await
+        at_once(topics, |t| self.ctl(t)).await
     }
 
     /// Write one command to the topic's ctl ("reset", "close", "capacity 3"...).
@@ -274,11 +271,7 @@ impl Client {
                 )));
             }
             depth += 1;
-            let listings: Vec<Result<Vec<DirEntry>>> = stream::iter(&level)
-                .map(|dir| self.list_dir(dir))
-                .buffered(TOPICS_AT_ONCE)
-                .collect()
-                .await;
+            let listings = at_once(&level, |dir| self.list_dir(dir)).await;
             let mut next = Vec::new();
             for (dir, entries) in level.iter().zip(listings) {
                 for e in entries? {
@@ -366,6 +359,47 @@ pub fn check_topic(topic: &str) -> Result<()> {
     match ok {
         true => Ok(()),
         false => Err(Error::BadTopic(topic.to_string())),
+    }
+}
+
+/// `read` of each of `items`, [`TOPICS_AT_ONCE`] at a time, in their order.
+/// Each read holds a fid; those the server refused for "too many fids"
+/// (fewer than [`TOPICS_AT_ONCE`] allowed, or held by others meanwhile)
+/// are read again, half as many at once, down to one at a time. Only
+/// reads, which may be repeated, go through here.
+async fn at_once<'a, T, F, Fut>(items: &'a [String], read: F) -> Vec<Result<T>>
+where
+    F: Fn(&'a String) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut results: Vec<Option<Result<T>>> = items.iter().map(|_| None).collect();
+    let mut todo: Vec<usize> = (0..items.len()).collect();
+    let mut width = TOPICS_AT_ONCE;
+    while !todo.is_empty() {
+        let done: Vec<Result<T>> = stream::iter(&todo)
+            .map(|&i| read(&items[i]))
+            .buffered(width)
+            .collect()
+            .await;
+        let mut again = Vec::new();
+        for (&i, r) in todo.iter().zip(done) {
+            match r {
+                Err(e) if width > 1 && is_too_many_fids(&e) => again.push(i),
+                r => results[i] = Some(r),
+            }
+        }
+        todo = again;
+        width /= 2;
+    }
+    results.into_iter().flatten().collect()
+}
+
+/// The server's "too many fids" (EMFILE), however the dialect says it.
+fn is_too_many_fids(e: &Error) -> bool {
+    match e {
+        Error::Server { errno: Some(n), .. } => *n == crate::fs::errno::EMFILE,
+        Error::Server { message, .. } => message.to_lowercase().contains("too many fids"),
+        _ => false,
     }
 }
 
