@@ -171,6 +171,70 @@ async fn messages_of_any_size_come_out_whole() {
 }
 
 #[tokio::test]
+async fn a_write_framed_message_larger_than_one_write_is_refused_whole() {
+    use dchan::client::ConnectOptions;
+    let server = Server::start().await;
+    for d in DIALECTS {
+        let opts = Options {
+            connect: ConnectOptions {
+                dialect: d,
+                msize: 4096,
+                ..ConnectOptions::default()
+            },
+            ..Options::default()
+        };
+        let c = Client::connect(&server.addr, &opts).await.unwrap();
+        let max = 4096 - 24;
+        let topic = format!("bigw{}", name(d));
+        let settings = TopicSettings {
+            capacity: Some(5),
+            framing: Some(Framing::Write),
+            ..TopicSettings::default()
+        };
+        c.create(&topic, &settings).await.unwrap();
+        let pusher = c.open_push(&topic).await.unwrap();
+        // One write's worth goes (one byte less on plain 9P2000, where a
+        // full-size read does not end a message).
+        let first = if d == Dialect::P2000 { max - 1 } else { max };
+        pusher.push(vec![b'a'; first]).await.unwrap();
+        for push in [
+            pusher.push(vec![b'b'; max + 1]).await,
+            pusher
+                .push_timeout(vec![b'b'; 3 * max], Duration::from_secs(60))
+                .await,
+        ] {
+            let e = push.unwrap_err();
+            assert!(matches!(e, Error::TooLarge { .. }), "{d:?}: {e:?}");
+            assert!(
+                e.to_string()
+                    .starts_with("message too large for one write: "),
+                "{e}"
+            );
+            assert!(e.to_string().contains(&format!("at most {max} ")), "{e}");
+        }
+        // A line as long on a topic switched to line framing goes out in
+        // parts, and comes out as one line, from a data file opened since
+        // (the server, too, takes a file's framing at its open).
+        c.ctl_write(&topic, "framing line").await.unwrap();
+        let mut line = vec![b'c'; 2 * max];
+        line.push(b'\n');
+        let e = pusher.push(line.clone()).await.unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{d:?}: {e:?}");
+        pusher.close().await.unwrap();
+        let pusher = c.open_push(&topic).await.unwrap();
+        pusher.push(line.clone()).await.unwrap();
+        pusher.close().await.unwrap();
+        let ctl = c.ctl(&topic).await.unwrap();
+        assert!(ctl.contains("pushed 2\n"), "{d:?}: {ctl}");
+        let mut p = c.open_data(&topic).await.unwrap();
+        assert_eq!(patiently(p.next()).await.unwrap().unwrap().len(), first);
+        assert_eq!(patiently(p.next()).await.unwrap().unwrap(), line);
+        p.close().await.unwrap();
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn errors_carry_the_servers_message() {
     let server = Server::start().await;
     let c = client(&server, Dialect::P2000u, "").await;

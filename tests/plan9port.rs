@@ -543,28 +543,30 @@ fn ctl_errors_read_right_through_9pfuse() {
     let s = Server::start(&[]);
     let m = Mount::new(&t, &s, None);
     sh_ok(&t, &s, &format!("mkdir {}", m.at("t")));
+    // Every bad command is EINVAL: the text, read by 9pfuse's table
+    // (which falls back to ERANGE), ends "(invalid argument)" where its own
+    // words would read as nothing.
     const INVALID: &str = "Invalid argument";
-    const NEUTRAL: &str = "Numerical result out of range";
     for (line, file, errno_text) in [
-        ("frob", "ctl", NEUTRAL),
-        ("create", "ctl", NEUTRAL),
-        ("create u capacity=x", "ctl", NEUTRAL),
-        ("create u timeout=soon", "ctl", NEUTRAL),
-        ("create u colour=red", "ctl", NEUTRAL),
-        ("create u/ctl", "ctl", NEUTRAL),
+        ("frob", "ctl", INVALID),
+        ("create", "ctl", INVALID),
+        ("create u capacity=x", "ctl", INVALID),
+        ("create u timeout=soon", "ctl", INVALID),
+        ("create u colour=red", "ctl", INVALID),
+        ("create u/ctl", "ctl", INVALID),
         ("create t", "ctl", "File exists"),
         ("remove nope", "ctl", "No such file or directory"),
-        ("frob", "t/ctl", NEUTRAL),
+        ("frob", "t/ctl", INVALID),
         // What the user typed, quoted back, once read as a timeout or an
         // existing file: on plain 9P2000 such quotes are elided.
-        ("timeout=5s", "t/ctl", NEUTRAL),
-        ("exists", "ctl", NEUTRAL),
-        ("timeout soon", "t/ctl", NEUTRAL),
-        ("timeout", "t/ctl", NEUTRAL),
-        ("capacity x", "t/ctl", NEUTRAL),
-        ("framing x", "t/ctl", NEUTRAL),
+        ("timeout=5s", "t/ctl", INVALID),
+        ("exists", "ctl", INVALID),
+        ("timeout soon", "t/ctl", INVALID),
+        ("timeout", "t/ctl", INVALID),
+        ("capacity x", "t/ctl", INVALID),
+        ("framing x", "t/ctl", INVALID),
         ("reset now", "t/ctl", INVALID),
-        ("x", "t/offset", NEUTRAL),
+        ("x", "t/offset", INVALID),
     ] {
         // coreutils' echo, which prints the errno's text (dash's says
         // "I/O error" for any failed write).
@@ -574,6 +576,41 @@ fn ctl_errors_read_right_through_9pfuse() {
         assert!(
             err.contains(errno_text),
             "{line:?} > {file}: want {errno_text:?}, got {err}"
+        );
+    }
+    // Other errors the shell meets: each reads as its own errno.
+    sh_ok(
+        &t,
+        &s,
+        "dchan create shut && dchan close shut && dchan create gone",
+    );
+    let gone = Reader::start(&t, &s, &format!("exec cat {}", m.at("gone/data")));
+    blocked_readers(&t, &s, "gone", 1);
+    sh_ok(&t, &s, "dchan rm gone");
+    let (_, status, err) = gone.finish();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("No such file or directory"),
+        "a removed topic: {err}"
+    );
+    for (cmd, errno_text) in [
+        (
+            format!("/bin/echo x >> {}", m.at("shut/data")),
+            "Broken pipe",
+        ),
+        (format!("mkdir {}", m.at("-bad")), INVALID),
+        (format!("rm {}", m.at("t/data")), "Operation not permitted"),
+        (
+            format!("touch {}", m.at("newfile")),
+            "Operation not permitted",
+        ),
+    ] {
+        let out = sh(&t, &s, &cmd);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{cmd} succeeded");
+        assert!(
+            err.contains(errno_text),
+            "{cmd}: want {errno_text:?}, got {err}"
         );
     }
 }

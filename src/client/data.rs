@@ -41,6 +41,7 @@ use tokio::time::{Instant, sleep_until};
 use super::error::{Error, Result};
 use super::file::{File, concat};
 use super::mux::Reply;
+use super::topics::Framing;
 use crate::proto::Dialect;
 
 /// A topic's data file open for reading, as one member of the client's group.
@@ -171,28 +172,41 @@ impl Puller {
 }
 
 /// A topic's data file open for writing.
+///
+/// One message is one Twrite on a `write`-framed topic, so a message larger
+/// than the connection's largest write ([`File::max_io`]) cannot go there
+/// whole: it is refused ([`Error::TooLarge`]) and nothing is pushed. On a
+/// `line`-framed topic it goes out in several Twrites (the server joins a
+/// line written in parts). The pusher learns the framing from the topic's
+/// ctl as it opens the data file (the server too takes the framing at open);
+/// when it could not read it, it refuses such a message whatever the framing.
 #[derive(Debug)]
 pub struct Pusher {
     /// The open fid.
     file: File,
+    /// The topic's framing when it was opened, if known.
+    framing: Option<Framing>,
 }
 
 impl Pusher {
-    pub(crate) fn new(file: File) -> Pusher {
-        Pusher { file }
+    pub(crate) fn new(file: File, framing: Option<Framing>) -> Pusher {
+        Pusher { file, framing }
     }
 
-    /// Push `msg`: one Twrite (several if it is larger than the connection's
-    /// largest write, which on a `write`-framed topic splits it). Returns
-    /// once the server has taken it, which with capacity 0 means a reader
-    /// has. With `line` framing the server cuts messages at newlines, and a
-    /// last line without one waits for the next push or for `close`.
+    /// Push `msg`: one Twrite, or several for a line longer than the
+    /// connection's largest write on a `line`-framed topic; such a message
+    /// is refused on a `write`-framed one (see [`Pusher`]). Returns once the
+    /// server has taken it, which with capacity 0 means a reader has. With
+    /// `line` framing the server cuts messages at newlines, and a last line
+    /// without one waits for the next push or for `close`.
     ///
     /// Dropping the future while it waits sends Tflush, but cannot learn
     /// whether the server took the message first; use
     /// [`Pusher::push_timeout`] to bound the wait and know.
     pub async fn push(&self, msg: impl Into<Bytes>) -> Result<()> {
-        self.file.write_all(0, msg.into()).await
+        let msg = msg.into();
+        self.check_size(msg.len())?;
+        self.file.write_all(0, msg).await
     }
 
     /// [`Pusher::push`], waiting at most `limit` for the server to take the
@@ -209,6 +223,7 @@ impl Pusher {
     /// [`Pusher::push_timeout`] with a point in time rather than a duration.
     pub async fn push_deadline(&self, msg: impl Into<Bytes>, deadline: Instant) -> Result<()> {
         let mut data: Bytes = msg.into();
+        self.check_size(data.len())?;
         let max = self.file.max_io() as usize;
         let first = data.split_to(data.len().min(max));
         let len = first.len();
@@ -236,5 +251,15 @@ impl Pusher {
     /// Clunk the fid (pushing any unterminated last line) and wait for it.
     pub async fn close(self) -> Result<()> {
         self.file.clunk().await
+    }
+
+    /// A message of `len` bytes can go out as one message: it fits one
+    /// Twrite, or the topic is line-framed.
+    fn check_size(&self, len: usize) -> Result<()> {
+        let max = self.file.max_io();
+        if len <= max as usize || self.framing == Some(Framing::Line) {
+            return Ok(());
+        }
+        Err(Error::TooLarge { len, max })
     }
 }

@@ -45,6 +45,11 @@ pub enum Error {
     /// [`Pusher::push_timeout`]: super::Pusher::push_timeout
     #[error("timed out")]
     TimedOut,
+    /// A message for a `write`-framed topic (or one whose framing could not
+    /// be read) larger than one Twrite carries on this connection: it would
+    /// arrive as several messages, so nothing was pushed.
+    #[error("message too large for one write: {len} bytes, at most {max} on this connection")]
+    TooLarge { len: usize, max: u32 },
     /// The server sent something 9P does not allow here.
     #[error("protocol error: {0}")]
     Protocol(String),

@@ -213,12 +213,40 @@ pub fn error(dialect: Dialect, e: &fs::Error) -> Fcall {
 /// errno from the words ([`plan9port_errno`]). dchan's own words never
 /// mislead (a unit test of the tree checks them all), but what the user
 /// typed and the text quotes may (`unknown command "timeout=5s"` would
-/// read "Connection timed out"): then the quoted parts are elided.
+/// read "Connection timed out"): then the quoted parts are elided. A text
+/// that then reads as no errno in particular (plan9port's ERANGE,
+/// "Numerical result out of range") gets the errno's phrase (see
+/// [`plan9port_phrase`]) in parentheses, inside the same 9P string, at the
+/// end of its first clause (before the first ';'), so that it stays within
+/// the 127 bytes plan9port keeps: `unknown command "…" (invalid argument);
+/// want reset, ...`; a first clause too long for that gets it in front.
 pub fn plain_text(e: &fs::Error) -> String {
-    let text = &*e.message;
-    if reads_right(e.errno, text) {
-        return text.to_string();
+    let mut text = e.message.to_string();
+    if !reads_right(e.errno, &text) {
+        let elided = elide_quotes(&text);
+        if reads_right(e.errno, &elided) {
+            text = elided;
+        }
     }
+    if plan9port_errno(&text) == e.errno {
+        return text;
+    }
+    let Some(phrase) = plan9port_phrase(e.errno) else {
+        return text;
+    };
+    let clause = text.find(';').unwrap_or(text.len());
+    let (first, rest) = text.split_at(clause);
+    [
+        format!("{first} ({phrase}){rest}"),
+        format!("({phrase}) {text}"),
+    ]
+    .into_iter()
+    .find(|named| plan9port_errno(named) == e.errno)
+    .unwrap_or(text)
+}
+
+/// `text` with each quoted part (Rust's {:?}) cut to "…".
+fn elide_quotes(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -238,12 +266,46 @@ pub fn plain_text(e: &fs::Error) -> String {
             out.push('"');
         }
     }
-    if reads_right(e.errno, &out) {
-        out
-    } else {
-        text.to_string()
-    }
+    out
 }
+
+/// The phrase (Linux's strerror, in lower case) that plan9port reads as
+/// `errno`, if its table has words for it: the first of [`PHRASES`] its
+/// table reads so, which keeps the choice in step with the table. Its
+/// table has none for ENOTEMPTY ("directory" reads ENOTDIR), EMSGSIZE ("too
+/// long" reads E2BIG), ECANCELED, ESHUTDOWN or EUSERS: those texts stay
+/// as they are, and read as ERANGE.
+pub fn plan9port_phrase(errno: u32) -> Option<&'static str> {
+    PHRASES
+        .iter()
+        .copied()
+        .find(|p| plan9port_errno(p) == errno)
+}
+
+/// Candidate phrases for [`plan9port_phrase`].
+const PHRASES: &[&str] = &[
+    "operation not permitted",
+    "permission denied",
+    "file exists",
+    "no such file or directory",
+    "function not implemented",
+    "input/output error",
+    "timed out",
+    "interrupted",
+    "bad file descriptor",
+    "resource temporarily unavailable",
+    "out of memory",
+    "is a directory",
+    "not a directory",
+    "invalid argument",
+    "broken pipe",
+    "device or resource busy",
+    "read-only file system",
+    "protocol error",
+];
+
+/// How much of an error's text plan9port keeps: ERRMAX (128) less its NUL.
+pub const PLAN9PORT_ERRMAX: usize = 127;
 
 /// True when plan9port reads `text` as `errno`, or as nothing in
 /// particular (ERANGE, its "who knows"): never as another errno.
@@ -255,9 +317,10 @@ pub fn reads_right(errno: u32, text: &str) -> bool {
 /// The errno plan9port makes of an error's text (9pfuse's table,
 /// src/cmd/9pfuse/errstr.c at 59ab62e5; lib9's errstr.c is alike): the
 /// first entry whose words the text contains, case-insensitively, wins, and
-/// a text matching none reads as ERANGE. 9pfuse reports every Rerror of a
-/// plain 9P2000 server this way, so no text dchan sends may contain the
-/// words of another errno.
+/// a text matching none reads as ERANGE. Only the text's first
+/// [`PLAN9PORT_ERRMAX`] bytes count: plan9port keeps no more of an error.
+/// 9pfuse reports every Rerror of a plain 9P2000 server this way, so no
+/// text dchan sends may contain the words of another errno.
 pub fn plan9port_errno(text: &str) -> u32 {
     use fs::errno::*;
     const E2BIG: u32 = 7;
@@ -297,7 +360,11 @@ pub fn plan9port_errno(text: &str) -> u32 {
         ("proto", EPROTO),
         ("entry", ENOENT),
     ];
-    let text = text.to_lowercase();
+    let mut end = text.len().min(PLAN9PORT_ERRMAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = text[..end].to_lowercase();
     TABLE
         .iter()
         .find(|(words, _)| text.contains(words))
@@ -324,8 +391,11 @@ mod tests {
         let Fcall::Rerror { ename, .. } = error(Dialect::P2000, &e) else {
             panic!()
         };
-        assert_eq!(ename, "unknown command \"…\"; want reset");
-        assert!(reads_right(EINVAL, &ename));
+        assert_eq!(
+            ename,
+            "unknown command \"…\" (invalid argument); want reset"
+        );
+        assert_eq!(plan9port_errno(&ename), EINVAL);
         assert_eq!(plan9port_errno(&e.message), ETIMEDOUT);
         // 9P2000.u carries the errno: its text is left whole.
         let Fcall::Rerror { ename, .. } = error(Dialect::P2000u, &e) else {
@@ -334,10 +404,46 @@ mod tests {
         assert_eq!(ename, &*e.message);
         // Inner quotes, escaped by {:?}, stay inside the elision.
         let e = fs::Error::new(EINVAL, r#"bad "a\"exists" and "b""#);
-        assert_eq!(plain_text(&e), r#"bad "…" and "…""#);
+        assert_eq!(plain_text(&e), r#"bad "…" and "…" (invalid argument)"#);
+        // A long first clause: the phrase goes first, within what
+        // plan9port keeps.
+        let e = fs::Error::new(EINVAL, "x".repeat(200));
+        assert_eq!(
+            plain_text(&e),
+            format!("(invalid argument) {}", "x".repeat(200))
+        );
         // A text that reads right is sent as it is.
         let e = fs::Error::new(EEXIST, "topic exists: \"timeout\"");
         assert_eq!(plain_text(&e), &*e.message);
+    }
+
+    #[test]
+    fn plan9port_phrases_name_each_errno_its_table_knows() {
+        use fs::errno::*;
+        for (errno, phrase) in [
+            (EPERM, "operation not permitted"),
+            (EACCES, "permission denied"),
+            (EEXIST, "file exists"),
+            (ENOENT, "no such file or directory"),
+            (ETIMEDOUT, "timed out"),
+            (EAGAIN, "resource temporarily unavailable"),
+            (EINVAL, "invalid argument"),
+            (EPIPE, "broken pipe"),
+            (EBUSY, "device or resource busy"),
+            (EISDIR, "is a directory"),
+            (ENOTDIR, "not a directory"),
+            (EINTR, "interrupted"),
+        ] {
+            assert_eq!(plan9port_phrase(errno), Some(phrase));
+        }
+        // Words plan9port has no entry for: left to read as ERANGE.
+        for errno in [ENOTEMPTY, EMSGSIZE, ECANCELED, ESHUTDOWN, ERANGE] {
+            assert_eq!(plan9port_phrase(errno), None, "{errno}");
+        }
+        let e = fs::Error::new(EPIPE, "topic closed");
+        assert_eq!(plain_text(&e), "topic closed (broken pipe)");
+        let e = fs::Error::new(ENOTEMPTY, "topic has subtopics");
+        assert_eq!(plain_text(&e), "topic has subtopics");
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub(super) fn linux_text(errno: u32) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::dialect::{plan9port_errno, reads_right};
+    use crate::engine::dialect::{plain_text, plan9port_errno, plan9port_phrase, reads_right};
     use crate::tree::ctl;
 
     /// The errno constants by name, for the source scan below.
@@ -240,6 +240,25 @@ mod tests {
             .map(|(e, t)| format!("{t:?} (errno {e}) reads as {}", plan9port_errno(t)))
             .collect();
         assert!(wrong.is_empty(), "{wrong:#?}");
+        // As sent to a plain 9P2000 client, each reads as its own errno,
+        // save those plan9port has no words for (they read as ERANGE).
+        let wrong: Vec<_> = texts
+            .iter()
+            .map(|(e, t)| (*e, plain_text(&Error::new(*e, t.clone()))))
+            .filter(|(e, t)| {
+                let read = plan9port_errno(t);
+                read != *e && (plan9port_phrase(*e).is_some() || read != errno::ERANGE)
+            })
+            .map(|(e, t)| format!("{t:?} (errno {e}) reads as {}", plan9port_errno(&t)))
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        // Linux's own texts (a `:linux` session) go out exactly as they are:
+        // its client matches them whole.
+        for n in 1..200 {
+            if let Some(t) = linux_text(n) {
+                assert_eq!(plain_text(&Error::new(n, t)), t);
+            }
+        }
         // The report of issue 15: a mistyped command read as a timeout.
         assert_eq!(
             plan9port_errno(&ctl::parse_topic(b"frob").unwrap_err()),
