@@ -53,6 +53,33 @@ pub struct Limits {
     /// Requests one connection may have in flight at once.
     #[serde(deserialize_with = "positive")]
     pub max_in_flight: usize,
+    /// Bytes held in partial lines by all open data files together.
+    pub max_unfinished_bytes: UnfinishedBytes,
+}
+
+/// `limits.max_unfinished_bytes`: a size as `max_message` takes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeValue")]
+pub struct UnfinishedBytes(pub u64);
+
+impl Default for UnfinishedBytes {
+    fn default() -> Self {
+        UnfinishedBytes(crate::tree::MAX_UNFINISHED_BYTES)
+    }
+}
+
+impl TryFrom<SizeValue> for UnfinishedBytes {
+    type Error = String;
+
+    fn try_from(v: SizeValue) -> Result<Self, String> {
+        let text = match v {
+            SizeValue::Bytes(n) => n.to_string(),
+            SizeValue::Text(s) => s,
+        };
+        broker::parse_size(&text)
+            .map(UnfinishedBytes)
+            .map_err(|why| format!("bad max_unfinished_bytes {text:?}: {why}"))
+    }
 }
 
 /// `[groups]`: how many reader groups a topic keeps, and for how long.
@@ -326,11 +353,31 @@ impl Config {
         let over: toml::Table = toml::from_str(text).map_err(|e| invalid(text, e))?;
         let mut merged: toml::Table = toml::from_str(DEFAULTS).map_err(|e| invalid(DEFAULTS, e))?;
         overlay(&mut merged, over);
-        merged.try_into().map_err(|e| ConfigError::Invalid {
+        let config: Config = merged.try_into().map_err(|e| ConfigError::Invalid {
             file: file.to_string(),
             line: None,
             reason: e.message().trim_end().to_string(),
-        })
+        })?;
+        // No line can be held longer than the budget for unfinished lines.
+        let budget = config.limits.max_unfinished_bytes.0;
+        let over_budget = |what: String, max: u64| ConfigError::Invalid {
+            file: file.to_string(),
+            line: None,
+            reason: format!(
+                "{what} max_message {max} is above limits.max_unfinished_bytes {budget}"
+            ),
+        };
+        let defaults = config.topic_defaults.max_message.0;
+        if defaults > budget {
+            return Err(over_budget("topic_defaults".into(), defaults));
+        }
+        for t in &config.topic {
+            let max = t.topic_config(&config.topic_defaults).max_message;
+            if max > budget {
+                return Err(over_budget(format!("topic {:?}:", t.name), max));
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -377,6 +424,20 @@ mod tests {
         assert_eq!(c.topic_defaults.max_message, MessageSize::default());
         assert_eq!(c.topic_defaults.topic_config(), TopicConfig::default());
         assert!(c.topic.is_empty());
+    }
+
+    #[test]
+    fn no_max_message_above_the_budget_for_unfinished_lines() {
+        let e = Config::parse("my.toml", "[limits]\nmax_unfinished_bytes = \"1M\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("topic_defaults max_message"), "{e}");
+        let text = "[limits]\nmax_unfinished_bytes = \"64M\"\n\
+                    [[topic]]\nname = \"big\"\nmax_message = \"65M\"\n";
+        let e = Config::parse("my.toml", text).unwrap_err().to_string();
+        assert!(e.contains("topic \"big\": max_message"), "{e}");
+        let c = Config::parse("my.toml", "[limits]\nmax_unfinished_bytes = \"64M\"\n").unwrap();
+        assert_eq!(c.limits.max_unfinished_bytes, UnfinishedBytes(64 << 20));
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub mod errno {
     pub const EMSGSIZE: u32 = 90;
     pub const EOPNOTSUPP: u32 = 95;
     pub const ECONNRESET: u32 = 104;
+    pub const ENOBUFS: u32 = 105;
     pub const ESHUTDOWN: u32 = 108;
     pub const ETIMEDOUT: u32 = 110;
     pub const ECANCELED: u32 = 125;

@@ -21,6 +21,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -119,11 +120,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         broker,
         TreeConfig {
             defaults: config.topic_defaults.topic_config(),
+            max_unfinished_bytes: config.limits.max_unfinished_bytes.0,
         },
         move || counted.count(),
     );
-    serve_tree(listeners, Arc::new(tree), &config, connections, shutdown).await;
+    let tree = Arc::new(tree);
+    let sweeper = (config.groups.limits().idle_expiry)
+        .map(|idle| tokio::spawn(sweep_idle(tree.broker().clone(), idle)));
+    serve_tree(listeners, tree, &config, connections, shutdown).await;
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
     Ok(())
+}
+
+/// Expire idle groups on time: every quarter of `idle` (so a group goes
+/// at most 1.25 × `idle` after its last use), whether or not anything
+/// touches its topic. One task for the server, not one per topic.
+async fn sweep_idle<B: Broker>(broker: Arc<B>, idle: Duration) {
+    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        broker.expire_idle();
+    }
 }
 
 /// Bind every address, then print where each listens: nothing is printed

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use clap::Parser;
 use dchan::bench::{self, Conn, Options, Reader, System, Workload, Writer, payload};
 use dchan::client::{Client, Options as ClientOptions};
+use dchan::engine::Limits;
 use parking_lot::Mutex;
 use support::{Server, patiently};
 use tokio::process::Command;
@@ -111,6 +112,8 @@ enum Fault {
     /// Acknowledge the push and keep the message where no reader gets it;
     /// `pending` says how many are held if `tells`.
     Hold { tells: bool },
+    /// Panic making any topic but the first.
+    Panic,
 }
 
 /// One in-memory queue per topic; every reader of a topic shares it (one
@@ -119,6 +122,9 @@ struct Faulty {
     fault: Fault,
     queues: Queues,
     removed: Mutex<Vec<String>>,
+    /// `pending` calls under way, and the most at once.
+    asking: AtomicU64,
+    most_asking: AtomicU64,
 }
 
 type Queues = Arc<Mutex<HashMap<String, Arc<Queue>>>>;
@@ -141,6 +147,8 @@ impl Faulty {
             fault,
             queues: Queues::default(),
             removed: Mutex::default(),
+            asking: AtomicU64::new(0),
+            most_asking: AtomicU64::new(0),
         }
     }
     fn queue(&self, topic: &str) -> Arc<Queue> {
@@ -157,6 +165,9 @@ impl System for Faulty {
         "faulty"
     }
     async fn create(&self, topic: &str, _capacity: u64) -> bench::Result<()> {
+        if self.fault == Fault::Panic && !self.queues.lock().is_empty() {
+            panic!("made up");
+        }
         self.queue(topic);
         Ok(())
     }
@@ -169,13 +180,17 @@ impl System for Faulty {
         Ok(())
     }
     async fn pending(&self, topic: &str, _group: &str) -> Option<u64> {
+        let now = self.asking.fetch_add(1, Ordering::Relaxed) + 1;
+        self.most_asking.fetch_max(now, Ordering::Relaxed);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        self.asking.fetch_sub(1, Ordering::Relaxed);
         let q = self.queue(topic);
         match self.fault {
             Fault::Drop => Some(q.items.lock().len() as u64),
             Fault::Hold { tells: true } => {
                 Some(q.items.lock().len() as u64 + q.held.load(Ordering::Relaxed))
             }
-            Fault::Hold { tells: false } => None,
+            Fault::Hold { tells: false } | Fault::Panic => None,
         }
     }
 }
@@ -263,6 +278,26 @@ async fn a_lossy_run_reports_what_was_delivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_run_fails_and_removes_its_topics() {
+    let (r, sys) = faulty(Fault::Panic, Workload::Rendezvous).await;
+    let error = r.error.as_deref().unwrap();
+    assert!(error.contains("panicked: made up"), "{error}");
+    assert!(sys.queues.lock().is_empty(), "the topic made is removed");
+    assert_eq!(sys.removed.lock().len(), 2, "both named topics: {r:?}");
+}
+
+/// Once the drain ends, the groups still missing messages are asked what
+/// the system holds for them all at once, not one after another, so the
+/// questions add one round trip to a drain bounded by --drain-max.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_groups_left_are_asked_at_once() {
+    // Every group's reader shares one queue here, so each gets only part.
+    let (r, sys) = faulty(Fault::Hold { tells: true }, Workload::Fanout).await;
+    assert!(r.error.is_some(), "{r:?}");
+    assert_eq!(sys.most_asking.load(Ordering::Relaxed), 16, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_still_held_are_unfinished_not_lost() {
     for tells in [true, false] {
         let (r, _) = faulty(Fault::Hold { tells }, Workload::Pipe).await;
@@ -274,4 +309,211 @@ async fn messages_still_held_are_unfinished_not_lost() {
         let error = r.error.as_deref().unwrap();
         assert!(error.starts_with("unfinished: "), "{error}");
     }
+}
+
+/// A run ended by SIGINT at any point removes every topic it made, says it
+/// was interrupted (no rate) and exits 130; SIGTERM likewise, with 143.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_removes_its_topics() {
+    let server = Server::start().await;
+    let client = Client::connect(&server.addr, &ClientOptions::group(""))
+        .await
+        .unwrap();
+    let runs: &[(&[&str], &str, i32)] = &[
+        (&["conns", "--conns", "300"], "INT", 130),
+        (&["pipe", "--depth", "8"], "INT", 130),
+        (&["queue"], "TERM", 143),
+        (&["fanout", "--groups", "4"], "INT", 130),
+        (&["rendezvous"], "INT", 130),
+        (&["backlog", "--count", "100000000"], "INT", 130),
+    ];
+    for (args, signal, code) in runs {
+        let child = Command::new(env!("CARGO_BIN_EXE_dchan"))
+            .arg("bench")
+            .args(*args)
+            .args(["--addr", &server.addr, "--secs", "600", "--warmup", "10"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // Mid-run: once its topics exist, and a little after.
+        patiently(async {
+            while client.topics().await.unwrap().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let pid = child.id().unwrap().to_string();
+        let killed = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = patiently(child.wait_with_output()).await.unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(*code),
+            "{args:?}: {stdout} {stderr}"
+        );
+        let r: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON line");
+        assert_eq!(r["interrupted"], format!("SIG{signal}"), "{r}");
+        assert_eq!(
+            r["msgs_per_sec"], 0.0,
+            "no rate from an interrupted run: {r}"
+        );
+        assert!(stderr.contains("interrupted"), "{stderr}");
+        assert_eq!(
+            client.topics().await.unwrap(),
+            Vec::<String>::new(),
+            "{args:?} removed its topics"
+        );
+    }
+    server.stop().await;
+}
+
+/// Arguments out of their bounds are usage errors (exit 2, one clear line)
+/// found before connecting: the address here is unreachable, which would
+/// be exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_out_of_bounds_are_usage_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["pipe", "--size", "99999999999"],
+            "'--size <SIZE>': at most",
+        ),
+        (&["pipe", "--size", "10"], "'--size <SIZE>': at least 48"),
+        (&["pipe", "--secs", "nan"], "'--secs <SECS>': a finite"),
+        (&["pipe", "--secs", "inf"], "'--secs <SECS>': a finite"),
+        (&["pipe", "--secs", "1e9"], "'--secs <SECS>': at most"),
+        (&["pipe", "--secs", "0"], "'--secs <SECS>': more than 0"),
+        (&["pipe", "--drain", "nan"], "'--drain <DRAIN>': a finite"),
+        (
+            &["pipe", "--drain-max", "inf"],
+            "'--drain-max <DRAIN_MAX>': a finite",
+        ),
+        (&["pipe", "--depth", "0"], "'--depth <DEPTH>': at least 1"),
+        (
+            &["pipe", "--depth", "20000"],
+            "'--depth <DEPTH>': at most 1024",
+        ),
+        (
+            &["queue", "--producers", "0"],
+            "'--producers <PRODUCERS>': at least 1",
+        ),
+        (
+            &["queue", "--consumers", "0"],
+            "'--consumers <CONSUMERS>': at least 1",
+        ),
+        (
+            &["fanout", "--groups", "0"],
+            "'--groups <GROUPS>': at least 1",
+        ),
+        (&["conns", "--conns", "0"], "'--conns <CONNS>': at least 1"),
+        (
+            &["backlog", "--count", "0"],
+            "'--count <COUNT>': at least 1",
+        ),
+        (
+            &["pipe", "--prefix="],
+            "'--prefix <PREFIX>': not a topic name",
+        ),
+        (
+            &["pipe", "--prefix", "../x"],
+            "'--prefix <PREFIX>': not a topic name",
+        ),
+        (
+            &["pipe", "--prefix", "a b"],
+            "'--prefix <PREFIX>': not a topic name",
+        ),
+        (
+            &["pipe", "--size", "16777216", "--depth", "1024"],
+            "in flight; lower --size or --depth",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = patiently(
+            Command::new(env!("CARGO_BIN_EXE_dchan"))
+                .arg("bench")
+                .args(*args)
+                .args(["--addr", "tcp!127.0.0.1!1"])
+                .output(),
+        )
+        .await
+        .unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: no JSON line");
+        assert!(
+            err.starts_with("dchan: ") && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert!(err.ends_with("see 'dchan bench --help'\n"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+/// A run past the server's limits fails with the server's own words where
+/// the wire carries them: a refused connection is asked again in 9P2000.u
+/// for its reason, and a request refused in 9P2000.L (an errno alone) says
+/// it met a limit. The topics are removed either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_at_the_servers_limits_says_why() {
+    let run = |addr: String, args: &'static [&'static str]| async move {
+        let out = patiently(
+            Command::new(env!("CARGO_BIN_EXE_dchan"))
+                .arg("bench")
+                .args(args)
+                .args(["--addr", &addr, "--secs", "0.3", "--warmup", "10"])
+                .output(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let empty = |addr: String| async move {
+        let c = Client::connect(&addr, &ClientOptions::group(""))
+            .await
+            .unwrap();
+        assert_eq!(c.topics().await.unwrap(), Vec::<String>::new());
+    };
+    let server = Server::start_with(Limits {
+        max_connections: 2,
+        ..Limits::default()
+    })
+    .await;
+    let dialects: [&'static [&'static str]; 2] = [
+        &["pipe", "--dialect", "9p2000.L"],
+        &["pipe", "--dialect", "9p2000.u"],
+    ];
+    for args in dialects {
+        let err = run(server.addr.clone(), args).await;
+        assert!(
+            err.contains("FAILED: too many connections (the server serves 2 at once)"),
+            "{args:?}: {err}"
+        );
+        empty(server.addr.clone()).await;
+    }
+    server.stop().await;
+
+    let server = Server::start_with(Limits {
+        max_in_flight: 4,
+        ..Limits::default()
+    })
+    .await;
+    let err = run(server.addr.clone(), &["pipe", "--depth", "16"]).await;
+    assert!(
+        err.contains("the server refused it at one of its limits, such as max_in_flight"),
+        "{err}"
+    );
+    let args = &["pipe", "--depth", "16", "--dialect", "9p2000.u"];
+    let err = run(server.addr.clone(), args).await;
+    assert!(err.contains("FAILED: too many requests in flight"), "{err}");
+    empty(server.addr.clone()).await;
+    server.stop().await;
 }

@@ -98,6 +98,56 @@ async fn an_idle_group_expires_and_stops_holding_pushes() {
     d.ack();
 }
 
+/// A stray group on a topic nobody touches: the server's periodic
+/// `expire_idle` drops it on time and lets a rendezvous push held by it
+/// through; a status never shows a group past its expiry.
+#[tokio::test(start_paused = true)]
+async fn expiry_comes_on_time_on_an_untouched_topic() {
+    let b = std::sync::Arc::new(broker(
+        GroupLimits {
+            max_per_topic: 10,
+            idle_expiry: Some(Duration::from_secs(60)),
+        },
+        0,
+    ));
+    b.offset("t", "stray").unwrap();
+    let d = {
+        let r = b.clone();
+        tokio::spawn(async move { r.pull("t", "g1", Wait::Block).await })
+    };
+    tokio::task::yield_now().await;
+    let mut w = Box::pin(b.push("t", Bytes::from_static(b"m"), Wait::Block));
+    assert!(futures_util::poll!(w.as_mut()).is_pending());
+    let d = d.await.unwrap().unwrap().unwrap();
+    d.ack();
+    // g1 waits for the next message, so it stays.
+    let next = {
+        let r = b.clone();
+        tokio::spawn(async move { r.pull("t", "g1", Wait::Block).await })
+    };
+    tokio::task::yield_now().await;
+    // g1 took it; the push waits for "stray" alone. Nothing touches the
+    // topic; the sweep alone ends the wait once "stray" is past expiry.
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    b.expire_idle();
+    assert!(futures_util::poll!(w.as_mut()).is_pending());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.expire_idle();
+    assert_eq!(w.await, Ok(0));
+    // Status sweeps too: a group idle past its expiry is not shown.
+    b.offset("t", "late").unwrap();
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let names: Vec<_> = b
+        .status("t")
+        .unwrap()
+        .groups
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    assert_eq!(names, ["g1"]);
+    next.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn groups_do_not_expire_by_default() {
     let b = broker(GroupLimits::default(), 5);

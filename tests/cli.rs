@@ -694,3 +694,102 @@ async fn mount_refuses_a_mount_point_a_file_and_twice_the_same_dir() {
     assert!(!tmp.path().join("new").exists());
     assert!(!tmp.path().join("d").exists());
 }
+
+/// A 9P2000 server on a free port that answers Tversion, Tattach, Twalk
+/// and Topen as a server would, except that it never answers a message
+/// named in `silent` (`"Tversion"`, ...), and answers one named in
+/// `wrong_tag` under another tag. Its address.
+async fn hostile(silent: &'static str, wrong_tag: &'static str) -> String {
+    use bytes::BytesMut;
+    use dchan::proto::codec::{decode, encode};
+    use dchan::proto::frame::FrameDecoder;
+    use dchan::proto::{Dialect, Fcall, Msg, QTDIR, Qid};
+    use futures_util::StreamExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("tcp!127.0.0.1!{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut rx = tokio_util::codec::FramedRead::new(r, FrameDecoder::new(1 << 16));
+                let qid = |ty| Qid {
+                    ty,
+                    version: 0,
+                    path: 1,
+                };
+                while let Some(Ok(frame)) = rx.next().await {
+                    let Ok(m) = decode(frame, Dialect::P2000) else {
+                        return;
+                    };
+                    let name = m.body.name();
+                    let body = match m.body {
+                        _ if name == silent => continue,
+                        Fcall::Tversion { .. } => Fcall::Rversion {
+                            msize: 8192,
+                            version: "9P2000".into(),
+                        },
+                        Fcall::Tattach { .. } => Fcall::Rattach { qid: qid(QTDIR) },
+                        Fcall::Twalk { wnames, .. } => Fcall::Rwalk {
+                            wqids: wnames.iter().map(|_| qid(0)).collect(),
+                        },
+                        Fcall::Topen { .. } => Fcall::Ropen {
+                            qid: qid(0),
+                            iounit: 0,
+                        },
+                        Fcall::Tclunk { .. } => Fcall::Rclunk,
+                        _ => continue,
+                    };
+                    let tag = match name == wrong_tag {
+                        true => m.tag ^ 0x5555,
+                        false => m.tag,
+                    };
+                    let mut buf = BytesMut::new();
+                    encode(&Msg { tag, body }, Dialect::P2000, &mut buf);
+                    if w.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out_every_command_and_setup_counts_against_timeout() {
+    let t = ["--connect-timeout", "300ms"];
+    for silent in ["Tversion", "Tattach", "Twalk", "Topen"] {
+        let a = hostile(silent, "").await;
+        for cmd in [
+            vec!["ls"],
+            vec!["ls", "-q"],
+            vec!["stat", "t1"],
+            vec!["offset", "t1"],
+            vec!["rm", "t1"],
+        ] {
+            let args: Vec<&str> = cmd.iter().copied().chain(t).collect();
+            let o = dchan(&a, &args).await;
+            fails(o, 1, "dchan: ");
+        }
+        // --timeout alone bounds pull and push, setup included.
+        let o = dchan(&a, &["pull", "t1", "--timeout", "300ms"]).await;
+        let err = stderr(&o);
+        assert!(err.contains("timed out after 300ms"), "{silent}: {err}");
+        fails(o, 1, "dchan: ");
+        let o = dchan(&a, &["push", "t1", "hi", "--timeout", "300ms"]).await;
+        let err = stderr(&o);
+        assert!(
+            err.contains("timed out after 300ms (0 pushed)"),
+            "{silent}: {err}"
+        );
+        fails(o, 1, "dchan: push t1: ");
+    }
+}
+
+#[tokio::test]
+async fn a_reply_to_an_unknown_tag_times_out_in_one_plain_line() {
+    let a = hostile("", "Twalk").await;
+    let o = dchan(&a, &["stat", "t1", "--connect-timeout", "300ms"]).await;
+    assert!(!o.stderr.contains(&0x1b), "no ANSI codes: {:?}", stderr(&o));
+    fails(o, 1, "dchan: stat t1: timed out after 300ms");
+}

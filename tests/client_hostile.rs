@@ -2,7 +2,8 @@
 //! (tests/script): replies it must refuse (a readdir that leads back, an
 //! iounit too large for msize, an Rwalk of the wrong shape), fids it must
 //! not leak however a walk ends, and message boundaries that hold when a
-//! `Puller::next` is dropped in the middle of a message.
+//! `Puller::next` is dropped in the middle of a message, and files and
+//! directories that never end or repeat, which are bounded.
 
 mod script;
 
@@ -350,4 +351,157 @@ async fn a_walk_dropped_before_or_after_its_reply_clunks_its_fid() {
         let clunk = script.recv().await;
         assert_eq!(clunk.body, Fcall::Tclunk { fid: newfid });
     }
+}
+
+/// Plays a server answering each message with `reply` until `task` ends,
+/// and returns what the task returned.
+async fn serve_until<T>(
+    script: &mut Script,
+    task: impl std::future::Future<Output = T>,
+    mut reply: impl FnMut(&Fcall) -> Fcall,
+) -> T {
+    let mut task = std::pin::pin!(task);
+    let ended = async {
+        loop {
+            tokio::select! {
+                r = &mut task => return r,
+                m = script.recv() => {
+                    let body = reply(&m.body);
+                    script.send(m.tag, body).await;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(LIMIT * 12, ended)
+        .await
+        .expect("the client never ended")
+}
+
+/// A hostile server's answer to walks, opens and clunks: every walk
+/// reaches a directory, unless it names `data` or `ctl` (a file).
+fn tree_reply(dialect: Dialect, m: &Fcall) -> Option<Fcall> {
+    Some(match m {
+        Fcall::Twalk { wnames, .. } => Fcall::Rwalk {
+            wqids: wnames
+                .iter()
+                .map(|n| match n.as_str() {
+                    "data" | "ctl" => file(3),
+                    _ => dir(),
+                })
+                .collect(),
+        },
+        Fcall::Topen { .. } | Fcall::Tlopen { .. } => open_reply(dialect, dir(), 0),
+        Fcall::Tclunk { .. } => Fcall::Rclunk,
+        _ => return None,
+    })
+}
+
+/// A directory entry as a plain 9P2000 stat.
+fn dir_stat(name: &str) -> Bytes {
+    let stat = dchan::proto::Stat {
+        qid: dir(),
+        mode: dchan::proto::DMDIR | 0o755,
+        name: name.into(),
+        uid: "u".into(),
+        gid: "g".into(),
+        muid: "u".into(),
+        ..Default::default()
+    };
+    let mut out = BytesMut::new();
+    dchan::proto::codec::encode_stat(&stat, Dialect::P2000, &mut out);
+    out.freeze()
+}
+
+async fn client(dialect: Dialect) -> (Client, Script) {
+    let (conn, mut script) = pair(dialect).await;
+    let c = tokio::spawn(async move { Client::attach(&conn, &Options::default()).await });
+    script
+        .answer(
+            |m| matches!(m, Fcall::Tattach { .. }),
+            Fcall::Rattach { qid: dir() },
+        )
+        .await;
+    (c.await.unwrap().unwrap(), script)
+}
+
+#[tokio::test]
+async fn a_ctl_file_that_never_ends_is_refused_past_its_bound() {
+    let (client, mut script) = client(Dialect::P2000).await;
+    let task = client.ctl("t");
+    let got = serve_until(&mut script, task, |m| match m {
+        Fcall::Tread { count, .. } => Fcall::Rread {
+            data: Bytes::from(vec![b'y'; *count as usize]),
+        },
+        m => tree_reply(Dialect::P2000, m).unwrap(),
+    })
+    .await;
+    let e = got.unwrap_err();
+    assert!(
+        is_protocol(&e) && e.to_string().contains("too large"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_directory_that_repeats_an_entry_is_refused() {
+    // Plain 9P2000: the server ignores the offset and sends one entry
+    // again and again.
+    let (client, mut script) = client(Dialect::P2000).await;
+    let task = client.topics();
+    let got = serve_until(&mut script, task, |m| match m {
+        Fcall::Tread { .. } => Fcall::Rread {
+            data: dir_stat("same"),
+        },
+        m => tree_reply(Dialect::P2000, m).unwrap(),
+    })
+    .await;
+    let e = got.unwrap_err();
+    assert!(is_protocol(&e) && e.to_string().contains("twice"), "{e}");
+}
+
+#[tokio::test]
+async fn a_directory_that_never_ends_is_refused_past_its_bound() {
+    let (client, mut script) = client(Dialect::P2000).await;
+    let task = client.topics();
+    let mut n = 0u64;
+    let got = serve_until(&mut script, task, |m| match m {
+        Fcall::Tread { count, .. } => {
+            // As many new entries as fit.
+            let mut data = BytesMut::new();
+            loop {
+                let s = dir_stat(&format!("t{n:012}"));
+                if data.len() + s.len() > *count as usize {
+                    break;
+                }
+                n += 1;
+                data.extend_from_slice(&s);
+            }
+            Fcall::Rread {
+                data: data.freeze(),
+            }
+        }
+        m => tree_reply(Dialect::P2000, m).unwrap(),
+    })
+    .await;
+    let e = got.unwrap_err();
+    assert!(
+        is_protocol(&e) && e.to_string().contains("too large"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_directory_that_contains_itself_is_listed_to_a_bounded_depth() {
+    let (client, mut script) = client(Dialect::P2000).await;
+    let task = client.topics();
+    let got = serve_until(&mut script, task, |m| match m {
+        Fcall::Tread { offset: 0, .. } => Fcall::Rread {
+            data: dir_stat("alpha"),
+        },
+        Fcall::Tread { .. } => Fcall::Rread { data: Bytes::new() },
+        m => tree_reply(Dialect::P2000, m).unwrap(),
+    })
+    .await;
+    let e = got.unwrap_err();
+    assert!(is_protocol(&e) && e.to_string().contains("deeper"), "{e}");
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use dchan::client::{Client, Options, TOPICS_AT_ONCE, TopicSettings};
 use dchan::engine::Limits;
+use dchan::proto::Dialect;
 use futures_util::future::join_all;
 use support::{Server, patiently};
 
@@ -73,4 +74,32 @@ async fn the_status_of_more_topics_than_a_connection_has_fids() {
         assert!(ctl.unwrap().contains("pending 0"));
     }
     server.stop().await;
+}
+
+#[tokio::test]
+async fn listing_adapts_to_a_server_with_fewer_fids_than_it_reads_at_once() {
+    // 16 fids (as `[limits] max_fids = 16`), 100 topics: the names and
+    // the status of each come, read fewer at once.
+    for dialect in [Dialect::P2000, Dialect::P2000u, Dialect::P2000L] {
+        let limits = Limits {
+            max_fids: 16,
+            ..Limits::default()
+        };
+        let server = Server::start_with(limits).await;
+        let c = Client::connect(&server.addr, &Options::default().dialect(dialect))
+            .await
+            .unwrap();
+        let topics: Vec<String> = (0..100).map(|i| format!("t{i:03}")).collect();
+        for t in &topics {
+            c.create(t, &TopicSettings::default()).await.unwrap();
+        }
+        let listed = patiently(c.topics()).await.unwrap();
+        assert_eq!(listed, topics, "{dialect:?}");
+        let ctls = patiently(c.ctl_each(&topics)).await;
+        assert_eq!(ctls.len(), topics.len());
+        for ctl in ctls {
+            assert!(ctl.unwrap().contains("pending 0"), "{dialect:?}");
+        }
+        server.stop().await;
+    }
 }

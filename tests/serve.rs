@@ -23,6 +23,7 @@ const RERROR: u8 = 107;
 const TWALK: u8 = 110;
 const TOPEN: u8 = 112;
 const TREAD: u8 = 116;
+const TWRITE: u8 = 118;
 const TCLUNK: u8 = 120;
 
 fn s(b: &mut Vec<u8>, text: &str) {
@@ -32,6 +33,11 @@ fn s(b: &mut Vec<u8>, text: &str) {
 
 impl Client {
     fn connect(port: u16) -> Client {
+        Client::connect_as(port, "")
+    }
+
+    /// Connect and attach with `aname`, the reader group.
+    fn connect_as(port: u16, aname: &str) -> Client {
         let sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         sock.set_read_timeout(Some(PATIENCE)).unwrap();
         let mut c = Client { sock };
@@ -41,7 +47,7 @@ impl Client {
         let mut b = 0u32.to_le_bytes().to_vec(); // fid 0: the root
         b.extend_from_slice(&u32::MAX.to_le_bytes()); // no afid
         s(&mut b, "test");
-        s(&mut b, "");
+        s(&mut b, aname);
         c.rpc(TATTACH, 1, &b).expect("Tattach");
         c
     }
@@ -204,6 +210,97 @@ fn config_topics_exist_with_their_settings() {
     }
     let root = c.read_file(12, "ctl").expect("ctl");
     assert!(root.contains("topics 2\n"), "root ctl: {root}");
+}
+
+/// With `[groups] idle_expiry`, a stray group on a topic nobody touches
+/// expires on time, so the rendezvous push it held goes through (the
+/// black-box tester's repro_idle_expiry.py).
+#[test]
+fn an_expired_group_lets_a_held_push_through_untouched() {
+    let file = config_file("[groups]\nidle_expiry = \"1s\"\n[[topic]]\nname = \"t\"\n");
+    let server = Server::start(&["--config", file.path().to_str().unwrap()]);
+    // A stray group, never used again.
+    Client::connect_as(server.port, "stray")
+        .read_file(10, "t/offset")
+        .expect("t/offset");
+    let mut reader = Client::connect_as(server.port, "g1");
+    reader.open(10, "t/data", 0).expect("open t/data to read");
+    reader.send(TREAD, 7, &Client::tread(10));
+    let mut writer = Client::connect_as(server.port, "w");
+    writer.open(11, "t/data", 1).expect("open t/data to write");
+    let mut b = 11u32.to_le_bytes().to_vec();
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&6u32.to_le_bytes());
+    b.extend_from_slice(b"hello\n");
+    writer.send(TWRITE, 8, &b);
+    let (ty, _, body) = reader.recv().expect("g1 gets the message");
+    assert_eq!((ty, &body[4..]), (TREAD + 1, &b"hello\n"[..]));
+    // g1 holds the message unacked (so it stays); the push waits for the
+    // stray group alone, until the server's sweep drops it.
+    let (ty, tag, _) = writer.recv().expect("the push returns");
+    assert_eq!((ty, tag), (TWRITE + 1, 8));
+}
+
+/// A client that goes away (a TCP reset, or an EOF inside a frame) is a
+/// disconnect, logged at debug level; only a broken frame is logged as a
+/// protocol violation.
+#[test]
+fn a_reset_or_eof_is_a_disconnect_not_a_protocol_violation() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["serve", "--listen", "tcp!127.0.0.1!0", "--log", "debug"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dchan");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port = server::listening_port(&line).expect("listening line");
+    let frame = |size: u32| {
+        let mut m = size.to_le_bytes().to_vec();
+        m.extend_from_slice(&[TVERSION, 0xFF, 0xFF]);
+        m
+    };
+    // A reset: close with the Rversion unread.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut b = frame(19);
+    b.extend_from_slice(&8192u32.to_le_bytes());
+    s(&mut b, "9P2000");
+    c.write_all(&b).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(c);
+    // An EOF inside a frame.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&frame(100)).unwrap();
+    drop(c);
+    // A broken frame: a protocol violation.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&frame(3)).unwrap();
+    let _ = c.read(&mut [0; 16]);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+    Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    server::wait_bounded(&mut child, "dchan", PATIENCE);
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let lost = logs.matches("connection lost").count();
+    let violations: Vec<_> = logs
+        .lines()
+        .filter(|l| l.contains("protocol violation"))
+        .collect();
+    assert_eq!(lost, 2, "{logs}");
+    assert_eq!(violations.len(), 1, "{logs}");
+    assert!(violations[0].contains("smaller than"), "{logs}");
 }
 
 #[test]

@@ -566,6 +566,81 @@ async fn a_flushed_push_a_group_took_is_answered_before_the_rflush() {
         .unwrap();
 }
 
+/// A directory fid walked to a topic that is then removed and created again
+/// stays the removed topic's: walks, stat and open from it fail with
+/// "topic removed", and nothing reaches the new topic through it.
+#[tokio::test]
+async fn a_directory_fid_of_a_removed_topic_stays_stale_after_it_is_created_again() {
+    let (port, stop, server) = start().await;
+    let mut c = Conn::connect(port, Dialect::P2000L, "").await;
+    c.open(1, "ctl", 1).await;
+    let ctl = |text: &'static [u8]| Fcall::Twrite {
+        fid: 1,
+        offset: 0,
+        data: Bytes::from_static(text),
+    };
+    assert!(matches!(
+        c.rpc(4, ctl(b"create s9\n")).await,
+        Fcall::Rwrite { .. }
+    ));
+    let walk = |fid, newfid, name: &str| Fcall::Twalk {
+        fid,
+        newfid,
+        wnames: vec![name.to_string()],
+    };
+    assert!(matches!(
+        c.rpc(5, walk(0, 2, "s9")).await,
+        Fcall::Rwalk { .. }
+    ));
+    assert!(matches!(
+        c.rpc(4, ctl(b"remove s9\n")).await,
+        Fcall::Rwrite { .. }
+    ));
+    assert!(matches!(
+        c.rpc(4, ctl(b"create s9\n")).await,
+        Fcall::Rwrite { .. }
+    ));
+    let enoent = Fcall::Rlerror { ecode: 2 };
+    assert_eq!(c.rpc(6, walk(2, 3, "data")).await, enoent);
+    assert_eq!(c.rpc(7, walk(2, 3, "ctl")).await, enoent);
+    assert_eq!(
+        c.rpc(
+            8,
+            Fcall::Tgetattr {
+                fid: 2,
+                request_mask: 0x7ff
+            }
+        )
+        .await,
+        enoent
+    );
+    assert_eq!(c.rpc(9, Fcall::Tlopen { fid: 2, flags: 0 }).await, enoent);
+    // A fresh walk reaches the new topic, which got nothing.
+    c.open(10, "s9/ctl", 0).await;
+    let Fcall::Rread { data } = c
+        .rpc(
+            11,
+            Fcall::Tread {
+                fid: 10,
+                offset: 0,
+                count: 1000,
+            },
+        )
+        .await
+    else {
+        panic!("ctl read failed")
+    };
+    let text = String::from_utf8_lossy(&data).to_string();
+    assert!(text.contains("pushed 0"), "{text}");
+
+    let _ = stop.send(());
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}
+
 /// Issue 14.7: files opened on a topic that is then removed and created
 /// again keep failing (as between the removal and the re-creation); a new
 /// open reaches the new topic.

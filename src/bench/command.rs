@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
 use super::dchan::Dchan;
 use super::{Options, Workload};
 use crate::client::DEFAULT_ADDR;
@@ -34,22 +36,84 @@ fn parse_dialect(s: &str) -> Result<Dialect, String> {
     }
 }
 
-/// Run `dchan bench`: exit 0 with a clean result, 1 on any loss or error.
+/// Run `dchan bench`: exit 0 with a clean result, 1 on any loss or error,
+/// 2 on arguments that do not fit together,
+/// 128 + the signal's number (130 for SIGINT) when interrupted. A signal
+/// stops the run, removes its topics and reports it as interrupted.
 pub async fn main(args: BenchArgs) -> ExitCode {
-    let system = match Dchan::connect(&args.addr, args.dialect).await {
+    if let Err(why) = args.opts.check(args.workload) {
+        eprintln!("dchan: {why}; see 'dchan bench --help'");
+        return ExitCode::from(2);
+    }
+    let signalled = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dchan: bench: catch signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = async move { signalled.next().await.to_string() };
+    tokio::pin!(listen);
+    let system = tokio::select! {
+        s = Dchan::connect(&args.addr, args.dialect) => s,
+        why = &mut listen => {
+            eprintln!("dchan: bench {:?}: interrupted by {why}", args.workload);
+            return interrupted_exit(&why);
+        }
+    };
+    let system = match system {
         Ok(s) => s,
         Err(e) => {
             eprintln!("dchan: bench: connect {}: {e}", args.addr);
             return ExitCode::FAILURE;
         }
     };
-    let report = super::run(&system, args.workload, &args.opts).await;
+    let report = super::workload::run_until(&system, args.workload, &args.opts, listen).await;
     report.print();
-    match &report.error {
-        Some(e) => {
+    match (&report.interrupted, &report.error) {
+        (Some(why), e) => {
+            eprintln!(
+                "dchan: bench {:?}: {}",
+                args.workload,
+                e.as_deref().unwrap_or("interrupted")
+            );
+            interrupted_exit(why)
+        }
+        (None, Some(e)) => {
             eprintln!("dchan: bench {:?}: FAILED: {e}", args.workload);
             ExitCode::FAILURE
         }
-        None => ExitCode::SUCCESS,
+        (None, None) => ExitCode::SUCCESS,
+    }
+}
+
+/// The exit status of a run ended by signal `name`: 128 + its number.
+fn interrupted_exit(name: &str) -> ExitCode {
+    match name {
+        "SIGTERM" => ExitCode::from(128 + 15),
+        _ => ExitCode::from(128 + 2),
+    }
+}
+
+/// SIGINT and SIGTERM, caught from when this is made.
+struct Signals {
+    int: Signal,
+    term: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The name of the next signal to arrive.
+    async fn next(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
     }
 }

@@ -9,7 +9,9 @@
 //! the end-of-message zero of the Linux read loop rule, where plain 9P2000
 //! (`--dialect 9p2000`) takes one. A topic is removed through the root ctl
 //! file; what a group still holds is its `lag` plus `unacked` in the
-//! topic's ctl file.
+//! topic's ctl file. A refusal reads in the server's words where the wire
+//! has them: a connection refused in 9P2000.L (an errno alone) is asked
+//! again in 9P2000.u for its reason.
 
 use std::sync::Arc;
 
@@ -17,7 +19,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{Conn, Reader, Result, System, Writer};
-use crate::client::{Client, Options, Puller, Pusher, TopicSettings};
+use crate::client::{Client, Error, Options, Puller, Pusher, TopicSettings, errno_message};
+use crate::fs::errno::EAGAIN;
 use crate::proto::Dialect;
 
 pub struct Dchan {
@@ -29,7 +32,7 @@ pub struct Dchan {
 
 impl Dchan {
     pub async fn connect(addr: &str, dialect: Dialect) -> Result<Dchan> {
-        let admin = Client::connect(addr, &Options::group("").dialect(dialect)).await?;
+        let admin = attach(addr, "", dialect).await?;
         Ok(Dchan {
             addr: addr.to_string(),
             dialect,
@@ -74,7 +77,11 @@ impl System for Dchan {
     }
 
     async fn remove(&self, topic: &str) -> Result<()> {
-        Ok(self.admin.remove(topic).await?)
+        match self.admin.remove(topic).await {
+            // A create an interrupted run gave up on may never have landed.
+            Err(crate::client::Error::NoTopic(_)) => Ok(()),
+            r => Ok(r?),
+        }
     }
 
     async fn pending(&self, topic: &str, group: &str) -> Option<u64> {
@@ -83,9 +90,8 @@ impl System for Dchan {
     }
 
     async fn connect(&self, group: &str) -> Result<DchanConn> {
-        let opts = Options::group(group).dialect(self.dialect);
         Ok(DchanConn {
-            client: Arc::new(Client::connect(&self.addr, &opts).await?),
+            client: Arc::new(attach(&self.addr, group, self.dialect).await?),
         })
     }
 }
@@ -95,13 +101,13 @@ impl Conn for DchanConn {
     type Reader = Pullers;
 
     async fn writer(&self, topic: &str) -> Result<Pusher> {
-        Ok(self.client.open_push(topic).await?)
+        self.client.open_push(topic).await.map_err(explain)
     }
 
     async fn reader(&self, topic: &str) -> Result<Pullers> {
         // Reading the offset makes the group exist before anything is pushed.
-        self.client.offset(topic).await?;
-        let first = self.client.open_data(topic).await?;
+        self.client.offset(topic).await.map_err(explain)?;
+        let first = self.client.open_data(topic).await.map_err(explain)?;
         Ok(Pullers {
             client: self.client.clone(),
             topic: topic.to_string(),
@@ -112,7 +118,7 @@ impl Conn for DchanConn {
 
 impl Writer for Pusher {
     async fn push(&self, msg: Bytes) -> Result<()> {
-        Ok(Pusher::push(self, msg).await?)
+        Pusher::push(self, msg).await.map_err(explain)
     }
 }
 
@@ -121,11 +127,46 @@ impl Reader for Pullers {
         let idle = self.idle.lock().pop();
         let mut puller = match idle {
             Some(p) => p,
-            None => self.client.open_data(&self.topic).await?,
+            None => self.client.open_data(&self.topic).await.map_err(explain)?,
         };
-        let msg = puller.next().await?;
+        let msg = puller.next().await.map_err(explain)?;
         self.idle.lock().push(puller);
         msg.ok_or_else(|| "topic closed".into())
+    }
+}
+
+/// Connect and attach as `group`. A refusal in 9P2000.L is an errno
+/// alone, so the server is asked again in 9P2000.u, whose Rerror carries
+/// its own words ("too many connections (the server serves 2 at once)").
+async fn attach(addr: &str, group: &str, dialect: Dialect) -> Result<Client> {
+    match Client::connect(addr, &Options::group(group).dialect(dialect)).await {
+        Ok(c) => Ok(c),
+        Err(e @ Error::Server { .. }) if dialect == Dialect::P2000L => {
+            let again = Options::group(group).dialect(Dialect::P2000u);
+            match Client::connect(addr, &again).await {
+                Err(Error::Server { message, .. }) => Err(message.into()),
+                _ => Err(explain(e)),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A client error as the bench reports it. The server's refusal in
+/// 9P2000.L is an errno alone (the client names it, "resource temporarily
+/// unavailable"); EAGAIN is dchan's answer to a request past a limit,
+/// which is said.
+fn explain(e: Error) -> super::Error {
+    match e {
+        Error::Server {
+            errno: Some(EAGAIN),
+            ref message,
+        } if *message == errno_message(EAGAIN) => format!(
+            "{e}: the server refused it at one of its limits, such as max_in_flight \
+             (9P2000.L carries only the errno; --dialect 9p2000.u shows the server's words)"
+        )
+        .into(),
+        e => e.into(),
     }
 }
 

@@ -16,7 +16,9 @@
 //! "lost" only if the system says it holds nothing more for the group
 //! ([`System::pending`]), and "unfinished" otherwise. Every run warms up
 //! untimed first, and removes what it created (topics, streams, keys) at
-//! the end. Results are one JSON line each (`report`).
+//! the end, however it ends: an error, a panic, or (`dchan bench`) SIGINT
+//! or SIGTERM, which stops the run and reports it as interrupted, with no
+//! rate. Results are one JSON line each (`report`).
 //!
 //! Modules:
 //! - `payload`  — the bytes of a benchmark message and their parsing.
@@ -75,29 +77,31 @@ pub enum Workload {
 /// the peers' bench binary).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Bytes per message, the trailing newline included (at least 48).
-    #[arg(long, default_value_t = 64)]
+    /// Bytes per message, the trailing newline included (48 to 16 MiB,
+    /// the server's default `max_message`).
+    #[arg(long, default_value_t = 64, value_parser = size)]
     pub size: usize,
-    /// How long producers push, in seconds.
-    #[arg(long, default_value_t = 5.0)]
+    /// How long producers push, in seconds (above 0, at most a day).
+    #[arg(long, default_value_t = 5.0, value_parser = secs)]
     pub secs: f64,
-    /// Requests in flight per producer and per consumer.
-    #[arg(long, default_value_t = 1)]
+    /// Requests in flight per producer and per consumer (1 to 1024: each
+    /// has its own connection, and dchan's connections take 1024 at once).
+    #[arg(long, default_value_t = 1, value_parser = depth)]
     pub depth: usize,
-    /// Producers (queue).
-    #[arg(long, default_value_t = 2)]
+    /// Producers (queue; 1 to 1024).
+    #[arg(long, default_value_t = 2, value_parser = parties)]
     pub producers: usize,
-    /// Consumers (queue).
-    #[arg(long, default_value_t = 2)]
+    /// Consumers (queue; 1 to 1024).
+    #[arg(long, default_value_t = 2, value_parser = parties)]
     pub consumers: usize,
-    /// Reader groups (fanout).
-    #[arg(long, default_value_t = 16)]
+    /// Reader groups (fanout; 1 to 1024).
+    #[arg(long, default_value_t = 16, value_parser = parties)]
     pub groups: usize,
-    /// Connections (conns).
-    #[arg(long, default_value_t = 10_000)]
+    /// Connections (conns; 1 to 100 000).
+    #[arg(long, default_value_t = 10_000, value_parser = conns)]
     pub conns: usize,
-    /// Messages to queue (backlog).
-    #[arg(long, default_value_t = 1_000_000)]
+    /// Messages to queue (backlog; 1 to 10^9).
+    #[arg(long, default_value_t = 1_000_000, value_parser = count)]
     pub count: u64,
     /// Topic capacity for pipe, queue and fanout.
     #[arg(long, default_value_t = 1024)]
@@ -108,23 +112,122 @@ pub struct Options {
     /// Once producers stopped: how long readers may go without receiving
     /// anything before draining stops, in seconds. What is missing then is
     /// lost if the system holds nothing more for the group, unfinished if
-    /// it does or cannot say.
-    #[arg(long, default_value_t = 10.0)]
+    /// it does or cannot say (at most a day).
+    #[arg(long, default_value_t = 10.0, value_parser = drain)]
     pub drain: f64,
     /// The longest drain in all, in seconds, however steadily messages
-    /// still arrive; what is missing then is unfinished.
-    #[arg(long, default_value_t = 60.0)]
+    /// still arrive, counted from when the producers are told to stop
+    /// (their last pushes may wait for room); what is missing then is
+    /// unfinished (at most a day).
+    #[arg(long, default_value_t = 60.0, value_parser = drain)]
     pub drain_max: f64,
     /// Untimed warm-up messages per producer before the timed window (flows
-    /// and backlog), and untimed round trips (rendezvous).
-    #[arg(long, default_value_t = 2000)]
+    /// and backlog), and untimed round trips (rendezvous); at most 10^9.
+    #[arg(long, default_value_t = 2000, value_parser = warmup)]
     pub warmup: u64,
-    /// Prefix of the topic names this run creates (so runs do not collide).
-    #[arg(long, default_value = "bench")]
+    /// Prefix of the topic names this run creates (so runs do not
+    /// collide): a topic name (A-Z a-z 0-9 . _ -, parts separated by /).
+    #[arg(long, default_value = "bench", value_parser = prefix)]
     pub prefix: String,
 }
 
+/// The largest `--size`: the server's default `max_message`.
+pub const MAX_SIZE: usize = 16 << 20;
+/// The largest `--depth`: the requests a dchan connection takes at once
+/// ([`DEFAULT_MAX_IN_FLIGHT`](crate::client::DEFAULT_MAX_IN_FLIGHT)); a
+/// deeper reader would wait in its own client behind itself.
+pub const MAX_DEPTH: usize = crate::client::DEFAULT_MAX_IN_FLIGHT;
+/// The longest `--secs`, `--drain` and `--drain-max`: a day.
+pub const MAX_SECS: f64 = 86_400.0;
+
+/// An integer argument from `lo` to `hi`.
+fn within<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+    s: &str,
+    lo: T,
+    hi: T,
+    unit: &str,
+) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let n: T = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if n < lo {
+        Err(format!("at least {lo}{unit}"))
+    } else if n > hi {
+        Err(format!("at most {hi}{unit}"))
+    } else {
+        Ok(n)
+    }
+}
+
+fn size(s: &str) -> Result<usize, String> {
+    within(s, payload::MIN_SIZE, MAX_SIZE, " bytes")
+}
+fn depth(s: &str) -> Result<usize, String> {
+    within(s, 1, MAX_DEPTH, " (requests in flight on one connection)")
+}
+fn parties(s: &str) -> Result<usize, String> {
+    within(s, 1, 1024, "")
+}
+fn conns(s: &str) -> Result<usize, String> {
+    within(s, 1, 100_000, "")
+}
+fn count(s: &str) -> Result<u64, String> {
+    within(s, 1, 1_000_000_000, "")
+}
+fn warmup(s: &str) -> Result<u64, String> {
+    within(s, 0, 1_000_000_000, "")
+}
+
+/// Seconds, finite, from 0 (excluded if `positive`) to [`MAX_SECS`].
+fn seconds(s: &str, positive: bool) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if !v.is_finite() {
+        Err("a finite number of seconds".into())
+    } else if positive && v <= 0.0 {
+        Err("more than 0 seconds".into())
+    } else if v < 0.0 {
+        Err("at least 0 seconds".into())
+    } else if v > MAX_SECS {
+        Err(format!("at most {MAX_SECS} seconds (a day)"))
+    } else {
+        Ok(v)
+    }
+}
+fn secs(s: &str) -> Result<f64, String> {
+    seconds(s, true)
+}
+fn drain(s: &str) -> Result<f64, String> {
+    seconds(s, false)
+}
+
+/// A prefix that makes topic names the tree accepts.
+fn prefix(s: &str) -> Result<String, String> {
+    match crate::client::check_topic(&format!("{s}-x")) {
+        Ok(()) if !s.is_empty() => Ok(s.to_string()),
+        _ => Err(format!("not a topic name: {}", crate::broker::NAME_RULE)),
+    }
+}
+
+/// The most message bytes one producer or reader may have in flight
+/// (`--size` times its depth): each is a buffer in this process.
+pub const MAX_IN_FLIGHT_BYTES: usize = 1 << 30;
+
 impl Options {
+    /// What the arguments' own bounds cannot say: a usage error, before
+    /// any connection.
+    pub fn check(&self, workload: Workload) -> Result<(), String> {
+        let depth = self.reader_depth(workload);
+        if self.size.saturating_mul(depth) > MAX_IN_FLIGHT_BYTES {
+            return Err(format!(
+                "--size {} with {depth} in flight is more than {} MiB in flight; lower --size or --depth",
+                self.size,
+                MAX_IN_FLIGHT_BYTES >> 20
+            ));
+        }
+        Ok(())
+    }
+
     pub fn secs(&self) -> Duration {
         Duration::from_secs_f64(self.secs)
     }

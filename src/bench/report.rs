@@ -62,6 +62,10 @@ pub struct Report {
     /// Set when the run failed: a loss, a duplicate, an error from the system.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The signal that interrupted the run ("SIGINT"), if one did: then
+    /// nothing was measured, and `error` says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
 }
 
 impl Report {
@@ -97,6 +101,7 @@ impl Report {
             deliver_all_ms: None,
             check: Verdict::default(),
             error: None,
+            interrupted: None,
         }
     }
 

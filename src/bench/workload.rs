@@ -6,15 +6,19 @@
 //! dchan's pool of open data files are in place), then times its window.
 //! Producers stop pushing after `--secs`; readers then take what is left for
 //! as long as messages keep arriving (`--drain` of silence ends it, and
-//! `--drain-max` in all). A group still missing messages then asks the
-//! system what it holds for it: those held are unfinished, only the rest
+//! `--drain-max` in all, from the moment the producers are told to stop).
+//! The groups still missing messages then ask the system, all at once,
+//! what it holds for them: those held are unfinished, only the rest
 //! lost. Rates count what was delivered. Every topic the run made is
 //! removed at the end.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -27,6 +31,24 @@ use super::{Conn, Options, Reader, Result, System, Workload, Writer};
 /// Run one workload against `system` and report it. Errors and losses end
 /// up in the report's `error`; the caller decides how loudly to fail.
 pub async fn run<S: System>(system: &S, workload: Workload, opts: &Options) -> Report {
+    run_until(system, workload, opts, std::future::pending()).await
+}
+
+/// How long removing the run's topics may take once the run was
+/// interrupted (or a signal came during the removal).
+const CLEANUP_AFTER_INTERRUPT: Duration = Duration::from_secs(5);
+
+/// [`run`], ended early when `cancel` finishes with a reason (`"SIGINT"`):
+/// the workers stop, the topics the run made are removed (for at most
+/// [`CLEANUP_AFTER_INTERRUPT`]), and the report says `interrupted`, with
+/// its error and no rate. A panic in the workload is an error, and the
+/// topics are removed too.
+pub async fn run_until<S: System>(
+    system: &S,
+    workload: Workload,
+    opts: &Options,
+    cancel: impl Future<Output = String>,
+) -> Report {
     let mut report = Report::new(workload, system.name(), opts);
     report.variant = system.variant();
     if !system.supports(workload) {
@@ -34,25 +56,83 @@ pub async fn run<S: System>(system: &S, workload: Workload, opts: &Options) -> R
         return report;
     }
     let names = Names::new(&opts.prefix, workload);
-    let result = if opts.size < payload::MIN_SIZE {
-        Err(format!("--size must be at least {} bytes", payload::MIN_SIZE).into())
-    } else {
+    let work = async {
+        if opts.size < payload::MIN_SIZE {
+            return Err(format!("--size must be at least {} bytes", payload::MIN_SIZE).into());
+        }
+        opts.check(workload)?;
+        let report = &mut report;
         match workload {
-            Workload::Rendezvous => rendezvous(system, opts, &names, &mut report).await,
-            Workload::Pipe => flow(system, opts, &names, Shape::pipe(opts), &mut report).await,
-            Workload::Queue => flow(system, opts, &names, Shape::queue(opts), &mut report).await,
-            Workload::Fanout => flow(system, opts, &names, Shape::fanout(opts), &mut report).await,
-            Workload::Conns => conns(system, opts, &names, &mut report).await,
-            Workload::Backlog => backlog(system, opts, &names, &mut report).await,
+            Workload::Rendezvous => rendezvous(system, opts, &names, report).await,
+            Workload::Pipe => flow(system, opts, &names, Shape::pipe(opts), report).await,
+            Workload::Queue => flow(system, opts, &names, Shape::queue(opts), report).await,
+            Workload::Fanout => flow(system, opts, &names, Shape::fanout(opts), report).await,
+            Workload::Conns => conns(system, opts, &names, report).await,
+            Workload::Backlog => backlog(system, opts, &names, report).await,
         }
     };
-    let cleanup = names.remove_all(system).await;
+    tokio::pin!(cancel);
+    let mut interrupted = None;
+    let result: Result<()> = tokio::select! {
+        r = AssertUnwindSafe(work).catch_unwind() => match r {
+            Ok(r) => r,
+            Err(panic) => Err(format!("benchmark panicked: {}", panic_text(&panic)).into()),
+        },
+        why = &mut cancel => {
+            interrupted = Some(why);
+            Ok(())
+        }
+    };
+    let cleanup = match interrupted {
+        Some(_) => names.remove_within(system, CLEANUP_AFTER_INTERRUPT).await,
+        None => tokio::select! {
+            r = names.remove_all(system) => r,
+            why = &mut cancel => {
+                interrupted = Some(why);
+                names.remove_within(system, CLEANUP_AFTER_INTERRUPT).await
+            }
+        },
+    };
+    if let Some(why) = interrupted {
+        // Whatever the workload measured so far is no result.
+        let mut bare = Report::new(workload, system.name(), opts);
+        bare.variant = report.variant.take();
+        bare.error = Some(match cleanup {
+            Ok(()) => format!("interrupted by {why}"),
+            Err(e) => format!("interrupted by {why}; {e}"),
+        });
+        bare.interrupted = Some(why);
+        return bare;
+    }
     match result.and(cleanup) {
         Err(e) => report.error = Some(e.to_string()),
         Ok(()) if !report.check.is_clean() => report.error = Some(report.check.describe()),
         Ok(()) => {}
     }
     report
+}
+
+/// The text of a caught panic.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "(no message)".into(),
+    }
+}
+
+/// A spawned worker, aborted when dropped: an interrupted run's workers
+/// stop with it.
+struct Task<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn spawn<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> Task<T> {
+    Task(tokio::spawn(f))
 }
 
 /// Topic names unique to this run, so runs against one server never meet,
@@ -108,6 +188,18 @@ impl Names {
             n => Err(format!("cleanup: {n} of {} topics not removed", topics.len()).into()),
         }
     }
+
+    /// [`Names::remove_all`], given up after `limit`.
+    async fn remove_within<S: System>(&self, sys: &S, limit: Duration) -> Result<()> {
+        let count = self.created.lock().len();
+        match tokio::time::timeout(limit, self.remove_all(sys)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "cleanup: removing {count} topics took longer than {limit:?}; some are left"
+            )
+            .into()),
+        }
+    }
 }
 
 /// Rendezvous: each round, the producer pushes to `a` while pulling from `b`;
@@ -135,7 +227,7 @@ async fn rendezvous<S: System>(
         let conn = sys.connect("").await?;
         let (r, w) = (conn.reader(&a).await?, conn.writer(&b).await?);
         consumer_conn = Some(conn);
-        consumer_task = Some(tokio::spawn(echo(r, w, done.subscribe())));
+        consumer_task = Some(spawn(echo(r, w, done.subscribe())));
     }
 
     let epoch = Instant::now();
@@ -286,11 +378,14 @@ impl Progress {
     }
 }
 
-/// Wait until `count` (summed over groups) reaches `want`, or stops moving
-/// for `idle`, or `limit` passes; whether it got there.
-async fn await_count(count: impl Fn() -> (u64, bool), idle: Duration, limit: Duration) -> bool {
-    let begin = tokio::time::Instant::now();
-    let (mut seen, mut moved) = (count().0, begin);
+/// Wait until `count` (summed over groups) says complete, or stops moving
+/// for `idle`, or the deadline `until` passes; whether it got there.
+async fn await_count(
+    count: impl Fn() -> (u64, bool),
+    idle: Duration,
+    until: tokio::time::Instant,
+) -> bool {
+    let (mut seen, mut moved) = (count().0, tokio::time::Instant::now());
     loop {
         let (now, complete) = count();
         if complete {
@@ -300,22 +395,25 @@ async fn await_count(count: impl Fn() -> (u64, bool), idle: Duration, limit: Dur
         if now != seen {
             (seen, moved) = (now, t);
         }
-        if t - moved >= idle || t - begin >= limit {
+        if t - moved >= idle || t >= until {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// Drain: wait while every group still gets messages, then for each group
-/// missing some, ask the system what it still holds. Returns, per group,
-/// `None` if complete, else what the system holds (`Some(None)`: cannot say).
+/// Drain, which `began` when the producers were told to stop: wait while
+/// every group still gets messages, for `--drain-max` from `began` at
+/// most, then for each group missing some, ask the system (all at once)
+/// what it still holds. Returns, per group, `None` if complete, else what
+/// the system holds (`Some(None)`: cannot say).
 async fn drain<S: System>(
     sys: &S,
     topic: &str,
     group_names: &[String],
     progress: &[Arc<Progress>],
     opts: &Options,
+    began: tokio::time::Instant,
 ) -> Vec<Option<Option<u64>>> {
     let count = || {
         let got = progress
@@ -324,15 +422,14 @@ async fn drain<S: System>(
             .sum();
         (got, progress.iter().all(|p| p.complete()))
     };
-    await_count(count, opts.drain(), opts.drain_max()).await;
-    let mut held = Vec::new();
-    for (p, g) in progress.iter().zip(group_names) {
-        held.push(match p.complete() {
+    await_count(count, opts.drain(), began + opts.drain_max()).await;
+    let held = progress.iter().zip(group_names).map(|(p, g)| async move {
+        match p.complete() {
             true => None,
             false => Some(sys.pending(topic, g).await),
-        });
-    }
-    held
+        }
+    });
+    futures_util::future::join_all(held).await
 }
 
 /// Pipe, queue and fanout: warm up, then producers push for `--secs`, every
@@ -375,7 +472,7 @@ async fn flow<S: System>(
     for (g, reader) in readers {
         let tally = Tally::new(opts.size, window, epoch);
         let task = consume(reader, depth, tally, progress[g].clone(), epoch);
-        consumers.push((g, tokio::spawn(task)));
+        consumers.push((g, spawn(task)));
     }
 
     // Warm-up: the same pushes and pulls, untimed, until every group has
@@ -412,11 +509,15 @@ async fn flow<S: System>(
         )
     };
     if failure.is_none() {
-        await_count(warm_count, opts.drain(), opts.drain_max()).await;
+        let until = tokio::time::Instant::now() + opts.drain_max();
+        await_count(warm_count, opts.drain(), until).await;
     }
 
     let before = ProcStat::read(opts.server_pid);
     let start = epoch.elapsed();
+    // The drain begins when the producers are told to stop: their last
+    // pushes, waiting for room, wait on the readers too.
+    let stopping = tokio::time::Instant::now() + opts.secs();
     let stop = stop_after(opts.secs());
     let producers: Vec<_> = writers
         .into_iter()
@@ -431,7 +532,7 @@ async fn flow<S: System>(
                 stop.clone(),
                 u64::MAX,
             );
-            tokio::spawn(task)
+            spawn(task)
         })
         .collect();
     let mut pushed = Vec::new();
@@ -448,7 +549,7 @@ async fn flow<S: System>(
     for p in &progress {
         p.target.store(total, Ordering::Relaxed);
     }
-    let held = drain(sys, &topic, &group_names, &progress, opts).await;
+    let held = drain(sys, &topic, &group_names, &progress, opts, stopping).await;
     for p in &progress {
         p.done.send_replace(true);
     }
@@ -589,10 +690,12 @@ async fn conns<S: System>(
     let epoch = Instant::now();
     let (arrivals, mut arrived) = tokio::sync::mpsc::unbounded_channel();
     let mut conns = Vec::with_capacity(n);
+    // Aborted when dropped, as an interrupted run is.
+    let mut pulls = tokio::task::JoinSet::new();
     for (conn, reader) in opened {
         conns.push(conn);
         let arrivals = arrivals.clone();
-        tokio::spawn(async move {
+        pulls.spawn(async move {
             let msg = reader.pull().await;
             let _ = arrivals.send((msg, epoch.elapsed()));
         });
@@ -646,7 +749,7 @@ async fn conns<S: System>(
             .await;
         check.settle(held.into_iter().sum());
     }
-    drop(conns);
+    drop((pulls, conns));
     let elapsed = last.saturating_sub(start);
     report.measured(check.delivered(), elapsed, &tally.latency);
     report.check = check;
@@ -709,13 +812,14 @@ async fn backlog<S: System>(
     let progress = Arc::new(Progress::new());
     progress.target.store(count, Ordering::Relaxed);
     let tally = Tally::new(opts.size, (depth - 1) as u64 * 2, epoch);
-    let task = tokio::spawn(consume(reader, depth, tally, progress.clone(), epoch));
+    let task = spawn(consume(reader, depth, tally, progress.clone(), epoch));
     let held = drain(
         sys,
         &topic,
         &[String::new()],
         std::slice::from_ref(&progress),
         opts,
+        tokio::time::Instant::now(),
     )
     .await;
     progress.done.send_replace(true);
@@ -759,7 +863,8 @@ fn stop_after(d: Duration) -> Arc<AtomicBool> {
 }
 
 /// Wait for a task, turning a panic into an error.
-async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
-    task.await
+async fn join<T>(mut task: Task<Result<T>>) -> Result<T> {
+    (&mut task.0)
+        .await
         .map_err(|e| format!("benchmark task failed: {e}"))?
 }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use foldhash::HashMap;
 use parking_lot::RwLock;
 
-use super::topic::{Start, Topic};
+use super::topic::{Start, State, Topic};
 use super::waiters::{PullWait, PushWait, within};
 use super::{
     Broker, BrokerStatus, Error, GroupLimits, Result, Seq, Setting, Target, TopicConfig, TopicId,
@@ -163,7 +163,17 @@ impl Broker for MemoryBroker {
 
     fn status<'a>(&self, name: impl Into<Target<'a>>) -> Result<TopicStatus> {
         let topic = self.topic(name.into())?;
-        topic.state.lock().status(&topic.name)
+        // No group past its expiry is shown.
+        topic.with(|s| {
+            s.sweep_idle();
+            s.status(&topic.name)
+        })
+    }
+
+    fn expire_idle(&self) {
+        for topic in self.all() {
+            topic.with(State::sweep_idle);
+        }
     }
 
     fn totals(&self) -> BrokerStatus {

@@ -316,6 +316,12 @@ pub trait Broker: Send + Sync + 'static {
     fn close<'a>(&self, topic: impl Into<Target<'a>>) -> Result<()>;
     /// Drop a group.
     fn forget<'a>(&self, topic: impl Into<Target<'a>>, group: &str) -> Result<()>;
+    /// Drop, in every topic, the groups idle past `idle_expiry` now. Topics
+    /// also look on their own as they are used; a server calls this every
+    /// quarter of that period so that expiry comes on time on a topic
+    /// nobody touches (a push held by a stray group is let through). Does
+    /// nothing by default, or without `idle_expiry`.
+    fn expire_idle(&self) {}
     /// The group's next sequence number (creating the group).
     fn offset<'a>(&self, topic: impl Into<Target<'a>>, group: &str) -> Result<Seq>;
     /// Move the group to `seq`, anywhere in `[first, next]`.

@@ -277,6 +277,15 @@ impl State {
         self.trim();
     }
 
+    /// Drop the groups idle past `idle_expiry` now, however recently
+    /// they were looked for (a sweep of the whole topic, O(groups)).
+    pub(crate) fn sweep_idle(&mut self) {
+        if !self.removed {
+            self.next_sweep = None;
+            self.expire_idle();
+        }
+    }
+
     /// The offset of the slowest group; with no group, the oldest held
     /// message, where the next group will start.
     fn min_offset(&self) -> Seq {

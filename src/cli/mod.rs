@@ -116,6 +116,12 @@ pub struct ConnArgs {
     /// The reader group to act as (the 9P attach name); the default group is "".
     #[arg(long, short, default_value = "")]
     pub group: String,
+    /// Give up when the server has not connected, attached and opened
+    /// what the command needs within this long (e.g. 5s, 2m; not 0); for
+    /// ls, stat, offset, create, rm, reset and close, which never wait on
+    /// a topic, when the whole command has not finished within it.
+    #[arg(long, value_parser = parse_timeout, default_value = "30s", value_name = "DURATION")]
+    pub connect_timeout: Duration,
 }
 
 fn parse_addr(s: &str) -> Result<String, String> {
@@ -150,11 +156,33 @@ const ZERO_TIMEOUT: &str =
     "a zero timeout is refused (give a positive duration, or leave --timeout out to wait for ever)";
 
 impl ConnArgs {
-    /// Connect and attach, or fail with `connect ADDR: WHY`.
+    /// Connect and attach within `--connect-timeout`, or fail with
+    /// `connect ADDR: WHY`.
     pub async fn connect(&self) -> Result<Client, Failure> {
-        Client::connect(&self.addr, &Options::group(self.group.clone()))
-            .await
-            .map_err(|e| Failure::new(format!("connect {}", self.addr), e))
+        let what = format!("connect {}", self.addr);
+        let connect = async {
+            Client::connect(&self.addr, &Options::group(self.group.clone()))
+                .await
+                .map_err(|e| Failure::new(what.clone(), e))
+        };
+        within(self.connect_timeout, what.clone(), connect).await
+    }
+}
+
+/// `work`, failing with `WHAT: timed out after LIMIT` if it takes longer
+/// than `limit` (a server that stops answering, or answers a tag never
+/// sent, cannot make the CLI hang).
+pub async fn within<T>(
+    limit: Duration,
+    what: String,
+    work: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(done) => done,
+        Err(_) => Err(Failure::new(
+            what,
+            format!("timed out after {}", humantime::format_duration(limit)),
+        )),
     }
 }
 
@@ -216,18 +244,8 @@ impl<T> Context<T> for Result<T, client::Error> {
 pub async fn run(command: Command) -> ExitCode {
     let command = match command {
         Command::Serve(args) => return dchan::serve::main(args).await,
-        Command::Bench(args) => {
-            // A usage error, before any connection or JSON line.
-            let min = dchan::bench::payload::MIN_SIZE;
-            if args.opts.size < min {
-                let size = args.opts.size;
-                eprintln!(
-                    "dchan: invalid value '{size}' for '--size <SIZE>': at least {min} bytes; see 'dchan bench --help'"
-                );
-                return ExitCode::from(2);
-            }
-            return dchan::bench::command::main(args).await;
-        }
+        // Its arguments' bounds are checked as they are parsed.
+        Command::Bench(args) => return dchan::bench::command::main(args).await,
         Command::Client(c) => c,
     };
     let filter = match std::env::var("RUST_LOG") {
@@ -240,9 +258,13 @@ pub async fn run(command: Command) -> ExitCode {
         },
         _ => "warn".into(),
     };
+    // Plain text unless stderr is a terminal: a failure stays one line a
+    // script can read.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run_client(command).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -255,16 +277,24 @@ pub async fn run(command: Command) -> ExitCode {
 
 async fn run_client(command: ClientCommand) -> Result<(), Failure> {
     use ClientCommand as Command;
+    // Commands that never wait on a topic end within --connect-timeout.
+    let t = |conn: &ConnArgs| conn.connect_timeout;
+    let named = |cmd: &str, topic: &str| format!("{cmd} {topic}");
     match command {
         Command::Push(a) => push::run(a).await,
         Command::Pull(a) => pull::run(a).await,
-        Command::Ls(a) => ls::run(a).await,
-        Command::Stat(a) => admin::stat(a).await,
-        Command::Offset(a) => admin::offset(a).await,
-        Command::Create(a) => admin::create(a).await,
-        Command::Rm(a) => admin::rm(a).await,
-        Command::Reset(a) => admin::reset(a).await,
-        Command::Close(a) => admin::close(a).await,
+        Command::Ls(a) => {
+            let what = named("ls", a.topic.as_deref().unwrap_or(""))
+                .trim()
+                .to_string();
+            within(t(&a.conn), what, ls::run(a)).await
+        }
+        Command::Stat(a) => within(t(&a.conn), named("stat", &a.topic), admin::stat(a)).await,
+        Command::Offset(a) => within(t(&a.conn), named("offset", &a.topic), admin::offset(a)).await,
+        Command::Create(a) => within(t(&a.conn), named("create", &a.topic), admin::create(a)).await,
+        Command::Rm(a) => within(t(&a.conn), named("rm", &a.topic), admin::rm(a)).await,
+        Command::Reset(a) => within(t(&a.conn), named("reset", &a.topic), admin::reset(a)).await,
+        Command::Close(a) => within(t(&a.conn), named("close", &a.topic), admin::close(a)).await,
         Command::Mount(a) => mount::mount(a).await,
         Command::Umount(a) => mount::umount(a).await,
     }

@@ -7,7 +7,7 @@ use std::io::Write;
 use clap::Args;
 use dchan::client::Puller;
 
-use super::{ConnArgs, Context, Failure, parse_timeout};
+use super::{ConnArgs, Context, Failure, parse_timeout, within};
 
 const HELP: &str = "\
 Output: each message as it is, followed by a newline if it does not end
@@ -48,7 +48,8 @@ pub struct PullArgs {
     pub raw: bool,
     /// Give up waiting for a message after this long (e.g. 30s; not 0; left
     /// out: wait for ever); nothing is taken then, and a message that came
-    /// as time ran out is printed, not lost.
+    /// as time ran out is printed, not lost. Connecting and opening the
+    /// topic count against the first message's wait.
     #[arg(long, value_parser = parse_timeout)]
     pub timeout: Option<std::time::Duration>,
     #[command(flatten)]
@@ -57,9 +58,20 @@ pub struct PullArgs {
 
 pub async fn run(args: PullArgs) -> Result<(), Failure> {
     let what = || format!("pull {}", args.topic);
-    let client = args.conn.connect().await?;
-    let mut puller = client.open_data(&args.topic).await.what(what)?;
-    match print_messages(&args, &mut puller).await {
+    // Connecting and opening the data file count against --timeout too,
+    // and never take longer than --connect-timeout.
+    let start = std::time::Instant::now();
+    let setup = async {
+        let client = args.conn.connect().await?;
+        let puller = client.open_data(&args.topic).await.what(what)?;
+        Ok((client, puller))
+    };
+    let limit = args.timeout.map_or(args.conn.connect_timeout, |t| {
+        t.min(args.conn.connect_timeout)
+    });
+    let (_client, mut puller) = within(limit, what(), setup).await?;
+    let first = args.timeout.map(|t| t.saturating_sub(start.elapsed()));
+    match print_messages(&args, first, &mut puller).await {
         // A message pulled but not printed (standard output is gone, as
         // when `| head` has had enough) must go back to the group. The
         // server gives a fid's last message back when its connection ends
@@ -102,14 +114,21 @@ impl From<Failure> for Stopped {
 }
 
 /// Pull and print what `args` asks for.
-async fn print_messages(args: &PullArgs, puller: &mut Puller) -> Result<(), Stopped> {
+/// Print messages; the first waits at most `first` (what is left of
+/// --timeout after setup), each later one at most --timeout.
+async fn print_messages(
+    args: &PullArgs,
+    first: Option<std::time::Duration>,
+    puller: &mut Puller,
+) -> Result<(), Stopped> {
     let what = || format!("pull {}", args.topic);
     let mut printed = 0u64;
     while args.follow || printed < args.count {
         // The timeout flushes the Tread and waits for the server's verdict
         // (next_timeout), so a message that arrived as time ran out is
         // printed, not lost; a plain timeout() around next() could lose it.
-        let msg = match args.timeout {
+        let limit = if printed == 0 { first } else { args.timeout };
+        let msg = match limit {
             None => puller.next().await.what(what)?,
             Some(t) => puller.next_timeout(t).await.what(what)?,
         };

@@ -42,7 +42,8 @@ pub struct PushArgs {
     pub msgs: Vec<std::ffi::OsString>,
     /// Give up on a push that waited this long (e.g. 5s; not 0; left out: wait
     /// for ever); it is withdrawn, unless the server took it as time ran
-    /// out: then it counts as pushed.
+    /// out: then it counts as pushed. Connecting and opening the topic
+    /// count against the first MSG's wait (they too must end within it).
     #[arg(long, value_parser = parse_timeout)]
     pub timeout: Option<std::time::Duration>,
     #[command(flatten)]
@@ -51,20 +52,43 @@ pub struct PushArgs {
 
 pub async fn run(args: PushArgs) -> Result<(), Failure> {
     let what = || format!("push {}", args.topic);
-    let client = args.conn.connect().await?;
     // A failure says how many went out before it, for a script to resume.
     let failed =
         |pushed: u64, why: String| Failure::new(what(), format!("{why} ({pushed} pushed)"));
-    let pusher = client
-        .open_push(&args.topic)
-        .await
-        .map_err(|e| failed(0, e.to_string()))?;
+    // Connecting and opening the data file count against --timeout too,
+    // and never take longer than --connect-timeout.
+    let start = std::time::Instant::now();
+    let setup = async {
+        let client = args.conn.connect().await?;
+        let pusher = client
+            .open_push(&args.topic)
+            .await
+            .map_err(|e| failed(0, e.to_string()))?;
+        Ok((client, pusher))
+    };
+    let limit = args.timeout.map_or(args.conn.connect_timeout, |t| {
+        t.min(args.conn.connect_timeout)
+    });
+    let (_client, pusher) = match tokio::time::timeout(limit, setup).await {
+        Ok(done) => done?,
+        Err(_) => {
+            let limit = humantime::format_duration(limit);
+            return Err(failed(0, format!("timed out after {limit}")));
+        }
+    };
+    // The first MSG has what setup left of --timeout; a line of standard
+    // input, which may come much later, the whole of it.
+    let first = match args.msgs.is_empty() {
+        true => args.timeout,
+        false => args.timeout.map(|t| t.saturating_sub(start.elapsed())),
+    };
     let mut pushed = 0u64;
     let push = async |msg: Bytes, pushed: &mut u64| -> Result<(), Failure> {
         // The timeout flushes the Twrite and waits for the server's verdict
         // (push_timeout): a push the server took as time ran out is not
         // reported "timed out", which would have the user push it twice.
-        let done = match args.timeout {
+        let limit = if *pushed == 0 { first } else { args.timeout };
+        let done = match limit {
             None => pusher.push(msg).await,
             Some(t) => pusher.push_timeout(msg, t).await,
         };

@@ -21,6 +21,18 @@ const O_TRUNC: u32 = 0o1000;
 /// Tgetattr's "everything" mask (P9_GETATTR_ALL).
 const GETATTR_ALL: u64 = 0x3fff;
 
+/// The most [`File::read_to_end`] reads (a ctl, offset or status file is a
+/// few hundred bytes; a server that never ends one is refused beyond this).
+pub const MAX_TEXT: usize = 1 << 20;
+
+/// The most entries [`File::readdir`] takes from one directory: more than
+/// the root of a server of 1 000 000 topics lists.
+pub const MAX_DIR_ENTRIES: usize = 1 << 20;
+
+/// The most bytes [`File::readdir`] reads from one directory: 1 048 576
+/// entries of about 120 bytes (a stat with a 40-byte name).
+pub const MAX_DIR_BYTES: u64 = 128 << 20;
+
 /// How to open a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -401,7 +413,9 @@ impl File {
         }
     }
 
-    /// Read from `offset` to end of file (a ctl or offset file, a directory).
+    /// Read from offset 0 to end of file (a ctl or offset file): at most
+    /// [`MAX_TEXT`] bytes, a longer file is a protocol error ("reply too
+    /// large"), so a server that never ends one cannot exhaust memory.
     pub async fn read_to_end(&self) -> Result<Bytes> {
         let max = self.max_io();
         let mut parts = Vec::new();
@@ -412,6 +426,11 @@ impl File {
                 return Ok(concat(parts));
             }
             offset += data.len() as u64;
+            if offset > MAX_TEXT as u64 {
+                return Err(Error::Protocol(format!(
+                    "reply too large: a text file of more than {MAX_TEXT} bytes"
+                )));
+            }
             parts.push(data);
         }
     }
@@ -422,8 +441,13 @@ impl File {
     /// a reply that leads back to an offset already read from is refused
     /// (a protocol error), so a broken server cannot make this loop for
     /// ever. Otherwise the offset only grows, by what each read returned.
+    ///
+    /// Whatever the dialect, a name that comes twice, or more than
+    /// [`MAX_DIR_ENTRIES`] entries or [`MAX_DIR_BYTES`] bytes, is refused
+    /// as a protocol error: a server that repeats an entry or never ends a
+    /// directory cannot make this loop or exhaust memory.
     pub async fn readdir(&self) -> Result<Vec<DirEntry>> {
-        let mut entries = Vec::new();
+        let mut entries = Entries::default();
         let max = self.max_io();
         let mut offset = 0u64;
         if self.conn.dialect() == Dialect::P2000L {
@@ -452,13 +476,14 @@ impl File {
                     )));
                 }
                 if data.is_empty() {
-                    return Ok(entries);
+                    return Ok(entries.list);
                 }
+                entries.count_bytes(data.len())?;
                 while data.has_remaining() {
                     let (entry, next) = parse_dirent(&mut data)?;
                     offset = next;
                     if entry.name != "." && entry.name != ".." {
-                        entries.push(entry);
+                        entries.push(entry)?;
                     }
                 }
             }
@@ -467,8 +492,9 @@ impl File {
         loop {
             let mut data = self.read(offset, max).await?;
             if data.is_empty() {
-                return Ok(entries);
+                return Ok(entries.list);
             }
+            entries.count_bytes(data.len())?;
             offset += data.len() as u64;
             while data.has_remaining() {
                 let (stat, n) = codec::decode_stat(&data, dialect)
@@ -477,7 +503,7 @@ impl File {
                 entries.push(DirEntry {
                     name: stat.name,
                     qid: stat.qid,
-                });
+                })?;
             }
         }
     }
@@ -518,6 +544,42 @@ impl File {
             Fcall::Rremove => Ok(()),
             other => Err(unexpected("Rremove", &other)),
         }
+    }
+}
+
+/// A directory's entries as they are read, within [`File::readdir`]'s bounds.
+#[derive(Default)]
+struct Entries {
+    list: Vec<DirEntry>,
+    names: std::collections::HashSet<String>,
+    bytes: u64,
+}
+
+impl Entries {
+    fn count_bytes(&mut self, n: usize) -> Result<()> {
+        self.bytes += n as u64;
+        match self.bytes > MAX_DIR_BYTES {
+            true => Err(Error::Protocol(format!(
+                "directory too large: more than {MAX_DIR_BYTES} bytes"
+            ))),
+            false => Ok(()),
+        }
+    }
+
+    fn push(&mut self, entry: DirEntry) -> Result<()> {
+        if self.list.len() >= MAX_DIR_ENTRIES {
+            return Err(Error::Protocol(format!(
+                "directory too large: more than {MAX_DIR_ENTRIES} entries"
+            )));
+        }
+        if !self.names.insert(entry.name.clone()) {
+            return Err(Error::Protocol(format!(
+                "directory lists {:?} twice",
+                entry.name
+            )));
+        }
+        self.list.push(entry);
+        Ok(())
     }
 }
 

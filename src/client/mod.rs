@@ -35,5 +35,5 @@ mod topics;
 pub use conn::{ConnectOptions, Connection, DEFAULT_ADDR, DEFAULT_MAX_IN_FLIGHT};
 pub use data::{Puller, Pusher};
 pub use error::{Error, Result, errno_message, io_reason};
-pub use file::{DirEntry, File, Mode};
-pub use topics::{Client, Framing, Options, TOPICS_AT_ONCE, TopicSettings, check_topic};
+pub use file::{DirEntry, File, MAX_DIR_BYTES, MAX_DIR_ENTRIES, MAX_TEXT, Mode};
+pub use topics::{Client, Framing, MAX_DEPTH, Options, TOPICS_AT_ONCE, TopicSettings, check_topic};

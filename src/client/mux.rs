@@ -172,7 +172,7 @@ impl TagTable {
     fn dispatch(&self, msg: Msg) {
         let mut t = self.inner.lock();
         let Some(slot) = t.slots.get_mut(&msg.tag) else {
-            tracing::warn!(tag = msg.tag, "reply to a tag not in use");
+            tracing::debug!(tag = msg.tag, "reply to a tag not in use");
             return;
         };
         match std::mem::replace(&mut slot.state, State::Discard) {

@@ -16,6 +16,12 @@ use crate::proto::Dialect;
 /// at once: each read holds a fid, and a server bounds a connection's fids.
 pub const TOPICS_AT_ONCE: usize = 64;
 
+/// How many levels deep [`Client::topics_under`] goes below its prefix;
+/// a deeper tree is a protocol error (a server whose directory contains
+/// itself would otherwise be listed for ever). dchan's topic names have
+/// no depth limit of their own; 64 levels is far beyond any naming scheme.
+pub const MAX_DEPTH: usize = 64;
+
 /// How to connect: the group to read as, and the session's parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -175,12 +181,9 @@ impl Client {
     /// read [`TOPICS_AT_ONCE`] at a time. Each read holds a fid from its walk
     /// to its clunk, and a server bounds the fids one connection may hold
     /// (dchan: 16384), so reading thousands of topics at once would fail.
+    /// A server that holds fewer is met by reading fewer at once.
     pub async fn ctl_each(&self, topics: &[String]) -> Vec<Result<String>> {
-        stream::iter(topics)
-            .map(|t| self.ctl(t))
-            .buffered(TOPICS_AT_ONCE)
-            .collect()
-            .await
+        at_once(topics, |t| self.ctl(t)).await
     }
 
     /// Write one command to the topic's ctl ("reset", "close", "capacity 3"...).
@@ -259,19 +262,23 @@ impl Client {
     }
 
     /// `prefix` itself if it is a topic, and every topic under it. Each
-    /// level of the tree is listed [`TOPICS_AT_ONCE`] directories at a time.
+    /// level of the tree is listed [`TOPICS_AT_ONCE`] directories at a time,
+    /// at most [`MAX_DEPTH`] levels below `prefix`.
     pub async fn topics_under(&self, prefix: &str) -> Result<Vec<String>> {
         if !prefix.is_empty() {
             check_topic(prefix)?;
         }
         let mut found = Vec::new();
         let mut level = vec![prefix.to_string()];
+        let mut depth = 0;
         while !level.is_empty() {
-            let listings: Vec<Result<Vec<DirEntry>>> = stream::iter(&level)
-                .map(|dir| self.list_dir(dir))
-                .buffered(TOPICS_AT_ONCE)
-                .collect()
-                .await;
+            if depth > MAX_DEPTH {
+                return Err(Error::Protocol(format!(
+                    "topic tree deeper than {MAX_DEPTH} levels"
+                )));
+            }
+            depth += 1;
+            let listings = at_once(&level, |dir| self.list_dir(dir)).await;
             let mut next = Vec::new();
             for (dir, entries) in level.iter().zip(listings) {
                 for e in entries? {
@@ -359,6 +366,47 @@ pub fn check_topic(topic: &str) -> Result<()> {
     match ok {
         true => Ok(()),
         false => Err(Error::BadTopic(topic.to_string())),
+    }
+}
+
+/// `read` of each of `items`, [`TOPICS_AT_ONCE`] at a time, in their order.
+/// Each read holds a fid; those the server refused for "too many fids"
+/// (fewer than [`TOPICS_AT_ONCE`] allowed, or held by others meanwhile)
+/// are read again, half as many at once, down to one at a time. Only
+/// reads, which may be repeated, go through here.
+async fn at_once<'a, T, F, Fut>(items: &'a [String], read: F) -> Vec<Result<T>>
+where
+    F: Fn(&'a String) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut results: Vec<Option<Result<T>>> = items.iter().map(|_| None).collect();
+    let mut todo: Vec<usize> = (0..items.len()).collect();
+    let mut width = TOPICS_AT_ONCE;
+    while !todo.is_empty() {
+        let done: Vec<Result<T>> = stream::iter(&todo)
+            .map(|&i| read(&items[i]))
+            .buffered(width)
+            .collect()
+            .await;
+        let mut again = Vec::new();
+        for (&i, r) in todo.iter().zip(done) {
+            match r {
+                Err(e) if width > 1 && is_too_many_fids(&e) => again.push(i),
+                r => results[i] = Some(r),
+            }
+        }
+        todo = again;
+        width /= 2;
+    }
+    results.into_iter().flatten().collect()
+}
+
+/// The server's "too many fids" (EMFILE), however the dialect says it.
+fn is_too_many_fids(e: &Error) -> bool {
+    match e {
+        Error::Server { errno: Some(n), .. } => *n == crate::fs::errno::EMFILE,
+        Error::Server { message, .. } => message.to_lowercase().contains("too many fids"),
+        _ => false,
     }
 }
 

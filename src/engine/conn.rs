@@ -56,7 +56,7 @@ use tracing::{Instrument, Span, debug, debug_span, warn};
 use crate::cut;
 use crate::fs::{self, Clunk, FileTree, errno};
 use crate::proto::codec::{decode, encode_head};
-use crate::proto::frame::FrameDecoder;
+use crate::proto::frame::{FrameDecoder, FrameError};
 use crate::proto::{Dialect, Fcall, Fid, Msg, NOFID, Tag};
 
 use super::Limits;
@@ -219,7 +219,8 @@ enum End {
     Shutdown,
     /// The client broke the protocol beyond an error reply.
     Violation(String),
-    /// The socket failed.
+    /// The socket failed, or the client reset it: a disconnect, logged at
+    /// debug level.
     Io(String),
 }
 
@@ -287,6 +288,8 @@ pub async fn run<T: FileTree>(
             Some((tag, done)) = conn.inflight.next(), if !over => conn.finish(tag, done),
             frame = frames.next(), if !over => match frame {
                 None => break End::Eof,
+                // A reset, or an EOF inside a frame: the client went away.
+                Some(Err(FrameError::Io(e))) => break End::Io(e.to_string()),
                 Some(Err(e)) => break End::Violation(e.to_string()),
                 Some(Ok(frame)) => {
                     if let Err(e) = conn.request(frame, frames.decoder_mut()) {

@@ -58,6 +58,8 @@
 //! the count starts again. A program on 6.1 that retries in a tight loop
 //! sees that EBUSY too; one that pauses between tries never does.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -165,6 +167,72 @@ impl<D: Delivery> Reader<D> {
     }
 }
 
+/// The bytes held in partial lines by every open data file of a server,
+/// and the most it holds: `max_message` bounds one file's partial line,
+/// but a connection may hold thousands of files.
+#[derive(Debug)]
+pub struct Budget {
+    held: AtomicU64,
+    max: u64,
+}
+
+impl Budget {
+    pub fn new(max: u64) -> Arc<Budget> {
+        Arc::new(Budget {
+            held: AtomicU64::new(0),
+            max,
+        })
+    }
+
+    /// The bytes held now.
+    #[cfg(test)]
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+}
+
+/// The budget would go over its most.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OverBudget;
+
+/// One file's share of a [`Budget`], given back when dropped (so every
+/// way a partial line goes — completed, dropped, its file closed or lost —
+/// gives its bytes back).
+#[derive(Debug)]
+struct Share {
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl Share {
+    /// Hold exactly `bytes`; growing past the budget's most fails and
+    /// changes nothing. Shrinking always succeeds.
+    fn resize(&mut self, bytes: u64) -> Result<(), OverBudget> {
+        if bytes > self.bytes {
+            let more = bytes - self.bytes;
+            let before = self.budget.held.fetch_add(more, Ordering::Relaxed);
+            if before.saturating_add(more) > self.budget.max {
+                self.budget.held.fetch_sub(more, Ordering::Relaxed);
+                return Err(OverBudget);
+            }
+        } else {
+            (self.budget.held).fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+        }
+        self.bytes = bytes;
+        Ok(())
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// The writing state of one open data file.
 pub struct Writer {
     /// How this file cuts writes into messages, fixed at open.
@@ -180,6 +248,9 @@ pub struct Writer {
     /// before, and when the last one was.
     refusals: u32,
     last_refusal: Option<Instant>,
+    /// Its share of the server's budget for partial lines (none in tests
+    /// that make a bare writer).
+    share: Option<Share>,
 }
 
 /// Would-block refusals in a row after which a non-blocking write is
@@ -215,6 +286,34 @@ impl Writer {
             partial_len: 0,
             refusals: 0,
             last_refusal: None,
+            share: None,
+        }
+    }
+
+    /// A writer whose partial lines count against `budget`.
+    pub fn with_budget(framing: Framing, max: u64, budget: Arc<Budget>) -> Self {
+        Writer {
+            share: Some(Share { budget, bytes: 0 }),
+            ..Writer::new(framing, max)
+        }
+    }
+
+    /// Take from the budget what a cut's pushes hold at most (the partial
+    /// line now and the one after): fails, changing nothing, if that would
+    /// take the server past its budget. The writer gives back what it does
+    /// not keep as the cut is committed, at its next write, or at its drop.
+    pub fn reserve(&mut self, cut: &Cut) -> Result<(), OverBudget> {
+        let need = self.partial_len + cut.rest.as_ref().map_or(0, Bytes::len);
+        match &mut self.share {
+            Some(share) => share.resize(need as u64),
+            None => Ok(()),
+        }
+    }
+
+    /// Give back what the partial line no longer holds.
+    fn settle(&mut self) {
+        if let Some(share) = &mut self.share {
+            let _ = share.resize(self.partial_len as u64);
         }
     }
 
@@ -247,6 +346,7 @@ impl Writer {
     pub fn discard(&mut self) {
         self.partial.clear();
         self.partial_len = 0;
+        self.settle();
     }
 
     /// Cut a write into messages without changing the held partial line;
@@ -291,7 +391,12 @@ impl Writer {
             start = nl + 1;
             ends.push(start);
         }
-        let tail = data.slice(start..);
+        // A short tail is copied, so that what a partial line holds is
+        // what it counts against the budget, not the whole write's buffer.
+        let tail = match data.len() - start {
+            n if n * 2 < data.len() => Bytes::copy_from_slice(&data[start..]),
+            _ => data.slice(start..),
+        };
         let ends_partial = !self.partial.is_empty() && !messages.is_empty();
         if ends_partial {
             messages[0] = concat(self.partial.iter().chain([&messages[0]]));
@@ -311,8 +416,11 @@ impl Writer {
 
     /// The first message of a cut was pushed.
     pub fn commit_first(&mut self, cut: &Cut) {
+        // What the budget gave stays taken until `commit` (the cut's tail
+        // is still to be held).
         if cut.ends_partial {
-            self.discard();
+            self.partial.clear();
+            self.partial_len = 0;
         }
     }
 
@@ -324,7 +432,8 @@ impl Writer {
                 self.partial.push(rest);
             }
             Some(rest) => {
-                self.discard();
+                self.partial.clear();
+                self.partial_len = 0;
                 if !rest.is_empty() {
                     self.partial_len = rest.len();
                     self.partial.push(rest);
@@ -332,6 +441,8 @@ impl Writer {
             }
             None => {}
         }
+        // Never more than `reserve` took: this only gives back.
+        self.settle();
     }
 
     /// Whether a partial line is held.

@@ -53,6 +53,7 @@ pub(super) fn linux_text(errno: u32) -> Option<&'static str> {
         errno::EUSERS => "Too many users",
         errno::ETIMEDOUT => "Connection timed out",
         errno::EMSGSIZE => "Message too long",
+        errno::ENOBUFS => "No buffer space available",
         // Linux's table has no ECANCELED: a reset reads as one.
         errno::ECANCELED => "Connection reset by peer",
         _ => return None,
@@ -98,6 +99,7 @@ mod tests {
             "EMSGSIZE" => EMSGSIZE,
             "EOPNOTSUPP" => EOPNOTSUPP,
             "ECONNRESET" => ECONNRESET,
+            "ENOBUFS" => ENOBUFS,
             "ESHUTDOWN" => ESHUTDOWN,
             "ETIMEDOUT" => ETIMEDOUT,
             "ECANCELED" => ECANCELED,

@@ -61,16 +61,34 @@ use crate::fs::{
 };
 use crate::proto::{DMDIR, Dialect, QTDIR, QTFILE, Qid};
 use ctl::{RootCmd, TopicCmd};
-use data::{Reader, Step, TooLong, Writer};
+use data::{Budget, OverBudget, Reader, Step, TooLong, Writer};
 use error::{broker_error, invalid, not_found};
 use node::{At, DataFile, FileKind, HandleKind, Places, Session};
 pub use node::{Handle, Node};
 
 /// What the tree needs from the server's configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TreeConfig {
     /// Settings of topics made by mkdir, or by "create NAME" without options.
     pub defaults: TopicConfig,
+    /// The most bytes held in partial lines by all open data files
+    /// together (`[limits] max_unfinished_bytes`); no topic's `max_message`
+    /// may be above it.
+    pub max_unfinished_bytes: u64,
+}
+
+/// The default `max_unfinished_bytes`: 256 MiB, sixteen partial lines of
+/// the default `max_message` (16 MiB) at once, and far below what a
+/// server's host has.
+pub const MAX_UNFINISHED_BYTES: u64 = 256 << 20;
+
+impl Default for TreeConfig {
+    fn default() -> Self {
+        TreeConfig {
+            defaults: TopicConfig::default(),
+            max_unfinished_bytes: MAX_UNFINISHED_BYTES,
+        }
+    }
 }
 
 /// The topic tree over a broker.
@@ -88,6 +106,8 @@ pub struct TopicTree<B: Broker> {
     /// Qid paths and open readers of the places seen. A sync mutex, never
     /// held across an await.
     places: Mutex<Places>,
+    /// Bytes held in partial lines by every open data file, and the most.
+    budget: Arc<Budget>,
 }
 
 fn parent(path: &str) -> At {
@@ -112,6 +132,7 @@ impl<B: Broker> TopicTree<B> {
             .unwrap_or(0);
         TopicTree {
             broker: broker.into(),
+            budget: Budget::new(config.max_unfinished_bytes),
             config,
             connections: Box::new(connections),
             started: Instant::now(),
@@ -225,6 +246,18 @@ impl<B: Broker> TopicTree<B> {
         if ok { Ok(()) } else { Err(not_found()) }
     }
 
+    /// Fail with "topic removed" if the node was walked to a topic that has
+    /// since been removed (a topic created again under its name is another).
+    fn check_current(&self, node: &Node) -> Result<()> {
+        let (Some(id), At::Dir(p) | At::File(p, _)) = (node.topic_id, &node.at) else {
+            return Ok(());
+        };
+        match self.broker.id(p) {
+            Ok(now) if now == id => Ok(()),
+            _ => Err(broker_error(broker::Error::Removed)),
+        }
+    }
+
     /// The text a ctl or offset file reads now.
     fn text(&self, handle: &Handle<B::Delivery>) -> Result<Bytes> {
         let node = &handle.node;
@@ -251,8 +284,21 @@ impl<B: Broker> TopicTree<B> {
         Ok(Bytes::from(text))
     }
 
+    /// Refuse a `max_message` above the server's budget for partial
+    /// lines: no line that long could be held.
+    fn check_max_message(&self, max: u64) -> Result<()> {
+        let budget = self.budget.max();
+        if max > budget {
+            return Err(invalid(format!(
+                "max_message {max} is above the server's max_unfinished_bytes {budget}"
+            )));
+        }
+        Ok(())
+    }
+
     fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
         ctl::check_name(name).map_err(invalid)?;
+        self.check_max_message(config.max_message)?;
         self.broker.create(name, config).map_err(broker_error)
     }
 
@@ -274,6 +320,10 @@ impl<B: Broker> TopicTree<B> {
                         format!("create {name}: topic exists"),
                     ));
                 }
+                RootCmd::Create {
+                    max_message: Some(max),
+                    ..
+                } => self.check_max_message(*max)?,
                 RootCmd::Remove(name) if !names.remove(name) => {
                     return Err(Error::new(
                         errno::ENOENT,
@@ -307,6 +357,9 @@ impl<B: Broker> TopicTree<B> {
         let cmds = ctl::parse_topic(text).map_err(invalid)?;
         let status = self.broker.status(topic).map_err(broker_error)?;
         for cmd in &cmds {
+            if let TopicCmd::Set(broker::Setting::MaxMessage(max)) = cmd {
+                self.check_max_message(*max)?;
+            }
             if let TopicCmd::Forget(group) = cmd
                 && !status.groups.iter().any(|g| &g.name == group)
             {
@@ -330,6 +383,7 @@ impl<B: Broker> TopicTree<B> {
 
     /// Open an existing file.
     fn open_file(&self, node: &Node, mode: OpenMode) -> Result<Handle<B::Delivery>> {
+        self.check_current(node)?;
         self.check_exists(&node.at)?;
         // A topic's file belongs to the topic it was opened on (issue 14.7).
         let topic_id = match &node.at {
@@ -371,9 +425,10 @@ impl<B: Broker> TopicTree<B> {
                     reads,
                     writes: mode.writes(),
                     reader: tokio::sync::Mutex::new(Reader::new(node.session.linux, mode.nonblock)),
-                    writer: tokio::sync::Mutex::new(Writer::new(
+                    writer: tokio::sync::Mutex::new(Writer::with_budget(
                         status.config.framing,
                         status.config.max_message,
+                        self.budget.clone(),
                     )),
                 })
             }
@@ -429,6 +484,13 @@ impl<B: Broker> TopicTree<B> {
                 return Err(broker_error(broker::Error::TooLong { size, max }));
             }
         };
+        if let Err(OverBudget) = writer.reserve(&cut) {
+            writer.discard();
+            return Err(Error::new(
+                errno::ENOBUFS,
+                "no buffer space: partial lines held by open data files are at the server's limit (limits.max_unfinished_bytes); this file's partial line is dropped, nothing of this write was pushed",
+            ));
+        }
         for (i, m) in cut.messages.iter().enumerate() {
             match self.broker.push_to(topic, m.clone(), f.wait).await {
                 Ok(_) if i == 0 => {
@@ -467,6 +529,7 @@ impl<B: Broker> TopicTree<B> {
 
 impl<B: Broker> TopicTree<B> {
     fn walk_node(&self, dir: &Node, name: &str) -> Result<Node> {
+        self.check_current(dir)?;
         let at = match (&dir.at, name) {
             (At::Root, "..") => At::Root,
             (At::Dir(p), "..") => parent(p),
@@ -484,13 +547,22 @@ impl<B: Broker> TopicTree<B> {
             return Err(not_found());
         }
         self.check_exists(&at)?;
+        // A topic's file is of the topic its directory was walked to; a
+        // directory is of the topic named so now (if any).
+        let topic_id = match &at {
+            At::File(p, _) => dir.topic_id.or_else(|| self.broker.id(p).ok()),
+            At::Dir(p) => self.broker.id(p).ok(),
+            At::Root | At::RootCtl => None,
+        };
         Ok(Node {
             at,
             session: dir.session.clone(),
+            topic_id,
         })
     }
 
     fn stat_node(&self, node: &Node) -> Result<FileInfo> {
+        self.check_current(node)?;
         self.check_exists(&node.at)?;
         Ok(self.info(node, node.at.clone()))
     }
@@ -501,6 +573,7 @@ impl<B: Broker> TopicTree<B> {
             At::Dir(p) => p,
             _ => return Err(Error::new(errno::ENOTDIR, "not a directory")),
         };
+        self.check_current(dir)?;
         self.check_exists(&dir.at)?;
         let mut entries = Vec::new();
         if path.is_empty() {
@@ -532,6 +605,7 @@ impl<B: Broker> TopicTree<B> {
             At::Dir(p) => format!("{p}/{name}"),
             _ => return Err(Error::new(errno::ENOTDIR, "not a directory")),
         };
+        self.check_current(dir)?;
         if perm & DMDIR == 0 {
             // Plan 9's `>` creates a file that exists: open it.
             if let Ok(node) = self.walk_node(dir, name)
@@ -548,6 +622,7 @@ impl<B: Broker> TopicTree<B> {
         self.check_exists(&dir.at)?;
         self.create_topic(&path, self.config.defaults)?;
         let node = Node {
+            topic_id: self.broker.id(&path).ok(),
             at: At::Dir(path.into()),
             session: dir.session.clone(),
         };
@@ -609,6 +684,7 @@ impl<B: Broker> TopicTree<B> {
     }
 
     fn wstat_node(&self, node: &Node, changes: Changes) -> Result<()> {
+        self.check_current(node)?;
         self.check_exists(&node.at)?;
         let is_dir = matches!(node.at, At::Root | At::Dir(_));
         match changes.length {
@@ -630,6 +706,7 @@ impl<B: Broker> TopicTree<B> {
     }
 
     fn remove_node(&self, node: &Node) -> Result<()> {
+        self.check_current(node)?;
         match &node.at {
             At::Dir(p) if self.is_topic(p) => self.remove_topic(p),
             At::Dir(p) if self.dir_exists(p) => {
@@ -656,6 +733,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         };
         Ok(Node {
             at: At::Root,
+            topic_id: None,
             session: Arc::new(Session {
                 group: group.to_string(),
                 linux,

@@ -112,6 +112,11 @@ pub struct Node {
     pub(super) at: At,
     /// The attach it was walked from.
     pub(super) session: Arc<Session>,
+    /// For a topic's directory or file, the identity of the topic it was
+    /// walked to: once that topic is removed, the node is stale for good,
+    /// like an open file (see `Handle::topic_id`), even if a topic of the
+    /// same name is created.
+    pub(super) topic_id: Option<TopicId>,
 }
 
 /// An open file.

@@ -192,6 +192,59 @@ async fn a_partial_line_at_close_keeps_the_rendezvous_or_is_dropped() {
     assert_eq!(status(&t, "t").blocked_writers, 0);
 }
 
+/// Partial lines of all open data files together stay within the
+/// server's `max_unfinished_bytes`: the write that would pass it fails with
+/// ENOBUFS and drops its file's partial line; completing, dropping or
+/// closing a line gives its bytes back; no max_message may be above it.
+#[tokio::test]
+async fn partial_lines_of_all_files_share_one_budget() {
+    let t = Arc::new(TopicTree::new(
+        MemoryBroker::new(),
+        TreeConfig {
+            max_unfinished_bytes: 10,
+            ..TreeConfig::default()
+        },
+        || 0,
+    ));
+    let root = attach(&t, "", Dialect::P2000L);
+    echo(&t, &root, "ctl", "create u capacity=100 max_message=8\n")
+        .await
+        .unwrap();
+    let a = open(&t, &root, "u/data", Access::Write).await.unwrap();
+    let b = open(&t, &root, "u/data", Access::Write).await.unwrap();
+    let c = open(&t, &root, "u/data", Access::Write).await.unwrap();
+    assert_eq!(write(&t, &a, "aaaaaa").await, Ok(6));
+    assert_eq!(write(&t, &b, "bbb").await, Ok(3));
+    assert_eq!(t.budget.held(), 9);
+    let e = write(&t, &b, "bb").await.unwrap_err();
+    assert_eq!(e.errno, errno::ENOBUFS);
+    assert!(e.message.contains("no buffer space"), "{e:?}");
+    assert_eq!(t.budget.held(), 6, "b's partial line is dropped");
+    // A completed line gives its bytes back (and the tail it leaves counts).
+    assert_eq!(write(&t, &a, "a\nxy").await, Ok(4));
+    assert_eq!(t.budget.held(), 2);
+    assert_eq!(write(&t, &c, "cccccccc").await, Ok(8));
+    assert_eq!(t.budget.held(), 10);
+    // A lost file and a closed one give theirs back.
+    clunk(&t, c, Clunk::Lost);
+    assert_eq!(t.budget.held(), 2);
+    close(&t, a).await.unwrap();
+    assert_eq!(t.budget.held(), 0);
+    assert_eq!(status(&t, "u").pending, 2, "aaaaaaa, then xy at close");
+    close(&t, b).await.unwrap();
+    // No max_message above the budget, by create or by ctl.
+    let e = echo(&t, &root, "ctl", "create v max_message=11\n")
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, errno::EINVAL);
+    assert!(e.message.contains("max_unfinished_bytes"), "{e:?}");
+    let e = echo(&t, &root, "u/ctl", "max_message 18446744073709551615\n")
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, errno::EINVAL);
+    assert!(cat(&t, &root, "u/ctl").await.contains("max_message 8\n"));
+}
+
 /// Issue 14.3: a line without a newline cannot grow past the topic's
 /// max_message; the write that would make it fails with EMSGSIZE and the
 /// partial line is dropped; the same bound holds with write framing.
