@@ -72,13 +72,7 @@ impl TryFrom<SizeValue> for UnfinishedBytes {
     type Error = String;
 
     fn try_from(v: SizeValue) -> Result<Self, String> {
-        let text = match v {
-            SizeValue::Bytes(n) => n.to_string(),
-            SizeValue::Text(s) => s,
-        };
-        broker::parse_size(&text)
-            .map(UnfinishedBytes)
-            .map_err(|why| format!("bad max_unfinished_bytes {text:?}: {why}"))
+        v.parse("max_unfinished_bytes").map(UnfinishedBytes)
     }
 }
 
@@ -199,17 +193,22 @@ enum SizeValue {
     Text(String),
 }
 
+impl SizeValue {
+    /// The size in bytes, or why not, naming the config `key`.
+    fn parse(self, key: &str) -> Result<u64, String> {
+        let text = match self {
+            SizeValue::Bytes(n) => n.to_string(),
+            SizeValue::Text(s) => s,
+        };
+        broker::parse_size(&text).map_err(|why| format!("bad {key} {text:?}: {why}"))
+    }
+}
+
 impl TryFrom<SizeValue> for MessageSize {
     type Error = String;
 
     fn try_from(v: SizeValue) -> Result<Self, String> {
-        let text = match v {
-            SizeValue::Bytes(n) => n.to_string(),
-            SizeValue::Text(s) => s,
-        };
-        broker::parse_size(&text)
-            .map(MessageSize)
-            .map_err(|why| format!("bad max_message {text:?}: {why}"))
+        v.parse("max_message").map(MessageSize)
     }
 }
 
