@@ -200,12 +200,8 @@ async fn push_and_pull_over_9p() {
         .await;
     assert!(matches!(e, Fcall::Rlerror { ecode: 22 }), "{e:?}");
 
-    let _ = stop.send(());
     drop((reader, writer));
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("server did not stop")
-        .unwrap();
+    stop_server(stop, server).await;
 }
 
 /// A server on an ephemeral port and a way to stop it.
@@ -215,6 +211,15 @@ async fn start() -> (
     tokio::task::JoinHandle<()>,
 ) {
     start_with(Limits::default()).await
+}
+
+/// Stop a server from `start` and wait (bounded) for it to end.
+async fn stop_server(stop: tokio::sync::oneshot::Sender<()>, server: tokio::task::JoinHandle<()>) {
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
 }
 
 async fn start_with(
@@ -305,12 +310,8 @@ async fn a_read_at_the_largest_offset_does_not_kill_the_connection() {
             data: Bytes::from_static(b"two\n")
         }
     );
-    let _ = stop.send(());
     drop(c);
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("server did not stop")
-        .unwrap();
+    stop_server(stop, server).await;
 }
 
 impl Conn {
@@ -416,12 +417,8 @@ async fn clunks_with_partial_lines_count_against_the_limit_and_go_with_the_clien
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(admin.status("t", "blocked_writers").await, 0);
-    let _ = stop.send(());
     drop(admin);
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("server did not stop")
-        .unwrap();
+    stop_server(stop, server).await;
 }
 
 /// Issue 15.4: a data file takes one read at a time. A second Tread sent
@@ -469,12 +466,8 @@ async fn a_second_read_in_flight_on_a_data_fid_is_refused_and_nothing_is_lost() 
     r.open(1, "t/data", 0).await;
     let again = r.rpc(20, read(0)).await;
     assert_eq!(data_of(again), "b\n");
-    let _ = stop.send(());
     drop((admin, r));
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("server did not stop")
-        .unwrap();
+    stop_server(stop, server).await;
 }
 
 fn data_of(f: Fcall) -> Bytes {
@@ -558,12 +551,8 @@ async fn a_flushed_push_a_group_took_is_answered_before_the_rflush() {
     let text = String::from_utf8_lossy(&data);
     assert!(text.contains("pushed 1"), "{text}");
 
-    let _ = stop.send(());
     drop((writer, g1, g2));
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("server did not stop")
-        .unwrap();
+    stop_server(stop, server).await;
 }
 
 /// A directory fid walked to a topic that is then removed and created again
@@ -633,12 +622,8 @@ async fn a_directory_fid_of_a_removed_topic_stays_stale_after_it_is_created_agai
     let text = String::from_utf8_lossy(&data).to_string();
     assert!(text.contains("pushed 0"), "{text}");
 
-    let _ = stop.send(());
     drop(c);
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("server did not stop")
-        .unwrap();
+    stop_server(stop, server).await;
 }
 
 /// Issue 14.7: files opened on a topic that is then removed and created
@@ -700,10 +685,6 @@ async fn files_of_a_removed_topic_stay_stale_after_it_is_created_again() {
     let text = String::from_utf8_lossy(&data).to_string();
     assert!(text.contains("pushed 0"), "{text}");
 
-    let _ = stop.send(());
     drop(c);
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("server did not stop")
-        .unwrap();
+    stop_server(stop, server).await;
 }
