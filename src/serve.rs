@@ -26,6 +26,7 @@ use std::time::Duration;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+use crate::broker::durable::{DurableBroker, OpenError as DurableError, Options as DurableOptions};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::{self, Broker};
 use crate::config::{Config, ConfigError};
@@ -51,6 +52,10 @@ pub struct ServeArgs {
     /// 9P engine with real clients)
     #[arg(long, hide = true)]
     pub ramfs: bool,
+    /// Keep topics durable in DIR (replaces the configuration's
+    /// `storage.data_dir`); without one, topics live in memory
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
 }
 
 /// Why the server could not start.
@@ -62,6 +67,8 @@ pub enum Error {
     Log { filter: String, reason: String },
     #[error("listen on {addr}: {source}")]
     Listen { addr: Addr, source: std::io::Error },
+    #[error(transparent)]
+    Data(#[from] DurableError),
     #[error("topic {name:?} in the configuration: {source}")]
     Topic { name: String, source: broker::Error },
 }
@@ -90,6 +97,9 @@ async fn start(args: ServeArgs) -> Result<(), Error> {
     if !args.listen.is_empty() {
         config.listen = args.listen;
     }
+    if let Some(dir) = args.data {
+        config.storage.data_dir = dir;
+    }
     if args.ramfs {
         let listeners = bind(&config.listen).await?;
         let tree = Arc::new(RamFs::new());
@@ -104,14 +114,38 @@ async fn start(args: ServeArgs) -> Result<(), Error> {
 /// accepting, answer every blocked request with an error, and return once
 /// every connection has closed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let broker = MemoryBroker::with_group_limits(config.groups.limits());
+    let limits = config.groups.limits();
+    let data_dir = &config.storage.data_dir;
+    if data_dir.as_os_str().is_empty() {
+        return run_on(MemoryBroker::with_group_limits(limits), config, shutdown).await;
+    }
+    let options = DurableOptions {
+        sync: config.storage.sync_mode(),
+        groups: limits,
+        ..DurableOptions::default()
+    };
+    let broker = DurableBroker::open(data_dir, options)?;
+    info!(dir = %data_dir.display(), sync = %options.sync, "durable topics");
+    run_on(broker, config, shutdown).await
+}
+
+/// Serve `broker`'s topics (see [`run`]).
+async fn run_on<B: Broker>(
+    broker: B,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     for spec in &config.topic {
-        broker
-            .create(&spec.name, spec.topic_config(&config.topic_defaults))
-            .map_err(|source| Error::Topic {
-                name: spec.name.clone(),
-                source,
-            })?;
+        // A durable topic read back from disk keeps its state.
+        match broker.create(&spec.name, spec.topic_config(&config.topic_defaults)) {
+            Ok(()) | Err(broker::Error::Exists(_)) => {}
+            Err(source) => {
+                return Err(Error::Topic {
+                    name: spec.name.clone(),
+                    source,
+                });
+            }
+        }
     }
     let listeners = bind(&config.listen).await?;
     let connections = Connections::default();

@@ -38,9 +38,11 @@
 //! dropped (its caller is gone) is withdrawn if not taken; a message taken
 //! stays. A pull dropped before it returns took nothing.
 
+pub mod durable;
 mod group;
 mod log;
 pub mod memory;
+mod store;
 mod topic;
 mod waiters;
 
@@ -229,6 +231,13 @@ pub enum Error {
     TooManyGroups(usize),
     #[error("message too large: {size} bytes, over the topic's max_message {max}")]
     TooLong { size: u64, max: u64 },
+    /// The durable engine could not keep a change on disk (a full disk:
+    /// `kind` is `StorageFull`); a push that fails so was not taken.
+    #[error("storage: {reason}")]
+    Storage {
+        kind: std::io::ErrorKind,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

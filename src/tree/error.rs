@@ -20,6 +20,8 @@ pub(super) fn broker_error(e: broker::Error) -> Error {
         E::Shutdown => errno::ESHUTDOWN,
         E::TooManyGroups(_) => errno::EUSERS,
         E::TooLong { .. } => errno::EMSGSIZE,
+        E::Storage { kind, .. } if *kind == std::io::ErrorKind::StorageFull => errno::ENOSPC,
+        E::Storage { .. } => errno::EIO,
     };
     Error::new(n, e.to_string())
 }
