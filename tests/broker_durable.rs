@@ -265,3 +265,76 @@ async fn sync_always_answers_every_writer() {
     let b = open_with(tmp.path(), options);
     assert_eq!(drain(&b, "t", "").await.len(), 400);
 }
+
+/// A tmpfs of `size` mounted on a new directory, unmounted on drop; `None`
+/// where this process may not mount (not root).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_pushes_with_enospc_and_keeps_what_was_answered() {
+    let Some(disk) = SmallDisk::mount("256k") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let dir = disk.dir.path();
+    let mut answered = Vec::new();
+    {
+        let b = open(dir);
+        b.create("t", cap(1_000_000)).unwrap();
+        let msg = "y".repeat(1000);
+        let err = loop {
+            let i = answered.len();
+            let data = Bytes::from(format!("{i}:{msg}"));
+            match b.push("t", data.clone(), Wait::NonBlock).await {
+                Ok(seq) => {
+                    assert_eq!(seq, i as u64);
+                    answered.push(data);
+                }
+                Err(e) => break e,
+            }
+        };
+        println!("after {} pushes: {err}", answered.len());
+        let Error::Storage { kind, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*kind, std::io::ErrorKind::StorageFull);
+        // A smaller message may still fit the last free bytes.
+        if b.push("t", Bytes::from("small"), Wait::NonBlock)
+            .await
+            .is_ok()
+        {
+            answered.push(Bytes::from("small"));
+        }
+        assert_eq!(b.status("t").unwrap().next, answered.len() as u64);
+    }
+    let b = open(dir);
+    let got = drain(&b, "t", "").await;
+    assert_eq!(got.len(), answered.len());
+    assert!(
+        got.iter()
+            .zip(&answered)
+            .all(|(g, a)| g.as_bytes() == &a[..])
+    );
+}
