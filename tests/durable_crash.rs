@@ -103,15 +103,16 @@ async fn kill_9_mid_workload_loses_nothing_answered() {
             }
             let deadline = tokio::time::Instant::now() + PATIENCE;
             loop {
-                let s = seen.lock();
-                let done = GROUPS.iter().all(|g| {
-                    let got: HashSet<_> = s.got.get(g).into_iter().flatten().collect();
-                    (0..WRITERS).all(|w| {
-                        (0..=s.acked[w].map_or(-1, |i| i as i64))
-                            .all(|i| got.contains(&(w, i as u64)))
+                let done = {
+                    let s = seen.lock();
+                    GROUPS.iter().all(|g| {
+                        let got: HashSet<_> = s.got.get(g).into_iter().flatten().collect();
+                        (0..WRITERS).all(|w| {
+                            (0..=s.acked[w].map_or(-1, |i| i as i64))
+                                .all(|i| got.contains(&(w, i as u64)))
+                        })
                     })
-                });
-                drop(s);
+                };
                 if done || tokio::time::Instant::now() > deadline {
                     break;
                 }
