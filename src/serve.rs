@@ -137,7 +137,13 @@ async fn run_on<B: Broker>(
 ) -> Result<(), Error> {
     for spec in &config.topic {
         // A durable topic read back from disk keeps its state.
-        match broker.create(&spec.name, spec.topic_config(&config.topic_defaults)) {
+        match Broker::create(
+            &broker,
+            &spec.name,
+            spec.topic_config(&config.topic_defaults),
+        )
+        .await
+        {
             Ok(()) | Err(broker::Error::Exists(_)) => {}
             Err(source) => {
                 return Err(Error::Topic {

@@ -83,17 +83,17 @@ async fn restart_keeps_topics_messages_and_positions() {
         b.create("a/b", cap(5)).unwrap();
         b.create("gone", cap(5)).unwrap();
         b.create("wiped", cap(5)).unwrap();
-        b.set("a/b", Setting::Capacity(7)).unwrap();
+        b.set("a/b".into(), Setting::Capacity(7)).await.unwrap();
         for i in 0..10 {
             push(&b, "jobs", &format!("m{i}")).await;
         }
         push(&b, "wiped", "old").await;
-        b.reset("wiped").unwrap();
+        b.reset("wiped".into()).await.unwrap();
         push(&b, "wiped", "new").await;
         b.remove("gone").unwrap();
         // Group "slow" exists and has read nothing; "fast" has acked 3 and
         // holds the 4th unacked at the "crash".
-        assert_eq!(b.offset("jobs", "slow").unwrap(), 0);
+        assert_eq!(b.offset("jobs".into(), "slow").await.unwrap(), 0);
         for _ in 0..3 {
             take(&b, "jobs", "fast").await.unwrap();
         }
@@ -105,12 +105,12 @@ async fn restart_keeps_topics_messages_and_positions() {
         assert_eq!(out.data(), "m3");
         std::mem::forget(out);
         push(&b, "a/b", "x").await;
-        b.close("a/b").unwrap();
+        b.close("a/b".into()).await.unwrap();
     }
     let b = open(dir);
     assert_eq!(b.topics(), ["a/b", "jobs", "wiped"]);
-    assert_eq!(b.status("a/b").unwrap().config.capacity, 7);
-    assert!(b.status("a/b").unwrap().closed);
+    assert_eq!(b.status("a/b".into()).await.unwrap().config.capacity, 7);
+    assert!(b.status("a/b".into()).await.unwrap().closed);
     assert_eq!(drain(&b, "a/b", "").await, ["x"]);
     assert_eq!(drain(&b, "wiped", "").await, ["new"]);
     // The unacked delivery comes again; nothing acked does.
@@ -222,7 +222,7 @@ async fn segments_every_group_passed_are_deleted() {
     let b = open_with(tmp.path(), options);
     b.create("t", cap(1000)).unwrap();
     let msg = "x".repeat(100);
-    assert_eq!(b.offset("t", "g").unwrap(), 0);
+    assert_eq!(b.offset("t".into(), "g").await.unwrap(), 0);
     for _ in 0..100 {
         push(&b, "t", &msg).await;
     }
@@ -234,7 +234,7 @@ async fn segments_every_group_passed_are_deleted() {
     drop(b);
     // The group's place is in the segments left.
     let b = open_with(tmp.path(), options);
-    assert_eq!(b.offset("t", "g").unwrap(), 100);
+    assert_eq!(b.offset("t".into(), "g").await.unwrap(), 100);
     assert_eq!(drain(&b, "t", "g").await.len(), 0);
     push(&b, "t", "after").await;
     assert_eq!(drain(&b, "t", "g").await, ["after"]);
@@ -327,7 +327,10 @@ async fn a_full_disk_fails_pushes_with_enospc_and_keeps_what_was_answered() {
         {
             answered.push(Bytes::from("small"));
         }
-        assert_eq!(b.status("t").unwrap().next, answered.len() as u64);
+        assert_eq!(
+            b.status("t".into()).await.unwrap().next,
+            answered.len() as u64
+        );
     }
     let b = open(dir);
     let got = drain(&b, "t", "").await;

@@ -23,7 +23,7 @@ pub use recover::RecoverError;
 pub use sync::{DEFAULT_INTERVAL, SyncMode};
 
 use std::fs::{self, File};
-use std::future::Future;
+use std::future::{Future, ready};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -215,10 +215,9 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
-impl Broker for DurableBroker {
-    type Delivery = MemoryDelivery;
-
-    fn create(&self, name: &str, config: TopicConfig) -> Result<()> {
+impl DurableBroker {
+    /// Make a topic: its directory, settings file and first segment.
+    pub fn create(&self, name: &str, config: TopicConfig) -> Result<()> {
         let mut syncer = None;
         let id = self.mem.create_with(name, config, |id| {
             let dir = self.topics_dir.join(id.to_string());
@@ -230,11 +229,24 @@ impl Broker for DurableBroker {
         Ok(())
     }
 
-    fn remove(&self, name: &str) -> Result<()> {
+    /// Remove a topic and its directory.
+    pub fn remove(&self, name: &str) -> Result<()> {
         let id = self.mem.id(name)?;
         self.mem.remove(name)?;
         self.syncs.write().remove(&id);
         Ok(())
+    }
+}
+
+impl Broker for DurableBroker {
+    type Delivery = MemoryDelivery;
+
+    fn create(&self, name: &str, config: TopicConfig) -> impl Future<Output = Result<()>> + Send {
+        ready(DurableBroker::create(self, name, config))
+    }
+
+    fn remove(&self, name: &str) -> impl Future<Output = Result<()>> + Send {
+        ready(DurableBroker::remove(self, name))
     }
 
     fn topics(&self) -> Vec<String> {
@@ -245,40 +257,45 @@ impl Broker for DurableBroker {
         self.mem.id(name)
     }
 
-    fn status<'a>(&self, name: impl Into<Target<'a>>) -> Result<TopicStatus> {
-        self.mem.status(name)
+    fn status(&self, name: Target<'_>) -> impl Future<Output = Result<TopicStatus>> + Send {
+        ready(self.mem.status(name))
     }
 
     fn totals(&self) -> BrokerStatus {
         self.mem.totals()
     }
 
-    fn set<'a>(&self, name: impl Into<Target<'a>>, setting: Setting) -> Result<()> {
-        self.mem.set(name, setting)
-    }
-
-    fn reset<'a>(&self, name: impl Into<Target<'a>>) -> Result<()> {
-        self.mem.reset(name)
-    }
-
-    fn close<'a>(&self, name: impl Into<Target<'a>>) -> Result<()> {
-        self.mem.close(name)
-    }
-
-    fn forget<'a>(&self, name: impl Into<Target<'a>>, group: &str) -> Result<()> {
-        self.mem.forget(name, group)
-    }
-
     fn expire_idle(&self) {
         self.mem.expire_idle()
     }
 
-    fn offset<'a>(&self, name: impl Into<Target<'a>>, group: &str) -> Result<Seq> {
-        self.mem.offset(name, group)
+    fn set(&self, name: Target<'_>, setting: Setting) -> impl Future<Output = Result<()>> + Send {
+        ready(self.mem.set(name, setting))
     }
 
-    fn seek<'a>(&self, name: impl Into<Target<'a>>, group: &str, seq: Seq) -> Result<()> {
-        self.mem.seek(name, group, seq)
+    fn reset(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        ready(self.mem.reset(name))
+    }
+
+    fn close(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        ready(self.mem.close(name))
+    }
+
+    fn forget(&self, name: Target<'_>, group: &str) -> impl Future<Output = Result<()>> + Send {
+        ready(self.mem.forget(name, group))
+    }
+
+    fn offset(&self, name: Target<'_>, group: &str) -> impl Future<Output = Result<Seq>> + Send {
+        ready(self.mem.offset(name, group))
+    }
+
+    fn seek(
+        &self,
+        name: Target<'_>,
+        group: &str,
+        seq: Seq,
+    ) -> impl Future<Output = Result<()>> + Send {
+        ready(self.mem.seek(name, group, seq))
     }
 
     fn push_to(
