@@ -187,3 +187,26 @@ async fn kill_9_mid_workload_loses_nothing_answered() {
         println!("group {g}: {} received, {dups} duplicates", got.len());
     }
 }
+
+/// `dchan stat` of a durable server names its engine, sync mode and the
+/// bytes its topics take on disk; a topic created on it is there after
+/// the server is killed and started again.
+#[tokio::test]
+async fn a_durable_server_says_so_and_keeps_topics_across_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let server = Server::start(&["--data", dir]);
+    let c = Client::connect(&addr(server.port), &Options::default())
+        .await
+        .unwrap();
+    c.create("kept", &TopicSettings::default()).await.unwrap();
+    let ctl = c.server_ctl().await.unwrap();
+    assert!(ctl.contains("engine durable\nsync interval 100ms\ndisk_bytes "), "{ctl}");
+    drop(c);
+    drop(server);
+    let server = Server::start(&["--data", dir]);
+    let c = Client::connect(&addr(server.port), &Options::default())
+        .await
+        .unwrap();
+    assert_eq!(c.topics().await.unwrap(), ["kept"]);
+}

@@ -216,6 +216,7 @@ impl MemoryBroker {
             topics: topics.len() as u64,
             pushed: self.removed_pushed.load(Ordering::Relaxed),
             pulled: self.removed_pulled.load(Ordering::Relaxed),
+            disk: None,
         };
         for topic in topics {
             let state = topic.state.lock();

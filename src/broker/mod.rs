@@ -2,7 +2,8 @@
 //! knows nothing of 9P or files.
 //!
 //! [`Broker`] is the interface; `memory` is the engine that keeps topics in
-//! this process. A second engine (NATS JetStream, so several dchan servers
+//! this process, `durable` the one that also writes them to a log in a
+//! directory (the same topic rules, with a `store` under each topic). A second engine (NATS JetStream, so several dchan servers
 //! share their topics) implements the same trait.
 //!
 //! Pushes and pulls are futures that may wait (capacity, rendezvous, an empty
@@ -290,6 +291,16 @@ pub struct BrokerStatus {
     pub topics: u64,
     pub pushed: u64,
     pub pulled: u64,
+    /// The durable engine's disk: `None` for topics kept in memory.
+    pub disk: Option<DiskStatus>,
+}
+
+/// How the durable engine keeps its topics, for the server's ctl file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskStatus {
+    pub sync: durable::SyncMode,
+    /// The bytes its topics' files take.
+    pub bytes: u64,
 }
 
 /// A pulled message. `ack` finishes it; dropping it unacked puts it back at

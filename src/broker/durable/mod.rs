@@ -37,8 +37,8 @@ use self::sync::{Syncer, Syncers};
 use super::memory::{MemoryBroker, MemoryDelivery, pull_topic, push_topic};
 use super::topic::State;
 use super::{
-    Broker, BrokerStatus, GroupLimits, Result, Seq, Setting, Target, TopicConfig, TopicId,
-    TopicStatus, Wait,
+    Broker, BrokerStatus, DiskStatus, GroupLimits, Result, Seq, Setting, Target, TopicConfig,
+    TopicId, TopicStatus, Wait,
 };
 
 /// How a durable broker keeps its topics.
@@ -262,7 +262,13 @@ impl Broker for DurableBroker {
     }
 
     fn totals(&self) -> BrokerStatus {
-        self.mem.totals()
+        BrokerStatus {
+            disk: Some(DiskStatus {
+                sync: self.options.sync,
+                bytes: self.bytes_on_disk(),
+            }),
+            ..self.mem.totals()
+        }
     }
 
     fn expire_idle(&self) {
