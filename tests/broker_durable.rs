@@ -255,6 +255,7 @@ async fn sync_always_answers_every_writer() {
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
                 push(&b, "t", &format!("{w}:{i}")).await;
+                b.settle("t".into()).await.unwrap();
             }
         }));
     }

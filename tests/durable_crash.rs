@@ -201,7 +201,10 @@ async fn a_durable_server_says_so_and_keeps_topics_across_a_restart() {
         .unwrap();
     c.create("kept", &TopicSettings::default()).await.unwrap();
     let ctl = c.server_ctl().await.unwrap();
-    assert!(ctl.contains("engine durable\nsync interval 100ms\ndisk_bytes "), "{ctl}");
+    assert!(
+        ctl.contains("engine durable\nsync interval 100ms\ndisk_bytes "),
+        "{ctl}"
+    );
     drop(c);
     drop(server);
     let server = Server::start(&["--data", dir]);

@@ -381,6 +381,17 @@ pub trait Broker: Send + Sync + 'static {
         wait: Wait,
     ) -> impl Future<Output = Result<Option<Self::Delivery>>> + Send;
 
+    /// Resolves once the pushes to `topic` that returned `Ok` so far are
+    /// as safe as the engine promises before a writer is told: on disk
+    /// for the durable engine with `sync = "always"` (one sync shared by
+    /// every push waiting), at once otherwise. The tree awaits it before
+    /// answering a write, after letting the next write of the same file go
+    /// ahead, so that a file's pipelined writes share a sync.
+    fn settle(&self, topic: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        let _ = topic;
+        std::future::ready(Ok(()))
+    }
+
     /// `push_to` the topic named `topic`, whichever its identity.
     fn push(
         &self,

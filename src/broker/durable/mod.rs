@@ -118,8 +118,13 @@ impl DurableBroker {
             _lock: lock,
         };
         broker.recover()?;
-        if let SyncMode::Interval(every) = options.sync {
-            sync::start_interval(&broker.syncers, every);
+        match options.sync {
+            SyncMode::Interval(every) => sync::start_interval(&broker.syncers, every),
+            // Pushes wait for their sync; acks (never waited for: a reader
+            // reads one message at a time) reach the disk with the next
+            // push's sync, or within the default interval.
+            SyncMode::Always => sync::start_interval(&broker.syncers, DEFAULT_INTERVAL),
+            SyncMode::Never => {}
         }
         Ok(broker)
     }
@@ -190,14 +195,6 @@ impl DurableBroker {
             self.track(id, syncer);
         }
         Ok(())
-    }
-
-    /// Wait until what the topic wrote is on disk, if the mode says so.
-    fn kept(&self, id: TopicId) -> Option<Arc<Syncer>> {
-        match self.options.sync {
-            SyncMode::Always => self.syncs.read().get(&id).cloned(),
-            _ => None,
-        }
     }
 }
 
@@ -311,14 +308,7 @@ impl Broker for DurableBroker {
         wait: Wait,
     ) -> impl Future<Output = Result<Seq>> + Send {
         let topic = self.mem.topic(name);
-        let kept = topic.as_ref().ok().and_then(|t| self.kept(t.id));
-        async move {
-            let seq = push_topic(topic?, data, wait).await?;
-            if let Some(syncer) = kept {
-                settle(syncer).await?;
-            }
-            Ok(seq)
-        }
+        async move { push_topic(topic?, data, wait).await }
     }
 
     fn pull_from(
@@ -328,14 +318,21 @@ impl Broker for DurableBroker {
         wait: Wait,
     ) -> impl Future<Output = Result<Option<MemoryDelivery>>> + Send {
         let topic = self.mem.topic(name);
-        let kept = topic.as_ref().ok().and_then(|t| self.kept(t.id));
-        async move {
-            let delivery = pull_topic(topic?, group, wait).await?;
-            // The acks written before this delivery reach the disk first.
-            if let (Some(syncer), Some(_)) = (kept, &delivery) {
-                settle(syncer).await?;
+        async move { pull_topic(topic?, group, wait).await }
+    }
+
+    fn settle(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        let syncer = match self.options.sync {
+            SyncMode::Always => {
+                (self.mem.topic(name).ok()).and_then(|t| self.syncs.read().get(&t.id).cloned())
             }
-            Ok(delivery)
+            _ => None,
+        };
+        async move {
+            match syncer {
+                Some(syncer) => settle(syncer).await,
+                None => Ok(()),
+            }
         }
     }
 }

@@ -7,10 +7,12 @@
 //! depends on the mode:
 //!
 //! - `always`: a push is answered once an `fdatasync` that began after its
-//!   write has returned. One sync runs at a time per topic (on Tokio's
-//!   blocking pool, never on the async threads); the pushes that arrive
-//!   while it runs wait together for the next one, so N writers share a
-//!   sync. Nothing answered is lost.
+//!   write has returned (the tree awaits `Broker::settle`). One sync runs
+//!   at a time per topic (on Tokio's blocking pool, never on the async
+//!   threads); the pushes that arrive while it runs wait together for the
+//!   next one, so N writers share a sync. Nothing answered is lost. Acks
+//!   go with the next sync, or within `DEFAULT_INTERVAL`: a power loss
+//!   can redeliver what was acked in that window.
 //! - `interval` (the default, every 100 ms): a thread syncs every topic
 //!   written since its last pass. A power loss loses at most the last
 //!   interval's pushes and acks.
