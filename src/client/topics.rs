@@ -256,6 +256,29 @@ impl Client {
         }
     }
 
+    /// The server's root `topics` file: a header line naming the columns,
+    /// then one line per topic with its status, in name order, read in
+    /// one open (a few Treads of the connection's msize however many
+    /// topics there are), never held whole by the server.
+    pub async fn topics_file(&self) -> Result<String> {
+        let file = self.open_path("topics", Mode::Read).await?;
+        let max = file.max_io();
+        let mut text = Vec::new();
+        let read = async {
+            loop {
+                let data = file.read(text.len() as u64, max).await?;
+                if data.is_empty() {
+                    return Ok(());
+                }
+                text.extend_from_slice(&data);
+            }
+        };
+        let read: Result<()> = read.await;
+        file.clunk().await?;
+        read?;
+        String::from_utf8(text).map_err(|_| Error::Protocol("topics file not UTF-8".into()))
+    }
+
     /// Every topic, nested ones included, in the tree's order.
     pub async fn topics(&self) -> Result<Vec<String>> {
         self.topics_under("").await
