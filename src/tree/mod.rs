@@ -51,6 +51,7 @@ mod listing;
 mod node;
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -59,7 +60,8 @@ use parking_lot::Mutex;
 
 use crate::broker::{self, Broker, Target, TopicConfig, Wait};
 use crate::fs::{
-    Access, Attach, Changes, Clunk, Error, FileInfo, FileTree, OpenMode, ReadReq, Result, errno,
+    Access, Attach, Changes, Clunk, DirPos, Error, FileInfo, FileTree, OpenMode, ReadReq, Result,
+    errno,
 };
 use crate::proto::{DMDIR, Dialect, QTDIR, QTFILE, Qid};
 use ctl::{RootCmd, TopicCmd};
@@ -157,15 +159,6 @@ impl<B: Broker> TopicTree<B> {
     /// many topics there are.
     fn dir_exists(&self, path: &str) -> bool {
         self.is_topic(path) || self.broker.leads_to(path)
-    }
-
-    /// The names in the directory `path` ("" for the root) that lead to
-    /// topics, in the broker's order (see [`Broker::children`]): one
-    /// look-up per name, whatever lies elsewhere or deeper.
-    fn subdirs(&self, path: &str) -> Vec<String> {
-        self.broker
-            .children(path, std::ops::Bound::Unbounded, usize::MAX)
-            .0
     }
 
     fn qid(&self, at: &At) -> Qid {
@@ -574,6 +567,27 @@ impl<B: Broker> TopicTree<B> {
     }
 
     fn readdir_node(&self, dir: &Node) -> Result<Vec<FileInfo>> {
+        let (mut entries, mut next) = self.readdir_page_node(dir, None, usize::MAX)?;
+        while let Some(from) = next {
+            let (more, after) = self.readdir_page_node(dir, Some(&from), usize::MAX)?;
+            entries.extend(more);
+            next = after;
+        }
+        Ok(entries)
+    }
+
+    /// A page of a directory's entries: its files first (the root's
+    /// `ctl` and `topics`, a topic's `ctl`, `data` and `offset`), then up
+    /// to `limit` names one level down that lead to topics (see
+    /// [`Broker::children`]). A position is `f` (the files) or the broker's
+    /// position in its names: `i` or `x` (from that name, included or not)
+    /// and the name.
+    fn readdir_page_node(
+        &self,
+        dir: &Node,
+        from: Option<&DirPos>,
+        limit: usize,
+    ) -> Result<(Vec<FileInfo>, Option<DirPos>)> {
         let path = match &dir.at {
             At::Root => "",
             At::Dir(p) => p,
@@ -581,23 +595,37 @@ impl<B: Broker> TopicTree<B> {
         };
         self.check_current(dir)?;
         self.check_exists(&dir.at)?;
+        let (files, bound) = match from.map(String::as_str) {
+            None | Some("f") => (true, Bound::Unbounded),
+            Some(p) => match p.split_at_checked(1) {
+                Some(("i", name)) => (false, Bound::Included(name.to_string())),
+                Some(("x", name)) => (false, Bound::Excluded(name.to_string())),
+                _ => return Err(invalid(format!("no such place in a listing: {p:?}"))),
+            },
+        };
         let mut entries = Vec::new();
-        if path.is_empty() {
+        if files && path.is_empty() {
             entries.push(self.info(dir, At::RootCtl));
             entries.push(self.info(dir, At::RootTopics));
-        } else if self.is_topic(path) {
+        } else if files && self.is_topic(path) {
             for k in [FileKind::Ctl, FileKind::Data, FileKind::Offset] {
                 entries.push(self.info(dir, At::File(path.into(), k)));
             }
         }
-        for name in self.subdirs(path) {
+        let (names, next) = self.broker.children(path, bound, limit);
+        for name in names {
             let child = match path {
                 "" => name,
                 _ => format!("{path}/{name}"),
             };
             entries.push(self.info(dir, At::Dir(child.into())));
         }
-        Ok(entries)
+        let next = next.map(|b| match b {
+            Bound::Included(n) => format!("i{n}"),
+            Bound::Excluded(n) => format!("x{n}"),
+            Bound::Unbounded => "f".to_string(),
+        });
+        Ok((entries, next))
     }
 
     fn create_in(
@@ -775,6 +803,16 @@ impl<B: Broker> FileTree for TopicTree<B> {
 
     fn readdir(&self, dir: &Node) -> Result<Vec<FileInfo>> {
         self.readdir_node(dir).map_err(|e| dir.session.error(e))
+    }
+
+    fn readdir_page(
+        &self,
+        dir: &Node,
+        from: Option<&DirPos>,
+        limit: usize,
+    ) -> Result<(Vec<FileInfo>, Option<DirPos>)> {
+        self.readdir_page_node(dir, from, limit)
+            .map_err(|e| dir.session.error(e))
     }
 
     async fn open(&self, node: &Node, mode: OpenMode) -> Result<Self::Handle> {
