@@ -15,7 +15,7 @@
 //! index's), so pushes and pulls never see it.
 
 use std::collections::BTreeSet;
-use std::future::Future;
+use std::future::{Future, ready};
 use std::hash::BuildHasher;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -130,10 +130,10 @@ impl MemoryBroker {
     }
 }
 
-impl Broker for MemoryBroker {
-    type Delivery = MemoryDelivery;
-
-    fn create(&self, name: &str, config: TopicConfig) -> Result<()> {
+/// The memory engine's operations never wait, so they are plain calls too
+/// (the [`Broker`] trait's futures are ready at once).
+impl MemoryBroker {
+    pub fn create(&self, name: &str, config: TopicConfig) -> Result<()> {
         if !valid_name(name) {
             return Err(Error::BadName(name.to_string()));
         }
@@ -150,7 +150,7 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    fn remove(&self, name: &str) -> Result<()> {
+    pub fn remove(&self, name: &str) -> Result<()> {
         let topic = {
             let mut shard = self.shard(name).write();
             let topic = shard
@@ -168,7 +168,8 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    fn names(&self, from: Bound<&str>, limit: usize) -> Vec<String> {
+    /// See [`Broker::names`]: a range of the ordered index.
+    pub fn names(&self, from: Bound<&str>, limit: usize) -> Vec<String> {
         let names = self.names.read();
         names
             .range::<str, _>((from, Bound::Unbounded))
@@ -177,11 +178,16 @@ impl Broker for MemoryBroker {
             .collect()
     }
 
-    fn id(&self, name: &str) -> Result<TopicId> {
+    /// Every topic's name, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        self.names(Bound::Unbounded, usize::MAX)
+    }
+
+    pub fn id(&self, name: &str) -> Result<TopicId> {
         Ok(self.topic(name.into())?.id)
     }
 
-    fn status<'a>(&self, name: impl Into<Target<'a>>) -> Result<TopicStatus> {
+    pub fn status<'a>(&self, name: impl Into<Target<'a>>) -> Result<TopicStatus> {
         let topic = self.topic(name.into())?;
         // No group past its expiry is shown.
         topic.with(|s| {
@@ -190,13 +196,13 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn expire_idle(&self) {
+    pub fn expire_idle(&self) {
         for topic in self.all() {
             topic.with(State::sweep_idle);
         }
     }
 
-    fn totals(&self) -> BrokerStatus {
+    pub fn totals(&self) -> BrokerStatus {
         let topics = self.all();
         let mut totals = BrokerStatus {
             topics: topics.len() as u64,
@@ -211,28 +217,89 @@ impl Broker for MemoryBroker {
         totals
     }
 
-    fn set<'a>(&self, name: impl Into<Target<'a>>, setting: Setting) -> Result<()> {
+    pub fn set<'a>(&self, name: impl Into<Target<'a>>, setting: Setting) -> Result<()> {
         self.topic(name.into())?.with(|s| s.set(setting))
     }
 
-    fn reset<'a>(&self, name: impl Into<Target<'a>>) -> Result<()> {
+    pub fn reset<'a>(&self, name: impl Into<Target<'a>>) -> Result<()> {
         self.topic(name.into())?.with(|s| s.reset())
     }
 
-    fn close<'a>(&self, name: impl Into<Target<'a>>) -> Result<()> {
+    pub fn close<'a>(&self, name: impl Into<Target<'a>>) -> Result<()> {
         self.topic(name.into())?.with(|s| s.close())
     }
 
-    fn forget<'a>(&self, name: impl Into<Target<'a>>, group: &str) -> Result<()> {
+    pub fn forget<'a>(&self, name: impl Into<Target<'a>>, group: &str) -> Result<()> {
         self.topic(name.into())?.with(|s| s.forget(group))
     }
 
-    fn offset<'a>(&self, name: impl Into<Target<'a>>, group: &str) -> Result<Seq> {
+    pub fn offset<'a>(&self, name: impl Into<Target<'a>>, group: &str) -> Result<Seq> {
         self.topic(name.into())?.with(|s| s.offset(group))
     }
 
-    fn seek<'a>(&self, name: impl Into<Target<'a>>, group: &str, seq: Seq) -> Result<()> {
+    pub fn seek<'a>(&self, name: impl Into<Target<'a>>, group: &str, seq: Seq) -> Result<()> {
         self.topic(name.into())?.with(|s| s.seek(group, seq))
+    }
+}
+
+impl Broker for MemoryBroker {
+    type Delivery = MemoryDelivery;
+
+    fn create(&self, name: &str, config: TopicConfig) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::create(self, name, config))
+    }
+
+    fn remove(&self, name: &str) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::remove(self, name))
+    }
+
+    fn names(&self, from: Bound<&str>, limit: usize) -> Vec<String> {
+        MemoryBroker::names(self, from, limit)
+    }
+
+    fn id(&self, name: &str) -> Result<TopicId> {
+        MemoryBroker::id(self, name)
+    }
+
+    fn status(&self, name: Target<'_>) -> impl Future<Output = Result<TopicStatus>> + Send {
+        ready(MemoryBroker::status(self, name))
+    }
+
+    fn totals(&self) -> BrokerStatus {
+        MemoryBroker::totals(self)
+    }
+
+    fn expire_idle(&self) {
+        MemoryBroker::expire_idle(self)
+    }
+
+    fn set(&self, name: Target<'_>, setting: Setting) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::set(self, name, setting))
+    }
+
+    fn reset(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::reset(self, name))
+    }
+
+    fn close(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::close(self, name))
+    }
+
+    fn forget(&self, name: Target<'_>, group: &str) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::forget(self, name, group))
+    }
+
+    fn offset(&self, name: Target<'_>, group: &str) -> impl Future<Output = Result<Seq>> + Send {
+        ready(MemoryBroker::offset(self, name, group))
+    }
+
+    fn seek(
+        &self,
+        name: Target<'_>,
+        group: &str,
+        seq: Seq,
+    ) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::seek(self, name, group, seq))
     }
 
     fn push_to(
