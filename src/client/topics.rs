@@ -257,15 +257,8 @@ impl Client {
             check_topic(t).map_err(|e| (0, e))?;
         }
         let lines = topics.iter().map(|t| format!("remove {t}\n"));
-        match self.ctl_batches(lines).await {
-            Err((n, Error::Server { message, .. })) if message.ends_with(": no such topic") => {
-                let name = message
-                    .trim_end_matches(": no such topic")
-                    .trim_start_matches("remove ");
-                Err((n, Error::NoTopic(name.to_string())))
-            }
-            done => done,
-        }
+        // The server's error names the topic ("remove a/b: no such topic").
+        self.ctl_batches(lines).await
     }
 
     /// Write `lines` (each ending in a newline) to the root ctl, as many
