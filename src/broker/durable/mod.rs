@@ -24,6 +24,7 @@ pub use sync::{DEFAULT_INTERVAL, SyncMode};
 
 use std::fs::{self, File};
 use std::future::{Future, ready};
+use std::ops::Bound;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -246,8 +247,8 @@ impl Broker for DurableBroker {
         ready(DurableBroker::remove(self, name))
     }
 
-    fn topics(&self) -> Vec<String> {
-        self.mem.topics()
+    fn names(&self, from: Bound<&str>, limit: usize) -> Vec<String> {
+        self.mem.names(from, limit)
     }
 
     fn id(&self, name: &str) -> Result<TopicId> {
