@@ -26,6 +26,7 @@ use crate::client::{Client, Puller, Pusher};
 /// or the copy is stopped (false).
 pub(super) async fn run(
     run: &StageRun,
+    copy: &str,
     client: &Client,
     from: &mut Puller,
     to: &Pusher,
@@ -42,9 +43,9 @@ pub(super) async fn run(
         let mut reason = String::new();
         let mut out = None;
         for _ in 0..run.stage.attempts {
-            let child = pool.pop_front().unwrap_or_else(|| spawn(&run.stage));
+            let child = pool.pop_front().unwrap_or_else(|| spawn(&run.stage, copy));
             while pool.len() < run.stage.pool as usize {
-                pool.push_back(spawn(&run.stage));
+                pool.push_back(spawn(&run.stage, copy));
             }
             match one(run, child, &msg).await {
                 Ok(o) => {

@@ -31,11 +31,15 @@ use super::stage::{Next, StageRun, next};
 use crate::client::{Puller, Pusher};
 
 /// Start the stage's command with its stdin and stdout piped to us (and
-/// killed if we drop it).
-pub(super) fn spawn(stage: &Stage) -> std::io::Result<Child> {
+/// killed if we drop it). It finds the stage's name in `$DCHAN_STAGE`
+/// and which copy runs it in `$DCHAN_COPY` (`PID.N`: dchan's process id
+/// and the copy's number there).
+pub(super) fn spawn(stage: &Stage, copy: &str) -> std::io::Result<Child> {
     let argv = stage.argv();
     Command::new(&argv[0])
         .args(&argv[1..])
+        .env("DCHAN_STAGE", &stage.name)
+        .env("DCHAN_COPY", copy)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -54,12 +58,18 @@ enum Feed {
 
 /// Run the stage's processes over the input until it ends (true) or the
 /// copy is stopped (false).
-pub(super) async fn run(run: &StageRun, from: &mut Puller, to: &Pusher) -> Result<bool, String> {
+pub(super) async fn run(
+    run: &StageRun,
+    copy: &str,
+    from: &mut Puller,
+    to: &Pusher,
+) -> Result<bool, String> {
     let label = run.label();
     let mut held: Option<Bytes> = None;
     let mut deaths = 0;
     loop {
-        let mut child = spawn(&run.stage).map_err(|e| format!("{label}: cannot start: {e}"))?;
+        let mut child =
+            spawn(&run.stage, copy).map_err(|e| format!("{label}: cannot start: {e}"))?;
         let stdin = child.stdin.take().expect("piped");
         let mut stdout = child.stdout.take().expect("piped");
         let out_done = AtomicBool::new(false);

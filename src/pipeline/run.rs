@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::progress::Progress;
 use super::spec::{GROUP, Kind, Pipeline, copies, dead_letters, input, spec_topic};
-use super::stage::{StageRun, copy, field};
+use super::stage::{StageRun, copy, field, reader_options};
 use crate::client::{Client, Error, Framing, Options, TopicSettings};
 
 /// The group that holds the pipeline's description in `NAME/pipeline`
@@ -72,7 +72,7 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
         keep,
     } = opts;
     let n = pipeline.stages.len();
-    let client = Client::connect(&addr, &Options::group(GROUP))
+    let client = Client::connect(&addr, &reader_options(Kind::Filter))
         .await
         .map_err(say(&format!("connect {addr}")))?;
     set_up(&client, &name, &pipeline).await?;
@@ -88,6 +88,7 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
             stage: stage.clone(),
             stop: stop.clone(),
             failures: Default::default(),
+            started: Default::default(),
         });
         for _ in 0..stage.replicas {
             copies_set.spawn(copy(run.clone()));
@@ -317,6 +318,7 @@ pub async fn worker(opts: WorkerOptions) -> Result<Report, String> {
         stage,
         stop: stop.clone(),
         failures: Default::default(),
+        started: Default::default(),
     });
     let mut set = JoinSet::new();
     for _ in 0..run.stage.replicas {

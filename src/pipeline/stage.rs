@@ -38,6 +38,8 @@ pub struct StageRun {
     pub stop: CancellationToken,
     /// Messages dead-lettered and filter processes failed, in this process.
     pub failures: AtomicU64,
+    /// Copies started here so far: numbers them.
+    pub started: AtomicU64,
 }
 
 impl StageRun {
@@ -54,7 +56,9 @@ impl StageRun {
 /// Run one copy until its input ends (or it is told to stop).
 pub async fn copy(run: Arc<StageRun>) -> Result<(), String> {
     let what = |e: Error| format!("{}: {e}", run.label());
-    let client = Client::connect(&run.addr, &Options::group(GROUP))
+    let n = run.started.fetch_add(1, Ordering::Relaxed) + 1;
+    let me = format!("{}.{n}", std::process::id());
+    let client = Client::connect(&run.addr, &reader_options(run.stage.kind))
         .await
         .map_err(what)?;
     let member = client
@@ -70,8 +74,8 @@ pub async fn copy(run: Arc<StageRun>) -> Result<(), String> {
         .await
         .map_err(what)?;
     let ended = match run.stage.kind {
-        Kind::Filter => filter::run(&run, &mut from, &to).await,
-        Kind::Each => each::run(&run, &client, &mut from, &to).await,
+        Kind::Filter => filter::run(&run, &me, &mut from, &to).await,
+        Kind::Each => each::run(&run, &me, &client, &mut from, &to).await,
     }?;
     // Acknowledge the last message only now that its output is out.
     to.close().await.map_err(what)?;
@@ -89,6 +93,21 @@ pub async fn copy(run: Arc<StageRun>) -> Result<(), String> {
             .map_err(what)?;
     }
     Ok(())
+}
+
+/// How a reader of a stage's input connects. A filter, and the printer of
+/// the output, turn messages into one stream of bytes, so they read over
+/// plain 9P2000: there a message ends with the reply that is shorter than
+/// the count, and the next Tread both asks for the next message and
+/// acknowledges the last, one round trip a message. On 9P2000.L a message
+/// costs two (its data, then the zero that marks its end), but its
+/// boundaries are exact whatever its length, which an *each* stage needs.
+pub(super) fn reader_options(kind: Kind) -> Options {
+    let o = Options::group(GROUP);
+    match kind {
+        Kind::Filter => o.dialect(crate::proto::Dialect::P2000),
+        Kind::Each => o,
+    }
 }
 
 /// The topic's `readers` count, from its ctl.
