@@ -339,3 +339,46 @@ fn bad_pipelines_are_usage_errors_with_file_and_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("stage 2 is empty"));
 }
+
+#[test]
+fn sigterm_makes_a_worker_finish_its_message_and_leave() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let marks = tempfile::tempdir().unwrap();
+    let stage = format!(
+        r#"sh -c 'touch {}/$DCHAN_COPY; sleep 0.3; echo "$DCHAN_COPY $(cat)"'"#,
+        marks.path().display()
+    );
+    let mut run = started_run(&addr, "termed", &["--each", "1", &stage]);
+    let worker = dchan(&addr, &["worker", "--pipeline", "termed", "--stage", "1"])
+        .spawn()
+        .unwrap();
+    let pid = worker.id();
+    let mark = marks.path().join(format!("{pid}.1"));
+    let input = numbered(12);
+    feed(&mut run, input.clone());
+    until("the worker has a message in hand", || mark.exists());
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let w = finish(worker, "worker");
+    assert!(
+        w.status.success(),
+        "a stopped worker exits 0: {}",
+        text(&w.stderr)
+    );
+    let out = finish(run, "run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut got = Vec::new();
+    let mut by_worker = 0;
+    for l in text(&out.stdout).lines() {
+        let (copy, msg) = l.split_once(' ').unwrap();
+        by_worker += (copy.split('.').next() == Some(&pid.to_string())) as usize;
+        got.push(msg.to_string());
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        lines(input.as_bytes()),
+        "every message once: none lost, none twice"
+    );
+    assert!(by_worker >= 1, "the worker finished the message it had");
+}

@@ -49,7 +49,8 @@ pub struct Stage {
     pub command: String,
     #[serde(default)]
     pub kind: Kind,
-    /// Copies that share the stage's input (one group).
+    /// Copies that share the stage's input (one group); 0: none where
+    /// `dchan run` runs, the stage waits for workers.
     #[serde(default = "one")]
     pub replicas: u32,
     /// Capacity of the stage's input topic.
@@ -177,8 +178,8 @@ impl Pipeline {
             if s.command.trim().is_empty() {
                 return Err(format!("{what}: empty command"));
             }
-            if s.replicas == 0 || s.attempts == 0 {
-                return Err(format!("{what}: replicas and attempts must be at least 1"));
+            if s.attempts == 0 {
+                return Err(format!("{what}: attempts must be at least 1"));
             }
             if shlex::split(&s.command).is_none() {
                 return Err(format!("{what}: unbalanced quotes in {:?}", s.command));
