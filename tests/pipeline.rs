@@ -382,3 +382,20 @@ fn sigterm_makes_a_worker_finish_its_message_and_leave() {
     );
     assert!(by_worker >= 1, "the worker finished the message it had");
 }
+
+#[test]
+fn filter_copies_read_ahead_and_lose_nothing() {
+    let server = Server::start(&[]);
+    let input = numbered(20_000);
+    let out = run(
+        &server.addr(),
+        &["run", "--replicas", "3", "cat | cat"],
+        &input,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        lines(&out.stdout),
+        lines(input.as_bytes()),
+        "every line once"
+    );
+}

@@ -26,9 +26,10 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+use super::ahead::Ahead;
 use super::spec::Stage;
-use super::stage::{Next, StageRun, next};
-use crate::client::{Puller, Pusher};
+use super::stage::{Next, StageRun, next_ahead};
+use crate::client::Pusher;
 
 /// Start the stage's command with its stdin and stdout piped to us (and
 /// killed if we drop it). It finds the stage's name in `$DCHAN_STAGE`
@@ -61,7 +62,7 @@ enum Feed {
 pub(super) async fn run(
     run: &StageRun,
     copy: &str,
-    from: &mut Puller,
+    from: &mut Ahead,
     to: &Pusher,
 ) -> Result<bool, String> {
     let label = run.label();
@@ -81,7 +82,7 @@ pub(super) async fn run(
                 return Ok(Feed::Died(Some(m)));
             }
             loop {
-                match next(run, from, || out_done.load(Relaxed)).await? {
+                match next_ahead(run, from, || out_done.load(Relaxed)).await? {
                     Next::Msg(m) => {
                         if stdin.write_all(&m).await.is_err() {
                             return Ok(Feed::Died(Some(m)));
@@ -89,7 +90,20 @@ pub(super) async fn run(
                     }
                     Next::End => return Ok(Feed::End),
                     Next::Stop if out_done.load(Relaxed) => return Ok(Feed::Died(None)),
-                    Next::Stop => return Ok(Feed::Stop),
+                    Next::Stop => {
+                        // The reads in flight may bring messages: they are ours.
+                        let left = from.finish().await;
+                        let left = left.map_err(|e| format!("{}: read input: {e}", run.label()))?;
+                        for m in left {
+                            if stdin.write_all(&m).await.is_err() {
+                                tracing::warn!(
+                                    "{}: a message lost: the process stopped reading",
+                                    run.label()
+                                );
+                            }
+                        }
+                        return Ok(Feed::Stop);
+                    }
                 }
             }
         };
@@ -126,7 +140,7 @@ pub(super) async fn run(
             Feed::Died(_) if status.success() => {
                 // Finished early (head): drop the rest of the input.
                 loop {
-                    match next(run, from, || false).await? {
+                    match next_ahead(run, from, || false).await? {
                         Next::Msg(_) => continue,
                         Next::End => return Ok(true),
                         Next::Stop => return Ok(false),

@@ -5,11 +5,13 @@
 //!
 //! - `spec`     — what a pipeline is: stages, the `|` line, the TOML file, topic names.
 //! - `stage`    — one copy of a stage: connection, group, end of stream.
+//! - `ahead`    — reading a topic with many Treads in flight, in order.
 //! - `filter`   — a *filter* copy: one long-running process, lines in and out.
 //! - `each`     — an *each* copy: one process per message, warm pool, dead letters.
 //! - `run`      — `dchan run` (topics, copies, stdin in, stdout out) and `dchan worker`.
 //! - `progress` — the live lines on a terminal.
 
+mod ahead;
 mod each;
 mod filter;
 mod progress;

@@ -19,10 +19,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::ahead::{AHEAD, Ahead};
 use super::progress::Progress;
 use super::spec::{GROUP, Kind, Pipeline, copies, dead_letters, input, spec_topic};
-use super::stage::{StageRun, copy, field, reader_options};
+use super::stage::{StageRun, TICK, copy, field, reader_options};
 use crate::client::{Client, Error, Framing, Options, TopicSettings};
+use futures_util::FutureExt;
 
 /// The group that holds the pipeline's description in `NAME/pipeline`
 /// (it never reads, so the message stays for every worker's own group).
@@ -98,7 +100,12 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
     let progress = (!quiet).then(|| Progress::start(&addr, &name, &pipeline));
     let feed = tokio::spawn(feed(client_for(&addr).await?, input(&name, 1)));
     let output = input(&name, n + 1);
-    let print = print(&client, &output);
+    // In order unless the last stage has several copies.
+    let ahead = match pipeline.stages[n - 1].replicas {
+        0 | 1 => 1,
+        _ => AHEAD,
+    };
+    let print = print(&client, &output, ahead);
     tokio::pin!(print);
     let mut report = Report::default();
     let mut printed = None;
@@ -241,39 +248,39 @@ async fn feed(client: Client, topic: String) -> Result<(), String> {
     client.close(&topic).await.map_err(&what)
 }
 
-/// Print every message of `topic` until it is closed and drained. Output
-/// is buffered and written out when the buffer fills or no message came
-/// for a moment.
-async fn print(client: &Client, topic: &str) -> Result<(), String> {
+/// Print every message of `topic` until it is closed and drained, with
+/// `ahead` reads in flight (1 where the order is promised). Output is buffered and written out when the buffer fills or the
+/// next message is not there yet.
+async fn print(client: &Client, topic: &str, ahead: usize) -> Result<(), String> {
     let what = say(topic);
-    let mut from = client.open_data(topic).await.map_err(&what)?;
+    let mut from = Ahead::open(client, topic, ahead, TICK)
+        .await
+        .map_err(&what)?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 16, tokio::io::stdout());
-    let mut pending = false;
     loop {
-        let got = match pending {
-            true => {
-                from.next_timeout(std::time::Duration::from_millis(20))
-                    .await
+        // Write out what is buffered when the next message is not there yet
+        // (a dropped `Ahead::next` loses nothing).
+        let got = match from.next().now_or_never() {
+            Some(got) => got,
+            None => {
+                let _ = out.flush().await;
+                from.next().await
             }
-            false => from.next().await,
         };
         match got {
             Ok(Some(m)) => {
                 if out.write_all(&m).await.is_err() {
                     break;
                 }
-                pending = true;
             }
             Ok(None) => break,
-            Err(Error::TimedOut) => {
-                let _ = out.flush().await;
-                pending = false;
-            }
+            Err(Error::TimedOut) => continue,
             Err(e) => return Err(what(e)),
         }
     }
     let _ = out.flush().await;
-    from.close().await.map_err(&what)
+    from.finish().await.map_err(&what)?;
+    Ok(())
 }
 
 /// What `dchan worker` was asked.

@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::ahead::{AHEAD, Ahead};
 use super::spec::{GROUP, Kind, Stage, copies, input};
 use super::{each, filter};
 use crate::client::{Client, Error, Options, Puller};
 
 /// How often a copy waiting for a message looks whether it should stop.
-pub(super) const TICK: Duration = Duration::from_millis(200);
+pub(super) const TICK: Duration = Duration::from_millis(500);
 
 /// What the copies of one stage share in one process.
 #[derive(Debug)]
@@ -65,21 +66,34 @@ pub async fn copy(run: Arc<StageRun>) -> Result<(), String> {
         .open_data(&copies(&run.name, run.k))
         .await
         .map_err(what)?;
-    let mut from = client
-        .open_data(&input(&run.name, run.k))
-        .await
-        .map_err(what)?;
+    let topic = input(&run.name, run.k);
     let to = client
         .open_push(&input(&run.name, run.k + 1))
         .await
         .map_err(what)?;
     let ended = match run.stage.kind {
-        Kind::Filter => filter::run(&run, &me, &mut from, &to).await,
-        Kind::Each => each::run(&run, &me, &client, &mut from, &to).await,
-    }?;
-    // Acknowledge the last message only now that its output is out.
-    to.close().await.map_err(what)?;
-    from.close().await.map_err(what)?;
+        Kind::Filter => {
+            let ahead = match run.stage.replicas {
+                1 => 1,
+                _ => AHEAD,
+            };
+            let mut from = Ahead::open(&client, &topic, ahead, TICK)
+                .await
+                .map_err(what)?;
+            let ended = filter::run(&run, &me, &mut from, &to).await?;
+            to.close().await.map_err(what)?;
+            from.finish().await.map_err(what)?;
+            ended
+        }
+        Kind::Each => {
+            let mut from = client.open_data(&topic).await.map_err(what)?;
+            let ended = each::run(&run, &me, &client, &mut from, &to).await?;
+            to.close().await.map_err(what)?;
+            // Acknowledge the last message only now that its output is out.
+            from.close().await.map_err(what)?;
+            ended
+        }
+    };
     member.close().await.map_err(what)?;
     if ended
         && readers(&client, &copies(&run.name, run.k))
@@ -120,6 +134,25 @@ pub(super) async fn readers(client: &Client, topic: &str) -> Result<u64, Error> 
 pub(super) fn field(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// [`next`] over an [`Ahead`].
+pub(super) async fn next_ahead(
+    run: &StageRun,
+    from: &mut Ahead,
+    gone: impl Fn() -> bool,
+) -> Result<Next, String> {
+    loop {
+        if run.stop.is_cancelled() || gone() {
+            return Ok(Next::Stop);
+        }
+        match from.next().await {
+            Ok(Some(m)) => return Ok(Next::Msg(m)),
+            Ok(None) => return Ok(Next::End),
+            Err(Error::TimedOut) => continue,
+            Err(e) => return Err(format!("{}: read input: {e}", run.label())),
+        }
+    }
 }
 
 /// What waiting for the next message gave.
