@@ -571,7 +571,8 @@ mounthelper() {
 # tr a-z A-Z'` on the host: stage 2 has no copy there, and this loop is its
 # only one. It reads gpipe/2 as the stage's group ("pipeline"), writes
 # gpipe/3 from a writers' mount, holds gpipe/2.copies open while it works
-# (so it counts as a live copy) and, as the last copy, closes gpipe/3.
+# (a process holding it, so it counts as a live copy) and, as the last
+# copy, closes gpipe/3.
 # The host checks what came out (host.pipeline).
 pipeline() {
     C=pipeline P=/mnt/pipe PW=/mnt/pipe-w
@@ -579,10 +580,11 @@ pipeline() {
         fail $C.mount "$(cat /tmp/e)"; return
     fi
     if ! waitfor 120 test -e $P/gpipe/2/data; then fail $C.stage "no gpipe/2 from the host"; return; fi
-    exec 3< $P/gpipe/2.copies/data
+    sleep 100000 < $P/gpipe/2.copies/data & holder=$!   # a live copy while it runs
     timeout 120 sh -c 'while read l; do echo "$l" | tr a-z A-Z; done < $1/gpipe/2/data >> $2/gpipe/3/data' sh $P $PW 2> /tmp/e
     rc=$?
-    exec 3<&-
+    kill $holder; wait $holder 2> /dev/null
+    waitfor 10 grep -qx 'readers 0' $P/gpipe/2.copies/ctl
     copies=$(grep '^readers' $P/gpipe/2.copies/ctl)
     [ "$copies" = "readers 0" ] && echo close >> $PW/gpipe/3/ctl
     if [ $rc = 0 ]; then ok $C.stage; else fail $C.stage "loop rc $rc $(cat /tmp/e)"; fi
