@@ -11,8 +11,13 @@
 //! nothing answered in any mode; messages delivered and not acked at the
 //! crash are delivered again.
 //!
+//! With `sync = "always"`, `Broker::settle` is what waits for the disk:
+//! the tree awaits it before answering a write, once the file's next write
+//! may go ahead, so pipelined writes share a sync.
+//!
 //! Not yet: messages held are also kept in memory (as in the memory
-//! engine), so the backlog is bounded by memory as well as by disk.
+//! engine), so the backlog is bounded by memory as well as by disk; and
+//! no `retain` setting.
 
 mod journal;
 mod record;
