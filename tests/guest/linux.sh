@@ -565,6 +565,28 @@ mounthelper() {
     then ok $C.umount; else fail $C.umount "$(cat /tmp/e) $(grep helper /proc/mounts)"; fi
 }
 
+# ---- issue 16: many nested topics ---------------------------------------------
+
+# MANY_PORT serves MANY_LEAVES topics five levels deep (made by the host,
+# tests/linux_client.rs): `ls -R` and `find` list them all, and the root's
+# `topics` file has a line for each.
+many() {
+    M=/mnt/many C=many
+    if ! mount9p $M "$MANY_PORT" 9p2000.L 2> /tmp/mount.err; then
+        fail $C.mount "$(cat /tmp/mount.err)"; return
+    fi
+    n=$(timeout 900 ls -R $M 2> /tmp/e | grep -cx data)
+    if [ "$n" = "$MANY_LEAVES" ]; then ok $C.ls-R "$n topics"
+    else fail $C.ls-R "ls -R shows $n data files of $MANY_LEAVES: $(cat /tmp/e)"; fi
+    n=$(timeout 900 find $M -name data 2> /tmp/e | wc -l)
+    if [ "$n" = "$MANY_LEAVES" ]; then ok $C.find "$n topics"
+    else fail $C.find "find shows $n data files of $MANY_LEAVES: $(cat /tmp/e)"; fi
+    n=$(timeout 300 cat $M/topics 2> /tmp/e | wc -l)
+    if [ "$n" = "$((MANY_LEAVES + 1))" ]; then ok $C.topics-file
+    else fail $C.topics-file "the topics file has $n lines for $MANY_LEAVES topics: $(cat /tmp/e)"; fi
+    umount $M
+}
+
 # ---- issue 10: a shell loop on the mount as a pipeline stage -----------------
 
 # tests/linux_client.rs runs `dchan run --name gpipe --replicas 2=0 'cat |
@@ -602,5 +624,8 @@ if [ -n "${TOPIC_PORT:-}" ]; then
     for mode in ${CACHE_MODES-loose mmap}; do cachemode $mode; done
     mounthelper
     pipeline
+fi
+if [ -n "${MANY_PORT:-}" ]; then
+    many
 fi
 echo "CHECKS-DONE"
