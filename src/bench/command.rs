@@ -55,7 +55,7 @@ pub async fn main(args: BenchArgs) -> ExitCode {
     let listen = async move { signalled.next().await.to_string() };
     tokio::pin!(listen);
     let system = tokio::select! {
-        s = Dchan::connect(&args.addr, args.dialect) => s,
+        s = Dchan::connect(&args.addr, args.dialect) => s.map(|s| s.with_batches(args.opts.batch > 1)),
         why = &mut listen => {
             eprintln!("dchan: bench {:?}: interrupted by {why}", args.workload);
             return interrupted_exit(&why);
