@@ -75,8 +75,7 @@ impl System for Dchan {
     }
 
     fn variant(&self) -> Option<String> {
-        let batch = if self.batch { ", batch reads" } else { "" };
-        Some(format!("{}, memory{batch}", self.dialect.as_str()))
+        Some(format!("{}, memory", self.dialect.as_str()))
     }
 
     async fn create(&self, topic: &str, capacity: u64) -> Result<()> {
