@@ -524,14 +524,7 @@ async fn flow<S: System>(
         .into_iter()
         .enumerate()
         .map(|(id, w)| {
-            let task = produce(
-                w,
-                id as u32,
-                Pace::of(opts),
-                epoch,
-                stop.clone(),
-                u64::MAX,
-            );
+            let task = produce(w, id as u32, Pace::of(opts), epoch, stop.clone(), u64::MAX);
             spawn(task)
         })
         .collect();
