@@ -1,7 +1,9 @@
 //! A topic's `data` file held open: [`Puller`] reads whole messages one
 //! after another, [`Pusher`] writes them, each over a single fid.
 //!
-//! Message boundaries. dchan returns at most one message per Tread. On a
+//! Message boundaries. dchan returns at most one message per Tread (a
+//! `:batch` session, [`Options::batch`](super::Options::batch), returns a
+//! batch instead, which a [`Puller`] returns as it would one message). On a
 //! 9P2000.L or .u session it also follows "the Linux read loop" rule: once a
 //! Tread of the largest count (msize − 24, or the iounit) returned the end of
 //! a message, the next Tread at that offset returns 0 bytes, once. So a
