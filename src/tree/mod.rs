@@ -23,6 +23,10 @@
 //! `-o version=9p2000,aname=workers:linux`, or `aname=:linux` for the
 //! default group. (The attach name is the only thing a mount option can put
 //! in front of the server per session, so the override lives there.)
+//! The suffix `:batch` (`aname=workers:batch`, combinable with `:linux` in
+//! either order) makes each read take every whole message available at
+//! that moment, up to its count (see `data`); without it a read(2) gets
+//! one message, so `head -n 1` takes exactly one.
 //!
 //! A kernel limit the server cannot see (Linux 6.8+, where 9P reads go
 //! through netfs; 6.1 is not affected): stat says a data file is empty, but
@@ -56,6 +60,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use parking_lot::Mutex;
 
 use crate::broker::{self, Broker, Target, TopicConfig, Wait};
@@ -419,7 +424,7 @@ impl<B: Broker> TopicTree<B> {
                     entry.1 += 1;
                     id
                 });
-                HandleKind::Data(DataFile {
+                HandleKind::Data(Box::new(DataFile {
                     wait: if mode.nonblock {
                         Wait::NonBlock
                     } else {
@@ -427,13 +432,17 @@ impl<B: Broker> TopicTree<B> {
                     },
                     reads,
                     writes: mode.writes(),
-                    reader: tokio::sync::Mutex::new(Reader::new(node.session.linux, mode.nonblock)),
+                    reader: tokio::sync::Mutex::new(Reader::new(
+                        node.session.linux,
+                        mode.nonblock,
+                        node.session.batch,
+                    )),
                     writer: tokio::sync::Mutex::new(Writer::with_budget(
                         status.config.framing,
                         status.config.max_message,
                         self.budget.clone(),
                     )),
-                })
+                }))
             }
         };
         Ok(Handle {
@@ -460,7 +469,16 @@ impl<B: Broker> TopicTree<B> {
         match reader.begin(req) {
             Step::Reply(b) => Ok(b),
             Step::Pull => match self.broker.pull_from(topic, group, f.wait).await {
-                Ok(Some(d)) => Ok(reader.pulled(d, req)),
+                // A batch's further pulls never wait, and are done with
+                // no await between them and the reader's record of them:
+                // a flush can drop this read only before its first pull.
+                Ok(Some(d)) => Ok(reader.pulled(d, req, || {
+                    let more = self.broker.pull_from(topic, group, Wait::NonBlock);
+                    match more.now_or_never() {
+                        Some(Ok(Some(d))) => Some(d),
+                        _ => None,
+                    }
+                })),
                 Ok(None) => Ok(Bytes::new()),
                 Err(e) => Err(broker_error(e)),
             },
@@ -493,6 +511,9 @@ impl<B: Broker> TopicTree<B> {
     ) -> Result<u32> {
         let n = data.len() as u32;
         let mut writer = f.writer.lock().await;
+        if std::mem::take(&mut writer.reset_due) {
+            return Err(broker_error(broker::Error::Reset));
+        }
         let cut = match writer.cut(data) {
             Ok(cut) => cut,
             Err(TooLong(size)) => {
@@ -528,14 +549,21 @@ impl<B: Broker> TopicTree<B> {
                 }
                 // Some lines went out: say so with a short count, so that a
                 // writer that tries the rest again doubles nothing (it then
-                // gets the error itself). A reset fails the whole write: its
-                // writer must know that nothing it wrote is held.
+                // gets the error itself). A reset after some lines went out
+                // gives their count too, and the file's next write fails
+                // with the reset (a retry would otherwise succeed on the
+                // reopened topic, and its writer never learn of the reset);
+                // a reset at the first line fails the write.
                 Err(
                     broker::Error::WouldBlock
                     | broker::Error::TimedOut
                     | broker::Error::Closed
                     | broker::Error::Interrupted,
                 ) if i > 0 => return Ok(cut.ends[i - 1] as u32),
+                Err(broker::Error::Reset) if i > 0 => {
+                    writer.reset_due = true;
+                    return Ok(cut.ends[i - 1] as u32);
+                }
                 Err(e) => return Err(broker_error(e)),
             }
         }
@@ -800,21 +828,35 @@ impl<B: Broker> TopicTree<B> {
     }
 }
 
+/// The attach name's group and the session's options: its suffixes
+/// `:linux` (the Linux read loop on plain 9P2000; always on for .u and .L)
+/// and `:batch` (reads take batches), in either order.
+fn session_options(aname: &str, dialect: Dialect) -> (&str, bool, bool) {
+    let (mut group, mut linux, mut batch) = (aname, dialect != Dialect::P2000, false);
+    loop {
+        if let Some(g) = group.strip_suffix(":linux") {
+            (group, linux) = (g, true);
+        } else if let Some(g) = group.strip_suffix(":batch") {
+            (group, batch) = (g, true);
+        } else {
+            return (group, linux, batch);
+        }
+    }
+}
+
 impl<B: Broker> FileTree for TopicTree<B> {
     type Node = Node;
     type Handle = Handle<B::Delivery>;
 
     fn attach(&self, who: &Attach) -> Result<Node> {
-        let (group, linux) = match who.aname.strip_suffix(":linux") {
-            Some(group) => (group, true),
-            None => (who.aname.as_str(), who.dialect != Dialect::P2000),
-        };
+        let (group, linux, batch) = session_options(&who.aname, who.dialect);
         Ok(Node {
             at: At::Root,
             topic_id: None,
             session: Arc::new(Session {
                 group: group.to_string(),
                 linux,
+                batch,
                 uname: who.uname.clone(),
                 dialect: who.dialect,
             }),
