@@ -104,6 +104,11 @@ pub fn kernel_mount(addr: &Addr, group: &str, dir: &Path) -> Result<Command, Str
     let mut opts = match addr {
         Addr::Tcp { port, .. } => format!("trans=tcp,port={port}"),
         Addr::Unix(_) => "trans=unix".to_string(),
+        Addr::Tls { .. } => {
+            return Err(format!(
+                "{addr}: the kernel cannot speak TLS; run `dchan tunnel --listen tcp!127.0.0.1!PORT --to {addr} ...` and mount tcp!127.0.0.1!PORT"
+            ));
+        }
     };
     if !group.is_empty() {
         opts.push_str(&format!(",aname={group}"));
@@ -121,6 +126,7 @@ pub fn kernel_mount(addr: &Addr, group: &str, dir: &Path) -> Result<Command, Str
                 .to_string()
         }
         Addr::Unix(path) => path.display().to_string(),
+        Addr::Tls { .. } => unreachable!("refused above"),
     };
     let mut cmd = Command::new("mount");
     cmd.args(["-t", "9p", "-o", &opts, &source]).arg(dir);

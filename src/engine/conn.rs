@@ -60,7 +60,7 @@ use crate::proto::frame::{FrameDecoder, FrameError};
 use crate::proto::{Dialect, Fcall, Fid, Msg, NOFID, Tag};
 
 use super::Limits;
-use super::listen::{ReadHalf, WriteHalf};
+use super::listen::{ReadHalf, Who, WriteHalf};
 use super::session::{Action, Done, Session};
 
 /// Bytes of replies not yet written from which the connection writes
@@ -253,13 +253,14 @@ pub async fn run<T: FileTree>(
     writer: WriteHalf,
     tree: Arc<T>,
     limits: Limits,
+    who: Who,
     shutdown: CancellationToken,
 ) {
     let mut w = writer;
     let mut frames = FramedRead::new(reader, FrameDecoder::new(limits.max_msize));
     let mut conn = Conn {
         max_in_flight: limits.max_in_flight,
-        session: Session::new(tree, limits),
+        session: Session::new(tree, limits, who),
         inflight: FuturesUnordered::new(),
         busy: HashMap::default(),
         reading: HashMap::default(),

@@ -1,8 +1,8 @@
 //! The 9P connection engine: listeners, connections, tags, fids, Tflush and
 //! limits, serving any [`FileTree`](crate::fs::FileTree) in all three dialects.
 //!
-//! The path of a request: [`listen`] accepts a socket; [`server`] gives it a
-//! connection slot; [`conn`] reads its frames, decodes them and runs every
+//! The path of a request: [`listen`] accepts a socket and lets it in (address
+//! rules, TLS, who the client is); [`server`] gives it a connection slot; [`conn`] reads its frames, decodes them and runs every
 //! request concurrently inside the connection's own task, cancels flushed
 //! ones, and writes the replies in order; [`session`] turns each request
 //! into file-tree calls on the connection's [`fids`], using [`dialect`] to
@@ -19,7 +19,7 @@ pub mod listen;
 pub mod server;
 pub mod session;
 
-pub use listen::{Addr, Listener};
+pub use listen::{Addr, Entrance, Guard, Listener, Who};
 pub use server::{Connections, serve, serve_counted};
 
 /// What one client may use; the server's defence against a bad or hostile

@@ -21,7 +21,7 @@ use crate::proto::codec::{decode, encode};
 use crate::proto::frame::FrameDecoder;
 use crate::proto::{Dialect, Fcall, Msg};
 
-use super::listen::{Listener, ReadHalf, WriteHalf};
+use super::listen::{Entrance, ReadHalf, WriteHalf};
 use super::{Limits, MIN_MSIZE, conn};
 
 /// How many clients are connected now: the engine counts, whoever reports
@@ -78,7 +78,7 @@ struct Shared<T> {
 /// accepting, ends every connection (blocked requests are answered "server
 /// shutting down") and returns once they are all closed.
 pub async fn serve<T: FileTree>(
-    listeners: Vec<Listener>,
+    listeners: Vec<impl Into<Entrance>>,
     tree: Arc<T>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
@@ -89,7 +89,7 @@ pub async fn serve<T: FileTree>(
 /// [`serve`], counting the open connections in `connections` (the root
 /// ctl's `connections` figure).
 pub async fn serve_counted<T: FileTree>(
-    listeners: Vec<Listener>,
+    listeners: Vec<impl Into<Entrance>>,
     tree: Arc<T>,
     limits: Limits,
     connections: Connections,
@@ -106,6 +106,7 @@ pub async fn serve_counted<T: FileTree>(
         refusing: Arc::new(Semaphore::new(REFUSING)),
     });
     for listener in listeners {
+        let listener: Entrance = listener.into();
         let name = listener
             .local_addr()
             .map(|a| a.to_string())
@@ -122,13 +123,13 @@ pub async fn serve_counted<T: FileTree>(
     shared.tasks.wait().await;
 }
 
-async fn accept_loop<T: FileTree>(listener: Listener, shared: Arc<Shared<T>>) {
+async fn accept_loop<T: FileTree>(entrance: Entrance, shared: Arc<Shared<T>>) {
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
-            a = listener.accept() => a,
+            a = entrance.listener.accept() => a,
         };
-        let (reader, writer, peer) = match accepted {
+        let arriving = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: wait, then go on.
@@ -137,12 +138,20 @@ async fn accept_loop<T: FileTree>(listener: Listener, shared: Arc<Shared<T>>) {
                 continue;
             }
         };
+        let peer = arriving.peer();
+        if !entrance.guard.admits(&arriving) {
+            warn!(%peer, "address not allowed by this listener's rules: closed");
+            continue;
+        }
         let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
             warn!(%peer, "too many connections: refusing the new one");
             if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
                 let max = shared.limits.max_connections;
+                let guard = entrance.guard.clone();
                 tokio::spawn(async move {
-                    refuse(reader, writer, max).await;
+                    if let Ok((reader, writer, _)) = guard.enter(arriving).await {
+                        refuse(reader, writer, max).await;
+                    }
                     drop(permit);
                 });
             }
@@ -155,12 +164,22 @@ async fn accept_loop<T: FileTree>(listener: Listener, shared: Arc<Shared<T>>) {
             shared.limits.clone(),
             shared.shutdown.clone(),
         );
+        let guard = entrance.guard.clone();
         let counted = Counted::new(&shared.connections);
         shared.tasks.spawn(
             async move {
-                debug!("connected");
-                conn::run(reader, writer, tree, limits, stop).await;
-                debug!("disconnected");
+                let entered = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    e = guard.enter(arriving) => e,
+                };
+                match entered {
+                    Ok((reader, writer, who)) => {
+                        debug!(user = who.user.as_deref().unwrap_or(""), "connected");
+                        conn::run(reader, writer, tree, limits, who, stop).await;
+                        debug!("disconnected");
+                    }
+                    Err(e) => warn!(error = %e, "refused: TLS handshake failed"),
+                }
                 drop(permit);
                 drop(counted);
             }

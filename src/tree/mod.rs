@@ -55,6 +55,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use crate::access::{Op, Rules};
 use crate::broker::{self, Broker, Target, TopicConfig, Wait};
 use crate::fs::{
     Access, Attach, Changes, Clunk, Error, FileInfo, FileTree, OpenMode, ReadReq, Result, errno,
@@ -75,6 +76,8 @@ pub struct TreeConfig {
     /// together (`[limits] max_unfinished_bytes`); no topic's `max_message`
     /// may be above it.
     pub max_unfinished_bytes: u64,
+    /// Who may do what to which topic (`[access]`); no rules allow all.
+    pub access: Arc<Rules>,
 }
 
 /// The default `max_unfinished_bytes`: 256 MiB, sixteen partial lines of
@@ -87,6 +90,7 @@ impl Default for TreeConfig {
         TreeConfig {
             defaults: TopicConfig::default(),
             max_unfinished_bytes: MAX_UNFINISHED_BYTES,
+            access: Arc::new(Rules::open()),
         }
     }
 }
@@ -214,10 +218,10 @@ impl<B: Broker> TopicTree<B> {
             At::Root => ("/".to_string(), DMDIR | 0o777),
             At::Dir(p) => (
                 p.rsplit('/').next().unwrap_or("").to_string(),
-                DMDIR | 0o777,
+                DMDIR | self.mode(node, p, None),
             ),
             At::RootCtl => ("ctl".to_string(), 0o666),
-            At::File(_, k) => (k.name().to_string(), 0o666),
+            At::File(p, k) => (k.name().to_string(), self.mode(node, p, Some(*k))),
         };
         let owner = match node.session.uname.as_str() {
             "" => "dchan".to_string(),
@@ -234,6 +238,54 @@ impl<B: Broker> TopicTree<B> {
             atime: self.started_unix,
             mtime: self.started_unix,
         }
+    }
+
+    /// The permission bits of a topic's directory (`kind` None) or file
+    /// for the node's user, so that `test -w` and `ls -l` tell the truth:
+    /// the same bits for owner, group and others.
+    fn mode(&self, node: &Node, topic: &str, kind: Option<FileKind>) -> u32 {
+        if !self.config.access.enforced() {
+            return if kind.is_some() { 0o666 } else { 0o777 };
+        }
+        let p = self.config.access.perms(&node.session.uname, topic);
+        let (r, w) = match kind {
+            None => (true, p.has(Op::Admin)),
+            Some(FileKind::Data) => (p.has(Op::Read), p.has(Op::Write)),
+            Some(FileKind::Offset) => (p.has(Op::Read), p.has(Op::Read)),
+            Some(FileKind::Ctl) => (p.any(), p.has(Op::Admin)),
+        };
+        let bits = (r as u32) * 4 + (w as u32) * 2 + (kind.is_none() as u32);
+        bits * 0o111
+    }
+
+    /// Fail with "permission denied" (EACCES) unless the session's user
+    /// may do `op` to `topic`; a refusal is logged with who, from where,
+    /// what and on which topic. `what` names the operation for the log.
+    fn check(&self, session: &Session, topic: &str, op: Op, what: &str) -> Result<()> {
+        if self.config.access.allows(&session.uname, topic, op) {
+            return Ok(());
+        }
+        tracing::warn!(
+            user = %session.uname,
+            peer = %session.peer,
+            %topic,
+            op = op.as_str(),
+            what,
+            "permission denied"
+        );
+        Err(Error::new(
+            errno::EACCES,
+            format!(
+                "permission denied: {} may not {} topic {topic} ({what})",
+                session.uname,
+                op.as_str()
+            ),
+        ))
+    }
+
+    /// Log an admin action that succeeded: the audit trail.
+    fn audit(&self, session: &Session, topic: &str, what: &str) {
+        tracing::info!(user = %session.uname, peer = %session.peer, %topic, what, "admin");
     }
 
     /// Fail unless the node's place still exists.
@@ -309,8 +361,14 @@ impl<B: Broker> TopicTree<B> {
     }
 
     /// Run a root ctl write: check every command, then apply them.
-    fn root_ctl(&self, text: &[u8]) -> Result<()> {
+    fn root_ctl(&self, session: &Session, text: &[u8]) -> Result<()> {
         let cmds = ctl::parse_root(text).map_err(invalid)?;
+        for cmd in &cmds {
+            match cmd {
+                RootCmd::Create { name, .. } => self.check(session, name, Op::Admin, "create")?,
+                RootCmd::Remove(name) => self.check(session, name, Op::Admin, "remove")?,
+            }
+        }
         let mut names: BTreeSet<String> = self.broker.topics().into_iter().collect();
         for cmd in &cmds {
             match cmd {
@@ -344,16 +402,20 @@ impl<B: Broker> TopicTree<B> {
                 } => {
                     let d = self.config.defaults;
                     let config = ctl::create_config(d, capacity, framing, timeout, max_message);
-                    self.create_topic(&name, config)?
+                    self.create_topic(&name, config)?;
+                    self.audit(session, &name, "create");
                 }
-                RootCmd::Remove(name) => self.remove_topic(&name)?,
+                RootCmd::Remove(name) => {
+                    self.remove_topic(&name)?;
+                    self.audit(session, &name, "remove");
+                }
             }
         }
         Ok(())
     }
 
     /// Run a topic ctl write: check every command, then apply them.
-    fn topic_ctl(&self, topic: Target<'_>, text: &[u8]) -> Result<()> {
+    fn topic_ctl(&self, session: &Session, topic: Target<'_>, text: &[u8]) -> Result<()> {
         let cmds = ctl::parse_topic(text).map_err(invalid)?;
         let status = self.broker.status(topic).map_err(broker_error)?;
         for cmd in &cmds {
@@ -378,6 +440,7 @@ impl<B: Broker> TopicTree<B> {
             }
             .map_err(broker_error)?;
         }
+        self.audit(session, topic.name, String::from_utf8_lossy(text).trim());
         Ok(())
     }
 
@@ -385,6 +448,24 @@ impl<B: Broker> TopicTree<B> {
     fn open_file(&self, node: &Node, mode: OpenMode) -> Result<Handle<B::Delivery>> {
         self.check_current(node)?;
         self.check_exists(&node.at)?;
+        if let At::File(topic, kind) = &node.at {
+            let s = &node.session;
+            match kind {
+                FileKind::Data if mode.reads() => self.check(s, topic, Op::Read, "pull")?,
+                FileKind::Offset => self.check(s, topic, Op::Read, "offset")?,
+                FileKind::Ctl if mode.writes() => self.check(s, topic, Op::Admin, "ctl")?,
+                FileKind::Ctl
+                    if !self.config.access.perms(&s.uname, topic).any()
+                        && self.config.access.enforced() =>
+                {
+                    self.check(s, topic, Op::Read, "status")?
+                }
+                _ => {}
+            }
+            if *kind == FileKind::Data && mode.writes() {
+                self.check(s, topic, Op::Write, "push")?;
+            }
+        }
         // A topic's file belongs to the topic it was opened on (issue 14.7).
         let topic_id = match &node.at {
             At::File(topic, _) => Some(self.broker.id(topic).map_err(|_| not_found())?),
@@ -620,7 +701,9 @@ impl<B: Broker> TopicTree<B> {
             ));
         }
         self.check_exists(&dir.at)?;
+        self.check(&dir.session, &path, Op::Admin, "mkdir")?;
         self.create_topic(&path, self.config.defaults)?;
+        self.audit(&dir.session, &path, "mkdir");
         let node = Node {
             topic_id: self.broker.id(&path).ok(),
             at: At::Dir(path.into()),
@@ -665,9 +748,9 @@ impl<B: Broker> TopicTree<B> {
     async fn write_file(&self, handle: &Handle<B::Delivery>, data: Bytes) -> Result<u32> {
         let n = data.len() as u32;
         match (&handle.kind, &handle.node.at) {
-            (HandleKind::Text(_), At::RootCtl) => self.root_ctl(&data)?,
+            (HandleKind::Text(_), At::RootCtl) => self.root_ctl(&handle.node.session, &data)?,
             (HandleKind::Text(_), At::File(topic, FileKind::Ctl)) => {
-                self.topic_ctl(handle.target(topic), &data)?
+                self.topic_ctl(&handle.node.session, handle.target(topic), &data)?
             }
             (HandleKind::Text(_), At::File(topic, FileKind::Offset)) => {
                 let seq = ctl::parse_offset(&data).map_err(invalid)?;
@@ -708,7 +791,12 @@ impl<B: Broker> TopicTree<B> {
     fn remove_node(&self, node: &Node) -> Result<()> {
         self.check_current(node)?;
         match &node.at {
-            At::Dir(p) if self.is_topic(p) => self.remove_topic(p),
+            At::Dir(p) if self.is_topic(p) => {
+                self.check(&node.session, p, Op::Admin, "rmdir")?;
+                self.remove_topic(p)?;
+                self.audit(&node.session, p, "rmdir");
+                Ok(())
+            }
             At::Dir(p) if self.dir_exists(p) => {
                 Err(Error::new(errno::ENOTEMPTY, "not empty: it holds topics"))
             }
@@ -737,7 +825,8 @@ impl<B: Broker> FileTree for TopicTree<B> {
             session: Arc::new(Session {
                 group: group.to_string(),
                 linux,
-                uname: who.uname.clone(),
+                uname: who.user().to_string(),
+                peer: who.peer.clone(),
                 dialect: who.dialect,
             }),
         })

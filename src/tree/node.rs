@@ -86,8 +86,11 @@ pub(super) struct Session {
     pub(super) group: String,
     /// Whether reads follow the Linux read loop.
     pub(super) linux: bool,
-    /// Who attached: the owner stat shows.
+    /// Who attached (the proven identity, else the attach's uname): the
+    /// owner stat shows, and whom the access rules judge.
     pub(super) uname: String,
+    /// The client's address, for the log of a denied or admin operation.
+    pub(super) peer: String,
     /// The session's dialect: plain 9P2000 errors carry text only.
     pub(super) dialect: Dialect,
 }
