@@ -26,8 +26,9 @@
 //!   `remove`), and every write to the topic's ctl (reset, close, settings,
 //!   forget).
 //!
-//! Reading a topic's `ctl` (its status) takes any of the three. Listing
-//! and walking are open to all: a topic's name is not a secret here.
+//! Reading a topic's `ctl` (its status, what `dchan ls` and `stat` show),
+//! listing and walking are open to all: a topic's name and depth are not
+//! secrets here; its messages are.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -252,7 +252,7 @@ impl<B: Broker> TopicTree<B> {
             None => (true, p.has(Op::Admin)),
             Some(FileKind::Data) => (p.has(Op::Read), p.has(Op::Write)),
             Some(FileKind::Offset) => (p.has(Op::Read), p.has(Op::Read)),
-            Some(FileKind::Ctl) => (p.any(), p.has(Op::Admin)),
+            Some(FileKind::Ctl) => (true, p.has(Op::Admin)),
         };
         let bits = (r as u32) * 4 + (w as u32) * 2 + (kind.is_none() as u32);
         bits * 0o111
@@ -454,12 +454,6 @@ impl<B: Broker> TopicTree<B> {
                 FileKind::Data if mode.reads() => self.check(s, topic, Op::Read, "pull")?,
                 FileKind::Offset => self.check(s, topic, Op::Read, "offset")?,
                 FileKind::Ctl if mode.writes() => self.check(s, topic, Op::Admin, "ctl")?,
-                FileKind::Ctl
-                    if !self.config.access.perms(&s.uname, topic).any()
-                        && self.config.access.enforced() =>
-                {
-                    self.check(s, topic, Op::Read, "status")?
-                }
                 _ => {}
             }
             if *kind == FileKind::Data && mode.writes() {
