@@ -115,7 +115,13 @@ fn no_rversion(port: u16) -> bool {
     sock.set_read_timeout(Some(PATIENCE)).unwrap();
     let _ = sock.write_all(&tversion_bytes());
     let mut buf = Vec::new();
-    let _ = sock.read_to_end(&mut buf);
+    let mut chunk = [0u8; 64];
+    while buf.len() < 5 {
+        match sock.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
     buf.len() < 5 || buf[4] != 101
 }
 
