@@ -12,6 +12,7 @@
 //! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P.
 //! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
 //! - `config` — the server's TOML configuration over the built-in `dchan.toml`.
+//! - `metrics` — Prometheus metrics and a health check over HTTP (`serve --metrics`).
 //! - `serve`  — `dchan serve`: configuration, logging, broker, tree and engine, shutdown.
 //! - `client` — dchan's own 9P client: many requests per connection, flush, topics by name.
 //! - `tunnel` — `dchan tunnel`: a local plaintext port carried to a remote TLS listener.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod cut;
 pub mod engine;
 pub mod fs;
+pub mod metrics;
 pub mod proto;
 pub mod ramfs;
 pub mod serve;

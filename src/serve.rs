@@ -33,6 +33,7 @@ use crate::broker::{self, Broker};
 use crate::config::{Config, ConfigError, ListenerSpec};
 use crate::engine::{self, Addr, Connections, Entrance, Guard, Limits, Listener};
 use crate::fs::FileTree;
+use crate::metrics;
 use crate::ramfs::RamFs;
 use crate::tree::{TopicTree, TreeConfig};
 
@@ -192,22 +193,52 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 source,
             })?;
     }
+    // The metrics port is bound first, so that a failure there stops the
+    // server before it says it listens.
+    let metrics_at = match &config.metrics {
+        Some(addr) => {
+            let listener = Listener::bind(addr).await.map_err(|source| Error::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+            let guard = Guard {
+                allow: config.metrics_allow.clone(),
+                tls: None,
+            };
+            Some(Entrance { listener, guard })
+        }
+        None => None,
+    };
     let listeners = bind(&config.listeners()).await?;
-    let connections = Connections::default();
+    let requests = Arc::new(metrics::Requests::new());
+    let connections = match metrics_at {
+        Some(_) => Connections::observed(requests.clone()),
+        None => Connections::default(),
+    };
     let counted = connections.clone();
+    let access = Arc::new(config.access.rules());
     let tree = TopicTree::new(
         broker,
         TreeConfig {
             defaults: config.topic_defaults.topic_config(),
             max_unfinished_bytes: config.limits.max_unfinished_bytes.0,
-            access: Arc::new(config.access.rules()),
+            access: access.clone(),
         },
         move || counted.count(),
     );
     let tree = Arc::new(tree);
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    if let Some(entrance) = metrics_at {
+        if let Ok(at) = entrance.local_addr() {
+            println!("metrics on {at}");
+        }
+        let m = metrics::Metrics::new(tree.broker().clone(), access, connections.clone(), requests);
+        tokio::spawn(metrics::serve(entrance, Arc::new(m), stop_metrics.clone()));
+    }
     let sweeper = (config.groups.limits().idle_expiry)
         .map(|idle| tokio::spawn(sweep_idle(tree.broker().clone(), idle)));
     serve_tree(listeners, tree, &config, connections, shutdown).await;
+    stop_metrics.cancel();
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }

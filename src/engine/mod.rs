@@ -16,10 +16,12 @@ pub mod dialect;
 pub mod dir;
 pub mod fids;
 pub mod listen;
+pub mod observe;
 pub mod server;
 pub mod session;
 
 pub use listen::{Addr, Entrance, Guard, Listener, Who};
+pub use observe::Observer;
 pub use server::{Connections, serve, serve_counted};
 
 /// What one client may use; the server's defence against a bad or hostile

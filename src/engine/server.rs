@@ -22,16 +22,34 @@ use crate::proto::frame::FrameDecoder;
 use crate::proto::{Dialect, Fcall, Msg};
 
 use super::listen::{Entrance, ReadHalf, WriteHalf};
-use super::{Limits, MIN_MSIZE, conn};
+use super::{Limits, MIN_MSIZE, Observer, conn};
 
 /// How many clients are connected now: the engine counts, whoever reports
-/// it (the root ctl) reads. Clones share the count.
-#[derive(Debug, Clone, Default)]
-pub struct Connections(Arc<AtomicU64>);
+/// it (the root ctl, the metrics) reads. Clones share the count. It also
+/// carries the [`Observer`] told of each request, if any.
+#[derive(Clone, Default)]
+pub struct Connections(Arc<AtomicU64>, Option<Arc<dyn Observer>>);
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Connections").field(&self.count()).finish()
+    }
+}
 
 impl Connections {
     pub fn count(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// A count whose connections tell `observer` of their requests.
+    pub fn observed(observer: Arc<dyn Observer>) -> Connections {
+        Connections(Arc::default(), Some(observer))
+    }
+
+    fn refused(&self, why: &'static str) {
+        if let Some(o) = &self.1 {
+            o.refused(why);
+        }
     }
 }
 
@@ -141,10 +159,12 @@ async fn accept_loop<T: FileTree>(entrance: Entrance, shared: Arc<Shared<T>>) {
         let peer = arriving.peer();
         if !entrance.guard.admits(&arriving) {
             warn!(%peer, "address not allowed by this listener's rules: closed");
+            shared.connections.refused("address");
             continue;
         }
         let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
             warn!(%peer, "too many connections: refusing the new one");
+            shared.connections.refused("full");
             if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
                 let max = shared.limits.max_connections;
                 let guard = entrance.guard.clone();
@@ -166,6 +186,7 @@ async fn accept_loop<T: FileTree>(entrance: Entrance, shared: Arc<Shared<T>>) {
         );
         let guard = entrance.guard.clone();
         let counted = Counted::new(&shared.connections);
+        let observer = shared.connections.1.clone();
         shared.tasks.spawn(
             async move {
                 let entered = tokio::select! {
@@ -175,10 +196,13 @@ async fn accept_loop<T: FileTree>(entrance: Entrance, shared: Arc<Shared<T>>) {
                 match entered {
                     Ok((reader, writer, who)) => {
                         debug!(user = who.user.as_deref().unwrap_or(""), "connected");
-                        conn::run(reader, writer, tree, limits, who, stop).await;
+                        conn::run(reader, writer, tree, limits, who, observer, stop).await;
                         debug!("disconnected");
                     }
-                    Err(e) => warn!(error = %e, "refused: TLS handshake failed"),
+                    Err(e) => {
+                        warn!(error = %e, "refused: TLS handshake failed");
+                        counted.0.refused("tls");
+                    }
                 }
                 drop(permit);
                 drop(counted);
