@@ -443,3 +443,39 @@ fn a_tunnel_carries_a_plain_port_to_the_tls_listener_as_its_certificate() {
     assert_eq!(o.status.code(), Some(1));
     drop(dir);
 }
+
+#[test]
+fn json_logs_carry_the_denial_with_its_user_topic_and_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(dir.path(), RULES);
+    let log = dir.path().join("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["serve", "--listen", "tcp!127.0.0.1!0", "--log-format", "json"])
+        .args(["--config", &file])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let port = server::listening_port(&line).unwrap();
+    let a = format!("tcp!127.0.0.1!{port}");
+    refused(
+        as_user(&a, "bob", &[], &["create", "billing/x"]),
+        "permission denied",
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let denial = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .find(|v| v["fields"]["message"] == "permission denied")
+        .unwrap_or_else(|| panic!("no denial in {text}"));
+    assert_eq!(denial["fields"]["user"], "bob");
+    assert_eq!(denial["fields"]["topic"], "billing/x");
+    assert_eq!(denial["fields"]["op"], "admin");
+    assert_eq!(denial["level"], "WARN");
+}
