@@ -214,6 +214,12 @@ pub struct Limits {
     /// Connections served at once.
     #[serde(deserialize_with = "positive")]
     pub max_connections: usize,
+    /// Connections served at once from one IP address.
+    #[serde(deserialize_with = "positive")]
+    pub max_per_address: usize,
+    /// Topics the server holds at once.
+    #[serde(deserialize_with = "positive")]
+    pub max_topics: usize,
     /// Fids one connection may hold at once.
     #[serde(deserialize_with = "positive")]
     pub max_fids: usize,

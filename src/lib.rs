@@ -54,4 +54,6 @@ pub mod literate {
     pub struct Scaling;
     #[doc = include_str!("../literate/08-performance.md")]
     pub struct Performance;
+    #[doc = include_str!("../literate/09-security.md")]
+    pub struct Security;
 }

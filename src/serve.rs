@@ -223,6 +223,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             defaults: config.topic_defaults.topic_config(),
             max_unfinished_bytes: config.limits.max_unfinished_bytes.0,
             access: access.clone(),
+            max_topics: config.limits.max_topics as u64,
         },
         move || counted.count(),
     );
@@ -357,6 +358,7 @@ async fn serve_tree<T: FileTree>(
     let limits = Limits {
         max_msize: l.max_msize,
         max_connections: l.max_connections,
+        max_per_address: l.max_per_address,
         max_fids: l.max_fids,
         max_in_flight: l.max_in_flight,
     };

@@ -450,7 +450,13 @@ fn json_logs_carry_the_denial_with_its_user_topic_and_operation() {
     let file = config(dir.path(), RULES);
     let log = dir.path().join("log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_dchan"))
-        .args(["serve", "--listen", "tcp!127.0.0.1!0", "--log-format", "json"])
+        .args([
+            "serve",
+            "--listen",
+            "tcp!127.0.0.1!0",
+            "--log-format",
+            "json",
+        ])
         .args(["--config", &file])
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())

@@ -172,6 +172,11 @@ enum Stream {
 }
 
 impl Arriving {
+    /// The TCP peer's IP address; `None` on a Unix socket.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.peer.map(|p| p.ip())
+    }
+
     /// The peer's name for logs: `IP:PORT`, or `unix`.
     pub fn peer(&self) -> String {
         self.peer

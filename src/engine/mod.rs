@@ -32,6 +32,9 @@ pub struct Limits {
     pub max_msize: u32,
     /// Connections served at once; one more is closed as soon as accepted.
     pub max_connections: usize,
+    /// Connections served at once from one IP address; one more has its
+    /// Tversion answered "too many connections from your address" (EAGAIN).
+    pub max_per_address: usize,
     /// Fids one connection may hold; an attach or walk over it fails.
     pub max_fids: usize,
     /// Requests of one connection waiting on the file tree at once (a
@@ -47,6 +50,7 @@ impl Default for Limits {
         Limits {
             max_msize: 1 << 20,
             max_connections: 1024,
+            max_per_address: 1024,
             max_fids: 16384,
             max_in_flight: 1024,
         }

@@ -3,7 +3,9 @@
 //! connection answer its blocked requests with an error, and waits for the
 //! connections to close.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -86,6 +88,9 @@ struct Shared<T> {
     next_id: AtomicU64,
     /// Connections open now.
     connections: Connections,
+    /// Connections open now per client IP address (an entry only while
+    /// it has one). A sync mutex, never held across an await.
+    per_address: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
     /// One permit per client being told "too many connections"; past
     /// [`REFUSING`] of them a new one is closed unanswered, so a flood of
     /// idle sockets cannot hold descriptors for long.
@@ -122,6 +127,7 @@ pub async fn serve_counted<T: FileTree>(
         next_id: AtomicU64::new(1),
         connections,
         refusing: Arc::new(Semaphore::new(REFUSING)),
+        per_address: Arc::default(),
     });
     for listener in listeners {
         let listener: Entrance = listener.into();
@@ -162,20 +168,39 @@ async fn accept_loop<T: FileTree>(entrance: Entrance, shared: Arc<Shared<T>>) {
             shared.connections.refused("address");
             continue;
         }
-        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-            warn!(%peer, "too many connections: refusing the new one");
-            shared.connections.refused("full");
-            if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
+        let admitted = match shared.slots.clone().try_acquire_owned() {
+            Err(_) => {
                 let max = shared.limits.max_connections;
-                let guard = entrance.guard.clone();
-                tokio::spawn(async move {
-                    if let Ok((reader, writer, _)) = guard.enter(arriving).await {
-                        refuse(reader, writer, max).await;
-                    }
-                    drop(permit);
-                });
+                Err(format!(
+                    "too many connections (the server serves {max} at once)"
+                ))
             }
-            continue;
+            Ok(permit) => match FromAddress::take(&shared, arriving.ip()) {
+                Ok(from) => Ok((permit, from)),
+                Err(()) => {
+                    let max = shared.limits.max_per_address;
+                    Err(format!(
+                        "too many connections from your address (the server serves {max} at once from one address)"
+                    ))
+                }
+            },
+        };
+        let (permit, from) = match admitted {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                warn!(%peer, why, "refusing a connection");
+                shared.connections.refused("full");
+                if let Ok(permit) = shared.refusing.clone().try_acquire_owned() {
+                    let guard = entrance.guard.clone();
+                    tokio::spawn(async move {
+                        if let Ok((reader, writer, _)) = guard.enter(arriving).await {
+                            refuse(reader, writer, why).await;
+                        }
+                        drop(permit);
+                    });
+                }
+                continue;
+            }
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("conn", id, %peer);
@@ -205,10 +230,47 @@ async fn accept_loop<T: FileTree>(entrance: Entrance, shared: Arc<Shared<T>>) {
                     }
                 }
                 drop(permit);
+                drop(from);
                 drop(counted);
             }
             .instrument(span),
         );
+    }
+}
+
+/// One connection counted against its address's `max_per_address`.
+struct FromAddress {
+    ip: IpAddr,
+    counts: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl FromAddress {
+    /// Count a connection from `ip`: `None` for a Unix socket, `Err` if
+    /// the address has its most already.
+    fn take<T>(shared: &Shared<T>, ip: Option<IpAddr>) -> Result<Option<FromAddress>, ()> {
+        let Some(ip) = ip else { return Ok(None) };
+        let mut counts = shared.per_address.lock();
+        let n = counts.entry(ip).or_default();
+        if *n >= shared.limits.max_per_address {
+            return Err(());
+        }
+        *n += 1;
+        Ok(Some(FromAddress {
+            ip,
+            counts: shared.per_address.clone(),
+        }))
+    }
+}
+
+impl Drop for FromAddress {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -218,9 +280,9 @@ const REFUSING: usize = 64;
 /// How long a refused client has to send its Tversion.
 const REFUSE_WAIT: Duration = Duration::from_secs(10);
 
-/// A client past `max_connections`: answer its Tversion with an error that
-/// says why, in its dialect, then hang up (rather than hang up unexplained).
-async fn refuse(reader: ReadHalf, mut writer: WriteHalf, max: usize) {
+/// A client past `max_connections` or `max_per_address`: answer its
+/// Tversion with an error that says `why` (EAGAIN), in its dialect, then hang up (rather than hang up unexplained).
+async fn refuse(reader: ReadHalf, mut writer: WriteHalf, why: String) {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let mut frames = FramedRead::new(reader, FrameDecoder::new(MIN_MSIZE));
@@ -235,7 +297,6 @@ async fn refuse(reader: ReadHalf, mut writer: WriteHalf, max: usize) {
         _ => None,
     };
     let dialect = dialect.unwrap_or(Dialect::P2000);
-    let why = format!("too many connections (the server serves {max} at once)");
     let reply = super::dialect::error(dialect, &fs::Error::new(errno::EAGAIN, why));
     let mut buf = BytesMut::new();
     encode(

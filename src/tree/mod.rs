@@ -78,6 +78,8 @@ pub struct TreeConfig {
     pub max_unfinished_bytes: u64,
     /// Who may do what to which topic (`[access]`); no rules allow all.
     pub access: Arc<Rules>,
+    /// The most topics at once (`[limits] max_topics`).
+    pub max_topics: u64,
 }
 
 /// The default `max_unfinished_bytes`: 256 MiB, sixteen partial lines of
@@ -91,6 +93,7 @@ impl Default for TreeConfig {
             defaults: TopicConfig::default(),
             max_unfinished_bytes: MAX_UNFINISHED_BYTES,
             access: Arc::new(Rules::open()),
+            max_topics: u64::MAX,
         }
     }
 }
@@ -356,6 +359,15 @@ impl<B: Broker> TopicTree<B> {
     async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
         ctl::check_name(name).map_err(invalid)?;
         self.check_max_message(config.max_message)?;
+        // Checked before the create: creates racing each other may pass it
+        // together, by as many as run at that instant.
+        let max = self.config.max_topics;
+        if self.broker.totals().topics >= max && !self.is_topic(name) {
+            return Err(Error::new(
+                errno::ENOSPC,
+                format!("no space: the server holds its most topics (limits.max_topics {max})"),
+            ));
+        }
         self.broker.create(name, config).await.map_err(broker_error)
     }
 

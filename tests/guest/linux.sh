@@ -574,4 +574,7 @@ if [ -n "${TOPIC_PORT:-}" ]; then
     for mode in ${CACHE_MODES-loose mmap}; do cachemode $mode; done
     mounthelper
 fi
+if [ -n "${SECURE_PORT:-}" ]; then
+    . ./security.sh
+fi
 echo "CHECKS-DONE"
