@@ -28,7 +28,7 @@ use clap::{Args, Parser, Subcommand};
 use dchan::client::{self, Client, DEFAULT_ADDR, Options};
 use dchan::engine::Addr;
 
-pub use admin::{CreateArgs, OffsetArgs, TopicArg};
+pub use admin::{CreateArgs, OffsetArgs, RmArgs, TopicArg};
 pub use dchan::serve::ServeArgs;
 pub use ls::LsArgs;
 pub use mount::{MountArgs, UmountArgs};
@@ -102,7 +102,7 @@ pub enum ClientCommand {
     /// Create a topic.
     Create(CreateArgs),
     /// Remove a topic, failing its waiting readers and writers.
-    Rm(TopicArg),
+    Rm(RmArgs),
     /// Empty a topic, fail its blocked pushes, and reopen it if closed.
     Reset(TopicArg),
     /// Close a topic: readers drain it, then see the end.
@@ -318,8 +318,11 @@ async fn run_client(command: ClientCommand) -> Result<(), Failure> {
         }
         Command::Stat(a) => within(t(&a.conn), named("stat", &a.topic), admin::stat(a)).await,
         Command::Offset(a) => within(t(&a.conn), named("offset", &a.topic), admin::offset(a)).await,
-        Command::Create(a) => within(t(&a.conn), named("create", &a.topic), admin::create(a)).await,
-        Command::Rm(a) => within(t(&a.conn), named("rm", &a.topic), admin::rm(a)).await,
+        Command::Create(a) => {
+            let what = admin::several("create", &a.topics);
+            within(t(&a.conn), what, admin::create(a)).await
+        }
+        Command::Rm(a) => within(t(&a.conn), admin::several("rm", &a.topics), admin::rm(a)).await,
         Command::Reset(a) => within(t(&a.conn), named("reset", &a.topic), admin::reset(a)).await,
         Command::Close(a) => within(t(&a.conn), named("close", &a.topic), admin::close(a)).await,
         Command::Mount(a) => mount::mount(a).await,
