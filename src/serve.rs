@@ -146,6 +146,19 @@ async fn start(args: ServeArgs) -> Result<(), Error> {
 /// `--listen` replaces `listen` and every `[[listener]]`, each new address
 /// taking `--allow`, `--cert`, `--key` and `--client-ca`.
 fn apply_args(config: &mut Config, args: &ServeArgs) -> Result<(), Error> {
+    let door = !args.allow.is_empty()
+        || args.cert.is_some()
+        || args.key.is_some()
+        || args.client_ca.is_some();
+    if door && args.listen.is_empty() {
+        return Err(Error::Config(ConfigError::Invalid {
+            file: "(command line)".into(),
+            line: None,
+            reason: "--allow, --cert, --key and --client-ca apply to the --listen addresses: \
+                     give --listen too (or use [[listener]] tables in the config)"
+                .into(),
+        }));
+    }
     if !args.listen.is_empty() {
         config.listen = Vec::new();
         config.listener = args

@@ -104,6 +104,11 @@ fn protected_mode_refuses_an_open_start_and_says_what_to_add() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("protected mode"));
+    // A door with no --listen to put it on is a mistake, not ignored.
+    refused(
+        dchan(&["serve", "--allow", "10.0.0.0/8"]),
+        "give --listen too",
+    );
 }
 
 /// Whether a Tversion on `port` gets no Rversion (the connection is
