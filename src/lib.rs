@@ -17,6 +17,7 @@
 //! - `client` — dchan's own 9P client: many requests per connection, flush, topics by name.
 //! - `tunnel` — `dchan tunnel`: a local plaintext port carried to a remote TLS listener.
 //! - `bench`  — the workloads of `dchan bench`, shared with the peers' benchmark.
+//! - `pipeline` — `dchan run 'a | b'` and `dchan worker`: stages over topics, a client.
 
 pub mod access;
 pub mod bench;
@@ -27,6 +28,7 @@ pub mod cut;
 pub mod engine;
 pub mod fs;
 pub mod metrics;
+pub mod pipeline;
 pub mod proto;
 pub mod ramfs;
 pub mod serve;
@@ -54,6 +56,8 @@ pub mod literate {
     pub struct Scaling;
     #[doc = include_str!("../literate/08-performance.md")]
     pub struct Performance;
-    #[doc = include_str!("../literate/09-security.md")]
+    #[doc = include_str!("../literate/09-pipelines.md")]
+    pub struct Pipelines;
+    #[doc = include_str!("../literate/10-security.md")]
     pub struct Security;
 }

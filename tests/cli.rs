@@ -827,6 +827,13 @@ async fn create_and_rm_take_many_topics_and_ls_reads_the_listing() {
     assert!(
         text.starts_with("TOPIC PENDING PUSHED PULLED READERS GROUPS CAPACITY FRAMING STATE\n")
     );
+    // The root's 3 000 directories, read a page at a time by the server,
+    // as 9P2000.L dirents and as 9P2000 stat records: each once, in order.
+    for dialect in [dchan::proto::Dialect::P2000L, dchan::proto::Dialect::P2000] {
+        let opts = dchan::client::Options::default().dialect(dialect);
+        let c = dchan::client::Client::connect(a, &opts).await.unwrap();
+        assert_eq!(c.topics().await.unwrap(), names, "{dialect:?}");
+    }
     // One that exists fails its write whole: nothing of it is made.
     fails(
         dchan(a, &["create", "new1", "u0001/inbox", "new2"]).await,

@@ -10,11 +10,13 @@
 //! - `admin`  — `reset`, `close`, `create`, `rm`, `stat`, `offset`.
 //! - `ls`     — `dchan ls`.
 //! - `mount`  — `dchan mount`, `dchan umount`.
+//! - `pipe`   — `dchan run`, `dchan worker` (pipelines over topics).
 //! - `tunnel` — `dchan tunnel` (the work is `dchan::tunnel`'s).
 
 mod admin;
 mod ls;
 mod mount;
+mod pipe;
 mod pull;
 mod push;
 mod tunnel;
@@ -111,6 +113,10 @@ pub enum ClientCommand {
     Mount(MountArgs),
     /// Unmount what `dchan mount` mounted.
     Umount(UmountArgs),
+    /// Run a pipeline of commands with a topic for each |.
+    Run(pipe::RunArgs),
+    /// Run copies of one stage of a running pipeline.
+    Worker(pipe::WorkerArgs),
 }
 
 /// Where the server is and who we are; every client subcommand takes these.
@@ -293,6 +299,11 @@ pub async fn run(command: Command) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let command = match command {
+        ClientCommand::Run(a) => return pipe::run(a).await,
+        ClientCommand::Worker(a) => return pipe::worker(a).await,
+        c => c,
+    };
     match run_client(command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -327,6 +338,7 @@ async fn run_client(command: ClientCommand) -> Result<(), Failure> {
         Command::Close(a) => within(t(&a.conn), named("close", &a.topic), admin::close(a)).await,
         Command::Mount(a) => mount::mount(a).await,
         Command::Umount(a) => mount::umount(a).await,
+        Command::Run(_) | Command::Worker(_) => unreachable!("handled in run"),
     }
 }
 

@@ -30,7 +30,7 @@ pub type Fetch<'a> = dyn FnMut(Option<&DirPos>) -> fs::Result<(Vec<FileInfo>, Op
 
 /// One open directory's place in its listing.
 #[derive(Debug, Default)]
-pub struct DirSnapshot {
+pub struct DirReader {
     /// Entries from index `base` on, in the tree's order.
     window: VecDeque<FileInfo>,
     /// The index of `window[0]` in the listing.
@@ -46,10 +46,10 @@ fn bad_offset() -> fs::Error {
     fs::Error::new(errno::EINVAL, "invalid offset for a listing")
 }
 
-impl DirSnapshot {
+impl DirReader {
     /// A listing not yet started: the first read starts it.
-    pub fn new() -> DirSnapshot {
-        let mut d = DirSnapshot::default();
+    pub fn new() -> DirReader {
+        let mut d = DirReader::default();
         d.restart();
         d
     }
@@ -230,7 +230,7 @@ mod tests {
     #[test]
     fn dirents_stream_in_pages_with_stable_offsets() {
         let mut fetch = tree(1000);
-        let mut d = DirSnapshot::new();
+        let mut d = DirReader::new();
         let (mut all, mut offset) = (Vec::new(), 0);
         loop {
             let data = d
@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn stat_records_stream_in_pages() {
         let mut fetch = tree(300);
-        let mut d = DirSnapshot::new();
+        let mut d = DirReader::new();
         let (mut names, mut offset) = (Vec::new(), 0u64);
         loop {
             let data = d

@@ -13,7 +13,7 @@ use crate::fs::{self, Attach, Changes, Clunk, DirPos, FileTree, OpenMode, ReadRe
 use crate::proto::{DMDIR, Dialect, Fcall, Fid, Flock, IOHDRSZ, MAXWELEM, NOFID, Qid};
 
 use super::dialect;
-use super::dir::{self, DirSnapshot};
+use super::dir::{self, DirReader};
 use super::fids::{FidEntry, FidState, Fids, OpenFile, take_handle};
 use super::listen::Who;
 use super::{Limits, MIN_MSIZE};
@@ -721,7 +721,7 @@ impl<T: FileTree> Session<T> {
         if is_dir {
             let tree = &self.tree;
             let mut fetch = |from: Option<&DirPos>| tree.readdir_page(&node, from, dir::PAGE);
-            let dir = o.dir.get_or_insert_with(DirSnapshot::new);
+            let dir = o.dir.get_or_insert_with(DirReader::new);
             let data = dir.read_stats(offset, count, d, n_uname, &mut fetch)?;
             return reply(Fcall::Rread { data });
         }
@@ -758,7 +758,7 @@ impl<T: FileTree> Session<T> {
             .and_then(|p| tree.stat(&p))
             .map_or(dot, |i| i.qid);
         let mut fetch = |from: Option<&DirPos>| tree.readdir_page(&node, from, dir::PAGE);
-        let dir = o.dir.get_or_insert_with(DirSnapshot::new);
+        let dir = o.dir.get_or_insert_with(DirReader::new);
         let data = dir.read_dirents(offset, count, dot, dotdot, &mut fetch)?;
         reply(Fcall::Rreaddir { data })
     }
