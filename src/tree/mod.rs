@@ -63,6 +63,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 
+use crate::access::{Op, Rules};
 use crate::broker::{self, Broker, Target, TopicConfig, Wait};
 use crate::fs::{
     Access, Attach, Changes, Clunk, DirPos, Error, FileInfo, FileTree, OpenMode, ReadReq, Result,
@@ -84,6 +85,10 @@ pub struct TreeConfig {
     /// together (`[limits] max_unfinished_bytes`); no topic's `max_message`
     /// may be above it.
     pub max_unfinished_bytes: u64,
+    /// Who may do what to which topic (`[access]`); no rules allow all.
+    pub access: Arc<Rules>,
+    /// The most topics at once (`[limits] max_topics`).
+    pub max_topics: u64,
 }
 
 /// The default `max_unfinished_bytes`: 256 MiB, sixteen partial lines of
@@ -96,6 +101,8 @@ impl Default for TreeConfig {
         TreeConfig {
             defaults: TopicConfig::default(),
             max_unfinished_bytes: MAX_UNFINISHED_BYTES,
+            access: Arc::new(Rules::open()),
+            max_topics: u64::MAX,
         }
     }
 }
@@ -199,11 +206,11 @@ impl<B: Broker> TopicTree<B> {
             At::Root => ("/".to_string(), DMDIR | 0o777),
             At::Dir(p) => (
                 p.rsplit('/').next().unwrap_or("").to_string(),
-                DMDIR | 0o777,
+                DMDIR | self.mode(node, p, None),
             ),
             At::RootCtl => ("ctl".to_string(), 0o666),
             At::RootTopics => ("topics".to_string(), 0o444),
-            At::File(_, k) => (k.name().to_string(), 0o666),
+            At::File(p, k) => (k.name().to_string(), self.mode(node, p, Some(*k))),
         };
         let owner = match node.session.uname.as_str() {
             "" => "dchan".to_string(),
@@ -220,6 +227,54 @@ impl<B: Broker> TopicTree<B> {
             atime: self.started_unix,
             mtime: self.started_unix,
         }
+    }
+
+    /// The permission bits of a topic's directory (`kind` None) or file
+    /// for the node's user, so that `test -w` and `ls -l` tell the truth:
+    /// the same bits for owner, group and others.
+    fn mode(&self, node: &Node, topic: &str, kind: Option<FileKind>) -> u32 {
+        if !self.config.access.enforced() {
+            return if kind.is_some() { 0o666 } else { 0o777 };
+        }
+        let p = self.config.access.perms(&node.session.uname, topic);
+        let (r, w) = match kind {
+            None => (true, p.has(Op::Admin)),
+            Some(FileKind::Data) => (p.has(Op::Read), p.has(Op::Write)),
+            Some(FileKind::Offset) => (p.has(Op::Read), p.has(Op::Read)),
+            Some(FileKind::Ctl) => (true, p.has(Op::Admin)),
+        };
+        let bits = (r as u32) * 4 + (w as u32) * 2 + (kind.is_none() as u32);
+        bits * 0o111
+    }
+
+    /// Fail with "permission denied" (EACCES) unless the session's user
+    /// may do `op` to `topic`; a refusal is logged with who, from where,
+    /// what and on which topic. `what` names the operation for the log.
+    fn check(&self, session: &Session, topic: &str, op: Op, what: &str) -> Result<()> {
+        if self.config.access.allows(&session.uname, topic, op) {
+            return Ok(());
+        }
+        tracing::warn!(
+            user = %session.uname,
+            peer = %session.peer,
+            %topic,
+            op = op.as_str(),
+            what,
+            "permission denied"
+        );
+        Err(Error::new(
+            errno::EACCES,
+            format!(
+                "permission denied: {} may not {} topic {topic} ({what})",
+                session.uname,
+                op.as_str()
+            ),
+        ))
+    }
+
+    /// Log an admin action that succeeded: the audit trail.
+    fn audit(&self, session: &Session, topic: &str, what: &str) {
+        tracing::info!(user = %session.uname, peer = %session.peer, %topic, what, "admin");
     }
 
     /// Fail unless the node's place still exists.
@@ -290,6 +345,15 @@ impl<B: Broker> TopicTree<B> {
     async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
         ctl::check_name(name).map_err(invalid)?;
         self.check_max_message(config.max_message)?;
+        // Checked before the create: creates racing each other may pass it
+        // together, by as many as run at that instant.
+        let max = self.config.max_topics;
+        if self.broker.totals().topics >= max && !self.is_topic(name) {
+            return Err(Error::new(
+                errno::ENOSPC,
+                format!("no space: the server holds its most topics (limits.max_topics {max})"),
+            ));
+        }
         self.broker.create(name, config).await.map_err(broker_error)
     }
 
@@ -300,8 +364,14 @@ impl<B: Broker> TopicTree<B> {
     }
 
     /// Run a root ctl write: check every command, then apply them.
-    async fn root_ctl(&self, text: &[u8]) -> Result<()> {
+    async fn root_ctl(&self, session: &Session, text: &[u8]) -> Result<()> {
         let cmds = ctl::parse_root(text).map_err(invalid)?;
+        for cmd in &cmds {
+            match cmd {
+                RootCmd::Create { name, .. } => self.check(session, name, Op::Admin, "create")?,
+                RootCmd::Remove(name) => self.check(session, name, Op::Admin, "remove")?,
+            }
+        }
         // Whether each name the write touches exists once the commands
         // before have run: one look-up per command, not a listing.
         let mut exists: HashMap<String, bool> = HashMap::new();
@@ -343,16 +413,20 @@ impl<B: Broker> TopicTree<B> {
                 } => {
                     let d = self.config.defaults;
                     let config = ctl::create_config(d, capacity, framing, timeout, max_message);
-                    self.create_topic(&name, config).await?
+                    self.create_topic(&name, config).await?;
+                    self.audit(session, &name, "create");
                 }
-                RootCmd::Remove(name) => self.remove_topic(&name).await?,
+                RootCmd::Remove(name) => {
+                    self.remove_topic(&name).await?;
+                    self.audit(session, &name, "remove");
+                }
             }
         }
         Ok(())
     }
 
     /// Run a topic ctl write: check every command, then apply them.
-    async fn topic_ctl(&self, topic: Target<'_>, text: &[u8]) -> Result<()> {
+    async fn topic_ctl(&self, session: &Session, topic: Target<'_>, text: &[u8]) -> Result<()> {
         let cmds = ctl::parse_topic(text).map_err(invalid)?;
         let status = self.broker.status(topic).await.map_err(broker_error)?;
         for cmd in &cmds {
@@ -377,6 +451,7 @@ impl<B: Broker> TopicTree<B> {
             }
             .map_err(broker_error)?;
         }
+        self.audit(session, topic.name, String::from_utf8_lossy(text).trim());
         Ok(())
     }
 
@@ -384,6 +459,18 @@ impl<B: Broker> TopicTree<B> {
     async fn open_file(&self, node: &Node, mode: OpenMode) -> Result<Handle<B::Delivery>> {
         self.check_current(node)?;
         self.check_exists(&node.at)?;
+        if let At::File(topic, kind) = &node.at {
+            let s = &node.session;
+            match kind {
+                FileKind::Data if mode.reads() => self.check(s, topic, Op::Read, "pull")?,
+                FileKind::Offset => self.check(s, topic, Op::Read, "offset")?,
+                FileKind::Ctl if mode.writes() => self.check(s, topic, Op::Admin, "ctl")?,
+                _ => {}
+            }
+            if *kind == FileKind::Data && mode.writes() {
+                self.check(s, topic, Op::Write, "push")?;
+            }
+        }
         // A topic's file belongs to the topic it was opened on (issue 14.7).
         let topic_id = match &node.at {
             At::File(topic, _) => Some(self.broker.id(topic).map_err(|_| not_found())?),
@@ -702,7 +789,9 @@ impl<B: Broker> TopicTree<B> {
             ));
         }
         self.check_exists(&dir.at)?;
+        self.check(&dir.session, &path, Op::Admin, "mkdir")?;
         self.create_topic(&path, self.config.defaults).await?;
+        self.audit(&dir.session, &path, "mkdir");
         let node = Node {
             topic_id: self.broker.id(&path).ok(),
             at: At::Dir(path.into()),
@@ -770,9 +859,12 @@ impl<B: Broker> TopicTree<B> {
     async fn write_file(&self, handle: &Handle<B::Delivery>, data: Bytes) -> Result<u32> {
         let n = data.len() as u32;
         match (&handle.kind, &handle.node.at) {
-            (HandleKind::Text(_), At::RootCtl) => self.root_ctl(&data).await?,
+            (HandleKind::Text(_), At::RootCtl) => {
+                self.root_ctl(&handle.node.session, &data).await?
+            }
             (HandleKind::Text(_), At::File(topic, FileKind::Ctl)) => {
-                self.topic_ctl(handle.target(topic), &data).await?
+                self.topic_ctl(&handle.node.session, handle.target(topic), &data)
+                    .await?
             }
             (HandleKind::Text(_), At::File(topic, FileKind::Offset)) => {
                 let seq = ctl::parse_offset(&data).map_err(invalid)?;
@@ -814,7 +906,12 @@ impl<B: Broker> TopicTree<B> {
     async fn remove_node(&self, node: &Node) -> Result<()> {
         self.check_current(node)?;
         match &node.at {
-            At::Dir(p) if self.is_topic(p) => self.remove_topic(p).await,
+            At::Dir(p) if self.is_topic(p) => {
+                self.check(&node.session, p, Op::Admin, "rmdir")?;
+                self.remove_topic(p).await?;
+                self.audit(&node.session, p, "rmdir");
+                Ok(())
+            }
             At::Dir(p) if self.dir_exists(p) => {
                 Err(Error::new(errno::ENOTEMPTY, "not empty: it holds topics"))
             }
@@ -857,7 +954,8 @@ impl<B: Broker> FileTree for TopicTree<B> {
                 group: group.to_string(),
                 linux,
                 batch,
-                uname: who.uname.clone(),
+                uname: who.user().to_string(),
+                peer: who.peer.clone(),
                 dialect: who.dialect,
             }),
         })

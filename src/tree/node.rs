@@ -91,8 +91,11 @@ pub(super) struct Session {
     pub(super) linux: bool,
     /// Whether a read takes every whole message available (`:batch`).
     pub(super) batch: bool,
-    /// Who attached: the owner stat shows.
+    /// Who attached (the proven identity, else the attach's uname): the
+    /// owner stat shows, and whom the access rules judge.
     pub(super) uname: String,
+    /// The client's address, for the log of a denied or admin operation.
+    pub(super) peer: String,
     /// The session's dialect: plain 9P2000 errors carry text only.
     pub(super) dialect: Dialect,
 }

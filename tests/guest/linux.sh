@@ -668,4 +668,7 @@ fi
 if [ -n "${MANY_PORT:-}" ]; then
     many
 fi
+if [ -n "${SECURE_PORT:-}" ]; then
+    . ./security.sh
+fi
 echo "CHECKS-DONE"
