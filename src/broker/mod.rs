@@ -39,11 +39,13 @@
 //! stays. A pull dropped before it returns took nothing.
 
 mod group;
+pub mod jetstream;
 mod log;
 pub mod memory;
 mod topic;
 mod waiters;
 
+pub use jetstream::{JetStreamBroker, JetStreamConfig, JetStreamDelivery};
 pub use memory::{MemoryBroker, MemoryDelivery};
 
 use std::future::Future;
@@ -229,6 +231,9 @@ pub enum Error {
     TooManyGroups(usize),
     #[error("message too large: {size} bytes, over the topic's max_message {max}")]
     TooLong { size: u64, max: u64 },
+    /// The engine's store (JetStream) did not answer in time or refused.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -20,6 +20,7 @@ pub(super) fn broker_error(e: broker::Error) -> Error {
         E::Shutdown => errno::ESHUTDOWN,
         E::TooManyGroups(_) => errno::EUSERS,
         E::TooLong { .. } => errno::EMSGSIZE,
+        E::Unavailable(_) => errno::EIO,
     };
     Error::new(n, e.to_string())
 }
@@ -39,6 +40,7 @@ pub(super) fn linux_text(errno: u32) -> Option<&'static str> {
     Some(match errno {
         errno::EPERM => "Operation not permitted",
         errno::ENOENT => "No such file or directory",
+        errno::EIO => "Input/output error",
         errno::EBADF => "Bad file descriptor",
         errno::EAGAIN => "Resource temporarily unavailable",
         errno::EEXIST => "File exists",

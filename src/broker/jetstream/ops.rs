@@ -1,0 +1,644 @@
+//! Pushes, pulls and deliveries of the JetStream engine.
+//!
+//! Each push and pull runs as a task and its future collects the outcome
+//! (a oneshot), so that a pull's request stays at the server, and a
+//! rendezvous push can be taken, while the caller is not polling: the
+//! memory engine decides hand-offs under its lock the same way. Dropping
+//! the future cancels the task, which then undoes what it can: a pull
+//! naks whatever reaches it afterwards; a push not yet published is
+//! withdrawn, and a rendezvous push no group has taken is deleted.
+//!
+//! Waiting for room never spins: a push asks every group's consumer how
+//! far it lags, and while the slowest lags the capacity or more it sleeps
+//! a back-off that doubles from 1 ms to `MAX_BACKOFF`, or less when a pull
+//! or ack on this server moved the topic (`Topic::progress`), or when the
+//! registry changed it (reset, close, remove). One look that finds room
+//! for n more pushes lets the next n on this server go without looking
+//! (`Topic::credit`), so a push with room costs one publish.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::registry::{Record, Topic};
+use super::{Inner, unavailable};
+use crate::broker::{Delivery, Error, Result, Seq, Target, Wait, cut_error};
+use crate::cut::cutting;
+
+/// The longest a waiting push sleeps between two looks at the groups.
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The longest one pull request waits at the server before another is
+/// sent (so a reader whose server lost NATS finds out).
+const MAX_EXPIRES: Duration = Duration::from_secs(5);
+
+/// Message ids for JetStream's de-duplication: a publish retried after a
+/// lost acknowledgement is stored once.
+static NEXT_MSG: AtomicU64 = AtomicU64::new(0);
+
+/// Where a push stands, for a caller that cuts it short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for room: a cut withdraws it.
+    Waiting,
+    /// Its publish is on the wire.
+    Publishing,
+    /// Stored at this stream sequence.
+    Published(u64),
+    /// A cut told the caller `Ok`: stays, whatever happens.
+    Kept,
+    /// A cut withdrew it: not to be published, or deleted if it was.
+    Abandoned,
+}
+
+/// A push running as a task.
+pub(super) struct PushOp {
+    rx: oneshot::Receiver<Result<Seq>>,
+    phase: Arc<Mutex<Phase>>,
+    _cancel: DropGuard,
+}
+
+impl Future for PushOp {
+    type Output = Result<Seq>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Seq>> {
+        if let Poll::Ready(r) = Pin::new(&mut self.rx).poll(cx) {
+            return Poll::Ready(r.unwrap_or(Err(Error::Interrupted)));
+        }
+        let Some(cut) = cutting() else {
+            return Poll::Pending;
+        };
+        let mut phase = self.phase.lock();
+        Poll::Ready(match *phase {
+            Phase::Published(js) => {
+                *phase = Phase::Kept;
+                Ok(js - 1)
+            }
+            Phase::Kept => Err(Error::Interrupted),
+            _ => {
+                *phase = Phase::Abandoned;
+                Err(cut_error(cut))
+            }
+        })
+    }
+}
+
+/// A pull running as a task.
+pub(super) struct PullOp {
+    rx: oneshot::Receiver<Result<Option<JetStreamDelivery>>>,
+    _cancel: DropGuard,
+}
+
+impl Future for PullOp {
+    type Output = Result<Option<JetStreamDelivery>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(r) => Poll::Ready(r.unwrap_or(Err(Error::Interrupted))),
+            Poll::Pending => match cutting() {
+                // Dropped next: the task naks whatever reaches it now.
+                Some(cut) => Poll::Ready(Err(cut_error(cut))),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// Start a push.
+pub(super) fn push(
+    inner: &Arc<Inner>,
+    target: Target<'_>,
+    data: Bytes,
+    wait: Wait,
+) -> impl Future<Output = Result<Seq>> + Send + use<> {
+    let topic = inner.topic(target);
+    let inner = inner.clone();
+    let op = topic.map(|topic| {
+        let (tx, rx) = oneshot::channel();
+        let phase = Arc::new(Mutex::new(Phase::Waiting));
+        let cancel = CancellationToken::new();
+        let task = PushTask {
+            inner,
+            topic,
+            phase: phase.clone(),
+            cancel: cancel.clone(),
+        };
+        task.topic.blocked_writers.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let r = task.run(data, wait).await;
+            task.topic.blocked_writers.fetch_sub(1, Ordering::Relaxed);
+            let _ = tx.send(r);
+        });
+        PushOp {
+            rx,
+            phase,
+            _cancel: cancel.drop_guard(),
+        }
+    });
+    async move { op?.await }
+}
+
+/// Start a pull.
+pub(super) fn pull(
+    inner: &Arc<Inner>,
+    target: Target<'_>,
+    group: &str,
+    wait: Wait,
+) -> impl Future<Output = Result<Option<JetStreamDelivery>>> + Send + use<> {
+    let topic = inner.topic(target);
+    let inner = inner.clone();
+    let group = group.to_string();
+    let op = topic.map(|topic| {
+        let (tx, rx) = oneshot::channel();
+        let cancel = CancellationToken::new();
+        let task = PullTask {
+            inner,
+            topic,
+            group,
+            cancel: cancel.clone(),
+        };
+        tokio::spawn(async move {
+            let r = task.run(wait).await;
+            // A delivery nobody will collect is dropped, so nak'd.
+            let _ = tx.send(r);
+        });
+        PullOp {
+            rx,
+            _cancel: cancel.drop_guard(),
+        }
+    });
+    async move { op?.await }
+}
+
+/// Why a wait ended early.
+enum Woke {
+    /// Time to look again.
+    Look,
+    Changed,
+    Deadline,
+    Cancelled,
+}
+
+/// Sleep `backoff`, or less if something moved.
+async fn nap(
+    topic: &Topic,
+    changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
+    backoff: Duration,
+    deadline: Option<Instant>,
+    cancel: &CancellationToken,
+) -> Woke {
+    let until = deadline.map_or(Instant::now() + backoff, |d| {
+        d.min(Instant::now() + backoff)
+    });
+    tokio::select! {
+        _ = topic.progress.notified() => Woke::Look,
+        r = changes.changed() => match r {
+            Ok(()) => Woke::Changed,
+            Err(_) => Woke::Changed,
+        },
+        _ = tokio::time::sleep_until(until) => match deadline {
+            Some(d) if Instant::now() >= d => Woke::Deadline,
+            _ => Woke::Look,
+        },
+        _ = cancel.cancelled() => Woke::Cancelled,
+    }
+}
+
+struct PushTask {
+    inner: Arc<Inner>,
+    topic: Arc<Topic>,
+    phase: Arc<Mutex<Phase>>,
+    cancel: CancellationToken,
+}
+
+impl PushTask {
+    async fn run(&self, data: Bytes, wait: Wait) -> Result<Seq> {
+        let mut changes = self.topic.record.subscribe();
+        let record = changes.borrow_and_update().clone().ok_or(Error::Removed)?;
+        if record.closed {
+            return Err(Error::Closed);
+        }
+        let config = record.config();
+        config.admits(data.len())?;
+        let deadline = config.timeout.map(|t| Instant::now() + t);
+        let stream = self.inner.stream(&self.topic).await?;
+        if config.capacity > 0 {
+            self.wait_room(
+                &stream,
+                &record,
+                config.capacity,
+                wait,
+                deadline,
+                &mut changes,
+            )
+            .await?;
+        } else if wait == Wait::NonBlock {
+            // A rendezvous without waiting: only if every group has a
+            // reader waiting for this very message.
+            let groups = self.inner.groups(&stream).await?;
+            if groups.is_empty()
+                || groups
+                    .iter()
+                    .any(|g| g.num_waiting == 0 || g.num_pending > 0)
+            {
+                return Err(Error::WouldBlock);
+            }
+        }
+        let js_seq = self.publish(&stream, data).await?;
+        if config.capacity > 0 {
+            return Ok(js_seq - 1);
+        }
+        let deadline = match wait {
+            Wait::Block => deadline,
+            Wait::NonBlock => Some(Instant::now() + Duration::from_secs(1)),
+        };
+        self.wait_taken(&stream, &record, js_seq, wait, deadline, &mut changes)
+            .await
+    }
+
+    /// Wait until no group lags `capacity` or more.
+    async fn wait_room(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        record: &Record,
+        capacity: u64,
+        wait: Wait,
+        deadline: Option<Instant>,
+        changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
+    ) -> Result<()> {
+        let credit = &self.topic.credit;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            if credit
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1))
+                .is_ok()
+            {
+                return Ok(());
+            }
+            let progress = self.topic.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            let groups = self.inner.groups(stream).await?;
+            let lag = match groups.iter().map(|g| g.num_pending).max() {
+                Some(lag) => lag,
+                // Held for the group to come.
+                None => self.inner.held(stream).await?.messages,
+            };
+            if lag < capacity {
+                credit.store(capacity - lag - 1, Ordering::Relaxed);
+                let _ = self.inner.trim(&self.topic, stream, &groups).await;
+                return Ok(());
+            }
+            if wait == Wait::NonBlock {
+                return Err(Error::WouldBlock);
+            }
+            let woke = tokio::select! {
+                _ = progress => Woke::Look,
+                w = nap(&self.topic, changes, backoff, deadline, &self.cancel) => w,
+            };
+            match woke {
+                Woke::Look => {}
+                Woke::Changed => changed(changes, record)?,
+                Woke::Deadline => return Err(Error::TimedOut),
+                Woke::Cancelled => return Err(Error::Interrupted),
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Publish, retrying with the same message id (stored once) until
+    /// JetStream acknowledges or the broker's timeout passes.
+    async fn publish(&self, stream: &jetstream::stream::Stream<()>, data: Bytes) -> Result<u64> {
+        {
+            let mut phase = self.phase.lock();
+            if *phase == Phase::Abandoned {
+                return Err(Error::Interrupted);
+            }
+            *phase = Phase::Publishing;
+        }
+        let id = format!(
+            "{}-{}",
+            self.inner.instance,
+            NEXT_MSG.fetch_add(1, Ordering::Relaxed)
+        );
+        let give_up = Instant::now() + self.inner.config.timeout;
+        let js_seq = loop {
+            let sent = async {
+                self.inner
+                    .js
+                    .send_publish(
+                        self.topic.subject.clone(),
+                        PublishMessage::build()
+                            .payload(data.clone())
+                            .message_id(&id),
+                    )
+                    .await?
+                    .await
+            };
+            match sent.await {
+                Ok(ack) => break ack.sequence,
+                Err(e) if Instant::now() >= give_up => {
+                    *self.phase.lock() = Phase::Abandoned;
+                    return Err(unavailable(e));
+                }
+                Err(e) => {
+                    tracing::debug!("publish to {}: {e}; again", self.topic.stream);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let abandoned = {
+            let mut phase = self.phase.lock();
+            let abandoned = *phase == Phase::Abandoned;
+            if !abandoned {
+                *phase = Phase::Published(js_seq);
+            }
+            abandoned
+        };
+        if abandoned {
+            // Cut short while on the wire: told withdrawn, so it goes.
+            let _ = stream.delete_message(js_seq).await;
+            return Err(Error::Interrupted);
+        }
+        self.topic.pushed.fetch_add(1, Ordering::Relaxed);
+        Ok(js_seq)
+    }
+
+    /// At a rendezvous: wait until every group has taken `js_seq`.
+    async fn wait_taken(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        record: &Record,
+        js_seq: u64,
+        wait: Wait,
+        deadline: Option<Instant>,
+        changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
+    ) -> Result<Seq> {
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let progress = self.topic.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            let groups = self.inner.groups(stream).await?;
+            let took = |g: &consumer::Info| g.delivered.stream_sequence >= js_seq;
+            if !groups.is_empty() && groups.iter().all(took) {
+                return Ok(js_seq - 1);
+            }
+            let woke = tokio::select! {
+                _ = progress => Woke::Look,
+                w = nap(&self.topic, changes, backoff, deadline, &self.cancel) => w,
+            };
+            let failure = match woke {
+                Woke::Look => None,
+                Woke::Changed => changed(changes, record).err(),
+                Woke::Deadline => Some(match wait {
+                    Wait::Block => Error::TimedOut,
+                    Wait::NonBlock => Error::WouldBlock,
+                }),
+                Woke::Cancelled if *self.phase.lock() == Phase::Kept => return Ok(js_seq - 1),
+                Woke::Cancelled => Some(Error::Interrupted),
+            };
+            if let Some(e) = failure {
+                return self.withdraw(stream, js_seq, e).await;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// A rendezvous push ended early: `Ok` if some group took it (the
+    /// others get it from the stream), else deleted and `failure`.
+    async fn withdraw(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        js_seq: u64,
+        failure: Error,
+    ) -> Result<Seq> {
+        let took_any = async {
+            let groups = self.inner.groups(stream).await?;
+            Ok::<_, Error>(groups.iter().any(|g| g.delivered.stream_sequence >= js_seq))
+        };
+        if took_any.await? {
+            return Ok(js_seq - 1);
+        }
+        let _ = stream.delete_message(js_seq).await;
+        // A reader may have taken it between the look and the delete.
+        let groups = self.inner.groups(stream).await?;
+        if groups.iter().any(|g| g.delivered.stream_sequence >= js_seq) {
+            return Ok(js_seq - 1);
+        }
+        Err(failure)
+    }
+}
+
+/// What a change of the topic's record means to a waiting push.
+fn changed(
+    changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
+    before: &Record,
+) -> Result<()> {
+    match &*changes.borrow_and_update() {
+        None => Err(Error::Removed),
+        Some(r) if r.resets != before.resets => Err(Error::Reset),
+        Some(r) if r.closed => Err(Error::Closed),
+        Some(_) => Ok(()),
+    }
+}
+
+struct PullTask {
+    inner: Arc<Inner>,
+    topic: Arc<Topic>,
+    group: String,
+    cancel: CancellationToken,
+}
+
+impl PullTask {
+    async fn run(&self, wait: Wait) -> Result<Option<JetStreamDelivery>> {
+        let mut changes = self.topic.record.subscribe();
+        let record = changes.borrow_and_update().clone().ok_or(Error::Removed)?;
+        let deadline = record.config().timeout.map(|t| Instant::now() + t);
+        let mut consumer = self.inner.consumer(&self.topic, &self.group).await?;
+        loop {
+            let Some(record) = changes.borrow_and_update().clone() else {
+                return Err(Error::Removed);
+            };
+            if record.closed || wait == Wait::NonBlock {
+                let mut batch = self
+                    .inner
+                    .within(consumer.fetch().max_messages(1).messages())
+                    .await?;
+                return match batch.next().await {
+                    Some(Ok(m)) => Ok(Some(self.deliver(m))),
+                    Some(Err(e)) => Err(unavailable(e)),
+                    None if record.closed => Ok(None),
+                    None => Err(Error::WouldBlock),
+                };
+            }
+            let expires = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(MAX_EXPIRES),
+                None => MAX_EXPIRES,
+            };
+            if expires < Duration::from_millis(1) {
+                return Err(Error::TimedOut);
+            }
+            self.topic.blocked_readers.fetch_add(1, Ordering::Relaxed);
+            let got = self.one(&consumer, expires, deadline, &mut changes).await;
+            self.topic.blocked_readers.fetch_sub(1, Ordering::Relaxed);
+            match got {
+                Got::Message(m) => return Ok(Some(self.deliver(m))),
+                Got::Again => {}
+                Got::Fail(e) => return Err(e),
+                Got::Lost => {
+                    // The group's consumer is gone (forgotten, or moved
+                    // by a seek on another server): find or make it.
+                    self.topic.consumers.lock().remove(&self.group);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    consumer = self.inner.consumer(&self.topic, &self.group).await?;
+                }
+            }
+        }
+    }
+
+    /// One pull request for one message, waiting at most `expires`.
+    async fn one(
+        &self,
+        consumer: &PullConsumer,
+        expires: Duration,
+        deadline: Option<Instant>,
+        changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
+    ) -> Got {
+        let batch = consumer.batch().max_messages(1).expires(expires).messages();
+        let mut batch = match self.inner.within(batch).await {
+            Ok(b) => b,
+            Err(e) => return Got::Fail(e),
+        };
+        loop {
+            let until = deadline.unwrap_or_else(|| Instant::now() + 2 * MAX_EXPIRES);
+            tokio::select! {
+                m = batch.next() => return match m {
+                    Some(Ok(m)) => Got::Message(m),
+                    Some(Err(e)) => {
+                        tracing::debug!("pull {}: {e}", self.topic.stream);
+                        Got::Lost
+                    }
+                    None => Got::Again,
+                },
+                _ = changes.changed() => {
+                    let ends = match &*changes.borrow() {
+                        None => true,
+                        Some(r) => r.closed,
+                    };
+                    if ends {
+                        abandon(batch);
+                        return Got::Again;
+                    }
+                }
+                _ = tokio::time::sleep_until(until), if deadline.is_some() => {
+                    abandon(batch);
+                    return Got::Fail(Error::TimedOut);
+                }
+                _ = self.cancel.cancelled() => {
+                    abandon(batch);
+                    return Got::Fail(Error::Interrupted);
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, m: jetstream::Message) -> JetStreamDelivery {
+        let js_seq = m.info().map(|i| i.stream_sequence).unwrap_or(1);
+        self.topic.pulled.fetch_add(1, Ordering::Relaxed);
+        self.topic.progress.notify_waiters();
+        JetStreamDelivery {
+            seq: js_seq - 1,
+            data: m.payload.clone(),
+            message: Some(m),
+            topic: self.topic.clone(),
+        }
+    }
+}
+
+/// What one pull request brought.
+enum Got {
+    Message(jetstream::Message),
+    /// Nothing yet: ask again.
+    Again,
+    /// The consumer went away.
+    Lost,
+    Fail(Error),
+}
+
+/// A pull request given up while still open at the server: whatever it
+/// still brings (until it expires) goes back to its group at once.
+fn abandon(mut batch: consumer::pull::Batch) {
+    tokio::spawn(async move {
+        while let Some(m) = batch.next().await {
+            if let Ok(m) = m {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+    });
+}
+
+/// A message pulled from JetStream: `ack` is an AckAck (the server
+/// confirms it); dropped unacked, it is nak'd, so redelivered first.
+pub struct JetStreamDelivery {
+    seq: Seq,
+    data: Bytes,
+    /// The message to acknowledge; taken by `ack`.
+    message: Option<jetstream::Message>,
+    /// Woken on ack, so waiting pushes look again.
+    topic: Arc<Topic>,
+}
+
+impl Delivery for JetStreamDelivery {
+    fn seq(&self) -> Seq {
+        self.seq
+    }
+
+    fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    fn ack(mut self) {
+        if let Some(m) = self.message.take() {
+            let topic = self.topic.clone();
+            spawn(async move {
+                if let Err(e) = m.double_ack().await {
+                    tracing::warn!("ack: {e}; the message will be delivered again");
+                }
+                topic.progress.notify_waiters();
+            });
+        }
+    }
+}
+
+impl Drop for JetStreamDelivery {
+    fn drop(&mut self) {
+        if let Some(m) = self.message.take() {
+            spawn(async move {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+            });
+        }
+    }
+}
+
+/// Spawn on the current runtime, if there is one (a delivery dropped
+/// outside it is redelivered after the consumer's ack wait).
+fn spawn(f: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(f);
+    }
+}

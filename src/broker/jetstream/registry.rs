@@ -1,0 +1,270 @@
+//! The topic registry: every topic's name, identity, settings and closed
+//! flag in one JetStream key-value bucket, and this server's mirror of it.
+//!
+//! Every server watches the bucket, so `topics()` and `id()` are answered
+//! from memory, and a change made on any server (create, a setting, close,
+//! reset, remove) reaches every server's waiting pushes and pulls through
+//! their topic's `watch` channel. A server that writes the bucket waits
+//! until its own mirror has seen the write, so it reads its own writes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::kv::{self, Operation};
+use foldhash::HashMap;
+use futures_util::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use super::super::{Framing, TopicConfig, TopicId};
+
+/// A topic as the bucket holds it (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Record {
+    pub(super) name: String,
+    pub(super) id: TopicId,
+    pub(super) capacity: u64,
+    /// "line" or "write".
+    pub(super) framing: String,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) max_message: u64,
+    pub(super) closed: bool,
+    /// Resets so far: a change fails the pushes blocked on every server.
+    pub(super) resets: u64,
+}
+
+impl Record {
+    pub(super) fn new(name: &str, id: TopicId, c: TopicConfig) -> Record {
+        let mut r = Record {
+            name: name.to_string(),
+            id,
+            capacity: 0,
+            framing: String::new(),
+            timeout_ms: None,
+            max_message: 0,
+            closed: false,
+            resets: 0,
+        };
+        r.set_config(c);
+        r
+    }
+
+    pub(super) fn config(&self) -> TopicConfig {
+        TopicConfig {
+            capacity: self.capacity,
+            framing: match self.framing.as_str() {
+                "write" => Framing::Write,
+                _ => Framing::Line,
+            },
+            timeout: self.timeout_ms.map(Duration::from_millis),
+            max_message: self.max_message,
+        }
+    }
+
+    pub(super) fn set_config(&mut self, c: TopicConfig) {
+        self.capacity = c.capacity;
+        self.framing = match c.framing {
+            Framing::Line => "line",
+            Framing::Write => "write",
+        }
+        .to_string();
+        self.timeout_ms = c.timeout.map(|t| t.as_millis() as u64);
+        self.max_message = c.max_message;
+    }
+}
+
+/// The bucket key of a topic: its name in hex, since names may hold
+/// characters and sequences (`a..b`, a leading `.`) that keys may not.
+pub(super) fn key(name: &str) -> String {
+    format!("t.{}", hex(name.as_bytes()))
+}
+
+/// The key whose revisions hand out topic identities (small numbers,
+/// never reused: the bucket's sequence).
+pub(super) const ID_KEY: &str = "id";
+
+pub(super) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// One topic as this server knows it.
+pub(super) struct Topic {
+    pub(super) id: TopicId,
+    /// Its stream's name and its subject.
+    pub(super) stream: String,
+    pub(super) subject: String,
+    /// The registry's record, `None` once removed: waiters watch it.
+    pub(super) record: watch::Sender<Option<Record>>,
+    /// The group consumers this server has looked up, by group.
+    pub(super) consumers: Mutex<HashMap<String, PullConsumer>>,
+    /// Woken when a local pull or ack moved a group, so waiting pushes
+    /// look again at once rather than at their next back-off.
+    pub(super) progress: Notify,
+    /// Pushes this server may still make without looking at the groups:
+    /// the room its last look found (see `push`).
+    pub(super) credit: AtomicU64,
+    /// The highest stream sequence purged up to, so a trim is asked once.
+    pub(super) trimmed: AtomicU64,
+    /// This server's counts, for status and totals.
+    pub(super) pushed: AtomicU64,
+    pub(super) pulled: AtomicU64,
+    pub(super) blocked_readers: AtomicU64,
+    pub(super) blocked_writers: AtomicU64,
+}
+
+impl Topic {
+    fn new(prefix: &str, record: Record) -> Topic {
+        Topic {
+            id: record.id,
+            stream: format!("{prefix}_{}", record.id),
+            subject: format!("{prefix}.m.{}", record.id),
+            record: watch::Sender::new(Some(record)),
+            consumers: Mutex::default(),
+            progress: Notify::new(),
+            credit: AtomicU64::new(0),
+            trimmed: AtomicU64::new(0),
+            pushed: AtomicU64::new(0),
+            pulled: AtomicU64::new(0),
+            blocked_readers: AtomicU64::new(0),
+            blocked_writers: AtomicU64::new(0),
+        }
+    }
+
+    /// The current record; `None` once removed.
+    pub(super) fn record(&self) -> Option<Record> {
+        self.record.borrow().clone()
+    }
+}
+
+/// This server's copy of the registry.
+pub(super) struct Mirror {
+    pub(super) prefix: String,
+    /// Topics by name. parking_lot: never held across an `.await`.
+    pub(super) topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// The last bucket revision applied.
+    pub(super) seen: watch::Sender<u64>,
+    /// Counts of topics removed, for the totals.
+    pub(super) removed_pushed: AtomicU64,
+    pub(super) removed_pulled: AtomicU64,
+}
+
+impl Mirror {
+    pub(super) fn new(prefix: &str) -> Mirror {
+        Mirror {
+            prefix: prefix.to_string(),
+            topics: RwLock::default(),
+            seen: watch::Sender::new(0),
+            removed_pushed: AtomicU64::new(0),
+            removed_pulled: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().get(name).cloned()
+    }
+
+    /// Apply one entry of the bucket.
+    fn apply(&self, entry: &kv::Entry) {
+        if let Some(name_hex) = entry.key.strip_prefix("t.") {
+            let Some(name) = unhex(name_hex) else { return };
+            match entry.operation {
+                Operation::Put => match serde_json::from_slice::<Record>(&entry.value) {
+                    Ok(record) => self.put(&name, record),
+                    Err(e) => tracing::warn!("registry entry {}: {e}", entry.key),
+                },
+                Operation::Delete | Operation::Purge => self.drop_topic(&name),
+            }
+        }
+        self.seen.send_if_modified(|seen| {
+            let newer = entry.revision > *seen;
+            if newer {
+                *seen = entry.revision;
+            }
+            newer
+        });
+    }
+
+    fn put(&self, name: &str, record: Record) {
+        let mut topics = self.topics.write();
+        match topics.get(name) {
+            Some(t) if t.id == record.id => {
+                t.record.send_replace(Some(record));
+            }
+            _ => {
+                let new = Arc::new(Topic::new(&self.prefix, record));
+                if let Some(old) = topics.insert(name.to_string(), new) {
+                    self.retire(&old);
+                }
+            }
+        }
+    }
+
+    fn drop_topic(&self, name: &str) {
+        let old = self.topics.write().remove(name);
+        if let Some(old) = old {
+            self.retire(&old);
+        }
+    }
+
+    /// A topic gone from the registry: its waiters fail with `Removed`.
+    fn retire(&self, old: &Topic) {
+        old.record.send_replace(None);
+        self.removed_pushed
+            .fetch_add(old.pushed.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.removed_pulled
+            .fetch_add(old.pulled.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Wait until the mirror has applied revision `rev`, for at most `limit`.
+    pub(super) async fn caught_up(&self, rev: u64, limit: Duration) -> bool {
+        let mut seen = self.seen.subscribe();
+        tokio::time::timeout(limit, seen.wait_for(|s| *s >= rev))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+fn unhex(s: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// Keep `mirror` in step with `bucket` until the task is aborted: the
+/// current entries first, then every change; a watch that ends (the
+/// connection was lost for long) starts again after the last revision
+/// applied.
+pub(super) async fn follow(bucket: kv::Store, mirror: Arc<Mirror>) {
+    loop {
+        let from = *mirror.seen.borrow() + 1;
+        let watch = match from {
+            1 => bucket.watch_all().await,
+            _ => bucket.watch_all_from_revision(from).await,
+        };
+        match watch {
+            Ok(mut entries) => {
+                while let Some(entry) = entries.next().await {
+                    match entry {
+                        Ok(entry) => mirror.apply(&entry),
+                        Err(e) => {
+                            tracing::warn!("registry watch: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("registry watch: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
