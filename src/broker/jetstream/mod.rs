@@ -101,7 +101,7 @@ pub struct JetStreamBroker {
     follower: tokio::task::JoinHandle<()>,
 }
 
-pub(crate) struct Inner {
+pub(super) struct Inner {
     /// This server's name in message ids (see `ops`): random, per process.
     instance: u64,
     js: jetstream::Context,
@@ -233,13 +233,29 @@ fn group_of(consumer: &str) -> Option<String> {
 
 impl Inner {
     /// The topic `target` names, as the mirror has it.
-    pub(crate) fn topic(&self, target: Target<'_>) -> Result<Arc<Topic>> {
+    pub(super) fn topic(&self, target: Target<'_>) -> Result<Arc<Topic>> {
         match (self.mirror.get(target.name), target.id) {
             (Some(t), Some(id)) if t.id != id => Err(Error::Removed),
             (Some(t), _) => Ok(t),
             (None, Some(_)) => Err(Error::Removed),
             (None, None) => Err(Error::NoTopic(target.name.to_string())),
         }
+    }
+
+    /// Wait until the connection to NATS is up, for at most the broker's
+    /// timeout: a pull waiting at the server learns nothing of a lost
+    /// connection, so it asks here before each request.
+    pub(super) async fn connected(&self) -> Result<()> {
+        use async_nats::connection::State;
+        let client = self.js.client();
+        let give_up = tokio::time::Instant::now() + self.config.timeout;
+        while client.connection_state() != State::Connected {
+            if tokio::time::Instant::now() >= give_up {
+                return Err(unavailable("the connection to NATS is lost"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     /// Run an operation on JetStream within the broker's timeout.
@@ -314,7 +330,7 @@ impl Inner {
     }
 
     /// The topic's stream.
-    pub(crate) async fn stream(&self, topic: &Topic) -> Result<stream::Stream<()>> {
+    pub(super) async fn stream(&self, topic: &Topic) -> Result<stream::Stream<()>> {
         self.within(self.js.get_stream_no_info(&topic.stream)).await
     }
 
@@ -353,7 +369,7 @@ impl Inner {
     }
 
     /// The group's consumer, made (at the oldest held message) if new.
-    pub(crate) async fn consumer(&self, topic: &Topic, group: &str) -> Result<PullConsumer> {
+    pub(super) async fn consumer(&self, topic: &Topic, group: &str) -> Result<PullConsumer> {
         if let Some(c) = topic.consumers.lock().get(group) {
             return Ok(c.clone());
         }
@@ -392,7 +408,7 @@ impl Inner {
     /// Purge what every group has acked, so that the stream holds what a
     /// group still needs and a new group starts at the oldest of it. With
     /// no group, nothing goes: it is held for the group to come.
-    pub(crate) async fn trim(
+    pub(super) async fn trim(
         &self,
         topic: &Topic,
         stream: &stream::Stream<()>,
@@ -712,6 +728,9 @@ impl JetStreamBroker {
     }
     pub async fn t_remove(&self, topic: &str) -> Result<()> {
         self.inner.remove(topic).await
+    }
+    pub fn t_id(&self, topic: &str) -> Result<TopicId> {
+        Ok(self.inner.topic(topic.into())?.id)
     }
     pub fn t_topics(&self) -> Vec<String> {
         self.inner.mirror.topics.read().keys().cloned().collect()

@@ -493,6 +493,7 @@ impl PullTask {
             if expires < Duration::from_millis(1) {
                 return Err(Error::TimedOut);
             }
+            self.inner.connected().await?;
             self.topic.blocked_readers.fetch_add(1, Ordering::Relaxed);
             let got = self.one(&consumer, expires, deadline, &mut changes).await;
             self.topic.blocked_readers.fetch_sub(1, Ordering::Relaxed);
