@@ -7,7 +7,7 @@
 //! topic's lock (`topic`), and waiting in futures that own their place in a
 //! queue (`waiters`).
 
-use std::future::Future;
+use std::future::{Future, ready};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,10 +117,10 @@ impl MemoryBroker {
     }
 }
 
-impl Broker for MemoryBroker {
-    type Delivery = MemoryDelivery;
-
-    fn create(&self, name: &str, config: TopicConfig) -> Result<()> {
+/// The memory engine's operations never wait, so they are plain calls too
+/// (the [`Broker`] trait's futures are ready at once).
+impl MemoryBroker {
+    pub fn create(&self, name: &str, config: TopicConfig) -> Result<()> {
         if !valid_name(name) {
             return Err(Error::BadName(name.to_string()));
         }
@@ -136,7 +136,7 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    fn remove(&self, name: &str) -> Result<()> {
+    pub fn remove(&self, name: &str) -> Result<()> {
         let topic = self
             .shard(name)
             .write()
@@ -151,17 +151,17 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    fn topics(&self) -> Vec<String> {
+    pub fn topics(&self) -> Vec<String> {
         let mut names: Vec<String> = self.all().iter().map(|t| t.name.clone()).collect();
         names.sort();
         names
     }
 
-    fn id(&self, name: &str) -> Result<TopicId> {
+    pub fn id(&self, name: &str) -> Result<TopicId> {
         Ok(self.topic(name.into())?.id)
     }
 
-    fn status<'a>(&self, name: impl Into<Target<'a>>) -> Result<TopicStatus> {
+    pub fn status<'a>(&self, name: impl Into<Target<'a>>) -> Result<TopicStatus> {
         let topic = self.topic(name.into())?;
         // No group past its expiry is shown.
         topic.with(|s| {
@@ -170,13 +170,13 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn expire_idle(&self) {
+    pub fn expire_idle(&self) {
         for topic in self.all() {
             topic.with(State::sweep_idle);
         }
     }
 
-    fn totals(&self) -> BrokerStatus {
+    pub fn totals(&self) -> BrokerStatus {
         let topics = self.all();
         let mut totals = BrokerStatus {
             topics: topics.len() as u64,
@@ -191,28 +191,89 @@ impl Broker for MemoryBroker {
         totals
     }
 
-    fn set<'a>(&self, name: impl Into<Target<'a>>, setting: Setting) -> Result<()> {
+    pub fn set<'a>(&self, name: impl Into<Target<'a>>, setting: Setting) -> Result<()> {
         self.topic(name.into())?.with(|s| s.set(setting))
     }
 
-    fn reset<'a>(&self, name: impl Into<Target<'a>>) -> Result<()> {
+    pub fn reset<'a>(&self, name: impl Into<Target<'a>>) -> Result<()> {
         self.topic(name.into())?.with(|s| s.reset())
     }
 
-    fn close<'a>(&self, name: impl Into<Target<'a>>) -> Result<()> {
+    pub fn close<'a>(&self, name: impl Into<Target<'a>>) -> Result<()> {
         self.topic(name.into())?.with(|s| s.close())
     }
 
-    fn forget<'a>(&self, name: impl Into<Target<'a>>, group: &str) -> Result<()> {
+    pub fn forget<'a>(&self, name: impl Into<Target<'a>>, group: &str) -> Result<()> {
         self.topic(name.into())?.with(|s| s.forget(group))
     }
 
-    fn offset<'a>(&self, name: impl Into<Target<'a>>, group: &str) -> Result<Seq> {
+    pub fn offset<'a>(&self, name: impl Into<Target<'a>>, group: &str) -> Result<Seq> {
         self.topic(name.into())?.with(|s| s.offset(group))
     }
 
-    fn seek<'a>(&self, name: impl Into<Target<'a>>, group: &str, seq: Seq) -> Result<()> {
+    pub fn seek<'a>(&self, name: impl Into<Target<'a>>, group: &str, seq: Seq) -> Result<()> {
         self.topic(name.into())?.with(|s| s.seek(group, seq))
+    }
+}
+
+impl Broker for MemoryBroker {
+    type Delivery = MemoryDelivery;
+
+    fn create(&self, name: &str, config: TopicConfig) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::create(self, name, config))
+    }
+
+    fn remove(&self, name: &str) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::remove(self, name))
+    }
+
+    fn topics(&self) -> Vec<String> {
+        MemoryBroker::topics(self)
+    }
+
+    fn id(&self, name: &str) -> Result<TopicId> {
+        MemoryBroker::id(self, name)
+    }
+
+    fn status(&self, name: Target<'_>) -> impl Future<Output = Result<TopicStatus>> + Send {
+        ready(MemoryBroker::status(self, name))
+    }
+
+    fn totals(&self) -> BrokerStatus {
+        MemoryBroker::totals(self)
+    }
+
+    fn expire_idle(&self) {
+        MemoryBroker::expire_idle(self)
+    }
+
+    fn set(&self, name: Target<'_>, setting: Setting) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::set(self, name, setting))
+    }
+
+    fn reset(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::reset(self, name))
+    }
+
+    fn close(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::close(self, name))
+    }
+
+    fn forget(&self, name: Target<'_>, group: &str) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::forget(self, name, group))
+    }
+
+    fn offset(&self, name: Target<'_>, group: &str) -> impl Future<Output = Result<Seq>> + Send {
+        ready(MemoryBroker::offset(self, name, group))
+    }
+
+    fn seek(
+        &self,
+        name: Target<'_>,
+        group: &str,
+        seq: Seq,
+    ) -> impl Future<Output = Result<()>> + Send {
+        ready(MemoryBroker::seek(self, name, group, seq))
     }
 
     fn push_to(

@@ -298,29 +298,39 @@ pub trait Delivery: Send + Sync + 'static {
 
 /// Topics and their groups.
 ///
+/// Every operation that may need another machine or a disk (JetStream, a
+/// durable log) is a future; `topics`, `id` and `totals` answer from what
+/// this server knows now, since walks and stats must not wait. An engine
+/// may do an operation's work when it is called or when its future is
+/// first polled: callers await it at once.
+///
 /// Names are one or more `/`-separated components of `[A-Za-z0-9._-]`
 /// (not "." or ".."); groups are any string, "" being the default group.
 pub trait Broker: Send + Sync + 'static {
     type Delivery: Delivery;
 
-    fn create(&self, topic: &str, config: TopicConfig) -> Result<()>;
+    /// Make a topic.
+    fn create(&self, topic: &str, config: TopicConfig) -> impl Future<Output = Result<()>> + Send;
     /// Remove a topic: blocked pushes and pulls fail with `Removed`.
-    fn remove(&self, topic: &str) -> Result<()>;
-    /// Every topic's name, sorted.
+    fn remove(&self, topic: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Every topic's name, sorted, as this server knows them now (an
+    /// engine shared by several servers answers from its local view).
     fn topics(&self) -> Vec<String>;
-    /// The topic's identity, in constant time (no status is built).
+    /// The topic's identity, in constant time (no status is built), from
+    /// this server's view of the namespace: walks and stats ask it.
     fn id(&self, topic: &str) -> Result<TopicId>;
-    fn status<'a>(&self, topic: impl Into<Target<'a>>) -> Result<TopicStatus>;
+    fn status(&self, topic: Target<'_>) -> impl Future<Output = Result<TopicStatus>> + Send;
+    /// Totals, as this server knows them now.
     fn totals(&self) -> BrokerStatus;
-    fn set<'a>(&self, topic: impl Into<Target<'a>>, setting: Setting) -> Result<()>;
+    fn set(&self, topic: Target<'_>, setting: Setting) -> impl Future<Output = Result<()>> + Send;
     /// Drop every message, move every group to the end, fail blocked pushes
     /// not taken with `Reset`, reopen a closed topic. Blocked pulls keep
     /// waiting.
-    fn reset<'a>(&self, topic: impl Into<Target<'a>>) -> Result<()>;
+    fn reset(&self, topic: Target<'_>) -> impl Future<Output = Result<()>> + Send;
     /// Pushes fail with `Closed`; pulls drain what is held, then end.
-    fn close<'a>(&self, topic: impl Into<Target<'a>>) -> Result<()>;
+    fn close(&self, topic: Target<'_>) -> impl Future<Output = Result<()>> + Send;
     /// Drop a group.
-    fn forget<'a>(&self, topic: impl Into<Target<'a>>, group: &str) -> Result<()>;
+    fn forget(&self, topic: Target<'_>, group: &str) -> impl Future<Output = Result<()>> + Send;
     /// Drop, in every topic, the groups idle past `idle_expiry` now. Topics
     /// also look on their own as they are used; a server calls this every
     /// quarter of that period so that expiry comes on time on a topic
@@ -328,9 +338,14 @@ pub trait Broker: Send + Sync + 'static {
     /// nothing by default, or without `idle_expiry`.
     fn expire_idle(&self) {}
     /// The group's next sequence number (creating the group).
-    fn offset<'a>(&self, topic: impl Into<Target<'a>>, group: &str) -> Result<Seq>;
+    fn offset(&self, topic: Target<'_>, group: &str) -> impl Future<Output = Result<Seq>> + Send;
     /// Move the group to `seq`, anywhere in `[first, next]`.
-    fn seek<'a>(&self, topic: impl Into<Target<'a>>, group: &str, seq: Seq) -> Result<()>;
+    fn seek(
+        &self,
+        topic: Target<'_>,
+        group: &str,
+        seq: Seq,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Append a message; resolves once capacity allows (with capacity 0,
     /// once every group has taken it). Returns its sequence number; see

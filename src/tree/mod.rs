@@ -259,7 +259,7 @@ impl<B: Broker> TopicTree<B> {
     }
 
     /// The text a ctl or offset file reads now.
-    fn text(&self, handle: &Handle<B::Delivery>) -> Result<Bytes> {
+    async fn text(&self, handle: &Handle<B::Delivery>) -> Result<Bytes> {
         let node = &handle.node;
         let text = match &node.at {
             At::RootCtl => ctl::root_text(&ctl::RootStatus {
@@ -268,7 +268,11 @@ impl<B: Broker> TopicTree<B> {
                 totals: self.broker.totals(),
             }),
             At::File(topic, FileKind::Ctl) => {
-                let status = (self.broker.status(handle.target(topic))).map_err(broker_error)?;
+                let status = self
+                    .broker
+                    .status(handle.target(topic))
+                    .await
+                    .map_err(broker_error)?;
                 let readers = self.places.lock().readers.get(&**topic).map_or(0, |r| r.1);
                 ctl::topic_text(&status, readers)
             }
@@ -276,6 +280,7 @@ impl<B: Broker> TopicTree<B> {
                 let seq = self
                     .broker
                     .offset(handle.target(topic), &node.session.group)
+                    .await
                     .map_err(broker_error)?;
                 format!("{seq}\n")
             }
@@ -296,20 +301,20 @@ impl<B: Broker> TopicTree<B> {
         Ok(())
     }
 
-    fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
+    async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
         ctl::check_name(name).map_err(invalid)?;
         self.check_max_message(config.max_message)?;
-        self.broker.create(name, config).map_err(broker_error)
+        self.broker.create(name, config).await.map_err(broker_error)
     }
 
-    fn remove_topic(&self, name: &str) -> Result<()> {
-        self.broker.remove(name).map_err(broker_error)?;
+    async fn remove_topic(&self, name: &str) -> Result<()> {
+        self.broker.remove(name).await.map_err(broker_error)?;
         self.places.lock().readers.remove(name);
         Ok(())
     }
 
     /// Run a root ctl write: check every command, then apply them.
-    fn root_ctl(&self, text: &[u8]) -> Result<()> {
+    async fn root_ctl(&self, text: &[u8]) -> Result<()> {
         let cmds = ctl::parse_root(text).map_err(invalid)?;
         let mut names: BTreeSet<String> = self.broker.topics().into_iter().collect();
         for cmd in &cmds {
@@ -344,18 +349,18 @@ impl<B: Broker> TopicTree<B> {
                 } => {
                     let d = self.config.defaults;
                     let config = ctl::create_config(d, capacity, framing, timeout, max_message);
-                    self.create_topic(&name, config)?
+                    self.create_topic(&name, config).await?
                 }
-                RootCmd::Remove(name) => self.remove_topic(&name)?,
+                RootCmd::Remove(name) => self.remove_topic(&name).await?,
             }
         }
         Ok(())
     }
 
     /// Run a topic ctl write: check every command, then apply them.
-    fn topic_ctl(&self, topic: Target<'_>, text: &[u8]) -> Result<()> {
+    async fn topic_ctl(&self, topic: Target<'_>, text: &[u8]) -> Result<()> {
         let cmds = ctl::parse_topic(text).map_err(invalid)?;
-        let status = self.broker.status(topic).map_err(broker_error)?;
+        let status = self.broker.status(topic).await.map_err(broker_error)?;
         for cmd in &cmds {
             if let TopicCmd::Set(broker::Setting::MaxMessage(max)) = cmd {
                 self.check_max_message(*max)?;
@@ -371,10 +376,10 @@ impl<B: Broker> TopicTree<B> {
         }
         for cmd in cmds {
             match cmd {
-                TopicCmd::Reset => self.broker.reset(topic),
-                TopicCmd::Close => self.broker.close(topic),
-                TopicCmd::Set(s) => self.broker.set(topic, s),
-                TopicCmd::Forget(group) => self.broker.forget(topic, &group),
+                TopicCmd::Reset => self.broker.reset(topic).await,
+                TopicCmd::Close => self.broker.close(topic).await,
+                TopicCmd::Set(s) => self.broker.set(topic, s).await,
+                TopicCmd::Forget(group) => self.broker.forget(topic, &group).await,
             }
             .map_err(broker_error)?;
         }
@@ -382,7 +387,7 @@ impl<B: Broker> TopicTree<B> {
     }
 
     /// Open an existing file.
-    fn open_file(&self, node: &Node, mode: OpenMode) -> Result<Handle<B::Delivery>> {
+    async fn open_file(&self, node: &Node, mode: OpenMode) -> Result<Handle<B::Delivery>> {
         self.check_current(node)?;
         self.check_exists(&node.at)?;
         // A topic's file belongs to the topic it was opened on (issue 14.7).
@@ -405,7 +410,7 @@ impl<B: Broker> TopicTree<B> {
                     name: topic,
                     id: topic_id,
                 };
-                let status = self.broker.status(target).map_err(broker_error)?;
+                let status = self.broker.status(target).await.map_err(broker_error)?;
                 let reads = mode.reads().then(|| {
                     let mut places = self.places.lock();
                     let id = topic_id.unwrap_or_default();
@@ -593,7 +598,7 @@ impl<B: Broker> TopicTree<B> {
         Ok(entries)
     }
 
-    fn create_in(
+    async fn create_in(
         &self,
         dir: &Node,
         name: &str,
@@ -611,7 +616,7 @@ impl<B: Broker> TopicTree<B> {
             if let Ok(node) = self.walk_node(dir, name)
                 && !matches!(node.at, At::Dir(_))
             {
-                let handle = self.open_file(&node, mode)?;
+                let handle = self.open_file(&node, mode).await?;
                 return Ok((node, handle));
             }
             return Err(Error::new(
@@ -620,19 +625,21 @@ impl<B: Broker> TopicTree<B> {
             ));
         }
         self.check_exists(&dir.at)?;
-        self.create_topic(&path, self.config.defaults)?;
+        self.create_topic(&path, self.config.defaults).await?;
         let node = Node {
             topic_id: self.broker.id(&path).ok(),
             at: At::Dir(path.into()),
             session: dir.session.clone(),
         };
-        let handle = self.open_file(
-            &node,
-            OpenMode {
-                access: Access::Read,
-                ..mode
-            },
-        )?;
+        let handle = self
+            .open_file(
+                &node,
+                OpenMode {
+                    access: Access::Read,
+                    ..mode
+                },
+            )
+            .await?;
         Ok((node, handle))
     }
 
@@ -640,11 +647,17 @@ impl<B: Broker> TopicTree<B> {
         match &handle.kind {
             HandleKind::Dir => Err(Error::new(errno::EISDIR, "is a directory")),
             HandleKind::Text(snapshot) => {
-                let mut snap = snapshot.lock();
-                if req.offset == 0 || snap.is_none() {
-                    *snap = Some(self.text(handle)?);
-                }
-                let text = snap.as_ref().cloned().unwrap_or_default();
+                // The text is made afresh at offset 0 (the lock is not
+                // held while the broker is asked).
+                let kept = snapshot.lock().clone().filter(|_| req.offset != 0);
+                let text = match kept {
+                    Some(text) => text,
+                    None => {
+                        let text = self.text(handle).await?;
+                        *snapshot.lock() = Some(text.clone());
+                        text
+                    }
+                };
                 let start = (req.offset as usize).min(text.len());
                 let end = text.len().min(start + req.count as usize);
                 Ok(text.slice(start..end))
@@ -665,14 +678,15 @@ impl<B: Broker> TopicTree<B> {
     async fn write_file(&self, handle: &Handle<B::Delivery>, data: Bytes) -> Result<u32> {
         let n = data.len() as u32;
         match (&handle.kind, &handle.node.at) {
-            (HandleKind::Text(_), At::RootCtl) => self.root_ctl(&data)?,
+            (HandleKind::Text(_), At::RootCtl) => self.root_ctl(&data).await?,
             (HandleKind::Text(_), At::File(topic, FileKind::Ctl)) => {
-                self.topic_ctl(handle.target(topic), &data)?
+                self.topic_ctl(handle.target(topic), &data).await?
             }
             (HandleKind::Text(_), At::File(topic, FileKind::Offset)) => {
                 let seq = ctl::parse_offset(&data).map_err(invalid)?;
                 self.broker
                     .seek(handle.target(topic), &handle.node.session.group, seq)
+                    .await
                     .map_err(broker_error)?
             }
             (HandleKind::Data(f), At::File(topic, _)) => {
@@ -705,10 +719,10 @@ impl<B: Broker> TopicTree<B> {
         Ok(())
     }
 
-    fn remove_node(&self, node: &Node) -> Result<()> {
+    async fn remove_node(&self, node: &Node) -> Result<()> {
         self.check_current(node)?;
         match &node.at {
-            At::Dir(p) if self.is_topic(p) => self.remove_topic(p),
+            At::Dir(p) if self.is_topic(p) => self.remove_topic(p).await,
             At::Dir(p) if self.dir_exists(p) => {
                 Err(Error::new(errno::ENOTEMPTY, "not empty: it holds topics"))
             }
@@ -757,6 +771,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
 
     async fn open(&self, node: &Node, mode: OpenMode) -> Result<Self::Handle> {
         self.open_file(node, mode)
+            .await
             .map_err(|e| node.session.error(e))
     }
 
@@ -768,6 +783,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
         mode: OpenMode,
     ) -> Result<(Node, Self::Handle)> {
         self.create_in(dir, name, perm, mode)
+            .await
             .map_err(|e| dir.session.error(e))
     }
 
@@ -789,7 +805,9 @@ impl<B: Broker> FileTree for TopicTree<B> {
     }
 
     async fn remove(&self, node: &Node) -> Result<()> {
-        self.remove_node(node).map_err(|e| node.session.error(e))
+        self.remove_node(node)
+            .await
+            .map_err(|e| node.session.error(e))
     }
 
     /// A data file with a partial line left by its writes.
