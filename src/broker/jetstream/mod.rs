@@ -101,7 +101,7 @@ pub struct JetStreamBroker {
     follower: tokio::task::JoinHandle<()>,
 }
 
-pub(super) struct Inner {
+pub(crate) struct Inner {
     /// This server's name in message ids (see `ops`): random, per process.
     instance: u64,
     js: jetstream::Context,
@@ -233,7 +233,7 @@ fn group_of(consumer: &str) -> Option<String> {
 
 impl Inner {
     /// The topic `target` names, as the mirror has it.
-    pub(super) fn topic(&self, target: Target<'_>) -> Result<Arc<Topic>> {
+    pub(crate) fn topic(&self, target: Target<'_>) -> Result<Arc<Topic>> {
         match (self.mirror.get(target.name), target.id) {
             (Some(t), Some(id)) if t.id != id => Err(Error::Removed),
             (Some(t), _) => Ok(t),
@@ -245,7 +245,7 @@ impl Inner {
     /// Wait until the connection to NATS is up, for at most the broker's
     /// timeout: a pull waiting at the server learns nothing of a lost
     /// connection, so it asks here before each request.
-    pub(super) async fn connected(&self) -> Result<()> {
+    pub(crate) async fn connected(&self) -> Result<()> {
         use async_nats::connection::State;
         let client = self.js.client();
         let give_up = tokio::time::Instant::now() + self.config.timeout;
@@ -330,7 +330,7 @@ impl Inner {
     }
 
     /// The topic's stream.
-    pub(super) async fn stream(&self, topic: &Topic) -> Result<stream::Stream<()>> {
+    pub(crate) async fn stream(&self, topic: &Topic) -> Result<stream::Stream<()>> {
         self.within(self.js.get_stream_no_info(&topic.stream)).await
     }
 
@@ -369,7 +369,7 @@ impl Inner {
     }
 
     /// The group's consumer, made (at the oldest held message) if new.
-    pub(super) async fn consumer(&self, topic: &Topic, group: &str) -> Result<PullConsumer> {
+    pub(crate) async fn consumer(&self, topic: &Topic, group: &str) -> Result<PullConsumer> {
         if let Some(c) = topic.consumers.lock().get(group) {
             return Ok(c.clone());
         }
@@ -408,7 +408,7 @@ impl Inner {
     /// Purge what every group has acked, so that the stream holds what a
     /// group still needs and a new group starts at the oldest of it. With
     /// no group, nothing goes: it is held for the group to come.
-    pub(super) async fn trim(
+    pub(crate) async fn trim(
         &self,
         topic: &Topic,
         stream: &stream::Stream<()>,
@@ -603,7 +603,6 @@ impl Inner {
     }
 }
 
-#[cfg(any())] // until the trait's admin operations are async (main)
 impl Broker for JetStreamBroker {
     type Delivery = JetStreamDelivery;
 
@@ -627,12 +626,9 @@ impl Broker for JetStreamBroker {
         Ok(self.inner.topic(topic.into())?.id)
     }
 
-    fn status<'a>(
-        &self,
-        topic: impl Into<Target<'a>>,
-    ) -> impl Future<Output = Result<TopicStatus>> + Send {
+    fn status(&self, topic: Target<'_>) -> impl Future<Output = Result<TopicStatus>> + Send {
         let inner = self.inner.clone();
-        let (name, id) = owned(topic.into());
+        let (name, id) = owned(topic);
         async move { inner.status(Target { name: &name, id }).await }
     }
 
@@ -640,58 +636,46 @@ impl Broker for JetStreamBroker {
         self.inner.totals()
     }
 
-    fn set<'a>(
-        &self,
-        topic: impl Into<Target<'a>>,
-        setting: Setting,
-    ) -> impl Future<Output = Result<()>> + Send {
+    fn set(&self, topic: Target<'_>, setting: Setting) -> impl Future<Output = Result<()>> + Send {
         let inner = self.inner.clone();
-        let (name, id) = owned(topic.into());
+        let (name, id) = owned(topic);
         async move { inner.set(Target { name: &name, id }, setting).await }
     }
 
-    fn reset<'a>(&self, topic: impl Into<Target<'a>>) -> impl Future<Output = Result<()>> + Send {
+    fn reset(&self, topic: Target<'_>) -> impl Future<Output = Result<()>> + Send {
         let inner = self.inner.clone();
-        let (name, id) = owned(topic.into());
+        let (name, id) = owned(topic);
         async move { inner.reset(Target { name: &name, id }).await }
     }
 
-    fn close<'a>(&self, topic: impl Into<Target<'a>>) -> impl Future<Output = Result<()>> + Send {
+    fn close(&self, topic: Target<'_>) -> impl Future<Output = Result<()>> + Send {
         let inner = self.inner.clone();
-        let (name, id) = owned(topic.into());
+        let (name, id) = owned(topic);
         async move { inner.close(Target { name: &name, id }).await }
     }
 
-    fn forget<'a>(
-        &self,
-        topic: impl Into<Target<'a>>,
-        group: &str,
-    ) -> impl Future<Output = Result<()>> + Send {
+    fn forget(&self, topic: Target<'_>, group: &str) -> impl Future<Output = Result<()>> + Send {
         let inner = self.inner.clone();
-        let (name, id) = owned(topic.into());
+        let (name, id) = owned(topic);
         let group = group.to_string();
         async move { inner.forget(Target { name: &name, id }, &group).await }
     }
 
-    fn offset<'a>(
-        &self,
-        topic: impl Into<Target<'a>>,
-        group: &str,
-    ) -> impl Future<Output = Result<Seq>> + Send {
+    fn offset(&self, topic: Target<'_>, group: &str) -> impl Future<Output = Result<Seq>> + Send {
         let inner = self.inner.clone();
-        let (name, id) = owned(topic.into());
+        let (name, id) = owned(topic);
         let group = group.to_string();
         async move { inner.offset(Target { name: &name, id }, &group).await }
     }
 
-    fn seek<'a>(
+    fn seek(
         &self,
-        topic: impl Into<Target<'a>>,
+        topic: Target<'_>,
         group: &str,
         seq: Seq,
     ) -> impl Future<Output = Result<()>> + Send {
         let inner = self.inner.clone();
-        let (name, id) = owned(topic.into());
+        let (name, id) = owned(topic);
         let group = group.to_string();
         async move { inner.seek(Target { name: &name, id }, &group, seq).await }
     }
@@ -717,56 +701,4 @@ impl Broker for JetStreamBroker {
 
 fn owned(t: Target<'_>) -> (String, Option<TopicId>) {
     (t.name.to_string(), t.id)
-}
-
-// TEMPORARY until main's async trait lands: the admin operations as
-// inherent methods, so the engine can be tried now.
-#[allow(missing_docs)]
-impl JetStreamBroker {
-    pub async fn t_create(&self, topic: &str, config: TopicConfig) -> Result<()> {
-        self.inner.create(topic, config).await
-    }
-    pub async fn t_remove(&self, topic: &str) -> Result<()> {
-        self.inner.remove(topic).await
-    }
-    pub fn t_id(&self, topic: &str) -> Result<TopicId> {
-        Ok(self.inner.topic(topic.into())?.id)
-    }
-    pub fn t_topics(&self) -> Vec<String> {
-        self.inner.mirror.topics.read().keys().cloned().collect()
-    }
-    pub async fn t_status(&self, topic: &str) -> Result<TopicStatus> {
-        self.inner.status(topic.into()).await
-    }
-    pub async fn t_set(&self, topic: &str, s: Setting) -> Result<()> {
-        self.inner.set(topic.into(), s).await
-    }
-    pub async fn t_reset(&self, topic: &str) -> Result<()> {
-        self.inner.reset(topic.into()).await
-    }
-    pub async fn t_close(&self, topic: &str) -> Result<()> {
-        self.inner.close(topic.into()).await
-    }
-    pub async fn t_offset(&self, topic: &str, g: &str) -> Result<Seq> {
-        self.inner.offset(topic.into(), g).await
-    }
-    pub async fn t_seek(&self, topic: &str, g: &str, s: Seq) -> Result<()> {
-        self.inner.seek(topic.into(), g, s).await
-    }
-    pub fn t_push(
-        &self,
-        topic: &str,
-        data: Bytes,
-        wait: Wait,
-    ) -> impl Future<Output = Result<Seq>> + Send + use<> {
-        ops::push(&self.inner, topic.into(), data, wait)
-    }
-    pub fn t_pull(
-        &self,
-        topic: &str,
-        group: &str,
-        wait: Wait,
-    ) -> impl Future<Output = Result<Option<JetStreamDelivery>>> + Send + use<> {
-        ops::pull(&self.inner, topic.into(), group, wait)
-    }
 }

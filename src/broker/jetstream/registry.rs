@@ -24,21 +24,21 @@ use super::super::{Framing, TopicConfig, TopicId};
 
 /// A topic as the bucket holds it (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct Record {
-    pub(super) name: String,
-    pub(super) id: TopicId,
-    pub(super) capacity: u64,
+pub(crate) struct Record {
+    pub(crate) name: String,
+    pub(crate) id: TopicId,
+    pub(crate) capacity: u64,
     /// "line" or "write".
-    pub(super) framing: String,
-    pub(super) timeout_ms: Option<u64>,
-    pub(super) max_message: u64,
-    pub(super) closed: bool,
+    pub(crate) framing: String,
+    pub(crate) timeout_ms: Option<u64>,
+    pub(crate) max_message: u64,
+    pub(crate) closed: bool,
     /// Resets so far: a change fails the pushes blocked on every server.
-    pub(super) resets: u64,
+    pub(crate) resets: u64,
 }
 
 impl Record {
-    pub(super) fn new(name: &str, id: TopicId, c: TopicConfig) -> Record {
+    pub(crate) fn new(name: &str, id: TopicId, c: TopicConfig) -> Record {
         let mut r = Record {
             name: name.to_string(),
             id,
@@ -53,7 +53,7 @@ impl Record {
         r
     }
 
-    pub(super) fn config(&self) -> TopicConfig {
+    pub(crate) fn config(&self) -> TopicConfig {
         TopicConfig {
             capacity: self.capacity,
             framing: match self.framing.as_str() {
@@ -65,7 +65,7 @@ impl Record {
         }
     }
 
-    pub(super) fn set_config(&mut self, c: TopicConfig) {
+    pub(crate) fn set_config(&mut self, c: TopicConfig) {
         self.capacity = c.capacity;
         self.framing = match c.framing {
             Framing::Line => "line",
@@ -79,15 +79,15 @@ impl Record {
 
 /// The bucket key of a topic: its name in hex, since names may hold
 /// characters and sequences (`a..b`, a leading `.`) that keys may not.
-pub(super) fn key(name: &str) -> String {
+pub(crate) fn key(name: &str) -> String {
     format!("t.{}", hex(name.as_bytes()))
 }
 
 /// The key whose revisions hand out topic identities (small numbers,
 /// never reused: the bucket's sequence).
-pub(super) const ID_KEY: &str = "id";
+pub(crate) const ID_KEY: &str = "id";
 
-pub(super) fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
@@ -96,28 +96,28 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 }
 
 /// One topic as this server knows it.
-pub(super) struct Topic {
-    pub(super) id: TopicId,
+pub(crate) struct Topic {
+    pub(crate) id: TopicId,
     /// Its stream's name and its subject.
-    pub(super) stream: String,
-    pub(super) subject: String,
+    pub(crate) stream: String,
+    pub(crate) subject: String,
     /// The registry's record, `None` once removed: waiters watch it.
-    pub(super) record: watch::Sender<Option<Record>>,
+    pub(crate) record: watch::Sender<Option<Record>>,
     /// The group consumers this server has looked up, by group.
-    pub(super) consumers: Mutex<HashMap<String, PullConsumer>>,
+    pub(crate) consumers: Mutex<HashMap<String, PullConsumer>>,
     /// Woken when a local pull or ack moved a group, so waiting pushes
     /// look again at once rather than at their next back-off.
-    pub(super) progress: Notify,
+    pub(crate) progress: Notify,
     /// Pushes this server may still make without looking at the groups:
     /// the room its last look found (see `push`).
-    pub(super) credit: AtomicU64,
+    pub(crate) credit: AtomicU64,
     /// The highest stream sequence purged up to, so a trim is asked once.
-    pub(super) trimmed: AtomicU64,
+    pub(crate) trimmed: AtomicU64,
     /// This server's counts, for status and totals.
-    pub(super) pushed: AtomicU64,
-    pub(super) pulled: AtomicU64,
-    pub(super) blocked_readers: AtomicU64,
-    pub(super) blocked_writers: AtomicU64,
+    pub(crate) pushed: AtomicU64,
+    pub(crate) pulled: AtomicU64,
+    pub(crate) blocked_readers: AtomicU64,
+    pub(crate) blocked_writers: AtomicU64,
 }
 
 impl Topic {
@@ -139,25 +139,25 @@ impl Topic {
     }
 
     /// The current record; `None` once removed.
-    pub(super) fn record(&self) -> Option<Record> {
+    pub(crate) fn record(&self) -> Option<Record> {
         self.record.borrow().clone()
     }
 }
 
 /// This server's copy of the registry.
-pub(super) struct Mirror {
-    pub(super) prefix: String,
+pub(crate) struct Mirror {
+    pub(crate) prefix: String,
     /// Topics by name. parking_lot: never held across an `.await`.
-    pub(super) topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    pub(crate) topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// The last bucket revision applied.
-    pub(super) seen: watch::Sender<u64>,
+    pub(crate) seen: watch::Sender<u64>,
     /// Counts of topics removed, for the totals.
-    pub(super) removed_pushed: AtomicU64,
-    pub(super) removed_pulled: AtomicU64,
+    pub(crate) removed_pushed: AtomicU64,
+    pub(crate) removed_pulled: AtomicU64,
 }
 
 impl Mirror {
-    pub(super) fn new(prefix: &str) -> Mirror {
+    pub(crate) fn new(prefix: &str) -> Mirror {
         Mirror {
             prefix: prefix.to_string(),
             topics: RwLock::default(),
@@ -167,7 +167,7 @@ impl Mirror {
         }
     }
 
-    pub(super) fn get(&self, name: &str) -> Option<Arc<Topic>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
         self.topics.read().get(name).cloned()
     }
 
@@ -224,7 +224,7 @@ impl Mirror {
     }
 
     /// Wait until the mirror has applied revision `rev`, for at most `limit`.
-    pub(super) async fn caught_up(&self, rev: u64, limit: Duration) -> bool {
+    pub(crate) async fn caught_up(&self, rev: u64, limit: Duration) -> bool {
         let mut seen = self.seen.subscribe();
         tokio::time::timeout(limit, seen.wait_for(|s| *s >= rev))
             .await
@@ -244,7 +244,7 @@ fn unhex(s: &str) -> Option<String> {
 /// current entries first, then every change; a watch that ends (the
 /// connection was lost for long) starts again after the last revision
 /// applied.
-pub(super) async fn follow(bucket: kv::Store, mirror: Arc<Mirror>) {
+pub(crate) async fn follow(bucket: kv::Store, mirror: Arc<Mirror>) {
     loop {
         let from = *mirror.seen.borrow() + 1;
         let watch = match from {
