@@ -222,7 +222,7 @@ fn consumer_name(group: &str) -> String {
     format!("g{}", registry::hex(group.as_bytes()))
 }
 
-fn group_of(consumer: &str) -> Option<String> {
+pub(crate) fn group_of(consumer: &str) -> Option<String> {
     let hex = consumer.strip_prefix('g')?;
     let bytes: Option<Vec<u8>> = (0..hex.len())
         .step_by(2)
@@ -470,6 +470,7 @@ impl Inner {
     async fn status(&self, target: Target<'_>) -> Result<TopicStatus> {
         let topic = self.topic(target)?;
         let record = topic.record().ok_or(Error::Removed)?;
+        topic.settled(self.config.timeout).await;
         let stream = self.stream(&topic).await?;
         let groups = self.groups(&stream).await?;
         self.trim(&topic, &stream, &groups).await?;
@@ -558,10 +559,24 @@ impl Inner {
         let topic = self.topic(target)?;
         let stream = self.stream(&topic).await?;
         topic.consumers.lock().remove(group);
-        match stream.delete_consumer(&consumer_name(group)).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.to_string().contains("not found") => Err(Error::NoGroup(group.to_string())),
-            Err(e) => Err(unavailable(e)),
+        // A pull of the group that started on this server makes it; give
+        // its request the time to arrive.
+        let mut tries = 0;
+        loop {
+            let found = stream.delete_consumer(&consumer_name(group)).await;
+            let not_found = matches!(&found, Err(e) if e.to_string().contains("not found"));
+            if not_found && tries < 20 && topic.pulling.lock().contains_key(group) {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            break match found {
+                Ok(_) => Ok(()),
+                Err(e) if e.to_string().contains("not found") => {
+                    Err(Error::NoGroup(group.to_string()))
+                }
+                Err(e) => Err(unavailable(e)),
+            };
         }
     }
 

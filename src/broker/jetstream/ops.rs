@@ -127,7 +127,9 @@ pub(super) fn push(
 ) -> impl Future<Output = Result<Seq>> + Send + use<> {
     let topic = inner.topic(target);
     let inner = inner.clone();
-    let op = topic.map(|topic| {
+    // The task starts at the first poll, as the memory engine's push does.
+    async move {
+        let topic = topic?;
         let (tx, rx) = oneshot::channel();
         let phase = Arc::new(Mutex::new(Phase::Waiting));
         let cancel = CancellationToken::new();
@@ -148,8 +150,8 @@ pub(super) fn push(
             phase,
             _cancel: cancel.drop_guard(),
         }
-    });
-    async move { op?.await }
+        .await
+    }
 }
 
 /// Start a pull.
@@ -162,7 +164,12 @@ pub(super) fn pull(
     let topic = inner.topic(target);
     let inner = inner.clone();
     let group = group.to_string();
-    let op = topic.map(|topic| {
+    // The task starts at the first poll; till it ends, a pull of this
+    // group on this server is known (`Topic::pulling`) before its request
+    // reaches JetStream.
+    async move {
+        let topic = topic?;
+        let pulling = Pulling::new(&topic, &group);
         let (tx, rx) = oneshot::channel();
         let cancel = CancellationToken::new();
         let task = PullTask {
@@ -173,6 +180,7 @@ pub(super) fn pull(
         };
         tokio::spawn(async move {
             let r = task.run(wait).await;
+            drop(pulling);
             // A delivery nobody will collect is dropped, so nak'd.
             let _ = tx.send(r);
         });
@@ -180,8 +188,37 @@ pub(super) fn pull(
             rx,
             _cancel: cancel.drop_guard(),
         }
-    });
-    async move { op?.await }
+        .await
+    }
+}
+
+/// A pull of a group under way on this server, counted in
+/// `Topic::pulling` while it lives.
+struct Pulling {
+    topic: Arc<Topic>,
+    group: String,
+}
+
+impl Pulling {
+    fn new(topic: &Arc<Topic>, group: &str) -> Pulling {
+        *topic.pulling.lock().entry(group.to_string()).or_default() += 1;
+        Pulling {
+            topic: topic.clone(),
+            group: group.to_string(),
+        }
+    }
+}
+
+impl Drop for Pulling {
+    fn drop(&mut self) {
+        let mut pulling = self.topic.pulling.lock();
+        if let Some(n) = pulling.get_mut(&self.group) {
+            *n -= 1;
+            if *n == 0 {
+                pulling.remove(&self.group);
+            }
+        }
+    }
 }
 
 /// Why a wait ended early.
@@ -246,17 +283,9 @@ impl PushTask {
                 &mut changes,
             )
             .await?;
-        } else if wait == Wait::NonBlock {
-            // A rendezvous without waiting: only if every group has a
-            // reader waiting for this very message.
-            let groups = self.inner.groups(&stream).await?;
-            if groups.is_empty()
-                || groups
-                    .iter()
-                    .any(|g| g.num_waiting == 0 || g.num_pending > 0)
-            {
-                return Err(Error::WouldBlock);
-            }
+        } else {
+            self.wait_reader(&stream, &record, wait, deadline, &mut changes)
+                .await?;
         }
         let js_seq = self.publish(&stream, data).await?;
         if config.capacity > 0 {
@@ -378,6 +407,60 @@ impl PushTask {
         Ok(js_seq)
     }
 
+    /// At a rendezvous, before publishing: wait until some group has a
+    /// reader waiting and nothing left to read (a reader on this server
+    /// counts at once, one on another once its request reached JetStream),
+    /// so that a push no reader wants is never stored.
+    async fn wait_reader(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        record: &Record,
+        wait: Wait,
+        deadline: Option<Instant>,
+        changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
+    ) -> Result<()> {
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let progress = self.topic.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            let groups = self.inner.groups(stream).await?;
+            let wants = |g: &consumer::Info| {
+                g.num_pending == 0
+                    && (g.num_waiting > 0
+                        || super::group_of(&g.name)
+                            .is_some_and(|n| self.topic.pulling.lock().contains_key(&n)))
+            };
+            let ready = match wait {
+                Wait::Block => groups.iter().any(wants),
+                Wait::NonBlock => !groups.is_empty() && groups.iter().all(wants),
+            };
+            if ready {
+                return Ok(());
+            }
+            if wait == Wait::NonBlock {
+                return Err(Error::WouldBlock);
+            }
+            let woke = tokio::select! {
+                _ = progress => Woke::Look,
+                w = nap(&self.topic, changes, backoff, deadline, &self.cancel) => w,
+            };
+            match woke {
+                Woke::Look => {}
+                Woke::Changed => {
+                    changed(changes, record)?;
+                    if changes.borrow().as_ref().is_some_and(|r| r.capacity > 0) {
+                        // Capacity grew: room now decides.
+                        return Ok(());
+                    }
+                }
+                Woke::Deadline => return Err(Error::TimedOut),
+                Woke::Cancelled => return Err(Error::Interrupted),
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
     /// At a rendezvous: wait until every group has taken `js_seq`.
     async fn wait_taken(
         &self,
@@ -389,22 +472,37 @@ impl PushTask {
         changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
     ) -> Result<Seq> {
         let mut backoff = Duration::from_millis(1);
+        let took = |g: &consumer::Info| g.delivered.stream_sequence >= js_seq;
+        let mut last_look: Vec<consumer::Info>;
         loop {
             let progress = self.topic.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
             let groups = self.inner.groups(stream).await?;
-            let took = |g: &consumer::Info| g.delivered.stream_sequence >= js_seq;
             if !groups.is_empty() && groups.iter().all(took) {
                 return Ok(js_seq - 1);
             }
+            last_look = groups;
             let woke = tokio::select! {
                 _ = progress => Woke::Look,
                 w = nap(&self.topic, changes, backoff, deadline, &self.cancel) => w,
             };
             let failure = match woke {
                 Woke::Look => None,
-                Woke::Changed => changed(changes, record).err(),
+                Woke::Changed => match changed(changes, record) {
+                    // Gone with its stream: taken if a group had it.
+                    Err(e) if last_look.iter().any(took) => {
+                        let _ = e;
+                        return Ok(js_seq - 1);
+                    }
+                    Err(e @ (Error::Removed | Error::Reset)) => return Err(e),
+                    Err(e) => Some(e),
+                    // Capacity grew: it is held, as room allows.
+                    Ok(()) if changes.borrow().as_ref().is_some_and(|r| r.capacity > 0) => {
+                        return Ok(js_seq - 1);
+                    }
+                    Ok(()) => None,
+                },
                 Woke::Deadline => Some(match wait {
                     Wait::Block => Error::TimedOut,
                     Wait::NonBlock => Error::WouldBlock,
@@ -615,12 +713,10 @@ impl Delivery for JetStreamDelivery {
 
     fn ack(mut self) {
         if let Some(m) = self.message.take() {
-            let topic = self.topic.clone();
-            spawn(async move {
+            settle(&self.topic, async move {
                 if let Err(e) = m.double_ack().await {
                     tracing::warn!("ack: {e}; the message will be delivered again");
                 }
-                topic.progress.notify_waiters();
             });
         }
     }
@@ -629,17 +725,28 @@ impl Delivery for JetStreamDelivery {
 impl Drop for JetStreamDelivery {
     fn drop(&mut self) {
         if let Some(m) = self.message.take() {
-            spawn(async move {
+            self.topic.pulled.fetch_sub(1, Ordering::Relaxed);
+            settle(&self.topic, async move {
                 let _ = m.ack_with(AckKind::Nak(None)).await;
             });
         }
     }
 }
 
-/// Spawn on the current runtime, if there is one (a delivery dropped
-/// outside it is redelivered after the consumer's ack wait).
-fn spawn(f: impl Future<Output = ()> + Send + 'static) {
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(f);
-    }
+/// Send an ack or nak without making the reader wait for it, counted in
+/// `Topic::settling` until JetStream confirmed it, so that this server's
+/// status shows it; then waiting pushes look again. Outside a runtime it
+/// cannot be sent: the message is redelivered after the ack wait.
+fn settle(topic: &Arc<Topic>, f: impl Future<Output = ()> + Send + 'static) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let topic = topic.clone();
+    topic.settling.fetch_add(1, Ordering::Relaxed);
+    rt.spawn(async move {
+        f.await;
+        topic.settling.fetch_sub(1, Ordering::Relaxed);
+        topic.settled.notify_waiters();
+        topic.progress.notify_waiters();
+    });
 }

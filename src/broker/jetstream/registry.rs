@@ -105,6 +105,11 @@ pub(crate) struct Topic {
     pub(crate) record: watch::Sender<Option<Record>>,
     /// The group consumers this server has looked up, by group.
     pub(crate) consumers: Mutex<HashMap<String, PullConsumer>>,
+    /// Acks and naks sent and not yet confirmed, and their wake-up.
+    pub(crate) settling: AtomicU64,
+    pub(crate) settled: Notify,
+    /// Pulls under way on this server, by group.
+    pub(crate) pulling: Mutex<HashMap<String, usize>>,
     /// Woken when a local pull or ack moved a group, so waiting pushes
     /// look again at once rather than at their next back-off.
     pub(crate) progress: Notify,
@@ -128,6 +133,9 @@ impl Topic {
             subject: format!("{prefix}.m.{}", record.id),
             record: watch::Sender::new(Some(record)),
             consumers: Mutex::default(),
+            pulling: Mutex::default(),
+            settling: AtomicU64::new(0),
+            settled: Notify::new(),
             progress: Notify::new(),
             credit: AtomicU64::new(0),
             trimmed: AtomicU64::new(0),
@@ -136,6 +144,23 @@ impl Topic {
             blocked_readers: AtomicU64::new(0),
             blocked_writers: AtomicU64::new(0),
         }
+    }
+
+    /// Wait (at most `limit`) until this server's acks and naks are
+    /// confirmed, so that a status after them shows them.
+    pub(crate) async fn settled(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let settled = self.settled.notified();
+                tokio::pin!(settled);
+                settled.as_mut().enable();
+                if self.settling.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                settled.await;
+            }
+        })
+        .await;
     }
 
     /// The current record; `None` once removed.
