@@ -179,7 +179,7 @@ pub(super) fn pull(
             cancel: cancel.clone(),
         };
         tokio::spawn(async move {
-            let r = task.run(wait).await;
+            let r = task.run(wait, &pulling).await;
             drop(pulling);
             // A delivery nobody will collect is dropped, so nak'd.
             let _ = tx.send(r);
@@ -193,30 +193,66 @@ pub(super) fn pull(
 }
 
 /// A pull of a group under way on this server, counted in
-/// `Topic::pulling` while it lives.
+/// `Topic::pulling` while it lives, with its place in the line of the
+/// group's pulls: its first request goes to JetStream only after those of
+/// the pulls that started before it on this server, so that JetStream
+/// (which serves waiting requests in order) serves them in arrival order.
 struct Pulling {
     topic: Arc<Topic>,
     group: String,
+    ticket: u64,
 }
 
 impl Pulling {
     fn new(topic: &Arc<Topic>, group: &str) -> Pulling {
-        *topic.pulling.lock().entry(group.to_string()).or_default() += 1;
+        let ticket = topic.tickets.fetch_add(1, Ordering::Relaxed);
+        let mut pulling = topic.pulling.lock();
+        pulling.entry(group.to_string()).or_default().insert(ticket);
         Pulling {
             topic: topic.clone(),
             group: group.to_string(),
+            ticket,
         }
+    }
+
+    /// Wait until every pull of the group that started before this one
+    /// on this server has sent its first request.
+    async fn my_turn(&self) {
+        loop {
+            let turn = self.topic.turn.notified();
+            tokio::pin!(turn);
+            turn.as_mut().enable();
+            let first = self
+                .topic
+                .pulling
+                .lock()
+                .get(&self.group)
+                .and_then(|line| line.first().copied());
+            if first.is_none_or(|t| t >= self.ticket) {
+                return;
+            }
+            turn.await;
+        }
+    }
+
+    /// Its first request is sent: the next pull's turn.
+    fn done_turn(&self) {
+        let mut pulling = self.topic.pulling.lock();
+        if let Some(line) = pulling.get_mut(&self.group) {
+            line.remove(&self.ticket);
+        }
+        drop(pulling);
+        self.topic.turn.notify_waiters();
     }
 }
 
 impl Drop for Pulling {
     fn drop(&mut self) {
+        self.done_turn();
+        // The group stays listed while a pull of it is under way.
         let mut pulling = self.topic.pulling.lock();
-        if let Some(n) = pulling.get_mut(&self.group) {
-            *n -= 1;
-            if *n == 0 {
-                pulling.remove(&self.group);
-            }
+        if pulling.get(&self.group).is_some_and(|l| l.is_empty()) {
+            pulling.remove(&self.group);
         }
     }
 }
@@ -288,7 +324,9 @@ impl PushTask {
                 .await?;
         }
         let js_seq = self.publish(&stream, data).await?;
-        if config.capacity > 0 {
+        // Capacity may have grown while it waited for a reader.
+        let capacity = changes.borrow().as_ref().map_or(0, |r| r.capacity);
+        if config.capacity > 0 || capacity > 0 {
             return Ok(js_seq - 1);
         }
         let deadline = match wait {
@@ -491,7 +529,10 @@ impl PushTask {
                 Woke::Look => None,
                 Woke::Changed => match changed(changes, record) {
                     // Gone with its stream: taken if a group had it.
-                    Err(e) if last_look.iter().any(took) => {
+                    Err(e)
+                        if last_look.iter().any(took)
+                            || self.topic.delivered.load(Ordering::Relaxed) >= js_seq =>
+                    {
                         let _ = e;
                         return Ok(js_seq - 1);
                     }
@@ -563,7 +604,7 @@ struct PullTask {
 }
 
 impl PullTask {
-    async fn run(&self, wait: Wait) -> Result<Option<JetStreamDelivery>> {
+    async fn run(&self, wait: Wait, pulling: &Pulling) -> Result<Option<JetStreamDelivery>> {
         let mut changes = self.topic.record.subscribe();
         let record = changes.borrow_and_update().clone().ok_or(Error::Removed)?;
         let deadline = record.config().timeout.map(|t| Instant::now() + t);
@@ -593,7 +634,10 @@ impl PullTask {
             }
             self.inner.connected().await?;
             self.topic.blocked_readers.fetch_add(1, Ordering::Relaxed);
-            let got = self.one(&consumer, expires, deadline, &mut changes).await;
+            pulling.my_turn().await;
+            let got = self
+                .one(&consumer, expires, deadline, &mut changes, pulling)
+                .await;
             self.topic.blocked_readers.fetch_sub(1, Ordering::Relaxed);
             match got {
                 Got::Message(m) => return Ok(Some(self.deliver(m))),
@@ -617,9 +661,12 @@ impl PullTask {
         expires: Duration,
         deadline: Option<Instant>,
         changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
+        pulling: &Pulling,
     ) -> Got {
         let batch = consumer.batch().max_messages(1).expires(expires).messages();
-        let mut batch = match self.inner.within(batch).await {
+        let batch = self.inner.within(batch).await;
+        pulling.done_turn();
+        let mut batch = match batch {
             Ok(b) => b,
             Err(e) => return Got::Fail(e),
         };
@@ -659,6 +706,7 @@ impl PullTask {
     fn deliver(&self, m: jetstream::Message) -> JetStreamDelivery {
         let js_seq = m.info().map(|i| i.stream_sequence).unwrap_or(1);
         self.topic.pulled.fetch_add(1, Ordering::Relaxed);
+        self.topic.delivered.fetch_max(js_seq, Ordering::Relaxed);
         self.topic.progress.notify_waiters();
         JetStreamDelivery {
             seq: js_seq - 1,

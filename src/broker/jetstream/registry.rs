@@ -105,11 +105,17 @@ pub(crate) struct Topic {
     pub(crate) record: watch::Sender<Option<Record>>,
     /// The group consumers this server has looked up, by group.
     pub(crate) consumers: Mutex<HashMap<String, PullConsumer>>,
+    /// The highest stream sequence a pull on this server delivered.
+    pub(crate) delivered: AtomicU64,
     /// Acks and naks sent and not yet confirmed, and their wake-up.
     pub(crate) settling: AtomicU64,
     pub(crate) settled: Notify,
-    /// Pulls under way on this server, by group.
-    pub(crate) pulling: Mutex<HashMap<String, usize>>,
+    /// Pulls under way on this server, by group: the tickets of those
+    /// whose first request is not yet sent (see `ops::Pulling`).
+    pub(crate) pulling: Mutex<HashMap<String, std::collections::BTreeSet<u64>>>,
+    /// The next ticket, and the wake-up of the next in line.
+    pub(crate) tickets: AtomicU64,
+    pub(crate) turn: Notify,
     /// Woken when a local pull or ack moved a group, so waiting pushes
     /// look again at once rather than at their next back-off.
     pub(crate) progress: Notify,
@@ -134,6 +140,9 @@ impl Topic {
             record: watch::Sender::new(Some(record)),
             consumers: Mutex::default(),
             pulling: Mutex::default(),
+            tickets: AtomicU64::new(0),
+            turn: Notify::new(),
+            delivered: AtomicU64::new(0),
             settling: AtomicU64::new(0),
             settled: Notify::new(),
             progress: Notify::new(),
