@@ -300,8 +300,13 @@ impl Inner {
             }
             Err(e) => return Err(e),
         };
-        if !self.mirror.caught_up(rev, self.config.timeout).await {
-            return Err(unavailable("the topic registry did not catch up in time"));
+        if !self.mirror.caught_up(rev, Duration::from_secs(1)).await {
+            // The watch is late (it restarts after a lost connection):
+            // read the entry itself, so this server reads its own write.
+            match self.within(self.bucket.entry(registry::key(name))).await? {
+                Some(entry) => self.mirror.apply(&entry),
+                None => self.mirror.forget(name),
+            }
         }
         Ok(true)
     }
@@ -397,6 +402,23 @@ impl Inner {
             .lock()
             .insert(group.to_string(), consumer.clone());
         Ok(consumer)
+    }
+
+    /// The group's consumer after it went away under a pull: the one a
+    /// seek makes again, or (forgotten) a new one at the oldest held.
+    pub(crate) async fn find_consumer(&self, group: &str, topic: &Topic) -> Result<PullConsumer> {
+        let stream = self.stream(topic).await?;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let found = stream
+                .get_consumer::<consumer::pull::Config>(&consumer_name(group))
+                .await;
+            if let Ok(c) = found {
+                topic.consumers.lock().insert(group.to_string(), c.clone());
+                return Ok(c);
+            }
+        }
+        self.consumer(topic, group).await
     }
 
     /// Every group's consumer info.
@@ -605,11 +627,22 @@ impl Inner {
         {
             return Err(Error::TooManyGroups(self.config.groups.max_per_topic));
         }
-        topic.consumers.lock().remove(group);
-        let _ = stream.delete_consumer(&consumer_name(group)).await;
-        let consumer = self
-            .within(stream.create_consumer(self.consumer_config(group, Some(seq + 1))))
-            .await?;
+        // A blocked pull of the group may make it again (at the oldest)
+        // between the delete and the create: then delete it again.
+        let mut tries = 0;
+        let consumer = loop {
+            topic.consumers.lock().remove(group);
+            let _ = stream.delete_consumer(&consumer_name(group)).await;
+            let made = self
+                .within(stream.create_consumer(self.consumer_config(group, Some(seq + 1))))
+                .await;
+            match made {
+                Err(Error::Unavailable(e)) if e.contains("can not be updated") && tries < 5 => {
+                    tries += 1;
+                }
+                made => break made?,
+            }
+        };
         topic.consumers.lock().insert(group.to_string(), consumer);
         // Other servers' handles of the old consumer find the new one by
         // name: a pull is by name at the server.

@@ -63,11 +63,15 @@ enum Phase {
     Kept,
     /// A cut withdrew it: not to be published, or deleted if it was.
     Abandoned,
+    /// A cut withdrew it while its publish was on the wire: deleted once
+    /// stored, and counted in `Topic::withdrawing` until then.
+    AbandonedInFlight,
 }
 
 /// A push running as a task.
 pub(super) struct PushOp {
     rx: oneshot::Receiver<Result<Seq>>,
+    topic: Arc<Topic>,
     phase: Arc<Mutex<Phase>>,
     _cancel: DropGuard,
 }
@@ -89,6 +93,11 @@ impl Future for PushOp {
                 Ok(js - 1)
             }
             Phase::Kept => Err(Error::Interrupted),
+            Phase::Publishing => {
+                *phase = Phase::AbandonedInFlight;
+                self.topic.withdrawing.fetch_add(1, Ordering::Relaxed);
+                Err(cut_error(cut))
+            }
             _ => {
                 *phase = Phase::Abandoned;
                 Err(cut_error(cut))
@@ -140,13 +149,15 @@ pub(super) fn push(
             cancel: cancel.clone(),
         };
         task.topic.blocked_writers.fetch_add(1, Ordering::Relaxed);
+        let topic = task.topic.clone();
         tokio::spawn(async move {
-            let r = task.run(data, wait).await;
+            let r = task.run(data, wait).await.map_err(|e| gone(&task.topic, e));
             task.topic.blocked_writers.fetch_sub(1, Ordering::Relaxed);
             let _ = tx.send(r);
         });
         PushOp {
             rx,
+            topic,
             phase,
             _cancel: cancel.drop_guard(),
         }
@@ -179,7 +190,10 @@ pub(super) fn pull(
             cancel: cancel.clone(),
         };
         tokio::spawn(async move {
-            let r = task.run(wait, &pulling).await;
+            let r = task
+                .run(wait, &pulling)
+                .await
+                .map_err(|e| gone(&task.topic, e));
             drop(pulling);
             // A delivery nobody will collect is dropped, so nak'd.
             let _ = tx.send(r);
@@ -254,6 +268,15 @@ impl Drop for Pulling {
         if pulling.get(&self.group).is_some_and(|l| l.is_empty()) {
             pulling.remove(&self.group);
         }
+    }
+}
+
+/// An error of JetStream on a topic removed meanwhile (its stream is
+/// deleted just after the registry entry) is the removal.
+fn gone(topic: &Topic, e: Error) -> Error {
+    match e {
+        Error::Unavailable(_) if topic.record().is_none() => Error::Removed,
+        e => e,
     }
 }
 
@@ -356,6 +379,8 @@ impl PushTask {
             {
                 return Ok(());
             }
+            // A reset, close or removal seen meanwhile ends the wait.
+            changed(changes, record)?;
             let progress = self.topic.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
@@ -366,6 +391,7 @@ impl PushTask {
                 None => self.inner.held(stream).await?.messages,
             };
             if lag < capacity {
+                changed(changes, record)?;
                 credit.store(capacity - lag - 1, Ordering::Relaxed);
                 let _ = self.inner.trim(&self.topic, stream, &groups).await;
                 return Ok(());
@@ -419,8 +445,20 @@ impl PushTask {
             match sent.await {
                 Ok(ack) => break ack.sequence,
                 Err(e) if Instant::now() >= give_up => {
-                    *self.phase.lock() = Phase::Abandoned;
+                    let mut phase = self.phase.lock();
+                    if *phase == Phase::AbandonedInFlight {
+                        self.topic.withdrawn();
+                    }
+                    *phase = Phase::Abandoned;
                     return Err(unavailable(e));
+                }
+                Err(_) if self.topic.record().is_none() => {
+                    let mut phase = self.phase.lock();
+                    if *phase == Phase::AbandonedInFlight {
+                        self.topic.withdrawn();
+                    }
+                    *phase = Phase::Abandoned;
+                    return Err(Error::Removed);
                 }
                 Err(e) => {
                     tracing::debug!("publish to {}: {e}; again", self.topic.stream);
@@ -430,15 +468,17 @@ impl PushTask {
         };
         let abandoned = {
             let mut phase = self.phase.lock();
-            let abandoned = *phase == Phase::Abandoned;
+            let abandoned = *phase == Phase::AbandonedInFlight;
             if !abandoned {
                 *phase = Phase::Published(js_seq);
             }
             abandoned
         };
         if abandoned {
-            // Cut short while on the wire: told withdrawn, so it goes.
+            // Cut short while on the wire: told withdrawn, so it goes
+            // (this server's pulls wait for that: `Topic::withdrawing`).
             let _ = stream.delete_message(js_seq).await;
+            self.topic.withdrawn();
             return Err(Error::Interrupted);
         }
         self.topic.pushed.fetch_add(1, Ordering::Relaxed);
@@ -459,6 +499,7 @@ impl PushTask {
     ) -> Result<()> {
         let mut backoff = Duration::from_millis(1);
         loop {
+            changed(changes, record)?;
             let progress = self.topic.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
@@ -605,6 +646,8 @@ struct PullTask {
 
 impl PullTask {
     async fn run(&self, wait: Wait, pulling: &Pulling) -> Result<Option<JetStreamDelivery>> {
+        // Never take a push this server told its writer was withdrawn.
+        self.topic.no_withdrawals(self.inner.config.timeout).await;
         let mut changes = self.topic.record.subscribe();
         let record = changes.borrow_and_update().clone().ok_or(Error::Removed)?;
         let deadline = record.config().timeout.map(|t| Instant::now() + t);
@@ -646,9 +689,10 @@ impl PullTask {
                 Got::Lost => {
                     // The group's consumer is gone (forgotten, or moved
                     // by a seek on another server): find or make it.
+                    // A seek deletes and makes it again at once: wait for
+                    // that rather than make it at the oldest meanwhile.
                     self.topic.consumers.lock().remove(&self.group);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    consumer = self.inner.consumer(&self.topic, &self.group).await?;
+                    consumer = self.inner.find_consumer(&self.group, &self.topic).await?;
                 }
             }
         }

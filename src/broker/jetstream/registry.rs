@@ -105,6 +105,8 @@ pub(crate) struct Topic {
     pub(crate) record: watch::Sender<Option<Record>>,
     /// The group consumers this server has looked up, by group.
     pub(crate) consumers: Mutex<HashMap<String, PullConsumer>>,
+    /// Pushes cut while their publish was on the wire, to be deleted.
+    pub(crate) withdrawing: AtomicU64,
     /// The highest stream sequence a pull on this server delivered.
     pub(crate) delivered: AtomicU64,
     /// Acks and naks sent and not yet confirmed, and their wake-up.
@@ -142,6 +144,7 @@ impl Topic {
             pulling: Mutex::default(),
             tickets: AtomicU64::new(0),
             turn: Notify::new(),
+            withdrawing: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             settling: AtomicU64::new(0),
             settled: Notify::new(),
@@ -164,6 +167,32 @@ impl Topic {
                 tokio::pin!(settled);
                 settled.as_mut().enable();
                 if self.settling.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                settled.await;
+            }
+        })
+        .await;
+    }
+
+    /// A push cut on the wire is deleted.
+    pub(crate) fn withdrawn(&self) {
+        self.withdrawing.fetch_sub(1, Ordering::Relaxed);
+        self.settled.notify_waiters();
+    }
+
+    /// Wait (at most `limit`) until no push cut on the wire is left to
+    /// delete.
+    pub(crate) async fn no_withdrawals(&self, limit: Duration) {
+        if self.withdrawing.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let settled = self.settled.notified();
+                tokio::pin!(settled);
+                settled.as_mut().enable();
+                if self.withdrawing.load(Ordering::Relaxed) == 0 {
                     return;
                 }
                 settled.await;
@@ -206,7 +235,7 @@ impl Mirror {
     }
 
     /// Apply one entry of the bucket.
-    fn apply(&self, entry: &kv::Entry) {
+    pub(crate) fn apply(&self, entry: &kv::Entry) {
         if let Some(name_hex) = entry.key.strip_prefix("t.") {
             let Some(name) = unhex(name_hex) else { return };
             match entry.operation {
@@ -239,6 +268,11 @@ impl Mirror {
                 }
             }
         }
+    }
+
+    /// Drop `name` from the mirror: the registry no longer has it.
+    pub(crate) fn forget(&self, name: &str) {
+        self.drop_topic(name);
     }
 
     fn drop_topic(&self, name: &str) {
