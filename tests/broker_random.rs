@@ -42,3 +42,47 @@ mod memory {
 
     include!("contract/random.rs");
 }
+
+#[path = "nats/mod.rs"]
+mod nats;
+
+/// The JetStream engine, on a one-node NATS server of its own per run.
+/// Its waits are on the real clock (JetStream's), so only the
+/// multi-threaded runs apply.
+mod jetstream {
+    use std::collections::HashMap;
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use dchan::broker::{
+        Broker, Cut, Delivery, Error, JetStreamBroker, JetStreamConfig, Seq, Setting, TopicConfig,
+        Wait, resolve_now,
+    };
+    use parking_lot::Mutex;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    use super::contract::Under;
+
+    type B = Under<JetStreamBroker>;
+    const PAUSED_CLOCK: bool = false;
+
+    async fn new_engine() -> B {
+        let cluster = super::nats::Cluster::start(1).await;
+        let engine = JetStreamBroker::connect(JetStreamConfig {
+            servers: cluster.url_list(),
+            ..Default::default()
+        })
+        .await
+        .expect("connect to the test's NATS");
+        Under {
+            engine,
+            _keep: Some(Box::new(cluster)),
+        }
+    }
+
+    include!("contract/random.rs");
+}

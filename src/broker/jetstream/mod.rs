@@ -506,10 +506,12 @@ impl Inner {
             .iter()
             .filter_map(|g| {
                 blocked_readers += g.num_waiting as u64;
+                let offset = g.delivered.stream_sequence.clamp(first, next);
                 Some(GroupStatus {
                     name: group_of(&g.name)?,
-                    offset: g.delivered.stream_sequence.max(first),
-                    lag: g.num_pending,
+                    offset,
+                    // A consumer's count may lag a purge.
+                    lag: g.num_pending.min(next - offset),
                     unacked: g.num_ack_pending as u64,
                     blocked: g.num_waiting as u64,
                 })

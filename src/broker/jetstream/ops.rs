@@ -6,7 +6,8 @@
 //! memory engine decides hand-offs under its lock the same way. Dropping
 //! the future cancels the task, which then undoes what it can: a pull
 //! naks whatever reaches it afterwards; a push not yet published is
-//! withdrawn, and a rendezvous push no group has taken is deleted.
+//! withdrawn. A rendezvous push publishes only once some group has a
+//! reader waiting for it, and from then on counts as taken.
 //!
 //! Waiting for room never spins: a push asks every group's consumer how
 //! far it lags, and while the slowest lags the capacity or more it sleeps
@@ -356,7 +357,7 @@ impl PushTask {
             Wait::Block => deadline,
             Wait::NonBlock => Some(Instant::now() + Duration::from_secs(1)),
         };
-        self.wait_taken(&stream, &record, js_seq, wait, deadline, &mut changes)
+        self.wait_taken(&stream, &record, js_seq, deadline, &mut changes)
             .await
     }
 
@@ -385,7 +386,14 @@ impl PushTask {
             tokio::pin!(progress);
             progress.as_mut().enable();
             let groups = self.inner.groups(stream).await?;
-            let lag = match groups.iter().map(|g| g.num_pending).max() {
+            // A consumer's count may not have caught up with this server's
+            // last publish yet: count from that too.
+            let last = self.topic.published.load(Ordering::Relaxed);
+            let lag_of = |g: &consumer::Info| {
+                g.num_pending
+                    .max(last.saturating_sub(g.delivered.stream_sequence))
+            };
+            let lag = match groups.iter().map(lag_of).max() {
                 Some(lag) => lag,
                 // Held for the group to come.
                 None => self.inner.held(stream).await?.messages,
@@ -482,6 +490,7 @@ impl PushTask {
             return Err(Error::Interrupted);
         }
         self.topic.pushed.fetch_add(1, Ordering::Relaxed);
+        self.topic.published.fetch_max(js_seq, Ordering::Relaxed);
         Ok(js_seq)
     }
 
@@ -546,7 +555,6 @@ impl PushTask {
         stream: &jetstream::stream::Stream<()>,
         record: &Record,
         js_seq: u64,
-        wait: Wait,
         deadline: Option<Instant>,
         changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
     ) -> Result<Seq> {
@@ -566,61 +574,40 @@ impl PushTask {
                 _ = progress => Woke::Look,
                 w = nap(&self.topic, changes, backoff, deadline, &self.cancel) => w,
             };
-            let failure = match woke {
-                Woke::Look => None,
+            let taken = |last_look: &[consumer::Info]| {
+                last_look.iter().any(took) || self.topic.delivered.load(Ordering::Relaxed) >= js_seq
+            };
+            match woke {
+                Woke::Look => {}
                 Woke::Changed => match changed(changes, record) {
-                    // Gone with its stream: taken if a group had it.
-                    Err(e)
-                        if last_look.iter().any(took)
-                            || self.topic.delivered.load(Ordering::Relaxed) >= js_seq =>
-                    {
-                        let _ = e;
-                        return Ok(js_seq - 1);
+                    // Reset: the purge leaves the consumers' pointers, so
+                    // one more look tells whether a group took it.
+                    Err(Error::Reset) => {
+                        let groups = self.inner.groups(stream).await?;
+                        return match groups.iter().any(took) || taken(&last_look) {
+                            true => Ok(js_seq - 1),
+                            false => Err(Error::Reset),
+                        };
                     }
-                    Err(e @ (Error::Removed | Error::Reset)) => return Err(e),
-                    Err(e) => Some(e),
+                    // Removed before any group took it: gone.
+                    Err(Error::Removed) if !taken(&last_look) => return Err(Error::Removed),
+                    // Taken before that, or closed: it stays for the
+                    // readers to drain.
+                    Err(_) => return Ok(js_seq - 1),
                     // Capacity grew: it is held, as room allows.
                     Ok(()) if changes.borrow().as_ref().is_some_and(|r| r.capacity > 0) => {
                         return Ok(js_seq - 1);
                     }
-                    Ok(()) => None,
+                    Ok(()) => {}
                 },
-                Woke::Deadline => Some(match wait {
-                    Wait::Block => Error::TimedOut,
-                    Wait::NonBlock => Error::WouldBlock,
-                }),
-                Woke::Cancelled if *self.phase.lock() == Phase::Kept => return Ok(js_seq - 1),
-                Woke::Cancelled => Some(Error::Interrupted),
-            };
-            if let Some(e) = failure {
-                return self.withdraw(stream, js_seq, e).await;
+                // Stored because a reader wanted it: held for every group
+                // as a taken message is, so `Ok` (deleting it now could
+                // race a reader that takes it, and other groups would lose
+                // it).
+                Woke::Deadline | Woke::Cancelled => return Ok(js_seq - 1),
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-    }
-
-    /// A rendezvous push ended early: `Ok` if some group took it (the
-    /// others get it from the stream), else deleted and `failure`.
-    async fn withdraw(
-        &self,
-        stream: &jetstream::stream::Stream<()>,
-        js_seq: u64,
-        failure: Error,
-    ) -> Result<Seq> {
-        let took_any = async {
-            let groups = self.inner.groups(stream).await?;
-            Ok::<_, Error>(groups.iter().any(|g| g.delivered.stream_sequence >= js_seq))
-        };
-        if took_any.await? {
-            return Ok(js_seq - 1);
-        }
-        let _ = stream.delete_message(js_seq).await;
-        // A reader may have taken it between the look and the delete.
-        let groups = self.inner.groups(stream).await?;
-        if groups.iter().any(|g| g.delivered.stream_sequence >= js_seq) {
-            return Ok(js_seq - 1);
-        }
-        Err(failure)
     }
 }
 
@@ -661,12 +648,35 @@ impl PullTask {
                     .inner
                     .within(consumer.fetch().max_messages(1).messages())
                     .await?;
-                return match batch.next().await {
-                    Some(Ok(m)) => Ok(Some(self.deliver(m))),
-                    Some(Err(e)) => Err(unavailable(e)),
-                    None if record.closed => Ok(None),
-                    None => Err(Error::WouldBlock),
+                match batch.next().await {
+                    Some(Ok(m)) => return Ok(Some(self.deliver(m))),
+                    Some(Err(e)) => return Err(unavailable(e)),
+                    None if !record.closed => return Err(Error::WouldBlock),
+                    None => {}
+                }
+                // Closed, nothing to read now: the end, unless a delivery
+                // of the group is still out (it may come back) or a nak of
+                // this server is on its way.
+                self.topic.settled(self.inner.config.timeout).await;
+                let mut c = consumer.clone();
+                let info = self.inner.within(c.info()).await?;
+                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    return Ok(None);
+                }
+                if wait == Wait::NonBlock {
+                    return Err(Error::WouldBlock);
+                }
+                let woke = tokio::select! {
+                    _ = self.topic.progress.notified() => Woke::Look,
+                    _ = tokio::time::sleep(MAX_BACKOFF) => Woke::Look,
+                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + MAX_EXPIRES)), if deadline.is_some() => Woke::Deadline,
+                    _ = self.cancel.cancelled() => Woke::Cancelled,
                 };
+                match woke {
+                    Woke::Deadline => return Err(Error::TimedOut),
+                    Woke::Cancelled => return Err(Error::Interrupted),
+                    _ => continue,
+                }
             }
             let expires = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()).min(MAX_EXPIRES),

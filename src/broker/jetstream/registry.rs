@@ -105,6 +105,8 @@ pub(crate) struct Topic {
     pub(crate) record: watch::Sender<Option<Record>>,
     /// The group consumers this server has looked up, by group.
     pub(crate) consumers: Mutex<HashMap<String, PullConsumer>>,
+    /// The highest stream sequence this server published.
+    pub(crate) published: AtomicU64,
     /// Pushes cut while their publish was on the wire, to be deleted.
     pub(crate) withdrawing: AtomicU64,
     /// The highest stream sequence a pull on this server delivered.
@@ -145,6 +147,7 @@ impl Topic {
             tickets: AtomicU64::new(0),
             turn: Notify::new(),
             withdrawing: AtomicU64::new(0),
+            published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             settling: AtomicU64::new(0),
             settled: Notify::new(),
@@ -259,7 +262,13 @@ impl Mirror {
         let mut topics = self.topics.write();
         match topics.get(name) {
             Some(t) if t.id == record.id => {
-                t.record.send_replace(Some(record));
+                let resets = record.resets;
+                let before = t.record.send_replace(Some(record));
+                if before.is_some_and(|b| b.resets != resets) {
+                    // Purged: nothing this server published is held.
+                    t.published.store(0, Ordering::Relaxed);
+                    t.credit.store(0, Ordering::Relaxed);
+                }
             }
             _ => {
                 let new = Arc::new(Topic::new(&self.prefix, record));
