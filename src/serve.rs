@@ -3,7 +3,7 @@
 //! SIGINT or SIGTERM.
 //!
 //! ```text
-//! dchan serve [--listen ADDR]... [--config FILE] [--log LEVEL]
+//! dchan serve [--listen ADDR]... [--config FILE] [--log LEVEL] [--nats URL,...]
 //! ```
 //! The binary only parses its arguments and calls [`main`]; [`run`] is the
 //! server itself, and takes its shutdown signal as a future so that a test
@@ -26,9 +26,10 @@ use std::time::Duration;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+use crate::broker::JetStreamBroker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::{self, Broker};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Engine};
 use crate::engine::{self, Addr, Connections, Limits, Listener};
 use crate::fs::FileTree;
 use crate::ramfs::RamFs;
@@ -47,6 +48,11 @@ pub struct ServeArgs {
     /// Log filter, such as debug or dchan=trace [default: $RUST_LOG, else info]
     #[arg(long, value_name = "LEVEL")]
     pub log: Option<String>,
+    /// Keep topics in the NATS JetStream cluster at these servers, shared
+    /// with every dchan server given the same (sets [broker] engine =
+    /// "jetstream" and nats)
+    #[arg(long, value_name = "URL,...", value_delimiter = ',')]
+    pub nats: Vec<String>,
     /// Serve an in-memory file tree instead of topics (for tests of the
     /// 9P engine with real clients)
     #[arg(long, hide = true)]
@@ -64,6 +70,8 @@ pub enum Error {
     Listen { addr: Addr, source: std::io::Error },
     #[error("topic {name:?} in the configuration: {source}")]
     Topic { name: String, source: broker::Error },
+    #[error("{0}")]
+    Broker(broker::Error),
 }
 
 /// `dchan serve`: start logging, read the configuration, serve until
@@ -90,6 +98,10 @@ async fn start(args: ServeArgs) -> Result<(), Error> {
     if !args.listen.is_empty() {
         config.listen = args.listen;
     }
+    if !args.nats.is_empty() {
+        config.broker.engine = Engine::Jetstream;
+        config.broker.nats = args.nats;
+    }
     if args.ramfs {
         let listeners = bind(&config.listen).await?;
         let tree = Arc::new(RamFs::new());
@@ -104,14 +116,42 @@ async fn start(args: ServeArgs) -> Result<(), Error> {
 /// accepting, answer every blocked request with an error, and return once
 /// every connection has closed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let broker = MemoryBroker::with_group_limits(config.groups.limits());
+    match config.broker.engine {
+        Engine::Memory => {
+            let broker = MemoryBroker::with_group_limits(config.groups.limits());
+            serve_topics(broker, config, shutdown).await
+        }
+        Engine::Jetstream => {
+            let settings = config.broker.jetstream(&config.groups);
+            let broker = JetStreamBroker::connect(settings)
+                .await
+                .map_err(Error::Broker)?;
+            serve_topics(broker, config, shutdown).await
+        }
+    }
+}
+
+/// `run` with its engine.
+async fn serve_topics<B: Broker>(
+    broker: B,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     for spec in &config.topic {
-        broker
-            .create(&spec.name, spec.topic_config(&config.topic_defaults))
-            .map_err(|source| Error::Topic {
+        let made = Broker::create(
+            &broker,
+            &spec.name,
+            spec.topic_config(&config.topic_defaults),
+        )
+        .await;
+        match made {
+            // Shared topics: another server of the deployment made it.
+            Err(broker::Error::Exists(_)) if config.broker.engine == Engine::Jetstream => {}
+            made => made.map_err(|source| Error::Topic {
                 name: spec.name.clone(),
                 source,
-            })?;
+            })?,
+        }
     }
     let listeners = bind(&config.listen).await?;
     let connections = Connections::default();

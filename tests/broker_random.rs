@@ -74,6 +74,9 @@ mod jetstream {
         let cluster = super::nats::Cluster::start(1).await;
         let engine = JetStreamBroker::connect(JetStreamConfig {
             servers: cluster.url_list(),
+            // A delivery that reached no reader (its pull's request was
+            // answered after the client gave up on it) comes back then.
+            ack_wait: Duration::from_secs(2),
             ..Default::default()
         })
         .await

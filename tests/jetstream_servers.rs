@@ -1,0 +1,206 @@
+//! Several `dchan serve --nats` processes sharing their topics through one
+//! NATS JetStream, driven as users drive them: dchan's client library and
+//! its CLI, against server A and server B at once. Topics, messages,
+//! groups and settings made through one are seen through the other; a
+//! dchan server killed mid-stream loses none of what its writers were told
+//! was stored, and its readers' unacknowledged deliveries reach readers on
+//! the other server.
+
+mod nats;
+mod server;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dchan::client::{Client, Options, TopicSettings};
+use server::Server;
+
+/// How long a cross-server view may take to agree (the registry watch);
+/// only turns a hang into a failure.
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn serve(cluster: &nats::Cluster, extra: &[&str]) -> Server {
+    let urls = cluster.urls();
+    let mut args = vec!["--nats", urls.as_str(), "--log", "warn"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+async fn client(s: &Server, group: &str) -> Client {
+    Client::connect(&s.addr(), &Options::group(group))
+        .await
+        .expect("connect")
+}
+
+/// Retry `f` until it returns `Some`, within `LIMIT`.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < LIMIT, "{what}: not within {LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn cli(server: &Server, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .env("DCHAN_ADDR", server.addr())
+        .args(args)
+        .output()
+        .expect("run dchan");
+    assert!(
+        out.status.success(),
+        "dchan {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_servers_share_topics_messages_and_groups() {
+    let c = nats::Cluster::start(1).await;
+    let (a, b) = (serve(&c, &[]), serve(&c, &[]));
+    let (ca, cb) = (client(&a, "").await, client(&b, "").await);
+
+    // Made on A: listed on B.
+    ca.create(
+        "jobs",
+        &TopicSettings {
+            capacity: Some(100),
+            ..TopicSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually("B lists jobs", || async {
+        cb.topics()
+            .await
+            .unwrap()
+            .contains(&"jobs".to_string())
+            .then_some(())
+    })
+    .await;
+
+    // Pushed on A, pulled on B, in order.
+    for i in 0..5 {
+        ca.push("jobs", format!("m{i}\n")).await.unwrap();
+    }
+    let mut p = cb.open_data("jobs").await.unwrap();
+    for i in 0..5 {
+        assert_eq!(p.next().await.unwrap().unwrap(), format!("m{i}\n"));
+    }
+    p.close().await.unwrap();
+
+    // Two readers of one group, one per server, share the work: each
+    // message to one of them.
+    let n = 40;
+    let (ga, gb) = (client(&a, "workers").await, client(&b, "workers").await);
+    let read = |c: Client| {
+        tokio::spawn(async move {
+            let mut p = c.open_data("jobs").await.unwrap();
+            let mut got = Vec::new();
+            while let Ok(Some(m)) = p.next_timeout(Duration::from_secs(3)).await {
+                got.push(String::from_utf8(m.to_vec()).unwrap());
+            }
+            got
+        })
+    };
+    let (ra, rb) = (read(ga), read(gb));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..n {
+        ca.push("jobs", format!("w{i}\n")).await.unwrap();
+    }
+    let (got_a, got_b) = (ra.await.unwrap(), rb.await.unwrap());
+    let all: BTreeSet<_> = got_a.iter().chain(&got_b).cloned().collect();
+    println!(
+        "group of two readers: {} on A, {} on B",
+        got_a.len(),
+        got_b.len()
+    );
+    assert_eq!(got_a.len() + got_b.len(), n, "each message once");
+    assert_eq!(all.len(), n);
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "both readers worked"
+    );
+
+    // Settings and close made on B hold on A.
+    cb.ctl_write("jobs", "capacity 7").await.unwrap();
+    eventually("A sees capacity 7", || async {
+        ca.ctl("jobs")
+            .await
+            .unwrap()
+            .contains("capacity 7")
+            .then_some(())
+    })
+    .await;
+    // The CLI against A and B agrees, but for PULLED: the pulls made
+    // through that server (the rest is the cluster's).
+    let without_pulled = |ls: String| -> Vec<Vec<String>> {
+        ls.lines()
+            .map(|l| {
+                let mut cols: Vec<String> = l.split_whitespace().map(String::from).collect();
+                cols.remove(3);
+                cols
+            })
+            .collect()
+    };
+    let (ls_a, ls_b) = (cli(&a, &["ls"]), cli(&b, &["ls"]));
+    assert!(ls_a.contains("jobs"), "{ls_a}");
+    assert_eq!(without_pulled(ls_a), without_pulled(ls_b));
+
+    // Removed on B: gone on A.
+    cb.remove("jobs").await.unwrap();
+    eventually("A no longer lists jobs", || async {
+        (!ca.topics().await.unwrap().contains(&"jobs".to_string())).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rendezvous_spans_servers() {
+    let c = nats::Cluster::start(1).await;
+    let (a, b) = (serve(&c, &[]), serve(&c, &[]));
+    let (ca, cb) = (client(&a, "").await, client(&b, "").await);
+    ca.create("r", &TopicSettings::default()).await.unwrap();
+    eventually("B lists r", || async {
+        cb.topics()
+            .await
+            .unwrap()
+            .contains(&"r".to_string())
+            .then_some(())
+    })
+    .await;
+    // The push on A returns once the reader on B took it.
+    let reader = tokio::spawn(async move { cb.pull("r").await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ca.push("r", "hello\n").await.unwrap();
+    assert_eq!(reader.await.unwrap(), Some(Bytes::from("hello\n")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_fails_clearly_when_nats_is_unreachable() {
+    let port = nats::free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args([
+            "serve",
+            "--listen",
+            "tcp!127.0.0.1!0",
+            "--nats",
+            &format!("nats://127.0.0.1:{port}"),
+        ])
+        .output()
+        .expect("run dchan serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("broker unavailable"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "listened");
+}
