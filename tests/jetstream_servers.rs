@@ -204,3 +204,110 @@ async fn serve_fails_clearly_when_nats_is_unreachable() {
     assert!(stderr.contains("broker unavailable"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "listened");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_a_dchan_server_mid_stream_loses_nothing_it_acknowledged() {
+    // 3 NATS nodes, R3; producer on A, readers of one group on A and B.
+    // A is killed with SIGKILL mid-stream: every push A acknowledged is
+    // read on B (A's readers' unacknowledged deliveries come back after
+    // the ack wait, 2 s here).
+    let c = nats::Cluster::start(3).await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[broker]\nreplicas = 3\nack_wait = \"2s\"\n").unwrap();
+    let cfg = config.path().to_str().unwrap();
+    let mut a = serve(&c, &["--config", cfg]);
+    let b = serve(&c, &["--config", cfg]);
+    let (ca, cb) = (client(&a, "").await, client(&b, "").await);
+    ca.create(
+        "jobs",
+        &TopicSettings {
+            capacity: Some(50),
+            ..TopicSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually("B lists jobs", || async {
+        cb.topics()
+            .await
+            .unwrap()
+            .contains(&"jobs".to_string())
+            .then_some(())
+    })
+    .await;
+    // A's reader: takes messages and never acks the last (it dies).
+    let ra = client(&a, "").await;
+    let reader_a = tokio::spawn(async move {
+        let mut p = ra.open_data("jobs").await.unwrap();
+        let mut got = BTreeSet::new();
+        while let Ok(Some(m)) = p.next().await {
+            got.insert(
+                String::from_utf8(m.to_vec())
+                    .unwrap()
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap(),
+            );
+        }
+        got
+    });
+    // B's reader, of the same group, until the group is idle for 5 s.
+    let reader_b = tokio::spawn(async move {
+        let mut p = cb.open_data("jobs").await.unwrap();
+        let (mut got, mut dups) = (BTreeSet::new(), 0);
+        while let Ok(Some(m)) = p.next_timeout(Duration::from_secs(5)).await {
+            let i: u64 = String::from_utf8(m.to_vec())
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            if !got.insert(i) {
+                dups += 1;
+            }
+        }
+        (got, dups)
+    });
+    let acked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let writer = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            for i in 0..1000 {
+                match ca.push("jobs", format!("{i}\n")).await {
+                    Ok(()) => acked.lock().push(i),
+                    Err(e) => {
+                        println!("push {i}: {e}"); // its server is gone
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    // Mid-stream: once 100 pushes were acknowledged.
+    eventually("100 pushes", || async {
+        (acked.lock().len() >= 100).then_some(())
+    })
+    .await;
+    a.child.kill().unwrap(); // SIGKILL
+    let _ = a.child.wait();
+    writer.await.unwrap();
+    let acked = acked.lock().clone();
+    let on_a = reader_a.await.unwrap();
+    let (got, dups) = reader_b.await.unwrap();
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|i| !got.contains(&(**i as u64)) && !on_a.contains(&(**i as u64)))
+        .collect();
+    let again = got.intersection(&on_a).count();
+    println!(
+        "dchan A killed: {} pushes acknowledged, {} read on A, {} read on B \
+         ({dups} twice on B, {again} on both), {} lost",
+        acked.len(),
+        on_a.len(),
+        got.len(),
+        lost.len(),
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged, and read by nobody: {lost:?}"
+    );
+}
