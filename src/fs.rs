@@ -89,6 +89,10 @@ pub struct Attach {
     pub dialect: Dialect,
 }
 
+/// Where a directory listing carries on (see [`FileTree::readdir_page`]):
+/// made by the tree, kept by the engine between reads.
+pub type DirPos = String;
+
 /// A file's metadata, dialect-neutral; the engine turns it into a 9P2000
 /// stat, a 9P2000.u stat or an Rgetattr.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -193,9 +197,28 @@ pub trait FileTree: Send + Sync + 'static {
 
     fn stat(&self, node: &Self::Node) -> Result<FileInfo>;
 
-    /// The entries of a directory, in a stable order; the engine snapshots
-    /// them when a directory read starts at offset 0.
+    /// The entries of a directory, in a stable order.
     fn readdir(&self, dir: &Self::Node) -> Result<Vec<FileInfo>>;
+
+    /// Up to about `limit` entries of a directory from position `from`
+    /// (`None`: its start), in the order of [`FileTree::readdir`], and the
+    /// position after them (`None`: no more). The engine reads directories
+    /// through this, a page at a time as the client reads, so that a
+    /// directory of many entries is never held whole. A position is the
+    /// tree's own text, opaque to the engine; a tree whose directories are
+    /// small need not write this: by default the first page is the whole
+    /// of `readdir`.
+    fn readdir_page(
+        &self,
+        dir: &Self::Node,
+        from: Option<&DirPos>,
+        _limit: usize,
+    ) -> Result<(Vec<FileInfo>, Option<DirPos>)> {
+        match from {
+            None => Ok((self.readdir(dir)?, None)),
+            Some(_) => Ok((Vec::new(), None)),
+        }
+    }
 
     fn open(
         &self,

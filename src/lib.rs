@@ -13,6 +13,7 @@
 //! - `serve`  — `dchan serve`: configuration, logging, broker, tree and engine, shutdown.
 //! - `client` — dchan's own 9P client: many requests per connection, flush, topics by name.
 //! - `bench`  — the workloads of `dchan bench`, shared with the peers' benchmark.
+//! - `pipeline` — `dchan run 'a | b'` and `dchan worker`: stages over topics, a client.
 
 pub mod bench;
 pub mod broker;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod cut;
 pub mod engine;
 pub mod fs;
+pub mod pipeline;
 pub mod proto;
 pub mod ramfs;
 pub mod serve;
@@ -46,4 +48,6 @@ pub mod literate {
     pub struct Scaling;
     #[doc = include_str!("../literate/08-performance.md")]
     pub struct Performance;
+    #[doc = include_str!("../literate/09-pipelines.md")]
+    pub struct Pipelines;
 }

@@ -793,3 +793,68 @@ async fn a_reply_to_an_unknown_tag_times_out_in_one_plain_line() {
     assert!(!o.stderr.contains(&0x1b), "no ANSI codes: {:?}", stderr(&o));
     fails(o, 1, "dchan: stat t1: timed out after 300ms");
 }
+
+/// Issue 16: many topics in one command, many to a write of the root ctl;
+/// `ls` reads the server's `topics` file (one line per topic, a header
+/// naming the columns) and keeps its table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_and_rm_take_many_topics_and_ls_reads_the_listing() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    let names: Vec<String> = (0..3000).map(|i| format!("u{i:04}/inbox")).collect();
+    let mut args: Vec<&str> = vec!["create", "--capacity", "2"];
+    args.extend(names.iter().map(String::as_str));
+    ok(dchan(a, &args).await);
+    let quiet = ok(dchan(a, &["ls", "-q"]).await);
+    assert_eq!(quiet.lines().collect::<Vec<_>>(), names);
+    let table = ok(dchan(a, &["ls", "u0042"]).await);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert_eq!(rows[0][0], "TOPIC");
+    assert_eq!(
+        rows[1],
+        ["u0042/inbox", "0", "0", "0", "0", "0", "2", "line", "open"]
+    );
+    // The listing as a file, read like any other.
+    let c = dchan::client::Client::connect(a, &Default::default())
+        .await
+        .unwrap();
+    let text = c.topics_file().await.unwrap();
+    assert_eq!(text.lines().count(), 3001);
+    assert!(
+        text.starts_with("TOPIC PENDING PUSHED PULLED READERS GROUPS CAPACITY FRAMING STATE\n")
+    );
+    // The root's 3 000 directories, read a page at a time by the server,
+    // as 9P2000.L dirents and as 9P2000 stat records: each once, in order.
+    for dialect in [dchan::proto::Dialect::P2000L, dchan::proto::Dialect::P2000] {
+        let opts = dchan::client::Options::default().dialect(dialect);
+        let c = dchan::client::Client::connect(a, &opts).await.unwrap();
+        assert_eq!(c.topics().await.unwrap(), names, "{dialect:?}");
+    }
+    // One that exists fails its write whole: nothing of it is made.
+    fails(
+        dchan(a, &["create", "new1", "u0001/inbox", "new2"]).await,
+        1,
+        "dchan: create new1 and 2 more: create u0001/inbox: topic exists (0 created)",
+    );
+    assert!(!ok(dchan(a, &["ls", "-q"]).await).contains("new"));
+    let mut args = vec!["rm"];
+    args.extend(names.iter().map(String::as_str));
+    ok(dchan(a, &args).await);
+    assert_eq!(ok(dchan(a, &["ls", "-q"]).await), "");
+    fails(
+        dchan(a, &["rm", "u0001/inbox", "u0002/inbox"]).await,
+        1,
+        "dchan: rm u0001/inbox and 1 more: remove u0001/inbox: no such topic (0 removed)",
+    );
+    // No topic may take the listing's name.
+    fails(
+        dchan(a, &["create", "topics"]).await,
+        1,
+        "dchan: create topics:",
+    );
+    s.stop().await;
+}

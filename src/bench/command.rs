@@ -54,6 +54,9 @@ pub async fn main(args: BenchArgs) -> ExitCode {
     };
     let listen = async move { signalled.next().await.to_string() };
     tokio::pin!(listen);
+    if args.workload == Workload::Topics {
+        return topics(&args, listen).await;
+    }
     let system = tokio::select! {
         s = Dchan::connect(&args.addr, args.dialect) => s,
         why = &mut listen => {
@@ -81,6 +84,28 @@ pub async fn main(args: BenchArgs) -> ExitCode {
         }
         (None, Some(e)) => {
             eprintln!("dchan: bench {:?}: FAILED: {e}", args.workload);
+            ExitCode::FAILURE
+        }
+        (None, None) => ExitCode::SUCCESS,
+    }
+}
+
+/// `dchan bench topics`: on one connection of its own.
+async fn topics(args: &BenchArgs, listen: impl std::future::Future<Output = String>) -> ExitCode {
+    let opts = crate::client::Options::default().dialect(args.dialect);
+    let client = match crate::client::Client::connect(&args.addr, &opts).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dchan: bench: connect {}: {e}", args.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = super::topics::run(&client, &args.opts, listen).await;
+    report.print();
+    match (&report.interrupted, &report.error) {
+        (Some(why), _) => interrupted_exit(why),
+        (None, Some(e)) => {
+            eprintln!("dchan: bench topics: FAILED: {e}");
             ExitCode::FAILURE
         }
         (None, None) => ExitCode::SUCCESS,

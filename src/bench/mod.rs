@@ -27,6 +27,7 @@
 //! - `workload` — the workloads themselves.
 //! - `tcp`      — the raw TCP echo server and the system that uses it (the floor).
 //! - `dchan`    — dchan itself, through `dchan::client`.
+//! - `topics`   — the `topics` workload: many idle topics (dchan only).
 //! - `command`  — `dchan bench`: its arguments and its run.
 
 pub mod command;
@@ -35,6 +36,7 @@ pub mod ledger;
 pub mod payload;
 pub mod report;
 pub mod tcp;
+pub mod topics;
 pub mod workload;
 
 use std::future::Future;
@@ -71,6 +73,11 @@ pub enum Workload {
     /// `--count` messages queued with no reader taking them: server memory
     /// per message, then all of them drained and checked.
     Backlog,
+    /// `--count` idle topics (dchan only): create and remove rates through
+    /// one connection, server memory per topic, one topic's status read
+    /// with 10 topics and with all of them, and the time of the listing
+    /// `dchan ls` reads (see `topics`).
+    Topics,
 }
 
 /// The options every workload shares (the arguments of `dchan bench` and of
@@ -100,7 +107,7 @@ pub struct Options {
     /// Connections (conns; 1 to 100 000).
     #[arg(long, default_value_t = 10_000, value_parser = conns)]
     pub conns: usize,
-    /// Messages to queue (backlog; 1 to 10^9).
+    /// Messages to queue (backlog; 1 to 10^9); topics to make (topics).
     #[arg(long, default_value_t = 1_000_000, value_parser = count)]
     pub count: u64,
     /// Topic capacity for pipe, queue and fanout.

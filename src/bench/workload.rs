@@ -69,6 +69,7 @@ pub async fn run_until<S: System>(
             Workload::Fanout => flow(system, opts, &names, Shape::fanout(opts), report).await,
             Workload::Conns => conns(system, opts, &names, report).await,
             Workload::Backlog => backlog(system, opts, &names, report).await,
+            Workload::Topics => Err("n/a: the topics workload runs in dchan bench only".into()),
         }
     };
     tokio::pin!(cancel);

@@ -49,6 +49,7 @@ pub use jetstream::{JetStreamBroker, JetStreamConfig, JetStreamDelivery};
 pub use memory::{MemoryBroker, MemoryDelivery};
 
 use std::future::Future;
+use std::ops::Bound;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -313,9 +314,80 @@ pub trait Broker: Send + Sync + 'static {
     fn create(&self, topic: &str, config: TopicConfig) -> impl Future<Output = Result<()>> + Send;
     /// Remove a topic: blocked pushes and pulls fail with `Removed`.
     fn remove(&self, topic: &str) -> impl Future<Output = Result<()>> + Send;
-    /// Every topic's name, sorted, as this server knows them now (an
-    /// engine shared by several servers answers from its local view).
-    fn topics(&self) -> Vec<String>;
+    /// Up to `limit` topic names from `from` on, in byte order (`&str`'s
+    /// `Ord`): the one ordered range query every listing is built on, so
+    /// that a walk, a stat or one directory's listing costs the same with
+    /// 10 or 1 000 000 topics. An engine keeps its names in an ordered map
+    /// (a `BTreeMap`/`BTreeSet` range) and answers in O(log n + limit);
+    /// the listings below are provided on top of it. A range cut between
+    /// calls sees topics created or removed meanwhile, as a directory read
+    /// does. Like `id`, answered from this server's view of the namespace
+    /// (an engine shared by several servers keeps a local ordered copy).
+    fn names(&self, from: Bound<&str>, limit: usize) -> Vec<String>;
+
+    /// Every topic's name, sorted (O(n): a whole listing, never needed to
+    /// find one topic).
+    fn topics(&self) -> Vec<String> {
+        self.names(Bound::Unbounded, usize::MAX)
+    }
+
+    /// Whether some topic's name is `dir` followed by `/` (the directory
+    /// `dir` leads to topics): one range query.
+    fn leads_to(&self, dir: &str) -> bool {
+        let prefix = format!("{dir}/");
+        self.names(Bound::Included(&prefix), 1)
+            .first()
+            .is_some_and(|n| n.starts_with(&prefix))
+    }
+
+    /// The names one level below the directory `dir` ("" for the root)
+    /// that are topics or lead to topics: `a` and `b` for the topics `a`
+    /// and `b/c`. One range query per child, however many topics lie
+    /// deeper under it. They come in the order of the first topic name each
+    /// leads to (`a-x` before `a` when `a` only holds `a/b`, as '-' sorts
+    /// before '/'); `limit` children at most, starting at the first
+    /// name ≥ `from` (`Bound::Unbounded` from the start), with the position
+    /// to carry on from (`None` once at the end).
+    fn children(
+        &self,
+        dir: &str,
+        mut from: Bound<String>,
+        limit: usize,
+    ) -> (Vec<String>, Option<Bound<String>>) {
+        let prefix = match dir {
+            "" => String::new(),
+            d => format!("{d}/"),
+        };
+        if matches!(from, Bound::Unbounded) {
+            from = Bound::Included(prefix.clone());
+        }
+        let mut found = Vec::new();
+        while found.len() < limit {
+            let Some(name) = self.names(from.as_ref().map(String::as_str), 1).pop() else {
+                return (found, None);
+            };
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                return (found, None);
+            };
+            from = match rest.split_once('/') {
+                // The topic itself: its own topics (`c/…`) come later, and
+                // are passed over there.
+                None => {
+                    found.push(rest.to_string());
+                    Bound::Excluded(name)
+                }
+                Some((child, _)) => {
+                    if self.id(&format!("{prefix}{child}")).is_err() {
+                        found.push(child.to_string());
+                    }
+                    // Past every `child/…`: '0' follows '/'.
+                    Bound::Included(format!("{prefix}{child}0"))
+                }
+            };
+        }
+        (found, Some(from))
+    }
+
     /// The topic's identity, in constant time (no status is built), from
     /// this server's view of the namespace: walks and stats ask it.
     fn id(&self, topic: &str) -> Result<TopicId>;

@@ -72,13 +72,20 @@ const CREATE_HELP: &str = "\
 Examples:
   dchan create jobs                    the server's defaults (capacity 0: a rendezvous)
   dchan create logs --capacity 1000    writers run up to 1000 messages ahead
-  dchan create frames --framing write  each write is one message, newlines and all";
+  dchan create frames --framing write  each write is one message, newlines and all
+  dchan create u1/inbox u2/inbox u3/inbox   several at once, many to a message
+  seq -f 'job/%g' 100000 | xargs dchan create   a hundred thousand, in seconds
+
+With several topics, as many create lines go in one write of the server's
+ctl as one message holds; each write is checked whole before any of it is
+made, and an error says how many were made before it: \"(N created)\".";
 
 #[derive(Args)]
 #[command(after_help = CREATE_HELP)]
 pub struct CreateArgs {
-    /// The topic, e.g. jobs or metrics/eu.
-    pub topic: String,
+    /// The topics, e.g. jobs or metrics/eu.
+    #[arg(required = true, value_name = "TOPIC")]
+    pub topics: Vec<String>,
     /// How far the slowest group may lag before pushes wait (0: each push waits for a reader).
     #[arg(long)]
     pub capacity: Option<u64>,
@@ -128,7 +135,7 @@ pub async fn offset(a: OffsetArgs) -> Result<(), Failure> {
 }
 
 pub async fn create(a: CreateArgs) -> Result<(), Failure> {
-    let what = || format!("create {}", a.topic);
+    let what = || several("create", &a.topics);
     let client = a.conn.connect().await?;
     let settings = TopicSettings {
         capacity: a.capacity,
@@ -138,15 +145,40 @@ pub async fn create(a: CreateArgs) -> Result<(), Failure> {
         }),
         timeout: a.timeout,
     };
-    client.create(&a.topic, &settings).await.what(what)
+    if let [topic] = &a.topics[..] {
+        return client.create(topic, &settings).await.what(what);
+    }
+    let done = client.create_all(&a.topics, &settings).await;
+    done.map_err(|(n, e)| Failure::new(what(), format!("{e} ({n} created)")))
 }
 
-pub async fn rm(a: TopicArg) -> Result<(), Failure> {
+/// What a command on `topics` is called in its errors: `create a`, or
+/// `create a and 99 more` (not a hundred thousand names in one line).
+pub fn several(cmd: &str, topics: &[String]) -> String {
+    match topics {
+        [] => cmd.to_string(),
+        [one] => format!("{cmd} {one}"),
+        [first, rest @ ..] => format!("{cmd} {first} and {} more", rest.len()),
+    }
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// The topics, e.g. jobs or metrics/eu.
+    #[arg(required = true, value_name = "TOPIC")]
+    pub topics: Vec<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub async fn rm(a: RmArgs) -> Result<(), Failure> {
+    let what = || several("rm", &a.topics);
     let client = a.conn.connect().await?;
-    client
-        .remove(&a.topic)
-        .await
-        .what(|| format!("rm {}", a.topic))
+    if let [topic] = &a.topics[..] {
+        return client.remove(topic).await.what(what);
+    }
+    let done = client.remove_all(&a.topics).await;
+    done.map_err(|(n, e)| Failure::new(what(), format!("{e} ({n} removed)")))
 }
 
 pub async fn reset(a: TopicArg) -> Result<(), Failure> {

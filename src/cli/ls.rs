@@ -1,9 +1,7 @@
 //! `dchan ls [TOPIC]`: topics and their status in aligned columns.
 
-use std::collections::HashMap;
-
 use clap::Args;
-use dchan::client::Error;
+use dchan::client::{Error, check_topic};
 
 use super::{ConnArgs, Context, Failure, print_out};
 
@@ -49,60 +47,55 @@ pub async fn run(args: LsArgs) -> Result<(), Failure> {
         Some(t) => format!("ls {t}"),
         None => "ls".to_string(),
     };
-    let client = args.conn.connect().await?;
-    let topics = client.topics_under(&prefix).await.what(what)?;
-    if args.quiet {
-        let names: String = topics.iter().map(|t| format!("{t}\n")).collect();
-        return print_out(&names);
+    if !prefix.is_empty() {
+        check_topic(&prefix).what(what)?;
     }
-    let texts = client.ctl_each(&topics).await;
-    let statuses = topics.iter().zip(texts).map(|(t, text)| status(t, text));
-    let mut rows = vec![COLUMNS.map(String::from).to_vec()];
-    for (topic, status) in topics.iter().zip(statuses) {
-        match status {
-            Ok(Some(row)) => rows.push(row),
-            // Removed since it was listed.
-            Ok(None) => {}
-            Err(e) => return Err(Failure::new(format!("ls {topic}"), e)),
-        }
+    let client = args.conn.connect().await?;
+    // One read of the server's listing, whatever the number of topics.
+    let text = client.topics_file().await.what(what)?;
+    let rows = table(&text, &prefix).map_err(|e| Failure::new(what(), e))?;
+    if !prefix.is_empty() && rows.len() == 1 {
+        return Err(Failure::new(what(), Error::NoTopic(prefix)));
+    }
+    if args.quiet {
+        let names: String = rows[1..].iter().map(|r| format!("{}\n", r[0])).collect();
+        return print_out(&names);
     }
     print_out(&align(&rows))
 }
 
-/// One row of the table, from the topic's ctl file; `None` if it is gone.
-fn status(topic: &str, text: Result<String, Error>) -> Result<Option<Vec<String>>, Error> {
-    let text = match text {
-        Ok(text) => text,
-        Err(Error::NoTopic(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut kv = HashMap::new();
-    let mut groups = 0;
-    for line in text.lines() {
-        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
-        if key == "group" {
-            groups += 1;
-        } else {
-            kv.insert(key, value.trim());
-        }
+/// The table's rows (the header first) from the server's `topics` file,
+/// for `prefix` and the topics under it ("" for all): each column found
+/// by its header, so a server with more columns, or in another order,
+/// still fills this table; one it does not report is "-".
+fn table(text: &str, prefix: &str) -> Result<Vec<Vec<String>>, Error> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(' ').collect();
+    let at: Vec<Option<usize>> = COLUMNS
+        .iter()
+        .map(|c| header.iter().position(|h| h == c))
+        .collect();
+    if at[0] != Some(0) {
+        return Err(Error::Protocol(format!(
+            "the topics file does not start with a TOPIC column: {:?}",
+            header.join(" ")
+        )));
     }
-    let get = |k: &str| kv.get(k).map_or("-".to_string(), |v| v.to_string());
-    let state = match kv.get("closed") {
-        Some(&"true") => "closed",
-        Some(_) => "open",
-        None => "-",
-    };
-    Ok(Some(vec![
-        topic.to_string(),
-        get("pending"),
-        get("pushed"),
-        get("pulled"),
-        get("readers"),
-        groups.to_string(),
-        get("capacity"),
-        get("framing"),
-        state.to_string(),
-    ]))
+    let under = format!("{prefix}/");
+    let mut rows = vec![COLUMNS.map(String::from).to_vec()];
+    for line in lines {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let name = fields[0];
+        if !prefix.is_empty() && name != prefix && !name.starts_with(&under) {
+            continue;
+        }
+        rows.push(
+            at.iter()
+                .map(|i| i.and_then(|i| fields.get(i)).unwrap_or(&"-").to_string())
+                .collect(),
+        );
+    }
+    Ok(rows)
 }
 
 /// The rows as text, each column padded to its widest cell.

@@ -10,10 +10,12 @@
 //! - `admin`  — `reset`, `close`, `create`, `rm`, `stat`, `offset`.
 //! - `ls`     — `dchan ls`.
 //! - `mount`  — `dchan mount`, `dchan umount`.
+//! - `pipe`   — `dchan run`, `dchan worker` (pipelines over topics).
 
 mod admin;
 mod ls;
 mod mount;
+mod pipe;
 mod pull;
 mod push;
 
@@ -25,7 +27,7 @@ use clap::{Args, Parser, Subcommand};
 use dchan::client::{self, Client, DEFAULT_ADDR, Options};
 use dchan::engine::Addr;
 
-pub use admin::{CreateArgs, OffsetArgs, TopicArg};
+pub use admin::{CreateArgs, OffsetArgs, RmArgs, TopicArg};
 pub use dchan::serve::ServeArgs;
 pub use ls::LsArgs;
 pub use mount::{MountArgs, UmountArgs};
@@ -96,7 +98,7 @@ pub enum ClientCommand {
     /// Create a topic.
     Create(CreateArgs),
     /// Remove a topic, failing its waiting readers and writers.
-    Rm(TopicArg),
+    Rm(RmArgs),
     /// Empty a topic, fail its blocked pushes, and reopen it if closed.
     Reset(TopicArg),
     /// Close a topic: readers drain it, then see the end.
@@ -105,6 +107,10 @@ pub enum ClientCommand {
     Mount(MountArgs),
     /// Unmount what `dchan mount` mounted.
     Umount(UmountArgs),
+    /// Run a pipeline of commands with a topic for each |.
+    Run(pipe::RunArgs),
+    /// Run copies of one stage of a running pipeline.
+    Worker(pipe::WorkerArgs),
 }
 
 /// Where the server is and who we are; every client subcommand takes these.
@@ -266,6 +272,11 @@ pub async fn run(command: Command) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let command = match command {
+        ClientCommand::Run(a) => return pipe::run(a).await,
+        ClientCommand::Worker(a) => return pipe::worker(a).await,
+        c => c,
+    };
     match run_client(command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -291,12 +302,16 @@ async fn run_client(command: ClientCommand) -> Result<(), Failure> {
         }
         Command::Stat(a) => within(t(&a.conn), named("stat", &a.topic), admin::stat(a)).await,
         Command::Offset(a) => within(t(&a.conn), named("offset", &a.topic), admin::offset(a)).await,
-        Command::Create(a) => within(t(&a.conn), named("create", &a.topic), admin::create(a)).await,
-        Command::Rm(a) => within(t(&a.conn), named("rm", &a.topic), admin::rm(a)).await,
+        Command::Create(a) => {
+            let what = admin::several("create", &a.topics);
+            within(t(&a.conn), what, admin::create(a)).await
+        }
+        Command::Rm(a) => within(t(&a.conn), admin::several("rm", &a.topics), admin::rm(a)).await,
         Command::Reset(a) => within(t(&a.conn), named("reset", &a.topic), admin::reset(a)).await,
         Command::Close(a) => within(t(&a.conn), named("close", &a.topic), admin::close(a)).await,
         Command::Mount(a) => mount::mount(a).await,
         Command::Umount(a) => mount::umount(a).await,
+        Command::Run(_) | Command::Worker(_) => unreachable!("handled in run"),
     }
 }
 

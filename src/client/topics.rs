@@ -229,17 +229,69 @@ impl Client {
     /// Create `topic` with `settings`.
     pub async fn create(&self, topic: &str, settings: &TopicSettings) -> Result<()> {
         check_topic(topic)?;
-        let mut cmd = format!("create {topic}");
-        if let Some(c) = settings.capacity {
-            cmd.push_str(&format!(" capacity={c}"));
+        self.server_command(&create_line(topic, settings)).await
+    }
+
+    /// Create every one of `topics` with `settings`, many to a write of
+    /// the root ctl (as many lines as one message holds): tens of
+    /// thousands a second on one connection. Each write is checked whole
+    /// before any of it is applied; on an error, the topics of the writes
+    /// before it were made, and the count of those comes with the error
+    /// (as `(N created)` in the CLI).
+    pub async fn create_all(
+        &self,
+        topics: &[String],
+        settings: &TopicSettings,
+    ) -> Result<(), (usize, Error)> {
+        for t in topics {
+            check_topic(t).map_err(|e| (0, e))?;
         }
-        if let Some(f) = settings.framing {
-            cmd.push_str(&format!(" framing={}", f.as_str()));
+        let lines = topics.iter().map(|t| create_line(t, settings));
+        self.ctl_batches(lines).await
+    }
+
+    /// Remove every one of `topics`, many to a write of the root ctl (see
+    /// [`Client::create_all`]); on an error, the count removed before it.
+    pub async fn remove_all(&self, topics: &[String]) -> Result<(), (usize, Error)> {
+        for t in topics {
+            check_topic(t).map_err(|e| (0, e))?;
         }
-        if let Some(t) = settings.timeout {
-            cmd.push_str(&format!(" timeout={}ms", t.as_millis()));
-        }
-        self.server_command(&cmd).await
+        let lines = topics.iter().map(|t| format!("remove {t}\n"));
+        // The server's error names the topic ("remove a/b: no such topic").
+        self.ctl_batches(lines).await
+    }
+
+    /// Write `lines` (each ending in a newline) to the root ctl, as many
+    /// to a write as fit in one message, on one open fid; on an error, the
+    /// count of lines of the writes that succeeded before it.
+    async fn ctl_batches(&self, lines: impl Iterator<Item = String>) -> Result<(), (usize, Error)> {
+        let file = self
+            .open_path("ctl", Mode::Write)
+            .await
+            .map_err(|e| (0, e))?;
+        let max = file.max_io() as usize;
+        let (mut batch, mut in_batch, mut done) = (String::new(), 0, 0);
+        let mut lines = lines.peekable();
+        let result = loop {
+            let line = lines.peek();
+            let full = line.is_none_or(|l| !batch.is_empty() && batch.len() + l.len() > max);
+            if full && !batch.is_empty() {
+                let data = Bytes::from(std::mem::take(&mut batch));
+                if let Err(e) = file.write_all(0, data).await {
+                    break Err((done, e));
+                }
+                done += std::mem::take(&mut in_batch);
+            }
+            match lines.next() {
+                Some(l) => {
+                    batch.push_str(&l);
+                    in_batch += 1;
+                }
+                None => break Ok(()),
+            }
+        };
+        let clunk = file.clunk().await.map_err(|e| (done, e));
+        result.and(clunk)
     }
 
     /// Remove `topic`, failing its blocked readers and writers.
@@ -254,6 +306,29 @@ impl Client {
             }
             done => done,
         }
+    }
+
+    /// The server's root `topics` file: a header line naming the columns,
+    /// then one line per topic with its status, in name order, read in
+    /// one open (a few Treads of the connection's msize however many
+    /// topics there are), never held whole by the server.
+    pub async fn topics_file(&self) -> Result<String> {
+        let file = self.open_path("topics", Mode::Read).await?;
+        let max = file.max_io();
+        let mut text = Vec::new();
+        let read = async {
+            loop {
+                let data = file.read(text.len() as u64, max).await?;
+                if data.is_empty() {
+                    return Ok(());
+                }
+                text.extend_from_slice(&data);
+            }
+        };
+        let read: Result<()> = read.await;
+        file.clunk().await?;
+        read?;
+        String::from_utf8(text).map_err(|_| Error::Protocol("topics file not UTF-8".into()))
     }
 
     /// Every topic, nested ones included, in the tree's order.
@@ -349,6 +424,22 @@ impl Client {
     async fn write_text(&self, topic: &str, file: &str, text: &str) -> Result<()> {
         write_text(self.open(topic, file, Mode::Write).await?, text).await
     }
+}
+
+/// The root ctl line that creates `topic` with `settings`.
+fn create_line(topic: &str, settings: &TopicSettings) -> String {
+    let mut cmd = format!("create {topic}");
+    if let Some(c) = settings.capacity {
+        cmd.push_str(&format!(" capacity={c}"));
+    }
+    if let Some(f) = settings.framing {
+        cmd.push_str(&format!(" framing={}", f.as_str()));
+    }
+    if let Some(t) = settings.timeout {
+        cmd.push_str(&format!(" timeout={}ms", t.as_millis()));
+    }
+    cmd.push('\n');
+    cmd
 }
 
 /// A topic name: one or more '/'-separated components of `[A-Za-z0-9._-]`,

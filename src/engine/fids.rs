@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::fs::{self, FileTree, OpenMode, errno};
 use crate::proto::{Fid, QTDIR, Qid};
 
-use super::dir::DirSnapshot;
+use super::dir::DirReader;
 
 /// One fid.
 pub struct FidEntry<T: FileTree> {
@@ -43,8 +43,8 @@ pub struct OpenFile<T: FileTree> {
     pub mode: OpenMode,
     /// Remove the file at clunk (9P2000 ORCLOSE).
     pub orclose: bool,
-    /// The directory listing being read, for a directory.
-    pub dir: Option<DirSnapshot>,
+    /// Where a directory read is in its listing (a page held at most).
+    pub dir: Option<DirReader>,
 }
 
 impl<T: FileTree> FidEntry<T> {

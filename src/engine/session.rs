@@ -9,11 +9,11 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use crate::fs::{self, Attach, Changes, Clunk, FileTree, OpenMode, ReadReq, errno};
+use crate::fs::{self, Attach, Changes, Clunk, DirPos, FileTree, OpenMode, ReadReq, errno};
 use crate::proto::{DMDIR, Dialect, Fcall, Fid, Flock, IOHDRSZ, MAXWELEM, NOFID, Qid};
 
 use super::dialect;
-use super::dir::DirSnapshot;
+use super::dir::{self, DirReader};
 use super::fids::{FidEntry, FidState, Fids, OpenFile, take_handle};
 use super::{Limits, MIN_MSIZE};
 
@@ -713,11 +713,10 @@ impl<T: FileTree> Session<T> {
             return Err(err(errno::EBADF, "fid not open for reading"));
         }
         if is_dir {
-            if offset == 0 || o.dir.is_none() {
-                o.dir = Some(DirSnapshot::new(self.tree.readdir(&node)?));
-            }
-            let dir = o.dir.as_mut().expect("snapshot just taken");
-            let data = dir.read_stats(offset, count, d, n_uname)?;
+            let tree = &self.tree;
+            let mut fetch = |from: Option<&DirPos>| tree.readdir_page(&node, from, dir::PAGE);
+            let dir = o.dir.get_or_insert_with(DirReader::new);
+            let data = dir.read_stats(offset, count, d, n_uname, &mut fetch)?;
             return reply(Fcall::Rread { data });
         }
         let handle = o.handle.clone().ok_or_else(not_open)?;
@@ -747,18 +746,15 @@ impl<T: FileTree> Session<T> {
         }
         let (node, dot) = (e.node.clone(), e.qid);
         let o = e.open_file()?;
-        if offset == 0 || o.dir.is_none() {
-            o.dir = Some(DirSnapshot::new(self.tree.readdir(&node)?));
-        }
-        let dotdot = self
-            .tree
+        let tree = &self.tree;
+        let dotdot = tree
             .walk(&node, "..")
-            .and_then(|p| self.tree.stat(&p))
+            .and_then(|p| tree.stat(&p))
             .map_or(dot, |i| i.qid);
-        let dir = o.dir.as_ref().expect("snapshot just taken");
-        reply(Fcall::Rreaddir {
-            data: dir.read_dirents(offset, count, dot, dotdot),
-        })
+        let mut fetch = |from: Option<&DirPos>| tree.readdir_page(&node, from, dir::PAGE);
+        let dir = o.dir.get_or_insert_with(DirReader::new);
+        let data = dir.read_dirents(offset, count, dot, dotdot, &mut fetch)?;
+        reply(Fcall::Rreaddir { data })
     }
 
     fn wstat(&mut self, fid: Fid, changes: Changes, ok: Fcall) -> Res<T> {

@@ -25,6 +25,11 @@ use crate::broker::{self, BrokerStatus, Framing, Seq, Setting, TopicConfig, Topi
 /// The file names inside a topic directory.
 pub const RESERVED: [&str; 3] = ["ctl", "data", "offset"];
 
+/// The file names of the root, which no topic may take: `ctl`, and
+/// `topics` (the listing). A topic named `topics` (or `topics/…`) from
+/// before the listing existed cannot be made any more.
+pub const ROOT_FILES: [&str; 2] = ["ctl", "topics"];
+
 /// A command of the root ctl file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootCmd {
@@ -209,7 +214,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
     for (i, c) in name.split('/').enumerate() {
         check_component(c).map_err(|e| format!("bad topic name {name:?}: {e}"))?;
-        if (i == 0 && c == "ctl") || (i > 0 && RESERVED.contains(&c)) {
+        if (i == 0 && ROOT_FILES.contains(&c)) || (i > 0 && RESERVED.contains(&c)) {
             return Err(format!(
                 "bad topic name {name:?}: {c:?} is the name of a file there"
             ));

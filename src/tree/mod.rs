@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! /ctl            server status (read); "create NAME [opts]", "remove NAME" (write)
+//! /topics         every topic's status, one line each (read; see `listing`)
 //! /NAME/          one directory per topic; names nest (metrics/eu is /metrics/eu/)
 //! /NAME/data      write: push; read: pull (see `data`)
 //! /NAME/ctl       topic status (read); reset, close, settings, forget (write; see `ctl`)
@@ -46,9 +47,11 @@
 mod ctl;
 mod data;
 mod error;
+mod listing;
 mod node;
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -57,7 +60,8 @@ use parking_lot::Mutex;
 
 use crate::broker::{self, Broker, Target, TopicConfig, Wait};
 use crate::fs::{
-    Access, Attach, Changes, Clunk, Error, FileInfo, FileTree, OpenMode, ReadReq, Result, errno,
+    Access, Attach, Changes, Clunk, DirPos, Error, FileInfo, FileTree, OpenMode, ReadReq, Result,
+    errno,
 };
 use crate::proto::{DMDIR, Dialect, QTDIR, QTFILE, Qid};
 use ctl::{RootCmd, TopicCmd};
@@ -151,42 +155,18 @@ impl<B: Broker> TopicTree<B> {
         self.broker.id(path).is_ok()
     }
 
-    /// Whether `path` is a topic or leads to one.
+    /// Whether `path` is a topic or leads to one: two look-ups, however
+    /// many topics there are.
     fn dir_exists(&self, path: &str) -> bool {
-        if self.is_topic(path) {
-            return true;
-        }
-        let topics = self.broker.topics();
-        let i = topics.partition_point(|t| t.as_str() < path);
-        let prefix = format!("{path}/");
-        topics[i..]
-            .iter()
-            .take_while(|t| t.starts_with(path))
-            .any(|t| t == path || t.starts_with(&prefix))
-    }
-
-    /// The names in the directory `path` ("" for the root) that lead to
-    /// topics, sorted.
-    fn subdirs(&self, path: &str) -> BTreeSet<String> {
-        let prefix = if path.is_empty() {
-            String::new()
-        } else {
-            format!("{path}/")
-        };
-        self.broker
-            .topics()
-            .iter()
-            .filter_map(|t| t.strip_prefix(&prefix))
-            .filter_map(|rest| rest.split('/').next())
-            .filter(|c| !c.is_empty())
-            .map(str::to_string)
-            .collect()
+        self.is_topic(path) || self.broker.leads_to(path)
     }
 
     fn qid(&self, at: &At) -> Qid {
         let (ty, path) = match at {
             At::Root => (QTDIR, 0),
             At::RootCtl => (QTFILE, 1),
+            // Topics' paths are their identities (from 1) times 4.
+            At::RootTopics => (QTFILE, 2),
             At::Dir(p) => (QTDIR, self.place(p)),
             At::File(p, k) => (QTFILE, self.place(p) + k.qid_offset()),
         };
@@ -217,6 +197,7 @@ impl<B: Broker> TopicTree<B> {
                 DMDIR | 0o777,
             ),
             At::RootCtl => ("ctl".to_string(), 0o666),
+            At::RootTopics => ("topics".to_string(), 0o444),
             At::File(_, k) => (k.name().to_string(), 0o666),
         };
         let owner = match node.session.uname.as_str() {
@@ -239,7 +220,7 @@ impl<B: Broker> TopicTree<B> {
     /// Fail unless the node's place still exists.
     fn check_exists(&self, at: &At) -> Result<()> {
         let ok = match at {
-            At::Root | At::RootCtl => true,
+            At::Root | At::RootCtl | At::RootTopics => true,
             At::Dir(p) => self.dir_exists(p),
             At::File(p, _) => self.is_topic(p),
         };
@@ -316,10 +297,18 @@ impl<B: Broker> TopicTree<B> {
     /// Run a root ctl write: check every command, then apply them.
     async fn root_ctl(&self, text: &[u8]) -> Result<()> {
         let cmds = ctl::parse_root(text).map_err(invalid)?;
-        let mut names: BTreeSet<String> = self.broker.topics().into_iter().collect();
+        // Whether each name the write touches exists once the commands
+        // before have run: one look-up per command, not a listing.
+        let mut exists: HashMap<String, bool> = HashMap::new();
+        let mut flip = |name: &str, to: bool| -> bool {
+            let now = exists.get(name).copied();
+            let now = now.unwrap_or_else(|| self.is_topic(name));
+            exists.insert(name.to_string(), to);
+            now != to
+        };
         for cmd in &cmds {
             match cmd {
-                RootCmd::Create { name, .. } if !names.insert(name.clone()) => {
+                RootCmd::Create { name, .. } if !flip(name, true) => {
                     return Err(Error::new(
                         errno::EEXIST,
                         format!("create {name}: topic exists"),
@@ -329,7 +318,7 @@ impl<B: Broker> TopicTree<B> {
                     max_message: Some(max),
                     ..
                 } => self.check_max_message(*max)?,
-                RootCmd::Remove(name) if !names.remove(name) => {
+                RootCmd::Remove(name) if !flip(name, false) => {
                     return Err(Error::new(
                         errno::ENOENT,
                         format!("remove {name}: no such topic"),
@@ -404,6 +393,15 @@ impl<B: Broker> TopicTree<B> {
             }
             At::RootCtl | At::File(_, FileKind::Ctl | FileKind::Offset) => {
                 HandleKind::Text(Mutex::new(None))
+            }
+            At::RootTopics => {
+                if mode.writes() {
+                    return Err(Error::new(
+                        errno::EACCES,
+                        "permission denied: the topics file is for reading; commands go to the root ctl",
+                    ));
+                }
+                HandleKind::Listing(Default::default())
             }
             At::File(topic, FileKind::Data) => {
                 let target = Target {
@@ -539,12 +537,13 @@ impl<B: Broker> TopicTree<B> {
             (At::Root, "..") => At::Root,
             (At::Dir(p), "..") => parent(p),
             (At::Root, "ctl") => At::RootCtl,
+            (At::Root, "topics") => At::RootTopics,
             (At::Root, _) => At::Dir(name.into()),
             (At::Dir(p), _) => match FileKind::from_name(name) {
                 Some(k) => At::File(p.clone(), k),
                 None => At::Dir(format!("{p}/{name}").into()),
             },
-            (At::RootCtl | At::File(..), _) => {
+            (At::RootCtl | At::RootTopics | At::File(..), _) => {
                 return Err(Error::new(errno::ENOTDIR, "not a directory"));
             }
         };
@@ -557,7 +556,7 @@ impl<B: Broker> TopicTree<B> {
         let topic_id = match &at {
             At::File(p, _) => dir.topic_id.or_else(|| self.broker.id(p).ok()),
             At::Dir(p) => self.broker.id(p).ok(),
-            At::Root | At::RootCtl => None,
+            At::Root | At::RootCtl | At::RootTopics => None,
         };
         Ok(Node {
             at,
@@ -573,6 +572,27 @@ impl<B: Broker> TopicTree<B> {
     }
 
     fn readdir_node(&self, dir: &Node) -> Result<Vec<FileInfo>> {
+        let (mut entries, mut next) = self.readdir_page_node(dir, None, usize::MAX)?;
+        while let Some(from) = next {
+            let (more, after) = self.readdir_page_node(dir, Some(&from), usize::MAX)?;
+            entries.extend(more);
+            next = after;
+        }
+        Ok(entries)
+    }
+
+    /// A page of a directory's entries: its files first (the root's
+    /// `ctl` and `topics`, a topic's `ctl`, `data` and `offset`), then up
+    /// to `limit` names one level down that lead to topics (see
+    /// [`Broker::children`]). A position is `f` (the files) or the broker's
+    /// position in its names: `i` or `x` (from that name, included or not)
+    /// and the name.
+    fn readdir_page_node(
+        &self,
+        dir: &Node,
+        from: Option<&DirPos>,
+        limit: usize,
+    ) -> Result<(Vec<FileInfo>, Option<DirPos>)> {
         let path = match &dir.at {
             At::Root => "",
             At::Dir(p) => p,
@@ -580,22 +600,37 @@ impl<B: Broker> TopicTree<B> {
         };
         self.check_current(dir)?;
         self.check_exists(&dir.at)?;
+        let (files, bound) = match from.map(String::as_str) {
+            None | Some("f") => (true, Bound::Unbounded),
+            Some(p) => match p.split_at_checked(1) {
+                Some(("i", name)) => (false, Bound::Included(name.to_string())),
+                Some(("x", name)) => (false, Bound::Excluded(name.to_string())),
+                _ => return Err(invalid(format!("no such place in a listing: {p:?}"))),
+            },
+        };
         let mut entries = Vec::new();
-        if path.is_empty() {
+        if files && path.is_empty() {
             entries.push(self.info(dir, At::RootCtl));
-        } else if self.is_topic(path) {
+            entries.push(self.info(dir, At::RootTopics));
+        } else if files && self.is_topic(path) {
             for k in [FileKind::Ctl, FileKind::Data, FileKind::Offset] {
                 entries.push(self.info(dir, At::File(path.into(), k)));
             }
         }
-        for name in self.subdirs(path) {
+        let (names, next) = self.broker.children(path, bound, limit);
+        for name in names {
             let child = match path {
                 "" => name,
                 _ => format!("{path}/{name}"),
             };
             entries.push(self.info(dir, At::Dir(child.into())));
         }
-        Ok(entries)
+        let next = next.map(|b| match b {
+            Bound::Included(n) => format!("i{n}"),
+            Bound::Excluded(n) => format!("x{n}"),
+            Bound::Unbounded => "f".to_string(),
+        });
+        Ok((entries, next))
     }
 
     async fn create_in(
@@ -661,6 +696,21 @@ impl<B: Broker> TopicTree<B> {
                 let start = (req.offset as usize).min(text.len());
                 let end = text.len().min(start + req.count as usize);
                 Ok(text.slice(start..end))
+            }
+            HandleKind::Listing(listing) => {
+                let mut listing = listing.lock().await;
+                listing.seek(req.offset)?;
+                while let Some(names) = listing.more(&*self.broker, req.count) {
+                    for name in names {
+                        // A topic removed since it was listed is left out.
+                        let Ok(status) = self.broker.status((&name).into()).await else {
+                            continue;
+                        };
+                        let readers = self.places.lock().readers.get(&*name).map_or(0, |r| r.1);
+                        listing.add(&status, readers);
+                    }
+                }
+                Ok(listing.take(req.count))
             }
             HandleKind::Data(f) => {
                 let At::File(topic, _) = &handle.node.at else {
@@ -728,7 +778,7 @@ impl<B: Broker> TopicTree<B> {
             }
             At::Dir(_) => Err(not_found()),
             At::Root => Err(Error::new(errno::EPERM, "cannot remove the root")),
-            At::RootCtl | At::File(..) => Err(Error::new(
+            At::RootCtl | At::RootTopics | At::File(..) => Err(Error::new(
                 errno::EPERM,
                 "cannot remove a file: rmdir removes a topic",
             )),
@@ -767,6 +817,16 @@ impl<B: Broker> FileTree for TopicTree<B> {
 
     fn readdir(&self, dir: &Node) -> Result<Vec<FileInfo>> {
         self.readdir_node(dir).map_err(|e| dir.session.error(e))
+    }
+
+    fn readdir_page(
+        &self,
+        dir: &Node,
+        from: Option<&DirPos>,
+        limit: usize,
+    ) -> Result<(Vec<FileInfo>, Option<DirPos>)> {
+        self.readdir_page_node(dir, from, limit)
+            .map_err(|e| dir.session.error(e))
     }
 
     async fn open(&self, node: &Node, mode: OpenMode) -> Result<Self::Handle> {

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 
 use super::data::{Reader, Writer};
 use super::error::linux_text;
+use super::listing::Listing;
 use crate::broker::{Target, TopicId, Wait};
 use crate::fs::Error;
 use crate::proto::Dialect;
@@ -73,6 +74,8 @@ impl FileKind {
 pub(super) enum At {
     Root,
     RootCtl,
+    /// The root `topics` file: every topic's status (see `listing`).
+    RootTopics,
     /// A directory: a topic, or a path leading to topics.
     Dir(Arc<str>),
     /// A file of the topic named.
@@ -146,6 +149,7 @@ impl<D> std::fmt::Debug for Handle<D> {
         let kind = match self.kind {
             HandleKind::Dir => "dir",
             HandleKind::Text(_) => "text",
+            HandleKind::Listing(_) => "listing",
             HandleKind::Data(_) => "data",
         };
         f.debug_struct("Handle")
@@ -160,6 +164,9 @@ pub(super) enum HandleKind<D> {
     Dir,
     /// A ctl or offset file: the text of the last read at offset 0.
     Text(Mutex<Option<Bytes>>),
+    /// The root `topics` file: where its reader is in the listing; an
+    /// async mutex, as a read's statuses may be awaited (held across them).
+    Listing(tokio::sync::Mutex<Listing>),
     Data(DataFile<D>),
 }
 

@@ -765,7 +765,7 @@ async fn nested_topics_directories_and_names() {
         let n = walk(&t, &root, p).unwrap();
         t.readdir(&n).unwrap().into_iter().map(|i| i.name).collect()
     };
-    assert_eq!(names(""), vec!["ctl", "jobs", "metrics"]);
+    assert_eq!(names(""), vec!["ctl", "topics", "jobs", "metrics"]);
     assert_eq!(names("metrics"), vec!["eu", "us"]);
     assert_eq!(names("metrics/eu"), vec!["ctl", "data", "offset"]);
     // an intermediate directory has no files of its own

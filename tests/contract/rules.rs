@@ -1003,3 +1003,47 @@ async fn a_removed_topic_stays_removed_for_its_old_handles() {
     // By name, it is the new topic.
     assert_eq!(b.status("t").await.unwrap().pushed, 0);
 }
+
+/// Issue 16: the ordered range query every listing is built on, and the
+/// listings provided on it (a directory's children, whether a directory
+/// leads to topics), paged with stable positions.
+#[tokio::test]
+async fn names_range_and_children_page_in_order() {
+    use std::ops::Bound;
+    let b = new_engine().await;
+    let all = ["a", "a-x", "a.y", "a/b", "a/c/d", "a0", "b/c", "m/eu", "m/us"];
+    for n in all {
+        b.create(n, TopicConfig::default()).await.unwrap();
+    }
+    assert_eq!(b.names(Bound::Unbounded, 100), all);
+    assert_eq!(b.names(Bound::Included("a/"), 2), ["a/b", "a/c/d"]);
+    assert_eq!(b.names(Bound::Excluded("a0"), 100), ["b/c", "m/eu", "m/us"]);
+    assert!(b.names(Bound::Excluded("m/us"), 100).is_empty());
+    assert_eq!(b.topics(), all);
+    assert!(b.leads_to("a") && b.leads_to("a/c") && b.leads_to("m"));
+    assert!(!b.leads_to("a/b") && !b.leads_to("x") && !b.leads_to("a-x"));
+    // The root's children, in the order of the first name each leads to.
+    let (root, end) = b.children("", Bound::Unbounded, 100);
+    assert_eq!(root, ["a", "a-x", "a.y", "a0", "b", "m"]);
+    assert_eq!(end, None);
+    assert_eq!(b.children("a", Bound::Unbounded, 100).0, ["b", "c"]);
+    assert_eq!(b.children("a/c", Bound::Unbounded, 100).0, ["d"]);
+    assert!(b.children("a/b", Bound::Unbounded, 100).0.is_empty());
+    // Paged one at a time: the same, each once.
+    let (mut paged, mut from) = (Vec::new(), Bound::Unbounded);
+    loop {
+        let (page, next) = b.children("", from, 1);
+        paged.extend(page);
+        match next {
+            Some(n) => from = n,
+            None => break,
+        }
+    }
+    assert_eq!(paged, root);
+    // A topic that also holds topics, when `a` only holds some: listed once.
+    b.remove("a").await.unwrap();
+    assert_eq!(
+        b.children("", Bound::Unbounded, 100).0,
+        ["a-x", "a.y", "a", "a0", "b", "m"]
+    );
+}

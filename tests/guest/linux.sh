@@ -565,6 +565,56 @@ mounthelper() {
     then ok $C.umount; else fail $C.umount "$(cat /tmp/e) $(grep helper /proc/mounts)"; fi
 }
 
+# ---- issue 16: many nested topics ---------------------------------------------
+
+# MANY_PORT serves MANY_LEAVES topics five levels deep (made by the host,
+# tests/linux_client.rs): `ls -R` and `find` list them all, and the root's
+# `topics` file has a line for each.
+many() {
+    M=/mnt/many C=many
+    if ! mount9p $M "$MANY_PORT" 9p2000.L 2> /tmp/mount.err; then
+        fail $C.mount "$(cat /tmp/mount.err)"; return
+    fi
+    n=$(timeout 900 ls -R $M 2> /tmp/e | grep -cx data)
+    if [ "$n" = "$MANY_LEAVES" ]; then ok $C.ls-R "$n topics"
+    else fail $C.ls-R "ls -R shows $n data files of $MANY_LEAVES: $(cat /tmp/e)"; fi
+    n=$(timeout 900 find $M -name data 2> /tmp/e | wc -l)
+    if [ "$n" = "$MANY_LEAVES" ]; then ok $C.find "$n topics"
+    else fail $C.find "find shows $n data files of $MANY_LEAVES: $(cat /tmp/e)"; fi
+    n=$(timeout 300 cat $M/topics 2> /tmp/e | wc -l)
+    if [ "$n" = "$((MANY_LEAVES + 1))" ]; then ok $C.topics-file
+    else fail $C.topics-file "the topics file has $n lines for $MANY_LEAVES topics: $(cat /tmp/e)"; fi
+    umount $M
+}
+
+# ---- issue 10: a shell loop on the mount as a pipeline stage -----------------
+
+# tests/linux_client.rs runs `dchan run --name gpipe --replicas 2=0 'cat |
+# tr a-z A-Z'` on the host: stage 2 has no copy there, and this loop is its
+# only one. It reads gpipe/2 as the stage's group ("pipeline"), writes
+# gpipe/3 from a writers' mount, holds gpipe/2.copies open while it works
+# (a process holding it, so it counts as a live copy) and, as the last
+# copy, closes gpipe/3.
+# The host checks what came out (host.pipeline).
+pipeline() {
+    C=pipeline P=/mnt/pipe PW=/mnt/pipe-w
+    if ! mount9p $P "$TOPIC_PORT" 9p2000.L pipeline 2> /tmp/e || ! mount9p $PW "$TOPIC_PORT" 9p2000.L w 2>> /tmp/e; then
+        fail $C.mount "$(cat /tmp/e)"; return
+    fi
+    if ! waitfor 120 test -e $P/gpipe/2/data; then fail $C.stage "no gpipe/2 from the host"; return; fi
+    sleep 100000 < $P/gpipe/2.copies/data & holder=$!   # a live copy while it runs
+    timeout 120 sh -c 'while read l; do echo "$l" | tr a-z A-Z; done < $1/gpipe/2/data >> $2/gpipe/3/data' sh $P $PW 2> /tmp/e
+    rc=$?
+    kill $holder; wait $holder 2> /dev/null
+    waitfor 10 grep -qx 'readers 0' $P/gpipe/2.copies/ctl
+    copies=$(grep '^readers' $P/gpipe/2.copies/ctl)
+    [ "$copies" = "readers 0" ] && echo close >> $PW/gpipe/3/ctl
+    if [ $rc = 0 ]; then ok $C.stage; else fail $C.stage "loop rc $rc $(cat /tmp/e)"; fi
+    if grep -qx 'closed true' $P/gpipe/3/ctl; then ok $C.close
+    else fail $C.close "gpipe/2.copies had '$copies' after the loop; gpipe/3: $(tr '\n' ' ' < $P/gpipe/3/ctl)"; fi
+    umount $P; umount $PW
+}
+
 echo "kernel $KERNEL"
 if [ -n "${RAMFS_PORT:-}" ]; then
     for V in $DIALECTS; do ramfs $V; done
@@ -573,5 +623,9 @@ if [ -n "${TOPIC_PORT:-}" ]; then
     for V in ${TOPIC_DIALECTS:-$DIALECTS}; do topics $V; done
     for mode in ${CACHE_MODES-loose mmap}; do cachemode $mode; done
     mounthelper
+    pipeline
+fi
+if [ -n "${MANY_PORT:-}" ]; then
+    many
 fi
 echo "CHECKS-DONE"

@@ -1,0 +1,127 @@
+//! An *each* copy: one process per message, from a warm pool.
+//!
+//! The message is written to a process's stdin (then closed), its whole
+//! stdout becomes one message of the next topic, and its exit status says
+//! whether it worked. Processes are started ahead (`pool` per copy, so at
+//! most `replicas × (1 + pool)` processes per stage and machine), so a
+//! message does not wait for a process to start. A message is acknowledged
+//! only after its output was pushed (by the copy's next read): a copy
+//! killed mid-message leaves it to another copy, which runs it again (at
+//! least once). A message that failed `attempts` times (exit status, a
+//! timeout, a command that cannot start) goes untouched to `NAME/K.failed`,
+//! with the reason in the log.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Child;
+
+use super::filter::spawn;
+use super::spec::dead_letters;
+use super::stage::{Next, StageRun, next};
+use crate::client::{Client, Puller, Pusher};
+
+/// Run messages through the stage's command until the input ends (true)
+/// or the copy is stopped (false).
+pub(super) async fn run(
+    run: &StageRun,
+    copy: &str,
+    client: &Client,
+    from: &mut Puller,
+    to: &Pusher,
+) -> Result<bool, String> {
+    let label = run.label();
+    let mut pool: VecDeque<std::io::Result<Child>> = VecDeque::new();
+    let mut dead: Option<Pusher> = None;
+    let ended = loop {
+        let msg = match next(run, from, || false).await? {
+            Next::Msg(m) => m,
+            Next::End => break true,
+            Next::Stop => break false,
+        };
+        let mut reason = String::new();
+        let mut out = None;
+        for _ in 0..run.stage.attempts {
+            let child = pool.pop_front().unwrap_or_else(|| spawn(&run.stage, copy));
+            while pool.len() < run.stage.pool as usize {
+                pool.push_back(spawn(&run.stage, copy));
+            }
+            match one(run, child, &msg).await {
+                Ok(o) => {
+                    out = Some(o);
+                    break;
+                }
+                Err(why) => reason = why,
+            }
+        }
+        match out {
+            Some(o) => {
+                to.push(o)
+                    .await
+                    .map_err(|e| format!("{label}: push output: {e}"))?;
+            }
+            None => {
+                let topic = dead_letters(&run.name, run.k);
+                if dead.is_none() {
+                    dead = Some(
+                        client
+                            .open_push(&topic)
+                            .await
+                            .map_err(|e| format!("{label}: open {topic}: {e}"))?,
+                    );
+                }
+                let d = dead.as_ref().expect("opened");
+                d.push(msg.clone())
+                    .await
+                    .map_err(|e| format!("{label}: push to {topic}: {e}"))?;
+                run.failed();
+                tracing::warn!(
+                    "{label}: a message failed {} times ({reason}); put in {topic}: {:?}",
+                    run.stage.attempts,
+                    String::from_utf8_lossy(&msg[..msg.len().min(80)])
+                );
+            }
+        }
+    };
+    if let Some(d) = dead {
+        d.close().await.map_err(|e| format!("{label}: {e}"))?;
+    }
+    Ok(ended)
+}
+
+/// Run one process over `msg`: its stdout, or why it failed.
+async fn one(run: &StageRun, child: std::io::Result<Child>, msg: &Bytes) -> Result<Bytes, String> {
+    let mut child = child.map_err(|e| format!("cannot start: {e}"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let work = async {
+        let write = async move {
+            // A command that does not read its stdin is no failure.
+            let _ = stdin.write_all(msg).await;
+        };
+        let mut out = Vec::new();
+        let read = stdout.read_to_end(&mut out);
+        let (_, r) = tokio::join!(write, read);
+        r.map_err(|e| format!("read its output: {e}"))?;
+        let status = child.wait().await.map_err(|e| format!("wait: {e}"))?;
+        match status.success() {
+            true => Ok(Bytes::from(out)),
+            false => Err(status.to_string()),
+        }
+    };
+    let Some(limit) = run.stage.timeout else {
+        return work.await;
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            Err(format!(
+                "timed out after {}",
+                humantime::format_duration(limit)
+            ))
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Pipelines over topics: `dchan run 'a | b | c'`, `dchan worker`, and the
+//! TOML pipeline file. A client of the server only: a pipeline is topics
+//! (one between each two stages), groups (the copies of a stage share its
+//! input) and close (the end of stream travelling down).
+//!
+//! - `spec`     — what a pipeline is: stages, the `|` line, the TOML file, topic names.
+//! - `stage`    — one copy of a stage: connection, group, end of stream.
+//! - `ahead`    — reading a topic with many Treads in flight, in order.
+//! - `filter`   — a *filter* copy: one long-running process, lines in and out.
+//! - `each`     — an *each* copy: one process per message, warm pool, dead letters.
+//! - `run`      — `dchan run` (topics, copies, stdin in, stdout out) and `dchan worker`.
+//! - `progress` — the live lines on a terminal.
+
+mod ahead;
+mod each;
+mod filter;
+mod progress;
+mod run;
+mod spec;
+mod stage;
+
+pub use run::{Report, RunOptions, WorkerOptions, run, worker};
+pub use spec::{
+    DEFAULT_ATTEMPTS, DEFAULT_CAPACITY, DEFAULT_POOL, GROUP, Kind, Pipeline, Stage, split_pipes,
+};

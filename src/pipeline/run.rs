@@ -1,0 +1,381 @@
+//! `dchan run` and `dchan worker`: set a pipeline's topics up, start the
+//! copies of its stages, feed standard input in, print the output, and
+//! tell what failed.
+//!
+//! Topics of pipeline NAME with N stages: `NAME/1` … `NAME/N+1` (stage K
+//! reads `NAME/K`, writes `NAME/K+1`), `NAME/K.failed` (dead letters),
+//! `NAME/K.copies` (the live copies, see `stage`), and `NAME/pipeline`,
+//! which holds the pipeline's description (the file format) for workers
+//! that join with only its name. A topic written by an *each* stage is
+//! write-framed (a message is a whole stdout); the others are line-framed.
+//! Every reader of the pipeline reads as the group [`GROUP`], created
+//! before anything is pushed.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::ahead::{AHEAD, Ahead};
+use super::progress::Progress;
+use super::spec::{GROUP, Kind, Pipeline, copies, dead_letters, input, spec_topic};
+use super::stage::{StageRun, TICK, copy, field, reader_options};
+use crate::client::{Client, Error, Framing, Options, TopicSettings};
+use futures_util::FutureExt;
+
+/// The group that holds the pipeline's description in `NAME/pipeline`
+/// (it never reads, so the message stays for every worker's own group).
+const HOLD: &str = "hold";
+
+/// How a run or a worker ended.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Per stage with failures: its label and how many failed (messages
+    /// dead-lettered, processes that failed).
+    pub failed: Vec<(String, u64)>,
+    /// A copy that could not go on, and why.
+    pub broken: Vec<String>,
+}
+
+impl Report {
+    /// The exit status: 0, or the number of failures (at most 100).
+    pub fn status(&self) -> u8 {
+        let n: u64 = self.failed.iter().map(|f| f.1).sum::<u64>() + self.broken.len() as u64;
+        n.min(100) as u8
+    }
+}
+
+/// What `dchan run` was asked.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub addr: String,
+    pub name: String,
+    pub pipeline: Pipeline,
+    /// No progress lines even on a terminal.
+    pub quiet: bool,
+    /// Leave the topics on the server at the end.
+    pub keep: bool,
+}
+
+fn say(what: &str) -> impl Fn(Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Run a whole pipeline: standard input in, standard output out.
+pub async fn run(opts: RunOptions) -> Result<Report, String> {
+    let RunOptions {
+        addr,
+        name,
+        pipeline,
+        quiet,
+        keep,
+    } = opts;
+    let n = pipeline.stages.len();
+    let client = Client::connect(&addr, &reader_options(Kind::Filter))
+        .await
+        .map_err(say(&format!("connect {addr}")))?;
+    set_up(&client, &name, &pipeline).await?;
+
+    let stop = CancellationToken::new();
+    let mut copies_set = JoinSet::new();
+    let mut runs = Vec::new();
+    for (i, stage) in pipeline.stages.iter().enumerate() {
+        let run = Arc::new(StageRun {
+            addr: addr.clone(),
+            name: name.clone(),
+            k: i + 1,
+            stage: stage.clone(),
+            stop: stop.clone(),
+            failures: Default::default(),
+            started: Default::default(),
+        });
+        for _ in 0..stage.replicas {
+            copies_set.spawn(copy(run.clone()));
+        }
+        runs.push(run);
+    }
+    let progress = (!quiet).then(|| Progress::start(&addr, &name, &pipeline));
+    let feed = tokio::spawn(feed(client_for(&addr).await?, input(&name, 1)));
+    let output = input(&name, n + 1);
+    // In order unless the last stage has several copies.
+    let ahead = match pipeline.stages[n - 1].replicas {
+        0 | 1 => 1,
+        _ => AHEAD,
+    };
+    let print = print(&client, &output, ahead);
+    tokio::pin!(print);
+    let mut report = Report::default();
+    let mut printed = None;
+    // Wait for the output's end, noting copies that fail meanwhile (a
+    // stage whose copies all broke would never end: stop then).
+    while printed.is_none() || !copies_set.is_empty() {
+        tokio::select! {
+            r = &mut print, if printed.is_none() => printed = Some(r),
+            Some(done) = copies_set.join_next() => match done {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    tracing::error!("{why}");
+                    report.broken.push(why);
+                }
+                Err(e) => report.broken.push(format!("a copy panicked: {e}")),
+            },
+        }
+        if !report.broken.is_empty() && printed.is_none() && copies_set.is_empty() {
+            break;
+        }
+    }
+    if let Some(p) = progress {
+        p.finish().await;
+    }
+    feed.abort();
+    if let Some(Err(why)) = printed {
+        report.broken.push(why);
+    }
+    for run in &runs {
+        let local = run.failures.load(Ordering::Relaxed);
+        // Dead letters from every machine: the topic counts them.
+        let dead = match client.ctl(&dead_letters(&name, run.k)).await {
+            Ok(text) => field(&text, "pushed").unwrap_or(0),
+            Err(_) => 0,
+        };
+        let filter_failures = match run.stage.kind {
+            Kind::Filter => local,
+            Kind::Each => 0,
+        };
+        if dead + filter_failures > 0 {
+            report.failed.push((run.label(), dead + filter_failures));
+        }
+    }
+    if !keep && report.broken.is_empty() {
+        let mut gone = Vec::new();
+        for k in 1..=n + 1 {
+            gone.push(input(&name, k));
+            if k <= n {
+                gone.push(copies(&name, k));
+                if !report.failed.iter().any(|f| f.0 == runs[k - 1].label()) {
+                    gone.push(dead_letters(&name, k));
+                }
+            }
+        }
+        gone.push(spec_topic(&name));
+        for t in gone {
+            let _ = client.remove(&t).await;
+        }
+    }
+    Ok(report)
+}
+
+async fn client_for(addr: &str) -> Result<Client, String> {
+    Client::connect(addr, &Options::group(GROUP))
+        .await
+        .map_err(say(&format!("connect {addr}")))
+}
+
+/// Create the pipeline's topics and groups, and leave its description.
+async fn set_up(client: &Client, name: &str, p: &Pipeline) -> Result<(), String> {
+    let n = p.stages.len();
+    let create = |topic: String, capacity: u64, framing: Framing| async move {
+        let settings = TopicSettings {
+            capacity: Some(capacity),
+            framing: Some(framing),
+            timeout: None,
+        };
+        client
+            .create(&topic, &settings)
+            .await
+            .map_err(say(&format!("create {topic}")))
+    };
+    for k in 1..=n + 1 {
+        let framing = match k {
+            1 => Framing::Line,
+            _ if p.stages[k - 2].kind == Kind::Each => Framing::Write,
+            _ => Framing::Line,
+        };
+        let capacity = p
+            .stages
+            .get(k - 1)
+            .map_or(super::spec::DEFAULT_CAPACITY, |s| s.capacity);
+        create(input(name, k), capacity, framing).await?;
+        // The stage's group exists before the first push, so it waits for it.
+        client
+            .offset(&input(name, k))
+            .await
+            .map_err(say(&input(name, k)))?;
+        if k <= n {
+            create(dead_letters(name, k), u64::MAX / 2, Framing::Write).await?;
+            create(copies(name, k), 0, Framing::Line).await?;
+        }
+    }
+    let spec = spec_topic(name);
+    create(spec.clone(), 1, Framing::Write).await?;
+    let hold = Client::attach(client.connection(), &Options::group(HOLD))
+        .await
+        .map_err(say(&spec))?;
+    hold.offset(&spec).await.map_err(say(&spec))?;
+    let mut described = p.clone();
+    described.name = Some(name.to_string());
+    client
+        .push(&spec, described.to_toml())
+        .await
+        .map_err(say(&spec))?;
+    Ok(())
+}
+
+/// Standard input into `topic`, in big writes (the server cuts the
+/// lines), then close it.
+async fn feed(client: Client, topic: String) -> Result<(), String> {
+    let what = say(&topic);
+    let pusher = client.open_push(&topic).await.map_err(&what)?;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = stdin
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("standard input: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        pusher
+            .push(Bytes::copy_from_slice(&buf[..n]))
+            .await
+            .map_err(&what)?;
+    }
+    pusher.close().await.map_err(&what)?;
+    client.close(&topic).await.map_err(&what)
+}
+
+/// Print every message of `topic` until it is closed and drained, with
+/// `ahead` reads in flight (1 where the order is promised). Output is buffered and written out when the buffer fills or the
+/// next message is not there yet.
+async fn print(client: &Client, topic: &str, ahead: usize) -> Result<(), String> {
+    let what = say(topic);
+    let mut from = Ahead::open(client, topic, ahead, TICK)
+        .await
+        .map_err(&what)?;
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 16, tokio::io::stdout());
+    loop {
+        // Write out what is buffered when the next message is not there yet
+        // (a dropped `Ahead::next` loses nothing).
+        let got = match from.next().now_or_never() {
+            Some(got) => got,
+            None => {
+                let _ = out.flush().await;
+                from.next().await
+            }
+        };
+        match got {
+            Ok(Some(m)) => {
+                if out.write_all(&m).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(Error::TimedOut) => continue,
+            Err(e) => return Err(what(e)),
+        }
+    }
+    let _ = out.flush().await;
+    from.finish().await.map_err(&what)?;
+    Ok(())
+}
+
+/// What `dchan worker` was asked.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub addr: String,
+    /// The pipeline's name (from the file, or `--pipeline`).
+    pub name: String,
+    /// The pipeline, if given as a file; else read from `NAME/pipeline`.
+    pub pipeline: Option<Pipeline>,
+    /// The stage's name or number.
+    pub stage: String,
+    /// Copies to run here (default: the stage's replicas).
+    pub replicas: Option<u32>,
+}
+
+/// Join a running pipeline's stage until its input ends, or until
+/// SIGTERM or SIGINT (then each copy finishes its message and gives the
+/// rest back).
+pub async fn worker(opts: WorkerOptions) -> Result<Report, String> {
+    let pipeline = match opts.pipeline {
+        Some(p) => p,
+        None => described(&opts.addr, &opts.name).await?,
+    };
+    let k = pipeline.stage_named(&opts.stage).ok_or_else(|| {
+        format!(
+            "pipeline {} has no stage {:?} (it has {})",
+            opts.name,
+            opts.stage,
+            pipeline.stages.len()
+        )
+    })?;
+    let mut stage = pipeline.stages[k - 1].clone();
+    if let Some(r) = opts.replicas {
+        stage.replicas = r;
+    }
+    let stop = CancellationToken::new();
+    let run = Arc::new(StageRun {
+        addr: opts.addr.clone(),
+        name: opts.name.clone(),
+        k,
+        stage,
+        stop: stop.clone(),
+        failures: Default::default(),
+        started: Default::default(),
+    });
+    let mut set = JoinSet::new();
+    for _ in 0..run.stage.replicas {
+        set.spawn(copy(run.clone()));
+    }
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        stop.cancel();
+    });
+    let mut report = Report::default();
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => report.broken.push(why),
+            Err(e) => report.broken.push(format!("a copy panicked: {e}")),
+        }
+    }
+    signals.abort();
+    let local = run.failures.load(Ordering::Relaxed);
+    if local > 0 {
+        report.failed.push((run.label(), local));
+    }
+    Ok(report)
+}
+
+/// The description `dchan run` left in `NAME/pipeline`, read as a group of
+/// our own (then forgotten), so it stays for the next worker.
+async fn described(addr: &str, name: &str) -> Result<Pipeline, String> {
+    let topic = spec_topic(name);
+    let group = format!("worker-{}", std::process::id());
+    let client = Client::connect(addr, &Options::group(group.clone()))
+        .await
+        .map_err(say(&format!("connect {addr}")))?;
+    let text = match client.pull(&topic).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Err(format!("pipeline {name} has ended")),
+        Err(Error::NoTopic(_)) => return Err(format!("no pipeline {name} running there")),
+        Err(e) => return Err(format!("{topic}: {e}")),
+    };
+    let _ = client.ctl_write(&topic, &format!("forget {group}")).await;
+    let text = String::from_utf8_lossy(&text);
+    Pipeline::from_toml(&topic, &text)
+}

@@ -1,0 +1,184 @@
+//! One copy of a stage: its own connection, reading the stage's input
+//! topic as the group [`GROUP`] (so copies share the work), writing the
+//! next topic, and the end of stream.
+//!
+//! End of stream. A copy holds the stage's `K.copies` topic open for
+//! reading while it works (it never reads it: the server counts it in the
+//! topic's `readers`, and forgets it when its connection goes, however the
+//! copy ends). A copy that saw its input end pushes what it has, closes
+//! its files, and then, if `K.copies` has no reader left, closes the
+//! stage's output topic. The server orders those closes, so the last copy
+//! to finish always sees 0: the close travels down the pipeline once every
+//! copy on every machine is done, and never before.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::ahead::{AHEAD, Ahead};
+use super::spec::{GROUP, Kind, Stage, copies, input};
+use super::{each, filter};
+use crate::client::{Client, Error, Options, Puller};
+
+/// How often a copy waiting for a message looks whether it should stop.
+pub(super) const TICK: Duration = Duration::from_millis(500);
+
+/// What the copies of one stage share in one process.
+#[derive(Debug)]
+pub struct StageRun {
+    /// The server.
+    pub addr: String,
+    /// The pipeline's name.
+    pub name: String,
+    /// The stage's 1-based number.
+    pub k: usize,
+    pub stage: Stage,
+    /// Cancelled to stop: copies finish their message, give back the rest.
+    pub stop: CancellationToken,
+    /// Messages dead-lettered and filter processes failed, in this process.
+    pub failures: AtomicU64,
+    /// Copies started here so far: numbers them.
+    pub started: AtomicU64,
+}
+
+impl StageRun {
+    /// "stage 2 (grep x)" for logs.
+    pub fn label(&self) -> String {
+        format!("stage {} ({})", self.stage.name, self.stage.command)
+    }
+
+    pub(super) fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Run one copy until its input ends (or it is told to stop).
+pub async fn copy(run: Arc<StageRun>) -> Result<(), String> {
+    let what = |e: Error| format!("{}: {e}", run.label());
+    let n = run.started.fetch_add(1, Ordering::Relaxed) + 1;
+    let me = format!("{}.{n}", std::process::id());
+    let client = Client::connect(&run.addr, &reader_options(run.stage.kind))
+        .await
+        .map_err(what)?;
+    let member = client
+        .open_data(&copies(&run.name, run.k))
+        .await
+        .map_err(what)?;
+    let topic = input(&run.name, run.k);
+    let to = client
+        .open_push(&input(&run.name, run.k + 1))
+        .await
+        .map_err(what)?;
+    let ended = match run.stage.kind {
+        Kind::Filter => {
+            let ahead = match run.stage.replicas {
+                1 => 1,
+                _ => AHEAD,
+            };
+            let mut from = Ahead::open(&client, &topic, ahead, TICK)
+                .await
+                .map_err(what)?;
+            let ended = filter::run(&run, &me, &mut from, &to).await?;
+            to.close().await.map_err(what)?;
+            from.finish().await.map_err(what)?;
+            ended
+        }
+        Kind::Each => {
+            let mut from = client.open_data(&topic).await.map_err(what)?;
+            let ended = each::run(&run, &me, &client, &mut from, &to).await?;
+            to.close().await.map_err(what)?;
+            // Acknowledge the last message only now that its output is out.
+            from.close().await.map_err(what)?;
+            ended
+        }
+    };
+    member.close().await.map_err(what)?;
+    if ended
+        && readers(&client, &copies(&run.name, run.k))
+            .await
+            .map_err(what)?
+            == 0
+    {
+        client
+            .close(&input(&run.name, run.k + 1))
+            .await
+            .map_err(what)?;
+    }
+    Ok(())
+}
+
+/// How a reader of a stage's input connects. A filter, and the printer of
+/// the output, turn messages into one stream of bytes, so they read over
+/// plain 9P2000: there a message ends with the reply that is shorter than
+/// the count, and the next Tread both asks for the next message and
+/// acknowledges the last, one round trip a message. On 9P2000.L a message
+/// costs two (its data, then the zero that marks its end), but its
+/// boundaries are exact whatever its length, which an *each* stage needs.
+pub(super) fn reader_options(kind: Kind) -> Options {
+    let o = Options::group(GROUP);
+    match kind {
+        Kind::Filter => o.dialect(crate::proto::Dialect::P2000),
+        Kind::Each => o,
+    }
+}
+
+/// The topic's `readers` count, from its ctl.
+pub(super) async fn readers(client: &Client, topic: &str) -> Result<u64, Error> {
+    let text = client.ctl(topic).await?;
+    Ok(field(&text, "readers").unwrap_or(0))
+}
+
+/// The number after `key ` on a line of a ctl text.
+pub(super) fn field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// [`next`] over an [`Ahead`].
+pub(super) async fn next_ahead(
+    run: &StageRun,
+    from: &mut Ahead,
+    gone: impl Fn() -> bool,
+) -> Result<Next, String> {
+    loop {
+        if run.stop.is_cancelled() || gone() {
+            return Ok(Next::Stop);
+        }
+        match from.next().await {
+            Ok(Some(m)) => return Ok(Next::Msg(m)),
+            Ok(None) => return Ok(Next::End),
+            Err(Error::TimedOut) => continue,
+            Err(e) => return Err(format!("{}: read input: {e}", run.label())),
+        }
+    }
+}
+
+/// What waiting for the next message gave.
+pub(super) enum Next {
+    Msg(bytes::Bytes),
+    End,
+    Stop,
+}
+
+/// The next message, looking every [`TICK`] whether to stop (or whether
+/// `gone` says the consumer went away). `next_timeout` flushes and waits
+/// for the server's verdict, so giving up loses nothing.
+pub(super) async fn next(
+    run: &StageRun,
+    from: &mut Puller,
+    gone: impl Fn() -> bool,
+) -> Result<Next, String> {
+    loop {
+        if run.stop.is_cancelled() || gone() {
+            return Ok(Next::Stop);
+        }
+        match from.next_timeout(TICK).await {
+            Ok(Some(m)) => return Ok(Next::Msg(m)),
+            Ok(None) => return Ok(Next::End),
+            Err(Error::TimedOut) => continue,
+            Err(e) => return Err(format!("{}: read input: {e}", run.label())),
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! `dchan run` and `dchan worker` as a user runs them: the real binary
+//! against a real `dchan serve` on a free port. No test asserts on time;
+//! a hang is caught by a generous limit.
+
+mod server;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use server::{PATIENCE, Server, repo};
+
+/// Long, so only a hang trips it on a loaded machine (debug builds).
+const LIMIT: Duration = Duration::from_secs(10 * PATIENCE.as_secs());
+
+fn dchan(addr: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dchan"));
+    c.args(args)
+        .env("DCHAN_ADDR", addr)
+        .env_remove("RUST_LOG")
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Start `dchan ARGS` with `input` on its stdin (written from a thread,
+/// so a big input cannot block the test).
+fn start(addr: &str, args: &[&str], input: Vec<u8>) -> Child {
+    let mut child = dchan(addr, args).spawn().expect("run dchan");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    child
+}
+
+/// Wait for `child`, at most [`LIMIT`], collecting its output.
+fn finish(child: Child, what: &str) -> Output {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let id = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(LIMIT) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            unsafe { libc::kill(id as i32, libc::SIGKILL) };
+            panic!("{what} did not end within {LIMIT:?}");
+        }
+    }
+}
+
+fn run(addr: &str, args: &[&str], input: &str) -> Output {
+    finish(
+        start(addr, args, input.as_bytes().to_vec()),
+        &format!("{args:?}"),
+    )
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn lines(b: &[u8]) -> Vec<String> {
+    let mut l: Vec<String> = text(b).lines().map(str::to_string).collect();
+    l.sort();
+    l
+}
+
+/// Wait until `cond` holds (polling), at most [`LIMIT`].
+fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < LIMIT, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The topics the server holds, from `dchan ls`.
+fn topics(addr: &str) -> String {
+    let mut c = dchan(addr, &["ls"]);
+    c.stdin(Stdio::null());
+    text(&c.output().unwrap().stdout)
+}
+
+fn numbered(n: usize) -> String {
+    (1..=n).map(|i| format!("line {i}\n")).collect()
+}
+
+#[test]
+fn three_filters_equal_sh_for_100k_lines() {
+    let server = Server::start(&[]);
+    let input: String = (1..=100_000).map(|i| format!("{i} x{}\n", i % 7)).collect();
+    let line = "grep -v 3 | tr 0-4 a-e | cut -c 1-6";
+    let out = run(&server.addr(), &["run", "--name", "big", line], &input);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut sh = Command::new("sh")
+        .args(["-c", line])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = sh.stdin.take().unwrap();
+    let feed = input.clone();
+    std::thread::spawn(move || stdin.write_all(feed.as_bytes()));
+    let want = sh.wait_with_output().unwrap().stdout;
+    assert_eq!(text(&out.stdout), text(&want));
+    assert!(
+        out.stderr.is_empty(),
+        "off a terminal, nothing but data: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        !topics(&server.addr()).contains("big/"),
+        "its topics are removed"
+    );
+}
+
+#[test]
+fn replicas_of_a_slow_each_stage_share_the_work() {
+    let server = Server::start(&[]);
+    let input = numbered(30);
+    let stage = r#"sh -c 'sleep 0.1; echo "$DCHAN_COPY $(cat)"'"#;
+    let out = run(
+        &server.addr(),
+        &["run", "--each", "1", "--replicas", "3", stage],
+        &input,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut by_copy: BTreeMap<String, usize> = BTreeMap::new();
+    let mut got = Vec::new();
+    for l in text(&out.stdout).lines() {
+        let (copy, msg) = l.split_once(' ').unwrap();
+        *by_copy.entry(copy.to_string()).or_default() += 1;
+        got.push(msg.to_string());
+    }
+    got.sort();
+    assert_eq!(got, lines(input.as_bytes()), "every message once");
+    assert!(by_copy.len() >= 2, "copies took part: {by_copy:?}");
+}
+
+/// Start `dchan run --keep --name NAME ARGS` whose input waits for
+/// `gate` to be written, and wait for its topics.
+fn started_run(addr: &str, name: &str, args: &[&str]) -> Child {
+    let mut all = vec!["run", "--name", name];
+    all.extend_from_slice(args);
+    let child = dchan(addr, &all).spawn().unwrap();
+    until("the run's topics exist", || {
+        topics(addr).contains(&format!("{name}/pipeline"))
+    });
+    child
+}
+
+fn feed(child: &mut Child, input: String) {
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+}
+
+#[test]
+fn a_worker_from_another_process_takes_part() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let stage = r#"sh -c 'sleep 0.2; echo "$DCHAN_COPY $(cat)"'"#;
+    let mut run = started_run(&addr, "joined", &["--each", "1", stage]);
+    let worker = dchan(
+        &addr,
+        &[
+            "worker",
+            "--pipeline",
+            "joined",
+            "--stage",
+            "1",
+            "--replicas",
+            "2",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let worker_pid = worker.id().to_string();
+    let input = numbered(20);
+    feed(&mut run, input.clone());
+    let out = finish(run, "run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let w = finish(worker, "worker");
+    assert!(w.status.success(), "worker: {}", text(&w.stderr));
+    let mut got = Vec::new();
+    let mut by_worker = 0;
+    for l in text(&out.stdout).lines() {
+        let (copy, msg) = l.split_once(' ').unwrap();
+        by_worker += (copy.split('.').next() == Some(&worker_pid)) as usize;
+        got.push(msg.to_string());
+    }
+    got.sort();
+    assert_eq!(got, lines(input.as_bytes()), "every message once");
+    assert!(by_worker > 0, "the worker took part");
+}
+
+#[test]
+fn a_copy_killed_mid_message_loses_nothing() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let marks = tempfile::tempdir().unwrap();
+    // Each message leaves a mark named after its copy, then takes a while.
+    let stage = format!(
+        r#"sh -c 'touch {}/$DCHAN_COPY; sleep 0.3; echo "$(cat)"'"#,
+        marks.path().display()
+    );
+    let mut run = started_run(&addr, "killed", &["--each", "1", &stage]);
+    let mut worker = dchan(&addr, &["worker", "--pipeline", "killed", "--stage", "1"])
+        .spawn()
+        .unwrap();
+    let mark = marks.path().join(format!("{}.1", worker.id()));
+    let input = numbered(15);
+    feed(&mut run, input.clone());
+    until("the worker has a message in hand", || mark.exists());
+    worker.kill().unwrap(); // SIGKILL
+    worker.wait().unwrap();
+    let out = finish(run, "run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut got = lines(&out.stdout);
+    got.dedup(); // at least once: the killed copy's message may come twice
+    assert_eq!(got, lines(input.as_bytes()), "nothing lost");
+}
+
+#[test]
+fn a_failing_message_goes_to_the_dead_letters_and_the_status_counts_it() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let out = run(
+        &addr,
+        &[
+            "run",
+            "--name",
+            "dl",
+            "--each",
+            "1",
+            "--attempts",
+            "2",
+            "grep -v bad",
+        ],
+        "ok 1\nbad\nok 2\nbad too\n",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "two failed: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(lines(&out.stdout), ["ok 1", "ok 2"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("failed 2 times"),
+        "the reason is logged: {err}"
+    );
+    assert!(err.contains("stage 1 (grep -v bad): 2 failed"), "{err}");
+    let mut pull = dchan(&addr, &["pull", "dl/1.failed", "-n", "2"]);
+    pull.stdin(Stdio::null());
+    let dead = pull.output().unwrap();
+    assert_eq!(lines(&dead.stdout), ["bad", "bad too"], "untouched");
+    assert!(!topics(&addr).contains("dl/2"), "the others are removed");
+}
+
+#[test]
+fn a_failed_filter_is_named_and_end_of_input_ends_the_run() {
+    let server = Server::start(&[]);
+    let out = run(
+        &server.addr(),
+        &["run", "cat | sh -c 'cat; exit 3' | cat"],
+        "a\nb\n",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "a\nb\n");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("stage 2 (sh -c 'cat; exit 3'): 1 failed"),
+        "{err}"
+    );
+    // An empty input ends the run too, and a head ends it early.
+    let out = run(&server.addr(), &["run", "cat | cat"], "");
+    assert!(out.status.success() && out.stdout.is_empty());
+    let out = run(
+        &server.addr(),
+        &["run", "cat | head -n 2 | cat"],
+        &numbered(5000),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "line 1\nline 2\n");
+}
+
+#[test]
+fn the_example_pipeline_file_runs_with_a_worker() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let file = "examples/pipeline.toml";
+    let mut run = dchan(&addr, &["run", "--file", file]).spawn().unwrap();
+    until("the run's topics exist", || {
+        topics(&addr).contains("words/pipeline")
+    });
+    let worker = dchan(&addr, &["worker", "--file", file, "--stage", "measure"])
+        .spawn()
+        .unwrap();
+    feed(
+        &mut run,
+        "the quick brown fox\njumps over the lazy dog\n".into(),
+    );
+    let out = finish(run, "run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = "3 dog\n3 fox\n3 the\n3 the\n4 lazy\n4 over\n5 brown\n5 jumps\n5 quick\n";
+    assert_eq!(text(&out.stdout), want);
+    let w = finish(worker, "worker");
+    assert!(w.status.success(), "worker: {}", text(&w.stderr));
+}
+
+#[test]
+fn bad_pipelines_are_usage_errors_with_file_and_line() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[stage]]\ncommand = \"cat\"\nreplicas = \"many\"\n").unwrap();
+    let out = run(
+        &server.addr(),
+        &["run", "--file", bad.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!("dchan: {}:3: ", bad.display())),
+        "{err}"
+    );
+    let out = run(&server.addr(), &["run", "cat | 'unterminated"], "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = run(&server.addr(), &["run", "cat | | cat"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("stage 2 is empty"));
+}
+
+#[test]
+fn sigterm_makes_a_worker_finish_its_message_and_leave() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let marks = tempfile::tempdir().unwrap();
+    let stage = format!(
+        r#"sh -c 'touch {}/$DCHAN_COPY; sleep 0.3; echo "$DCHAN_COPY $(cat)"'"#,
+        marks.path().display()
+    );
+    let mut run = started_run(&addr, "termed", &["--each", "1", &stage]);
+    let worker = dchan(&addr, &["worker", "--pipeline", "termed", "--stage", "1"])
+        .spawn()
+        .unwrap();
+    let pid = worker.id();
+    let mark = marks.path().join(format!("{pid}.1"));
+    let input = numbered(12);
+    feed(&mut run, input.clone());
+    until("the worker has a message in hand", || mark.exists());
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let w = finish(worker, "worker");
+    assert!(
+        w.status.success(),
+        "a stopped worker exits 0: {}",
+        text(&w.stderr)
+    );
+    let out = finish(run, "run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut got = Vec::new();
+    let mut by_worker = 0;
+    for l in text(&out.stdout).lines() {
+        let (copy, msg) = l.split_once(' ').unwrap();
+        by_worker += (copy.split('.').next() == Some(&pid.to_string())) as usize;
+        got.push(msg.to_string());
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        lines(input.as_bytes()),
+        "every message once: none lost, none twice"
+    );
+    assert!(by_worker >= 1, "the worker finished the message it had");
+}
+
+#[test]
+fn filter_copies_read_ahead_and_lose_nothing() {
+    let server = Server::start(&[]);
+    let input = numbered(20_000);
+    let out = run(
+        &server.addr(),
+        &["run", "--replicas", "3", "cat | cat"],
+        &input,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        lines(&out.stdout),
+        lines(input.as_bytes()),
+        "every line once"
+    );
+}
