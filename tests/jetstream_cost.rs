@@ -8,7 +8,7 @@ mod nats;
 use std::time::Instant;
 
 use dchan::broker::jetstream::Storage;
-use dchan::broker::{JetStreamBroker, JetStreamConfig, TopicConfig};
+use dchan::broker::{Broker, JetStreamBroker, JetStreamConfig, TopicConfig};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -47,7 +47,7 @@ async fn per_topic_cost() {
         let (rss0, du0) = (rss_kib(pid), du_kib(c.dir()));
         let t0 = Instant::now();
         for i in 0..N {
-            b.t_create(&format!("t{i}"), TopicConfig::default())
+            b.create(&format!("t{i}"), TopicConfig::default())
                 .await
                 .unwrap();
         }
@@ -55,7 +55,9 @@ async fn per_topic_cost() {
         let (rss1, du1) = (rss_kib(pid), du_kib(c.dir()));
         let t0 = Instant::now();
         for i in 0..N {
-            b.t_offset(&format!("t{i}"), "g").await.unwrap();
+            b.offset(format!("t{i}").as_str().into(), "g")
+                .await
+                .unwrap();
         }
         let group = t0.elapsed() / N as u32;
         let (rss2, du2) = (rss_kib(pid), du_kib(c.dir()));

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dchan::broker::jetstream::Storage;
-use dchan::broker::{Delivery, Error, JetStreamBroker, JetStreamConfig, TopicConfig, Wait};
+use dchan::broker::{Broker, Delivery, Error, JetStreamBroker, JetStreamConfig, TopicConfig, Wait};
 
 /// Every wait here fails the test after this long instead of hanging.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -44,7 +44,7 @@ async fn stream_through_a_kill(
         for i in 0..n {
             // A failed push was not stored: try again, as a writer would.
             loop {
-                match a.t_push("t", Bytes::from(i.to_string()), Wait::Block).await {
+                match a.push("t", Bytes::from(i.to_string()), Wait::Block).await {
                     Ok(_) => break,
                     Err(e) => {
                         eprintln!("push {i}: {e}");
@@ -69,7 +69,7 @@ async fn stream_through_a_kill(
             c.kill(v);
             killed = Some(Instant::now());
         }
-        match b.t_pull("t", "", Wait::Block).await {
+        match b.pull("t", "", Wait::Block).await {
             Ok(Some(d)) => {
                 let i: u64 = std::str::from_utf8(d.data()).unwrap().parse().unwrap();
                 *read.entry(i).or_default() += 1;
@@ -93,7 +93,7 @@ async fn killing_the_stream_leader_loses_no_acknowledged_message() {
     let mut c = nats::Cluster::start(3).await;
     let a = Arc::new(JetStreamBroker::connect(config(&c, 3)).await.unwrap());
     let b = Arc::new(JetStreamBroker::connect(config(&c, 3)).await.unwrap());
-    a.t_create(
+    a.create(
         "t",
         TopicConfig {
             capacity: 20,
@@ -103,8 +103,8 @@ async fn killing_the_stream_leader_loses_no_acknowledged_message() {
     )
     .await
     .unwrap();
-    a.t_offset("t", "").await.unwrap();
-    let id = format!("dchan_{}", a.t_id("t").unwrap());
+    a.offset("t".into(), "").await.unwrap();
+    let id = format!("dchan_{}", a.id("t").unwrap());
     let leader = c.leader(&id).await.expect("the stream has a leader");
     let (acked, read, gap) = stream_through_a_kill(&mut c, a, b, 600, |_| leader).await;
     let lost: Vec<_> = acked.iter().filter(|i| !read.contains_key(i)).collect();
@@ -140,7 +140,7 @@ async fn nats_unreachable_at_start_is_a_clear_error() {
 async fn nats_lost_while_running_fails_within_the_timeout_then_resumes() {
     let mut c = nats::Cluster::start(1).await;
     let a = JetStreamBroker::connect(config(&c, 1)).await.unwrap();
-    a.t_create(
+    a.create(
         "t",
         TopicConfig {
             capacity: 10,
@@ -149,16 +149,16 @@ async fn nats_lost_while_running_fails_within_the_timeout_then_resumes() {
     )
     .await
     .unwrap();
-    a.t_offset("t", "").await.unwrap();
-    a.t_push("t", Bytes::from_static(b"before"), Wait::Block)
+    a.offset("t".into(), "").await.unwrap();
+    a.push("t", Bytes::from_static(b"before"), Wait::Block)
         .await
         .unwrap();
     c.kill(0);
     let t0 = Instant::now();
-    let push = tokio::time::timeout(LIMIT, a.t_push("t", Bytes::from_static(b"x"), Wait::Block))
+    let push = tokio::time::timeout(LIMIT, a.push("t", Bytes::from_static(b"x"), Wait::Block))
         .await
         .expect("a push hung with NATS gone");
-    let pull = tokio::time::timeout(LIMIT, a.t_pull("t", "", Wait::Block))
+    let pull = tokio::time::timeout(LIMIT, a.pull("t", "", Wait::Block))
         .await
         .expect("a pull hung with NATS gone");
     println!(
@@ -178,7 +178,7 @@ async fn nats_lost_while_running_fails_within_the_timeout_then_resumes() {
     let start = Instant::now();
     let d = loop {
         assert!(start.elapsed() < LIMIT, "never resumed");
-        match a.t_pull("t", "", Wait::Block).await {
+        match a.pull("t", "", Wait::Block).await {
             Ok(Some(d)) => break d,
             other => {
                 eprintln!("after restart: {:?}", other.err());
@@ -188,7 +188,7 @@ async fn nats_lost_while_running_fails_within_the_timeout_then_resumes() {
     };
     assert_eq!(d.data().as_ref(), b"before");
     d.ack();
-    a.t_push("t", Bytes::from_static(b"after"), Wait::Block)
+    a.push("t", Bytes::from_static(b"after"), Wait::Block)
         .await
         .unwrap();
 }

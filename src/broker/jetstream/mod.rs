@@ -668,8 +668,13 @@ impl Broker for JetStreamBroker {
         async move { inner.remove(&topic).await }
     }
 
-    fn topics(&self) -> Vec<String> {
-        self.inner.mirror.topics.read().keys().cloned().collect()
+    fn names(&self, from: std::ops::Bound<&str>, limit: usize) -> Vec<String> {
+        let topics = self.inner.mirror.topics.read();
+        topics
+            .range::<str, _>((from, std::ops::Bound::Unbounded))
+            .take(limit)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     fn id(&self, topic: &str) -> Result<TopicId> {
