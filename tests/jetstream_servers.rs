@@ -311,3 +311,45 @@ async fn killing_a_dchan_server_mid_stream_loses_nothing_it_acknowledged() {
         "acknowledged, and read by nobody: {lost:?}"
     );
 }
+
+/// The README's "More than one machine" commands, as pasted, on free
+/// ports and in a temporary directory: three NATS nodes, two dchan
+/// servers, a push through one and a pull through the other.
+#[test]
+fn the_readme_cluster_commands_run() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let blocks = server::readme_blocks(&readme, "sh nats");
+    assert_eq!(blocks.len(), 1, "the README lost its cluster commands");
+    let dir = tempfile::tempdir().unwrap();
+    let mut script = blocks[0].replace("/tmp/", &format!("{}/", dir.path().display()));
+    for port in [14221, 14222, 14223, 16221, 16222, 16223, 15641, 15642] {
+        script = script.replace(&port.to_string(), &nats::free_port().to_string());
+    }
+    // Every process the commands start in the background is stopped by
+    // its PID when they end.
+    let script = format!("trap 'kill $(jobs -p) 2>/dev/null' EXIT\nset -eu\n{script}");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_dchan"))
+        .parent()
+        .unwrap();
+    let venv = nats::nats_server();
+    let path = format!(
+        "{}:{}:{}",
+        venv.parent().unwrap().display(),
+        bin.display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = Command::new("timeout")
+        .args(["120", "bash", "-c", &script])
+        .env("PATH", path)
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("resize a.png"), "{stdout}");
+    assert!(stdout.contains("jobs"), "{stdout}");
+}
