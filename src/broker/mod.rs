@@ -2,8 +2,8 @@
 //! knows nothing of 9P or files.
 //!
 //! [`Broker`] is the interface; `memory` is the engine that keeps topics in
-//! this process. A second engine (NATS JetStream, so several dchan servers
-//! share their topics) implements the same trait.
+//! this process, `jetstream` the one that keeps them in a NATS JetStream
+//! cluster, so that several dchan servers share their topics.
 //!
 //! Pushes and pulls are futures that may wait (capacity, rendezvous, an empty
 //! topic). A pulled message comes as a [`Delivery`]: acked, it is done;

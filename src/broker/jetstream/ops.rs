@@ -693,7 +693,7 @@ impl PullTask {
                 .await;
             self.topic.blocked_readers.fetch_sub(1, Ordering::Relaxed);
             match got {
-                Got::Message(m) => return Ok(Some(self.deliver(m))),
+                Got::Message(m) => return Ok(Some(self.deliver(*m))),
                 Got::Again => {}
                 Got::Fail(e) => return Err(e),
                 Got::Lost => {
@@ -728,7 +728,7 @@ impl PullTask {
             let until = deadline.unwrap_or_else(|| Instant::now() + 2 * MAX_EXPIRES);
             tokio::select! {
                 m = batch.next() => return match m {
-                    Some(Ok(m)) => Got::Message(m),
+                    Some(Ok(m)) => Got::Message(Box::new(m)),
                     Some(Err(e)) => {
                         tracing::debug!("pull {}: {e}", self.topic.stream);
                         Got::Lost
@@ -773,7 +773,7 @@ impl PullTask {
 
 /// What one pull request brought.
 enum Got {
-    Message(jetstream::Message),
+    Message(Box<jetstream::Message>),
     /// Nothing yet: ask again.
     Again,
     /// The consumer went away.
