@@ -399,3 +399,29 @@ fn filter_copies_read_ahead_and_lose_nothing() {
         "every line once"
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_stops_the_run_as_sigpipe_would() {
+    let server = Server::start(&[]);
+    let dchan_bin = env!("CARGO_BIN_EXE_dchan");
+    let script = format!(
+        "seq 200000 | {dchan_bin} run --name gone 'cat | cat' | head -n 2; echo \"status ${{PIPESTATUS[1]}}\""
+    );
+    let mut sh = Command::new("bash");
+    sh.args(["-c", &script])
+        .env("DCHAN_ADDR", server.addr())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = finish(sh.spawn().unwrap(), "bash");
+    assert_eq!(
+        text(&out.stdout),
+        "1\n2\nstatus 0\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !topics(&server.addr()).contains("gone/"),
+        "its topics are removed"
+    );
+}

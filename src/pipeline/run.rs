@@ -109,13 +109,26 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
     tokio::pin!(print);
     let mut report = Report::default();
     let mut printed = None;
+    // Whether standard output's reader went away (`| head`).
+    let mut gone = false;
     // Wait for the output's end, noting copies that fail meanwhile (a
     // stage whose copies all broke would never end: stop then).
     while printed.is_none() || !copies_set.is_empty() {
         tokio::select! {
-            r = &mut print, if printed.is_none() => printed = Some(r),
+            r = &mut print, if printed.is_none() => {
+                if r == Ok(true) {
+                    // As sh's SIGPIPE: every stage stops, its pushes fail.
+                    gone = true;
+                    stop.cancel();
+                    for k in 1..=n + 1 {
+                        let _ = client.close(&input(&name, k)).await;
+                    }
+                }
+                printed = Some(r);
+            }
             Some(done) = copies_set.join_next() => match done {
                 Ok(Ok(())) => {}
+                Ok(Err(_)) if gone => {}
                 Ok(Err(why)) => {
                     tracing::error!("{why}");
                     report.broken.push(why);
@@ -133,6 +146,9 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
     feed.abort();
     if let Some(Err(why)) = printed {
         report.broken.push(why);
+    }
+    if gone {
+        report.broken.clear();
     }
     for run in &runs {
         let local = run.failures.load(Ordering::Relaxed);
@@ -249,27 +265,33 @@ async fn feed(client: Client, topic: String) -> Result<(), String> {
 }
 
 /// Print every message of `topic` until it is closed and drained, with
-/// `ahead` reads in flight (1 where the order is promised). Output is buffered and written out when the buffer fills or the
+/// `ahead` reads in flight (1 where the order is promised); true if
+/// standard output's reader went away first. Output is buffered and written out when the buffer fills or the
 /// next message is not there yet.
-async fn print(client: &Client, topic: &str, ahead: usize) -> Result<(), String> {
+async fn print(client: &Client, topic: &str, ahead: usize) -> Result<bool, String> {
     let what = say(topic);
     let mut from = Ahead::open(client, topic, ahead, TICK)
         .await
         .map_err(&what)?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 16, tokio::io::stdout());
+    let mut gone = false;
     loop {
         // Write out what is buffered when the next message is not there yet
         // (a dropped `Ahead::next` loses nothing).
         let got = match from.next().now_or_never() {
             Some(got) => got,
             None => {
-                let _ = out.flush().await;
+                if out.flush().await.is_err() {
+                    gone = true;
+                    break;
+                }
                 from.next().await
             }
         };
         match got {
             Ok(Some(m)) => {
                 if out.write_all(&m).await.is_err() {
+                    gone = true;
                     break;
                 }
             }
@@ -278,9 +300,9 @@ async fn print(client: &Client, topic: &str, ahead: usize) -> Result<(), String>
             Err(e) => return Err(what(e)),
         }
     }
-    let _ = out.flush().await;
+    gone |= out.flush().await.is_err();
     from.finish().await.map_err(&what)?;
-    Ok(())
+    Ok(gone)
 }
 
 /// What `dchan worker` was asked.

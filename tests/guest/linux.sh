@@ -608,10 +608,10 @@ pipeline() {
     kill $holder; wait $holder 2> /dev/null
     waitfor 10 grep -qx 'readers 0' $P/gpipe/2.copies/ctl
     copies=$(grep '^readers' $P/gpipe/2.copies/ctl)
-    [ "$copies" = "readers 0" ] && echo close >> $PW/gpipe/3/ctl
     if [ $rc = 0 ]; then ok $C.stage; else fail $C.stage "loop rc $rc $(cat /tmp/e)"; fi
-    if grep -qx 'closed true' $P/gpipe/3/ctl; then ok $C.close
-    else fail $C.close "gpipe/2.copies had '$copies' after the loop; gpipe/3: $(tr '\n' ' ' < $P/gpipe/3/ctl)"; fi
+    # (Once closed, the host's run ends and removes the topics.)
+    if [ "$copies" = "readers 0" ] && echo close >> $PW/gpipe/3/ctl 2> /tmp/e; then ok $C.close
+    else fail $C.close "gpipe/2.copies had '$copies' after the loop; close: $(cat /tmp/e)"; fi
     umount $P; umount $PW
 }
 
