@@ -35,6 +35,8 @@ pub struct Config {
     pub groups: Groups,
     /// Topics created at start (`[[topic]]` tables).
     pub topic: Vec<TopicSpec>,
+    /// Where topics are kept: in memory, or durable in a directory.
+    pub storage: Storage,
     /// Where topics are kept: this process, or a JetStream cluster.
     pub broker: BrokerSection,
 }
@@ -97,12 +99,57 @@ impl BrokerSection {
     }
 }
 
+/// `[storage]`: the engine that keeps topics.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// The durable engine's directory; empty for the memory engine.
+    pub data_dir: std::path::PathBuf,
+    /// When the durable log is synced to disk.
+    pub sync: SyncSetting,
+    /// How often, with `sync = "interval"`.
+    #[serde(deserialize_with = "interval")]
+    pub sync_interval: Duration,
+}
+
+impl Storage {
+    /// The durable engine's sync mode.
+    pub fn sync_mode(&self) -> broker::durable::SyncMode {
+        use broker::durable::SyncMode;
+        match self.sync {
+            SyncSetting::Always => SyncMode::Always,
+            SyncSetting::Interval => SyncMode::Interval(self.sync_interval),
+            SyncSetting::Never => SyncMode::Never,
+        }
+    }
+}
+
 /// JetStream's replica counts that make sense: 1, or 3 (a quorum of 2).
 fn replicas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     match usize::deserialize(d)? {
         r @ (1 | 3) => Ok(r),
         r => Err(serde::de::Error::custom(format!(
             "replicas {r}: want 1, or 3 (a cluster that survives the loss of a node)"
+        ))),
+    }
+}
+
+/// `storage.sync`: `"always"`, `"interval"` or `"never"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncSetting {
+    Always,
+    #[default]
+    Interval,
+    Never,
+}
+
+fn interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    match humantime::parse_duration(&text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(serde::de::Error::custom(format!(
+            "bad sync_interval {text:?}: want a positive duration such as \"100ms\""
         ))),
     }
 }

@@ -7,7 +7,8 @@
 //! - `fs`     — the file-tree interface between the engine and what it serves.
 //! - `engine` — the 9P connection engine: listeners, tags, fids, Tflush, limits.
 //! - `ramfs`  — a small in-memory `FileTree` for tests and `dchan serve --ramfs`.
-//! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P.
+//! - `broker` — topics, groups, capacity and waiting; knows nothing of 9P. Engines:
+//!   `memory` (in this process) and `durable` (a segment log in a directory).
 //! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
 //! - `config` — the server's TOML configuration over the built-in `dchan.toml`.
 //! - `serve`  — `dchan serve`: configuration, logging, broker, tree and engine, shutdown.
@@ -50,4 +51,6 @@ pub mod literate {
     pub struct Performance;
     #[doc = include_str!("../literate/09-pipelines.md")]
     pub struct Pipelines;
+    #[doc = include_str!("../literate/10-log.md")]
+    pub struct Log;
 }

@@ -27,6 +27,7 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 use crate::broker::JetStreamBroker;
+use crate::broker::durable::{DurableBroker, OpenError as DurableError, Options as DurableOptions};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::{self, Broker};
 use crate::config::{Config, ConfigError, Engine};
@@ -57,6 +58,10 @@ pub struct ServeArgs {
     /// 9P engine with real clients)
     #[arg(long, hide = true)]
     pub ramfs: bool,
+    /// Keep topics durable in DIR (replaces the configuration's
+    /// `storage.data_dir`); without one, topics live in memory
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
 }
 
 /// Why the server could not start.
@@ -68,6 +73,8 @@ pub enum Error {
     Log { filter: String, reason: String },
     #[error("listen on {addr}: {source}")]
     Listen { addr: Addr, source: std::io::Error },
+    #[error(transparent)]
+    Data(#[from] DurableError),
     #[error("topic {name:?} in the configuration: {source}")]
     Topic { name: String, source: broker::Error },
     #[error("{0}")]
@@ -102,6 +109,9 @@ async fn start(args: ServeArgs) -> Result<(), Error> {
         config.broker.engine = Engine::Jetstream;
         config.broker.nats = args.nats;
     }
+    if let Some(dir) = args.data {
+        config.storage.data_dir = dir;
+    }
     if args.ramfs {
         let listeners = bind(&config.listen).await?;
         let tree = Arc::new(RamFs::new());
@@ -116,41 +126,51 @@ async fn start(args: ServeArgs) -> Result<(), Error> {
 /// accepting, answer every blocked request with an error, and return once
 /// every connection has closed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    match config.broker.engine {
-        Engine::Memory => {
-            let broker = MemoryBroker::with_group_limits(config.groups.limits());
-            serve_topics(broker, config, shutdown).await
-        }
-        Engine::Jetstream => {
-            let settings = config.broker.jetstream(&config.groups);
-            let broker = JetStreamBroker::connect(settings)
-                .await
-                .map_err(Error::Broker)?;
-            serve_topics(broker, config, shutdown).await
-        }
+    let limits = config.groups.limits();
+    if config.broker.engine == Engine::Jetstream {
+        let settings = config.broker.jetstream(&config.groups);
+        let broker = JetStreamBroker::connect(settings)
+            .await
+            .map_err(Error::Broker)?;
+        return run_on(broker, config, shutdown).await;
     }
+    let data_dir = &config.storage.data_dir;
+    if data_dir.as_os_str().is_empty() {
+        return run_on(MemoryBroker::with_group_limits(limits), config, shutdown).await;
+    }
+    let options = DurableOptions {
+        sync: config.storage.sync_mode(),
+        groups: limits,
+        ..DurableOptions::default()
+    };
+    let broker = DurableBroker::open(data_dir, options)?;
+    info!(dir = %data_dir.display(), sync = %options.sync, "durable topics");
+    run_on(broker, config, shutdown).await
 }
 
-/// `run` with its engine.
-async fn serve_topics<B: Broker>(
+/// Serve `broker`'s topics (see [`run`]).
+async fn run_on<B: Broker>(
     broker: B,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     for spec in &config.topic {
-        let made = Broker::create(
+        // A durable topic read back from disk keeps its state.
+        match Broker::create(
             &broker,
             &spec.name,
             spec.topic_config(&config.topic_defaults),
         )
-        .await;
-        match made {
-            // Shared topics: another server of the deployment made it.
-            Err(broker::Error::Exists(_)) if config.broker.engine == Engine::Jetstream => {}
-            made => made.map_err(|source| Error::Topic {
-                name: spec.name.clone(),
-                source,
-            })?,
+        .await
+        {
+            // Durable: read back from disk; shared: made by another server.
+            Ok(()) | Err(broker::Error::Exists(_)) => {}
+            Err(source) => {
+                return Err(Error::Topic {
+                    name: spec.name.clone(),
+                    source,
+                });
+            }
         }
     }
     let listeners = bind(&config.listen).await?;

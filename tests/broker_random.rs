@@ -43,6 +43,42 @@ mod memory {
     include!("contract/random.rs");
 }
 
+/// The durable engine, on a fresh data directory (default sync mode).
+mod durable {
+    use std::collections::HashMap;
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use dchan::broker::durable::{DurableBroker, Options};
+    use dchan::broker::{
+        Broker, Cut, Delivery, Error, Seq, Setting, TopicConfig, Wait, resolve_now,
+    };
+    use parking_lot::Mutex;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    use super::contract::Under;
+
+    type B = Under<DurableBroker>;
+    /// Whether the engine's waits follow tokio's clock, so that a paused
+    /// clock can run the seeds exactly.
+    const PAUSED_CLOCK: bool = true;
+
+    async fn new_engine() -> B {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = DurableBroker::open(dir.path(), Options::default()).unwrap();
+        Under {
+            engine,
+            _keep: Some(Box::new(dir)),
+        }
+    }
+
+    include!("contract/random.rs");
+}
+
 #[path = "nats/mod.rs"]
 mod nats;
 

@@ -31,6 +31,36 @@ mod memory {
     include!("contract/rules.rs");
 }
 
+/// The durable engine, on a fresh data directory (default sync mode).
+mod durable {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use dchan::broker::durable::{DurableBroker, Options};
+    use dchan::broker::{
+        Broker, Cut, Delivery, Error, Seq, Setting, Target, TopicConfig, Wait, resolve_now,
+    };
+    use futures_util::poll;
+
+    use super::contract::Under;
+
+    type Engine = DurableBroker;
+    type B = Under<Engine>;
+
+    async fn new_engine() -> B {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = DurableBroker::open(dir.path(), Options::default()).unwrap();
+        Under {
+            engine,
+            _keep: Some(Box::new(dir)),
+        }
+    }
+
+    include!("contract/rules.rs");
+}
+
 #[path = "nats/mod.rs"]
 mod nats;
 

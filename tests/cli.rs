@@ -220,6 +220,12 @@ async fn ls_stat_offset_create_rm() {
     assert_eq!(ok(dchan(a, &["ls", "-q"]).await), "jobs\nmetrics/eu\n");
     assert_eq!(ok(dchan(a, &["ls", "metrics", "-q"]).await), "metrics/eu\n");
     assert!(ok(dchan(a, &["stat", "jobs"]).await).contains("capacity 5\n"));
+    // With no topic: the server, its engine among the rest.
+    let server = ok(dchan(a, &["stat"]).await);
+    assert!(
+        server.contains("topics 2\n") && server.contains("engine memory\n"),
+        "{server}"
+    );
 
     let first = ok(dchan(a, &["offset", "jobs"]).await);
     let first: u64 = first.trim().parse().unwrap();

@@ -162,6 +162,13 @@ impl Log {
         }
     }
 
+    /// Drop every message; the next gets `seq` (a log read back from disk
+    /// starts where it was).
+    pub(crate) fn restart_at(&mut self, seq: Seq) {
+        self.clear();
+        self.first = seq;
+    }
+
     /// Drop every message; the next keeps counting.
     pub(crate) fn clear(&mut self) {
         self.first = self.next();

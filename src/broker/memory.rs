@@ -25,6 +25,7 @@ use bytes::Bytes;
 use foldhash::HashMap;
 use parking_lot::RwLock;
 
+use super::store::Store;
 use super::topic::{Start, State, Topic};
 use super::waiters::{PullWait, PushWait, within};
 use super::{
@@ -117,9 +118,45 @@ impl MemoryBroker {
             .collect()
     }
 
+    /// Create a topic whose changes go to the store `keep` makes for its
+    /// identity (under the map's lock, so two creations of one name
+    /// cannot both make one).
+    pub(crate) fn create_with(
+        &self,
+        name: &str,
+        config: TopicConfig,
+        keep: impl FnOnce(TopicId) -> Result<Box<dyn Store>>,
+    ) -> Result<TopicId> {
+        if !valid_name(name) {
+            return Err(Error::BadName(name.to_string()));
+        }
+        let mut topics = self.shard(name).write();
+        if topics.contains_key(name) {
+            return Err(Error::Exists(name.to_string()));
+        }
+        let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut state = State::new(config, self.groups);
+        state.keep_in(keep(id)?);
+        topics.insert(
+            name.to_string(),
+            Arc::new(Topic::with_state(name, id, state)),
+        );
+        self.names.write().insert(name.into());
+        Ok(id)
+    }
+
+    /// Put back a topic read from a store, with its identity.
+    pub(crate) fn restore(&self, name: &str, id: TopicId, state: State) {
+        self.last_id.fetch_max(id, Ordering::Relaxed);
+        let topic = Arc::new(Topic::with_state(name, id, state));
+        let mut shard = self.shard(name).write();
+        shard.insert(name.to_string(), topic);
+        self.names.write().insert(name.into());
+    }
+
     /// The topic `target` names; a stale target (its topic was removed,
     /// whether or not one of that name exists now) fails with `Removed`.
-    fn topic(&self, target: Target<'_>) -> Result<Arc<Topic>> {
+    pub(crate) fn topic(&self, target: Target<'_>) -> Result<Arc<Topic>> {
         let found = self.shard(target.name).read().get(target.name).cloned();
         match (found, target.id) {
             (Some(topic), Some(id)) if topic.id != id => Err(Error::Removed),
@@ -208,6 +245,7 @@ impl MemoryBroker {
             topics: topics.len() as u64,
             pushed: self.removed_pushed.load(Ordering::Relaxed),
             pulled: self.removed_pulled.load(Ordering::Relaxed),
+            disk: None,
         };
         for topic in topics {
             let state = topic.state.lock();
@@ -309,14 +347,7 @@ impl Broker for MemoryBroker {
         wait: Wait,
     ) -> impl Future<Output = Result<Seq>> + Send {
         let topic = self.topic(name);
-        async move {
-            let topic = topic?;
-            let start = topic.with(|s| s.start_push(data, wait));
-            match start {
-                Start::Done(result) => result,
-                Start::Wait(key, limit) => within(limit, PushWait::new(topic, key)).await,
-            }
-        }
+        async move { push_topic(topic?, data, wait).await }
     }
 
     fn pull_from(
@@ -326,15 +357,28 @@ impl Broker for MemoryBroker {
         wait: Wait,
     ) -> impl Future<Output = Result<Option<MemoryDelivery>>> + Send {
         let topic = self.topic(name);
-        async move {
-            let topic = topic?;
-            let start = topic.with(|s| s.start_pull(group, wait));
-            match start {
-                Start::Done(result) => {
-                    result.map(|taken| taken.map(|t| MemoryDelivery::new(topic, t)))
-                }
-                Start::Wait(key, limit) => within(limit, PullWait::new(topic, key)).await,
-            }
-        }
+        async move { pull_topic(topic?, group, wait).await }
+    }
+}
+
+/// Push to `topic` (see [`Broker::push_to`]).
+pub(crate) async fn push_topic(topic: Arc<Topic>, data: Bytes, wait: Wait) -> Result<Seq> {
+    let start = topic.with(|s| s.start_push(data, wait));
+    match start {
+        Start::Done(result) => result,
+        Start::Wait(key, limit) => within(limit, PushWait::new(topic, key)).await,
+    }
+}
+
+/// Pull from `topic` for `group` (see [`Broker::pull_from`]).
+pub(crate) async fn pull_topic(
+    topic: Arc<Topic>,
+    group: &str,
+    wait: Wait,
+) -> Result<Option<MemoryDelivery>> {
+    let start = topic.with(|s| s.start_pull(group, wait));
+    match start {
+        Start::Done(result) => result.map(|taken| taken.map(|t| MemoryDelivery::new(topic, t))),
+        Start::Wait(key, limit) => within(limit, PullWait::new(topic, key)).await,
     }
 }

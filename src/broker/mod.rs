@@ -2,8 +2,10 @@
 //! knows nothing of 9P or files.
 //!
 //! [`Broker`] is the interface; `memory` is the engine that keeps topics in
-//! this process, `jetstream` the one that keeps them in a NATS JetStream
-//! cluster, so that several dchan servers share their topics.
+//! this process, `durable` the one that also writes them to a log in a
+//! directory (the same topic rules, with a `store` under each topic), and
+//! `jetstream` the one that keeps them in a NATS JetStream cluster, so that
+//! several dchan servers share their topics.
 //!
 //! Pushes and pulls are futures that may wait (capacity, rendezvous, an empty
 //! topic). A pulled message comes as a [`Delivery`]: acked, it is done;
@@ -38,10 +40,12 @@
 //! dropped (its caller is gone) is withdrawn if not taken; a message taken
 //! stays. A pull dropped before it returns took nothing.
 
+pub mod durable;
 mod group;
 pub mod jetstream;
 mod log;
 pub mod memory;
+mod store;
 mod topic;
 mod waiters;
 
@@ -235,6 +239,13 @@ pub enum Error {
     /// The engine's store (JetStream) did not answer in time or refused.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The durable engine could not keep a change on disk (a full disk:
+    /// `kind` is `StorageFull`); a push that fails so was not taken.
+    #[error("storage: {reason}")]
+    Storage {
+        kind: std::io::ErrorKind,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -287,6 +298,16 @@ pub struct BrokerStatus {
     pub topics: u64,
     pub pushed: u64,
     pub pulled: u64,
+    /// The durable engine's disk: `None` for topics kept in memory.
+    pub disk: Option<DiskStatus>,
+}
+
+/// How the durable engine keeps its topics, for the server's ctl file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskStatus {
+    pub sync: durable::SyncMode,
+    /// The bytes its topics' files take.
+    pub bytes: u64,
 }
 
 /// A pulled message. `ack` finishes it; dropping it unacked puts it back at
@@ -437,6 +458,17 @@ pub trait Broker: Send + Sync + 'static {
         group: &str,
         wait: Wait,
     ) -> impl Future<Output = Result<Option<Self::Delivery>>> + Send;
+
+    /// Resolves once the pushes to `topic` that returned `Ok` so far are
+    /// as safe as the engine promises before a writer is told: on disk
+    /// for the durable engine with `sync = "always"` (one sync shared by
+    /// every push waiting), at once otherwise. The tree awaits it before
+    /// answering a write, after letting the next write of the same file go
+    /// ahead, so that a file's pipelined writes share a sync.
+    fn settle(&self, topic: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        let _ = topic;
+        std::future::ready(Ok(()))
+    }
 
     /// `push_to` the topic named `topic`, whichever its identity.
     fn push(

@@ -38,6 +38,7 @@ use slab::Slab;
 
 use super::group::Group;
 use super::log::Log;
+use super::store::Store;
 use super::waiters::store_waker;
 use super::{
     Cut, Error, GroupLimits, Result, Seq, Setting, TopicConfig, TopicId, TopicStatus, Wait,
@@ -63,10 +64,14 @@ thread_local! {
 
 impl Topic {
     pub(crate) fn new(name: &str, id: TopicId, config: TopicConfig, limits: GroupLimits) -> Topic {
+        Topic::with_state(name, id, State::new(config, limits))
+    }
+
+    pub(crate) fn with_state(name: &str, id: TopicId, state: State) -> Topic {
         Topic {
             name: name.to_string(),
             id,
-            state: Mutex::new(State::new(config, limits)),
+            state: Mutex::new(state),
         }
     }
 
@@ -177,10 +182,13 @@ pub(crate) struct State {
     hungry: Vec<usize>,
     /// When idle groups are next looked for (with `idle_expiry` only).
     next_sweep: Option<Instant>,
+    /// Where a durable engine keeps what changes (see `store`); `None`
+    /// in the memory engine.
+    store: Option<Box<dyn Store>>,
 }
 
 impl State {
-    fn new(config: TopicConfig, limits: GroupLimits) -> State {
+    pub(crate) fn new(config: TopicConfig, limits: GroupLimits) -> State {
         State {
             config,
             limits,
@@ -200,7 +208,62 @@ impl State {
             pushed: 0,
             pulled: 0,
             wakes: Vec::new(),
+            store: None,
         }
+    }
+
+    /// A topic restored by a durable engine: `messages` from `first` on,
+    /// then `next` (after a reset the log may hold none), and each group
+    /// at its offset with the deliveries to make again. Every change from
+    /// now on is told to `store`.
+    pub(crate) fn restored(
+        config: TopicConfig,
+        limits: GroupLimits,
+        closed: bool,
+        first: Seq,
+        messages: impl IntoIterator<Item = Bytes>,
+        groups: Vec<(String, Seq, Vec<Seq>)>,
+        store: Box<dyn Store>,
+    ) -> State {
+        let mut state = State::new(config, limits);
+        state.log.restart_at(first);
+        for m in messages {
+            state.log.push(&m);
+        }
+        state.closed = closed;
+        for (name, offset, redeliver) in groups {
+            let id = state.new_group_id();
+            let mut group = Group::new(&name, id, offset.max(first));
+            for seq in redeliver.into_iter().filter(|&s| s >= first) {
+                group.requeue(seq, state.log.get(seq));
+            }
+            let key = state.groups.insert(group);
+            state.group_index.insert(name.into(), key);
+        }
+        state.store = Some(store);
+        state
+    }
+
+    /// Tell every change from now on to `store` (a new durable topic).
+    pub(crate) fn keep_in(&mut self, store: Box<dyn Store>) {
+        self.store = Some(store);
+    }
+
+    /// The store's handle, when there is one.
+    fn store(&mut self) -> Option<&mut (dyn Store + 'static)> {
+        self.store.as_deref_mut()
+    }
+
+    /// Put `data` at the end of the log, in the store first: a message the
+    /// store could not keep is not taken.
+    fn append(&mut self, data: &Bytes) -> Result<Seq> {
+        let seq = self.next();
+        if let Some(store) = self.store() {
+            store.append(seq, data)?;
+        }
+        self.log.push(data);
+        self.pushed += 1;
+        Ok(seq)
     }
 
     /// The sequence number the next appended message gets.
@@ -235,8 +298,12 @@ impl State {
                     }
                 }
                 let id = self.new_group_id();
-                let key = self.groups.insert(Group::new(name, id, self.log.first()));
+                let first = self.log.first();
+                let key = self.groups.insert(Group::new(name, id, first));
                 self.group_index.insert(name.into(), key);
+                if let Some(store) = self.store() {
+                    store.start_group(name, first);
+                }
                 key
             }
         };
@@ -272,6 +339,10 @@ impl State {
         for key in expired {
             let group = self.groups.remove(key);
             self.group_index.remove(&group.name);
+            let first = self.log.first();
+            if let Some(store) = self.store() {
+                store.forget_group(&group.name, first);
+            }
         }
         self.dispatch();
         self.trim();
@@ -342,15 +413,22 @@ impl State {
             group.offset += 1;
             (seq, self.log.get(seq))
         } else if let Some((key, data)) = self.offers.pop_front() {
-            group.offset += 1;
-            self.log.push(&data);
-            self.pushed += 1;
+            if let Err(e) = self.append(&data) {
+                // Not kept, so not taken: the push fails, the reader waits.
+                self.finish_writer(key, Err(e));
+                return None;
+            }
+            self.groups[g].offset += 1;
             self.writers[key].stage = Stage::Appended(next);
             self.appended.push_back((next, key));
             (next, data)
         } else {
             return None;
         };
+        if let Some(store) = self.store.as_deref_mut() {
+            store.before_delivery();
+        }
+        let group = &mut self.groups[g];
         group.deliver(seq);
         let group_id = group.id;
         self.pulled += 1;
@@ -405,6 +483,9 @@ impl State {
             // Only a group at the oldest held message can let it go.
             let held_first = group.floor() == self.log.first();
             group.settle(taken.seq);
+            if let Some(store) = self.store.as_deref_mut() {
+                store.ack(&group.name, taken.seq);
+            }
             if held_first {
                 self.trim();
             }
@@ -425,11 +506,11 @@ impl State {
             return Start::Done(Err(e));
         }
         if self.offers.is_empty() && self.fits_now() {
-            let seq = self.next();
-            self.log.push(&data);
-            self.pushed += 1;
-            self.dispatch();
-            return Start::Done(Ok(seq));
+            let seq = self.append(&data);
+            if seq.is_ok() {
+                self.dispatch();
+            }
+            return Start::Done(seq);
         }
         if wait == Wait::NonBlock {
             return Start::Done(Err(Error::WouldBlock));
@@ -471,11 +552,9 @@ impl State {
                 if self.offers.front().is_some_and(|o| o.0 == key) && self.fits_now() =>
             {
                 let (_, data) = self.offers.pop_front().expect("front");
-                let seq = self.next();
-                self.log.push(&data);
-                self.pushed += 1;
+                let seq = self.append(&data);
                 self.dispatch();
-                Some(Ok(seq))
+                Some(seq)
             }
             Stage::Offered => {
                 let cut = cut?;
@@ -649,6 +728,9 @@ impl State {
         };
         if min > self.log.first() {
             self.log.trim(min);
+            if let Some(store) = self.store() {
+                store.trimmed(min);
+            }
         }
     }
 
@@ -661,6 +743,10 @@ impl State {
             Setting::Framing(f) => self.config.framing = f,
             Setting::Timeout(t) => self.config.timeout = t,
             Setting::MaxMessage(m) => self.config.max_message = m,
+        }
+        let (config, closed) = (self.config, self.closed);
+        if let Some(store) = self.store() {
+            store.settings(&config, closed);
         }
         self.dispatch();
         Ok(())
@@ -688,6 +774,13 @@ impl State {
         self.alive()?;
         let next = self.next();
         self.log.clear();
+        let (config, was_closed) = (self.config, self.closed);
+        if let Some(store) = self.store() {
+            store.reset(next);
+            if was_closed {
+                store.settings(&config, false);
+            }
+        }
         self.fail_writers(Error::Reset);
         // Every group goes on from the end; its blocked readers keep
         // waiting, and deliveries still out no longer come back.
@@ -705,6 +798,10 @@ impl State {
     pub(crate) fn close(&mut self) -> Result<()> {
         self.alive()?;
         self.closed = true;
+        let config = self.config;
+        if let Some(store) = self.store() {
+            store.settings(&config, true);
+        }
         // Pushes still waiting with their message outside the log fail;
         // those a reader took stay to be drained.
         let offers = std::mem::take(&mut self.offers);
@@ -732,6 +829,9 @@ impl State {
         }
         self.waiting = 0;
         self.log.clear();
+        if let Some(mut store) = self.store.take() {
+            store.removed();
+        }
     }
 
     pub(crate) fn forget(&mut self, name: &str) -> Result<()> {
@@ -739,14 +839,20 @@ impl State {
         let Some(&key) = self.group_index.get(name) else {
             return Err(Error::NoGroup(name.to_string()));
         };
+        let first = self.log.first();
         if self.groups[key].waiters.is_empty() {
             self.groups.remove(key);
             self.group_index.remove(name);
+            if let Some(store) = self.store() {
+                store.forget_group(name, first);
+            }
         } else {
             // Readers are blocked in it: it begins anew, as at a first pull.
             let id = self.new_group_id();
-            let first = self.log.first();
             self.groups[key].restart(id, first);
+            if let Some(store) = self.store() {
+                store.start_group(name, first);
+            }
         }
         self.dispatch();
         self.trim();
@@ -773,6 +879,9 @@ impl State {
         let key = self.group(name)?;
         let id = self.new_group_id();
         self.groups[key].restart(id, seq);
+        if let Some(store) = self.store() {
+            store.start_group(name, seq);
+        }
         self.dispatch();
         self.trim();
         Ok(())

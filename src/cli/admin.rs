@@ -100,12 +100,22 @@ pub struct CreateArgs {
     pub conn: ConnArgs,
 }
 
-pub async fn stat(a: TopicArg) -> Result<(), Failure> {
+#[derive(Args, Debug)]
+pub struct StatArgs {
+    /// The topic, e.g. jobs or metrics/eu; left out: the server (its
+    /// engine, sync mode, bytes on disk, totals).
+    pub topic: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub async fn stat(a: StatArgs) -> Result<(), Failure> {
     let client = a.conn.connect().await?;
-    let text = client
-        .ctl(&a.topic)
-        .await
-        .what(|| format!("stat {}", a.topic))?;
+    let text = match &a.topic {
+        Some(topic) => client.ctl(topic).await,
+        None => client.server_ctl().await,
+    };
+    let text = text.what(|| format!("stat {}", a.topic.as_deref().unwrap_or("")))?;
     print_out(&text)
 }
 

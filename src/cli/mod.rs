@@ -57,7 +57,10 @@ const STAT_HELP: &str = "\
 Output: the topic's ctl file as the server writes it, one \"key value\" a
 line: capacity, framing, timeout, pending, first, next, pushed, pulled,
 readers, blocked_readers, blocked_writers, a line \"group NAME offset N
-lag N ...\" for each reader group, and closed (true or false).
+lag N ...\" for each reader group, and closed (true or false). With no
+topic: the server's ctl file (version, uptime, topics, connections,
+pushed, pulled, engine memory|durable, and for a durable server its sync
+mode and disk_bytes).
 
 Examples:
   dchan stat jobs
@@ -92,7 +95,7 @@ pub enum ClientCommand {
     Ls(LsArgs),
     /// Print a topic's status (its ctl file).
     #[command(after_help = STAT_HELP)]
-    Stat(TopicArg),
+    Stat(admin::StatArgs),
     /// Print the group's offset in a topic, or move it.
     Offset(OffsetArgs),
     /// Create a topic.
@@ -300,7 +303,10 @@ async fn run_client(command: ClientCommand) -> Result<(), Failure> {
                 .to_string();
             within(t(&a.conn), what, ls::run(a)).await
         }
-        Command::Stat(a) => within(t(&a.conn), named("stat", &a.topic), admin::stat(a)).await,
+        Command::Stat(a) => {
+            let what = named("stat", a.topic.as_deref().unwrap_or(""));
+            within(t(&a.conn), what, admin::stat(a)).await
+        }
         Command::Offset(a) => within(t(&a.conn), named("offset", &a.topic), admin::offset(a)).await,
         Command::Create(a) => {
             let what = admin::several("create", &a.topics);

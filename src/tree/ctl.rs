@@ -285,7 +285,7 @@ pub struct RootStatus {
 }
 
 pub fn root_text(s: &RootStatus) -> String {
-    format!(
+    let mut t = format!(
         "version {}\nuptime {}\ntopics {}\nconnections {}\npushed {}\npulled {}\n",
         env!("CARGO_PKG_VERSION"),
         s.uptime.as_secs(),
@@ -293,7 +293,18 @@ pub fn root_text(s: &RootStatus) -> String {
         s.connections,
         s.totals.pushed,
         s.totals.pulled,
-    )
+    );
+    match s.totals.disk {
+        None => t.push_str("engine memory\n"),
+        Some(d) => {
+            let _ = write!(
+                t,
+                "engine durable\nsync {}\ndisk_bytes {}\n",
+                d.sync, d.bytes
+            );
+        }
+    }
+    t
 }
 
 /// What a topic's ctl file reads; `readers` (open data files that read)

@@ -21,6 +21,8 @@ pub(super) fn broker_error(e: broker::Error) -> Error {
         E::TooManyGroups(_) => errno::EUSERS,
         E::TooLong { .. } => errno::EMSGSIZE,
         E::Unavailable(_) => errno::EIO,
+        E::Storage { kind, .. } if *kind == std::io::ErrorKind::StorageFull => errno::ENOSPC,
+        E::Storage { .. } => errno::EIO,
     };
     Error::new(n, e.to_string())
 }

@@ -477,6 +477,20 @@ impl<B: Broker> TopicTree<B> {
         if !f.writes {
             return Err(Error::new(errno::EBADF, "file not open for writing"));
         }
+        let taken = self.push_data(topic, f, data).await?;
+        // Durable before it is answered (see `Broker::settle`), the file's
+        // next write already under way.
+        self.broker.settle(topic).await.map_err(broker_error)?;
+        Ok(taken)
+    }
+
+    /// Push what a write makes, in order with the file's other writes.
+    async fn push_data(
+        &self,
+        topic: Target<'_>,
+        f: &DataFile<B::Delivery>,
+        data: Bytes,
+    ) -> Result<u32> {
         let n = data.len() as u32;
         let mut writer = f.writer.lock().await;
         let cut = match writer.cut(data) {

@@ -553,6 +553,7 @@ async fn root_ctl_creates_removes_and_reports() {
         "\npushed 0\n",
         "\npulled 0\n",
         "\nuptime ",
+        "\nengine memory\n",
     ] {
         assert!(text.contains(line), "{line:?} not in {text}");
     }

@@ -539,6 +539,7 @@ impl Inner {
             topics: topics.len() as u64,
             pushed: self.mirror.removed_pushed.load(Ordering::Relaxed),
             pulled: self.mirror.removed_pulled.load(Ordering::Relaxed),
+            disk: None,
         };
         for t in topics.values() {
             totals.pushed += t.pushed.load(Ordering::Relaxed);

@@ -1,0 +1,411 @@
+//! One topic's log on disk: its directory, its settings file, its
+//! segments, and the records each change becomes (the `Store` a durable
+//! topic tells its changes to).
+//!
+//! ```text
+//! DIR/topics/ID/meta.json              name, settings, closed
+//! DIR/topics/ID/00000000000000000000.log  segments, named by the sequence
+//! DIR/topics/ID/00000000000000120417.log  number next when each began
+//! ```
+//!
+//! A message is written (`pwrite`) before it is taken, under the topic's
+//! lock, so the log's order is the topic's, and a failed write (a full
+//! disk) is cut back off the file and refuses the push. An ack is written
+//! as it happens (a crash then redelivers only what was not acked); one
+//! that cannot be written (a full disk) is held and written with the next
+//! record, and before the next delivery. Each segment begins with a checkpoint (the
+//! oldest held message and every group's place), so a segment can be
+//! deleted once every group is past it, without losing a group.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::record::{Kind, encode};
+use super::sync::{SyncMode, Syncer};
+use crate::broker::store::Store;
+use crate::broker::{Error, Framing, Result, Seq, TopicConfig};
+
+/// How the log is kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Keeping {
+    pub(crate) sync: SyncMode,
+    /// A segment rolls once it is this long.
+    pub(crate) segment_bytes: u64,
+}
+
+/// The settings file, as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    pub(crate) name: String,
+    pub(crate) capacity: u64,
+    pub(crate) framing: String,
+    pub(crate) timeout_ms: Option<u64>,
+    pub(crate) max_message: u64,
+    pub(crate) closed: bool,
+}
+
+impl Meta {
+    pub(crate) fn new(name: &str, c: &TopicConfig, closed: bool) -> Meta {
+        Meta {
+            name: name.to_string(),
+            capacity: c.capacity,
+            framing: match c.framing {
+                Framing::Line => "line".into(),
+                Framing::Write => "write".into(),
+            },
+            timeout_ms: c.timeout.map(|t| t.as_millis() as u64),
+            max_message: c.max_message,
+            closed,
+        }
+    }
+
+    pub(crate) fn config(&self) -> TopicConfig {
+        TopicConfig {
+            capacity: self.capacity,
+            framing: match self.framing.as_str() {
+                "write" => Framing::Write,
+                _ => Framing::Line,
+            },
+            timeout: self.timeout_ms.map(std::time::Duration::from_millis),
+            max_message: self.max_message,
+        }
+    }
+}
+
+pub(crate) const META: &str = "meta.json";
+
+/// A storage error about `what` at `path`.
+pub(crate) fn storage(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Storage {
+        kind: e.kind(),
+        reason: format!("{what} {}: {e}", path.display()),
+    }
+}
+
+/// Write the settings file whole (a temporary file renamed over it).
+pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+    let tmp = dir.join("meta.json.tmp");
+    let path = dir.join(META);
+    let text = serde_json::to_vec_pretty(meta).expect("settings serialize");
+    let write = || -> std::io::Result<()> {
+        let f = File::create(&tmp)?;
+        f.write_all_at(&text, 0)?;
+        f.sync_data()?;
+        fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| storage("write", &path, e))
+}
+
+/// A segment's file name: the sequence number next when it began.
+pub(crate) fn segment_name(base: Seq) -> String {
+    format!("{base:020}.log")
+}
+
+/// Where a group is, as the log says it: the next message it reads
+/// unless acked, and the messages past that it has acked.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Mark {
+    pub(crate) offset: Seq,
+    pub(crate) acked: BTreeSet<Seq>,
+}
+
+impl Mark {
+    pub(crate) fn at(offset: Seq) -> Mark {
+        Mark {
+            offset,
+            acked: BTreeSet::new(),
+        }
+    }
+
+    pub(crate) fn ack(&mut self, seq: Seq) {
+        if seq == self.offset {
+            self.offset += 1;
+            while self.acked.remove(&self.offset) {
+                self.offset += 1;
+            }
+        } else if seq > self.offset {
+            self.acked.insert(seq);
+        }
+    }
+}
+
+/// A topic's log, kept as its `Store`.
+pub(crate) struct Journal {
+    dir: PathBuf,
+    name: String,
+    /// The segment being written and its length.
+    active: Arc<File>,
+    active_len: u64,
+    /// The segments, oldest first, by the sequence number each began at;
+    /// the last is `active`.
+    segments: VecDeque<Seq>,
+    /// Records not yet written (acks), written before the next message or
+    /// delivery.
+    held: Vec<u8>,
+    /// Every group's place, as the log says it (for each checkpoint).
+    marks: BTreeMap<Box<str>, Mark>,
+    /// The oldest held message and the next sequence number.
+    first: Seq,
+    next: Seq,
+    keeping: Keeping,
+    sync: Arc<Syncer>,
+}
+
+impl Journal {
+    /// A new topic's directory, settings file and first segment.
+    pub(crate) fn create(
+        dir: PathBuf,
+        name: &str,
+        config: &TopicConfig,
+        keeping: Keeping,
+    ) -> Result<Journal> {
+        fs::create_dir_all(&dir).map_err(|e| storage("create", &dir, e))?;
+        let mut journal = Journal::open_segment(
+            dir,
+            name,
+            0,
+            0,
+            BTreeMap::new(),
+            keeping,
+            VecDeque::new(),
+            None,
+        )?;
+        write_meta(&journal.dir, &Meta::new(name, config, false))?;
+        journal.flush()?;
+        Ok(journal)
+    }
+
+    /// A journal that goes on from what recovery read: a new segment
+    /// starting at `next`, the older ones (by base) still there.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn open_segment(
+        dir: PathBuf,
+        name: &str,
+        first: Seq,
+        next: Seq,
+        marks: BTreeMap<Box<str>, Mark>,
+        keeping: Keeping,
+        segments: VecDeque<Seq>,
+        sync: Option<Arc<Syncer>>,
+    ) -> Result<Journal> {
+        // A segment of that name (a restart with nothing pushed since the
+        // last) is written on: its records still count.
+        let path = dir.join(segment_name(next));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| storage("create", &path, e))?;
+        let active_len = file
+            .metadata()
+            .map_err(|e| storage("stat", &path, e))?
+            .len();
+        let file = Arc::new(file);
+        let sync = match sync {
+            Some(s) => {
+                s.rolled(file.clone());
+                s
+            }
+            None => Syncer::new(file.clone()),
+        };
+        let mut journal = Journal {
+            dir,
+            name: name.to_string(),
+            active: file,
+            active_len,
+            segments,
+            held: Vec::new(),
+            marks,
+            first,
+            next,
+            keeping,
+            sync,
+        };
+        journal.segments.retain(|&b| b != next);
+        journal.segments.push_back(next);
+        journal.checkpoint();
+        Ok(journal)
+    }
+
+    pub(crate) fn syncer(&self) -> Arc<Syncer> {
+        self.sync.clone()
+    }
+
+    /// Hold the checkpoint that begins a segment.
+    fn checkpoint(&mut self) {
+        encode(&mut self.held, Kind::Checkpoint, self.first, &[]);
+        for (name, mark) in &self.marks {
+            encode(&mut self.held, Kind::Group, mark.offset, name.as_bytes());
+            for &seq in &mark.acked {
+                encode(&mut self.held, Kind::Ack, seq, name.as_bytes());
+            }
+        }
+    }
+
+    fn active_path(&self) -> PathBuf {
+        self.dir
+            .join(segment_name(*self.segments.back().expect("a segment")))
+    }
+
+    /// Write what is held; on failure cut the file back and keep it held.
+    fn flush(&mut self) -> Result<()> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.active.write_all_at(&self.held, self.active_len) {
+            let _ = self.active.set_len(self.active_len);
+            return Err(storage("write", &self.active_path(), e));
+        }
+        self.active_len += self.held.len() as u64;
+        self.sync.wrote(self.held.len() as u64);
+        self.held.clear();
+        Ok(())
+    }
+
+    /// Write what is held, reporting a failure in the log (an ack not kept
+    /// means a redelivery after a crash, never a loss).
+    fn flush_quietly(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(topic = %self.name, "{e}");
+        }
+    }
+
+    /// Begin a new segment once the active one is full.
+    fn maybe_roll(&mut self) {
+        if self.active_len < self.keeping.segment_bytes {
+            return;
+        }
+        if let Err(e) = self.roll() {
+            tracing::warn!(topic = %self.name, "{e}; writing on in the old segment");
+        }
+    }
+
+    fn roll(&mut self) -> Result<()> {
+        if self.keeping.sync != SyncMode::Never {
+            self.active
+                .sync_data()
+                .map_err(|e| storage("fdatasync", &self.active_path(), e))?;
+        }
+        let path = self.dir.join(segment_name(self.next));
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| storage("create", &path, e))?;
+        self.active = Arc::new(file);
+        self.active_len = 0;
+        self.sync.rolled(self.active.clone());
+        self.segments.push_back(self.next);
+        self.checkpoint();
+        self.flush()?;
+        self.delete_passed();
+        Ok(())
+    }
+
+    /// Delete the segments wholly before the oldest held message.
+    fn delete_passed(&mut self) {
+        while self.segments.len() > 1 && self.segments[1] <= self.first {
+            let base = self.segments.pop_front().expect("two segments");
+            let path = self.dir.join(segment_name(base));
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!("remove {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+impl Store for Journal {
+    fn append(&mut self, seq: Seq, data: &Bytes) -> Result<()> {
+        let before = self.held.len();
+        encode(&mut self.held, Kind::Message, seq, data);
+        if let Err(e) = self.flush() {
+            self.held.truncate(before);
+            return Err(e);
+        }
+        self.next = seq + 1;
+        self.maybe_roll();
+        Ok(())
+    }
+
+    fn ack(&mut self, group: &str, seq: Seq) {
+        if let Some(mark) = self.marks.get_mut(group) {
+            mark.ack(seq);
+        }
+        encode(&mut self.held, Kind::Ack, seq, group.as_bytes());
+        self.flush_quietly();
+    }
+
+    fn start_group(&mut self, group: &str, offset: Seq) {
+        self.marks.insert(group.into(), Mark::at(offset));
+        encode(&mut self.held, Kind::Group, offset, group.as_bytes());
+        self.flush_quietly();
+    }
+
+    fn forget_group(&mut self, group: &str, first: Seq) {
+        self.marks.remove(group);
+        encode(&mut self.held, Kind::Forget, first, group.as_bytes());
+        self.flush_quietly();
+    }
+
+    fn reset(&mut self, next: Seq) {
+        for mark in self.marks.values_mut() {
+            *mark = Mark::at(next);
+        }
+        self.first = next;
+        self.next = next;
+        // A new segment that starts with nothing held; every older one goes.
+        self.held.clear();
+        if self.segments.back() == Some(&next) {
+            // Nothing was written since the active segment began.
+            self.checkpoint();
+            self.flush_quietly();
+            self.delete_passed();
+            return;
+        }
+        match self.roll() {
+            Ok(()) => self.delete_passed(),
+            Err(e) => {
+                // Keep the reset in the old segment instead.
+                tracing::warn!(topic = %self.name, "{e}");
+                self.checkpoint();
+                self.flush_quietly();
+            }
+        }
+    }
+
+    fn settings(&mut self, config: &TopicConfig, closed: bool) {
+        if let Err(e) = write_meta(&self.dir, &Meta::new(&self.name, config, closed)) {
+            tracing::warn!(topic = %self.name, "{e}");
+        }
+    }
+
+    fn trimmed(&mut self, first: Seq) {
+        self.first = first;
+        if self.segments.len() > 1 && self.segments[1] <= first {
+            self.flush_quietly();
+            self.delete_passed();
+        }
+    }
+
+    fn before_delivery(&mut self) {
+        self.flush_quietly();
+    }
+
+    fn removed(&mut self) {
+        // The settings file first: a directory without one is a topic
+        // half removed, which the next start finishes removing.
+        let _ = fs::remove_file(self.dir.join(META));
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            tracing::warn!("remove {}: {e}", self.dir.display());
+        }
+    }
+}

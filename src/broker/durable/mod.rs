@@ -1,0 +1,356 @@
+//! The durable engine: topics kept in a directory, so that a restart finds
+//! every topic, its settings, its messages and each group's place.
+//!
+//! It is the memory engine (`memory`, `topic`: the same rules, the same
+//! waiting, the same deliveries) with a `Store` under each topic that
+//! writes every change to the topic's log (`journal`) before it is
+//! answered. Reading back at start is `recover`; the record format is
+//! `record`; when the log reaches the disk is `sync`.
+//!
+//! What each sync mode can lose is in `sync`. A process crash loses
+//! nothing answered in any mode; messages delivered and not acked at the
+//! crash are delivered again.
+//!
+//! With `sync = "always"`, `Broker::settle` is what waits for the disk:
+//! the tree awaits it before answering a write, once the file's next write
+//! may go ahead, so pipelined writes share a sync.
+//!
+//! Not yet: messages held are also kept in memory (as in the memory
+//! engine), so the backlog is bounded by memory as well as by disk; and
+//! no `retain` setting.
+
+mod journal;
+mod record;
+mod recover;
+mod sync;
+
+pub use recover::RecoverError;
+pub use sync::{DEFAULT_INTERVAL, SyncMode};
+
+use std::fs::{self, File};
+use std::future::{Future, ready};
+use std::ops::Bound;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use foldhash::HashMap;
+use parking_lot::{Mutex, RwLock};
+
+use self::journal::{Journal, Keeping};
+use self::sync::{Syncer, Syncers};
+use super::memory::{MemoryBroker, MemoryDelivery, pull_topic, push_topic};
+use super::topic::State;
+use super::{
+    Broker, BrokerStatus, DiskStatus, GroupLimits, Result, Seq, Setting, Target, TopicConfig,
+    TopicId, TopicStatus, Wait,
+};
+
+/// How a durable broker keeps its topics.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub sync: SyncMode,
+    /// A segment file rolls once it is this long (64 MiB by default).
+    pub segment_bytes: u64,
+    pub groups: GroupLimits,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            sync: SyncMode::default(),
+            segment_bytes: 64 << 20,
+            groups: GroupLimits::default(),
+        }
+    }
+}
+
+/// Why a durable broker could not open its directory.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("data directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data directory {0} is in use by another dchan server")]
+    Locked(PathBuf),
+    #[error("data directory: {0}")]
+    Recover(#[from] RecoverError),
+}
+
+/// Topics kept in a directory.
+pub struct DurableBroker {
+    /// The topics and their rules, each topic with a `Journal` as store.
+    mem: MemoryBroker,
+    /// Where topics live: `dir/topics/ID`.
+    topics_dir: PathBuf,
+    options: Options,
+    /// Each topic's syncer, by identity (never reused, so a topic removed
+    /// and created again cannot be confused), for pushes that wait on
+    /// `always`.
+    syncs: RwLock<HashMap<TopicId, Arc<Syncer>>>,
+    /// Every syncer, for the interval thread (which ends with this).
+    syncers: Syncers,
+    /// The lock on `dir/LOCK`, held while the broker lives.
+    _lock: File,
+}
+
+fn open_io(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl DurableBroker {
+    /// Open (or make) the data directory `dir` and read every topic back.
+    pub fn open(dir: &Path, options: Options) -> Result<DurableBroker, OpenError> {
+        let topics_dir = dir.join("topics");
+        fs::create_dir_all(&topics_dir).map_err(open_io(&topics_dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::create(&lock_path).map_err(open_io(&lock_path))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(OpenError::Locked(dir.to_path_buf()));
+        }
+        let broker = DurableBroker {
+            mem: MemoryBroker::with_group_limits(options.groups),
+            topics_dir,
+            options,
+            syncs: RwLock::default(),
+            syncers: Arc::new(Mutex::new(Vec::new())),
+            _lock: lock,
+        };
+        broker.recover()?;
+        match options.sync {
+            SyncMode::Interval(every) => sync::start_interval(&broker.syncers, every),
+            // Pushes wait for their sync; acks (never waited for: a reader
+            // reads one message at a time) reach the disk with the next
+            // push's sync, or within the default interval.
+            SyncMode::Always => sync::start_interval(&broker.syncers, DEFAULT_INTERVAL),
+            SyncMode::Never => {}
+        }
+        Ok(broker)
+    }
+
+    /// The directory's bytes on disk, over every topic.
+    pub fn bytes_on_disk(&self) -> u64 {
+        dir_size(&self.topics_dir)
+    }
+
+    /// The sync mode.
+    pub fn sync_mode(&self) -> SyncMode {
+        self.options.sync
+    }
+
+    fn keeping(&self) -> Keeping {
+        Keeping {
+            sync: self.options.sync,
+            segment_bytes: self.options.segment_bytes,
+        }
+    }
+
+    fn track(&self, id: TopicId, syncer: Arc<Syncer>) {
+        self.syncers.lock().push(Arc::downgrade(&syncer));
+        self.syncs.write().insert(id, syncer);
+    }
+
+    /// Read every topic directory back into the memory engine.
+    fn recover(&self) -> Result<(), OpenError> {
+        let mut dirs = Vec::new();
+        for entry in fs::read_dir(&self.topics_dir).map_err(open_io(&self.topics_dir))? {
+            let entry = entry.map_err(open_io(&self.topics_dir))?;
+            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                dirs.push((id, entry.path()));
+            }
+        }
+        dirs.sort();
+        for (id, dir) in dirs {
+            let Some(r) = recover::recover(&dir)? else {
+                let _ = fs::remove_dir_all(&dir);
+                continue;
+            };
+            let groups = r.groups();
+            let journal = Journal::open_segment(
+                dir.clone(),
+                &r.meta.name,
+                r.first,
+                r.next,
+                r.marks,
+                self.keeping(),
+                r.segments,
+                None,
+            )
+            .map_err(|e| OpenError::Io {
+                path: dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            let syncer = journal.syncer();
+            let state = State::restored(
+                r.meta.config(),
+                self.options.groups,
+                r.meta.closed,
+                r.first,
+                r.messages,
+                groups,
+                Box::new(journal),
+            );
+            self.mem.restore(&r.meta.name, id, state);
+            self.track(id, syncer);
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of the files under `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+impl DurableBroker {
+    /// Make a topic: its directory, settings file and first segment.
+    pub fn create(&self, name: &str, config: TopicConfig) -> Result<()> {
+        let mut syncer = None;
+        let id = self.mem.create_with(name, config, |id| {
+            let dir = self.topics_dir.join(id.to_string());
+            let journal = Journal::create(dir, name, &config, self.keeping())?;
+            syncer = Some(journal.syncer());
+            Ok(Box::new(journal))
+        })?;
+        self.track(id, syncer.expect("made with the topic"));
+        Ok(())
+    }
+
+    /// Remove a topic and its directory.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let id = self.mem.id(name)?;
+        self.mem.remove(name)?;
+        self.syncs.write().remove(&id);
+        Ok(())
+    }
+}
+
+impl Broker for DurableBroker {
+    type Delivery = MemoryDelivery;
+
+    fn create(&self, name: &str, config: TopicConfig) -> impl Future<Output = Result<()>> + Send {
+        ready(DurableBroker::create(self, name, config))
+    }
+
+    fn remove(&self, name: &str) -> impl Future<Output = Result<()>> + Send {
+        ready(DurableBroker::remove(self, name))
+    }
+
+    fn names(&self, from: Bound<&str>, limit: usize) -> Vec<String> {
+        self.mem.names(from, limit)
+    }
+
+    fn id(&self, name: &str) -> Result<TopicId> {
+        self.mem.id(name)
+    }
+
+    fn status(&self, name: Target<'_>) -> impl Future<Output = Result<TopicStatus>> + Send {
+        ready(self.mem.status(name))
+    }
+
+    fn totals(&self) -> BrokerStatus {
+        BrokerStatus {
+            disk: Some(DiskStatus {
+                sync: self.options.sync,
+                bytes: self.bytes_on_disk(),
+            }),
+            ..self.mem.totals()
+        }
+    }
+
+    fn expire_idle(&self) {
+        self.mem.expire_idle()
+    }
+
+    fn set(&self, name: Target<'_>, setting: Setting) -> impl Future<Output = Result<()>> + Send {
+        ready(self.mem.set(name, setting))
+    }
+
+    fn reset(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        ready(self.mem.reset(name))
+    }
+
+    fn close(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        ready(self.mem.close(name))
+    }
+
+    fn forget(&self, name: Target<'_>, group: &str) -> impl Future<Output = Result<()>> + Send {
+        ready(self.mem.forget(name, group))
+    }
+
+    fn offset(&self, name: Target<'_>, group: &str) -> impl Future<Output = Result<Seq>> + Send {
+        ready(self.mem.offset(name, group))
+    }
+
+    fn seek(
+        &self,
+        name: Target<'_>,
+        group: &str,
+        seq: Seq,
+    ) -> impl Future<Output = Result<()>> + Send {
+        ready(self.mem.seek(name, group, seq))
+    }
+
+    fn push_to(
+        &self,
+        name: Target<'_>,
+        data: Bytes,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Seq>> + Send {
+        let topic = self.mem.topic(name);
+        async move { push_topic(topic?, data, wait).await }
+    }
+
+    fn pull_from(
+        &self,
+        name: Target<'_>,
+        group: &str,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Option<MemoryDelivery>>> + Send {
+        let topic = self.mem.topic(name);
+        async move { pull_topic(topic?, group, wait).await }
+    }
+
+    fn settle(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        let syncer = match self.options.sync {
+            SyncMode::Always => {
+                (self.mem.topic(name).ok()).and_then(|t| self.syncs.read().get(&t.id).cloned())
+            }
+            _ => None,
+        };
+        async move {
+            match syncer {
+                Some(syncer) => settle(syncer).await,
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// Wait until `syncer` has the topic's writes on disk, unless the caller
+/// cuts the wait short (`resolve_now`): the message is taken either way,
+/// so a cut answers at once with what was decided.
+async fn settle(syncer: Arc<Syncer>) -> Result<()> {
+    let mut kept = std::pin::pin!(syncer.kept());
+    std::future::poll_fn(|cx| match crate::cut::cutting() {
+        Some(_) => std::task::Poll::Ready(Ok(())),
+        None => kept.as_mut().poll(cx),
+    })
+    .await
+}

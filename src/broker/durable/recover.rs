@@ -1,0 +1,207 @@
+//! Reading a topic back from its directory at start: replay every
+//! segment's records, cut off a torn last record, and stop at damage
+//! anywhere else.
+//!
+//! A crash in the middle of a write leaves at most the last record of the
+//! last segment incomplete (shorter than it says, or with a wrong checksum
+//! and nothing after it): that record was never answered, so it is cut off
+//! and the start goes on. Any other record that does not check is damage
+//! the log cannot explain (a disk error, an edit): the start stops with
+//! the file, the offset and the reason, and the README says how to keep
+//! what is intact (truncate the file at that offset and move the later
+//! segments away).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::journal::{META, Mark, Meta};
+use super::record::{HEADER, Kind, decode};
+use crate::broker::Seq;
+
+/// What a topic's directory holds.
+pub(crate) struct Recovered {
+    pub(crate) meta: Meta,
+    /// The oldest held message, and the messages from it on.
+    pub(crate) first: Seq,
+    pub(crate) messages: VecDeque<Bytes>,
+    pub(crate) next: Seq,
+    pub(crate) marks: BTreeMap<Box<str>, Mark>,
+    /// The segments' bases, oldest first.
+    pub(crate) segments: VecDeque<Seq>,
+}
+
+impl Recovered {
+    /// Each group as the topic restores it: its name, the offset it goes
+    /// on from, and the delivered messages before that not acked (to
+    /// deliver again).
+    pub(crate) fn groups(&self) -> Vec<(String, Seq, Vec<Seq>)> {
+        (self.marks.iter())
+            .map(|(name, mark)| {
+                let offset = mark.offset.max(self.first);
+                let to = mark.acked.last().map_or(offset, |&s| s + 1).max(offset);
+                let redeliver = (offset..to).filter(|s| !mark.acked.contains(s)).collect();
+                (name.to_string(), to, redeliver)
+            })
+            .collect()
+    }
+}
+
+/// Why a topic's directory cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: bad settings file: {reason}")]
+    Meta { path: PathBuf, reason: String },
+    #[error(
+        "{path}: damaged record at offset {offset}: {reason} (to start with what comes before it: \
+         truncate -s {offset} {path}, and move the later segments of its directory away; \
+         their messages are lost)"
+    )]
+    Damaged {
+        path: PathBuf,
+        offset: usize,
+        reason: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RecoverError + '_ {
+    move |source| RecoverError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Read the topic in `dir`; `None` if it has no settings file (a topic
+/// created or removed halfway, to be removed).
+pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
+    let meta_path = dir.join(META);
+    let meta = match fs::read(&meta_path) {
+        Ok(text) => serde_json::from_slice::<Meta>(&text).map_err(|e| RecoverError::Meta {
+            path: meta_path.clone(),
+            reason: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&meta_path)(e)),
+    };
+    let mut segments: Vec<Seq> = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse().ok()) {
+            segments.push(base);
+        }
+    }
+    segments.sort_unstable();
+    let base = segments.first().copied().unwrap_or(0);
+    let mut r = Recovered {
+        meta,
+        first: base,
+        messages: VecDeque::new(),
+        next: base,
+        marks: BTreeMap::new(),
+        segments: segments.iter().copied().collect(),
+    };
+    // The sequence number of `messages[0]`.
+    let mut held_from = base;
+    let drop_before = |messages: &mut VecDeque<Bytes>, held_from: &mut Seq, seq: Seq| {
+        while *held_from < seq && !messages.is_empty() {
+            messages.pop_front();
+            *held_from += 1;
+        }
+        *held_from = (*held_from).max(seq);
+    };
+    for (i, &seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        let path = dir.join(super::journal::segment_name(seg));
+        let buf = Bytes::from(fs::read(&path).map_err(io(&path))?);
+        let mut at = 0;
+        loop {
+            let (rec, after) = match decode(&buf, at) {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(damage) => {
+                    let claimed = (buf.len() - at >= HEADER).then(|| {
+                        u32::from_le_bytes(buf[at..at + 4].try_into().expect("4")) as usize
+                    });
+                    let ends_file = claimed.is_some_and(|len| at + HEADER + len == buf.len());
+                    let zeros = buf[at..].iter().all(|&b| b == 0);
+                    if last && (damage.short || ends_file || zeros) {
+                        tracing::warn!(
+                            "{}: torn last record at offset {at} ({}), cut off",
+                            path.display(),
+                            damage.reason
+                        );
+                        let f = fs::OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(io(&path))?;
+                        f.set_len(at as u64).map_err(io(&path))?;
+                        f.sync_all().map_err(io(&path))?;
+                        break;
+                    }
+                    return Err(RecoverError::Damaged {
+                        path,
+                        offset: at,
+                        reason: damage.reason,
+                    });
+                }
+            };
+            let name = || -> Box<str> { String::from_utf8_lossy(&rec.rest).into() };
+            match rec.kind {
+                Kind::Message => {
+                    if rec.n != r.next {
+                        return Err(RecoverError::Damaged {
+                            path,
+                            offset: at,
+                            reason: format!("message {} where {} was next", rec.n, r.next),
+                        });
+                    }
+                    if r.messages.is_empty() {
+                        held_from = rec.n;
+                    }
+                    r.messages.push_back(rec.rest);
+                    r.next += 1;
+                }
+                Kind::Ack => {
+                    if let Some(mark) = r.marks.get_mut(&name()) {
+                        mark.ack(rec.n);
+                    }
+                }
+                Kind::Group => {
+                    r.marks.insert(name(), Mark::at(rec.n));
+                }
+                Kind::Forget => {
+                    r.marks.remove(&name());
+                    r.first = rec.n;
+                    drop_before(&mut r.messages, &mut held_from, rec.n);
+                }
+                Kind::Checkpoint => {
+                    r.marks.clear();
+                    r.first = rec.n;
+                    r.next = r.next.max(rec.n);
+                    drop_before(&mut r.messages, &mut held_from, rec.n);
+                }
+            }
+            at = after;
+        }
+    }
+    // With groups, what the slowest needs is held; never less than what
+    // the log has.
+    if let Some(min) = r.marks.values().map(|m| m.offset).min() {
+        r.first = min;
+    }
+    r.first = r.first.max(held_from).min(r.next);
+    drop_before(&mut r.messages, &mut held_from, r.first);
+    if r.messages.is_empty() {
+        r.first = r.next;
+    }
+    Ok(Some(r))
+}

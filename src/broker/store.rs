@@ -1,0 +1,38 @@
+//! What a topic tells the engine that keeps it somewhere (a disk): the
+//! changes a restart must find again, each told under the topic's lock, in
+//! the order they happen.
+//!
+//! The memory engine has no store; the durable engine (`durable`) writes
+//! each change to the topic's log. Only `append` can refuse (a message the
+//! store cannot keep is not taken); the others record what already
+//! happened, and a store that fails to keep one says so in its own way
+//! (the durable engine: a group's ack not kept means a redelivery after a
+//! restart, never a loss).
+
+use bytes::Bytes;
+
+use super::{Result, Seq, TopicConfig};
+
+/// A topic's keeper.
+pub(crate) trait Store: Send {
+    /// Keep message `seq` (the next in the log) before it is taken.
+    fn append(&mut self, seq: Seq, data: &Bytes) -> Result<()>;
+    /// `group` acknowledged `seq`.
+    fn ack(&mut self, group: &str, seq: Seq);
+    /// `group` (new, or starting over) reads next at `offset`.
+    fn start_group(&mut self, group: &str, offset: Seq);
+    /// `group` is gone; the log's first held message is `first`.
+    fn forget_group(&mut self, group: &str, first: Seq);
+    /// Every message is dropped and every group goes on from `next`.
+    fn reset(&mut self, next: Seq);
+    /// The topic's settings, or its closed flag, changed.
+    fn settings(&mut self, config: &TopicConfig, closed: bool);
+    /// The messages before `first` are dropped.
+    fn trimmed(&mut self, first: Seq);
+    /// A message is about to be handed to a reader: what the store holds
+    /// back (acks) must be kept first, so that a reader never sees a
+    /// message before the acks that preceded it are kept.
+    fn before_delivery(&mut self);
+    /// The topic is removed.
+    fn removed(&mut self);
+}

@@ -1,0 +1,344 @@
+//! The durable engine across restarts, driven through the `Broker` trait:
+//! a broker dropped and opened again on its directory finds every topic,
+//! its settings, its messages and each group's place; a torn last record
+//! is cut off; a damaged record elsewhere stops the start with its file
+//! and offset, and the documented repair keeps what comes before it;
+//! segments every group has passed are deleted.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dchan::broker::durable::{DurableBroker, OpenError, Options, SyncMode};
+use dchan::broker::{Broker, Delivery, Error, Setting, TopicConfig, Wait};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn open(dir: &Path) -> DurableBroker {
+    open_with(dir, Options::default())
+}
+
+fn open_with(dir: &Path, options: Options) -> DurableBroker {
+    DurableBroker::open(dir, options).expect("open the data directory")
+}
+
+fn cap(capacity: u64) -> TopicConfig {
+    TopicConfig {
+        capacity,
+        ..TopicConfig::default()
+    }
+}
+
+async fn push(b: &DurableBroker, topic: &str, data: &str) -> u64 {
+    let data = Bytes::copy_from_slice(data.as_bytes());
+    tokio::time::timeout(LIMIT, b.push(topic, data, Wait::Block))
+        .await
+        .expect("hung")
+        .expect("push")
+}
+
+/// Pull one message of `group` without waiting, acked.
+async fn take(b: &DurableBroker, topic: &str, group: &str) -> Option<String> {
+    let d = b.pull(topic, group, Wait::NonBlock).await;
+    match d {
+        Ok(Some(d)) => {
+            let text = String::from_utf8(d.data().to_vec()).unwrap();
+            d.ack();
+            Some(text)
+        }
+        Ok(None) | Err(Error::WouldBlock) => None,
+        Err(e) => panic!("pull: {e}"),
+    }
+}
+
+async fn drain(b: &DurableBroker, topic: &str, group: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(m) = take(b, topic, group).await {
+        out.push(m);
+    }
+    out
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for topic in std::fs::read_dir(dir.join("topics")).unwrap() {
+        for f in std::fs::read_dir(topic.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|e| e == "log") {
+                found.push(p);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn restart_keeps_topics_messages_and_positions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    {
+        let b = open(dir);
+        b.create("jobs", cap(100)).unwrap();
+        b.create("a/b", cap(5)).unwrap();
+        b.create("gone", cap(5)).unwrap();
+        b.create("wiped", cap(5)).unwrap();
+        b.set("a/b".into(), Setting::Capacity(7)).await.unwrap();
+        for i in 0..10 {
+            push(&b, "jobs", &format!("m{i}")).await;
+        }
+        push(&b, "wiped", "old").await;
+        b.reset("wiped".into()).await.unwrap();
+        push(&b, "wiped", "new").await;
+        b.remove("gone").unwrap();
+        // Group "slow" exists and has read nothing; "fast" has acked 3 and
+        // holds the 4th unacked at the "crash".
+        assert_eq!(b.offset("jobs".into(), "slow").await.unwrap(), 0);
+        for _ in 0..3 {
+            take(&b, "jobs", "fast").await.unwrap();
+        }
+        let out = b
+            .pull("jobs", "fast", Wait::NonBlock)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.data(), "m3");
+        std::mem::forget(out);
+        push(&b, "a/b", "x").await;
+        b.close("a/b".into()).await.unwrap();
+    }
+    let b = open(dir);
+    assert_eq!(b.topics(), ["a/b", "jobs", "wiped"]);
+    assert_eq!(b.status("a/b".into()).await.unwrap().config.capacity, 7);
+    assert!(b.status("a/b".into()).await.unwrap().closed);
+    assert_eq!(drain(&b, "a/b", "").await, ["x"]);
+    assert_eq!(drain(&b, "wiped", "").await, ["new"]);
+    // The unacked delivery comes again; nothing acked does.
+    let fast = drain(&b, "jobs", "fast").await;
+    assert_eq!(fast, ["m3", "m4", "m5", "m6", "m7", "m8", "m9"]);
+    assert_eq!(drain(&b, "jobs", "slow").await.len(), 10);
+    // Sequence numbers go on.
+    assert_eq!(push(&b, "jobs", "m10").await, 10);
+    drop(b);
+    let b = open(dir);
+    assert_eq!(drain(&b, "jobs", "fast").await, ["m10"]);
+    assert_eq!(drain(&b, "jobs", "slow").await, ["m10"]);
+}
+
+#[tokio::test]
+async fn out_of_order_acks_survive_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let b = open(tmp.path());
+        b.create("t", cap(10)).unwrap();
+        for i in 0..5 {
+            push(&b, "t", &format!("m{i}")).await;
+        }
+        let d0 = b.pull("t", "g", Wait::NonBlock).await.unwrap().unwrap();
+        let d1 = b.pull("t", "g", Wait::NonBlock).await.unwrap().unwrap();
+        let d2 = b.pull("t", "g", Wait::NonBlock).await.unwrap().unwrap();
+        d1.ack();
+        std::mem::forget((d0, d2));
+    }
+    let b = open(tmp.path());
+    assert_eq!(drain(&b, "t", "g").await, ["m0", "m2", "m3", "m4"]);
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _b = open(tmp.path());
+    let err = DurableBroker::open(tmp.path(), Options::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, OpenError::Locked(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_torn_last_record_is_cut_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let b = open(tmp.path());
+        b.create("t", cap(10)).unwrap();
+        for i in 0..5 {
+            push(&b, "t", &format!("m{i}")).await;
+        }
+    }
+    let seg = segments(tmp.path()).pop().unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(len - 3).unwrap();
+    let b = open(tmp.path());
+    assert_eq!(drain(&b, "t", "").await, ["m0", "m1", "m2", "m3"]);
+    // The log goes on after the cut.
+    assert_eq!(push(&b, "t", "m4 again").await, 4);
+    drop(b);
+    let b = open(tmp.path());
+    assert_eq!(drain(&b, "t", "").await, ["m4 again"]);
+}
+
+#[tokio::test]
+async fn a_damaged_record_stops_the_start_and_the_repair_keeps_what_precedes() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let b = open(tmp.path());
+        b.create("t", cap(10)).unwrap();
+        for i in 0..5 {
+            push(&b, "t", &format!("message {i}")).await;
+        }
+    }
+    let seg = segments(tmp.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Flip a byte of the third message's payload.
+    let at = bytes.windows(9).position(|w| w == b"message 2").unwrap();
+    bytes[at + 3] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = DurableBroker::open(tmp.path(), Options::default())
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    println!("{text}");
+    let OpenError::Recover(dchan::broker::durable::RecoverError::Damaged { path, offset, .. }) =
+        err
+    else {
+        panic!("{text}");
+    };
+    assert_eq!(path, seg);
+    assert!(text.contains("checksum") && text.contains(&format!("truncate -s {offset}")));
+    // The documented repair: cut the file there.
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(offset as u64).unwrap();
+    let b = open(tmp.path());
+    assert_eq!(drain(&b, "t", "").await, ["message 0", "message 1"]);
+}
+
+#[tokio::test]
+async fn segments_every_group_passed_are_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = Options {
+        segment_bytes: 1024,
+        ..Options::default()
+    };
+    let b = open_with(tmp.path(), options);
+    b.create("t", cap(1000)).unwrap();
+    let msg = "x".repeat(100);
+    assert_eq!(b.offset("t".into(), "g").await.unwrap(), 0);
+    for _ in 0..100 {
+        push(&b, "t", &msg).await;
+    }
+    let before = segments(tmp.path()).len();
+    assert!(before >= 9, "{before} segments");
+    assert_eq!(drain(&b, "t", "g").await.len(), 100);
+    let after = segments(tmp.path()).len();
+    assert!(after <= 2, "{after} segments left of {before}");
+    drop(b);
+    // The group's place is in the segments left.
+    let b = open_with(tmp.path(), options);
+    assert_eq!(b.offset("t".into(), "g").await.unwrap(), 100);
+    assert_eq!(drain(&b, "t", "g").await.len(), 0);
+    push(&b, "t", "after").await;
+    assert_eq!(drain(&b, "t", "g").await, ["after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_always_answers_every_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = Options {
+        sync: SyncMode::Always,
+        ..Options::default()
+    };
+    let b = std::sync::Arc::new(open_with(tmp.path(), options));
+    b.create("t", cap(10_000)).unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                push(&b, "t", &format!("{w}:{i}")).await;
+                b.settle("t".into()).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    drop(b);
+    let b = open_with(tmp.path(), options);
+    assert_eq!(drain(&b, "t", "").await.len(), 400);
+}
+
+/// A tmpfs of `size` mounted on a new directory, unmounted on drop; `None`
+/// where this process may not mount (not root).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_pushes_with_enospc_and_keeps_what_was_answered() {
+    let Some(disk) = SmallDisk::mount("256k") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let dir = disk.dir.path();
+    let mut answered = Vec::new();
+    {
+        let b = open(dir);
+        b.create("t", cap(1_000_000)).unwrap();
+        let msg = "y".repeat(1000);
+        let err = loop {
+            let i = answered.len();
+            let data = Bytes::from(format!("{i}:{msg}"));
+            match b.push("t", data.clone(), Wait::NonBlock).await {
+                Ok(seq) => {
+                    assert_eq!(seq, i as u64);
+                    answered.push(data);
+                }
+                Err(e) => break e,
+            }
+        };
+        println!("after {} pushes: {err}", answered.len());
+        let Error::Storage { kind, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(*kind, std::io::ErrorKind::StorageFull);
+        // A smaller message may still fit the last free bytes.
+        if b.push("t", Bytes::from("small"), Wait::NonBlock)
+            .await
+            .is_ok()
+        {
+            answered.push(Bytes::from("small"));
+        }
+        assert_eq!(
+            b.status("t".into()).await.unwrap().next,
+            answered.len() as u64
+        );
+    }
+    let b = open(dir);
+    let got = drain(&b, "t", "").await;
+    assert_eq!(got.len(), answered.len());
+    assert!(
+        got.iter()
+            .zip(&answered)
+            .all(|(g, a)| g.as_bytes() == &a[..])
+    );
+}
