@@ -55,6 +55,66 @@ pub struct Config {
     /// The addresses the metrics listener lets in (empty: every one).
     #[serde(deserialize_with = "nets")]
     pub metrics_allow: Vec<IpNet>,
+    /// Where topics are kept: this process, or a JetStream cluster.
+    pub broker: BrokerSection,
+}
+
+/// `[broker]`: the engine that keeps topics (see the README, "More than
+/// one machine").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSection {
+    pub engine: Engine,
+    /// NATS servers of the JetStream cluster (`nats://HOST:PORT`).
+    pub nats: Vec<String>,
+    /// Copies of each topic: 1, or 3.
+    #[serde(deserialize_with = "replicas")]
+    pub replicas: usize,
+    pub storage: StorageName,
+    /// What names of buckets, streams and subjects start with.
+    pub prefix: String,
+    /// How long an operation waits for JetStream.
+    pub timeout: Timeout,
+    /// How long a delivery of a lost server stays unacknowledged before
+    /// another reader gets it.
+    pub ack_wait: Timeout,
+}
+
+/// `broker.engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    #[default]
+    Memory,
+    Jetstream,
+}
+
+/// `broker.storage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageName {
+    #[default]
+    File,
+    Memory,
+}
+
+impl BrokerSection {
+    /// The JetStream engine's settings (with `groups`' limits).
+    pub fn jetstream(&self, groups: &Groups) -> crate::broker::JetStreamConfig {
+        use crate::broker::jetstream::Storage;
+        crate::broker::JetStreamConfig {
+            servers: self.nats.clone(),
+            replicas: self.replicas,
+            storage: match self.storage {
+                StorageName::File => Storage::File,
+                StorageName::Memory => Storage::Memory,
+            },
+            prefix: self.prefix.clone(),
+            timeout: self.timeout.0.unwrap_or(Duration::from_secs(10)),
+            ack_wait: self.ack_wait.0.unwrap_or(Duration::from_secs(30)),
+            groups: groups.limits(),
+        }
+    }
 }
 
 /// A `[[listener]]` table: an address and its door.
@@ -152,6 +212,16 @@ impl Storage {
             SyncSetting::Interval => SyncMode::Interval(self.sync_interval),
             SyncSetting::Never => SyncMode::Never,
         }
+    }
+}
+
+/// JetStream's replica counts that make sense: 1, or 3 (a quorum of 2).
+fn replicas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        r @ (1 | 3) => Ok(r),
+        r => Err(serde::de::Error::custom(format!(
+            "replicas {r}: want 1, or 3 (a cluster that survives the loss of a node)"
+        ))),
     }
 }
 

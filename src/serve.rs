@@ -5,7 +5,7 @@
 //! ```text
 //! dchan serve [--listen ADDR]... [--config FILE] [--log LEVEL] [--log-format text|json]
 //!             [--open] [--allow NET]... [--cert FILE --key FILE [--client-ca FILE]]
-//!             [--metrics ADDR]
+//!             [--metrics ADDR] [--data DIR | --nats URL,...]
 //! ```
 //! The binary only parses its arguments and calls [`main`]; [`run`] is the
 //! server itself, and takes its shutdown signal as a future so that a test
@@ -28,10 +28,11 @@ use std::time::Duration;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+use crate::broker::JetStreamBroker;
 use crate::broker::durable::{DurableBroker, OpenError as DurableError, Options as DurableOptions};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::{self, Broker};
-use crate::config::{Config, ConfigError, ListenerSpec};
+use crate::config::{Config, ConfigError, Engine, ListenerSpec};
 use crate::engine::{self, Addr, Connections, Entrance, Guard, Limits, Listener};
 use crate::fs::FileTree;
 use crate::metrics;
@@ -78,6 +79,11 @@ pub struct ServeArgs {
     /// such as tcp!127.0.0.1!9640
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<Addr>,
+    /// Keep topics in the NATS JetStream cluster at these servers, shared
+    /// with every dchan server given the same (sets [broker] engine =
+    /// "jetstream" and nats)
+    #[arg(long, value_name = "URL,...", value_delimiter = ',')]
+    pub nats: Vec<String>,
     /// Serve an in-memory file tree instead of topics (for tests of the
     /// 9P engine with real clients)
     #[arg(long, hide = true)]
@@ -115,6 +121,8 @@ pub enum Error {
     Protected(String),
     #[error("listen on {addr}: TLS: {reason}")]
     Tls { addr: Addr, reason: String },
+    #[error("{0}")]
+    Broker(broker::Error),
 }
 
 /// `dchan serve`: start logging, read the configuration, serve until
@@ -139,6 +147,10 @@ async fn start(args: ServeArgs) -> Result<(), Error> {
         None => Config::defaults(),
     };
     apply_args(&mut config, &args)?;
+    if !args.nats.is_empty() {
+        config.broker.engine = Engine::Jetstream;
+        config.broker.nats = args.nats.clone();
+    }
     if let Some(dir) = args.data.clone() {
         config.storage.data_dir = dir;
     }
@@ -208,6 +220,22 @@ fn apply_args(config: &mut Config, args: &ServeArgs) -> Result<(), Error> {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     config.check_protected().map_err(Error::Protected)?;
     let limits = config.groups.limits();
+    if config.broker.engine == Engine::Jetstream {
+        if !config.storage.data_dir.as_os_str().is_empty() {
+            return Err(Error::Config(ConfigError::Invalid {
+                file: "(configuration)".into(),
+                line: None,
+                reason: "storage.data_dir (--data) and broker.engine = \"jetstream\" (--nats) \
+                         are two engines: choose one (JetStream keeps the topics itself)"
+                    .into(),
+            }));
+        }
+        let settings = config.broker.jetstream(&config.groups);
+        let broker = JetStreamBroker::connect(settings)
+            .await
+            .map_err(Error::Broker)?;
+        return run_on(broker, config, shutdown).await;
+    }
     let data_dir = &config.storage.data_dir;
     if data_dir.as_os_str().is_empty() {
         return run_on(MemoryBroker::with_group_limits(limits), config, shutdown).await;
@@ -237,6 +265,7 @@ async fn run_on<B: Broker>(
         )
         .await
         {
+            // Durable: read back from disk; shared: made by another server.
             Ok(()) | Err(broker::Error::Exists(_)) => {}
             Err(source) => {
                 return Err(Error::Topic {
