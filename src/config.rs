@@ -189,7 +189,6 @@ impl ListenerSpec {
     }
 }
 
-
 /// `[storage]`: the engine that keeps topics.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
