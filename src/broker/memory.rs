@@ -7,7 +7,8 @@
 //! topic's lock (`topic`), and waiting in futures that own their place in a
 //! queue (`waiters`).
 //!
-//! Beside the shards, every name is kept once more in order (`names`), for
+//! Beside the shards, every name is kept once more in tree order
+//! (`names`, keyed by [`order::key`]), for
 //! [`Broker::names`]: a listing, a walk to a directory that only leads to
 //! topics, or the children of one directory cost O(log n) per name they
 //! return, never a pass over every topic. The ordered index is only
@@ -25,6 +26,7 @@ use bytes::Bytes;
 use foldhash::HashMap;
 use parking_lot::RwLock;
 
+use super::order;
 use super::store::Store;
 use super::topic::{Start, State, Topic};
 use super::waiters::{PullWait, PushWait, within};
@@ -47,7 +49,7 @@ pub struct MemoryBroker {
     /// parking_lot: never held across an `.await`; pushes and pulls hold a
     /// shard only to clone the topic's `Arc`.
     shards: Box<[Shard]>,
-    /// Every topic's name, in order, for listings. Locked after a shard,
+    /// Every topic's name, as its [`order::key`] (tree order), for listings. Locked after a shard,
     /// never before; never held across an `.await`.
     names: RwLock<BTreeSet<Box<str>>>,
     /// Picks a name's shard (foldhash, randomly seeded: fast on short
@@ -65,9 +67,13 @@ pub struct MemoryBroker {
 
 /// Whether `name` is one or more `/`-separated components of
 /// `[A-Za-z0-9._-]`, none of them "." or "..", and does not start with
-/// "-" (a command would take it for an option: `dchan ls -q | xargs`).
+/// "-" (a command would take it for an option: `dchan ls -q | xargs`), of
+/// at most [`MAX_NAME_PARTS`](super::MAX_NAME_PARTS) parts and
+/// [`MAX_NAME_LEN`](super::MAX_NAME_LEN) bytes.
 pub fn valid_name(name: &str) -> bool {
     !name.starts_with('-')
+        && name.len() <= super::MAX_NAME_LEN
+        && name.split('/').count() <= super::MAX_NAME_PARTS
         && name.split('/').all(|c| {
             !c.is_empty()
                 && c != "."
@@ -141,7 +147,7 @@ impl MemoryBroker {
             name.to_string(),
             Arc::new(Topic::with_state(name, id, state)),
         );
-        self.names.write().insert(name.into());
+        self.names.write().insert(order::key(name).into());
         Ok(id)
     }
 
@@ -151,7 +157,7 @@ impl MemoryBroker {
         let topic = Arc::new(Topic::with_state(name, id, state));
         let mut shard = self.shard(name).write();
         shard.insert(name.to_string(), topic);
-        self.names.write().insert(name.into());
+        self.names.write().insert(order::key(name).into());
     }
 
     /// The topic `target` names; a stale target (its topic was removed,
@@ -183,7 +189,7 @@ impl MemoryBroker {
             name.to_string(),
             Arc::new(Topic::new(name, id, config, self.groups)),
         );
-        self.names.write().insert(name.into());
+        self.names.write().insert(order::key(name).into());
         Ok(())
     }
 
@@ -193,7 +199,7 @@ impl MemoryBroker {
             let topic = shard
                 .remove(name)
                 .ok_or_else(|| Error::NoTopic(name.to_string()))?;
-            self.names.write().remove(name);
+            self.names.write().remove(&*order::key(name));
             topic
         };
         let (pushed, pulled) = topic.with(|s| {
@@ -207,11 +213,12 @@ impl MemoryBroker {
 
     /// See [`Broker::names`]: a range of the ordered index.
     pub fn names(&self, from: Bound<&str>, limit: usize) -> Vec<String> {
+        let from = from.map(order::key);
         let names = self.names.read();
         names
-            .range::<str, _>((from, Bound::Unbounded))
+            .range::<str, _>((from.as_ref().map(|k| &**k), Bound::Unbounded))
             .take(limit)
-            .map(|n| n.to_string())
+            .map(|k| order::name(k))
             .collect()
     }
 

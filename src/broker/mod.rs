@@ -45,6 +45,7 @@ mod group;
 pub mod jetstream;
 mod log;
 pub mod memory;
+pub mod order;
 mod store;
 mod topic;
 mod waiters;
@@ -202,8 +203,17 @@ pub enum Wait {
 }
 
 /// What a topic name may be, as errors say it.
-pub const NAME_RULE: &str =
-    "want parts of A-Z a-z 0-9 . _ - separated by /, not . or .., not starting with -";
+pub const NAME_RULE: &str = "want parts of A-Z a-z 0-9 . _ - separated by /, \
+     not . or .., not starting with -, at most 64 parts and 1024 bytes";
+
+/// The most `/`-separated parts a topic name may have: a walk costs per
+/// level, and a client lists a tree at most this deep
+/// ([`crate::client::MAX_DEPTH`]).
+pub const MAX_NAME_PARTS: usize = 64;
+
+/// The longest topic name, in bytes: well inside PATH_MAX (4096) with a
+/// mount point and `/data` around it.
+pub const MAX_NAME_LEN: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -335,8 +345,10 @@ pub trait Broker: Send + Sync + 'static {
     fn create(&self, topic: &str, config: TopicConfig) -> impl Future<Output = Result<()>> + Send;
     /// Remove a topic: blocked pushes and pulls fail with `Removed`.
     fn remove(&self, topic: &str) -> impl Future<Output = Result<()>> + Send;
-    /// Up to `limit` topic names from `from` on, in byte order (`&str`'s
-    /// `Ord`): the one ordered range query every listing is built on, so
+    /// Up to `limit` topic names from `from` on, in tree order (see
+    /// [`order`]: component by component, each in byte order, so `a`,
+    /// `a/b`, `a-x`; keep the index keyed by [`order::key`]): the one
+    /// ordered range query every listing is built on, so
     /// that a walk, a stat or one directory's listing costs the same with
     /// 10 or 1 000 000 topics. An engine keeps its names in an ordered map
     /// (a `BTreeMap`/`BTreeSet` range) and answers in O(log n + limit);
@@ -364,11 +376,13 @@ pub trait Broker: Send + Sync + 'static {
     /// The names one level below the directory `dir` ("" for the root)
     /// that are topics or lead to topics: `a` and `b` for the topics `a`
     /// and `b/c`. One range query per child, however many topics lie
-    /// deeper under it. They come in the order of the first topic name each
-    /// leads to (`a-x` before `a` when `a` only holds `a/b`, as '-' sorts
-    /// before '/'); `limit` children at most, starting at the first
-    /// name ≥ `from` (`Bound::Unbounded` from the start), with the position
-    /// to carry on from (`None` once at the end).
+    /// deeper under it. They come in byte order of the child's name,
+    /// whichever of them are topics (tree order keeps each child's topics
+    /// together), so a listing cut into pages while topics come and go
+    /// never repeats nor misses a child that stays; `limit` children at
+    /// most, starting at the first name ≥ `from` (`Bound::Unbounded` from
+    /// the start), with the position to carry on from (`None` once at the
+    /// end).
     fn children(
         &self,
         dir: &str,
@@ -390,21 +404,11 @@ pub trait Broker: Send + Sync + 'static {
             let Some(rest) = name.strip_prefix(&prefix) else {
                 return (found, None);
             };
-            from = match rest.split_once('/') {
-                // The topic itself: its own topics (`c/…`) come later, and
-                // are passed over there.
-                None => {
-                    found.push(rest.to_string());
-                    Bound::Excluded(name)
-                }
-                Some((child, _)) => {
-                    if self.id(&format!("{prefix}{child}")).is_err() {
-                        found.push(child.to_string());
-                    }
-                    // Past every `child/…`: '0' follows '/'.
-                    Bound::Included(format!("{prefix}{child}0"))
-                }
-            };
+            // The child is the first name of its subtree (the topic itself,
+            // or the first topic under it); then past every `child/…`.
+            let child = rest.split_once('/').map_or(rest, |(c, _)| c);
+            found.push(child.to_string());
+            from = Bound::Excluded(order::past_subtree(&format!("{prefix}{child}")));
         }
         (found, Some(from))
     }

@@ -6,8 +6,8 @@ use dchan::client::{Error, check_topic};
 use super::{ConnArgs, Context, Failure, print_out};
 
 const HELP: &str = "\
-Output: a header line, then one line per topic, sorted by name, in
-columns separated by spaces:
+Output: a header line, then one line per topic, sorted by name (part by
+part: a, a/b, a-x), in columns separated by spaces:
   TOPIC     the topic's name (nested topics as a/b)
   PENDING   messages held (not yet taken by every group)
   PUSHED    messages pushed since the topic was made

@@ -393,7 +393,8 @@ impl Client {
             }
             level = next;
         }
-        found.sort();
+        // Tree order, as the server's `topics` file lists them.
+        found.sort_by(|a, b| crate::broker::order::cmp(a, b));
         Ok(found)
     }
 

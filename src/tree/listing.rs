@@ -10,12 +10,13 @@
 //! ```
 //! A header line naming the columns (the columns of `dchan ls`; a reader
 //! finds a column by its header, so columns may be added at the end), then
-//! one line per topic in name order, fields separated by one space (topic
+//! one line per topic in tree order ([`crate::broker::order`]: `a`,
+//! `a/b`, `a-x`), fields separated by one space (topic
 //! names hold no spaces). A topic removed while the file is read is left
 //! out; one created behind the reader's position is not seen.
 //!
 //! The file is made as it is read: each Tread formats the next topics from
-//! where the previous one stopped (a position in the broker's name order,
+//! where the previous one stopped (a position in the broker's tree order,
 //! [`Broker::names`]), so an open file holds one read's worth of text, never
 //! the whole listing, and each Tread costs O(log n + what it returns).
 //! Reads go in order: offset 0 starts again from the first topic; any

@@ -595,6 +595,27 @@ async fn names_are_checked() {
     assert_eq!(b.totals().topics, 4);
 }
 
+/// A name is at most 64 parts and 1024 bytes deep: a walk costs per level,
+/// and a 30 000-part name was once taken.
+#[tokio::test]
+async fn names_are_bounded_in_depth_and_length() {
+    let b = new_engine().await;
+    let deepest = vec!["d"; 64].join("/");
+    let longest = "l".repeat(1024);
+    for good in [&deepest, &longest] {
+        b.create(good, TopicConfig::default()).await.unwrap();
+    }
+    let too_deep = vec!["d"; 65].join("/");
+    let too_long = "l".repeat(1025);
+    let very_deep = vec!["x"; 30_000].join("/");
+    for bad in [&too_deep, &too_long, &very_deep] {
+        let e = b.create(bad, TopicConfig::default()).await.unwrap_err();
+        assert_eq!(e, Error::BadName(bad.clone()));
+        assert!(e.to_string().contains("at most 64 parts"), "{e}");
+    }
+    assert_eq!(b.topics(), [deepest, longest]);
+}
+
 #[tokio::test]
 async fn totals_count_over_topics() {
     let b = broker(5).await;
@@ -1011,20 +1032,22 @@ async fn a_removed_topic_stays_removed_for_its_old_handles() {
 async fn names_range_and_children_page_in_order() {
     use std::ops::Bound;
     let b = new_engine().await;
+    // Tree order: part by part, '/' before every name character.
     let all = [
-        "a", "a-x", "a.y", "a/b", "a/c/d", "a0", "b/c", "m/eu", "m/us",
+        "a", "a/b", "a/c/d", "a-x", "a.y", "a0", "b/c", "m/eu", "m/us",
     ];
     for n in all {
         b.create(n, TopicConfig::default()).await.unwrap();
     }
     assert_eq!(b.names(Bound::Unbounded, 100), all);
     assert_eq!(b.names(Bound::Included("a/"), 2), ["a/b", "a/c/d"]);
+    assert_eq!(b.names(Bound::Excluded("a/c/d"), 2), ["a-x", "a.y"]);
     assert_eq!(b.names(Bound::Excluded("a0"), 100), ["b/c", "m/eu", "m/us"]);
     assert!(b.names(Bound::Excluded("m/us"), 100).is_empty());
     assert_eq!(b.topics(), all);
     assert!(b.leads_to("a") && b.leads_to("a/c") && b.leads_to("m"));
     assert!(!b.leads_to("a/b") && !b.leads_to("x") && !b.leads_to("a-x"));
-    // The root's children, in the order of the first name each leads to.
+    // The root's children, in byte order of their own names.
     let (root, end) = b.children("", Bound::Unbounded, 100);
     assert_eq!(root, ["a", "a-x", "a.y", "a0", "b", "m"]);
     assert_eq!(end, None);
@@ -1042,10 +1065,50 @@ async fn names_range_and_children_page_in_order() {
         }
     }
     assert_eq!(paged, root);
-    // A topic that also holds topics, when `a` only holds some: listed once.
+    // Whether `a` is a topic or only holds topics, it keeps its place.
     b.remove("a").await.unwrap();
-    assert_eq!(
-        b.children("", Bound::Unbounded, 100).0,
-        ["a-x", "a.y", "a", "a0", "b", "m"]
-    );
+    assert_eq!(b.children("", Bound::Unbounded, 100).0, root);
+}
+
+/// A child stays in its place while its topic-ness changes: a listing
+/// paged across `a` being created and removed lists `a` exactly once
+/// (byte order put `a` after `a-x…` while it only held `a/b`, and first
+/// once it was a topic).
+#[tokio::test]
+async fn children_keep_their_place_when_a_child_becomes_a_topic() {
+    use std::ops::Bound;
+    let b = new_engine().await;
+    for i in 0..300 {
+        b.create(&format!("a-x{i:04}"), TopicConfig::default())
+            .await
+            .unwrap();
+    }
+    b.create("a/b", TopicConfig::default()).await.unwrap();
+    for round in 0..6 {
+        let (mut listed, mut from) = (Vec::new(), Bound::Unbounded);
+        let mut page = 0;
+        loop {
+            let (names, next) = b.children("", from, 7);
+            listed.extend(names);
+            page += 1;
+            // Toggle `a` between pages, at a different page each round.
+            if page % 6 == round {
+                if b.id("a").is_ok() {
+                    b.remove("a").await.unwrap();
+                } else {
+                    b.create("a", TopicConfig::default()).await.unwrap();
+                }
+            }
+            match next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        assert_eq!(
+            listed.iter().filter(|n| *n == "a").count(),
+            1,
+            "round {round}"
+        );
+        assert_eq!(listed.len(), 301, "round {round}");
+    }
 }

@@ -670,11 +670,12 @@ impl Broker for JetStreamBroker {
     }
 
     fn names(&self, from: std::ops::Bound<&str>, limit: usize) -> Vec<String> {
+        let from = from.map(crate::broker::order::key);
         let topics = self.inner.mirror.topics.read();
         topics
-            .range::<str, _>((from, std::ops::Bound::Unbounded))
+            .range::<str, _>((from.as_ref().map(|k| &**k), std::ops::Bound::Unbounded))
             .take(limit)
-            .map(|(n, _)| n.clone())
+            .map(|(k, _)| crate::broker::order::name(k))
             .collect()
     }
 

@@ -20,7 +20,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
-use super::super::{Framing, TopicConfig, TopicId};
+use super::super::{Framing, TopicConfig, TopicId, order};
 
 /// A topic as the bucket holds it (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,7 +213,9 @@ impl Topic {
 /// This server's copy of the registry.
 pub(crate) struct Mirror {
     pub(crate) prefix: String,
-    /// Topics by name. parking_lot: never held across an `.await`.
+    /// Topics by [`order::key`] of their name (tree order, for
+    /// [`Broker::names`](crate::broker::Broker::names)). parking_lot: never
+    /// held across an `.await`.
     pub(crate) topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// The last bucket revision applied.
     pub(crate) seen: watch::Sender<u64>,
@@ -234,7 +236,7 @@ impl Mirror {
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.read().get(name).cloned()
+        self.topics.read().get(&*order::key(name)).cloned()
     }
 
     /// Apply one entry of the bucket.
@@ -260,7 +262,7 @@ impl Mirror {
 
     fn put(&self, name: &str, record: Record) {
         let mut topics = self.topics.write();
-        match topics.get(name) {
+        match topics.get(&*order::key(name)) {
             Some(t) if t.id == record.id => {
                 let resets = record.resets;
                 let before = t.record.send_replace(Some(record));
@@ -272,7 +274,7 @@ impl Mirror {
             }
             _ => {
                 let new = Arc::new(Topic::new(&self.prefix, record));
-                if let Some(old) = topics.insert(name.to_string(), new) {
+                if let Some(old) = topics.insert(order::key(name).into_owned(), new) {
                     self.retire(&old);
                 }
             }
@@ -285,7 +287,7 @@ impl Mirror {
     }
 
     fn drop_topic(&self, name: &str) {
-        let old = self.topics.write().remove(name);
+        let old = self.topics.write().remove(&*order::key(name));
         if let Some(old) = old {
             self.retire(&old);
         }
