@@ -165,7 +165,8 @@ impl DirReader {
         let mut i = offset;
         loop {
             let mark = buf.len();
-            let next = i + 1;
+            // No entry lies past the last offset a dirent can name.
+            let Some(next) = i.checked_add(1) else { break };
             match i {
                 0 | 1 => {
                     let (name, qid) = dots[i as usize];
@@ -180,6 +181,13 @@ impl DirReader {
             }
             if buf.len() > count as usize {
                 buf.truncate(mark);
+                if mark == 0 {
+                    // An empty reply would mean the end of the directory.
+                    return Err(fs::Error::new(
+                        errno::EINVAL,
+                        "invalid read count: too small for one entry",
+                    ));
+                }
                 break;
             }
             i = next;
@@ -261,6 +269,43 @@ mod tests {
             .read_dirents(500, 100, Qid::default(), Qid::default(), &mut fetch)
             .unwrap();
         assert_eq!(dirents(&data).0[0], "e00498");
+    }
+
+    /// The last offset a dirent can name: an empty reply, no overflow
+    /// panic (a Treaddir at offset u64::MAX dropped the connection).
+    #[test]
+    fn dirents_at_the_last_offset_are_none() {
+        let mut fetch = tree(20);
+        let mut d = DirReader::new();
+        for offset in [u64::MAX, u64::MAX - 1, u64::MAX - 2, 1 << 63] {
+            let data = d
+                .read_dirents(offset, 100, Qid::default(), Qid::default(), &mut fetch)
+                .unwrap();
+            assert!(data.is_empty(), "offset {offset}");
+        }
+    }
+
+    /// A count too small for the next entry is refused, not answered
+    /// empty (which would read as the end of the directory); at the end
+    /// it is empty.
+    #[test]
+    fn dirents_count_too_small_for_one_entry_is_refused() {
+        let mut fetch = tree(3);
+        let mut d = DirReader::new();
+        for count in 1..=24 {
+            let e = d
+                .read_dirents(0, count, Qid::default(), Qid::default(), &mut fetch)
+                .unwrap_err();
+            assert!(e.to_string().contains("too small for one entry"), "{e}");
+            assert!(
+                d.read_dirents(3, count, Qid::default(), Qid::default(), &mut fetch)
+                    .is_err()
+            );
+        }
+        let end = d
+            .read_dirents(5, 1, Qid::default(), Qid::default(), &mut fetch)
+            .unwrap();
+        assert!(end.is_empty());
     }
 
     #[test]
