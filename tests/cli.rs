@@ -906,6 +906,20 @@ async fn create_and_rm_take_many_topics_and_ls_reads_the_listing() {
         1,
         "dchan: rm u0001/inbox and 1 more: remove u0001/inbox: no such topic (0 removed)",
     );
+    // A name given twice is refused before anything is done.
+    fails(
+        dchan(a, &["create", "n2", "n2"]).await,
+        1,
+        "dchan: create n2 and 1 more: n2 is named twice (0 created)",
+    );
+    assert!(!ok(dchan(a, &["ls", "-q"]).await).contains("n2"));
+    ok(dchan(a, &["create", "m1"]).await);
+    fails(
+        dchan(a, &["rm", "m1", "m1"]).await,
+        1,
+        "dchan: rm m1 and 1 more: m1 is named twice (0 removed)",
+    );
+    ok(dchan(a, &["rm", "m1"]).await);
     // No topic may take the listing's name.
     fails(
         dchan(a, &["create", "topics"]).await,

@@ -146,6 +146,7 @@ pub async fn offset(a: OffsetArgs) -> Result<(), Failure> {
 
 pub async fn create(a: CreateArgs) -> Result<(), Failure> {
     let what = || several("create", &a.topics);
+    named_once(&a.topics, what, "created")?;
     let client = a.conn.connect().await?;
     let settings = TopicSettings {
         capacity: a.capacity,
@@ -160,6 +161,19 @@ pub async fn create(a: CreateArgs) -> Result<(), Failure> {
     }
     let done = client.create_all(&a.topics, &settings).await;
     done.map_err(|(n, e)| Failure::new(what(), format!("{e} ({n} created)")))
+}
+
+/// Refuse a list that names a topic twice, before anything is done: the
+/// server would take the second for a topic that exists (or is gone).
+fn named_once(topics: &[String], what: impl Fn() -> String, done: &str) -> Result<(), Failure> {
+    let mut seen = std::collections::HashSet::new();
+    match topics.iter().find(|t| !seen.insert(t.as_str())) {
+        Some(t) => Err(Failure::new(
+            what(),
+            format!("{t} is named twice (0 {done})"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// What a command on `topics` is called in its errors: `create a`, or
@@ -183,6 +197,7 @@ pub struct RmArgs {
 
 pub async fn rm(a: RmArgs) -> Result<(), Failure> {
     let what = || several("rm", &a.topics);
+    named_once(&a.topics, what, "removed")?;
     let client = a.conn.connect().await?;
     if let [topic] = &a.topics[..] {
         return client.remove(topic).await.what(what);
