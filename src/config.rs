@@ -157,6 +157,8 @@ pub struct TopicDefaults {
     pub timeout: Timeout,
     /// The longest message.
     pub max_message: MessageSize,
+    /// What is kept of what every group has taken.
+    pub retain: Retain,
 }
 
 impl TopicDefaults {
@@ -167,6 +169,7 @@ impl TopicDefaults {
             framing: self.framing.into(),
             timeout: self.timeout.0,
             max_message: self.max_message.0,
+            retain: self.retain.0,
         }
     }
 }
@@ -187,6 +190,8 @@ pub struct TopicSpec {
     pub timeout: Option<Timeout>,
     /// Its longest message, if not the default.
     pub max_message: Option<MessageSize>,
+    /// Its retention, if not the default.
+    pub retain: Option<Retain>,
 }
 
 impl TopicSpec {
@@ -197,6 +202,7 @@ impl TopicSpec {
             framing: self.framing.unwrap_or(defaults.framing).into(),
             timeout: self.timeout.unwrap_or(defaults.timeout).0,
             max_message: self.max_message.unwrap_or(defaults.max_message).0,
+            retain: self.retain.unwrap_or(defaults.retain).0,
         }
     }
 }
@@ -256,6 +262,24 @@ impl TryFrom<SizeValue> for MessageSize {
 
     fn try_from(v: SizeValue) -> Result<Self, String> {
         v.parse("max_message").map(MessageSize)
+    }
+}
+
+/// A retention limit as the file spells it: a count (`1000`), a size
+/// (`"64M"`), an age (`"1h"`) or `"none"` (see `broker::Retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(try_from = "SizeValue")]
+pub struct Retain(pub broker::Retention);
+
+impl TryFrom<SizeValue> for Retain {
+    type Error = String;
+
+    fn try_from(v: SizeValue) -> Result<Self, String> {
+        let text = match v {
+            SizeValue::Bytes(n) => n.to_string(),
+            SizeValue::Text(s) => s,
+        };
+        broker::Retention::parse(&text).map(Retain)
     }
 }
 
