@@ -524,6 +524,26 @@ mod tests {
     }
 
     #[test]
+    fn retain_takes_a_count_a_size_or_an_age() {
+        use crate::broker::Retention;
+        let text = "[topic_defaults]\nretain = 1000\n\
+                    [[topic]]\nname = \"h\"\nretain = \"1h\"\n\
+                    [[topic]]\nname = \"b\"\nretain = \"64M\"\n";
+        let c = Config::parse("t.toml", text).unwrap();
+        assert_eq!(
+            c.topic_defaults.topic_config().retain,
+            Retention::Count(1000)
+        );
+        let h = c.topic[0].topic_config(&c.topic_defaults).retain;
+        assert_eq!(h, Retention::Age(std::time::Duration::from_secs(3600)));
+        let b = c.topic[1].topic_config(&c.topic_defaults).retain;
+        assert_eq!(b, Retention::Bytes(64 << 20));
+        let bad = "[topic_defaults]\nretain = \"lots\"\n";
+        let e = Config::parse("t.toml", bad).unwrap_err().to_string();
+        assert!(e.contains("bad retain"), "{e}");
+    }
+
+    #[test]
     fn a_file_replaces_only_what_it_sets() {
         let text = "listen = [\"unix!/tmp/d\", \"127.0.0.1:0\"]\n\
                     [limits]\nmax_fids = 10\n\
