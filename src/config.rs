@@ -8,10 +8,14 @@
 //! `listen` are replaced whole). An unknown key or a bad value fails with
 //! the file, the line and the reason, before anything listens.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::access::{Op, Perms, Rule, Rules};
+use crate::tls::TlsFiles;
 
 use crate::broker::{self, Framing, TopicConfig};
 use crate::engine::{Addr, MIN_MSIZE};
@@ -37,6 +41,152 @@ pub struct Config {
     pub topic: Vec<TopicSpec>,
     /// Where topics are kept: in memory, or durable in a directory.
     pub storage: Storage,
+    /// Listeners with their own address rules or TLS (`[[listener]]`
+    /// tables), served besides `listen`'s.
+    pub listener: Vec<ListenerSpec>,
+    /// Start even where a listener beyond loopback has no TLS client
+    /// certificates, no address rules and no access rules (protected mode off).
+    pub allow_open: bool,
+    /// Who may do what to which topic.
+    pub access: AccessConfig,
+    /// Where to serve `/metrics` and `/healthz` over HTTP, if anywhere.
+    #[serde(deserialize_with = "some_addr")]
+    pub metrics: Option<Addr>,
+    /// The addresses the metrics listener lets in (empty: every one).
+    #[serde(deserialize_with = "nets")]
+    pub metrics_allow: Vec<IpNet>,
+    /// Where topics are kept: this process, or a JetStream cluster.
+    pub broker: BrokerSection,
+}
+
+/// `[broker]`: the engine that keeps topics (see the README, "More than
+/// one machine").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSection {
+    pub engine: Engine,
+    /// NATS servers of the JetStream cluster (`nats://HOST:PORT`).
+    pub nats: Vec<String>,
+    /// Copies of each topic: 1, or 3.
+    #[serde(deserialize_with = "replicas")]
+    pub replicas: usize,
+    pub storage: StorageName,
+    /// What names of buckets, streams and subjects start with.
+    pub prefix: String,
+    /// How long an operation waits for JetStream.
+    pub timeout: Timeout,
+    /// How long a delivery of a lost server stays unacknowledged before
+    /// another reader gets it.
+    pub ack_wait: Timeout,
+}
+
+/// `broker.engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    #[default]
+    Memory,
+    Jetstream,
+}
+
+/// `broker.storage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageName {
+    #[default]
+    File,
+    Memory,
+}
+
+impl BrokerSection {
+    /// The JetStream engine's settings (with `groups`' limits).
+    pub fn jetstream(&self, groups: &Groups) -> crate::broker::JetStreamConfig {
+        use crate::broker::jetstream::Storage;
+        crate::broker::JetStreamConfig {
+            servers: self.nats.clone(),
+            replicas: self.replicas,
+            storage: match self.storage {
+                StorageName::File => Storage::File,
+                StorageName::Memory => Storage::Memory,
+            },
+            prefix: self.prefix.clone(),
+            timeout: self.timeout.0.unwrap_or(Duration::from_secs(10)),
+            ack_wait: self.ack_wait.0.unwrap_or(Duration::from_secs(30)),
+            groups: groups.limits(),
+        }
+    }
+}
+
+/// A `[[listener]]` table: an address and its door.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// `tcp!HOST!PORT`, `tls!HOST!PORT`, `HOST:PORT` or `unix!PATH`.
+    #[serde(deserialize_with = "one_addr")]
+    pub addr: Addr,
+    /// Networks and addresses a client may come from (`10.1.0.0/16`,
+    /// `192.168.7.3`); left out or empty, every one.
+    #[serde(default, deserialize_with = "nets")]
+    pub allow: Vec<IpNet>,
+    /// The server's certificate chain (PEM), for a `tls!` address.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// The CA (PEM) that must have signed every client's certificate;
+    /// the certificate's name is then the user.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl ListenerSpec {
+    /// A listener on `addr` with no rules.
+    pub fn plain(addr: Addr) -> ListenerSpec {
+        ListenerSpec {
+            addr,
+            allow: Vec::new(),
+            cert: None,
+            key: None,
+            client_ca: None,
+        }
+    }
+
+    /// Whether it keeps strangers out by itself: address rules, or TLS
+    /// client certificates.
+    pub fn guarded(&self) -> bool {
+        !self.allow.is_empty() || (self.client_ca.is_some() && self.is_tls())
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.addr, Addr::Tls { .. })
+    }
+
+    /// The TLS files of a `tls!` listener.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.client_ca.clone(),
+        }
+    }
+
+    /// Refuse what cannot work: TLS files on a plain address, a `tls!`
+    /// address without them, address rules on a Unix socket.
+    pub fn check(&self) -> Result<(), String> {
+        let has_files = self.cert.is_some() || self.key.is_some() || self.client_ca.is_some();
+        match &self.addr {
+            Addr::Tls { .. } if self.cert.is_none() || self.key.is_none() => {
+                Err(format!("{}: a tls! listener needs cert and key", self.addr))
+            }
+            Addr::Tcp { .. } | Addr::Unix(_) if has_files => Err(format!(
+                "{}: cert, key and client_ca are for tls! addresses",
+                self.addr
+            )),
+            Addr::Unix(_) if !self.allow.is_empty() => Err(format!(
+                "{}: allow is for TCP addresses (a Unix socket's file permissions guard it)",
+                self.addr
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `[storage]`: the engine that keeps topics.
@@ -64,6 +214,16 @@ impl Storage {
     }
 }
 
+/// JetStream's replica counts that make sense: 1, or 3 (a quorum of 2).
+fn replicas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    match usize::deserialize(d)? {
+        r @ (1 | 3) => Ok(r),
+        r => Err(serde::de::Error::custom(format!(
+            "replicas {r}: want 1, or 3 (a cluster that survives the loss of a node)"
+        ))),
+    }
+}
+
 /// `storage.sync`: `"always"`, `"interval"` or `"never"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -84,6 +244,83 @@ fn interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     }
 }
 
+/// `[access]`: rules, first match wins, and what no rule names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// What a user no rule names may do (`["read"]`, `[]`).
+    #[serde(deserialize_with = "ops")]
+    pub default: Vec<Op>,
+    /// The rules, in order.
+    pub rule: Vec<AccessRule>,
+}
+
+/// One `[[access.rule]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// Topic patterns (`billing/*`, `*`).
+    pub topics: Vec<String>,
+    /// User patterns (`alice`, `*`).
+    pub users: Vec<String>,
+    /// What they may do: any of "read", "write", "admin".
+    #[serde(deserialize_with = "ops")]
+    pub allow: Vec<Op>,
+}
+
+impl AccessConfig {
+    /// The tree's form of these rules.
+    pub fn rules(&self) -> Rules {
+        Rules::new(
+            self.rule
+                .iter()
+                .map(|r| Rule {
+                    topics: r.topics.clone(),
+                    users: r.users.clone(),
+                    allow: Perms::of(&r.allow),
+                })
+                .collect(),
+            Perms::of(&self.default),
+        )
+    }
+}
+
+/// A list of operation words.
+fn ops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Op>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|w| Op::parse(w).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// Networks as `allow` lists them: a CIDR, or one address.
+fn nets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_net(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// A network (`10.1.0.0/16`) or one address (`192.168.7.3`, `::1`).
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("bad network {s:?}: want an address or a CIDR such as 10.1.0.0/16"))
+}
+
+fn one_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Addr, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
+}
+
+fn some_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Addr>, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "" | "none" => Ok(None),
+        s => s.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// Limits a bad or hostile client cannot pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -94,6 +331,12 @@ pub struct Limits {
     /// Connections served at once.
     #[serde(deserialize_with = "positive")]
     pub max_connections: usize,
+    /// Connections served at once from one IP address.
+    #[serde(deserialize_with = "positive")]
+    pub max_per_address: usize,
+    /// Topics the server holds at once.
+    #[serde(deserialize_with = "positive")]
+    pub max_topics: usize,
     /// Fids one connection may hold at once.
     #[serde(deserialize_with = "positive")]
     pub max_fids: usize,
@@ -334,9 +577,6 @@ struct TopicName {
 /// A list of addresses, each parsed as the command line parses it.
 fn addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Addr>, D::Error> {
     let addrs = Vec::<String>::deserialize(d)?;
-    if addrs.is_empty() {
-        return Err(serde::de::Error::custom("no address to listen on"));
-    }
     addrs
         .iter()
         .map(|s| s.parse().map_err(serde::de::Error::custom))
@@ -380,6 +620,38 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Every listener: `listen`'s addresses (no rules) and `[[listener]]`s.
+    pub fn listeners(&self) -> Vec<ListenerSpec> {
+        let plain = self.listen.iter().cloned().map(ListenerSpec::plain);
+        plain.chain(self.listener.iter().cloned()).collect()
+    }
+
+    /// Protected mode (as Redis has): refuse a listener that anyone
+    /// beyond this machine could reach and use for everything — no TLS
+    /// client certificates, no address rules, no access rules — unless
+    /// `allow_open` says an open server is wanted. Nothing is bound yet.
+    pub fn check_protected(&self) -> Result<(), String> {
+        if self.allow_open || !self.access.rule.is_empty() {
+            return Ok(());
+        }
+        match self
+            .listeners()
+            .iter()
+            .find(|l| !l.addr.is_loopback() && !l.guarded())
+        {
+            None => Ok(()),
+            Some(l) => Err(format!(
+                "protected mode: {} is reachable beyond this machine with no TLS client \
+                 certificates, no address rules and no access rules, so anyone who reaches it \
+                 could read, write and remove every topic. Add `allow = [\"10.0.0.0/8\"]` \
+                 to a [[listener]] (--allow), a tls! listener with client_ca (--client-ca), \
+                 or [[access.rule]]s; or set allow_open = true (--open) if an open server \
+                 is what you want",
+                l.addr
+            )),
+        }
+    }
+
     /// The built-in defaults alone.
     pub fn defaults() -> Config {
         Config::parse("(built-in dchan.toml)", "").expect("the built-in dchan.toml is valid")
@@ -446,6 +718,21 @@ impl Config {
             if max > budget {
                 return Err(over_budget(format!("topic {:?}:", t.name), max));
             }
+        }
+        if config.listeners().is_empty() {
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                line: None,
+                reason: "no address to listen on (listen is empty and there is no [[listener]])"
+                    .into(),
+            });
+        }
+        for l in &config.listener {
+            l.check().map_err(|reason| ConfigError::Invalid {
+                file: file.to_string(),
+                line: None,
+                reason: format!("[[listener]] {reason}"),
+            })?;
         }
         Ok(config)
     }
@@ -604,7 +891,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("config my.toml:1: no address to listen on"),
+            e.starts_with("config my.toml: no address to listen on"),
             "{e}"
         );
 

@@ -87,6 +87,20 @@ pub struct Attach {
     /// The numeric uid of 9P2000.u/.L, `proto::NONUNAME` when absent.
     pub n_uname: u32,
     pub dialect: Dialect,
+    /// Who the listener proved the client to be — a TLS client
+    /// certificate's name, a Unix-socket peer's user — or `None` where
+    /// only `uname`, which the client asserts, says who it is.
+    pub user: Option<String>,
+    /// The client's address, for logs (`IP:PORT`, or `unix`).
+    pub peer: String,
+}
+
+impl Attach {
+    /// The user the tree should take this client for: the proven one, else
+    /// the asserted `uname`.
+    pub fn user(&self) -> &str {
+        self.user.as_deref().unwrap_or(&self.uname)
+    }
 }
 
 /// Where a directory listing carries on (see [`FileTree::readdir_page`]):

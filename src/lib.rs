@@ -3,6 +3,8 @@
 //! The layers, each ignorant of the one above (arrows point down):
 //!
 //! - `proto`  — the 9P wire protocol: message values, their codec, framing.
+//! - `tls`    — TLS settings from PEM files, for listeners, client and tunnel.
+//! - `access` — access rules: which user may read, write or administer which topics.
 //! - `cut`    — cutting a future short with an answer (a deadline, a flush).
 //! - `fs`     — the file-tree interface between the engine and what it serves.
 //! - `engine` — the 9P connection engine: listeners, tags, fids, Tflush, limits.
@@ -11,11 +13,14 @@
 //!   `memory` (in this process) and `durable` (a segment log in a directory).
 //! - `tree`   — the topic tree: a broker's topics as directories of files (a `FileTree`).
 //! - `config` — the server's TOML configuration over the built-in `dchan.toml`.
+//! - `metrics` — Prometheus metrics and a health check over HTTP (`serve --metrics`).
 //! - `serve`  — `dchan serve`: configuration, logging, broker, tree and engine, shutdown.
 //! - `client` — dchan's own 9P client: many requests per connection, flush, topics by name.
+//! - `tunnel` — `dchan tunnel`: a local plaintext port carried to a remote TLS listener.
 //! - `bench`  — the workloads of `dchan bench`, shared with the peers' benchmark.
 //! - `pipeline` — `dchan run 'a | b'` and `dchan worker`: stages over topics, a client.
 
+pub mod access;
 pub mod bench;
 pub mod broker;
 pub mod client;
@@ -23,11 +28,14 @@ pub mod config;
 pub mod cut;
 pub mod engine;
 pub mod fs;
+pub mod metrics;
 pub mod pipeline;
 pub mod proto;
 pub mod ramfs;
 pub mod serve;
+pub mod tls;
 pub mod tree;
+pub mod tunnel;
 
 /// The literate book (`literate/`), included so that `cargo test --doc`
 /// compiles and runs its Rust examples: the book cannot drift from the code.
@@ -53,4 +61,6 @@ pub mod literate {
     pub struct Pipelines;
     #[doc = include_str!("../literate/10-log.md")]
     pub struct Log;
+    #[doc = include_str!("../literate/11-security.md")]
+    pub struct Security;
 }

@@ -3,7 +3,9 @@
 //! SIGINT or SIGTERM.
 //!
 //! ```text
-//! dchan serve [--listen ADDR]... [--config FILE] [--log LEVEL]
+//! dchan serve [--listen ADDR]... [--config FILE] [--log LEVEL] [--log-format text|json]
+//!             [--open] [--allow NET]... [--cert FILE --key FILE [--client-ca FILE]]
+//!             [--metrics ADDR] [--data DIR | --nats URL,...]
 //! ```
 //! The binary only parses its arguments and calls [`main`]; [`run`] is the
 //! server itself, and takes its shutdown signal as a future so that a test
@@ -26,12 +28,14 @@ use std::time::Duration;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+use crate::broker::JetStreamBroker;
 use crate::broker::durable::{DurableBroker, OpenError as DurableError, Options as DurableOptions};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::{self, Broker};
-use crate::config::{Config, ConfigError};
-use crate::engine::{self, Addr, Connections, Limits, Listener};
+use crate::config::{Config, ConfigError, Engine, ListenerSpec};
+use crate::engine::{self, Addr, Connections, Entrance, Guard, Limits, Listener};
 use crate::fs::FileTree;
+use crate::metrics;
 use crate::ramfs::RamFs;
 use crate::tree::{TopicTree, TreeConfig};
 
@@ -48,6 +52,38 @@ pub struct ServeArgs {
     /// Log filter, such as debug or dchan=trace [default: $RUST_LOG, else info]
     #[arg(long, value_name = "LEVEL")]
     pub log: Option<String>,
+    /// Log lines as text (for people) or JSON objects, one a line (for
+    /// log collectors)
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// Start even with a listener reachable beyond this machine that has
+    /// no TLS client certificates, no address rules and no access rules
+    /// (protected mode off; the config's allow_open)
+    #[arg(long)]
+    pub open: bool,
+    /// Networks or addresses that may connect to the --listen addresses
+    /// (repeatable; 10.1.0.0/16, 192.168.7.3); others are closed at once
+    #[arg(long, value_name = "NET", value_parser = crate::config::parse_net)]
+    pub allow: Vec<ipnet::IpNet>,
+    /// The certificate chain (PEM) of the --listen tls! addresses
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of the --listen tls! addresses
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The CA (PEM) whose certificate every client of the --listen tls!
+    /// addresses must show (mutual TLS; the certificate's name is the user)
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve GET /metrics (Prometheus) and GET /healthz over HTTP here,
+    /// such as tcp!127.0.0.1!9640
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<Addr>,
+    /// Keep topics in the NATS JetStream cluster at these servers, shared
+    /// with every dchan server given the same (sets [broker] engine =
+    /// "jetstream" and nats)
+    #[arg(long, value_name = "URL,...", value_delimiter = ',')]
+    pub nats: Vec<String>,
     /// Serve an in-memory file tree instead of topics (for tests of the
     /// 9P engine with real clients)
     #[arg(long, hide = true)]
@@ -56,6 +92,16 @@ pub struct ServeArgs {
     /// `storage.data_dir`); without one, topics live in memory
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// Why the server could not start.
@@ -71,6 +117,12 @@ pub enum Error {
     Data(#[from] DurableError),
     #[error("topic {name:?} in the configuration: {source}")]
     Topic { name: String, source: broker::Error },
+    #[error("{0}")]
+    Protected(String),
+    #[error("listen on {addr}: TLS: {reason}")]
+    Tls { addr: Addr, reason: String },
+    #[error("{0}")]
+    Broker(broker::Error),
 }
 
 /// `dchan serve`: start logging, read the configuration, serve until
@@ -86,7 +138,7 @@ pub async fn main(args: ServeArgs) -> ExitCode {
 }
 
 async fn start(args: ServeArgs) -> Result<(), Error> {
-    init_logging(args.log.as_deref())?;
+    init_logging(args.log.as_deref(), args.log_format)?;
     // Before anything listens: a signal that comes once a client could
     // connect must stop the server cleanly, not kill it.
     let stop = stop_signal();
@@ -94,14 +146,16 @@ async fn start(args: ServeArgs) -> Result<(), Error> {
         Some(path) => Config::load(path)?,
         None => Config::defaults(),
     };
-    if !args.listen.is_empty() {
-        config.listen = args.listen;
+    apply_args(&mut config, &args)?;
+    if !args.nats.is_empty() {
+        config.broker.engine = Engine::Jetstream;
+        config.broker.nats = args.nats.clone();
     }
-    if let Some(dir) = args.data {
+    if let Some(dir) = args.data.clone() {
         config.storage.data_dir = dir;
     }
     if args.ramfs {
-        let listeners = bind(&config.listen).await?;
+        let listeners = bind(&config.listeners()).await?;
         let tree = Arc::new(RamFs::new());
         serve_tree(listeners, tree, &config, Connections::default(), stop).await;
         Ok(())
@@ -110,11 +164,78 @@ async fn start(args: ServeArgs) -> Result<(), Error> {
     }
 }
 
+/// Lay the command line's listeners and switches over the configuration:
+/// `--listen` replaces `listen` and every `[[listener]]`, each new address
+/// taking `--allow`, `--cert`, `--key` and `--client-ca`.
+fn apply_args(config: &mut Config, args: &ServeArgs) -> Result<(), Error> {
+    let door = !args.allow.is_empty()
+        || args.cert.is_some()
+        || args.key.is_some()
+        || args.client_ca.is_some();
+    if door && args.listen.is_empty() {
+        return Err(Error::Config(ConfigError::Invalid {
+            file: "(command line)".into(),
+            line: None,
+            reason: "--allow, --cert, --key and --client-ca apply to the --listen addresses: \
+                     give --listen too (or use [[listener]] tables in the config)"
+                .into(),
+        }));
+    }
+    if !args.listen.is_empty() {
+        config.listen = Vec::new();
+        config.listener = args
+            .listen
+            .iter()
+            .map(|addr| {
+                let tls = matches!(addr, Addr::Tls { .. });
+                ListenerSpec {
+                    addr: addr.clone(),
+                    allow: args.allow.clone(),
+                    cert: args.cert.clone().filter(|_| tls),
+                    key: args.key.clone().filter(|_| tls),
+                    client_ca: args.client_ca.clone().filter(|_| tls),
+                }
+            })
+            .collect();
+        for l in &config.listener {
+            l.check().map_err(|r| {
+                Error::Config(ConfigError::Invalid {
+                    file: "(command line)".into(),
+                    line: None,
+                    reason: r,
+                })
+            })?;
+        }
+    }
+    config.allow_open |= args.open;
+    if args.metrics.is_some() {
+        config.metrics = args.metrics.clone();
+    }
+    Ok(())
+}
+
 /// Serve topics as `config` says until `shutdown` completes; then stop
 /// accepting, answer every blocked request with an error, and return once
 /// every connection has closed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    config.check_protected().map_err(Error::Protected)?;
     let limits = config.groups.limits();
+    if config.broker.engine == Engine::Jetstream {
+        if !config.storage.data_dir.as_os_str().is_empty() {
+            return Err(Error::Config(ConfigError::Invalid {
+                file: "(configuration)".into(),
+                line: None,
+                reason: "storage.data_dir (--data) and broker.engine = \"jetstream\" (--nats) \
+                         are two engines: choose one (JetStream keeps the topics itself)"
+                    .into(),
+            }));
+        }
+        let settings = config.broker.jetstream(&config.groups);
+        let broker = JetStreamBroker::connect(settings)
+            .await
+            .map_err(Error::Broker)?;
+        return run_on(broker, config, shutdown).await;
+    }
     let data_dir = &config.storage.data_dir;
     if data_dir.as_os_str().is_empty() {
         return run_on(MemoryBroker::with_group_limits(limits), config, shutdown).await;
@@ -144,6 +265,7 @@ async fn run_on<B: Broker>(
         )
         .await
         {
+            // Durable: read back from disk; shared: made by another server.
             Ok(()) | Err(broker::Error::Exists(_)) => {}
             Err(source) => {
                 return Err(Error::Topic {
@@ -153,21 +275,53 @@ async fn run_on<B: Broker>(
             }
         }
     }
-    let listeners = bind(&config.listen).await?;
-    let connections = Connections::default();
+    // The metrics port is bound first, so that a failure there stops the
+    // server before it says it listens.
+    let metrics_at = match &config.metrics {
+        Some(addr) => {
+            let listener = Listener::bind(addr).await.map_err(|source| Error::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+            let guard = Guard {
+                allow: config.metrics_allow.clone(),
+                tls: None,
+            };
+            Some(Entrance { listener, guard })
+        }
+        None => None,
+    };
+    let listeners = bind(&config.listeners()).await?;
+    let requests = Arc::new(metrics::Requests::new());
+    let connections = match metrics_at {
+        Some(_) => Connections::observed(requests.clone()),
+        None => Connections::default(),
+    };
     let counted = connections.clone();
+    let access = Arc::new(config.access.rules());
     let tree = TopicTree::new(
         broker,
         TreeConfig {
             defaults: config.topic_defaults.topic_config(),
             max_unfinished_bytes: config.limits.max_unfinished_bytes.0,
+            access: access.clone(),
+            max_topics: config.limits.max_topics as u64,
         },
         move || counted.count(),
     );
     let tree = Arc::new(tree);
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    if let Some(entrance) = metrics_at {
+        if let Ok(at) = entrance.local_addr() {
+            println!("metrics on {at}");
+        }
+        let m = metrics::Metrics::new(tree.broker().clone(), access, connections.clone(), requests);
+        tokio::spawn(metrics::serve(entrance, Arc::new(m), stop_metrics.clone()));
+    }
     let sweeper = (config.groups.limits().idle_expiry)
         .map(|idle| tokio::spawn(sweep_idle(tree.broker().clone(), idle)));
     serve_tree(listeners, tree, &config, connections, shutdown).await;
+    stop_metrics.cancel();
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }
@@ -189,24 +343,47 @@ async fn sweep_idle<B: Broker>(broker: Arc<B>, idle: Duration) {
 /// Bind every address, then print where each listens: nothing is printed
 /// unless all of them could be bound. An address given twice is refused
 /// before any is bound (port 0 excepted: each gets a port of its own).
-async fn bind(addrs: &[Addr]) -> Result<Vec<Listener>, Error> {
+/// TLS files are read before anything is bound.
+async fn bind(specs: &[ListenerSpec]) -> Result<Vec<Entrance>, Error> {
+    let addrs: Vec<&Addr> = specs.iter().map(|s| &s.addr).collect();
     for (i, addr) in addrs.iter().enumerate() {
-        let port0 = matches!(addr, Addr::Tcp { port: 0, .. });
+        let port0 = matches!(addr, Addr::Tcp { port: 0, .. } | Addr::Tls { port: 0, .. });
         if !port0 && addrs[..i].contains(addr) {
             return Err(Error::Listen {
-                addr: addr.clone(),
+                addr: (*addr).clone(),
                 source: std::io::Error::other("address given twice"),
             });
         }
     }
-    let mut listeners = Vec::with_capacity(addrs.len());
-    let mut bound = Vec::with_capacity(addrs.len());
-    for addr in addrs {
+    let mut guards = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let tls = match spec.is_tls() {
+            true => Some(tokio_rustls::TlsAcceptor::from(
+                spec.tls_files()
+                    .server_config()
+                    .map_err(|reason| Error::Tls {
+                        addr: spec.addr.clone(),
+                        reason,
+                    })?,
+            )),
+            false => None,
+        };
+        guards.push(Guard {
+            allow: spec.allow.clone(),
+            tls,
+        });
+    }
+    let mut listeners: Vec<Entrance> = Vec::with_capacity(specs.len());
+    let mut bound = Vec::with_capacity(specs.len());
+    for (spec, guard) in specs.iter().zip(guards) {
+        let addr = &spec.addr;
         let listen_err = |source| Error::Listen {
             addr: addr.clone(),
             source,
         };
-        let listener = Listener::bind(addr).await;
+        let listener = Listener::bind(addr)
+            .await
+            .map(|listener| Entrance { listener, guard });
         let listener = match listener.and_then(|l| Ok((l.local_addr()?, l))) {
             Ok((at, l)) => {
                 bound.push(at);
@@ -228,7 +405,7 @@ async fn bind(addrs: &[Addr]) -> Result<Vec<Listener>, Error> {
 
 /// The Unix sockets among `listeners`, each with its inode, to remove at a
 /// clean stop (only if the file there is still the one this server made).
-fn unix_sockets(listeners: &[Listener]) -> Vec<(PathBuf, u64)> {
+fn unix_sockets(listeners: &[Entrance]) -> Vec<(PathBuf, u64)> {
     use std::os::unix::fs::MetadataExt;
     listeners
         .iter()
@@ -253,7 +430,7 @@ fn remove_sockets(sockets: Vec<(PathBuf, u64)>) {
 }
 
 async fn serve_tree<T: FileTree>(
-    listeners: Vec<Listener>,
+    listeners: Vec<Entrance>,
     tree: Arc<T>,
     config: &Config,
     connections: Connections,
@@ -263,6 +440,7 @@ async fn serve_tree<T: FileTree>(
     let limits = Limits {
         max_msize: l.max_msize,
         max_connections: l.max_connections,
+        max_per_address: l.max_per_address,
         max_fids: l.max_fids,
         max_in_flight: l.max_in_flight,
     };
@@ -274,7 +452,7 @@ async fn serve_tree<T: FileTree>(
 
 /// Logs to stderr, filtered by `level`, else `$RUST_LOG`, else `info`.
 /// A subscriber already installed (by a caller) is left in place.
-fn init_logging(level: Option<&str>) -> Result<(), Error> {
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), Error> {
     let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
     let filter = level.map(str::to_string).or(from_env);
     let filter = filter.as_deref().unwrap_or("info");
@@ -282,11 +460,13 @@ fn init_logging(level: Option<&str>) -> Result<(), Error> {
         filter: filter.to_string(),
         reason,
     })?;
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => logs.json().try_init(),
+    };
     Ok(())
 }
 

@@ -59,6 +59,9 @@ async fn every_workload_runs_clean_and_reports() {
         &["pipe", "--depth", "16", "--size", "4096"],
         &["queue", "--producers", "3", "--consumers", "2"],
         &["fanout", "--groups", "4", "--depth", "4"],
+        &["pipe", "--batch", "64", "--size", "1024"],
+        &["queue", "--batch", "16", "--depth", "2"],
+        &["fanout", "--groups", "4", "--batch", "16"],
         &["conns", "--conns", "200"],
         &["backlog", "--count", "3000"],
     ];

@@ -185,6 +185,8 @@ async fn measure_200k_groups() {
             aname: String::new(),
             n_uname: 0,
             dialect: Dialect::P2000L,
+            user: None,
+            peer: String::new(),
         })
         .unwrap();
     let n = 200;

@@ -78,3 +78,50 @@ mod durable {
 
     include!("contract/random.rs");
 }
+
+#[path = "nats/mod.rs"]
+mod nats;
+
+/// The JetStream engine, on a one-node NATS server of its own per run.
+/// Its waits are on the real clock (JetStream's), so only the
+/// multi-threaded runs apply.
+mod jetstream {
+    use std::collections::HashMap;
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use dchan::broker::{
+        Broker, Cut, Delivery, Error, JetStreamBroker, JetStreamConfig, Seq, Setting, TopicConfig,
+        Wait, resolve_now,
+    };
+    use parking_lot::Mutex;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    use super::contract::Under;
+
+    type B = Under<JetStreamBroker>;
+    const PAUSED_CLOCK: bool = false;
+
+    async fn new_engine() -> B {
+        let cluster = super::nats::Cluster::start(1).await;
+        let engine = JetStreamBroker::connect(JetStreamConfig {
+            servers: cluster.url_list(),
+            // A delivery that reached no reader (its pull's request was
+            // answered after the client gave up on it) comes back then.
+            ack_wait: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await
+        .expect("connect to the test's NATS");
+        Under {
+            engine,
+            _keep: Some(Box::new(cluster)),
+        }
+    }
+
+    include!("contract/random.rs");
+}

@@ -60,3 +60,43 @@ mod durable {
 
     include!("contract/rules.rs");
 }
+
+#[path = "nats/mod.rs"]
+mod nats;
+
+/// The JetStream engine, on a one-node NATS server of its own per test
+/// (scripts/setup-nats installs it). Where a rule cannot hold across
+/// machines the test says so (`JETSTREAM`) and chapter 7 says why.
+mod jetstream {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use dchan::broker::{
+        Broker, Cut, Delivery, Error, JetStreamBroker, JetStreamConfig, Seq, Setting, Target,
+        TopicConfig, Wait, resolve_now,
+    };
+    use futures_util::poll;
+
+    use super::contract::Under;
+
+    type Engine = JetStreamBroker;
+    type B = Under<Engine>;
+
+    async fn new_engine() -> B {
+        let cluster = super::nats::Cluster::start(1).await;
+        let engine = JetStreamBroker::connect(JetStreamConfig {
+            servers: cluster.url_list(),
+            ..Default::default()
+        })
+        .await
+        .expect("connect to the test's NATS");
+        Under {
+            engine,
+            _keep: Some(Box::new(cluster)),
+        }
+    }
+
+    include!("contract/rules.rs");
+}

@@ -800,6 +800,56 @@ async fn a_reply_to_an_unknown_tag_times_out_in_one_plain_line() {
     fails(o, 1, "dchan: stat t1: timed out after 300ms");
 }
 
+/// Issue 12: standard input goes out many lines to a Twrite, each line one
+/// message, in order; `pull --follow` into a file, and with --batch into a
+/// pipe, reads in batches and prints exactly what was pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_and_follow_move_lines_in_batches_losing_and_doubling_none() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "big", "--capacity", "1000000"]).await);
+    let script = r#"seq 1 100000 | "$DCHAN" push big && "$DCHAN" stat big"#;
+    let stat = sh(a, script).await;
+    assert!(stat.contains("pending 100000\n"), "{stat}");
+    // Into a file (not a pipe): batches. Into a pipe: with --batch.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("out");
+    let follow = format!(
+        r#""$DCHAN" pull big --follow > {0} & sleep 0.5; "$DCHAN" close big; wait; md5sum < {0}"#,
+        file.display()
+    );
+    let want = sh(a, "seq 1 100000 | md5sum").await;
+    assert_eq!(sh(a, &follow).await, want);
+    ok(dchan(a, &["create", "p", "--capacity", "1000000"]).await);
+    let script = r#"seq 1 50000 | "$DCHAN" push p; ("$DCHAN" pull p --follow --batch | md5sum) & sleep 0.5; "$DCHAN" close p; wait"#;
+    let want = sh(a, "seq 1 50000 | md5sum").await;
+    assert_eq!(sh(a, script).await, want);
+    s.stop().await;
+}
+
+/// A write of many lines to a capacity-0 topic returns once readers took
+/// every line; each line is one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_lines_to_a_rendezvous_topic_returns_once_all_were_taken() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "meet"]).await);
+    let mut push = spawn(a, &["push", "meet"], true);
+    let mut stdin = push.stdin.take().unwrap();
+    stdin.write_all(b"a\nb\nc\nd\n").await.unwrap();
+    drop(stdin);
+    until_stat(a, "meet", "blocked_writers 1\n").await;
+    assert_eq!(
+        ok(dchan(a, &["pull", "meet", "-n", "3"]).await),
+        "a\nb\nc\n"
+    );
+    // One line is still to be taken: the push has not returned.
+    until_stat(a, "meet", "blocked_writers 1\n").await;
+    assert_eq!(ok(dchan(a, &["pull", "meet"]).await), "d\n");
+    ok(patiently(push.wait_with_output()).await.unwrap());
+    s.stop().await;
+}
+
 /// Issue 16: many topics in one command, many to a write of the root ctl;
 /// `ls` reads the server's `topics` file (one line per topic, a header
 /// naming the columns) and keeps its table.

@@ -9,6 +9,8 @@
 //! seconds. The guest prints one `CHECK <name> ok|FAIL ...` line per check;
 //! the test prints the whole table and fails listing the failed checks.
 
+mod certs;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,10 +38,17 @@ impl Server {
     /// Start `dchan serve ARGS --listen tcp!127.0.0.1!0` and read the port
     /// it got from its `listening on tcp!127.0.0.1!PORT` line.
     fn start(name: &str, args: &[&str], dir: &Path) -> Server {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--listen", "tcp!127.0.0.1!0"]);
+        Server::start_raw(name, &all, dir)
+    }
+
+    /// `dchan ARGS` (a server or a tunnel on 127.0.0.1), its port read
+    /// from its first `listening on ...!127.0.0.1!PORT` line.
+    fn start_raw(name: &str, args: &[&str], dir: &Path) -> Server {
         let log = dir.join(format!("{name}.log"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_dchan"))
             .args(args)
-            .args(["--listen", "tcp!127.0.0.1!0"])
             // DCHAN_GUEST_LOG=debug shows the 9P traffic in the log.
             .env(
                 "RUST_LOG",
@@ -58,7 +67,11 @@ impl Server {
         thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
         let port = first
             .trim()
-            .strip_prefix("listening on tcp!127.0.0.1!")
+            .strip_prefix("listening on ")
+            .and_then(|a| {
+                a.strip_prefix("tcp!127.0.0.1!")
+                    .or(a.strip_prefix("tls!127.0.0.1!"))
+            })
             .and_then(|p| p.parse().ok());
         let mut server = Server {
             child,
@@ -115,6 +128,7 @@ fn linux(kernel: &str) {
     let checks = guest_checks(dir.path());
     let ramfs = Server::start("ramfs", &["serve", "--ramfs"], dir.path());
     let topics = Server::start("topics", &["serve"], dir.path());
+    let secure = Secure::start(dir.path());
     let many = Server::start("many", &["serve"], dir.path());
     make_many(&format!("tcp!127.0.0.1!{}", many.port));
 
@@ -136,6 +150,8 @@ fn linux(kernel: &str) {
         .arg(checks.join("linux.sh"))
         .arg(format!("--env=RAMFS_PORT={}", ramfs.port))
         .arg(format!("--env=TOPIC_PORT={}", topics.port))
+        .arg(format!("--env=SECURE_PORT={}", secure.rules.port))
+        .arg(format!("--env=TUNNEL_PORT={}", secure.tunnel.port))
         .arg(format!("--env=MANY_PORT={}", many.port))
         .arg(format!("--env=MANY_LEAVES={}", many_names().len()))
         // For `dchan mount` run as root in the guest (tests/guest/linux.sh).
@@ -214,12 +230,88 @@ fn linux(kernel: &str) {
             ramfs.log_tail(),
             topics.log_tail(),
         );
+        // (The security servers' logs: secure.rules.log_tail() and friends.)
     }
     assert!(
         checks.len() > 20,
         "Linux {kernel}: too few checks ran: {}",
         checks.len()
     );
+}
+
+/// Issue 11's servers for tests/guest/security.sh: one with access rules
+/// (alice everything on sec-*, bob read), and a TLS one with client
+/// certificates (alice everything) reached through `dchan tunnel`.
+struct Secure {
+    rules: Server,
+    _tls: Server,
+    tunnel: Server,
+}
+
+impl Secure {
+    fn start(dir: &Path) -> Secure {
+        let rules = r#"
+[[access.rule]]
+topics = ["sec-*"]
+users = ["alice"]
+allow = ["read", "write", "admin"]
+
+[[access.rule]]
+topics = ["sec-*"]
+users = ["bob"]
+allow = ["read"]
+"#;
+        let file = dir.join("rules.toml");
+        std::fs::write(&file, rules).unwrap();
+        let rules = Server::start("rules", &["serve", "--config", file.to_str().unwrap()], dir);
+        let tls_rules = "[[access.rule]]\ntopics = [\"*\"]\nusers = [\"alice\"]\nallow = [\"read\", \"write\", \"admin\"]\n";
+        let tls_file = dir.join("tls.toml");
+        std::fs::write(&tls_file, tls_rules).unwrap();
+        let ca = certs::Ca::new(dir, "guest");
+        let server = ca.server();
+        let alice = ca.client("alice");
+        let p = |p: &Path| p.display().to_string();
+        let tls = Server::start_raw(
+            "tls",
+            &[
+                "serve",
+                "--config",
+                &p(&tls_file),
+                "--listen",
+                "tls!127.0.0.1!0",
+                "--cert",
+                &p(&server.cert),
+                "--key",
+                &p(&server.key),
+                "--client-ca",
+                &p(&ca.cert()),
+            ],
+            dir,
+        );
+        let to = format!("tls!127.0.0.1!{}", tls.port);
+        let tunnel = Server::start_raw(
+            "tunnel",
+            &[
+                "tunnel",
+                "--listen",
+                "tcp!127.0.0.1!0",
+                "--to",
+                &to,
+                "--cert",
+                &p(&alice.cert),
+                "--key",
+                &p(&alice.key),
+                "--ca",
+                &p(&ca.cert()),
+            ],
+            dir,
+        );
+        Secure {
+            rules,
+            _tls: tls,
+            tunnel,
+        }
+    }
 }
 
 /// Issue 16's nested topics: five levels, [`MANY_FANOUT`] names at each,

@@ -106,3 +106,28 @@ fn topics_over_plain_9p2000() {
     let server = Server::start(&[]);
     run_script("topics.py", &server, &[]);
 }
+
+/// Access rules (issue 11): "permission denied" for bob where the rules
+/// say so, over plain 9P2000, and nothing changed.
+#[test]
+fn access_rules_over_plain_9p2000() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dchan.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[access.rule]]
+topics = ["billing/*"]
+users = ["alice"]
+allow = ["read", "write", "admin"]
+
+[[access.rule]]
+topics = ["billing/*"]
+users = ["bob"]
+allow = ["read"]
+"#,
+    )
+    .unwrap();
+    let server = Server::start(&["--config", file.to_str().unwrap()]);
+    run_script("access.py", &server, &[]);
+}

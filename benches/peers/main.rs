@@ -65,8 +65,9 @@ async fn main() {
             go(core, workload, &args.opts).await
         }
         Peer::Jetstream => {
-            let in_flight = args.opts.group_in_flight(workload);
-            let depth = args.opts.reader_depth(workload);
+            let k = args.opts.batch;
+            let in_flight = args.opts.group_in_flight(workload) * k;
+            let depth = args.opts.reader_depth(workload) * k;
             let js = nats::JetStream::new(&args.addr, depth, in_flight).await;
             go(js, workload, &args.opts).await
         }

@@ -13,6 +13,10 @@
 //! returns (the ack is sent, not confirmed). The consumer allows as many
 //! unacknowledged messages as the group has pulls in flight (`max_ack_pending`)
 //! and each reader asks for `--depth` at a time, so "depth 1" is depth 1.
+//! With `--batch` k: core publishes k and flushes once per batch (times
+//! the depth), a reader takes what has arrived, up to k; JetStream has k
+//! publishes in flight per push, its consumers pull batches of depth × k
+//! (as many unacked allowed), and a reader takes up to k of them at once.
 //! Streams are deleted after each run.
 
 use bytes::Bytes;
@@ -137,6 +141,17 @@ impl Writer for Publisher {
         }
         Ok(())
     }
+
+    /// k publishes (buffered by the client), then the depth's flushes.
+    async fn push_batch(&self, msgs: Vec<Bytes>) -> Result<()> {
+        for m in msgs {
+            self.client.publish(self.subject.clone(), m).await?;
+        }
+        if (self.pushed.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(self.depth) {
+            self.client.flush().await?;
+        }
+        Ok(())
+    }
 }
 
 impl Reader for Subscription {
@@ -145,6 +160,23 @@ impl Reader for Subscription {
             Some(m) => Ok(m.payload),
             None => Err("subscription ended".into()),
         }
+    }
+
+    /// The next message, waiting, then those already received (up to k).
+    async fn pull_batch(&self, max: usize) -> Result<Vec<Bytes>> {
+        use futures_util::FutureExt;
+        let mut sub = self.sub.lock().await;
+        let Some(first) = sub.next().await else {
+            return Err("subscription ended".into());
+        };
+        let mut msgs = vec![first.payload];
+        while msgs.len() < max {
+            match sub.next().now_or_never() {
+                Some(Some(m)) => msgs.push(m.payload),
+                _ => break,
+            }
+        }
+        Ok(msgs)
     }
 }
 
@@ -287,6 +319,18 @@ impl Writer for JsPublisher {
         self.js.publish(self.subject.clone(), msg).await?.await?;
         Ok(())
     }
+
+    /// k asynchronous publishes in flight, then every acknowledgement.
+    async fn push_batch(&self, msgs: Vec<Bytes>) -> Result<()> {
+        let mut acks = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            acks.push(self.js.publish(self.subject.clone(), m).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        Ok(())
+    }
 }
 
 impl Reader for JsSubscription {
@@ -297,5 +341,29 @@ impl Reader for JsSubscription {
         };
         m.ack().await?;
         Ok(m.payload.clone())
+    }
+
+    /// The next message, waiting, then those the pull batch already
+    /// brought (up to k), each acked.
+    async fn pull_batch(&self, max: usize) -> Result<Vec<Bytes>> {
+        use futures_util::FutureExt;
+        let mut messages = self.messages.lock().await;
+        let mut got = match messages.next().await {
+            Some(m) => vec![m?],
+            None => return Err("consumer stream ended".into()),
+        };
+        while got.len() < max {
+            match messages.next().now_or_never() {
+                Some(Some(m)) => got.push(m?),
+                _ => break,
+            }
+        }
+        drop(messages);
+        let mut msgs = Vec::with_capacity(got.len());
+        for m in got {
+            m.ack().await?;
+            msgs.push(m.payload.clone());
+        }
+        Ok(msgs)
     }
 }

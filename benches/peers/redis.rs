@@ -1,5 +1,6 @@
 //! Redis lists as a system under test: a topic is a list, a push is RPUSH,
-//! a pull is BLPOP. Lists have no reader groups (no fanout) and no capacity
+//! a pull is BLPOP. With `--batch` k a push is one RPUSH of k values and a
+//! pull is `LPOP key k` (a BLPOP when the list is empty). Lists have no reader groups (no fanout) and no capacity
 //! (producers never wait). What a list still holds is its LLEN; its key is
 //! deleted after each run.
 
@@ -96,6 +97,18 @@ impl Writer for List {
             .await?;
         Ok(())
     }
+
+    /// One RPUSH of all k.
+    async fn push_batch(&self, msgs: Vec<Bytes>) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let mut c = cmd("RPUSH");
+        c.arg(&self.key);
+        for m in &msgs {
+            c.arg(m.as_ref());
+        }
+        c.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
 }
 
 impl Reader for List {
@@ -107,5 +120,20 @@ impl Reader for List {
             .query_async(&mut conn)
             .await?;
         Ok(value.into())
+    }
+
+    /// LPOP key k (Redis 6.2+): up to k at once; on an empty list, one
+    /// BLPOP waits for the next.
+    async fn pull_batch(&self, max: usize) -> Result<Vec<Bytes>> {
+        let mut conn = self.conn.clone();
+        let got: Option<Vec<Vec<u8>>> = cmd("LPOP")
+            .arg(&self.key)
+            .arg(max)
+            .query_async(&mut conn)
+            .await?;
+        match got {
+            Some(v) if !v.is_empty() => Ok(v.into_iter().map(Bytes::from).collect()),
+            _ => Ok(vec![self.pull().await?]),
+        }
     }
 }

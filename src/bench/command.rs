@@ -58,7 +58,7 @@ pub async fn main(args: BenchArgs) -> ExitCode {
         return topics(&args, listen).await;
     }
     let system = tokio::select! {
-        s = Dchan::connect(&args.addr, args.dialect) => s,
+        s = Dchan::connect(&args.addr, args.dialect) => s.map(|s| s.with_batches(args.opts.batch > 1)),
         why = &mut listen => {
             eprintln!("dchan: bench {:?}: interrupted by {why}", args.workload);
             return interrupted_exit(&why);

@@ -11,7 +11,9 @@
 //! file; what a group still holds is its `lag` plus `unacked` in the
 //! topic's ctl file. A refusal reads in the server's words where the wire
 //! has them: a connection refused in 9P2000.L (an errno alone) is asked
-//! again in 9P2000.u for its reason.
+//! again in 9P2000.u for its reason. With `--batch` k above 1 a writer
+//! sends its k messages (lines) in one Twrite, and readers attach as
+//! `GROUP:batch`, so that each Tread returns every whole message there.
 
 use std::sync::Arc;
 
@@ -26,18 +28,27 @@ use crate::proto::Dialect;
 pub struct Dchan {
     addr: String,
     dialect: Dialect,
+    /// Whether readers attach as `GROUP:batch` (`--batch` above 1).
+    batch: bool,
     /// A connection for creating topics.
     admin: Client,
 }
 
 impl Dchan {
     pub async fn connect(addr: &str, dialect: Dialect) -> Result<Dchan> {
-        let admin = attach(addr, "", dialect).await?;
+        let admin = attach(addr, "", dialect, false).await?;
         Ok(Dchan {
             addr: addr.to_string(),
             dialect,
+            batch: false,
             admin,
         })
+    }
+
+    /// Readers take batches: each pull returns every whole message there.
+    pub fn with_batches(mut self, batch: bool) -> Dchan {
+        self.batch = batch;
+        self
     }
 }
 
@@ -91,7 +102,7 @@ impl System for Dchan {
 
     async fn connect(&self, group: &str) -> Result<DchanConn> {
         Ok(DchanConn {
-            client: Arc::new(attach(&self.addr, group, self.dialect).await?),
+            client: Arc::new(attach(&self.addr, group, self.dialect, self.batch).await?),
         })
     }
 }
@@ -120,6 +131,20 @@ impl Writer for Pusher {
     async fn push(&self, msg: Bytes) -> Result<()> {
         Pusher::push(self, msg).await.map_err(explain)
     }
+
+    /// The messages (lines) joined, in one Twrite where they fit.
+    async fn push_batch(&self, msgs: Vec<Bytes>) -> Result<()> {
+        let mut joined = bytes::BytesMut::with_capacity(msgs.iter().map(Bytes::len).sum());
+        for m in &msgs {
+            joined.extend_from_slice(m);
+        }
+        let (n, done) = self.push_lines(joined.freeze()).await;
+        done.map_err(explain)?;
+        match n as usize == msgs.len() {
+            true => Ok(()),
+            false => Err(format!("{} lines pushed of {}", n, msgs.len()).into()),
+        }
+    }
 }
 
 impl Reader for Pullers {
@@ -133,13 +158,33 @@ impl Reader for Pullers {
         self.idle.lock().push(puller);
         msg.ok_or_else(|| "topic closed".into())
     }
+
+    /// On a `:batch` session a pull is every whole message there, each a
+    /// line: cut at the newlines (`max` does not apply).
+    async fn pull_batch(&self, _max: usize) -> Result<Vec<Bytes>> {
+        let batch = self.pull().await?;
+        let mut msgs = Vec::new();
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', &batch) {
+            msgs.push(batch.slice(start..=nl));
+            start = nl + 1;
+        }
+        if start < batch.len() {
+            msgs.push(batch.slice(start..));
+        }
+        Ok(msgs)
+    }
 }
 
 /// Connect and attach as `group`. A refusal in 9P2000.L is an errno
 /// alone, so the server is asked again in 9P2000.u, whose Rerror carries
 /// its own words ("too many connections (the server serves 2 at once)").
-async fn attach(addr: &str, group: &str, dialect: Dialect) -> Result<Client> {
-    match Client::connect(addr, &Options::group(group).dialect(dialect)).await {
+async fn attach(addr: &str, group: &str, dialect: Dialect, batch: bool) -> Result<Client> {
+    let opts = Options {
+        batch,
+        ..Options::group(group).dialect(dialect)
+    };
+    match Client::connect(addr, &opts).await {
         Ok(c) => Ok(c),
         Err(e @ Error::Server { .. }) if dialect == Dialect::P2000L => {
             let again = Options::group(group).dialect(Dialect::P2000u);

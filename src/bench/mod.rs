@@ -95,6 +95,14 @@ pub struct Options {
     /// has its own connection, and dchan's connections take 1024 at once).
     #[arg(long, default_value_t = 1, value_parser = depth)]
     pub depth: usize,
+    /// Messages per request (pipe, queue, fanout; 1 to 4096): a producer
+    /// pushes this many in one write (dchan: lines of one Twrite; Redis:
+    /// one RPUSH; NATS: publishes then one flush; JetStream: this many
+    /// publishes in flight), and a reader takes up to this many in one
+    /// request (dchan: every whole message there, in one Tread of a
+    /// `:batch` session; Redis: LPOP key k; JetStream: a pull batch).
+    #[arg(long, default_value_t = 1, value_parser = batch)]
+    pub batch: usize,
     /// Producers (queue; 1 to 1024).
     #[arg(long, default_value_t = 2, value_parser = parties)]
     pub producers: usize,
@@ -172,6 +180,9 @@ fn size(s: &str) -> Result<usize, String> {
 }
 fn depth(s: &str) -> Result<usize, String> {
     within(s, 1, MAX_DEPTH, " (requests in flight on one connection)")
+}
+fn batch(s: &str) -> Result<usize, String> {
+    within(s, 1, 4096, " (messages per request)")
 }
 fn parties(s: &str) -> Result<usize, String> {
     within(s, 1, 1024, "")
@@ -326,6 +337,17 @@ pub trait Conn: Send + Sync + 'static {
 pub trait Writer: Send + Sync + 'static {
     /// Push one message; returns once the system acknowledged it.
     fn push(&self, msg: Bytes) -> impl Future<Output = Result<()>> + Send;
+
+    /// Push `msgs` in order, as one request where the system can (`--batch`);
+    /// returns once the system acknowledged all. By default one at a time.
+    fn push_batch(&self, msgs: Vec<Bytes>) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            for m in msgs {
+                self.push(m).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Pulls messages from one topic for one group.
@@ -333,4 +355,11 @@ pub trait Reader: Send + Sync + 'static {
     /// Pull the next message, waiting for one. Dropped before it returns, it
     /// should take nothing (where the system allows).
     fn pull(&self) -> impl Future<Output = Result<Bytes>> + Send;
+
+    /// Pull at least one message and at most `max` (or, where the system
+    /// reads every message available at once, as many as it returns),
+    /// waiting only for the first (`--batch`). By default one.
+    fn pull_batch(&self, _max: usize) -> impl Future<Output = Result<Vec<Bytes>>> + Send {
+        async move { Ok(vec![self.pull().await?]) }
+    }
 }

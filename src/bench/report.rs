@@ -18,6 +18,8 @@ pub struct Report {
     pub variant: Option<String>,
     pub size: usize,
     pub depth: usize,
+    /// Messages per request (`--batch`).
+    pub batch: usize,
     pub producers: usize,
     pub consumers: usize,
     pub groups: usize,
@@ -83,6 +85,7 @@ impl Report {
             variant: None,
             size: opts.size,
             depth: opts.depth,
+            batch: opts.batch,
             producers,
             consumers,
             groups,

@@ -148,6 +148,13 @@ impl Writer for Arc<Socket> {
         self.write.lock().await.write_all(&msg).await?;
         Ok(())
     }
+
+    /// The k messages in one write.
+    async fn push_batch(&self, msgs: Vec<Bytes>) -> Result<()> {
+        let joined = msgs.concat();
+        self.write.lock().await.write_all(&joined).await?;
+        Ok(())
+    }
 }
 
 impl Reader for Arc<Socket> {
@@ -158,6 +165,24 @@ impl Reader for Arc<Socket> {
             return Err("echo server closed the connection".into());
         }
         Ok(line.into())
+    }
+
+    /// The first line, waiting for it, then the lines already buffered
+    /// (at most `max` in all).
+    async fn pull_batch(&self, max: usize) -> Result<Vec<Bytes>> {
+        let mut read = self.read.lock().await;
+        let mut msgs = Vec::with_capacity(max);
+        while msgs.len() < max {
+            if !msgs.is_empty() && !read.buffer().contains(&b'\n') {
+                break;
+            }
+            let mut line = Vec::with_capacity(64);
+            if read.read_until(b'\n', &mut line).await? == 0 {
+                return Err("echo server closed the connection".into());
+            }
+            msgs.push(line.into());
+        }
+        Ok(msgs)
     }
 }
 

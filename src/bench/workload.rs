@@ -445,7 +445,9 @@ async fn flow<S: System>(
     let start_mem = ProcStat::read(opts.server_pid);
     let topic = names.create(sys, "t", opts.capacity).await?;
     let depth = opts.depth.max(1);
-    let window = (depth as u64 - 1) * (1 + shape.consumers_per_group as u64);
+    // Requests in flight may reorder a producer's messages by up to
+    // this many (a batch keeps its own order, but batches may pass).
+    let window = (depth as u64 * opts.batch as u64 - 1) * (1 + shape.consumers_per_group as u64);
     let epoch = Instant::now();
 
     // Readers first, so that every group exists before the first push.
@@ -472,7 +474,7 @@ async fn flow<S: System>(
     let mut consumers = Vec::new();
     for (g, reader) in readers {
         let tally = Tally::new(opts.size, window, epoch);
-        let task = consume(reader, depth, tally, progress[g].clone(), epoch);
+        let task = consume(reader, depth, opts.batch, tally, progress[g].clone(), epoch);
         consumers.push((g, spawn(task)));
     }
 
@@ -483,8 +485,7 @@ async fn flow<S: System>(
         produce(
             w.clone(),
             payload::WARMUP,
-            opts.size,
-            depth,
+            Pace::of(opts),
             epoch,
             never.clone(),
             opts.warmup,
@@ -524,15 +525,7 @@ async fn flow<S: System>(
         .into_iter()
         .enumerate()
         .map(|(id, w)| {
-            let task = produce(
-                w,
-                id as u32,
-                opts.size,
-                depth,
-                epoch,
-                stop.clone(),
-                u64::MAX,
-            );
+            let task = produce(w, id as u32, Pace::of(opts), epoch, stop.clone(), u64::MAX);
             spawn(task)
         })
         .collect();
@@ -596,14 +589,32 @@ async fn flow<S: System>(
     Ok(())
 }
 
+/// How a producer pushes: messages of `size` bytes, `batch` to a push,
+/// `depth` pushes in flight.
+#[derive(Clone, Copy)]
+struct Pace {
+    size: usize,
+    depth: usize,
+    batch: usize,
+}
+
+impl Pace {
+    fn of(opts: &Options) -> Pace {
+        Pace {
+            size: opts.size,
+            depth: opts.depth.max(1),
+            batch: opts.batch,
+        }
+    }
+}
+
 /// One producer: keep `depth` pushes in flight until told to stop or
 /// `limit` are pushed; returns how many were acknowledged (sequence numbers
 /// `0..n`).
 async fn produce<W: Writer>(
     writer: Arc<W>,
     id: u32,
-    size: usize,
-    depth: usize,
+    Pace { size, depth, batch }: Pace,
     epoch: Instant,
     stop: Arc<AtomicBool>,
     limit: u64,
@@ -612,9 +623,12 @@ async fn produce<W: Writer>(
     let mut in_flight = FuturesUnordered::new();
     loop {
         while in_flight.len() < depth && seq < limit && !stop.load(Ordering::Relaxed) {
-            let msg = payload::encode(stamp(id, seq, epoch), size);
-            in_flight.push(writer.push(msg));
-            seq += 1;
+            let k = (batch as u64).min(limit - seq);
+            let msgs = (seq..seq + k)
+                .map(|s| payload::encode(stamp(id, s, epoch), size))
+                .collect();
+            in_flight.push(writer.push_batch(msgs));
+            seq += k;
         }
         match in_flight.next().await {
             Some(r) => r?,
@@ -627,6 +641,7 @@ async fn produce<W: Writer>(
 async fn consume<R: Reader>(
     reader: R,
     depth: usize,
+    batch: usize,
     mut tally: Tally,
     progress: Arc<Progress>,
     epoch: Instant,
@@ -634,19 +649,21 @@ async fn consume<R: Reader>(
     let mut done = progress.done.subscribe();
     let mut pulls = FuturesUnordered::new();
     for _ in 0..depth {
-        pulls.push(reader.pull());
+        pulls.push(reader.pull_batch(batch));
     }
     loop {
         tokio::select! {
             biased;
             _ = done.wait_for(|d| *d) => return Ok(tally),
-            Some(msg) = pulls.next() => {
-                if tally.record(&msg?)?.is_warmup() {
-                    progress.warm.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    progress.arrived(epoch.elapsed().as_nanos() as u64);
+            Some(msgs) = pulls.next() => {
+                for msg in msgs? {
+                    if tally.record(&msg)?.is_warmup() {
+                        progress.warm.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        progress.arrived(epoch.elapsed().as_nanos() as u64);
+                    }
                 }
-                pulls.push(reader.pull());
+                pulls.push(reader.pull_batch(batch));
             }
         }
     }
@@ -813,7 +830,7 @@ async fn backlog<S: System>(
     let progress = Arc::new(Progress::new());
     progress.target.store(count, Ordering::Relaxed);
     let tally = Tally::new(opts.size, (depth - 1) as u64 * 2, epoch);
-    let task = spawn(consume(reader, depth, tally, progress.clone(), epoch));
+    let task = spawn(consume(reader, depth, 1, tally, progress.clone(), epoch));
     let held = drain(
         sys,
         &topic,

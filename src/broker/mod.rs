@@ -3,8 +3,9 @@
 //!
 //! [`Broker`] is the interface; `memory` is the engine that keeps topics in
 //! this process, `durable` the one that also writes them to a log in a
-//! directory (the same topic rules, with a `store` under each topic). A second engine (NATS JetStream, so several dchan servers
-//! share their topics) implements the same trait.
+//! directory (the same topic rules, with a `store` under each topic), and
+//! `jetstream` the one that keeps them in a NATS JetStream cluster, so that
+//! several dchan servers share their topics.
 //!
 //! Pushes and pulls are futures that may wait (capacity, rendezvous, an empty
 //! topic). A pulled message comes as a [`Delivery`]: acked, it is done;
@@ -41,6 +42,7 @@
 
 pub mod durable;
 mod group;
+pub mod jetstream;
 mod log;
 pub mod memory;
 mod retain;
@@ -48,6 +50,7 @@ mod store;
 mod topic;
 mod waiters;
 
+pub use jetstream::{JetStreamBroker, JetStreamConfig, JetStreamDelivery};
 pub use memory::{MemoryBroker, MemoryDelivery};
 pub use retain::Retention;
 
@@ -239,6 +242,9 @@ pub enum Error {
     TooManyGroups(usize),
     #[error("message too large: {size} bytes, over the topic's max_message {max}")]
     TooLong { size: u64, max: u64 },
+    /// The engine's store (JetStream) did not answer in time or refused.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
     /// The durable engine could not keep a change on disk (a full disk:
     /// `kind` is `StorageFull`); a push that fails so was not taken.
     #[error("storage: {reason}")]

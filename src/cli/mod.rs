@@ -11,6 +11,7 @@
 //! - `ls`     — `dchan ls`.
 //! - `mount`  — `dchan mount`, `dchan umount`.
 //! - `pipe`   — `dchan run`, `dchan worker` (pipelines over topics).
+//! - `tunnel` — `dchan tunnel` (the work is `dchan::tunnel`'s).
 
 mod admin;
 mod ls;
@@ -18,8 +19,10 @@ mod mount;
 mod pipe;
 mod pull;
 mod push;
+mod tunnel;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -79,6 +82,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve topics over 9P.
     Serve(ServeArgs),
+    /// Carry a local plaintext port to a remote TLS listener (for the
+    /// kernel's 9P client, 9pfuse and plan9port, which cannot speak TLS).
+    Tunnel(tunnel::TunnelArgs),
     /// Measure a server: one workload, one JSON line (see scripts/bench).
     Bench(dchan::bench::BenchArgs),
     #[command(flatten)]
@@ -120,7 +126,7 @@ pub enum ClientCommand {
 /// Where the server is and who we are; every client subcommand takes these.
 #[derive(Args, Clone, Debug)]
 pub struct ConnArgs {
-    /// The server: tcp!HOST!PORT, HOST:PORT or unix!PATH.
+    /// The server: tcp!HOST!PORT, HOST:PORT, tls!HOST!PORT or unix!PATH.
     #[arg(long, env = "DCHAN_ADDR", default_value = DEFAULT_ADDR, value_parser = parse_addr)]
     pub addr: String,
     /// The reader group to act as (the 9P attach name); the default group is "".
@@ -132,6 +138,19 @@ pub struct ConnArgs {
     /// a topic, when the whole command has not finished within it.
     #[arg(long, value_parser = parse_timeout, default_value = "30s", value_name = "DURATION")]
     pub connect_timeout: Duration,
+    /// The user name sent in the attach (the server takes it on trust
+    /// unless TLS or a Unix socket proves who you are)
+    #[arg(long, env = "USER", default_value = "none", value_name = "NAME")]
+    pub user: String,
+    /// For tls!: this client's certificate chain (PEM), if the server asks for one
+    #[arg(long, value_name = "FILE", env = "DCHAN_CERT")]
+    pub cert: Option<PathBuf>,
+    /// For tls!: this client's private key (PEM)
+    #[arg(long, value_name = "FILE", env = "DCHAN_KEY")]
+    pub key: Option<PathBuf>,
+    /// For tls!: the CA (PEM) that signed the server's certificate
+    #[arg(long, value_name = "FILE", env = "DCHAN_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 fn parse_addr(s: &str) -> Result<String, String> {
@@ -170,8 +189,15 @@ impl ConnArgs {
     /// `connect ADDR: WHY`.
     pub async fn connect(&self) -> Result<Client, Failure> {
         let what = format!("connect {}", self.addr);
+        let mut opts = Options::group(self.group.clone());
+        opts.uname = self.user.clone();
+        opts.connect.tls = dchan::tls::TlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+        };
         let connect = async {
-            Client::connect(&self.addr, &Options::group(self.group.clone()))
+            Client::connect(&self.addr, &opts)
                 .await
                 .map_err(|e| Failure::new(what.clone(), e))
         };
@@ -254,6 +280,7 @@ impl<T> Context<T> for Result<T, client::Error> {
 pub async fn run(command: Command) -> ExitCode {
     let command = match command {
         Command::Serve(args) => return dchan::serve::main(args).await,
+        Command::Tunnel(args) => return tunnel::main(args).await,
         // Its arguments' bounds are checked as they are parsed.
         Command::Bench(args) => return dchan::bench::command::main(args).await,
         Command::Client(c) => c,

@@ -101,27 +101,28 @@ fn is_root() -> bool {
 
 /// The kernel's mount command for `addr`, as the README writes it.
 pub fn kernel_mount(addr: &Addr, group: &str, dir: &Path) -> Result<Command, String> {
-    let mut opts = match addr {
-        Addr::Tcp { port, .. } => format!("trans=tcp,port={port}"),
-        Addr::Unix(_) => "trans=unix".to_string(),
-    };
-    if !group.is_empty() {
-        opts.push_str(&format!(",aname={group}"));
-    }
     // The kernel takes an address, not a name.
-    let source = match addr {
+    let (mut opts, source) = match addr {
         Addr::Tcp { host, port } => {
             use std::net::ToSocketAddrs;
-            (host.as_str(), *port)
+            let ip = (host.as_str(), *port)
                 .to_socket_addrs()
                 .map_err(|e| format!("{host}: {e}"))?
                 .next()
                 .ok_or_else(|| format!("{host}: no address"))?
-                .ip()
-                .to_string()
+                .ip();
+            (format!("trans=tcp,port={port}"), ip.to_string())
         }
-        Addr::Unix(path) => path.display().to_string(),
+        Addr::Unix(path) => ("trans=unix".to_string(), path.display().to_string()),
+        Addr::Tls { .. } => {
+            return Err(format!(
+                "{addr}: the kernel cannot speak TLS; run `dchan tunnel --listen tcp!127.0.0.1!PORT --to {addr} ...` and mount tcp!127.0.0.1!PORT"
+            ));
+        }
     };
+    if !group.is_empty() {
+        opts.push_str(&format!(",aname={group}"));
+    }
     let mut cmd = Command::new("mount");
     cmd.args(["-t", "9p", "-o", &opts, &source]).arg(dir);
     Ok(cmd)

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use clap::Args;
-use dchan::client::Puller;
+use dchan::client::{Client, Options, Puller};
 
 use super::{ConnArgs, Context, Failure, parse_timeout, within};
 
@@ -25,10 +25,20 @@ message (or exiting), and a message the reader left unread in the pipe
 when it went away goes back too. So `dchan pull jobs -n 10 | head -n 3`
 takes exactly 3; the next pull gets the 4th.
 
+Batches. With --follow, pull takes every message waiting at once (as
+many as fit one read, about 1 MiB), printing them in one go: one request
+per batch rather than per message. Into a pipe or FIFO it does so only
+with --batch: its reader may then read a whole batch out of the pipe at
+once, and a batch goes back whole if the reader leaves any of it unread
+(so `pull --follow --batch | head -n 3` takes a batch and gives it all
+back: the next reader gets those 3 again). Without --batch, a pipe gets
+one message at a time, each taken only once read (above).
+
 Examples:
   dchan pull jobs                      one message
   dchan pull jobs -n 10                ten messages
   dchan pull jobs --follow | worker    until the topic is closed
+  dchan pull logs --follow --batch | gzip >logs.gz    fast: in batches
   dchan pull jobs --timeout 30s        give up after 30 seconds (nothing is taken)
   while msg=$(dchan pull jobs); do echo \"got $msg\"; done";
 
@@ -46,6 +56,9 @@ pub struct PullArgs {
     /// Print messages exactly as they are, adding no newline.
     #[arg(long)]
     pub raw: bool,
+    /// With --follow into a pipe: take messages in batches (see below).
+    #[arg(long, requires = "follow")]
+    pub batch: bool,
     /// Give up waiting for a message after this long (e.g. 30s; not 0; left
     /// out: wait for ever); nothing is taken then, and a message that came
     /// as time ran out is printed, not lost. Connecting and opening the
@@ -62,7 +75,10 @@ pub async fn run(args: PullArgs) -> Result<(), Failure> {
     // and never take longer than --connect-timeout.
     let start = std::time::Instant::now();
     let setup = async {
-        let client = args.conn.connect().await?;
+        let client = match batches(&args) {
+            true => connect_batch(&args.conn).await?,
+            false => args.conn.connect().await?,
+        };
         let puller = client.open_data(&args.topic).await.what(what)?;
         Ok((client, puller))
     };
@@ -89,6 +105,22 @@ pub async fn run(args: PullArgs) -> Result<(), Failure> {
             printed.map_err(Stopped::into_failure).and(closed)
         }
     }
+}
+
+/// Whether to read in batches: with --follow, into anything but a pipe
+/// (where what is written is printed), or with --batch.
+fn batches(args: &PullArgs) -> bool {
+    args.follow && (args.batch || !pipe::stdout_is_pipe())
+}
+
+/// [`ConnArgs::connect`], attached to read in batches.
+async fn connect_batch(conn: &ConnArgs) -> Result<Client, Failure> {
+    let what = format!("connect {}", conn.addr);
+    let opts = Options::group(conn.group.clone()).batch();
+    let connect = async {
+        (Client::connect(&conn.addr, &opts).await).map_err(|e| Failure::new(what.clone(), e))
+    };
+    within(conn.connect_timeout, what.clone(), connect).await
 }
 
 /// Why printing stopped early.

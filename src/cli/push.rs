@@ -5,6 +5,8 @@ use bytes::{Bytes, BytesMut};
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use dchan::client::{Framing, Pusher};
+
 use super::{ConnArgs, Failure, parse_timeout};
 
 const HELP: &str = "\
@@ -100,7 +102,14 @@ pub async fn run(args: PushArgs) -> Result<(), Failure> {
             Err(e) => Err(failed(*pushed, e.to_string())),
         }
     };
-    if args.msgs.is_empty() {
+    // Lines of standard input to a line-framed topic, with no --timeout,
+    // go out many to a Twrite (see `batched`).
+    let batch = args.timeout.is_none() && pusher.framing() == Some(Framing::Line);
+    if args.msgs.is_empty() && batch {
+        pushed = batched(&pusher, pushed)
+            .await
+            .map_err(|(n, why)| failed(n, why))?;
+    } else if args.msgs.is_empty() {
         let mut stdin = BufReader::new(tokio::io::stdin());
         loop {
             let mut line = Vec::new();
@@ -124,6 +133,72 @@ pub async fn run(args: PushArgs) -> Result<(), Failure> {
         .close()
         .await
         .map_err(|e| failed(pushed, e.to_string()))
+}
+
+/// The lines of standard input, pushed in batches: a thread reads
+/// standard input (each read(2) takes what is there, up to [`CHUNK`]) and
+/// hands on its whole lines; each batch is one or more Twrites, one in
+/// flight at a time, so the lines go out in order while the thread reads
+/// on. A batch goes as soon as the read that made it returns: a pause in
+/// the input sends what came before it. The last line, if it lacks a
+/// newline, gets one. Returns the count pushed, or that count and why the
+/// rest was not.
+async fn batched(pusher: &Pusher, mut pushed: u64) -> Result<u64, (u64, String)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    std::thread::spawn(move || read_lines(tx));
+    while let Some(chunk) = rx.recv().await {
+        let chunk = chunk.map_err(|e| {
+            let why = dchan::client::io_reason(&e);
+            (pushed, format!("read standard input: {why}"))
+        })?;
+        let (n, done) = pusher.push_lines(terminated(chunk)).await;
+        pushed += n;
+        done.map_err(|e| (pushed, e.to_string()))?;
+    }
+    Ok(pushed)
+}
+
+/// The most one read of standard input takes.
+const CHUNK: usize = 256 << 10;
+
+/// Read standard input, sending on each read's whole lines (and at the end
+/// the last line, unterminated); an error ends it.
+fn read_lines(tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) {
+    use std::io::Read;
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.capacity() - buf.len() < CHUNK / 4 {
+            buf.reserve(CHUNK);
+        }
+        let start = buf.len();
+        let room = CHUNK.min(buf.capacity() - start);
+        buf.resize(start + room, 0);
+        let n = match stdin.read(&mut buf[start..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                buf.truncate(start);
+                continue;
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        buf.truncate(start + n);
+        if n == 0 && room > 0 {
+            if !buf.is_empty() {
+                let _ = tx.blocking_send(Ok(buf.split().freeze()));
+            }
+            return;
+        }
+        if let Some(nl) = memchr::memrchr(b'\n', &buf[start..]) {
+            let lines = buf.split_to(start + nl + 1).freeze();
+            if tx.blocking_send(Ok(lines)).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// `msg` ending in a newline.

@@ -16,6 +16,25 @@ use crate::engine::Addr;
 use crate::proto::codec;
 use crate::proto::frame::FrameDecoder;
 use crate::proto::{Dialect, Fcall, Fid, Msg, NOFID, NONUNAME, NOTAG, Qid};
+use crate::tls::TlsFiles;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Dial `host:port` and speak TLS over it with `files`: the server's
+/// certificate must chain to `files.ca` and name `host`.
+pub async fn tls_connect(host: &str, port: u16, files: &TlsFiles) -> Result<TlsStream<TcpStream>> {
+    let config = files.client_config().map_err(Error::Tls)?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| Error::Tls(format!("server name {host:?}: {e}")))?;
+    let stream = TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .map_err(|e| Error::Tls(e.to_string()))
+}
 
 /// Where the server listens unless told otherwise.
 pub const DEFAULT_ADDR: &str = "tcp!127.0.0.1!5640";
@@ -40,6 +59,9 @@ pub struct ConnectOptions {
     /// the same connection waits for one too: push on another connection
     /// than more pulls than this wait on.
     pub max_in_flight: usize,
+    /// For a `tls!` address: the CA that signed the server's certificate,
+    /// and this client's certificate and key if the server asks for one.
+    pub tls: TlsFiles,
 }
 
 /// dchan's default `Limits::max_in_flight`.
@@ -54,6 +76,7 @@ impl Default for ConnectOptions {
             dialect: Dialect::P2000u,
             msize: 1 << 20,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -93,6 +116,10 @@ impl Connection {
                 let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                 stream.set_nodelay(true)?;
                 let (r, w) = stream.into_split();
+                Connection::handshake(r, w, opts).await
+            }
+            Addr::Tls { host, port } => {
+                let (r, w) = tokio::io::split(tls_connect(host, *port, &opts.tls).await?);
                 Connection::handshake(r, w, opts).await
             }
             Addr::Unix(path) => {

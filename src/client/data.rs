@@ -1,7 +1,9 @@
 //! A topic's `data` file held open: [`Puller`] reads whole messages one
 //! after another, [`Pusher`] writes them, each over a single fid.
 //!
-//! Message boundaries. dchan returns at most one message per Tread. On a
+//! Message boundaries. dchan returns at most one message per Tread (a
+//! `:batch` session, [`Options::batch`](super::Options::batch), returns a
+//! batch instead, which a [`Puller`] returns as it would one message). On a
 //! 9P2000.L or .u session it also follows "the Linux read loop" rule: once a
 //! Tread of the largest count (msize − 24, or the iounit) returned the end of
 //! a message, the next Tread at that offset returns 0 bytes, once. So a
@@ -246,6 +248,59 @@ impl Pusher {
             return Ok(());
         }
         self.file.write_all(0, data).await
+    }
+
+    /// The topic's framing when it was opened, if the pusher could read it.
+    pub fn framing(&self) -> Option<Framing> {
+        self.framing
+    }
+
+    /// Push whole lines (`lines` ends in a newline) to a `line`-framed
+    /// topic, each line one message, in order, in as few Twrites as fit:
+    /// each carries as many whole lines as fit [`File::max_io`] (a longer
+    /// line goes alone, in parts). One Twrite is in flight at a time, so
+    /// the server pushes the lines in the order written. Returns how many
+    /// lines went out, and the error that stopped the rest (the server
+    /// answers a write whose later lines cannot go a short count ending at
+    /// a line, and the rest, written again, gets the error): the lines
+    /// after that count did not go out, unless the connection was lost
+    /// ([`Error::Disconnected`], [`Error::Io`]). With capacity 0 it returns
+    /// once readers took every line. Cancelling it (dropping the future)
+    /// leaves the count unknown; there is no timeout variant for that
+    /// reason (see [`Pusher::push_timeout`] for one line at a time).
+    pub async fn push_lines(&self, mut lines: Bytes) -> (u64, Result<()>) {
+        let max = self.file.max_io() as usize;
+        let mut pushed = 0u64;
+        while !lines.is_empty() {
+            let head = &lines[..lines.len().min(max)];
+            let end = match memchr::memrchr(b'\n', head) {
+                Some(nl) => nl + 1,
+                // A line longer than one Twrite: alone, in parts.
+                None => memchr::memchr(b'\n', &lines).map_or(lines.len(), |nl| nl + 1),
+            };
+            let piece = lines.split_to(end);
+            if piece.len() > max {
+                if let Err(e) = self.file.write_all(0, piece).await {
+                    return (pushed, Err(e));
+                }
+                pushed += 1;
+                continue;
+            }
+            let mut rest = piece;
+            while !rest.is_empty() {
+                let n = match self.file.write(0, rest.clone()).await {
+                    Ok(n) => (n as usize).min(rest.len()),
+                    Err(e) => return (pushed, Err(e)),
+                };
+                if n == 0 {
+                    let e = Error::Protocol("the server took 0 bytes of a write".into());
+                    return (pushed, Err(e));
+                }
+                pushed += memchr::memchr_iter(b'\n', &rest[..n]).count() as u64;
+                rest = rest.slice(n..);
+            }
+        }
+        (pushed, Ok(()))
     }
 
     /// Clunk the fid (pushing any unterminated last line) and wait for it.

@@ -31,6 +31,10 @@ pub enum Error {
     /// The address did not parse (the reason names the forms it takes).
     #[error("{0}")]
     Address(String),
+    /// TLS could not be set up: its files, or the handshake (a server
+    /// certificate from another CA, a client certificate refused).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Connecting, reading or writing the socket failed.
     #[error("{}", io_reason(.0))]
     Io(#[from] io::Error),

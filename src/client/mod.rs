@@ -32,7 +32,7 @@ mod file;
 mod mux;
 mod topics;
 
-pub use conn::{ConnectOptions, Connection, DEFAULT_ADDR, DEFAULT_MAX_IN_FLIGHT};
+pub use conn::{ConnectOptions, Connection, DEFAULT_ADDR, DEFAULT_MAX_IN_FLIGHT, tls_connect};
 pub use data::{Puller, Pusher};
 pub use error::{Error, Result, errno_message, io_reason};
 pub use file::{DirEntry, File, MAX_DIR_BYTES, MAX_DIR_ENTRIES, MAX_TEXT, Mode};

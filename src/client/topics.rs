@@ -31,6 +31,10 @@ pub struct Options {
     pub uname: String,
     /// Dialect and msize to propose.
     pub connect: ConnectOptions,
+    /// Read in batches: attach as `GROUP:batch`, so that each
+    /// [`Puller::next`] returns every whole message available at that
+    /// moment (up to one read's count), joined; see [`Options::batch`].
+    pub batch: bool,
 }
 
 impl Default for Options {
@@ -39,6 +43,7 @@ impl Default for Options {
             group: String::new(),
             uname: std::env::var("USER").unwrap_or_else(|_| "none".into()),
             connect: ConnectOptions::default(),
+            batch: false,
         }
     }
 }
@@ -50,6 +55,19 @@ impl Options {
             group: group.into(),
             ..Options::default()
         }
+    }
+
+    /// These options reading in batches. A [`Puller`] then returns, from
+    /// each `next`, the messages available when it asked (at least one,
+    /// waiting for it as usual; at most one read's count, unless a single
+    /// message is longer), joined: every message but the last of a batch
+    /// ends in a newline, so a line-framed topic's batch is whole lines.
+    /// Batches cost one request per batch instead of one per message;
+    /// they suit a reader that wants the bytes (a pipe), not one that
+    /// counts messages.
+    pub fn batch(mut self) -> Options {
+        self.batch = true;
+        self
     }
 
     /// These options with another dialect proposed.
@@ -104,7 +122,13 @@ impl Client {
     /// Attach on an existing connection (several clients, one per group,
     /// may share one connection).
     pub async fn attach(conn: &Connection, opts: &Options) -> Result<Client> {
-        let root = conn.attach(&opts.uname, &opts.group).await?;
+        let root = match opts.batch {
+            true => {
+                conn.attach(&opts.uname, &format!("{}:batch", opts.group))
+                    .await?
+            }
+            false => conn.attach(&opts.uname, &opts.group).await?,
+        };
         Ok(Client { root })
     }
 

@@ -42,7 +42,7 @@ use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -59,9 +59,9 @@ use crate::proto::codec::{decode, encode_head};
 use crate::proto::frame::{FrameDecoder, FrameError};
 use crate::proto::{Dialect, Fcall, Fid, Msg, NOFID, Tag};
 
-use super::Limits;
-use super::listen::{ReadHalf, WriteHalf};
+use super::listen::{ReadHalf, Who, WriteHalf};
 use super::session::{Action, Done, Session};
+use super::{Limits, Observer};
 
 /// Bytes of replies not yet written from which the connection writes
 /// before reading more frames.
@@ -244,6 +244,10 @@ struct Conn<T: FileTree> {
     out: Outgoing,
     /// How many requests may wait at once.
     max_in_flight: usize,
+    /// Told of each request answered, if anyone watches.
+    observer: Option<Arc<dyn Observer>>,
+    /// With an observer: each request in flight, its type and start.
+    started: HashMap<Tag, (&'static str, Instant)>,
 }
 
 /// Serves one connection until the client leaves, breaks the protocol, or
@@ -253,19 +257,23 @@ pub async fn run<T: FileTree>(
     writer: WriteHalf,
     tree: Arc<T>,
     limits: Limits,
+    who: Who,
+    observer: Option<Arc<dyn Observer>>,
     shutdown: CancellationToken,
 ) {
     let mut w = writer;
     let mut frames = FramedRead::new(reader, FrameDecoder::new(limits.max_msize));
     let mut conn = Conn {
         max_in_flight: limits.max_in_flight,
-        session: Session::new(tree, limits),
+        session: Session::new(tree, limits, who),
         inflight: FuturesUnordered::new(),
         busy: HashMap::default(),
         reading: HashMap::default(),
         fid_busy: HashMap::default(),
         read_ends: HashMap::default(),
         out: Outgoing::default(),
+        observer,
+        started: HashMap::default(),
     };
     let mut cancelled = pin!(shutdown.cancelled());
     // Turns taken with replies waiting and no write.
@@ -327,6 +335,16 @@ pub async fn run<T: FileTree>(
 impl<T: FileTree> Conn<T> {
     fn reply(&mut self, tag: Tag, body: Fcall) {
         debug!(tag, reply = ?Brief(&body), "reply");
+        if let Some(o) = &self.observer
+            && let Some((kind, t0)) = self.started.remove(&tag)
+        {
+            let errno = match &body {
+                Fcall::Rerror { errno, .. } => Some(*errno),
+                Fcall::Rlerror { ecode } => Some(*ecode),
+                _ => None,
+            };
+            o.answered(kind, t0.elapsed(), errno);
+        }
         let dialect = self.session.dialect();
         self.out.push(&Msg { tag, body }, dialect);
     }
@@ -351,6 +369,9 @@ impl<T: FileTree> Conn<T> {
         let tag = msg.tag;
         if self.busy.contains_key(&tag) {
             return Err(End::Violation(format!("tag {tag} reused while busy")));
+        }
+        if self.observer.is_some() {
+            self.started.insert(tag, (msg.body.name(), Instant::now()));
         }
         let span = debug_span!("req", tag);
         let _enter = span.enter();
@@ -471,6 +492,7 @@ impl<T: FileTree> Conn<T> {
     /// succeeded after all, else `None` (nothing happened; no reply).
     fn cancel(&mut self, tag: Tag) -> Option<(Fid, Fcall)> {
         let fid = self.unbusy(tag)?;
+        self.started.remove(&tag);
         let mut reply = None;
         if let Some(r) = self
             .inflight

@@ -15,6 +15,7 @@ use crate::proto::{DMDIR, Dialect, Fcall, Fid, Flock, IOHDRSZ, MAXWELEM, NOFID, 
 use super::dialect;
 use super::dir::{self, DirReader};
 use super::fids::{FidEntry, FidState, Fids, OpenFile, take_handle};
+use super::listen::Who;
 use super::{Limits, MIN_MSIZE};
 
 /// What a request became.
@@ -124,11 +125,14 @@ pub struct Session<T: FileTree> {
     msize: u32,
     /// The fids of this session.
     fids: Fids<T>,
+    /// Who the listener says the client is, passed to each attach.
+    who: Who,
 }
 
 impl<T: FileTree> Session<T> {
-    pub fn new(tree: Arc<T>, limits: Limits) -> Session<T> {
+    pub fn new(tree: Arc<T>, limits: Limits, who: Who) -> Session<T> {
         Session {
+            who,
             fids: Fids::new(limits.max_fids),
             msize: limits.max_msize,
             tree,
@@ -298,6 +302,8 @@ impl<T: FileTree> Session<T> {
                     aname,
                     n_uname,
                     dialect: d,
+                    user: self.who.user.clone(),
+                    peer: self.who.addr.clone(),
                 };
                 let node = self.tree.attach(&who)?;
                 let qid = self.tree.stat(&node)?.qid;

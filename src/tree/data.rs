@@ -2,7 +2,8 @@
 //! pushed, reads that pull one message and hand it out in pieces, acks, and
 //! the Linux read loop.
 //!
-//! Reads. A read returns at most one message; what does not fit in its
+//! Reads. A read returns at most one message (unless the session asked
+//! for batches, below); what does not fit in its
 //! count comes in the next reads on the same open file. A pulled message
 //! stays unacked in the open file until the next read arrives (which proves
 //! the reply carrying its end arrived) or the file is closed; if the
@@ -15,6 +16,20 @@
 //! A read dropped while it waits (Tflush) has changed
 //! nothing: all state changes happen after the broker's pull returns, with
 //! no await in between.
+//!
+//! Batches (sessions attached as `GROUP:batch`). A read that pulls takes
+//! the first message as above (waiting for it), then, without waiting,
+//! every further message available at that moment while each so far ends
+//! in a newline and the next fits the read's count; the batch is one unit
+//! that the read and the reads after it hand out, acked as one when the
+//! next read arrives. A message that does not fit goes back to the front
+//! of its group (dropped unacked), and one without a final newline ends
+//! the batch, so where each message ends stays visible: every message but
+//! the last ends in a newline. The further pulls run with no await between
+//! them and the reader's record of the batch, so a flushed read either
+//! took nothing or is answered. The read loop and O_NONBLOCK rules below
+//! treat a batch as they treat one message, so a read(2) still never
+//! blocks once it has something and still sees end of file at close.
 //!
 //! The Linux read loop. Linux turns one read(2) into Treads until the
 //! buffer is full or a Tread returns 0 bytes. So after a Tread returned the
@@ -45,7 +60,10 @@
 //! if one fails the write fails, except that a write whose later lines would
 //! block (O_NONBLOCK), time out, or meet a closed topic after some of its
 //! lines went out returns the count of what went out, so the writer sends the
-//! rest again (and gets the error then) and nothing is doubled. (A write
+//! rest again (and gets the error then) and nothing is doubled. A reset
+//! after some lines went out returns their count as well, and the file's
+//! next write fails with the reset (on the reopened topic the rest would
+//! otherwise go through, and the writer never hear of the reset). (A write
 //! interrupted by a signal is flushed and gets no reply; Linux then restarts
 //! it whole, so lines it had pushed go out twice: at least once, there.)
 //!
@@ -70,9 +88,14 @@ use crate::fs::ReadReq;
 
 /// The reading state of one open data file.
 pub struct Reader<D> {
-    /// The message being handed out and how many of its bytes went out;
-    /// kept, unacked, after its last byte went out until the next read.
-    current: Option<(D, usize)>,
+    /// The messages being handed out (one, or a batch), kept unacked after
+    /// the last of their bytes went out until the next read; empty when
+    /// none is held. Its buffer is kept from one read to the next.
+    current: Vec<D>,
+    /// Their bytes as the reads hand them out (a batch's, joined), and how
+    /// many went out.
+    unit: Bytes,
+    sent: usize,
     /// The offset at which the next Tread gets 0 bytes once (Linux loop),
     /// and for an O_NONBLOCK open the count that Tread must have.
     zero_at: Option<(u64, Option<u32>)>,
@@ -80,6 +103,8 @@ pub struct Reader<D> {
     linux: bool,
     /// Whether the file was opened with O_NONBLOCK.
     nonblock: bool,
+    /// Whether a read takes a batch (see the module comment).
+    batch: bool,
 }
 
 /// What a read does after looking at the open file's state.
@@ -92,12 +117,15 @@ pub enum Step {
 }
 
 impl<D: Delivery> Reader<D> {
-    pub fn new(linux: bool, nonblock: bool) -> Self {
+    pub fn new(linux: bool, nonblock: bool, batch: bool) -> Self {
         Reader {
-            current: None,
+            current: Vec::new(),
+            unit: Bytes::new(),
+            sent: 0,
             zero_at: None,
             linux,
             nonblock,
+            batch,
         }
     }
 
@@ -108,13 +136,14 @@ impl<D: Delivery> Reader<D> {
         if req.count == 0 {
             return Step::Reply(Bytes::new());
         }
-        if let Some((d, sent)) = &self.current {
-            if *sent < d.data().len() {
+        if !self.current.is_empty() {
+            if self.sent < self.unit.len() {
                 return Step::Reply(self.serve(req));
             }
-            if let Some((d, _)) = self.current.take() {
+            for d in self.current.drain(..) {
                 d.ack();
             }
+            self.unit = Bytes::new();
         }
         match self.zero_at.take() {
             Some((n, count)) if n == req.offset && count.is_none_or(|c| c == req.count) => {
@@ -125,25 +154,61 @@ impl<D: Delivery> Reader<D> {
     }
 
     /// The pull of [`Step::Pull`] returned this message: keep it, answer
-    /// with its first piece.
-    pub fn pulled(&mut self, d: D, req: ReadReq) -> Bytes {
-        self.current = Some((d, 0));
+    /// with its first piece. On a batch session `more` is asked for the
+    /// messages available now (it never waits), while each so far ends in
+    /// a newline and the next fits the read's count; one that does not fit
+    /// is dropped, so it goes back to the front of its group.
+    pub fn pulled(&mut self, d: D, req: ReadReq, mut more: impl FnMut() -> Option<D>) -> Bytes {
+        self.unit = d.data().clone();
+        self.sent = 0;
+        self.current.push(d);
+        if self.batch {
+            let mut len = self.unit.len();
+            let mut joined: Option<BytesMut> = None;
+            while len < req.count as usize && self.unit_ends_line(&joined) {
+                let Some(next) = more() else { break };
+                let n = next.data().len();
+                if len + n > req.count as usize {
+                    break; // dropped: back to the front of its group
+                }
+                let buf = joined.get_or_insert_with(|| {
+                    let mut b = BytesMut::with_capacity(req.count as usize);
+                    b.extend_from_slice(&self.unit);
+                    b
+                });
+                buf.extend_from_slice(next.data());
+                len += n;
+                self.current.push(next);
+            }
+            if let Some(buf) = joined {
+                self.unit = buf.freeze();
+            }
+        }
         self.serve(req)
+    }
+
+    /// Whether the batch so far ends in a newline (so another message may
+    /// follow it without hiding where it ends).
+    fn unit_ends_line(&self, joined: &Option<BytesMut>) -> bool {
+        match joined {
+            Some(b) => b.ends_with(b"\n"),
+            None => self.unit.ends_with(b"\n"),
+        }
     }
 
     /// The next piece of the current message for this Tread, arming the
     /// zero when it ends the message.
     fn serve(&mut self, req: ReadReq) -> Bytes {
-        let Some((d, sent)) = &mut self.current else {
+        if self.current.is_empty() {
             return Bytes::new();
-        };
-        let data = d.data();
-        let end = data.len().min(*sent + req.count as usize);
-        let piece = data.slice(*sent..end);
-        *sent = end;
+        }
+        let len = self.unit.len();
+        let end = len.min(self.sent + req.count as usize);
+        let piece = self.unit.slice(self.sent..end);
+        self.sent = end;
         let unfilled = piece.len() < req.count as usize;
         let at = req.offset.saturating_add(piece.len() as u64);
-        if end == data.len() && self.linux {
+        if end == len && self.linux {
             if self.nonblock {
                 // Only the continuation of this read(2) (6.12) gets it.
                 if unfilled {
@@ -156,13 +221,14 @@ impl<D: Delivery> Reader<D> {
         piece
     }
 
-    /// The file is closed: `ack` the message in hand (the client had it),
-    /// or drop it unacked so it goes back to its group (connection lost).
+    /// The file is closed: `ack` the messages in hand (the client had
+    /// them), or drop them unacked so they go back to their group
+    /// (connection lost).
     pub fn finish(self, ack: bool) {
-        if let Some((d, _)) = self.current
-            && ack
-        {
-            d.ack();
+        if ack {
+            for d in self.current {
+                d.ack();
+            }
         }
     }
 }
@@ -251,6 +317,9 @@ pub struct Writer {
     /// Its share of the server's budget for partial lines (none in tests
     /// that make a bare writer).
     share: Option<Share>,
+    /// A reset cut the last write short (its count said how many lines
+    /// went out): the next write fails with the reset, pushing nothing.
+    pub reset_due: bool,
 }
 
 /// Would-block refusals in a row after which a non-blocking write is
@@ -287,6 +356,7 @@ impl Writer {
             refusals: 0,
             last_refusal: None,
             share: None,
+            reset_due: false,
         }
     }
 
@@ -519,7 +589,7 @@ mod tests {
             let piece = match r.begin(q) {
                 Step::Reply(b) => b,
                 Step::Pull => match msgs.pop() {
-                    Some(d) => r.pulled(d, q),
+                    Some(d) => r.pulled(d, q, || msgs.pop()),
                     None => break, // would block
                 },
             };
@@ -534,7 +604,7 @@ mod tests {
 
     #[test]
     fn each_read_syscall_gets_one_message() {
-        let mut r = Reader::new(true, false);
+        let mut r = Reader::new(true, false, false);
         let (a, acks_a) = fake("one\n");
         let (b, _) = fake("two\n");
         let mut msgs = vec![b, a];
@@ -546,7 +616,7 @@ mod tests {
 
     #[test]
     fn byte_at_a_time_reader_never_sees_a_zero() {
-        let mut r = Reader::new(true, false);
+        let mut r = Reader::new(true, false, false);
         let (a, _) = fake("abc\n");
         let (b, _) = fake("de\n");
         let mut msgs = vec![b, a];
@@ -562,7 +632,7 @@ mod tests {
 
     #[test]
     fn full_small_buffer_arms_no_zero() {
-        let mut r = Reader::new(true, false);
+        let mut r = Reader::new(true, false, false);
         let (a, _) = fake("abc\n");
         let (b, _) = fake("xy\n");
         let mut msgs = vec![b, a];
@@ -573,7 +643,7 @@ mod tests {
 
     #[test]
     fn message_longer_than_a_tread_arrives_whole() {
-        let mut r = Reader::new(true, false);
+        let mut r = Reader::new(true, false, false);
         let long = "x".repeat(3 * MAX as usize + 5);
         let (a, _) = fake(&long);
         let mut msgs = vec![a];
@@ -594,38 +664,76 @@ mod tests {
 
     #[test]
     fn plain_stream_reads_never_zero() {
-        let mut r = Reader::new(false, false);
+        let mut r = Reader::new(false, false, false);
         let (a, _) = fake("one\n");
         assert_eq!(r.begin(req(0, 100)), Step::Pull);
-        assert_eq!(r.pulled(a, req(0, 100)), "one\n");
+        assert_eq!(r.pulled(a, req(0, 100), || None), "one\n");
         assert_eq!(r.begin(req(4, 100)), Step::Pull);
     }
 
     #[test]
     fn zero_only_at_its_offset_and_once() {
-        let mut r = Reader::new(true, false);
+        let mut r = Reader::new(true, false, false);
         let (a, _) = fake("one\n");
         r.begin(req(0, 100));
-        r.pulled(a, req(0, 100));
+        r.pulled(a, req(0, 100), || None);
         assert_eq!(r.begin(req(9, 100)), Step::Pull, "another offset blocks");
         let (b, _) = fake("two\n");
-        r.pulled(b, req(9, 100));
+        r.pulled(b, req(9, 100), || None);
         assert_eq!(r.begin(req(13, 100)), Step::Reply(Bytes::new()));
         assert_eq!(r.begin(req(13, 100)), Step::Pull, "only once");
     }
 
     #[test]
     fn finish_acks_or_returns() {
-        let mut r = Reader::new(false, false);
+        let mut r = Reader::new(false, false, false);
         let (a, acks) = fake("one\n");
-        r.pulled(a, req(0, 2));
+        r.pulled(a, req(0, 2), || None);
         r.finish(false);
         assert_eq!(acks.load(Ordering::SeqCst), 0);
-        let mut r = Reader::new(false, false);
+        let mut r = Reader::new(false, false, false);
         let (a, acks) = fake("one\n");
-        r.pulled(a, req(0, 2));
+        r.pulled(a, req(0, 2), || None);
         r.finish(true);
         assert_eq!(acks.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_batch_read_takes_every_line_there_and_acks_them_together() {
+        let mut r = Reader::new(true, false, true);
+        let (a, acks_a) = fake("one\n");
+        let (b, acks_b) = fake("two\n");
+        let (c, _) = fake("three");
+        let (d, _) = fake("four\n");
+        let mut msgs = vec![d, c, b, a];
+        let mut pos = 0;
+        // "three" has no newline: it ends the batch, so "four" waits.
+        let got = linux_read(&mut r, &mut pos, 131072, &mut msgs);
+        assert_eq!(got, b"one\ntwo\nthree");
+        assert_eq!(acks_a.load(Ordering::SeqCst), 1, "the zero read acks");
+        assert_eq!(acks_b.load(Ordering::SeqCst), 1);
+        assert_eq!(linux_read(&mut r, &mut pos, 131072, &mut msgs), b"four\n");
+        assert_eq!(linux_read(&mut r, &mut pos, 131072, &mut msgs), b"");
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_count_and_a_long_first_message_comes_in_pieces() {
+        let mut r = Reader::new(true, false, true);
+        let (a, _) = fake("abc\n");
+        let (b, _) = fake("de\n");
+        let (c, _) = fake("fgh\n");
+        let mut msgs = vec![c, b, a];
+        let mut pos = 0;
+        // 8 bytes: abc and de fit, fgh does not (the fake drops it).
+        assert_eq!(linux_read(&mut r, &mut pos, 8, &mut msgs), b"abc\nde\n");
+        assert!(msgs.is_empty());
+        let long = "x".repeat(2 * MAX as usize) + "\n";
+        let (l, _) = fake(&long);
+        let (e, _) = fake("e\n");
+        let mut msgs = vec![e, l];
+        let got = linux_read(&mut r, &mut pos, 1 << 20, &mut msgs);
+        assert_eq!(got.len(), long.len(), "a long message alone");
+        assert_eq!(linux_read(&mut r, &mut pos, 1 << 20, &mut msgs), b"e\n");
     }
 
     fn write(w: &mut Writer, s: &str) -> Vec<Bytes> {
@@ -686,15 +794,15 @@ mod tests {
     /// (6.12), never for the next read(2) (6.1).
     #[test]
     fn a_nonblocking_reader_gets_the_zero_only_inside_its_read() {
-        let mut r = Reader::new(true, true);
+        let mut r = Reader::new(true, true, false);
         let (a, _) = fake("one\n");
         assert_eq!(r.begin(req(0, 4096)), Step::Pull);
-        r.pulled(a, req(0, 4096));
+        r.pulled(a, req(0, 4096), || None);
         assert_eq!(r.begin(req(4, 4096)), Step::Pull, "6.1: the next read(2)");
-        let mut r = Reader::new(true, true);
+        let mut r = Reader::new(true, true, false);
         let (a, _) = fake("one\n");
         r.begin(req(0, 4096));
-        r.pulled(a, req(0, 4096));
+        r.pulled(a, req(0, 4096), || None);
         assert_eq!(r.begin(req(4, 4092)), Step::Reply(Bytes::new()), "6.12");
     }
 }

@@ -20,6 +20,7 @@ pub(super) fn broker_error(e: broker::Error) -> Error {
         E::Shutdown => errno::ESHUTDOWN,
         E::TooManyGroups(_) => errno::EUSERS,
         E::TooLong { .. } => errno::EMSGSIZE,
+        E::Unavailable(_) => errno::EIO,
         E::Storage { kind, .. } if *kind == std::io::ErrorKind::StorageFull => errno::ENOSPC,
         E::Storage { .. } => errno::EIO,
     };
@@ -41,6 +42,7 @@ pub(super) fn linux_text(errno: u32) -> Option<&'static str> {
     Some(match errno {
         errno::EPERM => "Operation not permitted",
         errno::ENOENT => "No such file or directory",
+        errno::EIO => "Input/output error",
         errno::EBADF => "Bad file descriptor",
         errno::EAGAIN => "Resource temporarily unavailable",
         errno::EEXIST => "File exists",

@@ -23,6 +23,10 @@
 //! `-o version=9p2000,aname=workers:linux`, or `aname=:linux` for the
 //! default group. (The attach name is the only thing a mount option can put
 //! in front of the server per session, so the override lives there.)
+//! The suffix `:batch` (`aname=workers:batch`, combinable with `:linux` in
+//! either order) makes each read take every whole message available at
+//! that moment, up to its count (see `data`); without it a read(2) gets
+//! one message, so `head -n 1` takes exactly one.
 //!
 //! A kernel limit the server cannot see (Linux 6.8+, where 9P reads go
 //! through netfs; 6.1 is not affected): stat says a data file is empty, but
@@ -56,8 +60,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use parking_lot::Mutex;
 
+use crate::access::{Op, Rules};
 use crate::broker::{self, Broker, Target, TopicConfig, Wait};
 use crate::fs::{
     Access, Attach, Changes, Clunk, DirPos, Error, FileInfo, FileTree, OpenMode, ReadReq, Result,
@@ -79,6 +85,10 @@ pub struct TreeConfig {
     /// together (`[limits] max_unfinished_bytes`); no topic's `max_message`
     /// may be above it.
     pub max_unfinished_bytes: u64,
+    /// Who may do what to which topic (`[access]`); no rules allow all.
+    pub access: Arc<Rules>,
+    /// The most topics at once (`[limits] max_topics`).
+    pub max_topics: u64,
 }
 
 /// The default `max_unfinished_bytes`: 256 MiB, sixteen partial lines of
@@ -91,6 +101,8 @@ impl Default for TreeConfig {
         TreeConfig {
             defaults: TopicConfig::default(),
             max_unfinished_bytes: MAX_UNFINISHED_BYTES,
+            access: Arc::new(Rules::open()),
+            max_topics: u64::MAX,
         }
     }
 }
@@ -194,11 +206,11 @@ impl<B: Broker> TopicTree<B> {
             At::Root => ("/".to_string(), DMDIR | 0o777),
             At::Dir(p) => (
                 p.rsplit('/').next().unwrap_or("").to_string(),
-                DMDIR | 0o777,
+                DMDIR | self.mode(node, p, None),
             ),
             At::RootCtl => ("ctl".to_string(), 0o666),
             At::RootTopics => ("topics".to_string(), 0o444),
-            At::File(_, k) => (k.name().to_string(), 0o666),
+            At::File(p, k) => (k.name().to_string(), self.mode(node, p, Some(*k))),
         };
         let owner = match node.session.uname.as_str() {
             "" => "dchan".to_string(),
@@ -215,6 +227,54 @@ impl<B: Broker> TopicTree<B> {
             atime: self.started_unix,
             mtime: self.started_unix,
         }
+    }
+
+    /// The permission bits of a topic's directory (`kind` None) or file
+    /// for the node's user, so that `test -w` and `ls -l` tell the truth:
+    /// the same bits for owner, group and others.
+    fn mode(&self, node: &Node, topic: &str, kind: Option<FileKind>) -> u32 {
+        if !self.config.access.enforced() {
+            return if kind.is_some() { 0o666 } else { 0o777 };
+        }
+        let p = self.config.access.perms(&node.session.uname, topic);
+        let (r, w) = match kind {
+            None => (true, p.has(Op::Admin)),
+            Some(FileKind::Data) => (p.has(Op::Read), p.has(Op::Write)),
+            Some(FileKind::Offset) => (p.has(Op::Read), p.has(Op::Read)),
+            Some(FileKind::Ctl) => (true, p.has(Op::Admin)),
+        };
+        let bits = (r as u32) * 4 + (w as u32) * 2 + (kind.is_none() as u32);
+        bits * 0o111
+    }
+
+    /// Fail with "permission denied" (EACCES) unless the session's user
+    /// may do `op` to `topic`; a refusal is logged with who, from where,
+    /// what and on which topic. `what` names the operation for the log.
+    fn check(&self, session: &Session, topic: &str, op: Op, what: &str) -> Result<()> {
+        if self.config.access.allows(&session.uname, topic, op) {
+            return Ok(());
+        }
+        tracing::warn!(
+            user = %session.uname,
+            peer = %session.peer,
+            %topic,
+            op = op.as_str(),
+            what,
+            "permission denied"
+        );
+        Err(Error::new(
+            errno::EACCES,
+            format!(
+                "permission denied: {} may not {} topic {topic} ({what})",
+                session.uname,
+                op.as_str()
+            ),
+        ))
+    }
+
+    /// Log an admin action that succeeded: the audit trail.
+    fn audit(&self, session: &Session, topic: &str, what: &str) {
+        tracing::info!(user = %session.uname, peer = %session.peer, %topic, what, "admin");
     }
 
     /// Fail unless the node's place still exists.
@@ -285,6 +345,15 @@ impl<B: Broker> TopicTree<B> {
     async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
         ctl::check_name(name).map_err(invalid)?;
         self.check_max_message(config.max_message)?;
+        // Checked before the create: creates racing each other may pass it
+        // together, by as many as run at that instant.
+        let max = self.config.max_topics;
+        if self.broker.totals().topics >= max && !self.is_topic(name) {
+            return Err(Error::new(
+                errno::ENOSPC,
+                format!("no space: the server holds its most topics (limits.max_topics {max})"),
+            ));
+        }
         self.broker.create(name, config).await.map_err(broker_error)
     }
 
@@ -295,8 +364,14 @@ impl<B: Broker> TopicTree<B> {
     }
 
     /// Run a root ctl write: check every command, then apply them.
-    async fn root_ctl(&self, text: &[u8]) -> Result<()> {
+    async fn root_ctl(&self, session: &Session, text: &[u8]) -> Result<()> {
         let cmds = ctl::parse_root(text).map_err(invalid)?;
+        for cmd in &cmds {
+            match cmd {
+                RootCmd::Create { name, .. } => self.check(session, name, Op::Admin, "create")?,
+                RootCmd::Remove(name) => self.check(session, name, Op::Admin, "remove")?,
+            }
+        }
         // Whether each name the write touches exists once the commands
         // before have run: one look-up per command, not a listing.
         let mut exists: HashMap<String, bool> = HashMap::new();
@@ -340,16 +415,20 @@ impl<B: Broker> TopicTree<B> {
                     let d = self.config.defaults;
                     let config =
                         ctl::create_config(d, capacity, framing, timeout, max_message, retain);
-                    self.create_topic(&name, config).await?
+                    self.create_topic(&name, config).await?;
+                    self.audit(session, &name, "create");
                 }
-                RootCmd::Remove(name) => self.remove_topic(&name).await?,
+                RootCmd::Remove(name) => {
+                    self.remove_topic(&name).await?;
+                    self.audit(session, &name, "remove");
+                }
             }
         }
         Ok(())
     }
 
     /// Run a topic ctl write: check every command, then apply them.
-    async fn topic_ctl(&self, topic: Target<'_>, text: &[u8]) -> Result<()> {
+    async fn topic_ctl(&self, session: &Session, topic: Target<'_>, text: &[u8]) -> Result<()> {
         let cmds = ctl::parse_topic(text).map_err(invalid)?;
         let status = self.broker.status(topic).await.map_err(broker_error)?;
         for cmd in &cmds {
@@ -374,6 +453,7 @@ impl<B: Broker> TopicTree<B> {
             }
             .map_err(broker_error)?;
         }
+        self.audit(session, topic.name, String::from_utf8_lossy(text).trim());
         Ok(())
     }
 
@@ -381,6 +461,18 @@ impl<B: Broker> TopicTree<B> {
     async fn open_file(&self, node: &Node, mode: OpenMode) -> Result<Handle<B::Delivery>> {
         self.check_current(node)?;
         self.check_exists(&node.at)?;
+        if let At::File(topic, kind) = &node.at {
+            let s = &node.session;
+            match kind {
+                FileKind::Data if mode.reads() => self.check(s, topic, Op::Read, "pull")?,
+                FileKind::Offset => self.check(s, topic, Op::Read, "offset")?,
+                FileKind::Ctl if mode.writes() => self.check(s, topic, Op::Admin, "ctl")?,
+                _ => {}
+            }
+            if *kind == FileKind::Data && mode.writes() {
+                self.check(s, topic, Op::Write, "push")?;
+            }
+        }
         // A topic's file belongs to the topic it was opened on (issue 14.7).
         let topic_id = match &node.at {
             At::File(topic, _) => Some(self.broker.id(topic).map_err(|_| not_found())?),
@@ -421,7 +513,7 @@ impl<B: Broker> TopicTree<B> {
                     entry.1 += 1;
                     id
                 });
-                HandleKind::Data(DataFile {
+                HandleKind::Data(Box::new(DataFile {
                     wait: if mode.nonblock {
                         Wait::NonBlock
                     } else {
@@ -429,13 +521,17 @@ impl<B: Broker> TopicTree<B> {
                     },
                     reads,
                     writes: mode.writes(),
-                    reader: tokio::sync::Mutex::new(Reader::new(node.session.linux, mode.nonblock)),
+                    reader: tokio::sync::Mutex::new(Reader::new(
+                        node.session.linux,
+                        mode.nonblock,
+                        node.session.batch,
+                    )),
                     writer: tokio::sync::Mutex::new(Writer::with_budget(
                         status.config.framing,
                         status.config.max_message,
                         self.budget.clone(),
                     )),
-                })
+                }))
             }
         };
         Ok(Handle {
@@ -462,7 +558,16 @@ impl<B: Broker> TopicTree<B> {
         match reader.begin(req) {
             Step::Reply(b) => Ok(b),
             Step::Pull => match self.broker.pull_from(topic, group, f.wait).await {
-                Ok(Some(d)) => Ok(reader.pulled(d, req)),
+                // A batch's further pulls never wait, and are done with
+                // no await between them and the reader's record of them:
+                // a flush can drop this read only before its first pull.
+                Ok(Some(d)) => Ok(reader.pulled(d, req, || {
+                    let more = self.broker.pull_from(topic, group, Wait::NonBlock);
+                    match more.now_or_never() {
+                        Some(Ok(Some(d))) => Some(d),
+                        _ => None,
+                    }
+                })),
                 Ok(None) => Ok(Bytes::new()),
                 Err(e) => Err(broker_error(e)),
             },
@@ -495,6 +600,9 @@ impl<B: Broker> TopicTree<B> {
     ) -> Result<u32> {
         let n = data.len() as u32;
         let mut writer = f.writer.lock().await;
+        if std::mem::take(&mut writer.reset_due) {
+            return Err(broker_error(broker::Error::Reset));
+        }
         let cut = match writer.cut(data) {
             Ok(cut) => cut,
             Err(TooLong(size)) => {
@@ -530,14 +638,21 @@ impl<B: Broker> TopicTree<B> {
                 }
                 // Some lines went out: say so with a short count, so that a
                 // writer that tries the rest again doubles nothing (it then
-                // gets the error itself). A reset fails the whole write: its
-                // writer must know that nothing it wrote is held.
+                // gets the error itself). A reset after some lines went out
+                // gives their count too, and the file's next write fails
+                // with the reset (a retry would otherwise succeed on the
+                // reopened topic, and its writer never learn of the reset);
+                // a reset at the first line fails the write.
                 Err(
                     broker::Error::WouldBlock
                     | broker::Error::TimedOut
                     | broker::Error::Closed
                     | broker::Error::Interrupted,
                 ) if i > 0 => return Ok(cut.ends[i - 1] as u32),
+                Err(broker::Error::Reset) if i > 0 => {
+                    writer.reset_due = true;
+                    return Ok(cut.ends[i - 1] as u32);
+                }
                 Err(e) => return Err(broker_error(e)),
             }
         }
@@ -676,7 +791,9 @@ impl<B: Broker> TopicTree<B> {
             ));
         }
         self.check_exists(&dir.at)?;
+        self.check(&dir.session, &path, Op::Admin, "mkdir")?;
         self.create_topic(&path, self.config.defaults).await?;
+        self.audit(&dir.session, &path, "mkdir");
         let node = Node {
             topic_id: self.broker.id(&path).ok(),
             at: At::Dir(path.into()),
@@ -744,9 +861,12 @@ impl<B: Broker> TopicTree<B> {
     async fn write_file(&self, handle: &Handle<B::Delivery>, data: Bytes) -> Result<u32> {
         let n = data.len() as u32;
         match (&handle.kind, &handle.node.at) {
-            (HandleKind::Text(_), At::RootCtl) => self.root_ctl(&data).await?,
+            (HandleKind::Text(_), At::RootCtl) => {
+                self.root_ctl(&handle.node.session, &data).await?
+            }
             (HandleKind::Text(_), At::File(topic, FileKind::Ctl)) => {
-                self.topic_ctl(handle.target(topic), &data).await?
+                self.topic_ctl(&handle.node.session, handle.target(topic), &data)
+                    .await?
             }
             (HandleKind::Text(_), At::File(topic, FileKind::Offset)) => {
                 let seq = ctl::parse_offset(&data).map_err(invalid)?;
@@ -788,7 +908,12 @@ impl<B: Broker> TopicTree<B> {
     async fn remove_node(&self, node: &Node) -> Result<()> {
         self.check_current(node)?;
         match &node.at {
-            At::Dir(p) if self.is_topic(p) => self.remove_topic(p).await,
+            At::Dir(p) if self.is_topic(p) => {
+                self.check(&node.session, p, Op::Admin, "rmdir")?;
+                self.remove_topic(p).await?;
+                self.audit(&node.session, p, "rmdir");
+                Ok(())
+            }
             At::Dir(p) if self.dir_exists(p) => {
                 Err(Error::new(errno::ENOTEMPTY, "not empty: it holds topics"))
             }
@@ -802,22 +927,37 @@ impl<B: Broker> TopicTree<B> {
     }
 }
 
+/// The attach name's group and the session's options: its suffixes
+/// `:linux` (the Linux read loop on plain 9P2000; always on for .u and .L)
+/// and `:batch` (reads take batches), in either order.
+fn session_options(aname: &str, dialect: Dialect) -> (&str, bool, bool) {
+    let (mut group, mut linux, mut batch) = (aname, dialect != Dialect::P2000, false);
+    loop {
+        if let Some(g) = group.strip_suffix(":linux") {
+            (group, linux) = (g, true);
+        } else if let Some(g) = group.strip_suffix(":batch") {
+            (group, batch) = (g, true);
+        } else {
+            return (group, linux, batch);
+        }
+    }
+}
+
 impl<B: Broker> FileTree for TopicTree<B> {
     type Node = Node;
     type Handle = Handle<B::Delivery>;
 
     fn attach(&self, who: &Attach) -> Result<Node> {
-        let (group, linux) = match who.aname.strip_suffix(":linux") {
-            Some(group) => (group, true),
-            None => (who.aname.as_str(), who.dialect != Dialect::P2000),
-        };
+        let (group, linux, batch) = session_options(&who.aname, who.dialect);
         Ok(Node {
             at: At::Root,
             topic_id: None,
             session: Arc::new(Session {
                 group: group.to_string(),
                 linux,
-                uname: who.uname.clone(),
+                batch,
+                uname: who.user().to_string(),
+                peer: who.peer.clone(),
                 dialect: who.dialect,
             }),
         })

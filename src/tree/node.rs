@@ -85,12 +85,17 @@ pub(super) enum At {
 /// What an attach said, shared by every node walked from it.
 #[derive(Debug)]
 pub(super) struct Session {
-    /// The reader group: the attach name, less a `:linux` suffix.
+    /// The reader group: the attach name, less its `:linux` and `:batch` suffixes.
     pub(super) group: String,
     /// Whether reads follow the Linux read loop.
     pub(super) linux: bool,
-    /// Who attached: the owner stat shows.
+    /// Whether a read takes every whole message available (`:batch`).
+    pub(super) batch: bool,
+    /// Who attached (the proven identity, else the attach's uname): the
+    /// owner stat shows, and whom the access rules judge.
     pub(super) uname: String,
+    /// The client's address, for the log of a denied or admin operation.
+    pub(super) peer: String,
     /// The session's dialect: plain 9P2000 errors carry text only.
     pub(super) dialect: Dialect,
 }
@@ -167,7 +172,7 @@ pub(super) enum HandleKind<D> {
     /// The root `topics` file: where its reader is in the listing; an
     /// async mutex, as a read's statuses may be awaited (held across them).
     Listing(tokio::sync::Mutex<Listing>),
-    Data(DataFile<D>),
+    Data(Box<DataFile<D>>),
 }
 
 /// An open data file.

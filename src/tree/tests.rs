@@ -37,6 +37,8 @@ fn attach(t: &Tree, aname: &str, dialect: Dialect) -> Node {
         aname: aname.into(),
         n_uname: 0,
         dialect,
+        user: None,
+        peer: String::new(),
     })
     .unwrap()
 }

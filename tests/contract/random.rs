@@ -93,14 +93,29 @@ async fn maybe_cut<F: Future>(fut: F, rng: &mut StdRng) -> Option<F::Output> {
 /// what is held is `[first, next)`, every group's offset is in it (so it
 /// can be written back), and what a group has not read or not acked is
 /// held.
+///
+/// On JetStream the held range may have holes (a push withdrawn after it
+/// was stored is deleted, its number not reused), and a delivery dropped
+/// unacked counts as unacked until it is delivered again.
 async fn invariants(broker: &B) {
     let s = broker.status("t").await.unwrap();
-    assert_eq!(s.pending, s.next - s.first, "{s:?}");
+    let holes = on_jetstream();
+    match holes {
+        false => assert_eq!(s.pending, s.next - s.first, "{s:?}"),
+        true => assert!(s.pending <= s.next - s.first, "{s:?}"),
+    }
     for g in &s.groups {
         assert!(s.first <= g.offset && g.offset <= s.next, "{s:?}");
         assert!(g.lag <= s.next - g.offset, "{s:?}");
-        assert!(g.lag + g.unacked <= s.pending, "{s:?}");
+        if !holes {
+            assert!(g.lag + g.unacked <= s.pending, "{s:?}");
+        }
     }
+}
+
+/// Whether the engine under test is the JetStream engine.
+fn on_jetstream() -> bool {
+    std::any::type_name::<B>().contains("JetStreamBroker")
 }
 
 async fn run(seed: u64) {
@@ -148,6 +163,12 @@ async fn run(seed: u64) {
                     Some(Err(Error::WouldBlock)) => {
                         tokio::task::yield_now().await;
                         Pushed::Never
+                    }
+                    // JetStream: a push cut while its publish is on the
+                    // wire is deleted once stored, but a reader waiting at
+                    // JetStream may take it first (chapter 7).
+                    Some(Err(Error::Interrupted | Error::TimedOut)) if on_jetstream() => {
+                        Pushed::Unsure
                     }
                     Some(Err(Error::Reset | Error::Interrupted | Error::TimedOut)) => Pushed::Never,
                     Some(Err(e)) => panic!("push: {e}"),
@@ -285,8 +306,10 @@ async fn check(plan: &Plan, rec: &Record, broker: &B) {
                 }
             }
         }
-        // A lone reader sees its group's messages in order.
-        if readers.len() == 1 {
+        // A lone reader sees its group's messages in order. (Not on
+        // JetStream when pulls are cut: the message a cut pull's request
+        // brings back is nak'd on its way, and may come after the next.)
+        if readers.len() == 1 && !on_jetstream() {
             let seqs: Vec<Seq> = readers[0].iter().map(|(s, _)| *s).collect();
             assert!(
                 seqs.windows(2).all(|w| w[0] < w[1]),
@@ -350,7 +373,13 @@ fn random_single_thread_paused_clock() {
 
 #[test]
 fn random_multi_thread() {
-    for seed in seeds(1000..1030) {
+    // JetStream: each seed runs against a NATS server, at network speed.
+    let default = if on_jetstream() {
+        1000..1005
+    } else {
+        1000..1030
+    };
+    for seed in seeds(default) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

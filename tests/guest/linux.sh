@@ -461,13 +461,53 @@ c_cli() {
     else fail $C.mount-to-cli "push: rc $(rc w) $(err w)"; cleanup w; fi
 }
 
+# Issue 12: a mount attached as GROUP:batch ($MB, the default group) gets
+# every whole message there in one read(2): dd's one read of 64 KiB takes
+# three lines pushed before it, and returns at once; O_NONBLOCK reads get
+# the batch, then EAGAIN; a batch reader killed while blocked (Tflush)
+# leaves the next message to the next reader; 500 lines come out whole, in
+# order, and cat ends at close. The default mount still takes one message
+# per read(2) (c_head).
+c_batch() {
+    topic batch
+    TB=$MB/$V.batch
+    ctl "capacity 1000"
+    cat $TB/offset > /dev/null
+    printf 'a\nb\nc\n' >> $W/data
+    got=$(timeout $WAIT dd if=$TB/data bs=65536 count=1 2> /tmp/e | tr '\n' ' ')
+    if [ "$got" = "a b c " ]; then ok $C.batch-one-read
+    else fail $C.batch-one-read "one read(2) gave '$got' $(cat /tmp/e)"; fi
+    if [ $V = 9p2000.L ]; then
+        printf 'one\ntwo\n' >> $W/data
+        got=$(timeout $WAIT ./nb read $TB/data 2 | tr '\n' ' ')
+        want='data one\ntwo\n errno 11 '
+        if [ "$got" = "$want" ]; then ok $C.batch-nonblock
+        else fail $C.batch-nonblock "got '$got', want '$want'"; fi
+    fi
+    bg r pull $TB/data
+    sleep $BLOCK
+    stop r
+    printf 'next\n' >> $W/data
+    got=$(timeout $WAIT head -n 1 $TB/data 2> /tmp/e)
+    if [ "$got" = next ] && [ -z "$(out r)" ]; then ok $C.batch-killed-reader
+    else fail $C.batch-killed-reader "next reader got '$got' $(cat /tmp/e), killed cat printed '$(out r)'"; fi
+    seqlines n 500 > /tmp/want
+    cat /tmp/want >> $W/data
+    bg r pull $TB/data
+    waitfor $WAIT has r "$(cat /tmp/want)"
+    ctl close
+    if waitfor $WAIT ended r && [ "$(rc r)" = 0 ] && [ "$(out r)" = "$(cat /tmp/want)" ]; then ok $C.batch-all-in-order
+    else fail $C.batch-all-in-order "cat: rc $(rc r), $(out r | wc -l) lines $(err r)"; fi
+    cleanup r
+}
+
 topics() {
     V=$1 C=topic.$1
-    M=/mnt/$V M1=/mnt/$V-g1 M2=/mnt/$V-g2 MW=/mnt/$V-w
+    M=/mnt/$V M1=/mnt/$V-g1 M2=/mnt/$V-g2 MW=/mnt/$V-w MB=/mnt/$V-b
     # Plain 9P2000 sessions get stream reads unless the aname asks for
     # the Linux read loop rule.
     sfx=""; [ $V = 9p2000 ] && sfx=":linux"
-    for mp in "$M $sfx" "$M1 g1$sfx" "$M2 g2$sfx" "$MW w$sfx"; do
+    for mp in "$M $sfx" "$M1 g1$sfx" "$M2 g2$sfx" "$MW w$sfx" "$MB $sfx:batch"; do
         set -- $mp
         if ! mount9p $1 "$TOPIC_PORT" $V "${2:-}" 2> /tmp/mount.err; then
             fail $C.mount "$1 (aname '${2:-}'): $(cat /tmp/mount.err)"
@@ -476,8 +516,8 @@ topics() {
     done
     ok $C.mount
     c_rendezvous; c_head; c_whileread; c_big; c_capacity; c_split; c_groups
-    c_offset; c_reset; c_close; c_killed; c_bad; c_rmdir; c_timeout; c_kernel_limit; c_size_limit; c_nonblock; c_write_errors; c_nonblock_write; c_partial; c_cli
-    for mp in $M $M1 $M2 $MW; do
+    c_offset; c_reset; c_close; c_killed; c_bad; c_rmdir; c_timeout; c_kernel_limit; c_size_limit; c_nonblock; c_write_errors; c_nonblock_write; c_partial; c_cli; c_batch
+    for mp in $M $M1 $M2 $MW $MB; do
         umount $mp 2> /tmp/e || { fail $C.umount "$mp: $(cat /tmp/e)"; return; }
     done
     ok $C.umount
@@ -627,5 +667,8 @@ if [ -n "${TOPIC_PORT:-}" ]; then
 fi
 if [ -n "${MANY_PORT:-}" ]; then
     many
+fi
+if [ -n "${SECURE_PORT:-}" ]; then
+    . ./security.sh
 fi
 echo "CHECKS-DONE"

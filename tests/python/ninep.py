@@ -85,11 +85,11 @@ class Conn:
     """One 9P2000 connection: Tversion, Tattach with `aname`, then files
     opened by path from the root."""
 
-    def __init__(self, aname=""):
+    def __init__(self, aname="", user="py9p"):
         sock = socket.create_connection((HOST, PORT), timeout=TIMEOUT)
         self.client = py9p.Client(
             sock,
-            py9p.Credentials(user="py9p"),
+            py9p.Credentials(user=user),
             ver=py9p.Version.v9P2000,
             msize=8192,
             aname=aname,

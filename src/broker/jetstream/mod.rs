@@ -1,0 +1,771 @@
+//! The JetStream engine: topics kept in a NATS JetStream cluster, so that
+//! several dchan servers, on several machines, serve the same topics with
+//! the contract of one (see the broker module comment, and chapter 7 of
+//! the book for the mapping, its deviations and its figures).
+//!
+//! - The registry (`registry`): one key-value bucket `PREFIX_topics` holds
+//!   every topic's record (name, identity, settings, closed flag, resets);
+//!   every server watches it, so `topics()` and `id()` are answered from a
+//!   local mirror, and close, reset and remove reach every server's waiters.
+//! - Messages: one stream per topic, `PREFIX_ID` on subject `PREFIX.m.ID`,
+//!   limits retention; what every group has acked is purged (`trim`).
+//!   dchan's sequence number is the stream's minus one.
+//! - Groups: one durable pull consumer per group, explicit ack; a pull asks
+//!   for one message; `Delivery::ack` is an AckAck (confirmed by the
+//!   server), a delivery dropped unacked is a Nak (redelivered first).
+//! - Capacity (`ops`): JetStream never makes a publisher wait, so a push
+//!   looks at the groups' consumers and waits, with a bounded back-off and
+//!   a local wake-up, while the slowest lags C or more; at C = 0 it
+//!   publishes and waits until every group's consumer has delivered it.
+//! - Pushes and pulls run as tasks, so a blocked pull keeps its request at
+//!   the server (and a rendezvous push can complete) whether or not its
+//!   future is polled, as the memory engine's reservations do.
+//!
+//! `async-nats` does the protocol, the key-value store and the consumers;
+//! what is written here is only the mapping of dchan's rules onto them.
+
+mod ops;
+mod registry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+
+use super::{
+    Broker, BrokerStatus, Error, GroupLimits, GroupStatus, Result, Seq, Setting, Target,
+    TopicConfig, TopicId, TopicStatus, Wait, memory::valid_name,
+};
+use registry::{ID_KEY, Mirror, Record, Topic};
+
+pub use ops::JetStreamDelivery;
+
+/// Where JetStream keeps a topic's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// On disk: a topic survives the loss of every NATS node's process.
+    #[default]
+    File,
+    /// In the NATS servers' memory: faster, lost if every replica stops.
+    Memory,
+}
+
+/// How to reach JetStream and how to keep topics there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamConfig {
+    /// NATS servers to connect to (`nats://HOST:PORT`), any of the cluster.
+    pub servers: Vec<String>,
+    /// Copies of each stream and of the registry: 1, or 3 for a cluster
+    /// that keeps serving when a node is lost.
+    pub replicas: usize,
+    pub storage: Storage,
+    /// Names of buckets, streams and subjects start with it, so several
+    /// dchan deployments can share one NATS: `[A-Za-z0-9_-]+`.
+    pub prefix: String,
+    /// How long an operation waits for JetStream before it fails with
+    /// "broker unavailable" (a topic's own timeout, if shorter, comes
+    /// first).
+    pub timeout: Duration,
+    /// How long a delivery may stay unacknowledged before JetStream gives
+    /// it to another reader: only matters when a dchan server dies with
+    /// deliveries out (a live server naks at once).
+    pub ack_wait: Duration,
+    /// What groups each topic keeps.
+    pub groups: GroupLimits,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> JetStreamConfig {
+        JetStreamConfig {
+            servers: vec!["nats://127.0.0.1:4222".to_string()],
+            replicas: 1,
+            storage: Storage::File,
+            prefix: "dchan".to_string(),
+            timeout: Duration::from_secs(10),
+            ack_wait: Duration::from_secs(30),
+            groups: GroupLimits::default(),
+        }
+    }
+}
+
+/// Topics kept in JetStream, shared with every dchan server on the same
+/// NATS with the same prefix.
+pub struct JetStreamBroker {
+    inner: Arc<Inner>,
+    /// The task that keeps the mirror in step with the registry.
+    follower: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) struct Inner {
+    /// This server's name in message ids (see `ops`): random, per process.
+    instance: u64,
+    js: jetstream::Context,
+    bucket: kv::Store,
+    mirror: Arc<Mirror>,
+    config: JetStreamConfig,
+}
+
+impl Drop for JetStreamBroker {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+/// An error of JetStream or of the connection to it, as dchan says it.
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+impl JetStreamBroker {
+    /// Connect to JetStream, make the registry bucket if it is not there,
+    /// and load the registry; fails with `Unavailable` if NATS cannot be
+    /// reached within the configured timeout.
+    pub async fn connect(config: JetStreamConfig) -> Result<JetStreamBroker> {
+        if config.prefix.is_empty()
+            || !config
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(Error::Unavailable(format!(
+                "bad JetStream prefix {:?}: want A-Z a-z 0-9 _ -",
+                config.prefix
+            )));
+        }
+        let servers: Vec<async_nats::ServerAddr> = config
+            .servers
+            .iter()
+            .map(|s| s.parse().map_err(|e| unavailable(format!("{s}: {e}"))))
+            .collect::<Result<_>>()?;
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(config.timeout)
+            .request_timeout(Some(config.timeout))
+            .connect(servers)
+            .await
+            .map_err(|e| unavailable(format!("NATS {}: {e}", config.servers.join(","))))?;
+        let mut js = jetstream::new(client);
+        js.set_timeout(config.timeout);
+        let name = format!("{}_topics", config.prefix);
+        let bucket = match js.get_key_value(&name).await {
+            Ok(b) => b,
+            Err(_) => {
+                let made = js
+                    .create_key_value(kv::Config {
+                        bucket: name.clone(),
+                        history: 1,
+                        storage: storage(config.storage),
+                        num_replicas: config.replicas,
+                        ..Default::default()
+                    })
+                    .await;
+                match made {
+                    Ok(b) => b,
+                    // Another server made it first.
+                    Err(e) => js
+                        .get_key_value(&name)
+                        .await
+                        .map_err(|_| unavailable(format!("cannot make bucket {name}: {e}")))?,
+                }
+            }
+        };
+        let mirror = Arc::new(Mirror::new(&config.prefix));
+        let last = bucket
+            .status()
+            .await
+            .map_err(unavailable)?
+            .info
+            .state
+            .last_sequence;
+        let follower = tokio::spawn(registry::follow(bucket.clone(), mirror.clone()));
+        if !mirror.caught_up(last, config.timeout).await {
+            follower.abort();
+            return Err(unavailable("cannot read the topic registry"));
+        }
+        Ok(JetStreamBroker {
+            inner: Arc::new(Inner {
+                instance: {
+                    use std::hash::{BuildHasher, RandomState};
+                    RandomState::new().hash_one(std::time::SystemTime::now())
+                },
+                js,
+                bucket,
+                mirror,
+                config,
+            }),
+            follower,
+        })
+    }
+}
+
+/// What a stream holds, in dchan's sequence numbers.
+pub(crate) struct Held {
+    pub(crate) messages: u64,
+    pub(crate) first: Seq,
+    pub(crate) next: Seq,
+}
+
+fn storage(s: Storage) -> stream::StorageType {
+    match s {
+        Storage::File => stream::StorageType::File,
+        Storage::Memory => stream::StorageType::Memory,
+    }
+}
+
+/// The consumer name of a group: its name in hex after a `g`, since
+/// consumer names may not hold `.`, `/` and others that group names may.
+fn consumer_name(group: &str) -> String {
+    format!("g{}", registry::hex(group.as_bytes()))
+}
+
+pub(crate) fn group_of(consumer: &str) -> Option<String> {
+    let hex = consumer.strip_prefix('g')?;
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+impl Inner {
+    /// The topic `target` names, as the mirror has it.
+    pub(crate) fn topic(&self, target: Target<'_>) -> Result<Arc<Topic>> {
+        match (self.mirror.get(target.name), target.id) {
+            (Some(t), Some(id)) if t.id != id => Err(Error::Removed),
+            (Some(t), _) => Ok(t),
+            (None, Some(_)) => Err(Error::Removed),
+            (None, None) => Err(Error::NoTopic(target.name.to_string())),
+        }
+    }
+
+    /// Wait until the connection to NATS is up, for at most the broker's
+    /// timeout: a pull waiting at the server learns nothing of a lost
+    /// connection, so it asks here before each request.
+    pub(crate) async fn connected(&self) -> Result<()> {
+        use async_nats::connection::State;
+        let client = self.js.client();
+        let give_up = tokio::time::Instant::now() + self.config.timeout;
+        while client.connection_state() != State::Connected {
+            if tokio::time::Instant::now() >= give_up {
+                return Err(unavailable("the connection to NATS is lost"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Run an operation on JetStream within the broker's timeout.
+    pub(crate) async fn within<T, E: std::fmt::Display>(
+        &self,
+        f: impl Future<Output = std::result::Result<T, E>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.config.timeout, f).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(unavailable("JetStream did not answer in time")),
+        }
+    }
+
+    /// Write `record` for `name` (`None` deletes it), where the key's
+    /// revision is `last` (`0`: it must not exist), and wait until this
+    /// server's mirror has it. `Ok(false)`: the revision did not match.
+    async fn write(&self, name: &str, last: u64, record: Option<&Record>) -> Result<bool> {
+        let key = registry::key(name);
+        let written = match record {
+            Some(r) => {
+                let value = Bytes::from(serde_json::to_vec(r).expect("a record serializes"));
+                match last {
+                    0 => self.within(self.bucket.create(&key, value)).await,
+                    n => self.within(self.bucket.update(&key, value, n)).await,
+                }
+            }
+            None => {
+                self.within(self.bucket.delete_expect_revision(&key, Some(last)))
+                    .await?;
+                // A delete's revision is not returned: the bucket's last is
+                // at least it.
+                let status = self.within(self.bucket.status()).await?;
+                Ok(status.info.state.last_sequence)
+            }
+        };
+        let rev = match written {
+            Ok(rev) => rev,
+            Err(Error::Unavailable(e))
+                if e.contains("wrong last sequence") || e.contains("exists") =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        if !self.mirror.caught_up(rev, Duration::from_secs(1)).await {
+            // The watch is late (it restarts after a lost connection):
+            // read the entry itself, so this server reads its own write.
+            match self.within(self.bucket.entry(registry::key(name))).await? {
+                Some(entry) => self.mirror.apply(&entry),
+                None => self.mirror.forget(name),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Change `target`'s record with `f`, retrying on a concurrent change.
+    async fn update(&self, target: Target<'_>, f: impl Fn(&mut Record)) -> Result<()> {
+        loop {
+            let topic = self.topic(target)?;
+            let key = registry::key(target.name);
+            let entry = self.within(self.bucket.entry(key)).await?;
+            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+                return Err(Error::Removed);
+            };
+            let mut record: Record = serde_json::from_slice(&entry.value).map_err(unavailable)?;
+            if record.id != topic.id {
+                return Err(Error::Removed);
+            }
+            f(&mut record);
+            if self
+                .write(target.name, entry.revision, Some(&record))
+                .await?
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The topic's stream.
+    pub(crate) async fn stream(&self, topic: &Topic) -> Result<stream::Stream<()>> {
+        self.within(self.js.get_stream_no_info(&topic.stream)).await
+    }
+
+    /// The stream's state: what it holds, as dchan's `first` and `next`.
+    pub(crate) async fn held(&self, stream: &stream::Stream<()>) -> Result<Held> {
+        let state = self.within(stream.get_info()).await?.state;
+        let next = state.last_sequence;
+        let first = match state.messages {
+            0 => next,
+            _ => state.first_sequence - 1,
+        };
+        Ok(Held {
+            messages: state.messages,
+            first,
+            next,
+        })
+    }
+
+    /// The consumer config of a group starting at `start` (a stream
+    /// sequence), or at the oldest held message.
+    fn consumer_config(&self, group: &str, start: Option<u64>) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(consumer_name(group)),
+            deliver_policy: match start {
+                Some(s) => DeliverPolicy::ByStartSequence { start_sequence: s },
+                None => DeliverPolicy::All,
+            },
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.config.ack_wait,
+            max_ack_pending: -1,
+            inactive_threshold: self.config.groups.idle_expiry.unwrap_or_default(),
+            num_replicas: self.config.replicas,
+            memory_storage: self.config.storage == Storage::Memory,
+            ..Default::default()
+        }
+    }
+
+    /// The group's consumer, made (at the oldest held message) if new.
+    pub(crate) async fn consumer(&self, topic: &Topic, group: &str) -> Result<PullConsumer> {
+        if let Some(c) = topic.consumers.lock().get(group) {
+            return Ok(c.clone());
+        }
+        let stream = self.stream(topic).await?;
+        let name = consumer_name(group);
+        let consumer = match self
+            .within(stream.get_consumer::<consumer::pull::Config>(&name))
+            .await
+        {
+            Ok(c) => c,
+            Err(_) => {
+                let infos = self.groups(&stream).await?;
+                if infos.len() >= self.config.groups.max_per_topic {
+                    return Err(Error::TooManyGroups(self.config.groups.max_per_topic));
+                }
+                // A new group starts at the oldest message held for the
+                // others: first let go of what they all acked.
+                self.trim(topic, &stream, &infos).await?;
+                self.within(stream.create_consumer(self.consumer_config(group, None)))
+                    .await?
+            }
+        };
+        topic
+            .consumers
+            .lock()
+            .insert(group.to_string(), consumer.clone());
+        Ok(consumer)
+    }
+
+    /// The group's consumer after it went away under a pull: the one a
+    /// seek makes again, or (forgotten) a new one at the oldest held.
+    pub(crate) async fn find_consumer(&self, group: &str, topic: &Topic) -> Result<PullConsumer> {
+        let stream = self.stream(topic).await?;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let found = stream
+                .get_consumer::<consumer::pull::Config>(&consumer_name(group))
+                .await;
+            if let Ok(c) = found {
+                topic.consumers.lock().insert(group.to_string(), c.clone());
+                return Ok(c);
+            }
+        }
+        self.consumer(topic, group).await
+    }
+
+    /// Every group's consumer info.
+    pub(crate) async fn groups(&self, stream: &stream::Stream<()>) -> Result<Vec<consumer::Info>> {
+        self.within(stream.consumers().try_collect::<Vec<_>>())
+            .await
+    }
+
+    /// Purge what every group has acked, so that the stream holds what a
+    /// group still needs and a new group starts at the oldest of it. With
+    /// no group, nothing goes: it is held for the group to come.
+    pub(crate) async fn trim(
+        &self,
+        topic: &Topic,
+        stream: &stream::Stream<()>,
+        groups: &[consumer::Info],
+    ) -> Result<()> {
+        let Some(floor) = groups.iter().map(|g| g.ack_floor.stream_sequence).min() else {
+            return Ok(());
+        };
+        if floor > topic.trimmed.load(Ordering::Relaxed) {
+            self.within(stream.purge().sequence(floor + 1).into_future())
+                .await?;
+            topic.trimmed.fetch_max(floor, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    async fn create(&self, name: &str, config: TopicConfig) -> Result<()> {
+        if !valid_name(name) {
+            return Err(Error::BadName(name.to_string()));
+        }
+        if self.mirror.get(name).is_some() {
+            return Err(Error::Exists(name.to_string()));
+        }
+        let id = self.within(self.bucket.put(ID_KEY, Bytes::new())).await?;
+        let record = Record::new(name, id, config);
+        let prefix = &self.config.prefix;
+        // The stream first, so that a topic listed is a topic usable.
+        self.within(self.js.create_stream(stream::Config {
+            name: format!("{prefix}_{id}"),
+            subjects: vec![format!("{prefix}.m.{id}")],
+            retention: stream::RetentionPolicy::Limits,
+            storage: storage(self.config.storage),
+            num_replicas: self.config.replicas,
+            allow_direct: true,
+            ..Default::default()
+        }))
+        .await?;
+        if !self.write(name, 0, Some(&record)).await? {
+            let _ = self.js.delete_stream(format!("{prefix}_{id}")).await;
+            return Err(Error::Exists(name.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> Result<()> {
+        let topic = self.topic(name.into())?;
+        let key = registry::key(name);
+        let entry = self.within(self.bucket.entry(key)).await?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Err(Error::NoTopic(name.to_string()));
+        };
+        if !self.write(name, entry.revision, None).await? {
+            return Err(Error::NoTopic(name.to_string()));
+        }
+        self.within(self.js.delete_stream(&topic.stream)).await?;
+        Ok(())
+    }
+
+    async fn status(&self, target: Target<'_>) -> Result<TopicStatus> {
+        let topic = self.topic(target)?;
+        let record = topic.record().ok_or(Error::Removed)?;
+        topic.settled(self.config.timeout).await;
+        let stream = self.stream(&topic).await?;
+        let groups = self.groups(&stream).await?;
+        self.trim(&topic, &stream, &groups).await?;
+        let Held {
+            messages,
+            first,
+            next,
+        } = self.held(&stream).await?;
+        let mut blocked_readers = 0;
+        let mut out: Vec<GroupStatus> = groups
+            .iter()
+            .filter_map(|g| {
+                blocked_readers += g.num_waiting as u64;
+                let offset = g.delivered.stream_sequence.clamp(first, next);
+                Some(GroupStatus {
+                    name: group_of(&g.name)?,
+                    offset,
+                    // A consumer's count may lag a purge.
+                    lag: g.num_pending.min(next - offset),
+                    unacked: g.num_ack_pending as u64,
+                    blocked: g.num_waiting as u64,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(TopicStatus {
+            name: target.name.to_string(),
+            config: record.config(),
+            pending: messages,
+            retained: 0,
+            first,
+            next,
+            pushed: next,
+            pulled: topic.pulled.load(Ordering::Relaxed),
+            blocked_readers,
+            blocked_writers: topic.blocked_writers.load(Ordering::Relaxed),
+            groups: out,
+            closed: record.closed,
+        })
+    }
+
+    fn totals(&self) -> BrokerStatus {
+        let topics = self.mirror.topics.read();
+        let mut totals = BrokerStatus {
+            topics: topics.len() as u64,
+            pushed: self.mirror.removed_pushed.load(Ordering::Relaxed),
+            pulled: self.mirror.removed_pulled.load(Ordering::Relaxed),
+            disk: None,
+        };
+        for t in topics.values() {
+            totals.pushed += t.pushed.load(Ordering::Relaxed);
+            totals.pulled += t.pulled.load(Ordering::Relaxed);
+        }
+        totals
+    }
+
+    async fn set(&self, target: Target<'_>, setting: Setting) -> Result<()> {
+        if let Setting::Retain(r) = setting
+            && r != crate::broker::Retention::None
+        {
+            // Merge stub (w9): retention is not built on this engine yet.
+            return Err(Error::Storage {
+                kind: std::io::ErrorKind::Unsupported,
+                reason: "retain is not supported by the JetStream engine yet".into(),
+            });
+        }
+        self.update(target, |r| {
+            let mut c = r.config();
+            match setting {
+                Setting::Capacity(n) => c.capacity = n,
+                Setting::Framing(f) => c.framing = f,
+                Setting::Timeout(t) => c.timeout = t,
+                Setting::MaxMessage(m) => c.max_message = m,
+                Setting::Retain(_) => {}
+            }
+            r.set_config(c);
+        })
+        .await
+    }
+
+    async fn reset(&self, target: Target<'_>) -> Result<()> {
+        let topic = self.topic(target)?;
+        let stream = self.stream(&topic).await?;
+        // Blocked pushes on every server fail first, then the messages go.
+        self.update(target, |r| {
+            r.resets += 1;
+            r.closed = false;
+        })
+        .await?;
+        self.within(stream.purge().into_future()).await?;
+        topic.credit.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn close(&self, target: Target<'_>) -> Result<()> {
+        self.update(target, |r| r.closed = true).await
+    }
+
+    async fn forget(&self, target: Target<'_>, group: &str) -> Result<()> {
+        let topic = self.topic(target)?;
+        let stream = self.stream(&topic).await?;
+        topic.consumers.lock().remove(group);
+        // A pull of the group that started on this server makes it; give
+        // its request the time to arrive.
+        let mut tries = 0;
+        loop {
+            let found = stream.delete_consumer(&consumer_name(group)).await;
+            let not_found = matches!(&found, Err(e) if e.to_string().contains("not found"));
+            if not_found && tries < 20 && topic.pulling.lock().contains_key(group) {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            break match found {
+                Ok(_) => Ok(()),
+                Err(e) if e.to_string().contains("not found") => {
+                    Err(Error::NoGroup(group.to_string()))
+                }
+                Err(e) => Err(unavailable(e)),
+            };
+        }
+    }
+
+    async fn offset(&self, target: Target<'_>, group: &str) -> Result<Seq> {
+        let topic = self.topic(target)?;
+        let mut consumer = self.consumer(&topic, group).await?;
+        let info = self.within(consumer.info()).await?.clone();
+        let stream = self.stream(&topic).await?;
+        let first = self.held(&stream).await?.first;
+        Ok(info.delivered.stream_sequence.max(first))
+    }
+
+    async fn seek(&self, target: Target<'_>, group: &str, seq: Seq) -> Result<()> {
+        let topic = self.topic(target)?;
+        let stream = self.stream(&topic).await?;
+        let Held { first, next, .. } = self.held(&stream).await?;
+        if seq < first || seq > next {
+            return Err(Error::OffsetOutOfRange {
+                asked: seq,
+                first,
+                next,
+            });
+        }
+        if self.groups(&stream).await?.len() >= self.config.groups.max_per_topic
+            && self.consumer(&topic, group).await.is_err()
+        {
+            return Err(Error::TooManyGroups(self.config.groups.max_per_topic));
+        }
+        // A blocked pull of the group may make it again (at the oldest)
+        // between the delete and the create: then delete it again.
+        let mut tries = 0;
+        let consumer = loop {
+            topic.consumers.lock().remove(group);
+            let _ = stream.delete_consumer(&consumer_name(group)).await;
+            let made = self
+                .within(stream.create_consumer(self.consumer_config(group, Some(seq + 1))))
+                .await;
+            match made {
+                Err(Error::Unavailable(e)) if e.contains("can not be updated") && tries < 5 => {
+                    tries += 1;
+                }
+                made => break made?,
+            }
+        };
+        topic.consumers.lock().insert(group.to_string(), consumer);
+        // Other servers' handles of the old consumer find the new one by
+        // name: a pull is by name at the server.
+        let held = self.groups(&stream).await?;
+        self.trim(&topic, &stream, &held).await
+    }
+}
+
+impl Broker for JetStreamBroker {
+    type Delivery = JetStreamDelivery;
+
+    fn create(&self, topic: &str, config: TopicConfig) -> impl Future<Output = Result<()>> + Send {
+        let inner = self.inner.clone();
+        let topic = topic.to_string();
+        async move { inner.create(&topic, config).await }
+    }
+
+    fn remove(&self, topic: &str) -> impl Future<Output = Result<()>> + Send {
+        let inner = self.inner.clone();
+        let topic = topic.to_string();
+        async move { inner.remove(&topic).await }
+    }
+
+    fn names(&self, from: std::ops::Bound<&str>, limit: usize) -> Vec<String> {
+        let topics = self.inner.mirror.topics.read();
+        topics
+            .range::<str, _>((from, std::ops::Bound::Unbounded))
+            .take(limit)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn id(&self, topic: &str) -> Result<TopicId> {
+        Ok(self.inner.topic(topic.into())?.id)
+    }
+
+    fn status(&self, topic: Target<'_>) -> impl Future<Output = Result<TopicStatus>> + Send {
+        let inner = self.inner.clone();
+        let (name, id) = owned(topic);
+        async move { inner.status(Target { name: &name, id }).await }
+    }
+
+    fn totals(&self) -> BrokerStatus {
+        self.inner.totals()
+    }
+
+    fn set(&self, topic: Target<'_>, setting: Setting) -> impl Future<Output = Result<()>> + Send {
+        let inner = self.inner.clone();
+        let (name, id) = owned(topic);
+        async move { inner.set(Target { name: &name, id }, setting).await }
+    }
+
+    fn reset(&self, topic: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        let inner = self.inner.clone();
+        let (name, id) = owned(topic);
+        async move { inner.reset(Target { name: &name, id }).await }
+    }
+
+    fn close(&self, topic: Target<'_>) -> impl Future<Output = Result<()>> + Send {
+        let inner = self.inner.clone();
+        let (name, id) = owned(topic);
+        async move { inner.close(Target { name: &name, id }).await }
+    }
+
+    fn forget(&self, topic: Target<'_>, group: &str) -> impl Future<Output = Result<()>> + Send {
+        let inner = self.inner.clone();
+        let (name, id) = owned(topic);
+        let group = group.to_string();
+        async move { inner.forget(Target { name: &name, id }, &group).await }
+    }
+
+    fn offset(&self, topic: Target<'_>, group: &str) -> impl Future<Output = Result<Seq>> + Send {
+        let inner = self.inner.clone();
+        let (name, id) = owned(topic);
+        let group = group.to_string();
+        async move { inner.offset(Target { name: &name, id }, &group).await }
+    }
+
+    fn seek(
+        &self,
+        topic: Target<'_>,
+        group: &str,
+        seq: Seq,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let inner = self.inner.clone();
+        let (name, id) = owned(topic);
+        let group = group.to_string();
+        async move { inner.seek(Target { name: &name, id }, &group, seq).await }
+    }
+
+    fn push_to(
+        &self,
+        topic: Target<'_>,
+        data: Bytes,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Seq>> + Send {
+        ops::push(&self.inner, topic, data, wait)
+    }
+
+    fn pull_from(
+        &self,
+        topic: Target<'_>,
+        group: &str,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Option<JetStreamDelivery>>> + Send {
+        ops::pull(&self.inner, topic, group, wait)
+    }
+}
+
+fn owned(t: Target<'_>) -> (String, Option<TopicId>) {
+    (t.name.to_string(), t.id)
+}

@@ -1,0 +1,348 @@
+//! The topic registry: every topic's name, identity, settings and closed
+//! flag in one JetStream key-value bucket, and this server's mirror of it.
+//!
+//! Every server watches the bucket, so `topics()` and `id()` are answered
+//! from memory, and a change made on any server (create, a setting, close,
+//! reset, remove) reaches every server's waiting pushes and pulls through
+//! their topic's `watch` channel. A server that writes the bucket waits
+//! until its own mirror has seen the write, so it reads its own writes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::kv::{self, Operation};
+use foldhash::HashMap;
+use futures_util::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use super::super::{Framing, TopicConfig, TopicId};
+
+/// A topic as the bucket holds it (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub(crate) name: String,
+    pub(crate) id: TopicId,
+    pub(crate) capacity: u64,
+    /// "line" or "write".
+    pub(crate) framing: String,
+    pub(crate) timeout_ms: Option<u64>,
+    pub(crate) max_message: u64,
+    pub(crate) closed: bool,
+    /// Resets so far: a change fails the pushes blocked on every server.
+    pub(crate) resets: u64,
+}
+
+impl Record {
+    pub(crate) fn new(name: &str, id: TopicId, c: TopicConfig) -> Record {
+        let mut r = Record {
+            name: name.to_string(),
+            id,
+            capacity: 0,
+            framing: String::new(),
+            timeout_ms: None,
+            max_message: 0,
+            closed: false,
+            resets: 0,
+        };
+        r.set_config(c);
+        r
+    }
+
+    pub(crate) fn config(&self) -> TopicConfig {
+        TopicConfig {
+            capacity: self.capacity,
+            framing: match self.framing.as_str() {
+                "write" => Framing::Write,
+                _ => Framing::Line,
+            },
+            timeout: self.timeout_ms.map(Duration::from_millis),
+            max_message: self.max_message,
+            retain: crate::broker::Retention::None,
+        }
+    }
+
+    pub(crate) fn set_config(&mut self, c: TopicConfig) {
+        self.capacity = c.capacity;
+        self.framing = match c.framing {
+            Framing::Line => "line",
+            Framing::Write => "write",
+        }
+        .to_string();
+        self.timeout_ms = c.timeout.map(|t| t.as_millis() as u64);
+        self.max_message = c.max_message;
+    }
+}
+
+/// The bucket key of a topic: its name in hex, since names may hold
+/// characters and sequences (`a..b`, a leading `.`) that keys may not.
+pub(crate) fn key(name: &str) -> String {
+    format!("t.{}", hex(name.as_bytes()))
+}
+
+/// The key whose revisions hand out topic identities (small numbers,
+/// never reused: the bucket's sequence).
+pub(crate) const ID_KEY: &str = "id";
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// One topic as this server knows it.
+pub(crate) struct Topic {
+    pub(crate) id: TopicId,
+    /// Its stream's name and its subject.
+    pub(crate) stream: String,
+    pub(crate) subject: String,
+    /// The registry's record, `None` once removed: waiters watch it.
+    pub(crate) record: watch::Sender<Option<Record>>,
+    /// The group consumers this server has looked up, by group.
+    pub(crate) consumers: Mutex<HashMap<String, PullConsumer>>,
+    /// The highest stream sequence this server published.
+    pub(crate) published: AtomicU64,
+    /// Pushes cut while their publish was on the wire, to be deleted.
+    pub(crate) withdrawing: AtomicU64,
+    /// The highest stream sequence a pull on this server delivered.
+    pub(crate) delivered: AtomicU64,
+    /// Acks and naks sent and not yet confirmed, and their wake-up.
+    pub(crate) settling: AtomicU64,
+    pub(crate) settled: Notify,
+    /// Pulls under way on this server, by group: the tickets of those
+    /// whose first request is not yet sent (see `ops::Pulling`).
+    pub(crate) pulling: Mutex<HashMap<String, std::collections::BTreeSet<u64>>>,
+    /// The next ticket, and the wake-up of the next in line.
+    pub(crate) tickets: AtomicU64,
+    pub(crate) turn: Notify,
+    /// Woken when a local pull or ack moved a group, so waiting pushes
+    /// look again at once rather than at their next back-off.
+    pub(crate) progress: Notify,
+    /// Pushes this server may still make without looking at the groups:
+    /// the room its last look found (see `push`).
+    pub(crate) credit: AtomicU64,
+    /// The highest stream sequence purged up to, so a trim is asked once.
+    pub(crate) trimmed: AtomicU64,
+    /// This server's counts, for status and totals.
+    pub(crate) pushed: AtomicU64,
+    pub(crate) pulled: AtomicU64,
+    pub(crate) blocked_readers: AtomicU64,
+    pub(crate) blocked_writers: AtomicU64,
+}
+
+impl Topic {
+    fn new(prefix: &str, record: Record) -> Topic {
+        Topic {
+            id: record.id,
+            stream: format!("{prefix}_{}", record.id),
+            subject: format!("{prefix}.m.{}", record.id),
+            record: watch::Sender::new(Some(record)),
+            consumers: Mutex::default(),
+            pulling: Mutex::default(),
+            tickets: AtomicU64::new(0),
+            turn: Notify::new(),
+            withdrawing: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            settling: AtomicU64::new(0),
+            settled: Notify::new(),
+            progress: Notify::new(),
+            credit: AtomicU64::new(0),
+            trimmed: AtomicU64::new(0),
+            pushed: AtomicU64::new(0),
+            pulled: AtomicU64::new(0),
+            blocked_readers: AtomicU64::new(0),
+            blocked_writers: AtomicU64::new(0),
+        }
+    }
+
+    /// Wait (at most `limit`) until this server's acks and naks are
+    /// confirmed, so that a status after them shows them.
+    pub(crate) async fn settled(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let settled = self.settled.notified();
+                tokio::pin!(settled);
+                settled.as_mut().enable();
+                if self.settling.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                settled.await;
+            }
+        })
+        .await;
+    }
+
+    /// A push cut on the wire is deleted.
+    pub(crate) fn withdrawn(&self) {
+        self.withdrawing.fetch_sub(1, Ordering::Relaxed);
+        self.settled.notify_waiters();
+    }
+
+    /// Wait (at most `limit`) until no push cut on the wire is left to
+    /// delete.
+    pub(crate) async fn no_withdrawals(&self, limit: Duration) {
+        if self.withdrawing.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let settled = self.settled.notified();
+                tokio::pin!(settled);
+                settled.as_mut().enable();
+                if self.withdrawing.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                settled.await;
+            }
+        })
+        .await;
+    }
+
+    /// The current record; `None` once removed.
+    pub(crate) fn record(&self) -> Option<Record> {
+        self.record.borrow().clone()
+    }
+}
+
+/// This server's copy of the registry.
+pub(crate) struct Mirror {
+    pub(crate) prefix: String,
+    /// Topics by name. parking_lot: never held across an `.await`.
+    pub(crate) topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// The last bucket revision applied.
+    pub(crate) seen: watch::Sender<u64>,
+    /// Counts of topics removed, for the totals.
+    pub(crate) removed_pushed: AtomicU64,
+    pub(crate) removed_pulled: AtomicU64,
+}
+
+impl Mirror {
+    pub(crate) fn new(prefix: &str) -> Mirror {
+        Mirror {
+            prefix: prefix.to_string(),
+            topics: RwLock::default(),
+            seen: watch::Sender::new(0),
+            removed_pushed: AtomicU64::new(0),
+            removed_pulled: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().get(name).cloned()
+    }
+
+    /// Apply one entry of the bucket.
+    pub(crate) fn apply(&self, entry: &kv::Entry) {
+        if let Some(name_hex) = entry.key.strip_prefix("t.") {
+            let Some(name) = unhex(name_hex) else { return };
+            match entry.operation {
+                Operation::Put => match serde_json::from_slice::<Record>(&entry.value) {
+                    Ok(record) => self.put(&name, record),
+                    Err(e) => tracing::warn!("registry entry {}: {e}", entry.key),
+                },
+                Operation::Delete | Operation::Purge => self.drop_topic(&name),
+            }
+        }
+        self.seen.send_if_modified(|seen| {
+            let newer = entry.revision > *seen;
+            if newer {
+                *seen = entry.revision;
+            }
+            newer
+        });
+    }
+
+    fn put(&self, name: &str, record: Record) {
+        let mut topics = self.topics.write();
+        match topics.get(name) {
+            Some(t) if t.id == record.id => {
+                let resets = record.resets;
+                let before = t.record.send_replace(Some(record));
+                if before.is_some_and(|b| b.resets != resets) {
+                    // Purged: nothing this server published is held.
+                    t.published.store(0, Ordering::Relaxed);
+                    t.credit.store(0, Ordering::Relaxed);
+                }
+            }
+            _ => {
+                let new = Arc::new(Topic::new(&self.prefix, record));
+                if let Some(old) = topics.insert(name.to_string(), new) {
+                    self.retire(&old);
+                }
+            }
+        }
+    }
+
+    /// Drop `name` from the mirror: the registry no longer has it.
+    pub(crate) fn forget(&self, name: &str) {
+        self.drop_topic(name);
+    }
+
+    fn drop_topic(&self, name: &str) {
+        let old = self.topics.write().remove(name);
+        if let Some(old) = old {
+            self.retire(&old);
+        }
+    }
+
+    /// A topic gone from the registry: its waiters fail with `Removed`.
+    fn retire(&self, old: &Topic) {
+        old.record.send_replace(None);
+        self.removed_pushed
+            .fetch_add(old.pushed.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.removed_pulled
+            .fetch_add(old.pulled.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Wait until the mirror has applied revision `rev`, for at most `limit`.
+    pub(crate) async fn caught_up(&self, rev: u64, limit: Duration) -> bool {
+        let mut seen = self.seen.subscribe();
+        tokio::time::timeout(limit, seen.wait_for(|s| *s >= rev))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+fn unhex(s: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// Keep `mirror` in step with `bucket` until the task is aborted: the
+/// current entries first, then every change; a watch that ends (the
+/// connection was lost for long) starts again after the last revision
+/// applied.
+pub(crate) async fn follow(bucket: kv::Store, mirror: Arc<Mirror>) {
+    loop {
+        let from = *mirror.seen.borrow() + 1;
+        let watch = match from {
+            1 => bucket.watch_all().await,
+            _ => bucket.watch_all_from_revision(from).await,
+        };
+        match watch {
+            Ok(mut entries) => {
+                while let Some(entry) = entries.next().await {
+                    match entry {
+                        Ok(entry) => mirror.apply(&entry),
+                        Err(e) => {
+                            tracing::warn!("registry watch: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("registry watch: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,194 @@
+//! The JetStream engine when things fail: a 3-node NATS cluster (R3) and
+//! two brokers (two dchan servers' engines) on loopback; NATS nodes killed
+//! with SIGKILL mid-stream, NATS unreachable at start and lost while
+//! running. Each test prints what it measured (stalls, duplicates); none
+//! asserts on time.
+
+mod nats;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dchan::broker::jetstream::Storage;
+use dchan::broker::{Broker, Delivery, Error, JetStreamBroker, JetStreamConfig, TopicConfig, Wait};
+
+/// Every wait here fails the test after this long instead of hanging.
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn config(c: &nats::Cluster, replicas: usize) -> JetStreamConfig {
+    JetStreamConfig {
+        servers: c.url_list(),
+        replicas,
+        storage: Storage::File,
+        timeout: Duration::from_secs(5),
+        ack_wait: Duration::from_secs(3),
+        ..Default::default()
+    }
+}
+
+/// Push `n` numbered messages through `a`, read them through `b`; kill
+/// `victim` (a NATS node, chosen once `n / 3` were read) and start it again
+/// later. Returns (what was acknowledged to the writer, what was read,
+/// the longest gap between two reads).
+async fn stream_through_a_kill(
+    c: &mut nats::Cluster,
+    a: Arc<JetStreamBroker>,
+    b: Arc<JetStreamBroker>,
+    n: u64,
+    victim: impl Fn(&nats::Cluster) -> usize,
+) -> (Vec<u64>, BTreeMap<u64, u32>, Duration) {
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in 0..n {
+            // A failed push was not stored: try again, as a writer would.
+            loop {
+                match a.push("t", Bytes::from(i.to_string()), Wait::Block).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        eprintln!("push {i}: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            acked.push(i);
+        }
+        acked
+    });
+    let mut read: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut gap = Duration::ZERO;
+    let mut last = Instant::now();
+    let mut killed = None;
+    let start = Instant::now();
+    while read.len() < n as usize {
+        assert!(start.elapsed() < LIMIT, "read {} of {n}", read.len());
+        if killed.is_none() && read.len() as u64 >= n / 3 {
+            let v = victim(c);
+            eprintln!("killing NATS node n{v}");
+            c.kill(v);
+            killed = Some(Instant::now());
+        }
+        match b.pull("t", "", Wait::Block).await {
+            Ok(Some(d)) => {
+                let i: u64 = std::str::from_utf8(d.data()).unwrap().parse().unwrap();
+                *read.entry(i).or_default() += 1;
+                d.ack();
+                gap = gap.max(last.elapsed());
+                last = Instant::now();
+            }
+            Ok(None) => panic!("end of file"),
+            Err(e) => {
+                eprintln!("pull: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let acked = writer.await.unwrap();
+    (acked, read, gap)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_stream_leader_loses_no_acknowledged_message() {
+    let mut c = nats::Cluster::start(3).await;
+    let a = Arc::new(JetStreamBroker::connect(config(&c, 3)).await.unwrap());
+    let b = Arc::new(JetStreamBroker::connect(config(&c, 3)).await.unwrap());
+    a.create(
+        "t",
+        TopicConfig {
+            capacity: 20,
+            timeout: Some(Duration::from_secs(30)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    a.offset("t".into(), "").await.unwrap();
+    let id = format!("dchan_{}", a.id("t").unwrap());
+    let leader = c.leader(&id).await.expect("the stream has a leader");
+    let (acked, read, gap) = stream_through_a_kill(&mut c, a, b, 600, |_| leader).await;
+    let lost: Vec<_> = acked.iter().filter(|i| !read.contains_key(i)).collect();
+    let twice = read.values().filter(|&&k| k > 1).count();
+    println!(
+        "leader n{leader} killed: {} acknowledged, {} lost, {} read twice, longest stall {:?}",
+        acked.len(),
+        lost.len(),
+        twice,
+        gap
+    );
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    c.restart(leader);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_unreachable_at_start_is_a_clear_error() {
+    let port = nats::free_port();
+    let t0 = Instant::now();
+    let r = JetStreamBroker::connect(JetStreamConfig {
+        servers: vec![format!("nats://127.0.0.1:{port}")],
+        timeout: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let e = r.err().expect("no NATS there");
+    println!("unreachable: {e} after {:?}", t0.elapsed());
+    assert!(matches!(e, Error::Unavailable(_)), "{e}");
+    assert!(e.to_string().contains("broker unavailable"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_lost_while_running_fails_within_the_timeout_then_resumes() {
+    let mut c = nats::Cluster::start(1).await;
+    let a = JetStreamBroker::connect(config(&c, 1)).await.unwrap();
+    a.create(
+        "t",
+        TopicConfig {
+            capacity: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    a.offset("t".into(), "").await.unwrap();
+    a.push("t", Bytes::from_static(b"before"), Wait::Block)
+        .await
+        .unwrap();
+    c.kill(0);
+    let t0 = Instant::now();
+    let push = tokio::time::timeout(LIMIT, a.push("t", Bytes::from_static(b"x"), Wait::Block))
+        .await
+        .expect("a push hung with NATS gone");
+    let pull = tokio::time::timeout(LIMIT, a.pull("t", "", Wait::Block))
+        .await
+        .expect("a pull hung with NATS gone");
+    println!(
+        "NATS gone: push {push:?}, pull {:?}, after {:?}",
+        pull.as_ref().map(|d| d.is_some()),
+        t0.elapsed()
+    );
+    assert!(matches!(push, Err(Error::Unavailable(_))), "{push:?}");
+    assert!(
+        matches!(pull, Err(Error::Unavailable(_))),
+        "{:?}",
+        pull.err()
+    );
+    c.restart(0);
+    c.ready().await;
+    // Back: the message stored before is still there, and pushes work.
+    let start = Instant::now();
+    let d = loop {
+        assert!(start.elapsed() < LIMIT, "never resumed");
+        match a.pull("t", "", Wait::Block).await {
+            Ok(Some(d)) => break d,
+            other => {
+                eprintln!("after restart: {:?}", other.err());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(d.data().as_ref(), b"before");
+    d.ack();
+    a.push("t", Bytes::from_static(b"after"), Wait::Block)
+        .await
+        .unwrap();
+}

@@ -1,0 +1,355 @@
+//! Several `dchan serve --nats` processes sharing their topics through one
+//! NATS JetStream, driven as users drive them: dchan's client library and
+//! its CLI, against server A and server B at once. Topics, messages,
+//! groups and settings made through one are seen through the other; a
+//! dchan server killed mid-stream loses none of what its writers were told
+//! was stored, and its readers' unacknowledged deliveries reach readers on
+//! the other server.
+
+mod nats;
+mod server;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dchan::client::{Client, Options, TopicSettings};
+use server::Server;
+
+/// How long a cross-server view may take to agree (the registry watch);
+/// only turns a hang into a failure.
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn serve(cluster: &nats::Cluster, extra: &[&str]) -> Server {
+    let urls = cluster.urls();
+    let mut args = vec!["--nats", urls.as_str(), "--log", "warn"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+async fn client(s: &Server, group: &str) -> Client {
+    Client::connect(&s.addr(), &Options::group(group))
+        .await
+        .expect("connect")
+}
+
+/// Retry `f` until it returns `Some`, within `LIMIT`.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < LIMIT, "{what}: not within {LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn cli(server: &Server, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .env("DCHAN_ADDR", server.addr())
+        .args(args)
+        .output()
+        .expect("run dchan");
+    assert!(
+        out.status.success(),
+        "dchan {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_servers_share_topics_messages_and_groups() {
+    let c = nats::Cluster::start(1).await;
+    let (a, b) = (serve(&c, &[]), serve(&c, &[]));
+    let (ca, cb) = (client(&a, "").await, client(&b, "").await);
+
+    // Made on A: listed on B.
+    ca.create(
+        "jobs",
+        &TopicSettings {
+            capacity: Some(100),
+            ..TopicSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually("B lists jobs", || async {
+        cb.topics()
+            .await
+            .unwrap()
+            .contains(&"jobs".to_string())
+            .then_some(())
+    })
+    .await;
+
+    // Pushed on A, pulled on B, in order.
+    for i in 0..5 {
+        ca.push("jobs", format!("m{i}\n")).await.unwrap();
+    }
+    let mut p = cb.open_data("jobs").await.unwrap();
+    for i in 0..5 {
+        assert_eq!(p.next().await.unwrap().unwrap(), format!("m{i}\n"));
+    }
+    p.close().await.unwrap();
+
+    // Two readers of one group, one per server, share the work: each
+    // message to one of them.
+    let n = 40;
+    let (ga, gb) = (client(&a, "workers").await, client(&b, "workers").await);
+    let read = |c: Client| {
+        tokio::spawn(async move {
+            let mut p = c.open_data("jobs").await.unwrap();
+            let mut got = Vec::new();
+            while let Ok(Some(m)) = p.next_timeout(Duration::from_secs(3)).await {
+                got.push(String::from_utf8(m.to_vec()).unwrap());
+            }
+            got
+        })
+    };
+    let (ra, rb) = (read(ga), read(gb));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..n {
+        ca.push("jobs", format!("w{i}\n")).await.unwrap();
+    }
+    let (got_a, got_b) = (ra.await.unwrap(), rb.await.unwrap());
+    let all: BTreeSet<_> = got_a.iter().chain(&got_b).cloned().collect();
+    println!(
+        "group of two readers: {} on A, {} on B",
+        got_a.len(),
+        got_b.len()
+    );
+    assert_eq!(got_a.len() + got_b.len(), n, "each message once");
+    assert_eq!(all.len(), n);
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "both readers worked"
+    );
+
+    // Settings and close made on B hold on A.
+    cb.ctl_write("jobs", "capacity 7").await.unwrap();
+    eventually("A sees capacity 7", || async {
+        ca.ctl("jobs")
+            .await
+            .unwrap()
+            .contains("capacity 7")
+            .then_some(())
+    })
+    .await;
+    // The CLI against A and B agrees, but for PULLED: the pulls made
+    // through that server (the rest is the cluster's).
+    let without_pulled = |ls: String| -> Vec<Vec<String>> {
+        ls.lines()
+            .map(|l| {
+                let mut cols: Vec<String> = l.split_whitespace().map(String::from).collect();
+                cols.remove(3);
+                cols
+            })
+            .collect()
+    };
+    let (ls_a, ls_b) = (cli(&a, &["ls"]), cli(&b, &["ls"]));
+    assert!(ls_a.contains("jobs"), "{ls_a}");
+    assert_eq!(without_pulled(ls_a), without_pulled(ls_b));
+
+    // Removed on B: gone on A.
+    cb.remove("jobs").await.unwrap();
+    eventually("A no longer lists jobs", || async {
+        (!ca.topics().await.unwrap().contains(&"jobs".to_string())).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rendezvous_spans_servers() {
+    let c = nats::Cluster::start(1).await;
+    let (a, b) = (serve(&c, &[]), serve(&c, &[]));
+    let (ca, cb) = (client(&a, "").await, client(&b, "").await);
+    ca.create("r", &TopicSettings::default()).await.unwrap();
+    eventually("B lists r", || async {
+        cb.topics()
+            .await
+            .unwrap()
+            .contains(&"r".to_string())
+            .then_some(())
+    })
+    .await;
+    // The push on A returns once the reader on B took it.
+    let reader = tokio::spawn(async move { cb.pull("r").await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ca.push("r", "hello\n").await.unwrap();
+    assert_eq!(reader.await.unwrap(), Some(Bytes::from("hello\n")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_fails_clearly_when_nats_is_unreachable() {
+    let port = nats::free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args([
+            "serve",
+            "--listen",
+            "tcp!127.0.0.1!0",
+            "--nats",
+            &format!("nats://127.0.0.1:{port}"),
+        ])
+        .output()
+        .expect("run dchan serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("broker unavailable"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "listened");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_a_dchan_server_mid_stream_loses_nothing_it_acknowledged() {
+    // 3 NATS nodes, R3; producer on A, readers of one group on A and B.
+    // A is killed with SIGKILL mid-stream: every push A acknowledged is
+    // read on B (A's readers' unacknowledged deliveries come back after
+    // the ack wait, 2 s here).
+    let c = nats::Cluster::start(3).await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[broker]\nreplicas = 3\nack_wait = \"2s\"\n").unwrap();
+    let cfg = config.path().to_str().unwrap();
+    let mut a = serve(&c, &["--config", cfg]);
+    let b = serve(&c, &["--config", cfg]);
+    let (ca, cb) = (client(&a, "").await, client(&b, "").await);
+    ca.create(
+        "jobs",
+        &TopicSettings {
+            capacity: Some(50),
+            ..TopicSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually("B lists jobs", || async {
+        cb.topics()
+            .await
+            .unwrap()
+            .contains(&"jobs".to_string())
+            .then_some(())
+    })
+    .await;
+    // A's reader: takes messages and never acks the last (it dies).
+    let ra = client(&a, "").await;
+    let reader_a = tokio::spawn(async move {
+        let mut p = ra.open_data("jobs").await.unwrap();
+        let mut got = BTreeSet::new();
+        while let Ok(Some(m)) = p.next().await {
+            got.insert(
+                String::from_utf8(m.to_vec())
+                    .unwrap()
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap(),
+            );
+        }
+        got
+    });
+    // B's reader, of the same group, until the group is idle for 5 s.
+    let reader_b = tokio::spawn(async move {
+        let mut p = cb.open_data("jobs").await.unwrap();
+        let (mut got, mut dups) = (BTreeSet::new(), 0);
+        while let Ok(Some(m)) = p.next_timeout(Duration::from_secs(5)).await {
+            let i: u64 = String::from_utf8(m.to_vec())
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            if !got.insert(i) {
+                dups += 1;
+            }
+        }
+        (got, dups)
+    });
+    let acked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let writer = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            for i in 0..1000 {
+                match ca.push("jobs", format!("{i}\n")).await {
+                    Ok(()) => acked.lock().push(i),
+                    Err(e) => {
+                        println!("push {i}: {e}"); // its server is gone
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    // Mid-stream: once 100 pushes were acknowledged.
+    eventually("100 pushes", || async {
+        (acked.lock().len() >= 100).then_some(())
+    })
+    .await;
+    a.child.kill().unwrap(); // SIGKILL
+    let _ = a.child.wait();
+    writer.await.unwrap();
+    let acked = acked.lock().clone();
+    let on_a = reader_a.await.unwrap();
+    let (got, dups) = reader_b.await.unwrap();
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|i| !got.contains(&(**i as u64)) && !on_a.contains(&(**i as u64)))
+        .collect();
+    let again = got.intersection(&on_a).count();
+    println!(
+        "dchan A killed: {} pushes acknowledged, {} read on A, {} read on B \
+         ({dups} twice on B, {again} on both), {} lost",
+        acked.len(),
+        on_a.len(),
+        got.len(),
+        lost.len(),
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged, and read by nobody: {lost:?}"
+    );
+}
+
+/// The README's "More than one machine" commands, as pasted, on free
+/// ports and in a temporary directory: three NATS nodes, two dchan
+/// servers, a push through one and a pull through the other.
+#[test]
+fn the_readme_cluster_commands_run() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let blocks = server::readme_blocks(&readme, "sh nats");
+    assert_eq!(blocks.len(), 1, "the README lost its cluster commands");
+    let dir = tempfile::tempdir().unwrap();
+    let mut script = blocks[0].replace("/tmp/", &format!("{}/", dir.path().display()));
+    for port in [14221, 14222, 14223, 16221, 16222, 16223, 15641, 15642] {
+        script = script.replace(&port.to_string(), &nats::free_port().to_string());
+    }
+    // Every process the commands start in the background is stopped by
+    // its PID when they end.
+    let script = format!("trap 'kill $(jobs -p) 2>/dev/null' EXIT\nset -eu\n{script}");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_dchan"))
+        .parent()
+        .unwrap();
+    let venv = nats::nats_server();
+    let path = format!(
+        "{}:{}:{}",
+        venv.parent().unwrap().display(),
+        bin.display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = Command::new("timeout")
+        .args(["120", "bash", "-c", &script])
+        .env("PATH", path)
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("resize a.png"), "{stdout}");
+    assert!(stdout.contains("jobs"), "{stdout}");
+}
