@@ -400,6 +400,8 @@ pub struct TopicDefaults {
     pub timeout: Timeout,
     /// The longest message.
     pub max_message: MessageSize,
+    /// What is kept of what every group has taken.
+    pub retain: Retain,
 }
 
 impl TopicDefaults {
@@ -410,6 +412,7 @@ impl TopicDefaults {
             framing: self.framing.into(),
             timeout: self.timeout.0,
             max_message: self.max_message.0,
+            retain: self.retain.0,
         }
     }
 }
@@ -430,6 +433,8 @@ pub struct TopicSpec {
     pub timeout: Option<Timeout>,
     /// Its longest message, if not the default.
     pub max_message: Option<MessageSize>,
+    /// Its retention, if not the default.
+    pub retain: Option<Retain>,
 }
 
 impl TopicSpec {
@@ -440,6 +445,7 @@ impl TopicSpec {
             framing: self.framing.unwrap_or(defaults.framing).into(),
             timeout: self.timeout.unwrap_or(defaults.timeout).0,
             max_message: self.max_message.unwrap_or(defaults.max_message).0,
+            retain: self.retain.unwrap_or(defaults.retain).0,
         }
     }
 }
@@ -499,6 +505,24 @@ impl TryFrom<SizeValue> for MessageSize {
 
     fn try_from(v: SizeValue) -> Result<Self, String> {
         v.parse("max_message").map(MessageSize)
+    }
+}
+
+/// A retention limit as the file spells it: a count (`1000`), a size
+/// (`"64M"`), an age (`"1h"`) or `"none"` (see `broker::Retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(try_from = "SizeValue")]
+pub struct Retain(pub broker::Retention);
+
+impl TryFrom<SizeValue> for Retain {
+    type Error = String;
+
+    fn try_from(v: SizeValue) -> Result<Self, String> {
+        let text = match v {
+            SizeValue::Bytes(n) => n.to_string(),
+            SizeValue::Text(s) => s,
+        };
+        broker::Retention::parse(&text).map(Retain)
     }
 }
 
@@ -784,6 +808,26 @@ mod tests {
         let bad = "[topic_defaults]\nmax_message = \"lots\"\n";
         let e = Config::parse("t.toml", bad).unwrap_err().to_string();
         assert!(e.contains("bad max_message"), "{e}");
+    }
+
+    #[test]
+    fn retain_takes_a_count_a_size_or_an_age() {
+        use crate::broker::Retention;
+        let text = "[topic_defaults]\nretain = 1000\n\
+                    [[topic]]\nname = \"h\"\nretain = \"1h\"\n\
+                    [[topic]]\nname = \"b\"\nretain = \"64M\"\n";
+        let c = Config::parse("t.toml", text).unwrap();
+        assert_eq!(
+            c.topic_defaults.topic_config().retain,
+            Retention::Count(1000)
+        );
+        let h = c.topic[0].topic_config(&c.topic_defaults).retain;
+        assert_eq!(h, Retention::Age(std::time::Duration::from_secs(3600)));
+        let b = c.topic[1].topic_config(&c.topic_defaults).retain;
+        assert_eq!(b, Retention::Bytes(64 << 20));
+        let bad = "[topic_defaults]\nretain = \"lots\"\n";
+        let e = Config::parse("t.toml", bad).unwrap_err().to_string();
+        assert!(e.contains("bad retain"), "{e}");
     }
 
     #[test]

@@ -342,3 +342,55 @@ async fn a_full_disk_fails_pushes_with_enospc_and_keeps_what_was_answered() {
             .all(|(g, a)| g.as_bytes() == &a[..])
     );
 }
+
+/// Retained messages survive a restart (with the setting), their segments
+/// stay until retention lets them go, and a group made after the restart
+/// starts from the oldest retained.
+#[tokio::test]
+async fn retained_messages_survive_a_restart_and_keep_their_segments() {
+    use dchan::broker::Retention;
+    let tmp = tempfile::tempdir().unwrap();
+    let options = Options {
+        segment_bytes: 1024,
+        ..Options::default()
+    };
+    let b = open_with(tmp.path(), options);
+    let config = TopicConfig {
+        retain: Retention::Count(30),
+        ..cap(1000)
+    };
+    b.create("t", config).unwrap();
+    assert_eq!(b.offset("t".into(), "g").await.unwrap(), 0);
+    for i in 0..100 {
+        push(&b, "t", &format!("{i:03}{}", "x".repeat(97))).await;
+    }
+    let before = segments(tmp.path()).len();
+    assert_eq!(drain(&b, "t", "g").await.len(), 100);
+    let kept = segments(tmp.path()).len();
+    // 30 messages of ~110 bytes span at least 3 segments of 1 KiB.
+    assert!(kept >= 3 && kept < before, "{kept} segments of {before}");
+    drop(b);
+
+    let b = open_with(tmp.path(), options);
+    let s = b.status("t".into()).await.unwrap();
+    assert_eq!(s.config.retain, Retention::Count(30));
+    assert_eq!((s.first, s.retained, s.next), (70, 30, 100), "{s:?}");
+    assert_eq!(b.offset("t".into(), "g").await.unwrap(), 100);
+    assert_eq!(b.offset("t".into(), "h").await.unwrap(), 70);
+    let h = drain(&b, "t", "h").await;
+    assert_eq!(h.len(), 30);
+    assert!(h[0].starts_with("070") && h[29].starts_with("099"));
+    // Retention off: the retained messages and their segments go.
+    b.set("t".into(), Setting::Retain(Retention::None))
+        .await
+        .unwrap();
+    assert_eq!(b.status("t".into()).await.unwrap().pending, 0);
+    assert!(segments(tmp.path()).len() <= 2);
+    drop(b);
+    let b = open_with(tmp.path(), options);
+    let s = b.status("t".into()).await.unwrap();
+    assert_eq!(
+        (s.first, s.pending, s.config.retain),
+        (100, 0, Retention::None)
+    );
+}

@@ -479,3 +479,40 @@ async fn message_boundaries_hold_at_every_multiple_of_a_small_msize() {
     }
     server.stop().await;
 }
+
+/// Retention through the ctl files over 9P: set at create and changed
+/// later, shown in the ctl file; a group that comes after the others
+/// reads the retained history; a bad limit is refused with its reason.
+#[tokio::test]
+async fn retention_through_the_ctl_files() {
+    let server = Server::start().await;
+    let c = client(&server, Dialect::P2000L, "").await;
+    c.server_command("create r capacity=10 retain=2\n")
+        .await
+        .unwrap();
+    for m in ["a", "b", "c"] {
+        c.push("r", format!("{m}\n")).await.unwrap();
+    }
+    for m in ["a", "b", "c"] {
+        assert_eq!(c.pull("r").await.unwrap().unwrap(), format!("{m}\n"));
+    }
+    let ctl = c.ctl("r").await.unwrap();
+    assert!(
+        ctl.contains("retain 2\n") && ctl.contains("retained 2\n") && ctl.contains("first 1\n"),
+        "{ctl}"
+    );
+    let late = client(&server, Dialect::P2000L, "late").await;
+    assert_eq!(late.pull("r").await.unwrap().unwrap(), "b\n");
+    // The default group rewinds over the history.
+    c.set_offset("r", 1).await.unwrap();
+    assert_eq!(c.pull("r").await.unwrap().unwrap(), "b\n");
+    c.ctl_write("r", "retain 64M").await.unwrap();
+    assert!(c.ctl("r").await.unwrap().contains("retain 64M\n"));
+    // 9P2000 carries the reason as text (9P2000.L only an errno).
+    let text = client(&server, Dialect::P2000, "").await;
+    let e = text.ctl_write("r", "retain lots").await.unwrap_err();
+    assert!(e.to_string().contains("bad retain \"lots\""), "{e}");
+    c.ctl_write("r", "retain none").await.unwrap();
+    let ctl = c.ctl("r").await.unwrap();
+    assert!(ctl.contains("retain none\n"), "{ctl}");
+}

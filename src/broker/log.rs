@@ -136,6 +136,15 @@ impl Log {
         piece.slice(from..from + len as usize)
     }
 
+    /// The length of message `seq` (which must be held).
+    pub(crate) fn size(&self, seq: Seq) -> u64 {
+        let Entry { at, len } = self.entries[(seq - self.first) as usize];
+        if at & LARGE != 0 {
+            return self.large[((at & !LARGE) - self.large_first) as usize].len() as u64;
+        }
+        len as u64
+    }
+
     /// Drop the messages before `seq`.
     pub(crate) fn trim(&mut self, seq: Seq) {
         let n = (seq - self.first) as usize;

@@ -46,12 +46,14 @@ pub mod jetstream;
 mod log;
 pub mod memory;
 pub mod order;
+mod retain;
 mod store;
 mod topic;
 mod waiters;
 
 pub use jetstream::{JetStreamBroker, JetStreamConfig, JetStreamDelivery};
 pub use memory::{MemoryBroker, MemoryDelivery};
+pub use retain::Retention;
 
 use std::future::Future;
 use std::ops::Bound;
@@ -110,6 +112,8 @@ pub struct TopicConfig {
     pub timeout: Option<Duration>,
     /// The longest message, in bytes: a longer push fails with `TooLong`.
     pub max_message: u64,
+    /// What is kept of the messages every group has taken (see `retain`).
+    pub retain: Retention,
 }
 
 /// The default [`TopicConfig::max_message`], 16 MiB: RabbitMQ's default,
@@ -125,6 +129,7 @@ impl Default for TopicConfig {
             framing: Framing::default(),
             timeout: None,
             max_message: DEFAULT_MAX_MESSAGE,
+            retain: Retention::None,
         }
     }
 }
@@ -191,6 +196,7 @@ pub enum Setting {
     Framing(Framing),
     Timeout(Option<Duration>),
     MaxMessage(u64),
+    Retain(Retention),
 }
 
 /// Whether an operation may wait.
@@ -289,8 +295,10 @@ pub struct GroupStatus {
 pub struct TopicStatus {
     pub name: String,
     pub config: TopicConfig,
-    /// Messages held (not yet taken by every group).
+    /// Messages held: not yet taken by every group, or kept by retention.
     pub pending: u64,
+    /// Of those, the ones every group has taken, kept by retention.
+    pub retained: u64,
     /// The oldest held sequence number, and the next one to be assigned.
     pub first: Seq,
     pub next: Seq,

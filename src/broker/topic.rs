@@ -38,6 +38,7 @@ use slab::Slab;
 
 use super::group::Group;
 use super::log::Log;
+use super::retain::{Kept, Retention};
 use super::store::Store;
 use super::waiters::store_waker;
 use super::{
@@ -185,6 +186,13 @@ pub(crate) struct State {
     /// Where a durable engine keeps what changes (see `store`); `None`
     /// in the memory engine.
     store: Option<Box<dyn Store>>,
+    /// Every message before this one has been taken by every group (at
+    /// some point: a group may seek back before it): the log holds those
+    /// only by retention. Without retention it is the log's first.
+    /// Capacity counts from here (see `fits_now`).
+    taken: Seq,
+    /// What retention needs to know of the retained messages.
+    kept: Kept,
 }
 
 impl State {
@@ -209,6 +217,8 @@ impl State {
             pulled: 0,
             wakes: Vec::new(),
             store: None,
+            taken: 0,
+            kept: Kept::default(),
         }
     }
 
@@ -240,7 +250,12 @@ impl State {
             let key = state.groups.insert(group);
             state.group_index.insert(name.into(), key);
         }
+        // What every group has read is what retention may have kept.
+        let floor = state.groups.iter().map(|(_, g)| g.floor()).min();
+        state.taken = floor.unwrap_or(first).max(state.log.first());
         state.store = Some(store);
+        state.retention_changed();
+        state.trim();
         state
     }
 
@@ -263,6 +278,9 @@ impl State {
         }
         self.log.push(data);
         self.pushed += 1;
+        if let Retention::Age(age) = self.config.retain {
+            self.kept.pushed(seq, age);
+        }
         Ok(seq)
     }
 
@@ -357,14 +375,14 @@ impl State {
         }
     }
 
-    /// The offset of the slowest group; with no group, the oldest held
-    /// message, where the next group will start.
+    /// The offset of the slowest group, a group reading retained history
+    /// counting as at `taken`; with no group, `taken`.
     fn min_offset(&self) -> Seq {
         self.groups
             .iter()
-            .map(|(_, g)| g.offset)
+            .map(|(_, g)| g.offset.max(self.taken))
             .min()
-            .unwrap_or(self.log.first())
+            .unwrap_or(self.taken)
     }
 
     // ---- pull ----
@@ -480,8 +498,8 @@ impl State {
         if let Some(group) = self.groups.get_mut(taken.group)
             && group.id == taken.group_id
         {
-            // Only a group at the oldest held message can let it go.
-            let held_first = group.floor() == self.log.first();
+            // Only the slowest group can let a message go.
+            let held_first = group.floor() <= self.taken;
             group.settle(taken.seq);
             if let Some(store) = self.store.as_deref_mut() {
                 store.ack(&group.name, taken.seq);
@@ -499,6 +517,10 @@ impl State {
             return Start::Done(Err(e));
         }
         self.expire_idle();
+        if matches!(self.config.retain, Retention::Age(_)) {
+            // Retained messages grow old while nothing else happens.
+            self.trim();
+        }
         if self.closed {
             return Start::Done(Err(Error::Closed));
         }
@@ -594,16 +616,18 @@ impl State {
     fn fits_now(&self) -> bool {
         let next = self.next();
         let c = self.config.capacity;
-        // Every group is at or past the oldest held message: room there is
-        // room for all (and idle groups cost nothing).
-        if next < self.log.first().saturating_add(c) {
+        // Every group counts as at or past `taken` (one reading retained
+        // history as at `taken`): room there is room for all (and idle
+        // groups cost nothing).
+        if next < self.taken.saturating_add(c) {
             return true;
         }
         if self.groups.is_empty() {
-            return next < self.log.first().saturating_add(c);
+            return false;
         }
         self.groups.iter().all(|(_, g)| {
-            next < g.offset.saturating_add(c) || (g.offset == next && !g.waiters.is_empty())
+            next < g.offset.max(self.taken).saturating_add(c)
+                || (g.offset == next && !g.waiters.is_empty())
         })
     }
 
@@ -719,18 +743,69 @@ impl State {
     }
 
     /// Drop the messages every group is done with (read and acked, not
-    /// out with a reader nor waiting for redelivery), so `first`, `pending`
-    /// and every group's `offset` agree. With no group, keep all: they wait
-    /// for the first.
+    /// out with a reader nor waiting for redelivery) that retention does
+    /// not keep, so `first`, `pending` and every group's `offset` agree.
+    /// With no group, keep all that no group has taken: they wait for the
+    /// first.
     fn trim(&mut self) {
-        let Some(min) = self.groups.iter().map(|(_, g)| g.floor()).min() else {
-            return;
+        let first = self.log.first();
+        let held = match self.groups.iter().map(|(_, g)| g.floor()).min() {
+            Some(min) => min,
+            None if self.config.retain == Retention::None => return,
+            None => self.taken,
         };
-        if min > self.log.first() {
-            self.log.trim(min);
-            if let Some(store) = self.store() {
-                store.trimmed(min);
+        let bytes = matches!(self.config.retain, Retention::Bytes(_));
+        if held > self.taken {
+            if bytes {
+                for s in self.taken..held {
+                    self.kept.bytes += self.log.size(s);
+                }
             }
+            self.taken = held;
+        }
+        let keep_from = match self.config.retain {
+            Retention::None => self.taken,
+            Retention::Count(n) => self.taken.saturating_sub(n),
+            Retention::Bytes(max) => {
+                let (mut s, mut b) = (first, self.kept.bytes);
+                while s < self.taken && b > max {
+                    b -= self.log.size(s);
+                    s += 1;
+                }
+                s
+            }
+            Retention::Age(age) => self.kept.expired_before(age, first).min(self.taken),
+        };
+        let to = held.min(keep_from);
+        if to > first {
+            if bytes {
+                for s in first..to {
+                    self.kept.bytes -= self.log.size(s);
+                }
+            }
+            self.log.trim(to);
+            self.kept.trimmed(to);
+            if let Some(store) = self.store() {
+                store.trimmed(to);
+            }
+        }
+    }
+
+    /// Start the bookkeeping of a retention limit afresh (a new limit, or
+    /// a restored topic): the bytes held by retention, or, for an age,
+    /// the messages held counted as pushed now (so they are kept at least
+    /// that long).
+    fn retention_changed(&mut self) {
+        self.kept.clear();
+        match self.config.retain {
+            Retention::Bytes(_) => {
+                for s in self.log.first()..self.taken {
+                    self.kept.bytes += self.log.size(s);
+                }
+            }
+            Retention::Age(age) if self.next() > 0 => self.kept.pushed(self.next() - 1, age),
+            Retention::Age(_) => {}
+            Retention::None | Retention::Count(_) => {}
         }
     }
 
@@ -743,12 +818,17 @@ impl State {
             Setting::Framing(f) => self.config.framing = f,
             Setting::Timeout(t) => self.config.timeout = t,
             Setting::MaxMessage(m) => self.config.max_message = m,
+            Setting::Retain(r) => {
+                self.config.retain = r;
+                self.retention_changed();
+            }
         }
         let (config, closed) = (self.config, self.closed);
         if let Some(store) = self.store() {
             store.settings(&config, closed);
         }
         self.dispatch();
+        self.trim();
         Ok(())
     }
 
@@ -774,6 +854,8 @@ impl State {
         self.alive()?;
         let next = self.next();
         self.log.clear();
+        self.taken = next;
+        self.retention_changed();
         let (config, was_closed) = (self.config, self.closed);
         if let Some(store) = self.store() {
             store.reset(next);
@@ -896,6 +978,7 @@ impl State {
             name: name.to_string(),
             config: self.config,
             pending: self.log.len() as u64,
+            retained: self.taken - self.log.first(),
             first: self.log.first(),
             next,
             pushed: self.pushed,

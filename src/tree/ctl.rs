@@ -3,13 +3,16 @@
 //!
 //! Root `/ctl`, one command a line:
 //! ```text
-//! create NAME [capacity=N] [framing=line|write] [timeout=DURATION]
+//! create NAME [capacity=N] [framing=line|write] [timeout=DURATION] [retain=LIMIT]
 //! remove NAME
 //! ```
 //! A topic's `ctl`, one command a line:
 //! ```text
-//! reset | close | capacity N | framing line|write | timeout DURATION | forget GROUP
+//! reset | close | capacity N | framing line|write | timeout DURATION | retain LIMIT | forget GROUP
 //! ```
+//! LIMIT is what a topic keeps of the messages every group has taken
+//! (`broker::Retention`): a count (`1000`), bytes (`64M`), an age (`1h`)
+//! or `none`.
 //! DURATION is humantime (`500ms`, `2s`, `1m 30s`) or `none` (no limit); a
 //! zero duration is refused, as by the CLI and the config. GROUP is the rest of the line; `""` names the default group.
 //!
@@ -20,7 +23,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::broker::{self, BrokerStatus, Framing, Seq, Setting, TopicConfig, TopicStatus};
+use crate::broker::{
+    self, BrokerStatus, Framing, Retention, Seq, Setting, TopicConfig, TopicStatus,
+};
 
 /// The file names inside a topic directory.
 pub const RESERVED: [&str; 3] = ["ctl", "data", "offset"];
@@ -40,6 +45,7 @@ pub enum RootCmd {
         framing: Option<Framing>,
         timeout: Option<Option<Duration>>,
         max_message: Option<u64>,
+        retain: Option<Retention>,
     },
     Remove(String),
 }
@@ -57,8 +63,8 @@ pub enum TopicCmd {
 // as 9pfuse turn an error's text into an errno by substring, and the word
 // would make any mistyped command read "Connection timed out" (see the
 // table in error.rs). The settings' names are in the ctl file itself.
-const ROOT_USAGE: &str = "want create NAME [capacity=N] [framing=line|write] [SETTING=DURATION for the wait limit] [max_message=BYTES], remove NAME";
-const TOPIC_USAGE: &str = "want reset, close, capacity N, framing line|write, max_message BYTES, forget GROUP, or the wait limit with its name as this file shows it";
+const ROOT_USAGE: &str = "want create NAME [capacity=N] [framing=line|write] [SETTING=DURATION for the wait limit] [max_message=BYTES] [retain=LIMIT], remove NAME";
+const TOPIC_USAGE: &str = "want reset, close, capacity N, framing line|write, max_message BYTES, retain LIMIT, forget GROUP, or the wait limit with its name as this file shows it";
 
 /// The non-blank lines of a ctl write, trimmed; an error if it is not text.
 fn lines(text: &[u8]) -> Result<Vec<&str>, String> {
@@ -84,8 +90,8 @@ fn parse_root_line(line: &str) -> Result<RootCmd, String> {
                 .next()
                 .ok_or_else(|| "create: missing topic name".to_string())?;
             check_name(name)?;
-            let (mut capacity, mut framing, mut timeout, mut max_message) =
-                (None, None, None, None);
+            let (mut capacity, mut framing, mut timeout, mut max_message, mut retain) =
+                (None, None, None, None, None);
             for opt in words {
                 let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
                 match key {
@@ -93,9 +99,10 @@ fn parse_root_line(line: &str) -> Result<RootCmd, String> {
                     "framing" => framing = Some(parse_framing(value)?),
                     "timeout" => timeout = Some(parse_timeout(value)?),
                     "max_message" => max_message = Some(parse_size(value)?),
+                    "retain" => retain = Some(Retention::parse(value)?),
                     _ => {
                         return Err(format!(
-                            "create: unknown option {opt:?}; want capacity=N, framing=line|write, max_message=BYTES, or the wait limit as a topic's ctl file names it"
+                            "create: unknown option {opt:?}; want capacity=N, framing=line|write, max_message=BYTES, retain=LIMIT, or the wait limit as a topic's ctl file names it"
                         ));
                     }
                 }
@@ -106,6 +113,7 @@ fn parse_root_line(line: &str) -> Result<RootCmd, String> {
                 framing,
                 timeout,
                 max_message,
+                retain,
             })
         }
         "remove" => {
@@ -154,6 +162,7 @@ fn parse_topic_line(line: &str) -> Result<TopicCmd, String> {
         "framing" => TopicCmd::Set(Setting::Framing(parse_framing(one_arg("line|write")?)?)),
         "timeout" => TopicCmd::Set(Setting::Timeout(parse_timeout(rest)?)),
         "max_message" => TopicCmd::Set(Setting::MaxMessage(parse_size(one_arg("BYTES")?)?)),
+        "retain" => TopicCmd::Set(Setting::Retain(Retention::parse(one_arg("LIMIT")?)?)),
         "forget" => match rest {
             "" => return Err("forget: missing group name (\"\" is the default group)".into()),
             "\"\"" => TopicCmd::Forget(String::new()),
@@ -268,12 +277,14 @@ pub fn create_config(
     framing: Option<Framing>,
     timeout: Option<Option<Duration>>,
     max_message: Option<u64>,
+    retain: Option<Retention>,
 ) -> TopicConfig {
     TopicConfig {
         capacity: capacity.unwrap_or(defaults.capacity),
         framing: framing.unwrap_or(defaults.framing),
         timeout: timeout.unwrap_or(defaults.timeout),
         max_message: max_message.unwrap_or(defaults.max_message),
+        retain: retain.unwrap_or(defaults.retain),
     }
 }
 
@@ -314,13 +325,15 @@ pub fn topic_text(s: &TopicStatus, readers: u64) -> String {
     let c = &s.config;
     let _ = write!(
         t,
-        "capacity {}\nframing {}\ntimeout {}\nmax_message {}\npending {}\nfirst {}\nnext {}\npushed {}\npulled {}\n\
+        "capacity {}\nframing {}\ntimeout {}\nmax_message {}\nretain {}\npending {}\nretained {}\nfirst {}\nnext {}\npushed {}\npulled {}\n\
          readers {}\nblocked_readers {}\nblocked_writers {}\n",
         c.capacity,
         framing_name(c.framing),
         timeout_text(c.timeout),
         c.max_message,
+        c.retain,
         s.pending,
+        s.retained,
         s.first,
         s.next,
         s.pushed,
@@ -359,6 +372,7 @@ mod tests {
                     framing: None,
                     timeout: None,
                     max_message: None,
+                    retain: None,
                 },
                 RootCmd::Create {
                     name: "metrics/eu".into(),
@@ -366,6 +380,7 @@ mod tests {
                     framing: Some(Framing::Write),
                     timeout: Some(Some(Duration::from_secs(2))),
                     max_message: None,
+                    retain: None,
                 },
                 RootCmd::Remove("old".into()),
             ]
@@ -456,7 +471,7 @@ mod tests {
         let e = parse_topic(b"reset\nfrob\n").unwrap_err();
         assert_eq!(
             e,
-            "unknown command \"frob\"; want reset, close, capacity N, framing line|write, max_message BYTES, forget GROUP, or the wait limit with its name as this file shows it"
+            "unknown command \"frob\"; want reset, close, capacity N, framing line|write, max_message BYTES, retain LIMIT, forget GROUP, or the wait limit with its name as this file shows it"
         );
         assert!(parse_topic(b"capacity").unwrap_err().contains("missing N"));
         assert!(

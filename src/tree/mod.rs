@@ -410,9 +410,11 @@ impl<B: Broker> TopicTree<B> {
                     framing,
                     timeout,
                     max_message,
+                    retain,
                 } => {
                     let d = self.config.defaults;
-                    let config = ctl::create_config(d, capacity, framing, timeout, max_message);
+                    let config =
+                        ctl::create_config(d, capacity, framing, timeout, max_message, retain);
                     self.create_topic(&name, config).await?;
                     self.audit(session, &name, "create");
                 }

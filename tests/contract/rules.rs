@@ -1112,3 +1112,170 @@ async fn children_keep_their_place_when_a_child_becomes_a_topic() {
         assert_eq!(listed.len(), 301, "round {round}");
     }
 }
+
+// ---- retention (`retain`): what every group has taken, kept ----
+
+async fn retaining(capacity: u64, retain: dchan::broker::Retention) -> Option<B> {
+    let b = new_engine().await;
+    b.create(
+        "t",
+        TopicConfig {
+            capacity,
+            retain,
+            ..TopicConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    // An engine without retention yet (JetStream) shows none: skipped.
+    if b.status("t").await.unwrap().config.retain != retain {
+        eprintln!("this engine does not retain yet: skipped");
+        return None;
+    }
+    Some(b)
+}
+
+#[tokio::test]
+async fn retention_keeps_the_last_taken_messages_for_a_new_group() {
+    let Some(b) = retaining(10, dchan::broker::Retention::Count(3)).await else {
+        return;
+    };
+    b.offset("t", "a").await.unwrap();
+    for i in 0..5 {
+        push_now(&b, &format!("m{i}")).await;
+    }
+    for i in 0..5 {
+        assert_eq!(take(&b, "a").await, format!("m{i}"));
+    }
+    let s = b.status("t").await.unwrap();
+    assert_eq!(
+        (s.pending, s.retained, s.first, s.next),
+        (3, 3, 2, 5),
+        "{s:?}"
+    );
+    // A new group starts from the oldest retained message.
+    assert_eq!(b.offset("t", "b").await.unwrap(), 2);
+    for i in 2..5 {
+        assert_eq!(take(&b, "b").await, format!("m{i}"));
+    }
+    // Retention is not consumed by reading.
+    assert_eq!(b.status("t").await.unwrap().retained, 3);
+}
+
+#[tokio::test]
+async fn a_group_seeks_back_over_retained_history() {
+    let Some(b) = retaining(10, dchan::broker::Retention::Count(100)).await else {
+        return;
+    };
+    b.offset("t", "a").await.unwrap();
+    for i in 0..3 {
+        push_now(&b, &i.to_string()).await;
+    }
+    for i in 0..3 {
+        assert_eq!(take(&b, "a").await, i.to_string());
+    }
+    b.seek("t", "a", 0).await.unwrap();
+    assert_eq!(take(&b, "a").await, "0");
+    // Retention off: what every group is done with goes, as without it.
+    b.set("t", Setting::Retain(dchan::broker::Retention::None))
+        .await
+        .unwrap();
+    // Those the group reads again stay until it is done with them.
+    let s = b.status("t").await.unwrap();
+    assert_eq!((s.first, s.pending), (1, 2), "{s:?}");
+    assert_eq!(take(&b, "a").await, "1");
+    assert_eq!(take(&b, "a").await, "2");
+    assert_eq!(b.status("t").await.unwrap().pending, 0);
+    assert!(matches!(
+        b.seek("t", "a", 0).await,
+        Err(Error::OffsetOutOfRange { first: 3, .. })
+    ));
+}
+
+#[tokio::test]
+async fn retention_by_bytes_keeps_the_newest_that_fit() {
+    let Some(b) = retaining(10, dchan::broker::Retention::Bytes(1024)).await else {
+        return;
+    };
+    let big = "x".repeat(600);
+    for _ in 0..3 {
+        push_now(&b, &big).await;
+    }
+    // No group yet: every message waits for the first, whatever the limit.
+    assert_eq!(b.status("t").await.unwrap().pending, 3);
+    for _ in 0..3 {
+        take(&b, "a").await;
+    }
+    let s = b.status("t").await.unwrap();
+    assert_eq!((s.first, s.retained), (2, 1), "{s:?}");
+}
+
+#[tokio::test]
+async fn retention_by_age_keeps_young_messages_and_drops_old_ones() {
+    let Some(b) = retaining(10, dchan::broker::Retention::Age(Duration::from_secs(3600))).await
+    else {
+        return;
+    };
+    for i in 0..3 {
+        push_now(&b, &i.to_string()).await;
+    }
+    for _ in 0..3 {
+        take(&b, "a").await;
+    }
+    assert_eq!(b.status("t").await.unwrap().retained, 3);
+    b.set(
+        "t",
+        Setting::Retain(dchan::broker::Retention::Age(Duration::from_millis(1))),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Old messages go at the topic's next push.
+    push_now(&b, "3").await;
+    let s = b.status("t").await.unwrap();
+    assert_eq!((s.first, s.retained, s.pending), (3, 0, 1), "{s:?}");
+}
+
+#[tokio::test]
+async fn a_group_reading_history_lags_by_capacity_beyond_it() {
+    let Some(b) = retaining(2, dchan::broker::Retention::Count(100)).await else {
+        return;
+    };
+    b.offset("t", "a").await.unwrap();
+    for i in 0..2 {
+        push_now(&b, &i.to_string()).await;
+    }
+    for i in 0..2 {
+        assert_eq!(take(&b, "a").await, i.to_string());
+    }
+    // Retained messages do not take capacity: two more fit.
+    push_now(&b, "2").await;
+    push_now(&b, "3").await;
+    // A new group replays history; it counts as at the first message not
+    // every group has taken, so capacity bounds its lag beyond history.
+    assert_eq!(b.offset("t", "b").await.unwrap(), 0);
+    take(&b, "a").await;
+    take(&b, "a").await;
+    let mut p = push(&b, "4");
+    blocked(&mut p).await;
+    for i in 0..3 {
+        assert_eq!(take(&b, "b").await, i.to_string());
+    }
+    assert_eq!(done(p).await, Ok(4));
+    let s = b.status("t").await.unwrap();
+    assert_eq!((s.first, s.next), (0, 5), "{s:?}");
+}
+
+#[tokio::test]
+async fn reset_drops_retained_messages() {
+    let Some(b) = retaining(10, dchan::broker::Retention::Count(100)).await else {
+        return;
+    };
+    push_now(&b, "0").await;
+    take(&b, "a").await;
+    assert_eq!(b.status("t").await.unwrap().retained, 1);
+    b.reset("t").await.unwrap();
+    let s = b.status("t").await.unwrap();
+    assert_eq!((s.first, s.retained, s.pending), (1, 0, 0), "{s:?}");
+    assert_eq!(b.offset("t", "new").await.unwrap(), 1);
+}

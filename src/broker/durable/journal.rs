@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::record::{Kind, encode};
 use super::sync::{SyncMode, Syncer};
 use crate::broker::store::Store;
-use crate::broker::{Error, Framing, Result, Seq, TopicConfig};
+use crate::broker::{Error, Framing, Result, Retention, Seq, TopicConfig};
 
 /// How the log is kept.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +47,9 @@ pub(crate) struct Meta {
     pub(crate) framing: String,
     pub(crate) timeout_ms: Option<u64>,
     pub(crate) max_message: u64,
+    /// The retention limit as ctl writes it; absent for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) retain: Option<String>,
     pub(crate) closed: bool,
 }
 
@@ -61,6 +64,7 @@ impl Meta {
             },
             timeout_ms: c.timeout.map(|t| t.as_millis() as u64),
             max_message: c.max_message,
+            retain: (c.retain != Retention::None).then(|| c.retain.to_string()),
             closed,
         }
     }
@@ -74,7 +78,15 @@ impl Meta {
             },
             timeout: self.timeout_ms.map(std::time::Duration::from_millis),
             max_message: self.max_message,
+            retain: self.retention(),
         }
+    }
+
+    /// The retention limit (none if the file's text is not one).
+    pub(crate) fn retention(&self) -> Retention {
+        (self.retain.as_deref())
+            .and_then(|t| Retention::parse(t).ok())
+            .unwrap_or_default()
     }
 }
 

@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use super::journal::{META, Mark, Meta};
 use super::record::{HEADER, Kind, decode};
-use crate::broker::Seq;
+use crate::broker::{Retention, Seq};
 
 /// What a topic's directory holds.
 pub(crate) struct Recovered {
@@ -194,8 +194,11 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
         }
     }
     // With groups, what the slowest needs is held; never less than what
-    // the log has.
-    if let Some(min) = r.marks.values().map(|m| m.offset).min() {
+    // the log has. With retention, what the last checkpoint held (the
+    // topic applies its limit again once restored: trims are not logged).
+    if r.meta.retention() == Retention::None
+        && let Some(min) = r.marks.values().map(|m| m.offset).min()
+    {
         r.first = min;
     }
     r.first = r.first.max(held_from).min(r.next);

@@ -522,6 +522,7 @@ impl Inner {
             name: target.name.to_string(),
             config: record.config(),
             pending: messages,
+            retained: 0,
             first,
             next,
             pushed: next,
@@ -549,6 +550,15 @@ impl Inner {
     }
 
     async fn set(&self, target: Target<'_>, setting: Setting) -> Result<()> {
+        if let Setting::Retain(r) = setting
+            && r != crate::broker::Retention::None
+        {
+            // Merge stub (w9): retention is not built on this engine yet.
+            return Err(Error::Storage {
+                kind: std::io::ErrorKind::Unsupported,
+                reason: "retain is not supported by the JetStream engine yet".into(),
+            });
+        }
         self.update(target, |r| {
             let mut c = r.config();
             match setting {
@@ -556,6 +566,7 @@ impl Inner {
                 Setting::Framing(f) => c.framing = f,
                 Setting::Timeout(t) => c.timeout = t,
                 Setting::MaxMessage(m) => c.max_message = m,
+                Setting::Retain(_) => {}
             }
             r.set_config(c);
         })

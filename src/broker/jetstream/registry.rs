@@ -62,6 +62,7 @@ impl Record {
             },
             timeout: self.timeout_ms.map(Duration::from_millis),
             max_message: self.max_message,
+            retain: crate::broker::Retention::None,
         }
     }
 
