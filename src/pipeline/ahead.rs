@@ -10,9 +10,10 @@
 //! out of order), so a reader whose order is promised (one copy of a
 //! stage, and the printer after it) reads with one file; copies of a stage
 //! with several replicas, whose order is not promised, read ahead. A
-//! message is acknowledged by the next Tread on its own file, so a copy
-//! that dies gives back up to [`AHEAD`] messages (at least once, for those).
-//! Read over plain 9P2000 (see `stage::reader_options`).
+//! read is acknowledged by the next Tread on its own file, so a copy that
+//! dies gives back up to [`AHEAD`] reads (at least once, for those). Read
+//! in batches over plain 9P2000 (see `stage::reader_options`), so each
+//! read is a batch: every whole message there was, up to the count.
 
 use std::time::Duration;
 

@@ -4,16 +4,22 @@
 //! a line split across two writes).
 //!
 //! A process that dies before its input ended is started again (at most
-//! `attempts` times per copy). What that can lose or repeat: a message is
-//! acknowledged when the copy reads the next one, which is once it was
-//! written into the process's stdin pipe, not once the process answered.
-//! So the lines the process had taken in but not yet written out (read
-//! ahead, or buffered in its own stdout, as a C program does when its
-//! stdout is a pipe) are lost with it; the one line the copy was writing
-//! when the process died is given to the new process, not lost. A line
-//! the process wrote only in part is finished by the new process's first
-//! line. Nothing is repeated. A copy killed as a whole (its connection
-//! lost) gives back only its last, unacknowledged message.
+//! `attempts` times per copy). What that can lose or repeat: the copy
+//! reads in batches (every whole line there is, up to one read's count,
+//! see `stage::reader_options`), and a batch is acknowledged when the copy
+//! reads the next one, which is once it was written into the process's
+//! stdin pipe, not once the process answered. So the lines the process had
+//! taken in but not yet written out (read ahead, or buffered in its own
+//! stdout, as a C program does when its stdout is a pipe) are lost with
+//! it; the batch the copy was writing when the process died is given
+//! whole to the new process, not lost (its lines the dead process had
+//! answered are then repeated). A line the process wrote only in part is
+//! finished by the new process's first line. A copy killed as a whole (its
+//! connection lost) gives back its last, unacknowledged batch to the group
+//! (each of its Treads in flight, with several replicas): those lines are
+//! not lost, and the ones of them the process had already answered and
+//! the copy pushed are repeated; the batches acknowledged before it, still
+//! in the process's stdin pipe or buffers, are lost with the process.
 //!
 //! A process that exits with status 0 before its input ended (`head -n
 //! 1`) has finished: as in sh, the rest of its input is read and dropped,
