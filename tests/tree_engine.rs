@@ -679,7 +679,12 @@ async fn files_of_a_removed_topic_stay_stale_after_it_is_created_again() {
     assert_eq!(c.rpc(11, read(5)).await, enoent);
     // A new open is the new topic, which got nothing from the old files.
     c.open(12, "s8/ctl", 0).await;
-    let Fcall::Rread { data } = c.rpc(13, read(12)).await else {
+    let whole = Fcall::Tread {
+        fid: 12,
+        offset: 0,
+        count: 8192,
+    };
+    let Fcall::Rread { data } = c.rpc(13, whole).await else {
         panic!("ctl read failed")
     };
     let text = String::from_utf8_lossy(&data).to_string();
