@@ -52,7 +52,7 @@ mod durable {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use dchan::broker::durable::{DurableBroker, Options};
+    use dchan::broker::durable::DurableBroker;
     use dchan::broker::{
         Broker, Cut, Delivery, Error, Seq, Setting, TopicConfig, Wait, resolve_now,
     };
@@ -68,12 +68,7 @@ mod durable {
     const PAUSED_CLOCK: bool = true;
 
     async fn new_engine() -> B {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = DurableBroker::open(dir.path(), Options::default()).unwrap();
-        Under {
-            engine,
-            _keep: Some(Box::new(dir)),
-        }
+        super::contract::durable()
     }
 
     include!("contract/random.rs");

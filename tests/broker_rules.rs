@@ -38,7 +38,7 @@ mod durable {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use dchan::broker::durable::{DurableBroker, Options};
+    use dchan::broker::durable::DurableBroker;
     use dchan::broker::{
         Broker, Cut, Delivery, Error, Seq, Setting, Target, TopicConfig, Wait, resolve_now,
     };
@@ -50,12 +50,7 @@ mod durable {
     type B = Under<Engine>;
 
     async fn new_engine() -> B {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = DurableBroker::open(dir.path(), Options::default()).unwrap();
-        Under {
-            engine,
-            _keep: Some(Box::new(dir)),
-        }
+        super::contract::durable()
     }
 
     include!("contract/rules.rs");

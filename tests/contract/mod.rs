@@ -11,6 +11,7 @@
 
 use std::ops::Deref;
 
+use dchan::broker::durable::{DurableBroker, Options};
 use dchan::broker::{Broker, Result, Seq, Setting, Target, TopicConfig, TopicStatus};
 
 /// An engine seen only through the `Broker` trait, with whatever must live
@@ -70,5 +71,16 @@ impl<E: Broker> Under<E> {
     pub async fn seek<'a>(&self, t: impl Into<Target<'a>>, group: &str, seq: Seq) -> Result<()> {
         let t = t.into();
         Broker::seek(&self.engine, t, group, seq).await
+    }
+}
+
+/// The durable engine on a fresh data directory (default sync mode), which
+/// lives as long as it.
+pub fn durable() -> Under<DurableBroker> {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = DurableBroker::open(dir.path(), Options::default()).unwrap();
+    Under {
+        engine,
+        _keep: Some(Box::new(dir)),
     }
 }
