@@ -425,3 +425,47 @@ fn a_reader_that_goes_away_stops_the_run_as_sigpipe_would() {
         "its topics are removed"
     );
 }
+
+#[test]
+fn a_stage_that_cannot_start_ends_the_run_and_is_named() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    // The first of two: the close travels down to `cat`, the run ends.
+    let out = run(&addr, &["run", "nonexistent-cmd | cat"], "hi\n");
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("stage 1 (nonexistent-cmd): cannot start"),
+        "{err}"
+    );
+    // In the middle, with more input than the topics hold: the stage
+    // before it stops too (its pushes fail), as in a pipe.
+    let out = run(
+        &addr,
+        &["run", "cat | nonexistent-cmd | cat"],
+        &numbered(50_000),
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("stage 2 (nonexistent-cmd): cannot start"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A stage that gives up (dies more than its attempts) ends it too.
+    let out = run(
+        &addr,
+        &[
+            "run",
+            "--attempts",
+            "1",
+            "cat | sh -c 'head -n 1; exit 4' | cat",
+        ],
+        &numbered(50_000),
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("giving up"),
+        "{}",
+        text(&out.stderr)
+    );
+}

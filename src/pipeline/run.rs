@@ -93,7 +93,8 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
             started: Default::default(),
         });
         for _ in 0..stage.replicas {
-            copies_set.spawn(copy(run.clone()));
+            let run = run.clone();
+            copies_set.spawn(async move { (run.k, copy(run).await) });
         }
         runs.push(run);
     }
@@ -111,6 +112,9 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
     let mut printed = None;
     // Whether standard output's reader went away (`| head`).
     let mut gone = false;
+    // The stages a copy of which could not go on (could not start, or gave
+    // up): the run is cut there, as a pipe whose process died.
+    let mut cut: Vec<usize> = Vec::new();
     // Wait for the output's end, noting copies that fail meanwhile (a
     // stage whose copies all broke would never end: stop then).
     while printed.is_none() || !copies_set.is_empty() {
@@ -127,11 +131,19 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
                 printed = Some(r);
             }
             Some(done) = copies_set.join_next() => match done {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) if gone => {}
-                Ok(Err(why)) => {
-                    tracing::error!("{why}");
+                Ok((_, Ok(()))) => {}
+                Ok((_, Err(_))) if gone => {}
+                // A stage before a cut one: its pushes failed on the close.
+                Ok((k, Err(_))) if cut.iter().any(|&c| c > k) => {}
+                Ok((k, Err(why))) => {
                     report.broken.push(why);
+                    // As in a pipe whose process died: the stages before it
+                    // stop (their pushes fail), the ones after it see the
+                    // end of what it had written, and the run ends.
+                    cut.push(k);
+                    for t in [input(&name, k), input(&name, k + 1), dead_letters(&name, k)] {
+                        let _ = client.close(&t).await;
+                    }
                 }
                 Err(e) => report.broken.push(format!("a copy panicked: {e}")),
             },
