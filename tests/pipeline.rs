@@ -469,3 +469,22 @@ fn a_stage_that_cannot_start_ends_the_run_and_is_named() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn stages_are_cut_at_top_level_pipes_only_as_sh_reads_them() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    for (line, input, want) in [
+        ("echo $(echo a | tr a b) | tr b c", "", "c\n"),
+        ("echo `echo a | tr a b` | tr b c", "", "c\n"),
+        ("cat | case 1 in 1|2) tr a b;; esac | cat", "a\n", "b\n"),
+        ("(tr a b | tr b c) | cat", "a\n", "c\n"),
+        ("{ tr a b | tr b c; } | cat", "a\n", "c\n"),
+        ("cat # not | a stage\n | tr a b", "a\n", "b\n"),
+        ("false || tr a b | cat", "a\n", "b\n"),
+    ] {
+        let out = run(&addr, &["run", line], input);
+        assert!(out.status.success(), "{line:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), want, "{line:?}");
+    }
+}
