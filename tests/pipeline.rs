@@ -488,3 +488,38 @@ fn stages_are_cut_at_top_level_pipes_only_as_sh_reads_them() {
         assert_eq!(text(&out.stdout), want, "{line:?}");
     }
 }
+
+#[test]
+fn assignments_and_builtins_run_under_sh() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let out = run(&addr, &["run", "x=1 env | grep ^x="], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "x=1\n");
+    // A builtin: sh runs it (an exit status, not "cannot start").
+    let out = run(
+        &addr,
+        &[
+            "run",
+            "--name",
+            "sh",
+            "--each",
+            "1",
+            "--attempts",
+            "1",
+            "exit 3",
+        ],
+        "a\n",
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("exit status: 3"), "{err}");
+    assert!(!err.contains("cannot start"), "{err}");
+    let out = run(
+        &addr,
+        &["run", "--each", "1", "read l; echo \"got $l\""],
+        "a\n",
+    );
+    assert_eq!(text(&out.stdout), "got a\n", "{}", text(&out.stderr));
+    let out = run(&addr, &["run", "--each", "1", "read l"], "a\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -105,19 +105,45 @@ impl Stage {
         }
     }
 
-    /// The program and its arguments: the stage's words when it is only
-    /// words, else `sh -c COMMAND`.
+    /// The program and its arguments. The rule: a *simple command* —
+    /// nothing but words of letters, digits and `-_./=,:+@%^` (quoted or
+    /// not), whose first word is neither an assignment (`x=1`), nor one of
+    /// sh's reserved words or builtins (`exit`, `cd`, `read`, …) — is
+    /// executed directly, its words split by `shlex`; anything else
+    /// (variables, globs, redirections, `;`, `&&`, compound commands, …)
+    /// runs as `sh -c 'COMMAND'`. Either way a stage means what it means
+    /// in sh; the direct path only saves starting a shell.
     pub fn argv(&self) -> Vec<String> {
         let plain = self
             .command
             .chars()
             .all(|c| c.is_alphanumeric() || c.is_whitespace() || "-_./=,:+@%'\"^".contains(c));
         match shlex::split(&self.command) {
-            Some(words) if plain && !words.is_empty() => words,
+            Some(words)
+                if plain
+                    && !words.is_empty()
+                    && !words[0].contains('=')
+                    && !SHELL_WORDS.contains(&words[0].as_str()) =>
+            {
+                words
+            }
             _ => vec!["sh".into(), "-c".into(), self.command.clone()],
         }
     }
 }
+
+/// Words sh runs itself, never as a program: its reserved words, POSIX's
+/// special builtins, and the builtins that act on the shell (or exist only
+/// in it). `true`, `echo`, `test`, `kill`… are programs too: run directly.
+const SHELL_WORDS: &[&str] = &[
+    // reserved words
+    "!", "{", "}", "case", "do", "done", "elif", "else", "esac", "fi", "for", "if", "in", "then",
+    "until", "while", "function", "select", "time", // special builtins
+    "break", ":", ".", "continue", "eval", "exec", "exit", "export", "readonly", "return", "set",
+    "shift", "times", "trap", "unset", // builtins of the shell itself
+    "alias", "bg", "cd", "command", "fc", "fg", "getopts", "hash", "jobs", "read", "type", "ulimit",
+    "umask", "unalias", "wait", "source", "local", "declare", "typeset", "let",
+];
 
 /// A whole pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -514,6 +540,11 @@ mod tests {
         assert_eq!(Stage::new("grep 'a b'").argv(), ["grep", "a b"]);
         assert_eq!(Stage::new("sort > x").argv()[..2], ["sh", "-c"]);
         assert_eq!(Stage::new("echo $HOME").argv()[..2], ["sh", "-c"]);
+        for shell in ["x=1 env", "exit 3", "cd /tmp", "read x", "a || b", "(cat)"] {
+            let argv = Stage::new(shell).argv();
+            assert_eq!(argv, ["sh", "-c", shell], "{shell}");
+        }
+        assert_eq!(Stage::new("sort --key=2").argv(), ["sort", "--key=2"]);
     }
 
     #[test]
