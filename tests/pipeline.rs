@@ -245,9 +245,11 @@ fn a_failing_message_goes_to_the_dead_letters_and_the_status_counts_it() {
         ],
         "ok 1\nbad\nok 2\nbad too\n",
     );
+    // 1: something failed (2 is for bad usage only; this changed from
+    // "the number of failures", which made two failures look like usage).
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(1),
         "two failed: {}",
         text(&out.stderr)
     );
@@ -257,7 +259,15 @@ fn a_failing_message_goes_to_the_dead_letters_and_the_status_counts_it() {
         err.contains("failed 2 times"),
         "the reason is logged: {err}"
     );
-    assert!(err.contains("stage 1 (grep -v bad): 2 failed"), "{err}");
+    assert!(
+        err.contains("stage 1 (grep -v bad): 2 messages failed 2 attempts, put in dl/1.failed"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("dchan: run: ").count(),
+        1,
+        "counted once: {err}"
+    );
     let mut pull = dchan(&addr, &["pull", "dl/1.failed", "-n", "2"]);
     pull.stdin(Stdio::null());
     let dead = pull.output().unwrap();
@@ -277,8 +287,15 @@ fn a_failed_filter_is_named_and_end_of_input_ends_the_run() {
     assert_eq!(text(&out.stdout), "a\nb\n");
     let err = text(&out.stderr);
     assert!(
-        err.contains("stage 2 (sh -c 'cat; exit 3'): 1 failed"),
+        err.contains(
+            "stage 2 (sh -c 'cat; exit 3'): its process died 1 time (last: exit status: 3)"
+        ),
         "{err}"
+    );
+    assert_eq!(
+        err.matches("dchan: run: ").count(),
+        1,
+        "counted once: {err}"
     );
     // An empty input ends the run too, and a head ends it early.
     let out = run(&server.addr(), &["run", "cat | cat"], "");
@@ -464,7 +481,7 @@ fn a_stage_that_cannot_start_ends_the_run_and_is_named() {
     );
     assert_ne!(out.status.code(), Some(0));
     assert!(
-        text(&out.stderr).contains("giving up"),
+        text(&out.stderr).contains("gave up"),
         "{}",
         text(&out.stderr)
     );
@@ -522,4 +539,35 @@ fn assignments_and_builtins_run_under_sh() {
     assert_eq!(text(&out.stdout), "got a\n", "{}", text(&out.stderr));
     let out = run(&addr, &["run", "--each", "1", "read l"], "a\n");
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_filter_killed_mid_run_is_restarted_and_makes_the_run_fail() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    // Run under sh -c (it has shell syntax): $$ is the process itself.
+    let stage = format!("echo $$ >> {}; exec cat", pids.display());
+    let line = format!("{stage} | cat");
+    let mut run = started_run(&addr, "restart", &[&line]);
+    let read_pids = || std::fs::read_to_string(&pids).unwrap_or_default();
+    until("the filter started", || read_pids().lines().count() == 1);
+    let pid: i32 = read_pids().trim().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    until("the filter was restarted", || {
+        read_pids().lines().count() == 2
+    });
+    let input = numbered(1000);
+    feed(&mut run, input.clone());
+    let out = finish(run, "run");
+    assert_eq!(text(&out.stdout), input, "the pipeline still finishes");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "stage 1 ({stage}): its process died 1 time (last: signal: 9 (SIGKILL))"
+        )),
+        "{err}"
+    );
 }

@@ -28,9 +28,11 @@ times goes to NAME/K.failed. Copies of a stage (--replicas) share its
 input; with one copy per stage the order is kept. Other machines add
 copies with dchan worker --pipeline NAME --stage K.
 
-Exit status: 0 when every stage succeeded, else the number of failures
-(dead-lettered messages, filter processes that failed, copies that broke;
-at most 100), each named on stderr; 2 bad usage.
+Exit status: 0 when every stage succeeded; 1 when something failed
+(messages dead-lettered, a filter process that died even if restarted, a
+stage that could not start or gave up, the server lost), each stage named
+on stderr with its count; 2 bad usage; 130 or 143 stopped by SIGINT or
+SIGTERM.
 
 Examples:
   seq 100000 | dchan run 'grep 7 | tr 7 x | sort -n'
@@ -224,10 +226,7 @@ fn finish(cmd: &str, report: Result<Report, String>) -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(r) => {
-            for (stage, n) in &r.failed {
-                eprintln!("dchan: {cmd}: {stage}: {n} failed");
-            }
-            for why in &r.broken {
+            for why in &r.failures {
                 eprintln!("dchan: {cmd}: {why}");
             }
             ExitCode::from(r.status())

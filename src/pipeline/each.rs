@@ -75,7 +75,7 @@ pub(super) async fn run(
                 d.push(msg.clone())
                     .await
                     .map_err(|e| format!("{label}: push to {topic}: {e}"))?;
-                run.failed();
+                run.dead_lettered();
                 tracing::warn!(
                     "{label}: a message failed {} times ({reason}); put in {topic}: {:?}",
                     run.stage.attempts,

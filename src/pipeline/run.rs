@@ -33,18 +33,41 @@ const HOLD: &str = "hold";
 /// How a run or a worker ended.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Per stage with failures: its label and how many failed (messages
-    /// dead-lettered, processes that failed).
-    pub failed: Vec<(String, u64)>,
-    /// A copy that could not go on, and why.
-    pub broken: Vec<String>,
+    /// What failed, one line each, naming the stage: a copy that could
+    /// not go on and why, the messages dead-lettered (how many, where),
+    /// the filter processes that died (how often, how). Each failure is
+    /// counted once.
+    pub failures: Vec<String>,
 }
 
 impl Report {
-    /// The exit status: 0, or the number of failures (at most 100).
+    /// The exit status: 0 when nothing failed, else 1 (2 is bad usage,
+    /// 130 and 143 a run stopped by SIGINT or SIGTERM).
     pub fn status(&self) -> u8 {
-        let n: u64 = self.failed.iter().map(|f| f.1).sum::<u64>() + self.broken.len() as u64;
-        n.min(100) as u8
+        u8::from(!self.failures.is_empty())
+    }
+
+    /// Note what stage `run` lost: `dead` messages dead-lettered (on
+    /// every machine, for a run; here, for a worker), processes died.
+    fn stage(&mut self, run: &StageRun, dead: u64) {
+        let label = run.label();
+        if dead > 0 {
+            let topic = dead_letters(&run.name, run.k);
+            let s = if dead == 1 { "" } else { "s" };
+            self.failures.push(format!(
+                "{label}: {dead} message{s} failed {} attempts, put in {topic}",
+                run.stage.attempts
+            ));
+        }
+        let died = run.died.load(Ordering::Relaxed);
+        if died > 0 {
+            let how = run.last_death.lock().expect("not poisoned").clone();
+            let s = if died == 1 { "" } else { "s" };
+            self.failures.push(format!(
+                "{label}: its process died {died} time{s} (last: {how}); \
+                 lines it had taken in may be lost"
+            ));
+        }
     }
 }
 
@@ -83,15 +106,13 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
     let mut copies_set = JoinSet::new();
     let mut runs = Vec::new();
     for (i, stage) in pipeline.stages.iter().enumerate() {
-        let run = Arc::new(StageRun {
-            addr: addr.clone(),
-            name: name.clone(),
-            k: i + 1,
-            stage: stage.clone(),
-            stop: stop.clone(),
-            failures: Default::default(),
-            started: Default::default(),
-        });
+        let run = Arc::new(StageRun::new(
+            &addr,
+            &name,
+            i + 1,
+            stage.clone(),
+            stop.clone(),
+        ));
         for _ in 0..stage.replicas {
             let run = run.clone();
             copies_set.spawn(async move { (run.k, copy(run).await) });
@@ -136,7 +157,7 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
                 // A stage before a cut one: its pushes failed on the close.
                 Ok((k, Err(_))) if cut.iter().any(|&c| c > k) => {}
                 Ok((k, Err(why))) => {
-                    report.broken.push(why);
+                    report.failures.push(why);
                     // As in a pipe whose process died: the stages before it
                     // stop (their pushes fail), the ones after it see the
                     // end of what it had written, and the run ends.
@@ -145,10 +166,10 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
                         let _ = client.close(&t).await;
                     }
                 }
-                Err(e) => report.broken.push(format!("a copy panicked: {e}")),
+                Err(e) => report.failures.push(format!("a copy panicked: {e}")),
             },
         }
-        if !report.broken.is_empty() && printed.is_none() && copies_set.is_empty() {
+        if !report.failures.is_empty() && printed.is_none() && copies_set.is_empty() {
             break;
         }
     }
@@ -157,33 +178,29 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
     }
     feed.abort();
     if let Some(Err(why)) = printed {
-        report.broken.push(why);
+        report.failures.push(why);
     }
     if gone {
-        report.broken.clear();
+        // Stopped as by SIGPIPE: what failed on the way out is no failure.
+        report.failures.clear();
     }
+    let mut keep_dead = vec![false; n + 1];
     for run in &runs {
-        let local = run.failures.load(Ordering::Relaxed);
         // Dead letters from every machine: the topic counts them.
         let dead = match client.ctl(&dead_letters(&name, run.k)).await {
             Ok(text) => field(&text, "pushed").unwrap_or(0),
             Err(_) => 0,
         };
-        let filter_failures = match run.stage.kind {
-            Kind::Filter => local,
-            Kind::Each => 0,
-        };
-        if dead + filter_failures > 0 {
-            report.failed.push((run.label(), dead + filter_failures));
-        }
+        keep_dead[run.k] = dead > 0;
+        report.stage(run, dead);
     }
-    if !keep && report.broken.is_empty() {
+    if !keep {
         let mut gone = Vec::new();
         for k in 1..=n + 1 {
             gone.push(input(&name, k));
             if k <= n {
                 gone.push(copies(&name, k));
-                if !report.failed.iter().any(|f| f.0 == runs[k - 1].label()) {
+                if !keep_dead[k] {
                     gone.push(dead_letters(&name, k));
                 }
             }
@@ -352,15 +369,13 @@ pub async fn worker(opts: WorkerOptions) -> Result<Report, String> {
         stage.replicas = r;
     }
     let stop = CancellationToken::new();
-    let run = Arc::new(StageRun {
-        addr: opts.addr.clone(),
-        name: opts.name.clone(),
+    let run = Arc::new(StageRun::new(
+        &opts.addr,
+        &opts.name,
         k,
         stage,
-        stop: stop.clone(),
-        failures: Default::default(),
-        started: Default::default(),
-    });
+        stop.clone(),
+    ));
     let mut set = JoinSet::new();
     for _ in 0..run.stage.replicas {
         set.spawn(copy(run.clone()));
@@ -383,15 +398,12 @@ pub async fn worker(opts: WorkerOptions) -> Result<Report, String> {
     while let Some(done) = set.join_next().await {
         match done {
             Ok(Ok(())) => {}
-            Ok(Err(why)) => report.broken.push(why),
-            Err(e) => report.broken.push(format!("a copy panicked: {e}")),
+            Ok(Err(why)) => report.failures.push(why),
+            Err(e) => report.failures.push(format!("a copy panicked: {e}")),
         }
     }
     signals.abort();
-    let local = run.failures.load(Ordering::Relaxed);
-    if local > 0 {
-        report.failed.push((run.label(), local));
-    }
+    report.stage(&run, run.dead.load(Ordering::Relaxed));
     Ok(report)
 }
 

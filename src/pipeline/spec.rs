@@ -141,8 +141,8 @@ const SHELL_WORDS: &[&str] = &[
     "until", "while", "function", "select", "time", // special builtins
     "break", ":", ".", "continue", "eval", "exec", "exit", "export", "readonly", "return", "set",
     "shift", "times", "trap", "unset", // builtins of the shell itself
-    "alias", "bg", "cd", "command", "fc", "fg", "getopts", "hash", "jobs", "read", "type", "ulimit",
-    "umask", "unalias", "wait", "source", "local", "declare", "typeset", "let",
+    "alias", "bg", "cd", "command", "fc", "fg", "getopts", "hash", "jobs", "read", "type",
+    "ulimit", "umask", "unalias", "wait", "source", "local", "declare", "typeset", "let",
 ];
 
 /// A whole pipeline.

@@ -37,8 +37,12 @@ pub struct StageRun {
     pub stage: Stage,
     /// Cancelled to stop: copies finish their message, give back the rest.
     pub stop: CancellationToken,
-    /// Messages dead-lettered and filter processes failed, in this process.
-    pub failures: AtomicU64,
+    /// Messages dead-lettered by the copies in this process.
+    pub dead: AtomicU64,
+    /// Filter processes that died here (a signal, or a non-zero exit),
+    /// restarted or not, and how the last one did.
+    pub died: AtomicU64,
+    pub last_death: std::sync::Mutex<String>,
     /// Copies started here so far: numbers them.
     pub started: AtomicU64,
 }
@@ -49,8 +53,30 @@ impl StageRun {
         format!("stage {} ({})", self.stage.name, self.stage.command)
     }
 
-    pub(super) fn failed(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+    /// A message went to the dead letters.
+    pub(super) fn dead_lettered(&self) {
+        self.dead.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A filter process died (`how`: its exit status).
+    pub(super) fn died(&self, how: &std::process::ExitStatus) {
+        self.died.fetch_add(1, Ordering::Relaxed);
+        *self.last_death.lock().expect("not poisoned") = how.to_string();
+    }
+
+    /// A new stage's shared state.
+    pub fn new(addr: &str, name: &str, k: usize, stage: Stage, stop: CancellationToken) -> Self {
+        StageRun {
+            addr: addr.to_string(),
+            name: name.to_string(),
+            k,
+            stage,
+            stop,
+            dead: Default::default(),
+            died: Default::default(),
+            last_death: Default::default(),
+            started: Default::default(),
+        }
     }
 }
 
