@@ -7,7 +7,7 @@
 //! topic's `readers`, and forgets it when its connection goes, however the
 //! copy ends). A copy that saw its input end pushes what it has, closes
 //! its files, and then, if `K.copies` has no reader left, closes the
-//! stage's output topic. The server orders those closes, so the last copy
+//! stage's output topic (and its dead letters, `K.failed`). The server orders those closes, so the last copy
 //! to finish always sees 0: the close travels down the pipeline once every
 //! copy on every machine is done, and never before.
 
@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::ahead::{AHEAD, Ahead};
-use super::spec::{GROUP, Kind, Stage, copies, input};
+use super::spec::{GROUP, Kind, Stage, copies, dead_letters, input};
 use super::{each, filter};
 use crate::client::{Client, Error, Options, Puller};
 
@@ -127,10 +127,10 @@ pub async fn copy(run: Arc<StageRun>) -> Result<(), String> {
             .map_err(what)?
             == 0
     {
-        client
-            .close(&input(&run.name, run.k + 1))
-            .await
-            .map_err(what)?;
+        // The stage's dead letters end with it too, so `cat` of them ends.
+        for t in [input(&run.name, run.k + 1), dead_letters(&run.name, run.k)] {
+            client.close(&t).await.map_err(what)?;
+        }
     }
     Ok(())
 }
