@@ -573,3 +573,39 @@ fn a_filter_killed_mid_run_is_restarted_and_makes_the_run_fail() {
         "{err}"
     );
 }
+
+#[test]
+fn sigint_or_sigterm_stop_a_run_and_remove_its_topics() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    for (signal, status) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let mut run = started_run(&addr, "stopped", &["cat | sleep 1000"]);
+        feed(&mut run, numbered(100));
+        unsafe { libc::kill(run.id() as i32, signal) };
+        let out = finish(run, "run");
+        assert_eq!(out.status.code(), Some(status), "{}", text(&out.stderr));
+        assert!(
+            !topics(&addr).contains("stopped/"),
+            "its topics are removed: {}",
+            topics(&addr)
+        );
+    }
+    // So the name can be used again.
+    let out = run(&addr, &["run", "--name", "stopped", "cat"], "a\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "a\n");
+}
+
+#[test]
+fn a_name_in_use_is_refused_once_with_what_to_do() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let mut create = dchan(&addr, &["create", "taken/1"]);
+    create.stdin(Stdio::null());
+    assert!(create.output().unwrap().status.success());
+    let out = run(&addr, &["run", "--name", "taken", "cat"], "a\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.matches("taken/1").count(), 1, "said once: {err}");
+    assert!(err.contains("dchan rm") && err.contains("--name"), "{err}");
+}

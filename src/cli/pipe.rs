@@ -229,6 +229,14 @@ fn finish(cmd: &str, report: Result<Report, String>) -> ExitCode {
             for why in &r.failures {
                 eprintln!("dchan: {cmd}: {why}");
             }
+            if let Some(sig) = r.signal {
+                let name = if sig == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                eprintln!("dchan: {cmd}: stopped by {name}");
+            }
             ExitCode::from(r.status())
         }
     }

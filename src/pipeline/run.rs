@@ -33,6 +33,8 @@ const HOLD: &str = "hold";
 /// How a run or a worker ended.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// The signal that stopped the run (SIGINT, SIGTERM), if one did.
+    pub signal: Option<i32>,
     /// What failed, one line each, naming the stage: a copy that could
     /// not go on and why, the messages dead-lettered (how many, where),
     /// the filter processes that died (how often, how). Each failure is
@@ -44,7 +46,10 @@ impl Report {
     /// The exit status: 0 when nothing failed, else 1 (2 is bad usage,
     /// 130 and 143 a run stopped by SIGINT or SIGTERM).
     pub fn status(&self) -> u8 {
-        u8::from(!self.failures.is_empty())
+        match self.signal {
+            Some(sig) => 128 + sig as u8,
+            None => u8::from(!self.failures.is_empty()),
+        }
     }
 
     /// Note what stage `run` lost: `dead` messages dead-lettered (on
@@ -97,6 +102,13 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
         keep,
     } = opts;
     let n = pipeline.stages.len();
+    // From here on, SIGINT and SIGTERM stop the run cleanly (below).
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind| signal(kind).map_err(|e| format!("signals: {e}"));
+    let (mut int, mut term) = (
+        listen(SignalKind::interrupt())?,
+        listen(SignalKind::terminate())?,
+    );
     let client = Client::connect(&addr, &reader_options(Kind::Filter))
         .await
         .map_err(say(&format!("connect {addr}")))?;
@@ -140,6 +152,14 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
     // stage whose copies all broke would never end: stop then).
     while printed.is_none() || !copies_set.is_empty() {
         tokio::select! {
+            _ = int.recv() => {
+                report.signal = Some(libc::SIGINT);
+                break;
+            }
+            _ = term.recv() => {
+                report.signal = Some(libc::SIGTERM);
+                break;
+            }
             r = &mut print, if printed.is_none() => {
                 if r == Ok(true) {
                     // As sh's SIGPIPE: every stage stops, its pushes fail.
@@ -172,6 +192,14 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
         if !report.failures.is_empty() && printed.is_none() && copies_set.is_empty() {
             break;
         }
+    }
+    if report.signal.is_some() {
+        // Stop every copy here now (their processes are killed with them:
+        // the run is going away, and its topics with it).
+        stop.cancel();
+        copies_set.abort_all();
+        while copies_set.join_next().await.is_some() {}
+        report.failures.clear();
     }
     if let Some(p) = progress {
         p.finish().await;
@@ -231,7 +259,16 @@ async fn set_up(client: &Client, name: &str, p: &Pipeline) -> Result<(), String>
         client
             .create(&topic, &settings)
             .await
-            .map_err(say(&format!("create {topic}")))
+            .map_err(|e| match e.to_string() {
+                why if why.ends_with("exists") => format!(
+                    "topic {topic} exists: a pipeline named {name} is running, or was \
+                     left behind (--keep, dead letters, a crash); see `dchan ls {name}`, \
+                     remove its topics with `dchan rm TOPIC...`, or give another --name"
+                ),
+                // The server's reason names the topic already.
+                why if why.contains(&topic) => why,
+                why => format!("create {topic}: {why}"),
+            })
     };
     for k in 1..=n + 1 {
         let framing = match k {
