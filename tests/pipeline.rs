@@ -609,3 +609,26 @@ fn a_name_in_use_is_refused_once_with_what_to_do() {
     assert_eq!(err.matches("taken/1").count(), 1, "said once: {err}");
     assert!(err.contains("dchan rm") && err.contains("--name"), "{err}");
 }
+
+#[test]
+fn an_each_output_is_one_message_ending_in_a_newline() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    // No trailing newline: one is added, so outputs do not run together.
+    let out = run(&addr, &["run", "--each", "1", "printf x"], "a\nb\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "x\nx\n");
+    // Several lines stay one message for the next each stage.
+    let two = r#"printf '%s\nsecond' "$(cat)" | wc -l"#;
+    let out = run(&addr, &["run", "--each", "1", "--each", "2", two], "a\nb\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "2\n2\n", "two lines each, counted whole");
+    // Nothing written: no message.
+    let out = run(
+        &addr,
+        &["run", "--each", "1", "grep a || true | cat"],
+        "a\nb\nc\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "a\n");
+}
