@@ -818,11 +818,13 @@ impl State {
         let bytes = matches!(self.config.retain, Retention::Bytes(_));
         let freed = held > self.taken;
         if freed {
-            let size: u64 = (self.taken..held).map(|s| self.log.size(s)).sum();
+            // (A removed topic's log is empty: nothing of it is held.)
+            let from = self.taken.max(first);
+            let size: u64 = (from..held.max(from)).map(|s| self.log.size(s)).sum();
             if bytes {
                 self.kept.bytes += size;
             }
-            self.held -= size;
+            self.held = self.held.saturating_sub(size);
             self.taken = held;
         }
         let keep_from = match self.config.retain {
