@@ -854,6 +854,34 @@ mod tests {
     }
 
     #[test]
+    fn max_bytes_and_rate_take_a_size_a_rate_or_none() {
+        let c = Config::default();
+        let d = c.topic_defaults.topic_config();
+        assert_eq!((d.max_bytes, d.rate), (None, None));
+        let text = "[topic_defaults]\nmax_bytes = \"64M\"\nrate = \"100/s\"\n\
+                    [[topic]]\nname = \"free\"\nmax_bytes = \"none\"\nrate = \"none\"\n\
+                    [[topic]]\nname = \"small\"\nmax_bytes = 4096\n";
+        let c = Config::parse("test.toml", text).unwrap();
+        let d = c.topic_defaults.topic_config();
+        assert_eq!(d.max_bytes, Some(64 << 20));
+        assert_eq!(d.rate.unwrap().to_string(), "100/s");
+        let free = c.topic[0].topic_config(&c.topic_defaults);
+        assert_eq!((free.max_bytes, free.rate), (None, None));
+        let small = c.topic[1].topic_config(&c.topic_defaults);
+        assert_eq!((small.max_bytes, small.rate), (Some(4096), d.rate));
+        for bad in [
+            "max_bytes = \"lots\"",
+            "max_bytes = 0",
+            "rate = \"fast\"",
+            "rate = \"0/s\"",
+        ] {
+            let text = format!("[topic_defaults]\n{bad}\n");
+            let e = Config::parse("test.toml", &text).unwrap_err().to_string();
+            assert!(e.contains("bad max_bytes") || e.contains("bad rate"), "{e}");
+        }
+    }
+
+    #[test]
     fn retain_takes_a_count_a_size_or_an_age() {
         use crate::broker::Retention;
         let text = "[topic_defaults]\nretain = 1000\n\
