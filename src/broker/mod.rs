@@ -48,6 +48,7 @@ pub mod memory;
 pub mod order;
 mod retain;
 mod store;
+mod tally;
 mod topic;
 mod waiters;
 
