@@ -575,19 +575,15 @@ impl Inner {
         })
     }
 
+    /// In constant time: the mirror's length and its running counts.
     fn totals(&self) -> BrokerStatus {
-        let topics = self.mirror.topics.read();
-        let mut totals = BrokerStatus {
-            topics: topics.len() as u64,
-            pushed: self.mirror.removed_pushed.load(Ordering::Relaxed),
-            pulled: self.mirror.removed_pulled.load(Ordering::Relaxed),
+        let (pushed, pulled) = self.mirror.tally.sum();
+        BrokerStatus {
+            topics: self.mirror.topics.read().len() as u64,
+            pushed,
+            pulled,
             disk: None,
-        };
-        for t in topics.values() {
-            totals.pushed += t.pushed.load(Ordering::Relaxed);
-            totals.pulled += t.pulled.load(Ordering::Relaxed);
         }
-        totals
     }
 
     async fn set(&self, target: Target<'_>, setting: Setting) -> Result<()> {
