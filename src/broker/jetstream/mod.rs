@@ -212,8 +212,9 @@ pub(crate) struct Held {
 }
 
 /// A setting this engine does not keep: JetStream's own `max_bytes` refuses
-/// a publish past it (a push would fail, not wait), and it has no rate
-/// for publishers.
+/// a publish past it (a push would fail, not wait), it has no rate for
+/// publishers, and retention (what every group has taken, kept for
+/// replay) is not built on it: what every group has acked is purged.
 fn unsupported(setting: &str) -> Error {
     Error::Unsupported(format!(
         "{setting} on the JetStream engine (use the memory or durable engine)"
@@ -490,6 +491,9 @@ impl Inner {
         if config.rate.is_some() {
             return Err(unsupported("rate"));
         }
+        if config.retain != crate::broker::Retention::None {
+            return Err(unsupported("retain"));
+        }
         if self.mirror.get(name).is_some() {
             return Err(Error::Exists(name.to_string()));
         }
@@ -590,16 +594,10 @@ impl Inner {
         match setting {
             Setting::MaxBytes(Some(_)) => return Err(unsupported("max_bytes")),
             Setting::Rate(Some(_)) => return Err(unsupported("rate")),
+            Setting::Retain(r) if r != crate::broker::Retention::None => {
+                return Err(unsupported("retain"));
+            }
             _ => {}
-        }
-        if let Setting::Retain(r) = setting
-            && r != crate::broker::Retention::None
-        {
-            // Merge stub (w9): retention is not built on this engine yet.
-            return Err(Error::Storage {
-                kind: std::io::ErrorKind::Unsupported,
-                reason: "retain is not supported by the JetStream engine yet".into(),
-            });
         }
         self.update(target, |r| {
             let mut c = r.config();
