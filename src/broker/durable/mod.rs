@@ -47,12 +47,22 @@ use super::{
     TopicId, TopicStatus, Wait,
 };
 
+/// What a topic keeps of its messages in memory by default: 32 MiB,
+/// half a million 64-byte messages, so that readers that keep up (or lag
+/// by that much) never read from disk, and a server with a few busy
+/// topics stays within a few hundred MiB however deep their backlogs.
+pub const DEFAULT_MEMORY: u64 = 32 << 20;
+
 /// How a durable broker keeps its topics.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub sync: SyncMode,
     /// A segment file rolls once it is this long (64 MiB by default).
     pub segment_bytes: u64,
+    /// What each topic keeps of its messages in memory, payloads and
+    /// bookkeeping ([`DEFAULT_MEMORY`] by default): past it, the oldest
+    /// are let go and read back from the log when a reader gets there.
+    pub memory: u64,
     pub groups: GroupLimits,
 }
 
@@ -61,6 +71,7 @@ impl Default for Options {
         Options {
             sync: SyncMode::default(),
             segment_bytes: 64 << 20,
+            memory: DEFAULT_MEMORY,
             groups: GroupLimits::default(),
         }
     }
@@ -149,6 +160,7 @@ impl DurableBroker {
         Keeping {
             sync: self.options.sync,
             segment_bytes: self.options.segment_bytes,
+            memory: self.options.memory,
         }
     }
 
@@ -176,11 +188,10 @@ impl DurableBroker {
             let journal = Journal::open_segment(
                 dir.clone(),
                 &r.meta.name,
-                r.first,
-                r.next,
+                (r.first, r.next),
                 r.marks,
                 self.keeping(),
-                r.segments,
+                (r.segments, r.index),
                 None,
             )
             .map_err(|e| OpenError::Io {
@@ -192,8 +203,7 @@ impl DurableBroker {
                 r.meta.config(),
                 self.options.groups,
                 r.meta.closed,
-                r.first,
-                r.messages,
+                (r.first, r.next),
                 groups,
                 Box::new(journal),
             );
