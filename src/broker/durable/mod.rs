@@ -15,9 +15,18 @@
 //! the tree awaits it before answering a write, once the file's next write
 //! may go ahead, so pipelined writes share a sync.
 //!
-//! Not yet: messages held are also kept in memory (as in the memory
-//! engine), so the backlog is bounded by memory as well as by disk; and
-//! no `retain` setting.
+//! Memory is bounded by what readers need, not by the backlog: a topic
+//! keeps at most `Options::memory` bytes of its newest messages in memory
+//! (`[storage] memory`, 32 MiB by default), lets the oldest go as it
+//! passes that (`Log::spill`: a spilled message costs nothing in memory),
+//! and reads them back from the segments in order when a reader gets
+//! there (`journal`: a sparse index, batches read ahead). A restart reads
+//! no message into memory. What a backlog then costs in memory is the
+//! index (24 bytes per 64 KiB of log) and the segments' names; each
+//! group's deliveries out and requeued are bounded by its readers.
+//! Counters: `pushed` goes on across a restart (it is the next sequence
+//! number); `pulled` starts again at 0 (deliveries are not logged, only
+//! acks).
 
 mod journal;
 mod record;
