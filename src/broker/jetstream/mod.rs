@@ -282,14 +282,11 @@ impl Inner {
                     n => self.within(self.bucket.update(&key, value, n)).await,
                 }
             }
-            None => {
-                self.within(self.bucket.delete_expect_revision(&key, Some(last)))
-                    .await?;
-                // A delete's revision is not returned: the bucket's last is
-                // at least it.
-                let status = self.within(self.bucket.status()).await?;
-                Ok(status.info.state.last_sequence)
-            }
+            // The bucket's own `delete_expect_revision` does not return the
+            // delete's revision (and `status()` is the bucket's info as it
+            // was when opened), so the delete marker is published here, as
+            // the bucket would, and its revision is the acknowledgement's.
+            None => self.within(self.delete_marker(&key, last)).await,
         };
         let rev = match written {
             Ok(rev) => rev,
@@ -304,11 +301,35 @@ impl Inner {
             // The watch is late (it restarts after a lost connection):
             // read the entry itself, so this server reads its own write.
             match self.within(self.bucket.entry(registry::key(name))).await? {
-                Some(entry) => self.mirror.apply(&entry),
+                Some(entry) => self.mirror.apply_read(&entry),
                 None => self.mirror.forget(name),
             }
         }
         Ok(true)
+    }
+
+    /// Publish a delete marker for `key` whose revision must be `last`;
+    /// the marker's revision.
+    async fn delete_marker(&self, key: &str, last: u64) -> std::result::Result<u64, String> {
+        let prefix = self
+            .bucket
+            .put_prefix
+            .as_ref()
+            .unwrap_or(&self.bucket.prefix);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("KV-Operation", "DEL");
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            last.to_string().as_str(),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(format!("{prefix}{key}"), headers, Bytes::new())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ack.sequence)
     }
 
     /// Change `target`'s record with `f`, retrying on a concurrent change.
