@@ -66,6 +66,8 @@ pub(crate) struct Log {
     large: VecDeque<Bytes>,
     /// The index of `large`'s first message.
     large_first: u64,
+    /// The bytes of the held messages.
+    bytes: u64,
 }
 
 impl Log {
@@ -80,7 +82,13 @@ impl Log {
             open_at: 0,
             large: VecDeque::new(),
             large_first: 0,
+            bytes: 0,
         }
+    }
+
+    /// The bytes of the held messages.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The oldest held sequence number.
@@ -105,6 +113,7 @@ impl Log {
 
     pub(crate) fn push(&mut self, data: &Bytes) {
         self.resident_bytes += data.len() as u64 + ENTRY;
+        self.bytes += data.len() as u64;
         if data.len() > SMALL {
             let index = self.large_first + self.large.len() as u64;
             self.large.push_back(data.clone());
@@ -167,12 +176,20 @@ impl Log {
         Some(len as u64)
     }
 
-    /// Drop the messages before `seq`.
-    pub(crate) fn trim(&mut self, seq: Seq) {
+    /// Drop the messages before `seq`; `spilled` is the bytes of those
+    /// of them no longer in memory (the caller read their sizes back).
+    pub(crate) fn trim(&mut self, seq: Seq, spilled: u64) {
         self.first = seq;
+        self.bytes -= spilled;
         if seq > self.resident {
-            self.forget_before(seq);
+            self.forget_before(seq, true);
         }
+    }
+
+    /// The first message in memory: those before it (from `first`) were
+    /// spilled.
+    pub(crate) fn resident(&self) -> Seq {
+        self.resident
     }
 
     /// Let the oldest messages in memory go (they stay held, kept
@@ -184,21 +201,28 @@ impl Log {
             to += 1;
         }
         if to > self.resident {
-            self.forget_before(to);
+            self.forget_before(to, false);
         }
     }
 
-    /// Drop from memory the messages before `seq` (at most `next`).
-    fn forget_before(&mut self, seq: Seq) {
+    /// Drop from memory the messages before `seq` (at most `next`), and,
+    /// `trimmed`, from the held bytes.
+    fn forget_before(&mut self, seq: Seq, trimmed: bool) {
         let to = seq.min(self.next());
         let n = (to - self.resident) as usize;
         for entry in self.entries.drain(..n) {
             if entry.at & LARGE != 0 {
-                let data = self.large.pop_front().expect("a large message");
-                self.resident_bytes -= data.len() as u64 + ENTRY;
+                let large = self.large.pop_front().map_or(0, |m| m.len()) as u64;
+                self.resident_bytes -= large + ENTRY;
+                if trimmed {
+                    self.bytes -= large;
+                }
                 self.large_first += 1;
             } else {
                 self.resident_bytes -= entry.len as u64 + ENTRY;
+                if trimmed {
+                    self.bytes -= entry.len as u64;
+                }
             }
         }
         self.resident = to;
@@ -233,6 +257,11 @@ impl Log {
         self.resident = next;
     }
 
+    /// The held messages' bytes are `bytes` (a restored log's, read back).
+    pub(crate) fn set_bytes(&mut self, bytes: u64) {
+        self.bytes = bytes;
+    }
+
     /// Drop every message; the next keeps counting.
     pub(crate) fn clear(&mut self) {
         self.first = self.next();
@@ -241,6 +270,7 @@ impl Log {
         self.entries.clear();
         self.large_first += self.large.len() as u64;
         self.large.clear();
+        self.bytes = 0;
         self.forget_chunks();
     }
 
@@ -284,15 +314,18 @@ mod tests {
                 for s in log.first()..log.next() {
                     assert_eq!(log.get(s).unwrap(), expect[s as usize], "seq {s}");
                 }
-                log.trim(to);
+                log.trim(to, 0);
             }
         }
         for s in log.first()..log.next() {
             assert_eq!(log.get(s).unwrap(), expect[s as usize]);
         }
+        let held: usize = expect[log.first() as usize..].iter().map(Bytes::len).sum();
+        assert_eq!(log.bytes(), held as u64);
         let next = log.next();
         log.clear();
         assert_eq!((log.first(), log.next(), log.len()), (next, next, 0u64));
+        assert_eq!(log.bytes(), 0);
         log.push(&msg(1, 10));
         assert_eq!(log.get(next).unwrap(), msg(1, 10));
     }
@@ -305,7 +338,7 @@ mod tests {
             let m = msg(i, 40);
             log.push(&m);
             out.push((log.get(i as u64).unwrap(), m));
-            log.trim(i as u64 + 1);
+            log.trim(i as u64 + 1, 0);
         }
         assert!(out.iter().all(|(got, want)| got == want));
         assert!(log.sealed.is_empty());
@@ -329,9 +362,9 @@ mod tests {
         }
         // A handful of 64 KiB pieces at most, not the whole history.
         assert!(log.sealed.len() <= 2, "{} pieces", log.sealed.len());
-        log.trim(500);
+        log.trim(500, 0);
         assert_eq!((log.first(), log.len()), (500, 500));
-        log.trim(999);
+        log.trim(999, 0);
         assert_eq!(log.get(999).unwrap(), msg(999, 64));
         log.restore_spilled(10, 20);
         assert_eq!((log.first(), log.next(), log.resident_bytes()), (10, 20, 0));

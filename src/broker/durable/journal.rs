@@ -41,16 +41,20 @@ use serde::{Deserialize, Serialize};
 use super::record::{HEADER, Kind, decode, encode};
 use super::sync::{SyncMode, Syncer};
 use crate::broker::store::Store;
+use crate::broker::tally::Tally;
 use crate::broker::{Error, Framing, Result, Retention, Seq, TopicConfig};
 
 /// How the log is kept.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct Keeping {
     pub(crate) sync: SyncMode,
     /// A segment rolls once it is this long.
     pub(crate) segment_bytes: u64,
     /// What a topic keeps of its messages in memory (`Store::memory`).
     pub(crate) memory: u64,
+    /// The broker's running totals, told of every byte written to or
+    /// deleted from disk (so `disk_bytes` walks no directory).
+    pub(crate) tally: Arc<Tally>,
 }
 
 /// The sparse index's spacing: an entry per this many bytes of a segment.
@@ -108,6 +112,12 @@ pub(crate) struct Meta {
     /// The retention limit as ctl writes it; absent for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) retain: Option<String>,
+    /// `max_bytes`; absent for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_bytes: Option<u64>,
+    /// `rate`, messages a second; absent for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rate: Option<std::num::NonZeroU32>,
     pub(crate) closed: bool,
 }
 
@@ -123,6 +133,8 @@ impl Meta {
             timeout_ms: c.timeout.map(|t| t.as_millis() as u64),
             max_message: c.max_message,
             retain: (c.retain != Retention::None).then(|| c.retain.to_string()),
+            max_bytes: c.max_bytes,
+            rate: c.rate.map(|r| r.0),
             closed,
         }
     }
@@ -137,6 +149,8 @@ impl Meta {
             timeout: self.timeout_ms.map(std::time::Duration::from_millis),
             max_message: self.max_message,
             retain: self.retention(),
+            max_bytes: self.max_bytes,
+            rate: self.rate.map(crate::broker::Rate),
         }
     }
 
@@ -158,11 +172,13 @@ pub(crate) fn storage(what: &str, path: &Path, e: std::io::Error) -> Error {
     }
 }
 
-/// Write the settings file whole (a temporary file renamed over it).
-pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+/// Write the settings file whole (a temporary file renamed over it);
+/// returns by how many bytes it grew.
+pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<i64> {
     let tmp = dir.join("meta.json.tmp");
     let path = dir.join(META);
     let text = serde_json::to_vec_pretty(meta).expect("settings serialize");
+    let old = fs::metadata(&path).map_or(0, |m| m.len());
     let write = || -> std::io::Result<()> {
         let f = File::create(&tmp)?;
         f.write_all_at(&text, 0)?;
@@ -170,7 +186,8 @@ pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
         fs::rename(&tmp, &path)?;
         File::open(dir)?.sync_all()
     };
-    write().map_err(|e| storage("write", &path, e))
+    write().map_err(|e| storage("write", &path, e))?;
+    Ok(text.len() as i64 - old as i64)
 }
 
 /// A segment's file name: the sequence number next when it began.
@@ -250,7 +267,8 @@ impl Journal {
             (VecDeque::new(), VecDeque::new()),
             None,
         )?;
-        write_meta(&journal.dir, &Meta::new(name, config, false))?;
+        let meta = write_meta(&journal.dir, &Meta::new(name, config, false))?;
+        journal.keeping.tally.disk(meta);
         journal.flush()?;
         Ok(journal)
     }
@@ -341,6 +359,7 @@ impl Journal {
         }
         self.active_len += self.held.len() as u64;
         self.sync.wrote(self.held.len() as u64);
+        self.keeping.tally.disk(self.held.len() as i64);
         self.held.clear();
         Ok(())
     }
@@ -395,8 +414,10 @@ impl Journal {
                 self.index.pop_front();
             }
             let path = self.dir.join(segment_name(base));
-            if let Err(e) = fs::remove_file(&path) {
-                tracing::warn!("remove {}: {e}", path.display());
+            let len = fs::metadata(&path).map_or(0, |m| m.len());
+            match fs::remove_file(&path) {
+                Ok(()) => self.keeping.tally.disk(-(len as i64)),
+                Err(e) => tracing::warn!("remove {}: {e}", path.display()),
             }
         }
     }
@@ -552,8 +573,9 @@ impl Store for Journal {
     }
 
     fn settings(&mut self, config: &TopicConfig, closed: bool) {
-        if let Err(e) = write_meta(&self.dir, &Meta::new(&self.name, config, closed)) {
-            tracing::warn!(topic = %self.name, "{e}");
+        match write_meta(&self.dir, &Meta::new(&self.name, config, closed)) {
+            Ok(grew) => self.keeping.tally.disk(grew),
+            Err(e) => tracing::warn!(topic = %self.name, "{e}"),
         }
     }
 
@@ -587,9 +609,12 @@ impl Store for Journal {
     fn removed(&mut self) {
         // The settings file first: a directory without one is a topic
         // half removed, which the next start finishes removing.
+        let had = super::dir_size(&self.dir);
         let _ = fs::remove_file(self.dir.join(META));
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             tracing::warn!("remove {}: {e}", self.dir.display());
         }
+        let left = super::dir_size(&self.dir);
+        self.keeping.tally.disk(left as i64 - had as i64);
     }
 }
