@@ -200,6 +200,10 @@ pub struct Storage {
     /// How often, with `sync = "interval"`.
     #[serde(deserialize_with = "interval")]
     pub sync_interval: Duration,
+    /// What each durable topic keeps of its messages in memory (`"32M"`;
+    /// absent: the engine's default); the rest is read back from disk.
+    #[serde(deserialize_with = "memory")]
+    pub memory: Option<u64>,
 }
 
 impl Storage {
@@ -240,6 +244,17 @@ fn interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
         Ok(d) if !d.is_zero() => Ok(d),
         _ => Err(serde::de::Error::custom(format!(
             "bad sync_interval {text:?}: want a positive duration such as \"100ms\""
+        ))),
+    }
+}
+
+/// `storage.memory`: a size such as `"32M"`, at least 1 MiB.
+fn memory<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    match broker::parse_size(&text) {
+        Ok(n) if n >= 1 << 20 => Ok(Some(n)),
+        _ => Err(serde::de::Error::custom(format!(
+            "bad memory {text:?}: want a size of at least 1M such as \"32M\""
         ))),
     }
 }

@@ -242,6 +242,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let options = DurableOptions {
         sync: config.storage.sync_mode(),
+        memory: (config.storage.memory).unwrap_or(broker::durable::DEFAULT_MEMORY),
         groups: limits,
         ..DurableOptions::default()
     };

@@ -395,6 +395,80 @@ async fn retained_messages_survive_a_restart_and_keep_their_segments() {
     );
 }
 
+/// Take `n` messages of `group`, acked, and check they are `from`, `from
+/// + 1`, ... as `msg` writes them.
+async fn take_run(b: &DurableBroker, group: &str, from: usize, n: usize) {
+    for i in from..from + n {
+        let got = take(b, "t", group).await;
+        assert_eq!(got.as_deref(), Some(&*msg(i)), "group {group}");
+    }
+}
+
+fn msg(i: usize) -> String {
+    format!("message {i:05} {}", "x".repeat(i % 40))
+}
+
+/// With a tiny memory budget, nearly every message is read back from the
+/// segments: in order, by two groups at different places, across segment
+/// boundaries, after an offset moved backwards (replay), and after a
+/// restart (which holds none of them in memory); the counters go on.
+#[tokio::test]
+async fn messages_beyond_memory_are_read_back_from_disk() {
+    use dchan::broker::Retention;
+    let tmp = tempfile::tempdir().unwrap();
+    let options = Options {
+        memory: 4 << 10,
+        segment_bytes: 16 << 10,
+        ..Options::default()
+    };
+    let b = open_with(tmp.path(), options);
+    let config = TopicConfig {
+        retain: Retention::Count(100_000),
+        ..cap(100_000)
+    };
+    b.create("t", config).unwrap();
+    assert_eq!(b.offset("t".into(), "a").await.unwrap(), 0);
+    assert_eq!(b.offset("t".into(), "b").await.unwrap(), 0);
+    for i in 0..3000 {
+        push(&b, "t", &msg(i)).await;
+    }
+    // ~200 KiB of records: a dozen segments, 4 KiB of them in memory.
+    assert!(segments(tmp.path()).len() >= 10);
+    take_run(&b, "a", 0, 1000).await;
+    take_run(&b, "b", 0, 2500).await;
+    take_run(&b, "a", 1000, 10).await;
+    // Replay: b goes back over what it read, a keeps its place.
+    b.seek("t".into(), "b", 37).await.unwrap();
+    take_run(&b, "b", 37, 500).await;
+    take_run(&b, "a", 1010, 990).await;
+    let s = b.status("t".into()).await.unwrap();
+    assert_eq!((s.first, s.next, s.pushed), (0, 3000, 3000), "{s:?}");
+    drop(b);
+
+    let b = open_with(tmp.path(), options);
+    assert_eq!(b.offset("t".into(), "a").await.unwrap(), 2000);
+    assert_eq!(b.offset("t".into(), "b").await.unwrap(), 537);
+    take_run(&b, "a", 2000, 1000).await;
+    take_run(&b, "b", 537, 100).await;
+    for i in 3000..3500 {
+        push(&b, "t", &msg(i)).await;
+    }
+    let s = b.status("t".into()).await.unwrap();
+    assert_eq!((s.first, s.next, s.pushed), (0, 3500, 3500), "{s:?}");
+    b.seek("t".into(), "a", 1).await.unwrap();
+    take_run(&b, "a", 1, 3499).await;
+    take_run(&b, "b", 637, 2863).await;
+    assert_eq!(take(&b, "t", "a").await, None);
+    assert_eq!(take(&b, "t", "b").await, None);
+    // A new group starts at the oldest retained, read back from disk.
+    take_run(&b, "c", 0, 3500).await;
+    // A reset lets every segment but the newest go.
+    b.reset("t".into()).await.unwrap();
+    assert_eq!(segments(tmp.path()).len(), 1);
+    push(&b, "t", "after").await;
+    assert_eq!(take(&b, "t", "a").await.as_deref(), Some("after"));
+}
+
 /// `max_bytes` and `rate` are settings like the others: kept across a
 /// restart, and `max_bytes` counts the messages read back (issue 11).
 #[tokio::test]

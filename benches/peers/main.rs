@@ -21,6 +21,8 @@ enum Peer {
     Nats,
     /// NATS JetStream: acked publishes and durable pull consumers.
     Jetstream,
+    /// The same on file storage (the durable rows).
+    JetstreamFile,
     /// A raw TCP echo (the floor).
     Tcp,
     /// Serve the raw TCP echo on --addr until killed.
@@ -64,11 +66,12 @@ async fn main() {
             let core = nats::Core::new(&args.addr, args.opts.depth);
             go(core, workload, &args.opts).await
         }
-        Peer::Jetstream => {
+        Peer::Jetstream | Peer::JetstreamFile => {
             let k = args.opts.batch;
             let in_flight = args.opts.group_in_flight(workload) * k;
             let depth = args.opts.reader_depth(workload) * k;
-            let js = nats::JetStream::new(&args.addr, depth, in_flight).await;
+            let file = args.peer == Peer::JetstreamFile;
+            let js = nats::JetStream::new(&args.addr, depth, in_flight, file).await;
             go(js, workload, &args.opts).await
         }
         Peer::Tcp => go(Ok(bench::tcp::Tcp::new(&args.addr)), workload, &args.opts).await,

@@ -180,9 +180,12 @@ impl Reader for Subscription {
     }
 }
 
-/// NATS JetStream with durable pull consumers, on memory storage.
+/// NATS JetStream with durable pull consumers, on memory storage (or,
+/// `file`, on file storage: the durable rows' peer).
 pub struct JetStream {
     addr: String,
+    /// Streams and consumers on file storage.
+    file: bool,
     /// For creating and deleting streams, and asking consumers' state.
     admin: async_nats::jetstream::Context,
     /// Messages each reader asks for at a time: the run's depth.
@@ -193,9 +196,15 @@ pub struct JetStream {
 }
 
 impl JetStream {
-    pub async fn new(addr: &str, depth: usize, group_in_flight: usize) -> Result<JetStream> {
+    pub async fn new(
+        addr: &str,
+        depth: usize,
+        group_in_flight: usize,
+        file: bool,
+    ) -> Result<JetStream> {
         Ok(JetStream {
             addr: addr.to_string(),
+            file,
             admin: async_nats::jetstream::new(async_nats::connect(addr).await?),
             batch: depth.max(1),
             ack_pending: group_in_flight.max(1) as i64,
@@ -205,6 +214,7 @@ impl JetStream {
 
 pub struct JsConn {
     js: async_nats::jetstream::Context,
+    file: bool,
     group: String,
     batch: usize,
     ack_pending: i64,
@@ -224,13 +234,19 @@ impl System for JetStream {
     type Conn = JsConn;
 
     fn name(&self) -> &'static str {
-        "jetstream"
+        if self.file {
+            "jetstream-file"
+        } else {
+            "jetstream"
+        }
     }
 
     fn variant(&self) -> Option<String> {
         Some(format!(
-            "memory storage, interest retention, batch {}, max_ack_pending {}",
-            self.batch, self.ack_pending
+            "{} storage, interest retention, batch {}, max_ack_pending {}",
+            if self.file { "file" } else { "memory" },
+            self.batch,
+            self.ack_pending
         ))
     }
 
@@ -246,7 +262,11 @@ impl System for JetStream {
             .create_stream(Config {
                 name: topic.to_string(),
                 subjects: vec![topic.to_string()],
-                storage: StorageType::Memory,
+                storage: if self.file {
+                    StorageType::File
+                } else {
+                    StorageType::Memory
+                },
                 retention: RetentionPolicy::Interest,
                 ..Default::default()
             })
@@ -270,6 +290,7 @@ impl System for JetStream {
     async fn connect(&self, group: &str) -> Result<JsConn> {
         Ok(JsConn {
             js: async_nats::jetstream::new(async_nats::connect(&self.addr).await?),
+            file: self.file,
             group: group_name(group),
             batch: self.batch,
             ack_pending: self.ack_pending,
@@ -298,7 +319,7 @@ impl Conn for JsConn {
                     durable_name: Some(self.group.clone()),
                     ack_policy: AckPolicy::Explicit,
                     max_ack_pending: self.ack_pending,
-                    memory_storage: true,
+                    memory_storage: !self.file,
                     ..Default::default()
                 },
             )

@@ -9,6 +9,11 @@
 //! (a reference count, no allocation). Held messages then cost their
 //! payload and a 12-byte entry each (issue 5: under 32 bytes beyond the
 //! payload for a queued 64-byte message).
+//!
+//! A log whose messages are also kept elsewhere (the durable engine's
+//! journal) may let the oldest go from memory while still holding them
+//! (`spill`): the messages from `first` to `resident` are held but not
+//! here, and cost nothing each; the topic reads them back from its store.
 
 use std::collections::VecDeque;
 
@@ -24,6 +29,8 @@ const CHUNK_MIN: usize = 512;
 const CHUNK_MAX: usize = 64 * 1024;
 /// In `Entry::at`, marks a large message (the rest is its index).
 const LARGE: u64 = 1 << 63;
+/// What an entry costs beyond its payload, counted in `resident_bytes`.
+const ENTRY: u64 = std::mem::size_of::<Entry>() as u64;
 
 /// Where one held message is. Packed: 12 bytes instead of 16.
 #[derive(Clone, Copy)]
@@ -40,7 +47,12 @@ struct Entry {
 pub(crate) struct Log {
     /// The sequence number of the first held message.
     first: Seq,
-    /// One per held message, oldest first.
+    /// The sequence number of the first message in memory (`entries[0]`):
+    /// those from `first` to here were spilled (held, kept elsewhere).
+    resident: Seq,
+    /// The payload and entry bytes of the messages in memory.
+    resident_bytes: u64,
+    /// One per message in memory, oldest first.
     entries: VecDeque<Entry>,
     /// Chunk pieces that messages were handed out from, with their
     /// positions in the chunk stream, in order. A piece is dropped once no
@@ -62,6 +74,8 @@ impl Log {
     pub(crate) fn new() -> Log {
         Log {
             first: 0,
+            resident: 0,
+            resident_bytes: 0,
             entries: VecDeque::new(),
             sealed: VecDeque::new(),
             open: BytesMut::new(),
@@ -84,14 +98,21 @@ impl Log {
 
     /// The sequence number the next message gets.
     pub(crate) fn next(&self) -> Seq {
-        self.first + self.entries.len() as u64
+        self.resident + self.entries.len() as u64
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+    /// How many messages are held (in memory or spilled).
+    pub(crate) fn len(&self) -> u64 {
+        self.next() - self.first
+    }
+
+    /// What the messages in memory cost, payloads and entries.
+    pub(crate) fn resident_bytes(&self) -> u64 {
+        self.resident_bytes
     }
 
     pub(crate) fn push(&mut self, data: &Bytes) {
+        self.resident_bytes += data.len() as u64 + ENTRY;
         self.bytes += data.len() as u64;
         if data.len() > SMALL {
             let index = self.large_first + self.large.len() as u64;
@@ -127,14 +148,14 @@ impl Log {
         }
     }
 
-    /// The message `seq` (which must be held).
-    pub(crate) fn get(&mut self, seq: Seq) -> Bytes {
-        let Entry { at, len } = self.entries[(seq - self.first) as usize];
+    /// The message `seq` (which must be held); `None` if it was spilled.
+    pub(crate) fn get(&mut self, seq: Seq) -> Option<Bytes> {
+        let Entry { at, len } = *self.entries.get(seq.checked_sub(self.resident)? as usize)?;
         if at & LARGE != 0 {
-            return self.large[((at & !LARGE) - self.large_first) as usize].clone();
+            return Some(self.large[((at & !LARGE) - self.large_first) as usize].clone());
         }
         if len == 0 {
-            return Bytes::new();
+            return Some(Bytes::new());
         }
         if at >= self.open_at {
             self.seal();
@@ -142,31 +163,69 @@ impl Log {
         let i = self.sealed.partition_point(|p| p.0 <= at) - 1;
         let (start, piece) = &self.sealed[i];
         let from = (at - start) as usize;
-        piece.slice(from..from + len as usize)
+        Some(piece.slice(from..from + len as usize))
     }
 
-    /// The length of message `seq` (which must be held).
-    pub(crate) fn size(&self, seq: Seq) -> u64 {
-        let Entry { at, len } = self.entries[(seq - self.first) as usize];
+    /// The length of message `seq` (which must be held); `None` if it was
+    /// spilled.
+    pub(crate) fn size(&self, seq: Seq) -> Option<u64> {
+        let Entry { at, len } = *self.entries.get(seq.checked_sub(self.resident)? as usize)?;
         if at & LARGE != 0 {
-            return self.large[((at & !LARGE) - self.large_first) as usize].len() as u64;
+            return Some(self.large[((at & !LARGE) - self.large_first) as usize].len() as u64);
         }
-        len as u64
+        Some(len as u64)
     }
 
-    /// Drop the messages before `seq`.
-    pub(crate) fn trim(&mut self, seq: Seq) {
-        let n = (seq - self.first) as usize;
+    /// Drop the messages before `seq`; `spilled` is the bytes of those
+    /// of them no longer in memory (the caller read their sizes back).
+    pub(crate) fn trim(&mut self, seq: Seq, spilled: u64) {
+        self.first = seq;
+        self.bytes -= spilled;
+        if seq > self.resident {
+            self.forget_before(seq, true);
+        }
+    }
+
+    /// The first message in memory: those before it (from `first`) were
+    /// spilled.
+    pub(crate) fn resident(&self) -> Seq {
+        self.resident
+    }
+
+    /// Let the oldest messages in memory go (they stay held, kept
+    /// elsewhere) until those left cost at most `bytes`.
+    pub(crate) fn spill(&mut self, bytes: u64) {
+        let (mut to, mut left) = (self.resident, self.resident_bytes);
+        while left > bytes && to < self.next() {
+            left -= self.size(to).expect("in memory") + ENTRY;
+            to += 1;
+        }
+        if to > self.resident {
+            self.forget_before(to, false);
+        }
+    }
+
+    /// Drop from memory the messages before `seq` (at most `next`), and,
+    /// `trimmed`, from the held bytes.
+    fn forget_before(&mut self, seq: Seq, trimmed: bool) {
+        let to = seq.min(self.next());
+        let n = (to - self.resident) as usize;
         for entry in self.entries.drain(..n) {
             if entry.at & LARGE != 0 {
-                let large = self.large.pop_front().map_or(0, |m| m.len());
-                self.bytes -= large as u64;
+                let large = self.large.pop_front().map_or(0, |m| m.len()) as u64;
+                self.resident_bytes -= large + ENTRY;
+                if trimmed {
+                    self.bytes -= large;
+                }
                 self.large_first += 1;
             } else {
-                self.bytes -= entry.len as u64;
+                self.resident_bytes -= entry.len as u64 + ENTRY;
+                if trimmed {
+                    self.bytes -= entry.len as u64;
+                }
             }
         }
-        self.first = seq;
+        self.resident = to;
         match self.entries.front().map(|e| e.at) {
             None => self.forget_chunks(),
             // Pieces wholly before the first held small message go. (Behind
@@ -188,11 +247,26 @@ impl Log {
     pub(crate) fn restart_at(&mut self, seq: Seq) {
         self.clear();
         self.first = seq;
+        self.resident = seq;
+    }
+
+    /// Hold the messages from `first` to `next`, none of them in memory
+    /// (a log read back from disk, read on from its store).
+    pub(crate) fn restore_spilled(&mut self, first: Seq, next: Seq) {
+        self.restart_at(first);
+        self.resident = next;
+    }
+
+    /// The held messages' bytes are `bytes` (a restored log's, read back).
+    pub(crate) fn set_bytes(&mut self, bytes: u64) {
+        self.bytes = bytes;
     }
 
     /// Drop every message; the next keeps counting.
     pub(crate) fn clear(&mut self) {
         self.first = self.next();
+        self.resident = self.first;
+        self.resident_bytes = 0;
         self.entries.clear();
         self.large_first += self.large.len() as u64;
         self.large.clear();
@@ -232,28 +306,28 @@ mod tests {
             expect.push(m);
             // Read some, trim some, at varying paces.
             if round % 3 == 0 {
-                let seq = log.first() + (round as u64 % 5).min(log.len() as u64 - 1);
-                assert_eq!(log.get(seq), expect[seq as usize]);
+                let seq = log.first() + (round as u64 % 5).min(log.len() - 1);
+                assert_eq!(log.get(seq).unwrap(), expect[seq as usize]);
             }
             if round % 4 == 0 {
-                let to = log.first() + (log.len() as u64 / 2);
+                let to = log.first() + (log.len() / 2);
                 for s in log.first()..log.next() {
-                    assert_eq!(log.get(s), expect[s as usize], "seq {s}");
+                    assert_eq!(log.get(s).unwrap(), expect[s as usize], "seq {s}");
                 }
-                log.trim(to);
+                log.trim(to, 0);
             }
         }
         for s in log.first()..log.next() {
-            assert_eq!(log.get(s), expect[s as usize]);
+            assert_eq!(log.get(s).unwrap(), expect[s as usize]);
         }
         let held: usize = expect[log.first() as usize..].iter().map(Bytes::len).sum();
         assert_eq!(log.bytes(), held as u64);
         let next = log.next();
         log.clear();
-        assert_eq!((log.first(), log.next(), log.len()), (next, next, 0));
+        assert_eq!((log.first(), log.next(), log.len()), (next, next, 0u64));
         assert_eq!(log.bytes(), 0);
         log.push(&msg(1, 10));
-        assert_eq!(log.get(next), msg(1, 10));
+        assert_eq!(log.get(next).unwrap(), msg(1, 10));
     }
 
     #[test]
@@ -263,10 +337,39 @@ mod tests {
         for i in 0..10_000 {
             let m = msg(i, 40);
             log.push(&m);
-            out.push((log.get(i as u64), m));
-            log.trim(i as u64 + 1);
+            out.push((log.get(i as u64).unwrap(), m));
+            log.trim(i as u64 + 1, 0);
         }
         assert!(out.iter().all(|(got, want)| got == want));
         assert!(log.sealed.is_empty());
+    }
+
+    #[test]
+    fn spilled_messages_are_held_but_not_in_memory() {
+        let mut log = Log::new();
+        for i in 0..1000 {
+            log.push(&msg(i, 64));
+            if log.resident_bytes() > 4096 {
+                log.spill(3072);
+            }
+        }
+        assert!(log.resident_bytes() <= 4096);
+        assert_eq!((log.first(), log.next(), log.len()), (0, 1000, 1000));
+        let resident = (0..1000).find(|&s| log.get(s).is_some()).unwrap();
+        assert!(resident > 900 && log.size(resident - 1).is_none());
+        for s in resident..1000 {
+            assert_eq!(log.get(s).unwrap(), msg(s as usize, 64));
+        }
+        // A handful of 64 KiB pieces at most, not the whole history.
+        assert!(log.sealed.len() <= 2, "{} pieces", log.sealed.len());
+        log.trim(500, 0);
+        assert_eq!((log.first(), log.len()), (500, 500));
+        log.trim(999, 0);
+        assert_eq!(log.get(999).unwrap(), msg(999, 64));
+        log.restore_spilled(10, 20);
+        assert_eq!((log.first(), log.next(), log.resident_bytes()), (10, 20, 0));
+        assert!(log.get(10).is_none());
+        log.push(&msg(20, 64));
+        assert_eq!(log.get(20).unwrap(), msg(20, 64));
     }
 }

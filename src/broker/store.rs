@@ -8,6 +8,11 @@
 //! happened, and a store that fails to keep one says so in its own way
 //! (the durable engine: a group's ack not kept means a redelivery after a
 //! restart, never a loss).
+//!
+//! A store that keeps the messages themselves also lets the topic hold
+//! more than memory: past `memory` bytes the topic lets its oldest
+//! messages go from memory (`Log::spill`) and asks `read` for them when a
+//! reader gets there.
 
 use bytes::Bytes;
 
@@ -35,4 +40,11 @@ pub(crate) trait Store: Send {
     fn before_delivery(&mut self);
     /// The topic is removed.
     fn removed(&mut self);
+    /// How many bytes of messages the topic keeps in memory at most,
+    /// beyond those readers have out (`None`: all it holds).
+    fn memory(&self) -> Option<u64>;
+    /// Held message `seq`, which the topic no longer has in memory, read
+    /// back. Called under the topic's lock: it must be quick (a read of
+    /// a few hundred KiB at most, cached ahead for the next ones).
+    fn read(&mut self, seq: Seq) -> Result<Bytes>;
 }

@@ -185,6 +185,9 @@ pub(crate) struct State {
     /// Where a durable engine keeps what changes (see `store`); `None`
     /// in the memory engine.
     store: Option<Box<dyn Store>>,
+    /// The store's `memory`: past it, the oldest messages in memory are
+    /// let go (spilled) and read back from the store when needed.
+    memory: Option<u64>,
     /// The broker's running totals, told of every push and pull (`None`
     /// for a topic no broker counts).
     tally: Option<Arc<Tally>>,
@@ -227,6 +230,7 @@ impl State {
             pulled: 0,
             wakes: Vec::new(),
             store: None,
+            memory: None,
             tally: None,
             taken: 0,
             kept: Kept::default(),
@@ -236,30 +240,33 @@ impl State {
         }
     }
 
-    /// A topic restored by a durable engine: `messages` from `first` on,
-    /// then `next` (after a reset the log may hold none), and each group
-    /// at its offset with the deliveries to make again. Every change from
-    /// now on is told to `store`.
+    /// A topic restored by a durable engine: the messages from `first` to
+    /// `next` held in `store` (none in memory: they are read back as
+    /// readers get there), and each group at its offset with the
+    /// deliveries to make again. Every change from now on is told to
+    /// `store`.
     pub(crate) fn restored(
         config: TopicConfig,
         limits: GroupLimits,
         closed: bool,
-        first: Seq,
-        messages: impl IntoIterator<Item = Bytes>,
+        (first, next): (Seq, Seq),
         groups: Vec<(String, Seq, Vec<Seq>)>,
         store: Box<dyn Store>,
     ) -> State {
         let mut state = State::new(config, limits);
-        state.log.restart_at(first);
-        for m in messages {
-            state.log.push(&m);
-        }
+        state.log.restore_spilled(first, next);
+        // Sequence numbers count every message ever pushed.
+        state.pushed = next;
         state.closed = closed;
+        state.keep_in(store);
         for (name, offset, redeliver) in groups {
             let id = state.new_group_id();
             let mut group = Group::new(&name, id, offset.max(first));
             for seq in redeliver.into_iter().filter(|&s| s >= first) {
-                group.requeue(seq, state.log.get(seq));
+                match state.message(seq) {
+                    Ok(data) => group.requeue(seq, data),
+                    Err(e) => tracing::warn!("redelivery of {seq} to {name}: {e}"),
+                }
             }
             let key = state.groups.insert(group);
             state.group_index.insert(name.into(), key);
@@ -267,8 +274,18 @@ impl State {
         // What every group has read is what retention may have kept.
         let floor = state.groups.iter().map(|(_, g)| g.floor()).min();
         state.taken = floor.unwrap_or(first).max(state.log.first());
-        state.held = (state.taken..state.next()).map(|s| state.log.size(s)).sum();
-        state.store = Some(store);
+        // The held bytes, read back (the log has no message in memory).
+        let taken = state.taken;
+        let (mut all, mut held) = (0, 0);
+        for s in first..next {
+            let size = state.size(s);
+            all += size;
+            if s >= taken {
+                held += size;
+            }
+        }
+        state.log.set_bytes(all);
+        state.held = held;
         state.retention_changed();
         state.trim();
         state
@@ -276,12 +293,35 @@ impl State {
 
     /// Tell every change from now on to `store` (a new durable topic).
     pub(crate) fn keep_in(&mut self, store: Box<dyn Store>) {
+        self.memory = store.memory();
         self.store = Some(store);
     }
 
     /// Tell every push and pull from now on to `tally` (the broker's totals).
     pub(crate) fn count_in(&mut self, tally: Arc<Tally>) {
         self.tally = Some(tally);
+    }
+
+    /// Held message `seq`, from memory or read back from the store.
+    fn message(&mut self, seq: Seq) -> Result<Bytes> {
+        if let Some(data) = self.log.get(seq) {
+            return Ok(data);
+        }
+        match self.store() {
+            Some(store) => store.read(seq),
+            None => Err(Error::Storage {
+                kind: std::io::ErrorKind::NotFound,
+                reason: format!("message {seq} is not held"),
+            }),
+        }
+    }
+
+    /// The length of held message `seq` (0 if it cannot be read back).
+    fn size(&mut self, seq: Seq) -> u64 {
+        match self.log.size(seq) {
+            Some(n) => n,
+            None => self.message(seq).map_or(0, |m| m.len() as u64),
+        }
     }
 
     /// The store's handle, when there is one.
@@ -299,6 +339,12 @@ impl State {
         self.log.push(data);
         self.held += data.len() as u64;
         self.pushed += 1;
+        if let Some(memory) = self.memory
+            && self.log.resident_bytes() > memory
+        {
+            // In batches, so the chunks they lay in go whole.
+            self.log.spill(memory - memory / 4);
+        }
         if let Some(tally) = &self.tally {
             tally.pushed();
         }
@@ -422,9 +468,13 @@ impl State {
         };
         // A group with blocked readers has nothing to take (invariant).
         if self.groups[g].waiters.is_empty() {
-            if let Some(taken) = self.take(g) {
-                self.dispatch();
-                return Start::Done(Ok(Some(taken)));
+            match self.take(g) {
+                Some(Ok(taken)) => {
+                    self.dispatch();
+                    return Start::Done(Ok(Some(taken)));
+                }
+                Some(Err(e)) => return Start::Done(Err(e)),
+                None => {}
             }
             if self.closed {
                 return Start::Done(Ok(None));
@@ -445,15 +495,22 @@ impl State {
 
     /// Take group `g`'s next message: a requeued one, the log's next, or
     /// the oldest blocked push's (appending it).
-    fn take(&mut self, g: usize) -> Option<Taken> {
+    /// A message that cannot be read back from the store fails the pull,
+    /// and the group stays at it.
+    fn take(&mut self, g: usize) -> Option<Result<Taken>> {
         let next = self.next();
         let group = &mut self.groups[g];
         let (seq, data) = if let Some(m) = group.requeued.pop_front() {
             m
         } else if group.offset < next {
             let seq = group.offset;
-            group.offset += 1;
-            (seq, self.log.get(seq))
+            match self.message(seq) {
+                Ok(data) => {
+                    self.groups[g].offset += 1;
+                    (seq, data)
+                }
+                Err(e) => return Some(Err(e)),
+            }
         } else if let Some(&(front, ref data)) = self.offers.front() {
             if !(self.bytes_fit(data.len()) && self.rate_token()) {
                 // Its own future appends it once there is room (and
@@ -487,12 +544,12 @@ impl State {
             tally.pulled();
         }
         self.touch(g);
-        Some(Taken {
+        Some(Ok(Taken {
             group: g,
             group_id,
             seq,
             data,
-        })
+        }))
     }
 
     /// A blocked reader's future was dropped: forget it, and put back what
@@ -770,10 +827,11 @@ impl State {
         let mut moved = false;
         while let Some(&key) = self.groups[g].waiters.front() {
             let outcome = match self.take(g) {
-                Some(taken) => {
+                Some(Ok(taken)) => {
                     moved = true;
                     Ok(Some(taken))
                 }
+                Some(Err(e)) => Err(e),
                 None if self.closed => Ok(None),
                 None => break,
             };
@@ -836,7 +894,7 @@ impl State {
         if freed {
             // (A removed topic's log is empty: nothing of it is held.)
             let from = self.taken.max(first);
-            let size: u64 = (from..held.max(from)).map(|s| self.log.size(s)).sum();
+            let size: u64 = (from..held.max(from)).map(|s| self.size(s)).sum();
             if bytes {
                 self.kept.bytes += size;
             }
@@ -849,7 +907,7 @@ impl State {
             Retention::Bytes(max) => {
                 let (mut s, mut b) = (first, self.kept.bytes);
                 while s < self.taken && b > max {
-                    b -= self.log.size(s);
+                    b -= self.size(s);
                     s += 1;
                 }
                 s
@@ -860,10 +918,15 @@ impl State {
         if to > first {
             if bytes {
                 for s in first..to {
-                    self.kept.bytes -= self.log.size(s);
+                    self.kept.bytes -= self.size(s);
                 }
             }
-            self.log.trim(to);
+            // Spilled messages' sizes are read back (those a group just
+            // passed are in the store's read-ahead).
+            let spilled: u64 = (first..to.min(self.log.resident()))
+                .map(|s| self.size(s))
+                .sum();
+            self.log.trim(to, spilled);
             self.kept.trimmed(to);
             if let Some(store) = self.store() {
                 store.trimmed(to);
@@ -884,7 +947,7 @@ impl State {
         match self.config.retain {
             Retention::Bytes(_) => {
                 for s in self.log.first()..self.taken {
-                    self.kept.bytes += self.log.size(s);
+                    self.kept.bytes += self.size(s);
                 }
             }
             Retention::Age(age) if self.next() > 0 => self.kept.pushed(self.next() - 1, age),
@@ -1067,7 +1130,7 @@ impl State {
         Ok(TopicStatus {
             name: name.to_string(),
             config: self.config,
-            pending: self.log.len() as u64,
+            pending: self.log.len(),
             bytes: self.log.bytes(),
             retained: self.taken - self.log.first(),
             first: self.log.first(),

@@ -75,10 +75,17 @@ impl<E: Broker> Under<E> {
 }
 
 /// The durable engine on a fresh data directory (default sync mode), which
-/// lives as long as it.
+/// lives as long as it. It keeps at most 512 bytes of each topic's messages
+/// in memory and rolls its segments every 32 KiB, so that the rules hold
+/// of messages read back from disk, across segments, as well.
 pub fn durable() -> Under<DurableBroker> {
     let dir = tempfile::tempdir().unwrap();
-    let engine = DurableBroker::open(dir.path(), Options::default()).unwrap();
+    let options = Options {
+        memory: 512,
+        segment_bytes: 32 << 10,
+        ..Options::default()
+    };
+    let engine = DurableBroker::open(dir.path(), options).unwrap();
     Under {
         engine,
         _keep: Some(Box::new(dir)),

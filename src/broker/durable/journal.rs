@@ -16,6 +16,18 @@
 //! record, and before the next delivery. Each segment begins with a checkpoint (the
 //! oldest held message and every group's place), so a segment can be
 //! deleted once every group is past it, without losing a group.
+//!
+//! Messages the topic let go from memory (past `Keeping::memory`) are read
+//! back from the segments (`read`): a sparse index, one entry per
+//! `STRIDE` bytes of a segment and one at each segment's first message,
+//! says where to start, and a read takes `BATCH` bytes at once, so the
+//! next messages are there when the reader comes back for them
+//! (`ReadAhead`, a few batches, one per reader position). The read is a
+//! plain `pread` under the topic's lock: a batch is at most a few hundred
+//! KiB, mostly from the page cache, and the hand-off that needs it is
+//! decided under that lock (see `topic`), so it cannot wait on another
+//! thread; a blocking pool (`spawn_blocking`) would make every delivery
+//! async for the rare one from disk.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -26,7 +38,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::record::{Kind, encode};
+use super::record::{HEADER, Kind, decode, encode};
 use super::sync::{SyncMode, Syncer};
 use crate::broker::store::Store;
 use crate::broker::tally::Tally;
@@ -38,9 +50,55 @@ pub(crate) struct Keeping {
     pub(crate) sync: SyncMode,
     /// A segment rolls once it is this long.
     pub(crate) segment_bytes: u64,
+    /// What a topic keeps of its messages in memory (`Store::memory`).
+    pub(crate) memory: u64,
     /// The broker's running totals, told of every byte written to or
     /// deleted from disk (so `disk_bytes` walks no directory).
     pub(crate) tally: Arc<Tally>,
+}
+
+/// The sparse index's spacing: an entry per this many bytes of a segment.
+pub(crate) const STRIDE: u64 = 64 << 10;
+/// How much one read back from a segment takes at least.
+const BATCH: usize = 256 << 10;
+/// How many batches read back are kept (one per reader position, the
+/// oldest forgotten first).
+const BATCHES: usize = 4;
+
+/// Where a message's record is: (its sequence number, the segment's base,
+/// the record's offset in the segment).
+pub(crate) type IndexEntry = (Seq, Seq, u64);
+
+/// The messages of one read back from a segment, from `first` on, in
+/// order: slices of one buffer.
+struct Batch {
+    first: Seq,
+    messages: Vec<Bytes>,
+}
+
+/// Messages read back, kept for the next reads.
+#[derive(Default)]
+struct ReadAhead {
+    /// Most recently used last.
+    batches: VecDeque<Batch>,
+}
+
+impl ReadAhead {
+    fn get(&mut self, seq: Seq) -> Option<Bytes> {
+        let i = (self.batches.iter())
+            .position(|b| seq >= b.first && seq < b.first + b.messages.len() as u64)?;
+        let batch = self.batches.remove(i).expect("found");
+        let data = batch.messages[(seq - batch.first) as usize].clone();
+        self.batches.push_back(batch);
+        Some(data)
+    }
+
+    fn put(&mut self, batch: Batch) {
+        if self.batches.len() >= BATCHES {
+            self.batches.pop_front();
+        }
+        self.batches.push_back(batch);
+    }
 }
 
 /// The settings file, as JSON.
@@ -180,6 +238,10 @@ pub(crate) struct Journal {
     held: Vec<u8>,
     /// Every group's place, as the log says it (for each checkpoint).
     marks: BTreeMap<Box<str>, Mark>,
+    /// The sparse index of message records, by sequence number.
+    index: VecDeque<IndexEntry>,
+    /// Messages read back lately, and the next ones.
+    ahead: ReadAhead,
     /// The oldest held message and the next sequence number.
     first: Seq,
     next: Seq,
@@ -199,11 +261,10 @@ impl Journal {
         let mut journal = Journal::open_segment(
             dir,
             name,
-            0,
-            0,
+            (0, 0),
             BTreeMap::new(),
             keeping,
-            VecDeque::new(),
+            (VecDeque::new(), VecDeque::new()),
             None,
         )?;
         let meta = write_meta(&journal.dir, &Meta::new(name, config, false))?;
@@ -212,17 +273,16 @@ impl Journal {
         Ok(journal)
     }
 
-    /// A journal that goes on from what recovery read: a new segment
-    /// starting at `next`, the older ones (by base) still there.
-    #[allow(clippy::too_many_arguments)]
+    /// A journal that goes on from what recovery read: the held messages
+    /// `first` to `next`, a new segment starting at `next`, the older
+    /// ones (by base) still there with their index.
     pub(crate) fn open_segment(
         dir: PathBuf,
         name: &str,
-        first: Seq,
-        next: Seq,
+        (first, next): (Seq, Seq),
         marks: BTreeMap<Box<str>, Mark>,
         keeping: Keeping,
-        segments: VecDeque<Seq>,
+        (segments, index): (VecDeque<Seq>, VecDeque<IndexEntry>),
         sync: Option<Arc<Syncer>>,
     ) -> Result<Journal> {
         // A segment of that name (a restart with nothing pushed since the
@@ -231,6 +291,7 @@ impl Journal {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| storage("create", &path, e))?;
@@ -254,6 +315,8 @@ impl Journal {
             segments,
             held: Vec::new(),
             marks,
+            index,
+            ahead: ReadAhead::default(),
             first,
             next,
             keeping,
@@ -328,6 +391,7 @@ impl Journal {
         let path = self.dir.join(segment_name(self.next));
         let file = OpenOptions::new()
             .create(true)
+            .read(true)
             .write(true)
             .truncate(true)
             .open(&path)
@@ -346,6 +410,9 @@ impl Journal {
     fn delete_passed(&mut self) {
         while self.segments.len() > 1 && self.segments[1] <= self.first {
             let base = self.segments.pop_front().expect("two segments");
+            while self.index.front().is_some_and(|e| e.1 <= base) {
+                self.index.pop_front();
+            }
             let path = self.dir.join(segment_name(base));
             let len = fs::metadata(&path).map_or(0, |m| m.len());
             match fs::remove_file(&path) {
@@ -356,13 +423,102 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Read message `seq` and the next ones, `BATCH` bytes or so, from
+    /// the segment that has it.
+    fn read_batch(&mut self, seq: Seq) -> Result<Batch> {
+        let gone = || Error::Storage {
+            kind: std::io::ErrorKind::NotFound,
+            reason: format!("message {seq} is in no segment"),
+        };
+        if seq < self.first || seq >= self.next {
+            return Err(gone());
+        }
+        let i = self.index.partition_point(|e| e.0 <= seq);
+        let &(_, base, mut at) = i
+            .checked_sub(1)
+            .and_then(|i| self.index.get(i))
+            .ok_or_else(gone)?;
+        let path = self.dir.join(segment_name(base));
+        let file = File::open(&path).map_err(|e| storage("open", &path, e))?;
+        let damaged = |at: u64, reason: String| Error::Storage {
+            kind: std::io::ErrorKind::InvalidData,
+            reason: format!(
+                "{}: damaged record at offset {at}: {reason}",
+                path.display()
+            ),
+        };
+        let mut want = BATCH;
+        loop {
+            let mut buf = vec![0; want];
+            let n = read_at(&file, &mut buf, at).map_err(|e| storage("read", &path, e))?;
+            buf.truncate(n);
+            let buf = Bytes::from(buf);
+            let (mut messages, mut first, mut pos) = (Vec::new(), None, 0);
+            loop {
+                match decode(&buf, pos) {
+                    Ok(Some((rec, after))) => {
+                        if rec.kind == Kind::Message && rec.n >= seq {
+                            first.get_or_insert(rec.n);
+                            messages.push(rec.rest);
+                        }
+                        pos = after;
+                    }
+                    // The end of the read, or a record it cut short.
+                    Ok(None) => break,
+                    Err(d) if d.short => break,
+                    Err(d) => return Err(damaged(at + pos as u64, d.reason)),
+                }
+            }
+            match first {
+                Some(first) if first == seq => return Ok(Batch { first, messages }),
+                Some(first) => {
+                    let why = format!("message {first} where {seq} was looked for");
+                    return Err(damaged(at, why));
+                }
+                // A record longer than the read: read it whole.
+                None if pos == 0 && n == want => {
+                    let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
+                    want = HEADER + len as usize;
+                }
+                None if pos == 0 => return Err(gone()),
+                // Not in this read: read on from where it ended.
+                None => {
+                    at += pos as u64;
+                    want = BATCH;
+                }
+            }
+        }
+    }
+}
+
+/// Read into `buf` from `at` until it is full or the file ends; the bytes
+/// read.
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], at + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 impl Store for Journal {
     fn append(&mut self, seq: Seq, data: &Bytes) -> Result<()> {
         let before = self.held.len();
+        let at = self.active_len + before as u64;
         encode(&mut self.held, Kind::Message, seq, data);
         if let Err(e) = self.flush() {
             self.held.truncate(before);
             return Err(e);
+        }
+        let base = *self.segments.back().expect("a segment");
+        if (self.index.back()).is_none_or(|&(_, b, last)| b != base || at >= last + STRIDE) {
+            self.index.push_back((seq, base, at));
         }
         self.next = seq + 1;
         self.maybe_roll();
@@ -395,6 +551,7 @@ impl Store for Journal {
         }
         self.first = next;
         self.next = next;
+        self.ahead = ReadAhead::default();
         // A new segment that starts with nothing held; every older one goes.
         self.held.clear();
         if self.segments.back() == Some(&next) {
@@ -424,6 +581,7 @@ impl Store for Journal {
 
     fn trimmed(&mut self, first: Seq) {
         self.first = first;
+        (self.ahead.batches).retain(|b| b.first + b.messages.len() as u64 > first);
         if self.segments.len() > 1 && self.segments[1] <= first {
             self.flush_quietly();
             self.delete_passed();
@@ -432,6 +590,20 @@ impl Store for Journal {
 
     fn before_delivery(&mut self) {
         self.flush_quietly();
+    }
+
+    fn memory(&self) -> Option<u64> {
+        Some(self.keeping.memory)
+    }
+
+    fn read(&mut self, seq: Seq) -> Result<Bytes> {
+        if let Some(data) = self.ahead.get(seq) {
+            return Ok(data);
+        }
+        let batch = self.read_batch(seq)?;
+        let data = batch.messages[(seq - batch.first) as usize].clone();
+        self.ahead.put(batch);
+        Ok(data)
     }
 
     fn removed(&mut self) {

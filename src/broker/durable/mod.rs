@@ -15,9 +15,18 @@
 //! the tree awaits it before answering a write, once the file's next write
 //! may go ahead, so pipelined writes share a sync.
 //!
-//! Not yet: messages held are also kept in memory (as in the memory
-//! engine), so the backlog is bounded by memory as well as by disk; and
-//! no `retain` setting.
+//! Memory is bounded by what readers need, not by the backlog: a topic
+//! keeps at most `Options::memory` bytes of its newest messages in memory
+//! (`[storage] memory`, 32 MiB by default), lets the oldest go as it
+//! passes that (`Log::spill`: a spilled message costs nothing in memory),
+//! and reads them back from the segments in order when a reader gets
+//! there (`journal`: a sparse index, batches read ahead). A restart reads
+//! no message into memory. What a backlog then costs in memory is the
+//! index (24 bytes per 64 KiB of log) and the segments' names; each
+//! group's deliveries out and requeued are bounded by its readers.
+//! Counters: `pushed` goes on across a restart (it is the next sequence
+//! number); `pulled` starts again at 0 (deliveries are not logged, only
+//! acks).
 
 mod journal;
 mod record;
@@ -47,12 +56,22 @@ use super::{
     TopicId, TopicStatus, Wait,
 };
 
+/// What a topic keeps of its messages in memory by default: 32 MiB,
+/// half a million 64-byte messages, so that readers that keep up (or lag
+/// by that much) never read from disk, and a server with a few busy
+/// topics stays within a few hundred MiB however deep their backlogs.
+pub const DEFAULT_MEMORY: u64 = 32 << 20;
+
 /// How a durable broker keeps its topics.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub sync: SyncMode,
     /// A segment file rolls once it is this long (64 MiB by default).
     pub segment_bytes: u64,
+    /// What each topic keeps of its messages in memory, payloads and
+    /// bookkeeping ([`DEFAULT_MEMORY`] by default): past it, the oldest
+    /// are let go and read back from the log when a reader gets there.
+    pub memory: u64,
     pub groups: GroupLimits,
 }
 
@@ -61,6 +80,7 @@ impl Default for Options {
         Options {
             sync: SyncMode::default(),
             segment_bytes: 64 << 20,
+            memory: DEFAULT_MEMORY,
             groups: GroupLimits::default(),
         }
     }
@@ -155,6 +175,7 @@ impl DurableBroker {
         Keeping {
             sync: self.options.sync,
             segment_bytes: self.options.segment_bytes,
+            memory: self.options.memory,
             tally: self.mem.tally().clone(),
         }
     }
@@ -183,11 +204,10 @@ impl DurableBroker {
             let journal = Journal::open_segment(
                 dir.clone(),
                 &r.meta.name,
-                r.first,
-                r.next,
+                (r.first, r.next),
                 r.marks,
                 self.keeping(),
-                r.segments,
+                (r.segments, r.index),
                 None,
             )
             .map_err(|e| OpenError::Io {
@@ -199,8 +219,7 @@ impl DurableBroker {
                 r.meta.config(),
                 self.options.groups,
                 r.meta.closed,
-                r.first,
-                r.messages,
+                (r.first, r.next),
                 groups,
                 Box::new(journal),
             );

@@ -10,6 +10,11 @@
 //! the file, the offset and the reason, and the README says how to keep
 //! what is intact (truncate the file at that offset and move the later
 //! segments away).
+//!
+//! The messages are not kept: recovery notes where their records are (the
+//! journal's sparse index), and the topic reads them back as readers get
+//! there, so a start holds no more memory than the index however long the
+//! backlog (each segment is read whole once, then let go).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
@@ -17,17 +22,18 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::journal::{META, Mark, Meta};
+use super::journal::{IndexEntry, META, Mark, Meta, STRIDE};
 use super::record::{HEADER, Kind, decode};
 use crate::broker::{Retention, Seq};
 
 /// What a topic's directory holds.
 pub(crate) struct Recovered {
     pub(crate) meta: Meta,
-    /// The oldest held message, and the messages from it on.
+    /// The oldest held message, and the one after the newest.
     pub(crate) first: Seq,
-    pub(crate) messages: VecDeque<Bytes>,
     pub(crate) next: Seq,
+    /// Where the message records are (sparse, see `journal`).
+    pub(crate) index: VecDeque<IndexEntry>,
     pub(crate) marks: BTreeMap<Box<str>, Mark>,
     /// The segments' bases, oldest first.
     pub(crate) segments: VecDeque<Seq>,
@@ -104,25 +110,21 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
     let mut r = Recovered {
         meta,
         first: base,
-        messages: VecDeque::new(),
         next: base,
+        index: VecDeque::new(),
         marks: BTreeMap::new(),
         segments: segments.iter().copied().collect(),
     };
-    // The sequence number of `messages[0]`.
+    // The messages the log holds are those from `held_from` to `next`
+    // (none if `held_from` is not before `next`).
     let mut held_from = base;
-    let drop_before = |messages: &mut VecDeque<Bytes>, held_from: &mut Seq, seq: Seq| {
-        while *held_from < seq && !messages.is_empty() {
-            messages.pop_front();
-            *held_from += 1;
-        }
-        *held_from = (*held_from).max(seq);
-    };
     for (i, &seg) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
         let path = dir.join(super::journal::segment_name(seg));
         let buf = Bytes::from(fs::read(&path).map_err(io(&path))?);
         let mut at = 0;
+        // The offset of this segment's last index entry.
+        let mut indexed: Option<usize> = None;
         loop {
             let (rec, after) = match decode(&buf, at) {
                 Ok(Some(found)) => found,
@@ -164,10 +166,13 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
                             reason: format!("message {} where {} was next", rec.n, r.next),
                         });
                     }
-                    if r.messages.is_empty() {
+                    if held_from >= r.next {
                         held_from = rec.n;
                     }
-                    r.messages.push_back(rec.rest);
+                    if indexed.is_none_or(|i| at as u64 >= i as u64 + STRIDE) {
+                        r.index.push_back((rec.n, seg, at as u64));
+                        indexed = Some(at);
+                    }
                     r.next += 1;
                 }
                 Kind::Ack => {
@@ -181,13 +186,13 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
                 Kind::Forget => {
                     r.marks.remove(&name());
                     r.first = rec.n;
-                    drop_before(&mut r.messages, &mut held_from, rec.n);
+                    held_from = held_from.max(rec.n);
                 }
                 Kind::Checkpoint => {
                     r.marks.clear();
                     r.first = rec.n;
                     r.next = r.next.max(rec.n);
-                    drop_before(&mut r.messages, &mut held_from, rec.n);
+                    held_from = held_from.max(rec.n);
                 }
             }
             at = after;
@@ -202,9 +207,5 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
         r.first = min;
     }
     r.first = r.first.max(held_from).min(r.next);
-    drop_before(&mut r.messages, &mut held_from, r.first);
-    if r.messages.is_empty() {
-        r.first = r.next;
-    }
     Ok(Some(r))
 }
