@@ -38,6 +38,9 @@ struct Args {
     /// The peer's address, HOST:PORT.
     #[arg(long)]
     addr: String,
+    /// JetStream: each stream's replicas (3 on a 3-node cluster).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     #[command(flatten)]
     opts: Options,
     /// Passed by `cargo bench`; ignored.
@@ -71,7 +74,9 @@ async fn main() {
             let in_flight = args.opts.group_in_flight(workload) * k;
             let depth = args.opts.reader_depth(workload) * k;
             let file = args.peer == Peer::JetstreamFile;
-            let js = nats::JetStream::new(&args.addr, depth, in_flight, file).await;
+            let js = nats::JetStream::new(&args.addr, depth, in_flight, file)
+                .await
+                .map(|js| js.with_replicas(args.replicas));
             go(js, workload, &args.opts).await
         }
         Peer::Tcp => go(Ok(bench::tcp::Tcp::new(&args.addr)), workload, &args.opts).await,

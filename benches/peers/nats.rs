@@ -186,6 +186,8 @@ pub struct JetStream {
     addr: String,
     /// Streams and consumers on file storage.
     file: bool,
+    /// Each stream's replicas (1, or 3 on a 3-node cluster).
+    replicas: usize,
     /// For creating and deleting streams, and asking consumers' state.
     admin: async_nats::jetstream::Context,
     /// Messages each reader asks for at a time: the run's depth.
@@ -196,6 +198,14 @@ pub struct JetStream {
 }
 
 impl JetStream {
+    /// Streams replicated `n` times.
+    pub fn with_replicas(self, n: usize) -> JetStream {
+        JetStream {
+            replicas: n.max(1),
+            ..self
+        }
+    }
+
     pub async fn new(
         addr: &str,
         depth: usize,
@@ -205,6 +215,7 @@ impl JetStream {
         Ok(JetStream {
             addr: addr.to_string(),
             file,
+            replicas: 1,
             admin: async_nats::jetstream::new(async_nats::connect(addr).await?),
             batch: depth.max(1),
             ack_pending: group_in_flight.max(1) as i64,
@@ -243,8 +254,9 @@ impl System for JetStream {
 
     fn variant(&self) -> Option<String> {
         Some(format!(
-            "{} storage, interest retention, batch {}, max_ack_pending {}",
+            "{} storage, {} replica(s), interest retention, batch {}, max_ack_pending {}",
             if self.file { "file" } else { "memory" },
+            self.replicas,
             self.batch,
             self.ack_pending
         ))
@@ -268,6 +280,7 @@ impl System for JetStream {
                     StorageType::Memory
                 },
                 retention: RetentionPolicy::Interest,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await?;
