@@ -632,3 +632,29 @@ fn an_each_output_is_one_message_ending_in_a_newline() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "a\n");
 }
+
+#[test]
+fn a_run_ends_when_its_server_dies_or_a_stage_fails_while_input_is_open() {
+    let server = Server::start(&[]);
+    // Standard input stays open (held here) all along.
+    let mut child = dchan(&server.addr(), &["run", "--name", "lost", "cat | cat"])
+        .spawn()
+        .unwrap();
+    let _input = child.stdin.take();
+    until("the run's topics exist", || {
+        topics(&server.addr()).contains("lost/pipeline")
+    });
+    server.signal("KILL");
+    let out = finish(child, "run whose server died");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("connection lost"), "{err}");
+
+    let server = Server::start(&[]);
+    let mut child = dchan(&server.addr(), &["run", "nonexistent-cmd | cat"])
+        .spawn()
+        .unwrap();
+    let _input = child.stdin.take();
+    let out = finish(child, "run with a stage that cannot start");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
