@@ -658,3 +658,25 @@ fn a_run_ends_when_its_server_dies_or_a_stage_fails_while_input_is_open() {
     let out = finish(child, "run with a stage that cannot start");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_warm_process_never_given_a_message_never_runs() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    // A side effect before reading stdin: it shows every run of the command.
+    let stage = format!("echo ran >> {}; cat", ran.display());
+    let out = run(
+        &server.addr(),
+        &["run", "--each", "1", "--replicas", "2", &stage],
+        "a\nb\nc\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(lines(&out.stdout), ["a", "b", "c"]);
+    let runs = std::fs::read_to_string(&ran).unwrap();
+    assert_eq!(
+        runs.lines().count(),
+        3,
+        "once per message, not for the pool"
+    );
+}
