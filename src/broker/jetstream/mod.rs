@@ -205,8 +205,19 @@ impl JetStreamBroker {
 /// What a stream holds, in dchan's sequence numbers.
 pub(crate) struct Held {
     pub(crate) messages: u64,
+    /// The bytes JetStream keeps for them (its own count, with headers).
+    pub(crate) bytes: u64,
     pub(crate) first: Seq,
     pub(crate) next: Seq,
+}
+
+/// A setting this engine does not keep: JetStream's own `max_bytes` refuses
+/// a publish past it (a push would fail, not wait), and it has no rate
+/// for publishers.
+fn unsupported(setting: &str) -> Error {
+    Error::Unsupported(format!(
+        "{setting} on the JetStream engine (use the memory or durable engine)"
+    ))
 }
 
 fn storage(s: Storage) -> stream::StorageType {
@@ -370,6 +381,7 @@ impl Inner {
         };
         Ok(Held {
             messages: state.messages,
+            bytes: state.bytes,
             first,
             next,
         })
@@ -472,6 +484,12 @@ impl Inner {
         if !valid_name(name) {
             return Err(Error::BadName(name.to_string()));
         }
+        if config.max_bytes.is_some() {
+            return Err(unsupported("max_bytes"));
+        }
+        if config.rate.is_some() {
+            return Err(unsupported("rate"));
+        }
         if self.mirror.get(name).is_some() {
             return Err(Error::Exists(name.to_string()));
         }
@@ -519,6 +537,7 @@ impl Inner {
         self.trim(&topic, &stream, &groups).await?;
         let Held {
             messages,
+            bytes: stream_bytes,
             first,
             next,
         } = self.held(&stream).await?;
@@ -543,6 +562,7 @@ impl Inner {
             name: target.name.to_string(),
             config: record.config(),
             pending: messages,
+            bytes: stream_bytes,
             retained: 0,
             first,
             next,
@@ -571,6 +591,11 @@ impl Inner {
     }
 
     async fn set(&self, target: Target<'_>, setting: Setting) -> Result<()> {
+        match setting {
+            Setting::MaxBytes(Some(_)) => return Err(unsupported("max_bytes")),
+            Setting::Rate(Some(_)) => return Err(unsupported("rate")),
+            _ => {}
+        }
         if let Setting::Retain(r) = setting
             && r != crate::broker::Retention::None
         {
@@ -587,7 +612,7 @@ impl Inner {
                 Setting::Framing(f) => c.framing = f,
                 Setting::Timeout(t) => c.timeout = t,
                 Setting::MaxMessage(m) => c.max_message = m,
-                Setting::Retain(_) => {}
+                Setting::Retain(_) | Setting::MaxBytes(_) | Setting::Rate(_) => {}
             }
             r.set_config(c);
         })

@@ -63,6 +63,8 @@ impl Record {
             timeout: self.timeout_ms.map(Duration::from_millis),
             max_message: self.max_message,
             retain: crate::broker::Retention::None,
+            max_bytes: None,
+            rate: None,
         }
     }
 
