@@ -69,7 +69,8 @@ pub struct RunArgs {
     /// No progress lines, even on a terminal.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Leave the pipeline's topics on the server when it ends.
+    /// Leave the pipeline's topics on the server when it ends (also when
+    /// stopped by SIGINT or SIGTERM; without it they are removed then too).
     #[arg(long)]
     pub keep: bool,
 }
