@@ -632,3 +632,98 @@ fn an_each_output_is_one_message_ending_in_a_newline() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "a\n");
 }
+
+#[test]
+fn a_run_ends_when_its_server_dies_or_a_stage_fails_while_input_is_open() {
+    let server = Server::start(&[]);
+    // Standard input stays open (held here) all along.
+    let mut child = dchan(&server.addr(), &["run", "--name", "lost", "cat | cat"])
+        .spawn()
+        .unwrap();
+    let _input = child.stdin.take();
+    until("the run's topics exist", || {
+        topics(&server.addr()).contains("lost/pipeline")
+    });
+    server.signal("KILL");
+    let out = finish(child, "run whose server died");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("connection lost"), "{err}");
+
+    let server = Server::start(&[]);
+    let mut child = dchan(&server.addr(), &["run", "nonexistent-cmd | cat"])
+        .spawn()
+        .unwrap();
+    let _input = child.stdin.take();
+    let out = finish(child, "run with a stage that cannot start");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_warm_process_never_given_a_message_never_runs() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    // A side effect before reading stdin: it shows every run of the command.
+    let stage = format!("echo ran >> {}; cat", ran.display());
+    let out = run(
+        &server.addr(),
+        &["run", "--each", "1", "--replicas", "2", &stage],
+        "a\nb\nc\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(lines(&out.stdout), ["a", "b", "c"]);
+    let runs = std::fs::read_to_string(&ran).unwrap();
+    assert_eq!(
+        runs.lines().count(),
+        3,
+        "once per message, not for the pool"
+    );
+}
+
+#[test]
+fn on_a_terminal_the_run_shows_a_live_line_per_stage() {
+    let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    // The second stage waits for the gate, so the run lasts until the
+    // test has seen the progress lines.
+    let line = format!(
+        "cat | while [ ! -e {} ]; do sleep 0.1; done; cat",
+        gate.display()
+    );
+    let cmd = format!(
+        "seq 5 | {} run --name shown '{line}'",
+        env!("CARGO_BIN_EXE_dchan")
+    );
+    // script(1) runs it with stdout and stderr on a pseudo-terminal.
+    let mut script = Command::new("script")
+        .args(["-q", "-c", &cmd, "/dev/null"])
+        .env("DCHAN_ADDR", server.addr())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script(1), from util-linux");
+    let mut stdout = script.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let shown = || text(&seen.lock().unwrap());
+    until("a progress line", || {
+        shown().contains("copies") && shown().contains("2 while")
+    });
+    std::fs::write(&gate, "").unwrap();
+    let status = finish(script, "script");
+    reader.join().unwrap();
+    assert!(status.status.success(), "{}", shown());
+    let all = shown().replace('\r', "");
+    assert!(all.contains("1 cat") && all.contains(" lag "), "{all}");
+    assert!(all.contains("1\n2\n3\n4\n5\n"), "the data: {all}");
+}

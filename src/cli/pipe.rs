@@ -69,7 +69,8 @@ pub struct RunArgs {
     /// No progress lines, even on a terminal.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Leave the pipeline's topics on the server when it ends.
+    /// Leave the pipeline's topics on the server when it ends (also when
+    /// stopped by SIGINT or SIGTERM; without it they are removed then too).
     #[arg(long)]
     pub keep: bool,
 }
@@ -187,7 +188,11 @@ pub async fn run(a: RunArgs) -> ExitCode {
         quiet: a.quiet,
         keep: a.keep,
     };
-    finish("run", pipeline::run(opts).await)
+    let code = finish("run", pipeline::run(opts).await);
+    // Exit here: the runtime, shutting down, would wait for its blocking
+    // read of standard input, which ends only when the input does (a run
+    // that failed, or lost its server, must not wait for that).
+    std::process::exit(code.into())
 }
 
 /// `dchan worker`.
@@ -215,15 +220,15 @@ pub async fn worker(a: WorkerArgs) -> ExitCode {
         stage: a.stage,
         replicas: a.replicas,
     };
-    finish("worker", pipeline::worker(opts).await)
+    ExitCode::from(finish("worker", pipeline::worker(opts).await))
 }
 
 /// One line per failure, and the exit status.
-fn finish(cmd: &str, report: Result<Report, String>) -> ExitCode {
+fn finish(cmd: &str, report: Result<Report, String>) -> u8 {
     match report {
         Err(why) => {
             eprintln!("dchan: {cmd}: {why}");
-            ExitCode::FAILURE
+            1
         }
         Ok(r) => {
             for why in &r.failures {
@@ -237,7 +242,7 @@ fn finish(cmd: &str, report: Result<Report, String>) -> ExitCode {
                 };
                 eprintln!("dchan: {cmd}: stopped by {name}");
             }
-            ExitCode::from(r.status())
+            r.status()
         }
     }
 }

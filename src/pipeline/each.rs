@@ -5,9 +5,11 @@
 //! hold many lines; a newline is added if it does not end in one, so that
 //! it cannot run into the next message where messages become a stream
 //! again: a filter's stdin, the run's output; an empty stdout is no
-//! message), and its exit status says whether it worked. Processes are started ahead (`pool` per copy, so at
-//! most `replicas × (1 + pool)` processes per stage and machine), so a
-//! message does not wait for a process to start. A message is acknowledged
+//! message), and its exit status says whether it worked. Processes are
+//! started ahead (`pool` per copy, so at most `replicas × (1 + pool)`
+//! processes per stage and machine), held before they execute the command
+//! (see `warm`): a message waits for less of a process's start, and one
+//! never given a message never runs. A message is acknowledged
 //! only after its output was pushed (by the copy's next read): a copy
 //! killed mid-message leaves it to another copy, which runs it again (at
 //! least once). A message that failed `attempts` times (exit status, a
@@ -20,9 +22,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Child;
 
-use super::filter::spawn;
 use super::spec::dead_letters;
 use super::stage::{Next, StageRun, next};
+use super::warm::{self, Warm};
 use crate::client::{Client, Puller, Pusher};
 
 /// Run messages through the stage's command until the input ends (true)
@@ -35,7 +37,8 @@ pub(super) async fn run(
     to: &Pusher,
 ) -> Result<bool, String> {
     let label = run.label();
-    let mut pool: VecDeque<std::io::Result<Child>> = VecDeque::new();
+    // Forked ahead, held before exec: dropped unused, they never run.
+    let mut pool: VecDeque<std::io::Result<Warm>> = VecDeque::new();
     let mut dead: Option<Pusher> = None;
     let ended = loop {
         let msg = match next(run, from, || false).await? {
@@ -46,9 +49,12 @@ pub(super) async fn run(
         let mut reason = String::new();
         let mut out = None;
         for _ in 0..run.stage.attempts {
-            let child = pool.pop_front().unwrap_or_else(|| spawn(&run.stage, copy));
+            let child = pool
+                .pop_front()
+                .unwrap_or_else(|| warm::start(&run.stage, copy))
+                .and_then(Warm::go);
             while pool.len() < run.stage.pool as usize {
-                pool.push_back(spawn(&run.stage, copy));
+                pool.push_back(warm::start(&run.stage, copy));
             }
             match one(run, child, &msg).await {
                 Ok(o) => {

@@ -8,6 +8,7 @@
 //! - `ahead`    — reading a topic with many Treads in flight, in order.
 //! - `filter`   — a *filter* copy: one long-running process, lines in and out.
 //! - `each`     — an *each* copy: one process per message, warm pool, dead letters.
+//! - `warm`     — a process forked ahead and held before exec (the warm pool).
 //! - `run`      — `dchan run` (topics, copies, stdin in, stdout out) and `dchan worker`.
 //! - `progress` — the live lines on a terminal.
 
@@ -18,6 +19,7 @@ mod progress;
 mod run;
 mod spec;
 mod stage;
+mod warm;
 
 pub use run::{Report, RunOptions, WorkerOptions, run, worker};
 pub use spec::{

@@ -212,14 +212,16 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
         // Stopped as by SIGPIPE: what failed on the way out is no failure.
         report.failures.clear();
     }
-    let mut keep_dead = vec![false; n + 1];
+    let mut keep_dead = Vec::new();
     for run in &runs {
         // Dead letters from every machine: the topic counts them.
         let dead = match client.ctl(&dead_letters(&name, run.k)).await {
             Ok(text) => field(&text, "pushed").unwrap_or(0),
             Err(_) => 0,
         };
-        keep_dead[run.k] = dead > 0;
+        if dead > 0 {
+            keep_dead.push(run.k);
+        }
         report.stage(run, dead);
     }
     if !keep {
@@ -228,7 +230,7 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
             gone.push(input(&name, k));
             if k <= n {
                 gone.push(copies(&name, k));
-                if !keep_dead[k] {
+                if !keep_dead.contains(&k) {
                     gone.push(dead_letters(&name, k));
                 }
             }
