@@ -425,3 +425,61 @@ async fn restart_keeps_max_bytes_and_rate() {
     assert_eq!(take(&b, "t", "a").await.as_deref(), Some("12345678"));
     push(&b, "t", "abc").await;
 }
+
+/// The bytes under `dir`, files only, as `du --apparent-size` counts them.
+fn bytes_under(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => bytes_under(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
+            .sum()
+    })
+}
+
+/// The ctl's `disk_bytes` is a running count (reading it walks no
+/// directory), and it stays what the files take across creates, pushes,
+/// acks, settings, segments rolled and deleted, resets, removes and a
+/// restart.
+#[tokio::test]
+async fn disk_bytes_follow_the_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let topics = tmp.path().join("topics");
+    let options = Options {
+        segment_bytes: 1024,
+        ..Options::default()
+    };
+    let disk = |b: &DurableBroker| b.totals().disk.expect("a durable engine").bytes;
+    let b = open_with(tmp.path(), options);
+    assert_eq!(disk(&b), 0);
+    for name in ["a", "b", "c/d"] {
+        b.create(name, cap(1000)).unwrap();
+    }
+    assert_eq!(disk(&b), bytes_under(&topics));
+    let msg = "x".repeat(100);
+    assert_eq!(b.offset("a".into(), "g").await.unwrap(), 0);
+    for _ in 0..50 {
+        push(&b, "a", &msg).await;
+        push(&b, "b", &msg).await;
+    }
+    assert_eq!(disk(&b), bytes_under(&topics));
+    assert_eq!(drain(&b, "a", "g").await.len(), 50);
+    Broker::set(&b, "b".into(), Setting::Capacity(7))
+        .await
+        .unwrap();
+    assert_eq!(disk(&b), bytes_under(&topics));
+    Broker::reset(&b, "b".into()).await.unwrap();
+    assert_eq!(disk(&b), bytes_under(&topics));
+    Broker::remove(&b, "c/d").await.unwrap();
+    assert_eq!(disk(&b), bytes_under(&topics));
+    drop(b);
+    let b = open_with(tmp.path(), options);
+    assert_eq!(disk(&b), bytes_under(&topics));
+    push(&b, "a", "after").await;
+    Broker::remove(&b, "a").await.unwrap();
+    Broker::remove(&b, "b").await.unwrap();
+    assert_eq!(disk(&b), bytes_under(&topics));
+    assert_eq!(disk(&b), 0);
+}

@@ -28,6 +28,7 @@ use parking_lot::RwLock;
 
 use super::order;
 use super::store::Store;
+use super::tally::Tally;
 use super::topic::{Start, State, Topic};
 use super::waiters::{PullWait, PushWait, within};
 use super::{
@@ -55,10 +56,9 @@ pub struct MemoryBroker {
     /// Picks a name's shard (foldhash, randomly seeded: fast on short
     /// names, and names cannot be chosen to pile into one shard).
     hasher: foldhash::fast::RandomState,
-    /// Messages pushed to topics since removed, for the totals.
-    removed_pushed: AtomicU64,
-    /// Messages pulled from topics since removed, for the totals.
-    removed_pulled: AtomicU64,
+    /// Messages pushed and pulled over all topics, removed ones included,
+    /// kept as they happen (see `tally`): the totals never walk the topics.
+    tally: Arc<Tally>,
     /// The last topic identity handed out.
     last_id: AtomicU64,
     /// What groups each topic keeps.
@@ -89,8 +89,7 @@ impl Default for MemoryBroker {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             names: RwLock::default(),
             hasher: foldhash::fast::RandomState::default(),
-            removed_pushed: AtomicU64::new(0),
-            removed_pulled: AtomicU64::new(0),
+            tally: Arc::default(),
             last_id: AtomicU64::new(0),
             groups: GroupLimits::default(),
         }
@@ -108,6 +107,11 @@ impl MemoryBroker {
             groups: limits,
             ..MemoryBroker::default()
         }
+    }
+
+    /// The running totals, for an engine built on this one to add to.
+    pub(crate) fn tally(&self) -> &Arc<Tally> {
+        &self.tally
     }
 
     /// The shard that holds `name`.
@@ -143,6 +147,7 @@ impl MemoryBroker {
         let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut state = State::new(config, self.groups);
         state.keep_in(keep(id)?);
+        state.count_in(self.tally.clone());
         topics.insert(
             name.to_string(),
             Arc::new(Topic::with_state(name, id, state)),
@@ -152,7 +157,8 @@ impl MemoryBroker {
     }
 
     /// Put back a topic read from a store, with its identity.
-    pub(crate) fn restore(&self, name: &str, id: TopicId, state: State) {
+    pub(crate) fn restore(&self, name: &str, id: TopicId, mut state: State) {
+        state.count_in(self.tally.clone());
         self.last_id.fetch_max(id, Ordering::Relaxed);
         let topic = Arc::new(Topic::with_state(name, id, state));
         let mut shard = self.shard(name).write();
@@ -185,9 +191,11 @@ impl MemoryBroker {
             return Err(Error::Exists(name.to_string()));
         }
         let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut state = State::new(config, self.groups);
+        state.count_in(self.tally.clone());
         topics.insert(
             name.to_string(),
-            Arc::new(Topic::new(name, id, config, self.groups)),
+            Arc::new(Topic::with_state(name, id, state)),
         );
         self.names.write().insert(order::key(name).into());
         Ok(())
@@ -202,12 +210,7 @@ impl MemoryBroker {
             self.names.write().remove(&*order::key(name));
             topic
         };
-        let (pushed, pulled) = topic.with(|s| {
-            s.remove();
-            (s.pushed, s.pulled)
-        });
-        self.removed_pushed.fetch_add(pushed, Ordering::Relaxed);
-        self.removed_pulled.fetch_add(pulled, Ordering::Relaxed);
+        topic.with(State::remove);
         Ok(())
     }
 
@@ -246,20 +249,16 @@ impl MemoryBroker {
         }
     }
 
+    /// The totals, in constant time: the ordered index's length and the
+    /// running counts (see `tally`).
     pub fn totals(&self) -> BrokerStatus {
-        let topics = self.all();
-        let mut totals = BrokerStatus {
-            topics: topics.len() as u64,
-            pushed: self.removed_pushed.load(Ordering::Relaxed),
-            pulled: self.removed_pulled.load(Ordering::Relaxed),
+        let (pushed, pulled) = self.tally.sum();
+        BrokerStatus {
+            topics: self.names.read().len() as u64,
+            pushed,
+            pulled,
             disk: None,
-        };
-        for topic in topics {
-            let state = topic.state.lock();
-            totals.pushed += state.pushed;
-            totals.pulled += state.pulled;
         }
-        totals
     }
 
     pub fn set<'a>(&self, name: impl Into<Target<'a>>, setting: Setting) -> Result<()> {

@@ -49,6 +49,7 @@ pub mod order;
 mod rate;
 mod retain;
 mod store;
+mod tally;
 mod topic;
 mod waiters;
 

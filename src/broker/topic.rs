@@ -26,6 +26,7 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ use super::log::Log;
 use super::rate::Bucket;
 use super::retain::{Kept, Retention};
 use super::store::Store;
+use super::tally::Tally;
 use super::waiters::store_waker;
 use super::{
     Cut, Error, GroupLimits, Result, Seq, Setting, TopicConfig, TopicId, TopicStatus, Wait,
@@ -65,10 +67,6 @@ thread_local! {
 }
 
 impl Topic {
-    pub(crate) fn new(name: &str, id: TopicId, config: TopicConfig, limits: GroupLimits) -> Topic {
-        Topic::with_state(name, id, State::new(config, limits))
-    }
-
     pub(crate) fn with_state(name: &str, id: TopicId, state: State) -> Topic {
         Topic {
             name: name.to_string(),
@@ -187,6 +185,9 @@ pub(crate) struct State {
     /// Where a durable engine keeps what changes (see `store`); `None`
     /// in the memory engine.
     store: Option<Box<dyn Store>>,
+    /// The broker's running totals, told of every push and pull (`None`
+    /// for a topic no broker counts).
+    tally: Option<Arc<Tally>>,
     /// Every message before this one has been taken by every group (at
     /// some point: a group may seek back before it): the log holds those
     /// only by retention. Without retention it is the log's first.
@@ -226,6 +227,7 @@ impl State {
             pulled: 0,
             wakes: Vec::new(),
             store: None,
+            tally: None,
             taken: 0,
             kept: Kept::default(),
             held: 0,
@@ -277,6 +279,11 @@ impl State {
         self.store = Some(store);
     }
 
+    /// Tell every push and pull from now on to `tally` (the broker's totals).
+    pub(crate) fn count_in(&mut self, tally: Arc<Tally>) {
+        self.tally = Some(tally);
+    }
+
     /// The store's handle, when there is one.
     fn store(&mut self) -> Option<&mut (dyn Store + 'static)> {
         self.store.as_deref_mut()
@@ -292,6 +299,9 @@ impl State {
         self.log.push(data);
         self.held += data.len() as u64;
         self.pushed += 1;
+        if let Some(tally) = &self.tally {
+            tally.pushed();
+        }
         if let Retention::Age(age) = self.config.retain {
             self.kept.pushed(seq, age);
         }
@@ -473,6 +483,9 @@ impl State {
         group.deliver(seq);
         let group_id = group.id;
         self.pulled += 1;
+        if let Some(tally) = &self.tally {
+            tally.pulled();
+        }
         self.touch(g);
         Some(Taken {
             group: g,
@@ -497,6 +510,9 @@ impl State {
             }
             Some(Ok(Some(taken))) => {
                 self.pulled -= 1;
+                if let Some(tally) = &self.tally {
+                    tally.unpulled();
+                }
                 self.requeue(taken);
             }
             Some(_) => {}

@@ -204,7 +204,8 @@ impl Client {
     /// The status of each of `topics` (as [`Client::ctl`]), in their order,
     /// read [`TOPICS_AT_ONCE`] at a time. Each read holds a fid from its walk
     /// to its clunk, and a server bounds the fids one connection may hold
-    /// (dchan: 16384), so reading thousands of topics at once would fail.
+    /// (dchan: `[limits] max_fids`), so reading thousands of topics at once
+    /// could fail.
     /// A server that holds fewer is met by reading fewer at once.
     pub async fn ctl_each(&self, topics: &[String]) -> Vec<Result<String>> {
         at_once(topics, |t| self.ctl(t)).await

@@ -51,7 +51,7 @@ impl Default for Limits {
             max_msize: 1 << 20,
             max_connections: 1024,
             max_per_address: 1024,
-            max_fids: 16384,
+            max_fids: 524_288,
             max_in_flight: 1024,
         }
     }

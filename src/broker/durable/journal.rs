@@ -29,14 +29,18 @@ use serde::{Deserialize, Serialize};
 use super::record::{Kind, encode};
 use super::sync::{SyncMode, Syncer};
 use crate::broker::store::Store;
+use crate::broker::tally::Tally;
 use crate::broker::{Error, Framing, Result, Retention, Seq, TopicConfig};
 
 /// How the log is kept.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct Keeping {
     pub(crate) sync: SyncMode,
     /// A segment rolls once it is this long.
     pub(crate) segment_bytes: u64,
+    /// The broker's running totals, told of every byte written to or
+    /// deleted from disk (so `disk_bytes` walks no directory).
+    pub(crate) tally: Arc<Tally>,
 }
 
 /// The settings file, as JSON.
@@ -110,11 +114,13 @@ pub(crate) fn storage(what: &str, path: &Path, e: std::io::Error) -> Error {
     }
 }
 
-/// Write the settings file whole (a temporary file renamed over it).
-pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+/// Write the settings file whole (a temporary file renamed over it);
+/// returns by how many bytes it grew.
+pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<i64> {
     let tmp = dir.join("meta.json.tmp");
     let path = dir.join(META);
     let text = serde_json::to_vec_pretty(meta).expect("settings serialize");
+    let old = fs::metadata(&path).map_or(0, |m| m.len());
     let write = || -> std::io::Result<()> {
         let f = File::create(&tmp)?;
         f.write_all_at(&text, 0)?;
@@ -122,7 +128,8 @@ pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
         fs::rename(&tmp, &path)?;
         File::open(dir)?.sync_all()
     };
-    write().map_err(|e| storage("write", &path, e))
+    write().map_err(|e| storage("write", &path, e))?;
+    Ok(text.len() as i64 - old as i64)
 }
 
 /// A segment's file name: the sequence number next when it began.
@@ -199,7 +206,8 @@ impl Journal {
             VecDeque::new(),
             None,
         )?;
-        write_meta(&journal.dir, &Meta::new(name, config, false))?;
+        let meta = write_meta(&journal.dir, &Meta::new(name, config, false))?;
+        journal.keeping.tally.disk(meta);
         journal.flush()?;
         Ok(journal)
     }
@@ -288,6 +296,7 @@ impl Journal {
         }
         self.active_len += self.held.len() as u64;
         self.sync.wrote(self.held.len() as u64);
+        self.keeping.tally.disk(self.held.len() as i64);
         self.held.clear();
         Ok(())
     }
@@ -338,8 +347,10 @@ impl Journal {
         while self.segments.len() > 1 && self.segments[1] <= self.first {
             let base = self.segments.pop_front().expect("two segments");
             let path = self.dir.join(segment_name(base));
-            if let Err(e) = fs::remove_file(&path) {
-                tracing::warn!("remove {}: {e}", path.display());
+            let len = fs::metadata(&path).map_or(0, |m| m.len());
+            match fs::remove_file(&path) {
+                Ok(()) => self.keeping.tally.disk(-(len as i64)),
+                Err(e) => tracing::warn!("remove {}: {e}", path.display()),
             }
         }
     }
@@ -405,8 +416,9 @@ impl Store for Journal {
     }
 
     fn settings(&mut self, config: &TopicConfig, closed: bool) {
-        if let Err(e) = write_meta(&self.dir, &Meta::new(&self.name, config, closed)) {
-            tracing::warn!(topic = %self.name, "{e}");
+        match write_meta(&self.dir, &Meta::new(&self.name, config, closed)) {
+            Ok(grew) => self.keeping.tally.disk(grew),
+            Err(e) => tracing::warn!(topic = %self.name, "{e}"),
         }
     }
 
@@ -425,9 +437,12 @@ impl Store for Journal {
     fn removed(&mut self) {
         // The settings file first: a directory without one is a topic
         // half removed, which the next start finishes removing.
+        let had = super::dir_size(&self.dir);
         let _ = fs::remove_file(self.dir.join(META));
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             tracing::warn!("remove {}: {e}", self.dir.display());
         }
+        let left = super::dir_size(&self.dir);
+        self.keeping.tally.disk(left as i64 - had as i64);
     }
 }

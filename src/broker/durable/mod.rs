@@ -124,6 +124,11 @@ impl DurableBroker {
             _lock: lock,
         };
         broker.recover()?;
+        // From here on the totals count every byte written and deleted;
+        // what recovery found (and wrote) is counted once, here.
+        let tally = broker.mem.tally();
+        let found = dir_size(&broker.topics_dir);
+        tally.disk(found.wrapping_sub(tally.disk_bytes()) as i64);
         match options.sync {
             SyncMode::Interval(every) => sync::start_interval(&broker.syncers, every),
             // Pushes wait for their sync; acks (never waited for: a reader
@@ -135,9 +140,10 @@ impl DurableBroker {
         Ok(broker)
     }
 
-    /// The directory's bytes on disk, over every topic.
+    /// The directory's bytes on disk, over every topic: a running count
+    /// (read in constant time), kept as files are written and deleted.
     pub fn bytes_on_disk(&self) -> u64 {
-        dir_size(&self.topics_dir)
+        self.mem.tally().disk_bytes()
     }
 
     /// The sync mode.
@@ -149,6 +155,7 @@ impl DurableBroker {
         Keeping {
             sync: self.options.sync,
             segment_bytes: self.options.segment_bytes,
+            tally: self.mem.tally().clone(),
         }
     }
 

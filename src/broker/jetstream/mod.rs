@@ -212,8 +212,9 @@ pub(crate) struct Held {
 }
 
 /// A setting this engine does not keep: JetStream's own `max_bytes` refuses
-/// a publish past it (a push would fail, not wait), and it has no rate
-/// for publishers.
+/// a publish past it (a push would fail, not wait), it has no rate for
+/// publishers, and retention (what every group has taken, kept for
+/// replay) is not built on it: what every group has acked is purged.
 fn unsupported(setting: &str) -> Error {
     Error::Unsupported(format!(
         "{setting} on the JetStream engine (use the memory or durable engine)"
@@ -490,6 +491,9 @@ impl Inner {
         if config.rate.is_some() {
             return Err(unsupported("rate"));
         }
+        if config.retain != crate::broker::Retention::None {
+            return Err(unsupported("retain"));
+        }
         if self.mirror.get(name).is_some() {
             return Err(Error::Exists(name.to_string()));
         }
@@ -575,35 +579,25 @@ impl Inner {
         })
     }
 
+    /// In constant time: the mirror's length and its running counts.
     fn totals(&self) -> BrokerStatus {
-        let topics = self.mirror.topics.read();
-        let mut totals = BrokerStatus {
-            topics: topics.len() as u64,
-            pushed: self.mirror.removed_pushed.load(Ordering::Relaxed),
-            pulled: self.mirror.removed_pulled.load(Ordering::Relaxed),
+        let (pushed, pulled) = self.mirror.tally.sum();
+        BrokerStatus {
+            topics: self.mirror.topics.read().len() as u64,
+            pushed,
+            pulled,
             disk: None,
-        };
-        for t in topics.values() {
-            totals.pushed += t.pushed.load(Ordering::Relaxed);
-            totals.pulled += t.pulled.load(Ordering::Relaxed);
         }
-        totals
     }
 
     async fn set(&self, target: Target<'_>, setting: Setting) -> Result<()> {
         match setting {
             Setting::MaxBytes(Some(_)) => return Err(unsupported("max_bytes")),
             Setting::Rate(Some(_)) => return Err(unsupported("rate")),
+            Setting::Retain(r) if r != crate::broker::Retention::None => {
+                return Err(unsupported("retain"));
+            }
             _ => {}
-        }
-        if let Setting::Retain(r) = setting
-            && r != crate::broker::Retention::None
-        {
-            // Merge stub (w9): retention is not built on this engine yet.
-            return Err(Error::Storage {
-                kind: std::io::ErrorKind::Unsupported,
-                reason: "retain is not supported by the JetStream engine yet".into(),
-            });
         }
         self.update(target, |r| {
             let mut c = r.config();

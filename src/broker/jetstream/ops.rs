@@ -489,7 +489,7 @@ impl PushTask {
             self.topic.withdrawn();
             return Err(Error::Interrupted);
         }
-        self.topic.pushed.fetch_add(1, Ordering::Relaxed);
+        self.topic.tally.pushed();
         self.topic.published.fetch_max(js_seq, Ordering::Relaxed);
         Ok(js_seq)
     }
@@ -760,6 +760,7 @@ impl PullTask {
     fn deliver(&self, m: jetstream::Message) -> JetStreamDelivery {
         let js_seq = m.info().map(|i| i.stream_sequence).unwrap_or(1);
         self.topic.pulled.fetch_add(1, Ordering::Relaxed);
+        self.topic.tally.pulled();
         self.topic.delivered.fetch_max(js_seq, Ordering::Relaxed);
         self.topic.progress.notify_waiters();
         JetStreamDelivery {
@@ -828,6 +829,7 @@ impl Drop for JetStreamDelivery {
     fn drop(&mut self) {
         if let Some(m) = self.message.take() {
             self.topic.pulled.fetch_sub(1, Ordering::Relaxed);
+            self.topic.tally.unpulled();
             settle(&self.topic, async move {
                 let _ = m.ack_with(AckKind::Nak(None)).await;
             });

@@ -20,6 +20,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
+use super::super::tally::Tally;
 use super::super::{Framing, TopicConfig, TopicId, order};
 
 /// A topic as the bucket holds it (JSON).
@@ -131,15 +132,16 @@ pub(crate) struct Topic {
     pub(crate) credit: AtomicU64,
     /// The highest stream sequence purged up to, so a trim is asked once.
     pub(crate) trimmed: AtomicU64,
-    /// This server's counts, for status and totals.
-    pub(crate) pushed: AtomicU64,
+    /// This server's pulls, for status (its pushes are the stream's).
     pub(crate) pulled: AtomicU64,
+    /// This server's running totals over all topics (the mirror's).
+    pub(crate) tally: Arc<Tally>,
     pub(crate) blocked_readers: AtomicU64,
     pub(crate) blocked_writers: AtomicU64,
 }
 
 impl Topic {
-    fn new(prefix: &str, record: Record) -> Topic {
+    fn new(prefix: &str, record: Record, tally: Arc<Tally>) -> Topic {
         Topic {
             id: record.id,
             stream: format!("{prefix}_{}", record.id),
@@ -157,8 +159,8 @@ impl Topic {
             progress: Notify::new(),
             credit: AtomicU64::new(0),
             trimmed: AtomicU64::new(0),
-            pushed: AtomicU64::new(0),
             pulled: AtomicU64::new(0),
+            tally,
             blocked_readers: AtomicU64::new(0),
             blocked_writers: AtomicU64::new(0),
         }
@@ -227,9 +229,9 @@ pub(crate) struct Mirror {
     /// skipped until it passes that revision, so a late watch never undoes
     /// a newer state.
     ahead: Mutex<HashMap<String, u64>>,
-    /// Counts of topics removed, for the totals.
-    pub(crate) removed_pushed: AtomicU64,
-    pub(crate) removed_pulled: AtomicU64,
+    /// Messages this server pushed and pulled over all topics, removed
+    /// ones included, kept as they happen: the totals walk no topics.
+    pub(crate) tally: Arc<Tally>,
 }
 
 impl Mirror {
@@ -239,8 +241,7 @@ impl Mirror {
             topics: RwLock::default(),
             seen: watch::Sender::new(0),
             ahead: Mutex::default(),
-            removed_pushed: AtomicU64::new(0),
-            removed_pulled: AtomicU64::new(0),
+            tally: Arc::default(),
         }
     }
 
@@ -320,7 +321,7 @@ impl Mirror {
                 }
             }
             _ => {
-                let new = Arc::new(Topic::new(&self.prefix, record));
+                let new = Arc::new(Topic::new(&self.prefix, record, self.tally.clone()));
                 if let Some(old) = topics.insert(order::key(name).into_owned(), new) {
                     self.retire(&old);
                 }
@@ -343,10 +344,6 @@ impl Mirror {
     /// A topic gone from the registry: its waiters fail with `Removed`.
     fn retire(&self, old: &Topic) {
         old.record.send_replace(None);
-        self.removed_pushed
-            .fetch_add(old.pushed.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.removed_pulled
-            .fetch_add(old.pulled.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Wait until the mirror has applied revision `rev`, for at most `limit`.
