@@ -402,6 +402,10 @@ pub struct TopicDefaults {
     pub max_message: MessageSize,
     /// What is kept of what every group has taken.
     pub retain: Retain,
+    /// The most bytes held for readers; a push waits while it would pass.
+    pub max_bytes: MaxBytes,
+    /// The most messages a second, all writers together.
+    pub rate: RateName,
 }
 
 impl TopicDefaults {
@@ -413,6 +417,8 @@ impl TopicDefaults {
             timeout: self.timeout.0,
             max_message: self.max_message.0,
             retain: self.retain.0,
+            max_bytes: self.max_bytes.0,
+            rate: self.rate.0,
         }
     }
 }
@@ -435,6 +441,10 @@ pub struct TopicSpec {
     pub max_message: Option<MessageSize>,
     /// Its retention, if not the default.
     pub retain: Option<Retain>,
+    /// Its most bytes held, if not the default.
+    pub max_bytes: Option<MaxBytes>,
+    /// Its rate, if not the default.
+    pub rate: Option<RateName>,
 }
 
 impl TopicSpec {
@@ -446,6 +456,8 @@ impl TopicSpec {
             timeout: self.timeout.unwrap_or(defaults.timeout).0,
             max_message: self.max_message.unwrap_or(defaults.max_message).0,
             retain: self.retain.unwrap_or(defaults.retain).0,
+            max_bytes: self.max_bytes.unwrap_or(defaults.max_bytes).0,
+            rate: self.rate.unwrap_or(defaults.rate).0,
         }
     }
 }
@@ -523,6 +535,37 @@ impl TryFrom<SizeValue> for Retain {
             SizeValue::Text(s) => s,
         };
         broker::Retention::parse(&text).map(Retain)
+    }
+}
+
+/// `max_bytes` as the file spells it: a size (`"64M"`, `65536`) or
+/// `"none"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(try_from = "SizeValue")]
+pub struct MaxBytes(pub Option<u64>);
+
+impl TryFrom<SizeValue> for MaxBytes {
+    type Error = String;
+
+    fn try_from(v: SizeValue) -> Result<Self, String> {
+        let text = match v {
+            SizeValue::Bytes(n) => n.to_string(),
+            SizeValue::Text(s) => s,
+        };
+        broker::parse_max_bytes(&text).map(MaxBytes)
+    }
+}
+
+/// `rate` as the file spells it: `"1000/s"` or `"none"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(try_from = "String")]
+pub struct RateName(pub Option<broker::Rate>);
+
+impl TryFrom<String> for RateName {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        broker::Rate::parse(&s).map(RateName)
     }
 }
 
@@ -808,6 +851,34 @@ mod tests {
         let bad = "[topic_defaults]\nmax_message = \"lots\"\n";
         let e = Config::parse("t.toml", bad).unwrap_err().to_string();
         assert!(e.contains("bad max_message"), "{e}");
+    }
+
+    #[test]
+    fn max_bytes_and_rate_take_a_size_a_rate_or_none() {
+        let c = Config::default();
+        let d = c.topic_defaults.topic_config();
+        assert_eq!((d.max_bytes, d.rate), (None, None));
+        let text = "[topic_defaults]\nmax_bytes = \"64M\"\nrate = \"100/s\"\n\
+                    [[topic]]\nname = \"free\"\nmax_bytes = \"none\"\nrate = \"none\"\n\
+                    [[topic]]\nname = \"small\"\nmax_bytes = 4096\n";
+        let c = Config::parse("test.toml", text).unwrap();
+        let d = c.topic_defaults.topic_config();
+        assert_eq!(d.max_bytes, Some(64 << 20));
+        assert_eq!(d.rate.unwrap().to_string(), "100/s");
+        let free = c.topic[0].topic_config(&c.topic_defaults);
+        assert_eq!((free.max_bytes, free.rate), (None, None));
+        let small = c.topic[1].topic_config(&c.topic_defaults);
+        assert_eq!((small.max_bytes, small.rate), (Some(4096), d.rate));
+        for bad in [
+            "max_bytes = \"lots\"",
+            "max_bytes = 0",
+            "rate = \"fast\"",
+            "rate = \"0/s\"",
+        ] {
+            let text = format!("[topic_defaults]\n{bad}\n");
+            let e = Config::parse("test.toml", &text).unwrap_err().to_string();
+            assert!(e.contains("bad max_bytes") || e.contains("bad rate"), "{e}");
+        }
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //!
 //! Two kinds of figures, so that nothing is added to a message's path:
 //! - **Read at scrape**: per topic and group, from what the broker already
-//!   keeps for its ctl files (`Broker::status`: pushed, pulled, held,
-//!   blocked readers and writers, each group's lag and unacked); the open
-//!   connections; the access rules' denied counts. A scrape costs one
-//!   status per topic, like `dchan ls`.
+//!   keeps for its ctl files (`Broker::status`: pushed, pulled, held
+//!   messages and bytes, blocked readers and writers, each group's lag
+//!   and unacked); the open connections; the access rules' denied counts.
+//!   A scrape costs one status per topic, like `dchan ls`: each under its
+//!   own topic's lock only (no lock is held while the text is made), and
+//!   the scrape yields its thread every 256 topics.
 //! - **Counted as they happen**, in the engine, through its
 //!   [`Observer`]: requests by type with a latency histogram, errors by
 //!   errno, connections refused by reason. Only when metrics are on.
@@ -186,12 +188,19 @@ impl<B: Broker> Metrics<B> {
         let pushed = Family::<TopicLabel, Counter>::default();
         let pulled = Family::<TopicLabel, Counter>::default();
         let held = Family::<TopicLabel, Gauge>::default();
+        let held_bytes = Family::<TopicLabel, Gauge>::default();
         let blocked_readers = Family::<TopicLabel, Gauge>::default();
         let blocked_writers = Family::<TopicLabel, Gauge>::default();
         let capacity = Family::<TopicLabel, Gauge>::default();
         let lag = Family::<GroupLabel, Gauge>::default();
         let unacked = Family::<GroupLabel, Gauge>::default();
-        for name in &topics {
+        for (i, name) in topics.iter().enumerate() {
+            // A long listing gives the worker back now and then, so a
+            // scrape of many topics delays no request on the same thread
+            // for long (the memory engine's statuses never wait).
+            if i % 256 == 255 {
+                tokio::task::yield_now().await;
+            }
             let target = Target { name, id: None };
             // A topic removed since the list was taken is left out.
             let Ok(s) = self.broker.status(target).await else {
@@ -203,6 +212,7 @@ impl<B: Broker> Metrics<B> {
             pushed.get_or_create(&t).inc_by(s.pushed);
             pulled.get_or_create(&t).inc_by(s.pulled);
             held.get_or_create(&t).set(s.pending as i64);
+            held_bytes.get_or_create(&t).set(s.bytes as i64);
             blocked_readers
                 .get_or_create(&t)
                 .set(s.blocked_readers as i64);
@@ -229,6 +239,11 @@ impl<B: Broker> Metrics<B> {
             "topic_held_messages",
             "Messages the topic holds (not yet taken by every group): its depth",
             held,
+        );
+        now.register(
+            "topic_held_bytes",
+            "Bytes of the messages the topic holds (max_bytes bounds those not yet taken by every group)",
+            held_bytes,
         );
         now.register(
             "topic_blocked_readers",

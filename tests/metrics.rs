@@ -97,6 +97,8 @@ allow = ["read", "write", "admin"]
         sample(&text, "dchan_topic_held_messages{topic=\"jobs\"}"),
         2.0
     );
+    // "b\n" and "c\n" (a line keeps its newline): two bytes each.
+    assert_eq!(sample(&text, "dchan_topic_held_bytes{topic=\"jobs\"}"), 4.0);
     assert_eq!(
         sample(&text, "dchan_group_lag{topic=\"jobs\",group=\"workers\"}"),
         2.0

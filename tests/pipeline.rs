@@ -245,9 +245,11 @@ fn a_failing_message_goes_to_the_dead_letters_and_the_status_counts_it() {
         ],
         "ok 1\nbad\nok 2\nbad too\n",
     );
+    // 1: something failed (2 is for bad usage only; this changed from
+    // "the number of failures", which made two failures look like usage).
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(1),
         "two failed: {}",
         text(&out.stderr)
     );
@@ -257,10 +259,20 @@ fn a_failing_message_goes_to_the_dead_letters_and_the_status_counts_it() {
         err.contains("failed 2 times"),
         "the reason is logged: {err}"
     );
-    assert!(err.contains("stage 1 (grep -v bad): 2 failed"), "{err}");
-    let mut pull = dchan(&addr, &["pull", "dl/1.failed", "-n", "2"]);
+    assert!(
+        err.contains("stage 1 (grep -v bad): 2 messages failed 2 attempts, put in dl/1.failed"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("dchan: run: ").count(),
+        1,
+        "counted once: {err}"
+    );
+    // No count: the dead letters are closed with their stage, so a
+    // reader of them ends.
+    let mut pull = dchan(&addr, &["pull", "--follow", "dl/1.failed"]);
     pull.stdin(Stdio::null());
-    let dead = pull.output().unwrap();
+    let dead = finish(pull.spawn().unwrap(), "pull of the dead letters");
     assert_eq!(lines(&dead.stdout), ["bad", "bad too"], "untouched");
     assert!(!topics(&addr).contains("dl/2"), "the others are removed");
 }
@@ -277,8 +289,15 @@ fn a_failed_filter_is_named_and_end_of_input_ends_the_run() {
     assert_eq!(text(&out.stdout), "a\nb\n");
     let err = text(&out.stderr);
     assert!(
-        err.contains("stage 2 (sh -c 'cat; exit 3'): 1 failed"),
+        err.contains(
+            "stage 2 (sh -c 'cat; exit 3'): its process died 1 time (last: exit status: 3)"
+        ),
         "{err}"
+    );
+    assert_eq!(
+        err.matches("dchan: run: ").count(),
+        1,
+        "counted once: {err}"
     );
     // An empty input ends the run too, and a head ends it early.
     let out = run(&server.addr(), &["run", "cat | cat"], "");
@@ -424,4 +443,192 @@ fn a_reader_that_goes_away_stops_the_run_as_sigpipe_would() {
         !topics(&server.addr()).contains("gone/"),
         "its topics are removed"
     );
+}
+
+#[test]
+fn a_stage_that_cannot_start_ends_the_run_and_is_named() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    // The first of two: the close travels down to `cat`, the run ends.
+    let out = run(&addr, &["run", "nonexistent-cmd | cat"], "hi\n");
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("stage 1 (nonexistent-cmd): cannot start"),
+        "{err}"
+    );
+    // In the middle, with more input than the topics hold: the stage
+    // before it stops too (its pushes fail), as in a pipe.
+    let out = run(
+        &addr,
+        &["run", "cat | nonexistent-cmd | cat"],
+        &numbered(50_000),
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("stage 2 (nonexistent-cmd): cannot start"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A stage that gives up (dies more than its attempts) ends it too.
+    let out = run(
+        &addr,
+        &[
+            "run",
+            "--attempts",
+            "1",
+            "cat | sh -c 'head -n 1; exit 4' | cat",
+        ],
+        &numbered(50_000),
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("gave up"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn stages_are_cut_at_top_level_pipes_only_as_sh_reads_them() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    for (line, input, want) in [
+        ("echo $(echo a | tr a b) | tr b c", "", "c\n"),
+        ("echo `echo a | tr a b` | tr b c", "", "c\n"),
+        ("cat | case 1 in 1|2) tr a b;; esac | cat", "a\n", "b\n"),
+        ("(tr a b | tr b c) | cat", "a\n", "c\n"),
+        ("{ tr a b | tr b c; } | cat", "a\n", "c\n"),
+        ("cat # not | a stage\n | tr a b", "a\n", "b\n"),
+        ("false || tr a b | cat", "a\n", "b\n"),
+    ] {
+        let out = run(&addr, &["run", line], input);
+        assert!(out.status.success(), "{line:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), want, "{line:?}");
+    }
+}
+
+#[test]
+fn assignments_and_builtins_run_under_sh() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let out = run(&addr, &["run", "x=1 env | grep ^x="], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "x=1\n");
+    // A builtin: sh runs it (an exit status, not "cannot start").
+    let out = run(
+        &addr,
+        &[
+            "run",
+            "--name",
+            "sh",
+            "--each",
+            "1",
+            "--attempts",
+            "1",
+            "exit 3",
+        ],
+        "a\n",
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("exit status: 3"), "{err}");
+    assert!(!err.contains("cannot start"), "{err}");
+    let out = run(
+        &addr,
+        &["run", "--each", "1", "read l; echo \"got $l\""],
+        "a\n",
+    );
+    assert_eq!(text(&out.stdout), "got a\n", "{}", text(&out.stderr));
+    let out = run(&addr, &["run", "--each", "1", "read l"], "a\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_filter_killed_mid_run_is_restarted_and_makes_the_run_fail() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    // Run under sh -c (it has shell syntax): $$ is the process itself.
+    let stage = format!("echo $$ >> {}; exec cat", pids.display());
+    let line = format!("{stage} | cat");
+    let mut run = started_run(&addr, "restart", &[&line]);
+    let read_pids = || std::fs::read_to_string(&pids).unwrap_or_default();
+    until("the filter started", || read_pids().lines().count() == 1);
+    let pid: i32 = read_pids().trim().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    until("the filter was restarted", || {
+        read_pids().lines().count() == 2
+    });
+    let input = numbered(1000);
+    feed(&mut run, input.clone());
+    let out = finish(run, "run");
+    assert_eq!(text(&out.stdout), input, "the pipeline still finishes");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "stage 1 ({stage}): its process died 1 time (last: signal: 9 (SIGKILL))"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigint_or_sigterm_stop_a_run_and_remove_its_topics() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    for (signal, status) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let mut run = started_run(&addr, "stopped", &["cat | sleep 1000"]);
+        feed(&mut run, numbered(100));
+        unsafe { libc::kill(run.id() as i32, signal) };
+        let out = finish(run, "run");
+        assert_eq!(out.status.code(), Some(status), "{}", text(&out.stderr));
+        assert!(
+            !topics(&addr).contains("stopped/"),
+            "its topics are removed: {}",
+            topics(&addr)
+        );
+    }
+    // So the name can be used again.
+    let out = run(&addr, &["run", "--name", "stopped", "cat"], "a\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "a\n");
+}
+
+#[test]
+fn a_name_in_use_is_refused_once_with_what_to_do() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let mut create = dchan(&addr, &["create", "taken/1"]);
+    create.stdin(Stdio::null());
+    assert!(create.output().unwrap().status.success());
+    let out = run(&addr, &["run", "--name", "taken", "cat"], "a\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.matches("taken/1").count(), 1, "said once: {err}");
+    assert!(err.contains("dchan rm") && err.contains("--name"), "{err}");
+}
+
+#[test]
+fn an_each_output_is_one_message_ending_in_a_newline() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    // No trailing newline: one is added, so outputs do not run together.
+    let out = run(&addr, &["run", "--each", "1", "printf x"], "a\nb\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "x\nx\n");
+    // Several lines stay one message for the next each stage.
+    let two = r#"printf '%s\nsecond' "$(cat)" | wc -l"#;
+    let out = run(&addr, &["run", "--each", "1", "--each", "2", two], "a\nb\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "2\n2\n", "two lines each, counted whole");
+    // Nothing written: no message.
+    let out = run(
+        &addr,
+        &["run", "--each", "1", "grep a || true | cat"],
+        "a\nb\nc\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "a\n");
 }

@@ -54,6 +54,8 @@ pub(crate) struct Log {
     large: VecDeque<Bytes>,
     /// The index of `large`'s first message.
     large_first: u64,
+    /// The bytes of the held messages.
+    bytes: u64,
 }
 
 impl Log {
@@ -66,7 +68,13 @@ impl Log {
             open_at: 0,
             large: VecDeque::new(),
             large_first: 0,
+            bytes: 0,
         }
+    }
+
+    /// The bytes of the held messages.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The oldest held sequence number.
@@ -84,6 +92,7 @@ impl Log {
     }
 
     pub(crate) fn push(&mut self, data: &Bytes) {
+        self.bytes += data.len() as u64;
         if data.len() > SMALL {
             let index = self.large_first + self.large.len() as u64;
             self.large.push_back(data.clone());
@@ -150,8 +159,11 @@ impl Log {
         let n = (seq - self.first) as usize;
         for entry in self.entries.drain(..n) {
             if entry.at & LARGE != 0 {
-                self.large.pop_front();
+                let large = self.large.pop_front().map_or(0, |m| m.len());
+                self.bytes -= large as u64;
                 self.large_first += 1;
+            } else {
+                self.bytes -= entry.len as u64;
             }
         }
         self.first = seq;
@@ -184,6 +196,7 @@ impl Log {
         self.entries.clear();
         self.large_first += self.large.len() as u64;
         self.large.clear();
+        self.bytes = 0;
         self.forget_chunks();
     }
 
@@ -233,9 +246,12 @@ mod tests {
         for s in log.first()..log.next() {
             assert_eq!(log.get(s), expect[s as usize]);
         }
+        let held: usize = expect[log.first() as usize..].iter().map(Bytes::len).sum();
+        assert_eq!(log.bytes(), held as u64);
         let next = log.next();
         log.clear();
         assert_eq!((log.first(), log.next(), log.len()), (next, next, 0));
+        assert_eq!(log.bytes(), 0);
         log.push(&msg(1, 10));
         assert_eq!(log.get(next), msg(1, 10));
     }

@@ -46,6 +46,7 @@ pub mod jetstream;
 mod log;
 pub mod memory;
 pub mod order;
+mod rate;
 mod retain;
 mod store;
 mod tally;
@@ -54,6 +55,7 @@ mod waiters;
 
 pub use jetstream::{JetStreamBroker, JetStreamConfig, JetStreamDelivery};
 pub use memory::{MemoryBroker, MemoryDelivery};
+pub use rate::Rate;
 pub use retain::Retention;
 
 use std::future::Future;
@@ -115,6 +117,15 @@ pub struct TopicConfig {
     pub max_message: u64,
     /// What is kept of the messages every group has taken (see `retain`).
     pub retain: Retention,
+    /// The most bytes of messages held for readers (not yet taken and
+    /// acknowledged by every group; what `retain` keeps does not count):
+    /// a push waits while its message would take the topic past it, as
+    /// for capacity. A message longer than this fails with
+    /// `OverMaxBytes`. `None`: no limit.
+    pub max_bytes: Option<u64>,
+    /// The most messages a second pushed to the topic, by all its writers
+    /// together: a push above it waits (see `rate`). `None`: no limit.
+    pub rate: Option<Rate>,
 }
 
 /// The default [`TopicConfig::max_message`], 16 MiB: RabbitMQ's default,
@@ -131,6 +142,8 @@ impl Default for TopicConfig {
             timeout: None,
             max_message: DEFAULT_MAX_MESSAGE,
             retain: Retention::None,
+            max_bytes: None,
+            rate: None,
         }
     }
 }
@@ -153,16 +166,33 @@ pub fn parse_size(s: &str) -> Result<u64, &'static str> {
     }
 }
 
+/// A `max_bytes` setting as people write it: a size as [`parse_size`]
+/// takes one, or `none`.
+pub fn parse_max_bytes(s: &str) -> Result<Option<u64>, String> {
+    match s {
+        "none" => Ok(None),
+        _ => parse_size(s)
+            .map(Some)
+            .map_err(|why| format!("bad max_bytes {s:?}: {why}, or none")),
+    }
+}
+
 impl TopicConfig {
     /// Whether a message of `len` bytes may be pushed: every engine asks
     /// before it takes a message.
     pub fn admits(&self, len: usize) -> Result<()> {
-        match len as u64 <= self.max_message {
-            true => Ok(()),
-            false => Err(Error::TooLong {
+        if len as u64 > self.max_message {
+            return Err(Error::TooLong {
                 size: len as u64,
                 max: self.max_message,
+            });
+        }
+        match self.max_bytes {
+            Some(max) if len as u64 > max => Err(Error::OverMaxBytes {
+                size: len as u64,
+                max,
             }),
+            _ => Ok(()),
         }
     }
 }
@@ -198,6 +228,8 @@ pub enum Setting {
     Timeout(Option<Duration>),
     MaxMessage(u64),
     Retain(Retention),
+    MaxBytes(Option<u64>),
+    Rate(Option<Rate>),
 }
 
 /// Whether an operation may wait.
@@ -253,6 +285,13 @@ pub enum Error {
     TooManyGroups(usize),
     #[error("message too large: {size} bytes, over the topic's max_message {max}")]
     TooLong { size: u64, max: u64 },
+    /// One message longer than the topic's `max_bytes`: it could never
+    /// fit, so the push fails instead of waiting for ever.
+    #[error("message larger than the topic's max_bytes: {size} bytes, over max_bytes {max}")]
+    OverMaxBytes { size: u64, max: u64 },
+    /// A setting this engine cannot keep (JetStream: `max_bytes`, `rate`).
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// The engine's store (JetStream) did not answer in time or refused.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
@@ -298,6 +337,8 @@ pub struct TopicStatus {
     pub config: TopicConfig,
     /// Messages held: not yet taken by every group, or kept by retention.
     pub pending: u64,
+    /// The bytes of those messages.
+    pub bytes: u64,
     /// Of those, the ones every group has taken, kept by retention.
     pub retained: u64,
     /// The oldest held sequence number, and the next one to be assigned.

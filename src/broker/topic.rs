@@ -39,6 +39,7 @@ use slab::Slab;
 
 use super::group::Group;
 use super::log::Log;
+use super::rate::Bucket;
 use super::retain::{Kept, Retention};
 use super::store::Store;
 use super::tally::Tally;
@@ -194,6 +195,14 @@ pub(crate) struct State {
     taken: Seq,
     /// What retention needs to know of the retained messages.
     kept: Kept,
+    /// The bytes of the messages from `taken` on (held for some group):
+    /// what `max_bytes` bounds.
+    held: u64,
+    /// The token bucket of the topic's `rate`, when it has one.
+    bucket: Option<Bucket>,
+    /// When the rate's next token comes, set when it refused the oldest
+    /// waiting push, for that push's future to sleep until then.
+    retry_at: Option<Instant>,
 }
 
 impl State {
@@ -221,6 +230,9 @@ impl State {
             tally: None,
             taken: 0,
             kept: Kept::default(),
+            held: 0,
+            bucket: config.rate.map(Bucket::new),
+            retry_at: None,
         }
     }
 
@@ -255,6 +267,7 @@ impl State {
         // What every group has read is what retention may have kept.
         let floor = state.groups.iter().map(|(_, g)| g.floor()).min();
         state.taken = floor.unwrap_or(first).max(state.log.first());
+        state.held = (state.taken..state.next()).map(|s| state.log.size(s)).sum();
         state.store = Some(store);
         state.retention_changed();
         state.trim();
@@ -284,6 +297,7 @@ impl State {
             store.append(seq, data)?;
         }
         self.log.push(data);
+        self.held += data.len() as u64;
         self.pushed += 1;
         if let Some(tally) = &self.tally {
             tally.pushed();
@@ -440,7 +454,16 @@ impl State {
             let seq = group.offset;
             group.offset += 1;
             (seq, self.log.get(seq))
-        } else if let Some((key, data)) = self.offers.pop_front() {
+        } else if let Some(&(front, ref data)) = self.offers.front() {
+            if !(self.bytes_fit(data.len()) && self.rate_token()) {
+                // Its own future appends it once there is room (and
+                // sleeps until the rate's next token first).
+                if let Some(waker) = self.writers[front].waker.take() {
+                    self.wakes.push(waker);
+                }
+                return None;
+            }
+            let (key, data) = self.offers.pop_front().expect("front");
             if let Err(e) = self.append(&data) {
                 // Not kept, so not taken: the push fails, the reader waits.
                 self.finish_writer(key, Err(e));
@@ -543,7 +566,11 @@ impl State {
         if let Err(e) = self.config.admits(data.len()) {
             return Start::Done(Err(e));
         }
-        if self.offers.is_empty() && self.fits_now() {
+        if self.offers.is_empty()
+            && self.fits_now()
+            && self.bytes_fit(data.len())
+            && self.rate_token()
+        {
             let seq = self.append(&data);
             if seq.is_ok() {
                 self.dispatch();
@@ -575,20 +602,28 @@ impl State {
         key: usize,
         cut: Option<Cut>,
         cx: &Context<'_>,
-    ) -> Option<Result<Seq>> {
-        let out = self.decide_writer(key, cut);
-        if out.is_none() {
-            store_waker(&mut self.writers[key].waker, cx);
+    ) -> Result<Result<Seq>, Option<Instant>> {
+        self.retry_at = None;
+        match self.decide_writer(key, cut) {
+            Some(out) => Ok(out),
+            None => {
+                store_waker(&mut self.writers[key].waker, cx);
+                // Refused by the rate alone: sleep until its next token.
+                Err(self.retry_at.take())
+            }
         }
-        out
     }
 
     fn decide_writer(&mut self, key: usize, cut: Option<Cut>) -> Option<Result<Seq>> {
+        // At the front of the queue, with room (capacity, max_bytes) and
+        // a token of the rate: it goes in.
+        let goes = matches!(self.writers[key].stage, Stage::Offered)
+            && (self.offers.front()).is_some_and(|o| o.0 == key && self.bytes_fit(o.1.len()))
+            && self.fits_now()
+            && self.rate_token();
         let result = match self.writers[key].stage {
             Stage::Done(_) => None,
-            Stage::Offered
-                if self.offers.front().is_some_and(|o| o.0 == key) && self.fits_now() =>
-            {
+            Stage::Offered if goes => {
                 let (_, data) = self.offers.pop_front().expect("front");
                 let seq = self.append(&data);
                 self.dispatch();
@@ -624,6 +659,32 @@ impl State {
             self.offers.remove(at);
         }
         self.dispatch();
+    }
+
+    /// Whether a message of `len` bytes may join those held for readers
+    /// under `max_bytes`. With none held, any may (one over the limit is
+    /// refused before it waits, unless the limit was lowered meanwhile:
+    /// then it goes alone rather than wait for ever).
+    fn bytes_fit(&self, len: usize) -> bool {
+        match self.config.max_bytes {
+            Some(max) => self.held == 0 || self.held.saturating_add(len as u64) <= max,
+            None => true,
+        }
+    }
+
+    /// Take a token of the topic's rate for a message about to be
+    /// appended; refused, remember when the next comes (`retry_at`).
+    fn rate_token(&mut self) -> bool {
+        let Some(bucket) = &self.bucket else {
+            return true;
+        };
+        match bucket.take() {
+            Ok(()) => true,
+            Err(at) => {
+                self.retry_at = Some(at);
+                false
+            }
+        }
     }
 
     /// Whether a message appended now leaves its push nothing to wait for:
@@ -771,12 +832,15 @@ impl State {
             None => self.taken,
         };
         let bytes = matches!(self.config.retain, Retention::Bytes(_));
-        if held > self.taken {
+        let freed = held > self.taken;
+        if freed {
+            // (A removed topic's log is empty: nothing of it is held.)
+            let from = self.taken.max(first);
+            let size: u64 = (from..held.max(from)).map(|s| self.log.size(s)).sum();
             if bytes {
-                for s in self.taken..held {
-                    self.kept.bytes += self.log.size(s);
-                }
+                self.kept.bytes += size;
             }
+            self.held = self.held.saturating_sub(size);
             self.taken = held;
         }
         let keep_from = match self.config.retain {
@@ -804,6 +868,10 @@ impl State {
             if let Some(store) = self.store() {
                 store.trimmed(to);
             }
+        }
+        if freed && self.config.max_bytes.is_some() && !self.offers.is_empty() {
+            // Room under max_bytes: a waiting push may go on.
+            self.dispatch();
         }
     }
 
@@ -838,6 +906,11 @@ impl State {
                 self.config.retain = r;
                 self.retention_changed();
             }
+            Setting::MaxBytes(m) => self.config.max_bytes = m,
+            Setting::Rate(r) => {
+                self.config.rate = r;
+                self.bucket = r.map(Bucket::new);
+            }
         }
         let (config, closed) = (self.config, self.closed);
         if let Some(store) = self.store() {
@@ -871,6 +944,7 @@ impl State {
         let next = self.next();
         self.log.clear();
         self.taken = next;
+        self.held = 0;
         self.retention_changed();
         let (config, was_closed) = (self.config, self.closed);
         if let Some(store) = self.store() {
@@ -994,6 +1068,7 @@ impl State {
             name: name.to_string(),
             config: self.config,
             pending: self.log.len() as u64,
+            bytes: self.log.bytes(),
             retained: self.taken - self.log.first(),
             first: self.log.first(),
             next,

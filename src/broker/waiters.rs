@@ -112,6 +112,9 @@ pub(crate) struct PushWait {
     key: usize,
     /// Set once the entry is removed (the push returned).
     finished: bool,
+    /// The oldest waiting push, refused by the topic's `rate`, sleeps
+    /// here until its next token (made on the first refusal, then reset).
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl PushWait {
@@ -120,6 +123,7 @@ impl PushWait {
             topic,
             key,
             finished: false,
+            sleep: None,
         }
     }
 }
@@ -130,12 +134,27 @@ impl Future for PushWait {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let cut = cutting();
-        match this.topic.with(|s| s.collect_writer(this.key, cut, cx)) {
-            Some(result) => {
-                this.finished = true;
-                Poll::Ready(result)
+        loop {
+            match this.topic.with(|s| s.collect_writer(this.key, cut, cx)) {
+                Ok(result) => {
+                    this.finished = true;
+                    return Poll::Ready(result);
+                }
+                Err(None) => return Poll::Pending,
+                Err(Some(at)) => {
+                    let sleep = match &mut this.sleep {
+                        Some(sleep) => {
+                            sleep.as_mut().reset(at);
+                            sleep
+                        }
+                        none => none.insert(Box::pin(tokio::time::sleep_until(at))),
+                    };
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // The token is there already: ask again.
+                }
             }
-            None => Poll::Pending,
         }
     }
 }

@@ -58,7 +58,8 @@ Exit status: 0 done, 1 failed (one line on stderr: \"dchan: WHAT: WHY\"), 2 bad 
 
 const STAT_HELP: &str = "\
 Output: the topic's ctl file as the server writes it, one \"key value\" a
-line: capacity, framing, timeout, max_message, retain, pending, retained,
+line: capacity, framing, timeout, max_message, retain, max_bytes, rate,
+pending, held_bytes, retained,
 first, next, pushed, pulled,
 readers, blocked_readers, blocked_writers, a line \"group NAME offset N
 lag N ...\" for each reader group, and closed (true or false). With no

@@ -15,7 +15,10 @@ const RUN_HELP: &str = "\
 Each | is a topic: stage K reads NAME/K and writes NAME/K+1 (visible in
 dchan ls while it runs). Standard input goes into NAME/1, NAME/N+1 comes
 out on standard output, and the run ends once the end of the input has
-travelled through every stage. Quoting, and | inside quotes, are as in sh.
+travelled through every stage. The line is cut at its top-level | as sh
+would (not inside quotes, $( ), `...`, ( ), { }, case...esac); || stays
+inside its stage. A simple command (plain words, not an assignment or a
+shell builtin) runs directly, anything else as sh -c 'STAGE'.
 
 A filter stage (the default) is one process per copy, lines in and lines
 out, like a Unix pipe. An each stage (--each K) runs its command once per
@@ -25,9 +28,11 @@ times goes to NAME/K.failed. Copies of a stage (--replicas) share its
 input; with one copy per stage the order is kept. Other machines add
 copies with dchan worker --pipeline NAME --stage K.
 
-Exit status: 0 when every stage succeeded, else the number of failures
-(dead-lettered messages, filter processes that failed, copies that broke;
-at most 100), each named on stderr; 2 bad usage.
+Exit status: 0 when every stage succeeded; 1 when something failed
+(messages dead-lettered, a filter process that died even if restarted, a
+stage that could not start or gave up, the server lost), each stage named
+on stderr with its count; 2 bad usage; 130 or 143 stopped by SIGINT or
+SIGTERM.
 
 Examples:
   seq 100000 | dchan run 'grep 7 | tr 7 x | sort -n'
@@ -221,11 +226,16 @@ fn finish(cmd: &str, report: Result<Report, String>) -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(r) => {
-            for (stage, n) in &r.failed {
-                eprintln!("dchan: {cmd}: {stage}: {n} failed");
-            }
-            for why in &r.broken {
+            for why in &r.failures {
                 eprintln!("dchan: {cmd}: {why}");
+            }
+            if let Some(sig) = r.signal {
+                let name = if sig == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                eprintln!("dchan: {cmd}: stopped by {name}");
             }
             ExitCode::from(r.status())
         }

@@ -1,8 +1,11 @@
 //! An *each* copy: one process per message, from a warm pool.
 //!
 //! The message is written to a process's stdin (then closed), its whole
-//! stdout becomes one message of the next topic, and its exit status says
-//! whether it worked. Processes are started ahead (`pool` per copy, so at
+//! stdout becomes one message of the next topic (write-framed, so it may
+//! hold many lines; a newline is added if it does not end in one, so that
+//! it cannot run into the next message where messages become a stream
+//! again: a filter's stdin, the run's output; an empty stdout is no
+//! message), and its exit status says whether it worked. Processes are started ahead (`pool` per copy, so at
 //! most `replicas × (1 + pool)` processes per stage and machine), so a
 //! message does not wait for a process to start. A message is acknowledged
 //! only after its output was pushed (by the copy's next read): a copy
@@ -56,6 +59,8 @@ pub(super) async fn run(
             }
         }
         match out {
+            // Wrote nothing: no message (as grep that matched nothing).
+            Some(o) if o.is_empty() => {}
             Some(o) => {
                 to.push(o)
                     .await
@@ -75,7 +80,7 @@ pub(super) async fn run(
                 d.push(msg.clone())
                     .await
                     .map_err(|e| format!("{label}: push to {topic}: {e}"))?;
-                run.failed();
+                run.dead_lettered();
                 tracing::warn!(
                     "{label}: a message failed {} times ({reason}); put in {topic}: {:?}",
                     run.stage.attempts,
@@ -105,6 +110,12 @@ async fn one(run: &StageRun, child: std::io::Result<Child>, msg: &Bytes) -> Resu
         let (_, r) = tokio::join!(write, read);
         r.map_err(|e| format!("read its output: {e}"))?;
         let status = child.wait().await.map_err(|e| format!("wait: {e}"))?;
+        // One message, ending in a newline whatever the process wrote, so
+        // it cannot run into the next where messages become a stream
+        // again (a filter's stdin, the run's output).
+        if out.last().is_some_and(|&b| b != b'\n') {
+            out.push(b'\n');
+        }
         match status.success() {
             true => Ok(Bytes::from(out)),
             false => Err(status.to_string()),

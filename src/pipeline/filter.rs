@@ -78,7 +78,7 @@ pub(super) async fn run(
         let mut child =
             spawn(&run.stage, copy).map_err(|e| format!("{label}: cannot start: {e}"))?;
         let stdin = child.stdin.take().expect("piped");
-        let mut stdout = child.stdout.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
         let out_done = AtomicBool::new(false);
         let feed = async {
             let mut stdin = stdin; // dropped on return: the process sees its input end
@@ -114,12 +114,17 @@ pub(super) async fn run(
             }
         };
         let drain = async {
+            // Owned here: dropped when a push fails, so the process, whose
+            // output has nowhere to go, dies of SIGPIPE (and stops taking
+            // input) as in a pipe whose reader went away.
+            let mut stdout = stdout;
             let mut buf = vec![0u8; 1 << 16];
             let r = loop {
                 match stdout.read(&mut buf).await {
                     Ok(0) | Err(_) => break Ok(()),
                     Ok(n) => {
                         if let Err(e) = to.push(Bytes::copy_from_slice(&buf[..n])).await {
+                            drop(stdout);
                             break Err(format!("{label}: push output: {e}"));
                         }
                     }
@@ -139,7 +144,7 @@ pub(super) async fn run(
             Feed::End | Feed::Stop => {
                 if !status.success() {
                     tracing::warn!("{label}: exited with {status}");
-                    run.failed();
+                    run.died(&status);
                 }
                 return Ok(matches!(fed, Feed::End));
             }
@@ -154,11 +159,12 @@ pub(super) async fn run(
                 }
             }
             Feed::Died(m) => {
+                run.died(&status);
                 deaths += 1;
                 if deaths > run.stage.attempts {
-                    run.failed();
+                    let attempts = run.stage.attempts;
                     return Err(format!(
-                        "{label}: exited with {status} {deaths} times; giving up"
+                        "{label}: gave up (it may restart {attempts} times)"
                     ));
                 }
                 tracing::warn!("{label}: exited with {status} before its input ended; restarting");

@@ -33,18 +33,46 @@ const HOLD: &str = "hold";
 /// How a run or a worker ended.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Per stage with failures: its label and how many failed (messages
-    /// dead-lettered, processes that failed).
-    pub failed: Vec<(String, u64)>,
-    /// A copy that could not go on, and why.
-    pub broken: Vec<String>,
+    /// The signal that stopped the run (SIGINT, SIGTERM), if one did.
+    pub signal: Option<i32>,
+    /// What failed, one line each, naming the stage: a copy that could
+    /// not go on and why, the messages dead-lettered (how many, where),
+    /// the filter processes that died (how often, how). Each failure is
+    /// counted once.
+    pub failures: Vec<String>,
 }
 
 impl Report {
-    /// The exit status: 0, or the number of failures (at most 100).
+    /// The exit status: 0 when nothing failed, else 1 (2 is bad usage,
+    /// 130 and 143 a run stopped by SIGINT or SIGTERM).
     pub fn status(&self) -> u8 {
-        let n: u64 = self.failed.iter().map(|f| f.1).sum::<u64>() + self.broken.len() as u64;
-        n.min(100) as u8
+        match self.signal {
+            Some(sig) => 128 + sig as u8,
+            None => u8::from(!self.failures.is_empty()),
+        }
+    }
+
+    /// Note what stage `run` lost: `dead` messages dead-lettered (on
+    /// every machine, for a run; here, for a worker), processes died.
+    fn stage(&mut self, run: &StageRun, dead: u64) {
+        let label = run.label();
+        if dead > 0 {
+            let topic = dead_letters(&run.name, run.k);
+            let s = if dead == 1 { "" } else { "s" };
+            self.failures.push(format!(
+                "{label}: {dead} message{s} failed {} attempts, put in {topic}",
+                run.stage.attempts
+            ));
+        }
+        let died = run.died.load(Ordering::Relaxed);
+        if died > 0 {
+            let how = run.last_death.lock().expect("not poisoned").clone();
+            let s = if died == 1 { "" } else { "s" };
+            self.failures.push(format!(
+                "{label}: its process died {died} time{s} (last: {how}); \
+                 lines it had taken in may be lost"
+            ));
+        }
     }
 }
 
@@ -74,6 +102,13 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
         keep,
     } = opts;
     let n = pipeline.stages.len();
+    // From here on, SIGINT and SIGTERM stop the run cleanly (below).
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind| signal(kind).map_err(|e| format!("signals: {e}"));
+    let (mut int, mut term) = (
+        listen(SignalKind::interrupt())?,
+        listen(SignalKind::terminate())?,
+    );
     let client = Client::connect(&addr, &reader_options(Kind::Filter))
         .await
         .map_err(say(&format!("connect {addr}")))?;
@@ -83,17 +118,16 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
     let mut copies_set = JoinSet::new();
     let mut runs = Vec::new();
     for (i, stage) in pipeline.stages.iter().enumerate() {
-        let run = Arc::new(StageRun {
-            addr: addr.clone(),
-            name: name.clone(),
-            k: i + 1,
-            stage: stage.clone(),
-            stop: stop.clone(),
-            failures: Default::default(),
-            started: Default::default(),
-        });
+        let run = Arc::new(StageRun::new(
+            &addr,
+            &name,
+            i + 1,
+            stage.clone(),
+            stop.clone(),
+        ));
         for _ in 0..stage.replicas {
-            copies_set.spawn(copy(run.clone()));
+            let run = run.clone();
+            copies_set.spawn(async move { (run.k, copy(run).await) });
         }
         runs.push(run);
     }
@@ -111,10 +145,21 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
     let mut printed = None;
     // Whether standard output's reader went away (`| head`).
     let mut gone = false;
+    // The stages a copy of which could not go on (could not start, or gave
+    // up): the run is cut there, as a pipe whose process died.
+    let mut cut: Vec<usize> = Vec::new();
     // Wait for the output's end, noting copies that fail meanwhile (a
     // stage whose copies all broke would never end: stop then).
     while printed.is_none() || !copies_set.is_empty() {
         tokio::select! {
+            _ = int.recv() => {
+                report.signal = Some(libc::SIGINT);
+                break;
+            }
+            _ = term.recv() => {
+                report.signal = Some(libc::SIGTERM);
+                break;
+            }
             r = &mut print, if printed.is_none() => {
                 if r == Ok(true) {
                     // As sh's SIGPIPE: every stage stops, its pushes fail.
@@ -127,51 +172,63 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
                 printed = Some(r);
             }
             Some(done) = copies_set.join_next() => match done {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) if gone => {}
-                Ok(Err(why)) => {
-                    tracing::error!("{why}");
-                    report.broken.push(why);
+                Ok((_, Ok(()))) => {}
+                Ok((_, Err(_))) if gone => {}
+                // A stage before a cut one: its pushes failed on the close.
+                Ok((k, Err(_))) if cut.iter().any(|&c| c > k) => {}
+                Ok((k, Err(why))) => {
+                    report.failures.push(why);
+                    // As in a pipe whose process died: the stages before it
+                    // stop (their pushes fail), the ones after it see the
+                    // end of what it had written, and the run ends.
+                    cut.push(k);
+                    for t in [input(&name, k), input(&name, k + 1), dead_letters(&name, k)] {
+                        let _ = client.close(&t).await;
+                    }
                 }
-                Err(e) => report.broken.push(format!("a copy panicked: {e}")),
+                Err(e) => report.failures.push(format!("a copy panicked: {e}")),
             },
         }
-        if !report.broken.is_empty() && printed.is_none() && copies_set.is_empty() {
+        if !report.failures.is_empty() && printed.is_none() && copies_set.is_empty() {
             break;
         }
+    }
+    if report.signal.is_some() {
+        // Stop every copy here now (their processes are killed with them:
+        // the run is going away, and its topics with it).
+        stop.cancel();
+        copies_set.abort_all();
+        while copies_set.join_next().await.is_some() {}
+        report.failures.clear();
     }
     if let Some(p) = progress {
         p.finish().await;
     }
     feed.abort();
     if let Some(Err(why)) = printed {
-        report.broken.push(why);
+        report.failures.push(why);
     }
     if gone {
-        report.broken.clear();
+        // Stopped as by SIGPIPE: what failed on the way out is no failure.
+        report.failures.clear();
     }
+    let mut keep_dead = vec![false; n + 1];
     for run in &runs {
-        let local = run.failures.load(Ordering::Relaxed);
         // Dead letters from every machine: the topic counts them.
         let dead = match client.ctl(&dead_letters(&name, run.k)).await {
             Ok(text) => field(&text, "pushed").unwrap_or(0),
             Err(_) => 0,
         };
-        let filter_failures = match run.stage.kind {
-            Kind::Filter => local,
-            Kind::Each => 0,
-        };
-        if dead + filter_failures > 0 {
-            report.failed.push((run.label(), dead + filter_failures));
-        }
+        keep_dead[run.k] = dead > 0;
+        report.stage(run, dead);
     }
-    if !keep && report.broken.is_empty() {
+    if !keep {
         let mut gone = Vec::new();
         for k in 1..=n + 1 {
             gone.push(input(&name, k));
             if k <= n {
                 gone.push(copies(&name, k));
-                if !report.failed.iter().any(|f| f.0 == runs[k - 1].label()) {
+                if !keep_dead[k] {
                     gone.push(dead_letters(&name, k));
                 }
             }
@@ -202,7 +259,16 @@ async fn set_up(client: &Client, name: &str, p: &Pipeline) -> Result<(), String>
         client
             .create(&topic, &settings)
             .await
-            .map_err(say(&format!("create {topic}")))
+            .map_err(|e| match e.to_string() {
+                why if why.ends_with("exists") => format!(
+                    "topic {topic} exists: a pipeline named {name} is running, or was \
+                     left behind (--keep, dead letters, a crash); see `dchan ls {name}`, \
+                     remove its topics with `dchan rm TOPIC...`, or give another --name"
+                ),
+                // The server's reason names the topic already.
+                why if why.contains(&topic) => why,
+                why => format!("create {topic}: {why}"),
+            })
     };
     for k in 1..=n + 1 {
         let framing = match k {
@@ -340,15 +406,13 @@ pub async fn worker(opts: WorkerOptions) -> Result<Report, String> {
         stage.replicas = r;
     }
     let stop = CancellationToken::new();
-    let run = Arc::new(StageRun {
-        addr: opts.addr.clone(),
-        name: opts.name.clone(),
+    let run = Arc::new(StageRun::new(
+        &opts.addr,
+        &opts.name,
         k,
         stage,
-        stop: stop.clone(),
-        failures: Default::default(),
-        started: Default::default(),
-    });
+        stop.clone(),
+    ));
     let mut set = JoinSet::new();
     for _ in 0..run.stage.replicas {
         set.spawn(copy(run.clone()));
@@ -371,15 +435,12 @@ pub async fn worker(opts: WorkerOptions) -> Result<Report, String> {
     while let Some(done) = set.join_next().await {
         match done {
             Ok(Ok(())) => {}
-            Ok(Err(why)) => report.broken.push(why),
-            Err(e) => report.broken.push(format!("a copy panicked: {e}")),
+            Ok(Err(why)) => report.failures.push(why),
+            Err(e) => report.failures.push(format!("a copy panicked: {e}")),
         }
     }
     signals.abort();
-    let local = run.failures.load(Ordering::Relaxed);
-    if local > 0 {
-        report.failed.push((run.label(), local));
-    }
+    report.stage(&run, run.dead.load(Ordering::Relaxed));
     Ok(report)
 }
 

@@ -3,13 +3,18 @@
 //! command line (`'a | b | c'`) or from a TOML pipeline file, and the
 //! names of its topics on the server.
 //!
-//! Splitting `a | 'b|c' | d` at its unquoted `|` is done here by hand (a
-//! small scan of sh's quoting: '…', "…", and \): `shlex` splits a line
-//! into words but gives no positions and treats `a|b` as one word, while
-//! sh treats it as a pipe. Each stage's text is then run as sh would run
-//! it: split into words by `shlex` and executed directly when it holds
-//! nothing but words, else given to `sh -c` (redirections, variables,
-//! globs, `&&`...). Either way a stage means what it means in sh.
+//! Splitting `a | 'b|c' | d` at its top-level `|` is done here by hand: a
+//! small scanner of sh's grammar, only as deep as finding those pipes
+//! needs (quotes, backslash, `$( )`, backquotes, `${ }`, `( )`, `{ }`,
+//! `case … esac`, comments; `||` stays inside its stage). `shlex` splits a
+//! line into words but gives no positions and takes `a|b` for one word.
+//! The full sh parsers on crates.io were weighed: `conch-parser` has not
+//! been released since 2018; `yash-syntax` and `brush-parser` parse whole
+//! programs into ASTs (and bring their own dependency trees), where we
+//! need only the source text of each pipeline element, which we hand back
+//! to sh as written. The scanner is checked by a table of cases.
+//!
+//! Each stage's text then runs as sh would run it; see [`Stage::argv`].
 
 use std::time::Duration;
 
@@ -100,19 +105,45 @@ impl Stage {
         }
     }
 
-    /// The program and its arguments: the stage's words when it is only
-    /// words, else `sh -c COMMAND`.
+    /// The program and its arguments. The rule: a *simple command* —
+    /// nothing but words of letters, digits and `-_./=,:+@%^` (quoted or
+    /// not), whose first word is neither an assignment (`x=1`), nor one of
+    /// sh's reserved words or builtins (`exit`, `cd`, `read`, …) — is
+    /// executed directly, its words split by `shlex`; anything else
+    /// (variables, globs, redirections, `;`, `&&`, compound commands, …)
+    /// runs as `sh -c 'COMMAND'`. Either way a stage means what it means
+    /// in sh; the direct path only saves starting a shell.
     pub fn argv(&self) -> Vec<String> {
         let plain = self
             .command
             .chars()
             .all(|c| c.is_alphanumeric() || c.is_whitespace() || "-_./=,:+@%'\"^".contains(c));
         match shlex::split(&self.command) {
-            Some(words) if plain && !words.is_empty() => words,
+            Some(words)
+                if plain
+                    && !words.is_empty()
+                    && !words[0].contains('=')
+                    && !SHELL_WORDS.contains(&words[0].as_str()) =>
+            {
+                words
+            }
             _ => vec!["sh".into(), "-c".into(), self.command.clone()],
         }
     }
 }
+
+/// Words sh runs itself, never as a program: its reserved words, POSIX's
+/// special builtins, and the builtins that act on the shell (or exist only
+/// in it). `true`, `echo`, `test`, `kill`… are programs too: run directly.
+const SHELL_WORDS: &[&str] = &[
+    // reserved words
+    "!", "{", "}", "case", "do", "done", "elif", "else", "esac", "fi", "for", "if", "in", "then",
+    "until", "while", "function", "select", "time", // special builtins
+    "break", ":", ".", "continue", "eval", "exec", "exit", "export", "readonly", "return", "set",
+    "shift", "times", "trap", "unset", // builtins of the shell itself
+    "alias", "bg", "cd", "command", "fc", "fg", "getopts", "hash", "jobs", "read", "type",
+    "ulimit", "umask", "unalias", "wait", "source", "local", "declare", "typeset", "let",
+];
 
 /// A whole pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,8 +212,8 @@ impl Pipeline {
             if s.attempts == 0 {
                 return Err(format!("{what}: attempts must be at least 1"));
             }
-            if shlex::split(&s.command).is_none() {
-                return Err(format!("{what}: unbalanced quotes in {:?}", s.command));
+            if let Err(why) = split_pipes(&s.command) {
+                return Err(format!("{what}: {why} in {:?}", s.command));
             }
             if !s.name.is_empty() && self.stages[..i].iter().any(|o| o.name == s.name) {
                 return Err(format!("{what}: the name is used twice"));
@@ -223,56 +254,194 @@ pub fn spec_topic(name: &str) -> String {
 /// The group every stage reads its input as (and `dchan run` its output).
 pub const GROUP: &str = "pipeline";
 
-/// `line` cut at its unquoted `|`s, quoting as in sh: '…' keeps all, "…"
-/// keeps all but \" and \\, \ outside quotes keeps the next character.
-/// `||` is refused (sh's "or", not a pipe).
+/// `line` cut at its top-level pipes, as sh reads it: a `|` is a cut
+/// only outside quotes ('…', "…", \), command substitutions (`$( )`,
+/// backquotes), parameter expansions (`${ }`), subshells and groups
+/// (`( )`, `{ }`), `case … esac` (whose patterns hold `|`) and comments;
+/// `||` is sh's "or", kept inside its stage. See the module comment.
 pub fn split_pipes(line: &str) -> Result<Vec<String>, String> {
+    let s: Vec<char> = line.chars().collect();
+    let mut cuts = Vec::new();
+    scan(&s, 0, Ctx::Top, &mut cuts)?;
     let mut parts = Vec::new();
-    let mut cur = String::new();
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
+    let mut from = 0;
+    for cut in cuts {
+        parts.push(s[from..cut].iter().collect());
+        from = cut + 1;
+    }
+    parts.push(s[from..].iter().collect());
+    Ok(parts)
+}
+
+/// Where [`scan`] is: what ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    /// The whole line (pipes here are cuts).
+    Top,
+    /// `( … )` or `$( … )`: ends at its `)`.
+    Paren,
+    /// `{ … }`: ends at a `}` word.
+    Group,
+    /// `${ … }`: ends at its `}`.
+    Param,
+    /// `case … esac`: `)` ends a pattern, `esac` the case.
+    Case,
+}
+
+/// sh's words that keep the next word a command's first.
+const OPENERS: &[&str] = &[
+    "if", "then", "else", "elif", "do", "while", "until", "!", "time",
+];
+
+/// Whether `c` ends a word.
+fn delimits(c: Option<&char>) -> bool {
+    c.is_none_or(|c| c.is_whitespace() || ";&|()<>".contains(*c))
+}
+
+/// Scan `s` from `i` in `ctx` to its end: the index after it. In
+/// [`Ctx::Top`], the top-level pipes' indices go into `cuts`.
+fn scan(s: &[char], mut i: usize, ctx: Ctx, cuts: &mut Vec<usize>) -> Result<usize, String> {
+    // Inside a word (a `#` there is no comment, a `{` no group).
+    let mut word = ctx == Ctx::Param;
+    // At a command's first word (where reserved words count).
+    let mut cmd = true;
+    while let Some(&c) = s.get(i) {
+        let next = s.get(i + 1).copied();
         match c {
+            '\\' => {
+                i += 2;
+                word = true;
+                cmd = false;
+                continue;
+            }
             '\'' => {
-                cur.push(c);
-                loop {
-                    match chars.next() {
-                        Some('\'') => break cur.push('\''),
-                        Some(x) => cur.push(x),
-                        None => return Err("unterminated ' quote".into()),
-                    }
-                }
+                i = 1
+                    + i
+                    + s[i + 1..]
+                        .iter()
+                        .position(|&c| c == '\'')
+                        .ok_or("unterminated ' quote")?;
+                i += 1;
+                word = true;
+                cmd = false;
+                continue;
             }
             '"' => {
-                cur.push(c);
-                loop {
-                    match chars.next() {
-                        Some('"') => break cur.push('"'),
-                        Some('\\') => {
-                            cur.push('\\');
-                            if let Some(x) = chars.next() {
-                                cur.push(x);
-                            }
-                        }
-                        Some(x) => cur.push(x),
-                        None => return Err("unterminated \" quote".into()),
-                    }
+                i = double(s, i + 1)?;
+                word = true;
+                cmd = false;
+                continue;
+            }
+            '`' => {
+                i = backquote(s, i + 1)?;
+                word = true;
+                cmd = false;
+                continue;
+            }
+            '$' if next == Some('(') => {
+                i = scan(s, i + 2, Ctx::Paren, cuts)?;
+                word = true;
+                cmd = false;
+                continue;
+            }
+            '$' if next == Some('{') => {
+                i = scan(s, i + 2, Ctx::Param, cuts)?;
+                word = true;
+                cmd = false;
+                continue;
+            }
+            '}' if ctx == Ctx::Param => return Ok(i + 1),
+            '}' if ctx == Ctx::Group && !word && delimits(s.get(i + 1)) => return Ok(i + 1),
+            '#' if !word => {
+                while s.get(i).is_some_and(|&c| c != '\n') {
+                    i += 1;
                 }
+                continue;
             }
-            '\\' => {
-                cur.push(c);
-                if let Some(x) = chars.next() {
-                    cur.push(x);
+            '(' => {
+                i = scan(s, i + 1, Ctx::Paren, cuts)?;
+                word = false;
+                cmd = false;
+                continue;
+            }
+            ')' if ctx == Ctx::Paren => return Ok(i + 1),
+            ')' if ctx == Ctx::Case => cmd = true,
+            ')' => return Err("unmatched )".into()),
+            '|' if next == Some('|') => {
+                i += 1;
+                cmd = true;
+            }
+            '|' => {
+                if ctx == Ctx::Top {
+                    cuts.push(i);
                 }
+                cmd = true;
             }
-            '|' if chars.peek() == Some(&'|') => {
-                return Err("'||' is not a pipe (put it inside a stage with sh -c)".into());
+            ';' | '&' | '\n' => cmd = true,
+            '{' if !word && cmd && delimits(s.get(i + 1)) => {
+                i = scan(s, i + 1, Ctx::Group, cuts)?;
+                cmd = false;
+                continue;
             }
-            '|' => parts.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
+            c if c.is_whitespace() || c == '<' || c == '>' => {}
+            _ if !word => {
+                // A word starts: a reserved word where it counts?
+                let len = s[i..].iter().take_while(|c| !delimits(Some(c))).count();
+                let w: String = s[i..i + len].iter().collect();
+                let whole = delimits(s.get(i + len));
+                if whole && ctx == Ctx::Case && w == "esac" {
+                    return Ok(i + len);
+                }
+                if whole && cmd && w == "case" {
+                    i = scan(s, i + len, Ctx::Case, cuts)?;
+                    cmd = false;
+                    continue;
+                }
+                cmd = whole && OPENERS.contains(&w.as_str());
+                word = true;
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        word = false;
+        i += 1;
+    }
+    match ctx {
+        Ctx::Top => Ok(i),
+        Ctx::Paren => Err("unterminated ( or $(".into()),
+        Ctx::Group => Err("unterminated { group".into()),
+        Ctx::Param => Err("unterminated ${".into()),
+        Ctx::Case => Err("case without esac".into()),
+    }
+}
+
+/// After the opening `"` at `i`: the index after the closing one.
+fn double(s: &[char], mut i: usize) -> Result<usize, String> {
+    let mut ignored = Vec::new();
+    while let Some(&c) = s.get(i) {
+        i = match (c, s.get(i + 1)) {
+            ('"', _) => return Ok(i + 1),
+            ('\\', _) => i + 2,
+            ('`', _) => backquote(s, i + 1)?,
+            ('$', Some('(')) => scan(s, i + 2, Ctx::Paren, &mut ignored)?,
+            ('$', Some('{')) => scan(s, i + 2, Ctx::Param, &mut ignored)?,
+            _ => i + 1,
+        };
+    }
+    Err("unterminated \" quote".into())
+}
+
+/// After the opening backquote at `i`: the index after the closing one.
+fn backquote(s: &[char], mut i: usize) -> Result<usize, String> {
+    while let Some(&c) = s.get(i) {
+        match c {
+            '`' => return Ok(i + 1),
+            '\\' => i += 2,
+            _ => i += 1,
         }
     }
-    parts.push(cur);
-    Ok(parts)
+    Err("unterminated ` quote".into())
 }
 
 /// The 1-based line of byte `offset` in `text`.
@@ -315,11 +484,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pipes_split_outside_quotes_only() {
-        let p = split_pipes(r#"grep 'a|b' | tr "|" x | sed s/\|/y/"#).unwrap();
-        assert_eq!(p, vec!["grep 'a|b' ", r#" tr "|" x "#, r" sed s/\|/y/"]);
-        assert!(split_pipes("a || b").is_err());
-        assert!(split_pipes("a 'b").is_err());
+    fn pipes_split_where_sh_would() {
+        // (line, its stages)
+        let table: &[(&str, &[&str])] = &[
+            ("a | b", &["a ", " b"]),
+            (r#"grep 'a|b' | tr "|" x"#, &["grep 'a|b' ", r#" tr "|" x"#]),
+            (r"sed s/\|/y/ | cat", &[r"sed s/\|/y/ ", " cat"]),
+            ("a || b | c", &["a || b ", " c"]),
+            (
+                "echo $(echo a | tr a b) | cat",
+                &["echo $(echo a | tr a b) ", " cat"],
+            ),
+            ("echo $((1 | 2)) | cat", &["echo $((1 | 2)) ", " cat"]),
+            (
+                "echo `echo a | tr a b` | cat",
+                &["echo `echo a | tr a b` ", " cat"],
+            ),
+            (
+                r#"echo "$(echo "|" | cat)" | wc"#,
+                &[r#"echo "$(echo "|" | cat)" "#, " wc"],
+            ),
+            ("(a | b) | c", &["(a | b) ", " c"]),
+            ("{ a | b; } | c", &["{ a | b; } ", " c"]),
+            ("echo a{b,c} | c", &["echo a{b,c} ", " c"]),
+            ("echo ${x:-a|b} | c", &["echo ${x:-a|b} ", " c"]),
+            (
+                "case $x in a|b) echo y | tr y z;; (c) :;; esac | cat",
+                &["case $x in a|b) echo y | tr y z;; (c) :;; esac ", " cat"],
+            ),
+            ("echo case | cat", &["echo case ", " cat"]),
+            ("cat # a | b\n| wc", &["cat # a | b\n", " wc"]),
+            ("echo a#b | cat", &["echo a#b ", " cat"]),
+            ("cat", &["cat"]),
+        ];
+        for (line, want) in table {
+            assert_eq!(split_pipes(line).unwrap(), *want, "{line:?}");
+        }
+        for bad in [
+            "a 'b",
+            "a \"b",
+            "echo $(a | b",
+            "(a",
+            "a)",
+            "{ a",
+            "case x in",
+            "`a",
+        ] {
+            assert!(split_pipes(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -328,6 +540,11 @@ mod tests {
         assert_eq!(Stage::new("grep 'a b'").argv(), ["grep", "a b"]);
         assert_eq!(Stage::new("sort > x").argv()[..2], ["sh", "-c"]);
         assert_eq!(Stage::new("echo $HOME").argv()[..2], ["sh", "-c"]);
+        for shell in ["x=1 env", "exit 3", "cd /tmp", "read x", "a || b", "(cat)"] {
+            let argv = Stage::new(shell).argv();
+            assert_eq!(argv, ["sh", "-c", shell], "{shell}");
+        }
+        assert_eq!(Stage::new("sort --key=2").argv(), ["sort", "--key=2"]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! topic's `readers`, and forgets it when its connection goes, however the
 //! copy ends). A copy that saw its input end pushes what it has, closes
 //! its files, and then, if `K.copies` has no reader left, closes the
-//! stage's output topic. The server orders those closes, so the last copy
+//! stage's output topic (and its dead letters, `K.failed`). The server orders those closes, so the last copy
 //! to finish always sees 0: the close travels down the pipeline once every
 //! copy on every machine is done, and never before.
 
@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::ahead::{AHEAD, Ahead};
-use super::spec::{GROUP, Kind, Stage, copies, input};
+use super::spec::{GROUP, Kind, Stage, copies, dead_letters, input};
 use super::{each, filter};
 use crate::client::{Client, Error, Options, Puller};
 
@@ -37,8 +37,12 @@ pub struct StageRun {
     pub stage: Stage,
     /// Cancelled to stop: copies finish their message, give back the rest.
     pub stop: CancellationToken,
-    /// Messages dead-lettered and filter processes failed, in this process.
-    pub failures: AtomicU64,
+    /// Messages dead-lettered by the copies in this process.
+    pub dead: AtomicU64,
+    /// Filter processes that died here (a signal, or a non-zero exit),
+    /// restarted or not, and how the last one did.
+    pub died: AtomicU64,
+    pub last_death: std::sync::Mutex<String>,
     /// Copies started here so far: numbers them.
     pub started: AtomicU64,
 }
@@ -49,8 +53,30 @@ impl StageRun {
         format!("stage {} ({})", self.stage.name, self.stage.command)
     }
 
-    pub(super) fn failed(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+    /// A message went to the dead letters.
+    pub(super) fn dead_lettered(&self) {
+        self.dead.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A filter process died (`how`: its exit status).
+    pub(super) fn died(&self, how: &std::process::ExitStatus) {
+        self.died.fetch_add(1, Ordering::Relaxed);
+        *self.last_death.lock().expect("not poisoned") = how.to_string();
+    }
+
+    /// A new stage's shared state.
+    pub fn new(addr: &str, name: &str, k: usize, stage: Stage, stop: CancellationToken) -> Self {
+        StageRun {
+            addr: addr.to_string(),
+            name: name.to_string(),
+            k,
+            stage,
+            stop,
+            dead: Default::default(),
+            died: Default::default(),
+            last_death: Default::default(),
+            started: Default::default(),
+        }
     }
 }
 
@@ -101,10 +127,10 @@ pub async fn copy(run: Arc<StageRun>) -> Result<(), String> {
             .map_err(what)?
             == 0
     {
-        client
-            .close(&input(&run.name, run.k + 1))
-            .await
-            .map_err(what)?;
+        // The stage's dead letters end with it too, so `cat` of them ends.
+        for t in [input(&run.name, run.k + 1), dead_letters(&run.name, run.k)] {
+            client.close(&t).await.map_err(what)?;
+        }
     }
     Ok(())
 }

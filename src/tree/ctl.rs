@@ -4,11 +4,13 @@
 //! Root `/ctl`, one command a line:
 //! ```text
 //! create NAME [capacity=N] [framing=line|write] [timeout=DURATION] [retain=LIMIT]
+//!             [max_bytes=BYTES|none] [rate=N/s|none]
 //! remove NAME
 //! ```
 //! A topic's `ctl`, one command a line:
 //! ```text
 //! reset | close | capacity N | framing line|write | timeout DURATION | retain LIMIT | forget GROUP
+//! max_bytes BYTES|none | rate N/s|none
 //! ```
 //! LIMIT is what a topic keeps of the messages every group has taken
 //! (`broker::Retention`): a count (`1000`), bytes (`64M`), an age (`1h`)
@@ -24,7 +26,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::broker::{
-    self, BrokerStatus, Framing, Retention, Seq, Setting, TopicConfig, TopicStatus,
+    self, BrokerStatus, Framing, Rate, Retention, Seq, Setting, TopicConfig, TopicStatus,
 };
 
 /// The file names inside a topic directory.
@@ -46,6 +48,8 @@ pub enum RootCmd {
         timeout: Option<Option<Duration>>,
         max_message: Option<u64>,
         retain: Option<Retention>,
+        max_bytes: Option<Option<u64>>,
+        rate: Option<Option<Rate>>,
     },
     Remove(String),
 }
@@ -63,8 +67,8 @@ pub enum TopicCmd {
 // as 9pfuse turn an error's text into an errno by substring, and the word
 // would make any mistyped command read "Connection timed out" (see the
 // table in error.rs). The settings' names are in the ctl file itself.
-const ROOT_USAGE: &str = "want create NAME [capacity=N] [framing=line|write] [SETTING=DURATION for the wait limit] [max_message=BYTES] [retain=LIMIT], remove NAME";
-const TOPIC_USAGE: &str = "want reset, close, capacity N, framing line|write, max_message BYTES, retain LIMIT, forget GROUP, or the wait limit with its name as this file shows it";
+const ROOT_USAGE: &str = "want create NAME [capacity=N] [framing=line|write] [SETTING=DURATION for the wait limit] [max_message=BYTES] [retain=LIMIT] [max_bytes=BYTES] [rate=N/s], remove NAME";
+const TOPIC_USAGE: &str = "want reset, close, capacity N, framing line|write, max_message BYTES, retain LIMIT, max_bytes BYTES, rate N/s, forget GROUP, or the wait limit with its name as this file shows it";
 
 /// The non-blank lines of a ctl write, trimmed; an error if it is not text.
 fn lines(text: &[u8]) -> Result<Vec<&str>, String> {
@@ -92,6 +96,7 @@ fn parse_root_line(line: &str) -> Result<RootCmd, String> {
             check_name(name)?;
             let (mut capacity, mut framing, mut timeout, mut max_message, mut retain) =
                 (None, None, None, None, None);
+            let (mut max_bytes, mut rate) = (None, None);
             for opt in words {
                 let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
                 match key {
@@ -100,9 +105,11 @@ fn parse_root_line(line: &str) -> Result<RootCmd, String> {
                     "timeout" => timeout = Some(parse_timeout(value)?),
                     "max_message" => max_message = Some(parse_size(value)?),
                     "retain" => retain = Some(Retention::parse(value)?),
+                    "max_bytes" => max_bytes = Some(parse_max_bytes(value)?),
+                    "rate" => rate = Some(Rate::parse(value)?),
                     _ => {
                         return Err(format!(
-                            "create: unknown option {opt:?}; want capacity=N, framing=line|write, max_message=BYTES, retain=LIMIT, or the wait limit as a topic's ctl file names it"
+                            "create: unknown option {opt:?}; want capacity=N, framing=line|write, max_message=BYTES, retain=LIMIT, max_bytes=BYTES, rate=N/s, or the wait limit as a topic's ctl file names it"
                         ));
                     }
                 }
@@ -114,6 +121,8 @@ fn parse_root_line(line: &str) -> Result<RootCmd, String> {
                 timeout,
                 max_message,
                 retain,
+                max_bytes,
+                rate,
             })
         }
         "remove" => {
@@ -163,6 +172,8 @@ fn parse_topic_line(line: &str) -> Result<TopicCmd, String> {
         "timeout" => TopicCmd::Set(Setting::Timeout(parse_timeout(rest)?)),
         "max_message" => TopicCmd::Set(Setting::MaxMessage(parse_size(one_arg("BYTES")?)?)),
         "retain" => TopicCmd::Set(Setting::Retain(Retention::parse(one_arg("LIMIT")?)?)),
+        "max_bytes" => TopicCmd::Set(Setting::MaxBytes(parse_max_bytes(one_arg("BYTES")?)?)),
+        "rate" => TopicCmd::Set(Setting::Rate(Rate::parse(one_arg("N/s")?)?)),
         "forget" => match rest {
             "" => return Err("forget: missing group name (\"\" is the default group)".into()),
             "\"\"" => TopicCmd::Forget(String::new()),
@@ -179,6 +190,16 @@ fn parse_capacity(s: &str) -> Result<u64, String> {
 
 fn parse_size(s: &str) -> Result<u64, String> {
     broker::parse_size(s).map_err(|why| format!("bad max_message {s:?}: {why}"))
+}
+
+/// `max_bytes`: a size as `max_message` takes one, or `none`.
+fn parse_max_bytes(s: &str) -> Result<Option<u64>, String> {
+    broker::parse_max_bytes(s)
+}
+
+/// The text of a `max_bytes` setting, as `parse_max_bytes` takes it.
+pub fn max_bytes_text(max: Option<u64>) -> String {
+    max.map_or("none".into(), |m| m.to_string())
 }
 
 fn parse_framing(s: &str) -> Result<Framing, String> {
@@ -270,7 +291,9 @@ fn timeout_text(t: Option<Duration>) -> String {
     }
 }
 
-/// Apply settings from a create command over the defaults.
+/// Apply settings from a create command over the defaults (one argument
+/// per option of `create`).
+#[allow(clippy::too_many_arguments)]
 pub fn create_config(
     defaults: TopicConfig,
     capacity: Option<u64>,
@@ -278,6 +301,8 @@ pub fn create_config(
     timeout: Option<Option<Duration>>,
     max_message: Option<u64>,
     retain: Option<Retention>,
+    max_bytes: Option<Option<u64>>,
+    rate: Option<Option<Rate>>,
 ) -> TopicConfig {
     TopicConfig {
         capacity: capacity.unwrap_or(defaults.capacity),
@@ -285,6 +310,8 @@ pub fn create_config(
         timeout: timeout.unwrap_or(defaults.timeout),
         max_message: max_message.unwrap_or(defaults.max_message),
         retain: retain.unwrap_or(defaults.retain),
+        max_bytes: max_bytes.unwrap_or(defaults.max_bytes),
+        rate: rate.unwrap_or(defaults.rate),
     }
 }
 
@@ -325,14 +352,17 @@ pub fn topic_text(s: &TopicStatus, readers: u64) -> String {
     let c = &s.config;
     let _ = write!(
         t,
-        "capacity {}\nframing {}\ntimeout {}\nmax_message {}\nretain {}\npending {}\nretained {}\nfirst {}\nnext {}\npushed {}\npulled {}\n\
+        "capacity {}\nframing {}\ntimeout {}\nmax_message {}\nretain {}\nmax_bytes {}\nrate {}\npending {}\nheld_bytes {}\nretained {}\nfirst {}\nnext {}\npushed {}\npulled {}\n\
          readers {}\nblocked_readers {}\nblocked_writers {}\n",
         c.capacity,
         framing_name(c.framing),
         timeout_text(c.timeout),
         c.max_message,
         c.retain,
+        max_bytes_text(c.max_bytes),
+        Rate::text(c.rate),
         s.pending,
+        s.bytes,
         s.retained,
         s.first,
         s.next,
@@ -373,6 +403,8 @@ mod tests {
                     timeout: None,
                     max_message: None,
                     retain: None,
+                    max_bytes: None,
+                    rate: None,
                 },
                 RootCmd::Create {
                     name: "metrics/eu".into(),
@@ -381,6 +413,8 @@ mod tests {
                     timeout: Some(Some(Duration::from_secs(2))),
                     max_message: None,
                     retain: None,
+                    max_bytes: None,
+                    rate: None,
                 },
                 RootCmd::Remove("old".into()),
             ]
@@ -471,8 +505,23 @@ mod tests {
         let e = parse_topic(b"reset\nfrob\n").unwrap_err();
         assert_eq!(
             e,
-            "unknown command \"frob\"; want reset, close, capacity N, framing line|write, max_message BYTES, retain LIMIT, forget GROUP, or the wait limit with its name as this file shows it"
+            "unknown command \"frob\"; want reset, close, capacity N, framing line|write, max_message BYTES, retain LIMIT, max_bytes BYTES, rate N/s, forget GROUP, or the wait limit with its name as this file shows it"
         );
+        assert_eq!(
+            parse_topic(b"max_bytes 64k\nmax_bytes none\nrate 100/s\nrate none").unwrap(),
+            vec![
+                TopicCmd::Set(Setting::MaxBytes(Some(65536))),
+                TopicCmd::Set(Setting::MaxBytes(None)),
+                TopicCmd::Set(Setting::Rate(Rate::parse("100").unwrap())),
+                TopicCmd::Set(Setting::Rate(None)),
+            ]
+        );
+        assert!(
+            parse_topic(b"max_bytes 0")
+                .unwrap_err()
+                .contains("bad max_bytes")
+        );
+        assert!(parse_topic(b"rate 0/s").unwrap_err().contains("bad rate"));
         assert!(parse_topic(b"capacity").unwrap_err().contains("missing N"));
         assert!(
             parse_topic(b"capacity -1")

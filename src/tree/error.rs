@@ -20,6 +20,8 @@ pub(super) fn broker_error(e: broker::Error) -> Error {
         E::Shutdown => errno::ESHUTDOWN,
         E::TooManyGroups(_) => errno::EUSERS,
         E::TooLong { .. } => errno::EMSGSIZE,
+        E::OverMaxBytes { .. } => errno::EFBIG,
+        E::Unsupported(_) => errno::EOPNOTSUPP,
         E::Unavailable(_) => errno::EIO,
         E::Storage { kind, .. } if *kind == std::io::ErrorKind::StorageFull => errno::ENOSPC,
         E::Storage { .. } => errno::EIO,
@@ -57,6 +59,7 @@ pub(super) fn linux_text(errno: u32) -> Option<&'static str> {
         errno::EUSERS => "Too many users",
         errno::ETIMEDOUT => "Connection timed out",
         errno::EMSGSIZE => "Message too long",
+        errno::EFBIG => "File too large",
         errno::ENOBUFS => "No buffer space available",
         // Linux's table has no ECANCELED: a reset reads as one.
         errno::ECANCELED => "Connection reset by peer",
@@ -189,6 +192,8 @@ mod tests {
             },
             E::Shutdown,
             E::TooLong { size: 9, max: 8 },
+            E::OverMaxBytes { size: 9, max: 8 },
+            E::Unsupported("max_bytes on the JetStream engine".into()),
         ] {
             let e = broker_error(e);
             texts.push((e.errno, e.message.to_string()));
@@ -205,6 +210,8 @@ mod tests {
             "create a timeout=",
             "create a colour=red",
             "create a max_message=lots",
+            "create a max_bytes=lots",
+            "create a rate=fast",
             "remove",
             "remove a b",
             "create ctl",
@@ -219,6 +226,10 @@ mod tests {
             "capacity x",
             "max_message 0",
             "max_message 1 2",
+            "max_bytes 0",
+            "max_bytes",
+            "rate 0/s",
+            "rate fast",
             "capacity 1 2",
             "framing x",
             "reset now",

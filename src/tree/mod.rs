@@ -411,10 +411,20 @@ impl<B: Broker> TopicTree<B> {
                     timeout,
                     max_message,
                     retain,
+                    max_bytes,
+                    rate,
                 } => {
                     let d = self.config.defaults;
-                    let config =
-                        ctl::create_config(d, capacity, framing, timeout, max_message, retain);
+                    let config = ctl::create_config(
+                        d,
+                        capacity,
+                        framing,
+                        timeout,
+                        max_message,
+                        retain,
+                        max_bytes,
+                        rate,
+                    );
                     self.create_topic(&name, config).await?;
                     self.audit(session, &name, "create");
                 }

@@ -1364,3 +1364,144 @@ async fn reset_drops_retained_messages() {
     assert_eq!((s.first, s.retained, s.pending), (1, 0, 0), "{s:?}");
     assert_eq!(b.offset("t", "new").await.unwrap(), 1);
 }
+
+// ---- limits: `max_bytes` and `rate` (issue 11) ----
+
+/// A topic `t` with `config`, or `None` on an engine that refuses these
+/// settings (JetStream), after checking that it says so clearly.
+async fn limited(config: TopicConfig) -> Option<B> {
+    let b = new_engine().await;
+    match b.create("t", config).await {
+        Ok(()) => Some(b),
+        Err(Error::Unsupported(why)) if on_jetstream() => {
+            assert!(why.contains("JetStream"), "{why}");
+            None
+        }
+        Err(e) => panic!("create: {e}"),
+    }
+}
+
+fn max_bytes(capacity: u64, max: u64) -> TopicConfig {
+    TopicConfig {
+        capacity,
+        max_bytes: Some(max),
+        ..TopicConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn max_bytes_makes_a_push_wait_until_readers_free_room() {
+    let Some(b) = limited(max_bytes(100, 10)).await else {
+        return;
+    };
+    b.offset("t", "a").await.unwrap();
+    push_now(&b, "12345").await;
+    push_now(&b, "678").await;
+    let s = b.status("t").await.unwrap();
+    assert_eq!((s.bytes, s.config.max_bytes), (8, Some(10)), "{s:?}");
+    // 8 + 3 would pass 10: the push waits, as for capacity.
+    let mut p = push(&b, "abc");
+    blocked(&mut p).await;
+    // Taken but not yet acknowledged, a message is still held.
+    let d = done(pull(&b, "a")).await.unwrap().unwrap();
+    blocked(&mut p).await;
+    d.ack();
+    assert_eq!(done(p).await, Ok(2));
+    let s = b.status("t").await.unwrap();
+    assert_eq!((s.pending, s.bytes), (2, 6), "{s:?}");
+    assert_eq!(take(&b, "a").await, "678");
+    assert_eq!(take(&b, "a").await, "abc");
+}
+
+#[tokio::test]
+async fn a_message_longer_than_max_bytes_fails_at_once() {
+    let Some(b) = limited(max_bytes(100, 4)).await else {
+        return;
+    };
+    assert_eq!(
+        done(push(&b, "12345")).await,
+        Err(Error::OverMaxBytes { size: 5, max: 4 })
+    );
+    assert_eq!(b.status("t").await.unwrap().next, 0, "nothing pushed");
+    // At the limit exactly, it goes.
+    push_now(&b, "1234").await;
+}
+
+#[tokio::test]
+async fn max_bytes_holds_at_a_rendezvous_too() {
+    let Some(b) = limited(max_bytes(0, 4)).await else {
+        return;
+    };
+    // Two groups: "a" takes at once, "b" is slow; "a"'s reader may not
+    // take a second message while the first is held for "b".
+    b.offset("t", "b").await.unwrap();
+    let mut r = pull(&b, "a");
+    blocked(&mut r).await;
+    let mut p1 = push(&b, "123");
+    blocked(&mut p1).await;
+    let d = done(r).await.unwrap().unwrap();
+    d.ack();
+    let mut r = pull(&b, "a");
+    blocked(&mut r).await;
+    let mut p2 = push(&b, "45");
+    blocked(&mut p2).await;
+    blocked(&mut r).await;
+    blocked(&mut p1).await;
+    assert_eq!(take(&b, "b").await, "123");
+    assert_eq!(done(p1).await, Ok(0));
+    let d = done(r).await.unwrap().unwrap();
+    assert_eq!(d.data().as_ref(), b"45");
+    d.ack();
+    assert_eq!(take(&b, "b").await, "45");
+    assert_eq!(done(p2).await, Ok(1));
+}
+
+#[tokio::test]
+async fn lowering_max_bytes_keeps_what_is_held_and_raising_it_lets_pushes_go() {
+    let Some(b) = limited(max_bytes(100, 100)).await else {
+        return;
+    };
+    b.offset("t", "a").await.unwrap();
+    push_now(&b, "0123456789").await;
+    b.set("t", Setting::MaxBytes(Some(5))).await.unwrap();
+    assert_eq!(b.status("t").await.unwrap().pending, 1);
+    let mut p = push(&b, "ab");
+    blocked(&mut p).await;
+    b.set("t", Setting::MaxBytes(None)).await.unwrap();
+    assert_eq!(done(p).await, Ok(1));
+}
+
+#[tokio::test]
+async fn rate_slows_writers_and_nothing_else() {
+    let config = TopicConfig {
+        capacity: 100,
+        rate: dchan::broker::Rate::parse("1/s").unwrap(),
+        ..TopicConfig::default()
+    };
+    let Some(b) = limited(config).await else {
+        return;
+    };
+    b.create("u", TopicConfig { capacity: 100, ..TopicConfig::default() })
+        .await
+        .unwrap();
+    b.offset("t", "a").await.unwrap();
+    // The bucket holds one second's worth: one message at 1/s.
+    push_now(&b, "0").await;
+    let mut p = push(&b, "1");
+    blocked(&mut p).await;
+    assert_eq!(
+        b.push("t", Bytes::from_static(b"x"), Wait::NonBlock).await,
+        Err(Error::WouldBlock)
+    );
+    // Another topic's writers and readers, and this topic's readers, go
+    // on meanwhile.
+    done(b.push("u", Bytes::from_static(b"u"), Wait::Block)).await.unwrap();
+    let d = done(b.pull("u", "", Wait::Block)).await.unwrap().unwrap();
+    d.ack();
+    assert_eq!(take(&b, "a").await, "0");
+    blocked(&mut p).await;
+    // The next token comes: the push goes, never dropped.
+    assert_eq!(done(p).await, Ok(1));
+    assert_eq!(take(&b, "a").await, "1");
+    assert_eq!(b.status("t").await.unwrap().config.rate, config.rate);
+}

@@ -54,6 +54,12 @@ pub(crate) struct Meta {
     /// The retention limit as ctl writes it; absent for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) retain: Option<String>,
+    /// `max_bytes`; absent for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_bytes: Option<u64>,
+    /// `rate`, messages a second; absent for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rate: Option<std::num::NonZeroU32>,
     pub(crate) closed: bool,
 }
 
@@ -69,6 +75,8 @@ impl Meta {
             timeout_ms: c.timeout.map(|t| t.as_millis() as u64),
             max_message: c.max_message,
             retain: (c.retain != Retention::None).then(|| c.retain.to_string()),
+            max_bytes: c.max_bytes,
+            rate: c.rate.map(|r| r.0),
             closed,
         }
     }
@@ -83,6 +91,8 @@ impl Meta {
             timeout: self.timeout_ms.map(std::time::Duration::from_millis),
             max_message: self.max_message,
             retain: self.retention(),
+            max_bytes: self.max_bytes,
+            rate: self.rate.map(crate::broker::Rate),
         }
     }
 

@@ -205,8 +205,19 @@ impl JetStreamBroker {
 /// What a stream holds, in dchan's sequence numbers.
 pub(crate) struct Held {
     pub(crate) messages: u64,
+    /// The bytes JetStream keeps for them (its own count, with headers).
+    pub(crate) bytes: u64,
     pub(crate) first: Seq,
     pub(crate) next: Seq,
+}
+
+/// A setting this engine does not keep: JetStream's own `max_bytes` refuses
+/// a publish past it (a push would fail, not wait), and it has no rate
+/// for publishers.
+fn unsupported(setting: &str) -> Error {
+    Error::Unsupported(format!(
+        "{setting} on the JetStream engine (use the memory or durable engine)"
+    ))
 }
 
 fn storage(s: Storage) -> stream::StorageType {
@@ -282,14 +293,11 @@ impl Inner {
                     n => self.within(self.bucket.update(&key, value, n)).await,
                 }
             }
-            None => {
-                self.within(self.bucket.delete_expect_revision(&key, Some(last)))
-                    .await?;
-                // A delete's revision is not returned: the bucket's last is
-                // at least it.
-                let status = self.within(self.bucket.status()).await?;
-                Ok(status.info.state.last_sequence)
-            }
+            // The bucket's own `delete_expect_revision` does not return the
+            // delete's revision (and `status()` is the bucket's info as it
+            // was when opened), so the delete marker is published here, as
+            // the bucket would, and its revision is the acknowledgement's.
+            None => self.within(self.delete_marker(&key, last)).await,
         };
         let rev = match written {
             Ok(rev) => rev,
@@ -304,11 +312,35 @@ impl Inner {
             // The watch is late (it restarts after a lost connection):
             // read the entry itself, so this server reads its own write.
             match self.within(self.bucket.entry(registry::key(name))).await? {
-                Some(entry) => self.mirror.apply(&entry),
+                Some(entry) => self.mirror.apply_read(&entry),
                 None => self.mirror.forget(name),
             }
         }
         Ok(true)
+    }
+
+    /// Publish a delete marker for `key` whose revision must be `last`;
+    /// the marker's revision.
+    async fn delete_marker(&self, key: &str, last: u64) -> std::result::Result<u64, String> {
+        let prefix = self
+            .bucket
+            .put_prefix
+            .as_ref()
+            .unwrap_or(&self.bucket.prefix);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("KV-Operation", "DEL");
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            last.to_string().as_str(),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(format!("{prefix}{key}"), headers, Bytes::new())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ack.sequence)
     }
 
     /// Change `target`'s record with `f`, retrying on a concurrent change.
@@ -349,6 +381,7 @@ impl Inner {
         };
         Ok(Held {
             messages: state.messages,
+            bytes: state.bytes,
             first,
             next,
         })
@@ -451,6 +484,12 @@ impl Inner {
         if !valid_name(name) {
             return Err(Error::BadName(name.to_string()));
         }
+        if config.max_bytes.is_some() {
+            return Err(unsupported("max_bytes"));
+        }
+        if config.rate.is_some() {
+            return Err(unsupported("rate"));
+        }
         if self.mirror.get(name).is_some() {
             return Err(Error::Exists(name.to_string()));
         }
@@ -498,6 +537,7 @@ impl Inner {
         self.trim(&topic, &stream, &groups).await?;
         let Held {
             messages,
+            bytes: stream_bytes,
             first,
             next,
         } = self.held(&stream).await?;
@@ -522,6 +562,7 @@ impl Inner {
             name: target.name.to_string(),
             config: record.config(),
             pending: messages,
+            bytes: stream_bytes,
             retained: 0,
             first,
             next,
@@ -546,6 +587,11 @@ impl Inner {
     }
 
     async fn set(&self, target: Target<'_>, setting: Setting) -> Result<()> {
+        match setting {
+            Setting::MaxBytes(Some(_)) => return Err(unsupported("max_bytes")),
+            Setting::Rate(Some(_)) => return Err(unsupported("rate")),
+            _ => {}
+        }
         if let Setting::Retain(r) = setting
             && r != crate::broker::Retention::None
         {
@@ -562,7 +608,7 @@ impl Inner {
                 Setting::Framing(f) => c.framing = f,
                 Setting::Timeout(t) => c.timeout = t,
                 Setting::MaxMessage(m) => c.max_message = m,
-                Setting::Retain(_) => {}
+                Setting::Retain(_) | Setting::MaxBytes(_) | Setting::Rate(_) => {}
             }
             r.set_config(c);
         })

@@ -64,6 +64,8 @@ impl Record {
             timeout: self.timeout_ms.map(Duration::from_millis),
             max_message: self.max_message,
             retain: crate::broker::Retention::None,
+            max_bytes: None,
+            rate: None,
         }
     }
 
@@ -220,8 +222,13 @@ pub(crate) struct Mirror {
     /// [`Broker::names`](crate::broker::Broker::names)). parking_lot: never
     /// held across an `.await`.
     pub(crate) topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    /// The last bucket revision applied.
+    /// The last bucket revision the watch applied (entries come in order).
     pub(crate) seen: watch::Sender<u64>,
+    /// Keys read directly, ahead of a late watch ([`Mirror::apply_read`]),
+    /// with the revision read: the watch's older entries for them are
+    /// skipped until it passes that revision, so a late watch never undoes
+    /// a newer state.
+    ahead: Mutex<HashMap<String, u64>>,
     /// Messages this server pushed and pulled over all topics, removed
     /// ones included, kept as they happen: the totals walk no topics.
     pub(crate) tally: Arc<Tally>,
@@ -233,6 +240,7 @@ impl Mirror {
             prefix: prefix.to_string(),
             topics: RwLock::default(),
             seen: watch::Sender::new(0),
+            ahead: Mutex::default(),
             tally: Arc::default(),
         }
     }
@@ -241,8 +249,53 @@ impl Mirror {
         self.topics.read().get(&*order::key(name)).cloned()
     }
 
-    /// Apply one entry of the bucket.
+    /// Apply one entry of the bucket, as the watch delivers them (in
+    /// revision order).
     pub(crate) fn apply(&self, entry: &kv::Entry) {
+        let stale = {
+            let mut ahead = self.ahead.lock();
+            match ahead.get(&entry.key) {
+                Some(&read) if read >= entry.revision => {
+                    if read == entry.revision {
+                        ahead.remove(&entry.key);
+                    }
+                    true
+                }
+                Some(_) => {
+                    ahead.remove(&entry.key);
+                    false
+                }
+                None => false,
+            }
+        };
+        if !stale {
+            self.change(entry);
+        }
+        self.seen.send_if_modified(|seen| {
+            let newer = entry.revision > *seen;
+            if newer {
+                *seen = entry.revision;
+            }
+            newer
+        });
+    }
+
+    /// Apply one entry read directly from the bucket while the watch is
+    /// late, so this server reads its own write. The watch's position is
+    /// left alone (it must still deliver what came before).
+    pub(crate) fn apply_read(&self, entry: &kv::Entry) {
+        if entry.revision <= *self.seen.borrow() {
+            return; // the watch has it, or something newer
+        }
+        let mut ahead = self.ahead.lock();
+        let read = ahead.entry(entry.key.clone()).or_insert(0);
+        if *read < entry.revision {
+            *read = entry.revision;
+            self.change(entry);
+        }
+    }
+
+    fn change(&self, entry: &kv::Entry) {
         if let Some(name_hex) = entry.key.strip_prefix("t.") {
             let Some(name) = unhex(name_hex) else { return };
             match entry.operation {
@@ -253,13 +306,6 @@ impl Mirror {
                 Operation::Delete | Operation::Purge => self.drop_topic(&name),
             }
         }
-        self.seen.send_if_modified(|seen| {
-            let newer = entry.revision > *seen;
-            if newer {
-                *seen = entry.revision;
-            }
-            newer
-        });
     }
 
     fn put(&self, name: &str, record: Record) {
