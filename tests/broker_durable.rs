@@ -395,6 +395,37 @@ async fn retained_messages_survive_a_restart_and_keep_their_segments() {
     );
 }
 
+/// `max_bytes` and `rate` are settings like the others: kept across a
+/// restart, and `max_bytes` counts the messages read back (issue 11).
+#[tokio::test]
+async fn restart_keeps_max_bytes_and_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let rate = dchan::broker::Rate::parse("500/s").unwrap();
+    {
+        let b = open(dir);
+        b.create("t", cap(100)).unwrap();
+        b.set("t".into(), Setting::MaxBytes(Some(10)))
+            .await
+            .unwrap();
+        b.set("t".into(), Setting::Rate(rate)).await.unwrap();
+        assert_eq!(b.offset("t".into(), "a").await.unwrap(), 0);
+        push(&b, "t", "12345678").await;
+    }
+    let b = open(dir);
+    let s = b.status("t".into()).await.unwrap();
+    assert_eq!((s.config.max_bytes, s.config.rate), (Some(10), rate));
+    assert_eq!(s.bytes, 8);
+    // 8 held + 3 would pass 10: the push waits until "a" takes.
+    let data = Bytes::from_static(b"abc");
+    assert_eq!(
+        b.push("t", data.clone(), Wait::NonBlock).await,
+        Err(Error::WouldBlock)
+    );
+    assert_eq!(take(&b, "t", "a").await.as_deref(), Some("12345678"));
+    push(&b, "t", "abc").await;
+}
+
 /// The bytes under `dir`, files only, as `du --apparent-size` counts them.
 fn bytes_under(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map_or(0, |entries| {
@@ -451,35 +482,4 @@ async fn disk_bytes_follow_the_files() {
     Broker::remove(&b, "b").await.unwrap();
     assert_eq!(disk(&b), bytes_under(&topics));
     assert_eq!(disk(&b), 0);
-}
-
-/// `max_bytes` and `rate` are settings like the others: kept across a
-/// restart, and `max_bytes` counts the messages read back (issue 11).
-#[tokio::test]
-async fn restart_keeps_max_bytes_and_rate() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let rate = dchan::broker::Rate::parse("500/s").unwrap();
-    {
-        let b = open(dir);
-        b.create("t", cap(100)).unwrap();
-        b.set("t".into(), Setting::MaxBytes(Some(10)))
-            .await
-            .unwrap();
-        b.set("t".into(), Setting::Rate(rate)).await.unwrap();
-        assert_eq!(b.offset("t".into(), "a").await.unwrap(), 0);
-        push(&b, "t", "12345678").await;
-    }
-    let b = open(dir);
-    let s = b.status("t".into()).await.unwrap();
-    assert_eq!((s.config.max_bytes, s.config.rate), (Some(10), rate));
-    assert_eq!(s.bytes, 8);
-    // 8 held + 3 would pass 10: the push waits until "a" takes.
-    let data = Bytes::from_static(b"abc");
-    assert_eq!(
-        b.push("t", data.clone(), Wait::NonBlock).await,
-        Err(Error::WouldBlock)
-    );
-    assert_eq!(take(&b, "t", "a").await.as_deref(), Some("12345678"));
-    push(&b, "t", "abc").await;
 }

@@ -10,6 +10,7 @@
 //! the test prints the whole table and fails listing the failed checks.
 
 mod certs;
+mod nats;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -131,6 +132,7 @@ fn linux(kernel: &str) {
     let secure = Secure::start(dir.path());
     let many = Server::start("many", &["serve"], dir.path());
     make_many(&format!("tcp!127.0.0.1!{}", many.port));
+    let shared = Shared::start(dir.path());
 
     let start = Instant::now();
     let guest_done = Arc::new(AtomicBool::new(false));
@@ -154,6 +156,8 @@ fn linux(kernel: &str) {
         .arg(format!("--env=TUNNEL_PORT={}", secure.tunnel.port))
         .arg(format!("--env=MANY_PORT={}", many.port))
         .arg(format!("--env=MANY_LEAVES={}", many_names().len()))
+        .arg(format!("--env=JS_A_PORT={}", shared.a.port))
+        .arg(format!("--env=JS_B_PORT={}", shared.b.port))
         // For `dchan mount` run as root in the guest (tests/guest/linux.sh).
         .arg(format!("--bin={}", env!("CARGO_BIN_EXE_dchan")))
         .stdin(Stdio::null())
@@ -237,6 +241,38 @@ fn linux(kernel: &str) {
         "Linux {kernel}: too few checks ran: {}",
         checks.len()
     );
+}
+
+/// Issue 8's servers for tests/guest/jetstream.sh: two `dchan serve
+/// --nats` sharing one NATS JetStream node (started here, on loopback,
+/// stopped when dropped, after the servers).
+struct Shared {
+    a: Server,
+    b: Server,
+    _nats: nats::Cluster,
+}
+
+impl Shared {
+    fn start(dir: &Path) -> Shared {
+        let server = nats::nats_server();
+        assert!(
+            server.exists(),
+            "{} is missing: the guest's JetStream checks need `scripts/setup-nats` \
+             (`scripts/test` runs it) to have run first",
+            server.display()
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime to start NATS");
+        let nats = runtime.block_on(nats::Cluster::start(1));
+        let urls = nats.urls();
+        Shared {
+            a: Server::start("js-a", &["serve", "--nats", &urls], dir),
+            b: Server::start("js-b", &["serve", "--nats", &urls], dir),
+            _nats: nats,
+        }
+    }
 }
 
 /// Issue 11's servers for tests/guest/security.sh: one with access rules

@@ -4,6 +4,8 @@
 # /bin/bash). The host's dchan servers are at $SERVER (10.0.2.2):
 #   RAMFS_PORT  `dchan serve --ramfs`: issue 2's ls, mkdir, echo, cat, rm
 #   TOPIC_PORT  `dchan serve`: issue 3's topic contract
+#   JS_A_PORT, JS_B_PORT  two `dchan serve --nats` sharing one JetStream
+#               (issue 8: tests/guest/jetstream.sh)
 # for each dialect: 9p2000.L, 9p2000.u, and plain 9p2000 with the
 # `:linux` aname override that turns on the Linux read loop rule.
 # Each check prints one line, `CHECK <name> ok` or `CHECK <name> FAIL ...`.
@@ -670,5 +672,8 @@ if [ -n "${MANY_PORT:-}" ]; then
 fi
 if [ -n "${SECURE_PORT:-}" ]; then
     . ./security.sh
+fi
+if [ -n "${JS_A_PORT:-}" ]; then
+    . ./jetstream.sh
 fi
 echo "CHECKS-DONE"
