@@ -133,6 +133,17 @@ fn linux(kernel: &str) {
     let many = Server::start("many", &["serve"], dir.path());
     make_many(&format!("tcp!127.0.0.1!{}", many.port));
     let shared = Shared::start(dir.path());
+    let durable_dir = dir.path().join("durable-data");
+    let durable = Server::start(
+        "durable",
+        &[
+            "serve",
+            "--data",
+            durable_dir.to_str().expect("a UTF-8 path"),
+        ],
+        dir.path(),
+    );
+    let durable_port = durable.port;
 
     let start = Instant::now();
     let guest_done = Arc::new(AtomicBool::new(false));
@@ -146,6 +157,12 @@ fn linux(kernel: &str) {
         let done = guest_done.clone();
         thread::spawn(move || pipeline_side(&addr, &done))
     };
+    let crash = {
+        let addr = format!("tcp!127.0.0.1!{}", topics.port);
+        let done = guest_done.clone();
+        let dir = dir.path().to_path_buf();
+        thread::spawn(move || durable_side(&addr, durable, &durable_dir, &dir, &done))
+    };
     let mut guest = Command::new("python3")
         .arg(root().join("scripts/guest"))
         .args(["run", "--kernel", kernel, "--timeout", "900", "--script"])
@@ -158,6 +175,7 @@ fn linux(kernel: &str) {
         .arg(format!("--env=MANY_LEAVES={}", many_names().len()))
         .arg(format!("--env=JS_A_PORT={}", shared.a.port))
         .arg(format!("--env=JS_B_PORT={}", shared.b.port))
+        .arg(format!("--env=DURABLE_PORT={durable_port}"))
         // For `dchan mount` run as root in the guest (tests/guest/linux.sh).
         .arg(format!("--bin={}", env!("CARGO_BIN_EXE_dchan")))
         .stdin(Stdio::null())
@@ -183,6 +201,8 @@ fn linux(kernel: &str) {
     guest_done.store(true, Ordering::Relaxed);
     let mut cli_checks = cli.join().expect("the CLI side");
     cli_checks.push(pipeline.join().expect("the pipeline side"));
+    let (crash_check, _durable) = crash.join().expect("the durable side");
+    cli_checks.push(crash_check);
     for line in &cli_checks {
         println!("{line}");
     }
@@ -456,6 +476,66 @@ fn cli_side(addr: &str, guest_done: &AtomicBool) -> Vec<String> {
         });
     }
     checks
+}
+
+/// The host's half of tests/guest/durable.sh: when the guest pushes
+/// "restart" to `durable-restart` (on the topics server at `addr`), kill
+/// the durable server with SIGKILL, start it again on the same data
+/// directory and port, and answer "up" on `durable-up`. A `CHECK` line,
+/// and the new server (kept until the guest is done).
+fn durable_side(
+    addr: &str,
+    mut server: Server,
+    data: &Path,
+    dir: &Path,
+    guest_done: &AtomicBool,
+) -> (String, Option<Server>) {
+    let dchan = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_dchan"))
+            .args(args)
+            .args(["--addr", addr])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run dchan")
+    };
+    let asked = loop {
+        let out = dchan(&["pull", "--timeout", "5s", "durable-restart"]);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        if guest_done.load(Ordering::Relaxed) {
+            return (
+                "CHECK host.durable-restart FAIL the guest never asked".into(),
+                None,
+            );
+        }
+        thread::sleep(Duration::from_millis(300));
+    };
+    if asked != "restart" {
+        return (
+            format!("CHECK host.durable-restart FAIL asked {asked:?}"),
+            None,
+        );
+    }
+    let port = server.port;
+    let _ = server.child.kill(); // SIGKILL
+    let _ = server.child.wait();
+    let listen = format!("tcp!127.0.0.1!{port}");
+    let data = data.to_str().expect("a UTF-8 path");
+    let again = Server::start_raw(
+        "durable-again",
+        &["serve", "--data", data, "--listen", &listen],
+        dir,
+    );
+    let up = dchan(&["push", "--timeout", "60s", "durable-up", "up"]);
+    let check = match up.status.success() {
+        true => "CHECK host.durable-restart ok (SIGKILL, started again on the same data)".into(),
+        false => format!(
+            "CHECK host.durable-restart FAIL {}",
+            String::from_utf8_lossy(&up.stderr).trim()
+        ),
+    };
+    (check, Some(again))
 }
 
 /// The host's half of the guest's `pipeline`: `dchan run` whose stage 2

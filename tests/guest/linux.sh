@@ -6,6 +6,8 @@
 #   TOPIC_PORT  `dchan serve`: issue 3's topic contract
 #   JS_A_PORT, JS_B_PORT  two `dchan serve --nats` sharing one JetStream
 #               (issue 8: tests/guest/jetstream.sh)
+#   DURABLE_PORT  `dchan serve --data`, killed and restarted by the host on
+#               the guest's request (issue 9: tests/guest/durable.sh)
 # for each dialect: 9p2000.L, 9p2000.u, and plain 9p2000 with the
 # `:linux` aname override that turns on the Linux read loop rule.
 # Each check prints one line, `CHECK <name> ok` or `CHECK <name> FAIL ...`.
@@ -675,5 +677,8 @@ if [ -n "${SECURE_PORT:-}" ]; then
 fi
 if [ -n "${JS_A_PORT:-}" ]; then
     . ./jetstream.sh
+fi
+if [ -n "${DURABLE_PORT:-}" ]; then
+    . ./durable.sh
 fi
 echo "CHECKS-DONE"
