@@ -797,6 +797,14 @@ impl Broker for JetStreamBroker {
         ops::push(&self.inner, topic, data, wait)
     }
 
+    /// Every pull is a request to JetStream, never ready at once: a batch
+    /// read on this engine is one message (a pull polled once and dropped
+    /// would take a message and nak it, and the group would meet it again
+    /// after the next one).
+    fn pull_ready(&self, _topic: Target<'_>, _group: &str) -> Option<JetStreamDelivery> {
+        None
+    }
+
     fn pull_from(
         &self,
         topic: Target<'_>,
