@@ -164,6 +164,29 @@ async fn two_servers_share_topics_messages_and_groups() {
     .await;
 }
 
+/// A server started after topics exist, or started again after a kill,
+/// sees them, their settings and their messages.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_started_later_or_again_sees_the_topics_there_are() {
+    let c = nats::Cluster::start(1).await;
+    let a = serve(&c, &[]);
+    cli(&a, &["create", "early", "--capacity", "10"]);
+    cli(&a, &["create", "gone"]);
+    cli(&a, &["rm", "gone"]);
+    cli(&a, &["push", "early", "kept"]);
+    let b = serve(&c, &[]);
+    let listed = cli(&b, &["ls"]);
+    assert!(listed.contains("early"), "B lists: {listed}");
+    assert!(
+        !listed.contains("gone"),
+        "B lists a removed topic: {listed}"
+    );
+    drop(a); // killed
+    let a = serve(&c, &[]);
+    assert!(cli(&a, &["stat", "early"]).contains("capacity 10"));
+    assert_eq!(cli(&a, &["pull", "early"]), "kept\n");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rendezvous_spans_servers() {
     let c = nats::Cluster::start(1).await;
