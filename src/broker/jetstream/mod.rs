@@ -747,10 +747,18 @@ impl Broker for JetStreamBroker {
         Ok(self.inner.topic(topic.into())?.id)
     }
 
+    /// Within the broker's timeout in all (it asks JetStream several
+    /// things, each of which could wait that long).
     fn status(&self, topic: Target<'_>) -> impl Future<Output = Result<TopicStatus>> + Send {
         let inner = self.inner.clone();
         let (name, id) = owned(topic);
-        async move { inner.status(Target { name: &name, id }).await }
+        async move {
+            let status = inner.status(Target { name: &name, id });
+            match tokio::time::timeout(inner.config.timeout, status).await {
+                Ok(r) => r,
+                Err(_) => Err(unavailable("JetStream did not answer in time")),
+            }
+        }
     }
 
     fn totals(&self) -> BrokerStatus {
