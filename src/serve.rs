@@ -230,6 +230,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     .into(),
             }));
         }
+        if let Err(e) = JetStreamBroker::supports(&config.topic_defaults.topic_config()) {
+            return Err(Error::Config(ConfigError::Invalid {
+                file: "(configuration)".into(),
+                line: None,
+                reason: format!("[topic_defaults]: {e}"),
+            }));
+        }
         let settings = config.broker.jetstream(&config.groups);
         let broker = JetStreamBroker::connect(settings)
             .await

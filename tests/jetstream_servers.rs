@@ -508,3 +508,37 @@ async fn the_topics_file_fails_at_once_while_nats_is_down() {
     let e = listed.expect_err("a listing without NATS");
     assert!(e.to_string().contains("unavailable"), "{e}");
 }
+
+/// `[topic_defaults]` this engine cannot keep (`retain`, `max_bytes`,
+/// `rate`) stop the server at start, as `[[topic]]` ones do, rather than
+/// fail every create after; a server that starts names its engine in its
+/// root ctl.
+#[tokio::test(flavor = "multi_thread")]
+async fn defaults_the_engine_cannot_keep_stop_the_server_and_ctl_names_it() {
+    let c = nats::Cluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    for setting in ["retain = \"100\"", "max_bytes = \"1M\"", "rate = \"10/s\""] {
+        let conf = dir.path().join("dchan.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "[broker]\nengine = \"jetstream\"\nnats = [{:?}]\n[topic_defaults]\n{setting}\n",
+                c.url_list()[0]
+            ),
+        )
+        .unwrap();
+        // A server that starts is stopped after 20 s (a failure).
+        let out = Command::new("timeout")
+            .args(["20", env!("CARGO_BIN_EXE_dchan")])
+            .args(["serve", "--listen", "tcp!127.0.0.1!0"])
+            .args(["--config", conf.to_str().unwrap()])
+            .output()
+            .expect("run dchan serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{setting}: started");
+        assert!(err.contains("topic_defaults"), "{setting}: {err}");
+    }
+    let a = serve(&c, &[]);
+    let root = client(&a, "").await.server_ctl().await.unwrap();
+    assert!(root.contains("\nengine jetstream\n"), "{root}");
+}

@@ -358,6 +358,9 @@ pub struct BrokerStatus {
     pub topics: u64,
     pub pushed: u64,
     pub pulled: u64,
+    /// The engine, as the server's ctl names it: `memory`, `durable` or
+    /// `jetstream`.
+    pub engine: &'static str,
     /// The durable engine's disk: `None` for topics kept in memory.
     pub disk: Option<DiskStatus>,
 }

@@ -332,15 +332,9 @@ pub fn root_text(s: &RootStatus) -> String {
         s.totals.pushed,
         s.totals.pulled,
     );
-    match s.totals.disk {
-        None => t.push_str("engine memory\n"),
-        Some(d) => {
-            let _ = write!(
-                t,
-                "engine durable\nsync {}\ndisk_bytes {}\n",
-                d.sync, d.bytes
-            );
-        }
+    let _ = writeln!(t, "engine {}", s.totals.engine);
+    if let Some(d) = s.totals.disk {
+        let _ = write!(t, "sync {}\ndisk_bytes {}\n", d.sync, d.bytes);
     }
     t
 }

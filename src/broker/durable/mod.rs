@@ -292,6 +292,7 @@ impl Broker for DurableBroker {
 
     fn totals(&self) -> BrokerStatus {
         BrokerStatus {
+            engine: "durable",
             disk: Some(DiskStatus {
                 sync: self.options.sync,
                 bytes: self.bytes_on_disk(),

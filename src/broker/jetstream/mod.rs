@@ -212,6 +212,25 @@ impl JetStreamBroker {
     }
 }
 
+impl JetStreamBroker {
+    /// Whether this engine keeps topics with `config`: `retain`,
+    /// `max_bytes` and `rate` it refuses (see [`unsupported`]). A server
+    /// asks it of its `[topic_defaults]` at start, so that a default it
+    /// cannot keep stops it there rather than fail every create.
+    pub fn supports(config: &TopicConfig) -> Result<()> {
+        if config.max_bytes.is_some() {
+            return Err(unsupported("max_bytes"));
+        }
+        if config.rate.is_some() {
+            return Err(unsupported("rate"));
+        }
+        if config.retain != crate::broker::Retention::None {
+            return Err(unsupported("retain"));
+        }
+        Ok(())
+    }
+}
+
 /// What a stream holds, in dchan's sequence numbers.
 pub(crate) struct Held {
     pub(crate) messages: u64,
@@ -508,15 +527,7 @@ impl Inner {
         if !valid_name(name) {
             return Err(Error::BadName(name.to_string()));
         }
-        if config.max_bytes.is_some() {
-            return Err(unsupported("max_bytes"));
-        }
-        if config.rate.is_some() {
-            return Err(unsupported("rate"));
-        }
-        if config.retain != crate::broker::Retention::None {
-            return Err(unsupported("retain"));
-        }
+        JetStreamBroker::supports(&config)?;
         if self.mirror.get(name).is_some() {
             return Err(Error::Exists(name.to_string()));
         }
@@ -609,6 +620,7 @@ impl Inner {
             topics: self.mirror.topics.read().len() as u64,
             pushed,
             pulled,
+            engine: "jetstream",
             disk: None,
         }
     }
