@@ -611,3 +611,30 @@ fn a_user_name_cannot_forge_log_lines_or_echo_control_characters() {
         "a forged line: {text}"
     );
 }
+
+/// Plain 9P to a TLS port says to use tls!; a tunnel pointed at a
+/// plaintext port fails the connection through it instead of hanging.
+#[test]
+fn plain_9p_to_a_tls_port_and_a_tunnel_to_a_plain_port_say_why() {
+    let t = Tls::start();
+    let plain_to_tls = format!("tcp!127.0.0.1!{}", t.server.port);
+    refused(as_user(&plain_to_tls, "u", &[], &["ls"]), "tls!host!port");
+    let plain = Server::start(&[]);
+    let alice = t.good.client("alice");
+    let tunnel = Server::start_raw(&[
+        "tunnel",
+        "--listen",
+        "tcp!127.0.0.1!0",
+        "--to",
+        &format!("tls!127.0.0.1!{}", plain.port),
+        "--cert",
+        alice.cert.to_str().unwrap(),
+        "--key",
+        alice.key.to_str().unwrap(),
+        "--ca",
+        t.good.cert().to_str().unwrap(),
+    ]);
+    let through = format!("tcp!127.0.0.1!{}", tunnel.port);
+    let o = as_user(&through, "u", &[], &["ls"]);
+    assert!(!o.status.success());
+}
