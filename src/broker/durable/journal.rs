@@ -13,7 +13,8 @@
 //! disk) is cut back off the file and refuses the push. An ack is written
 //! as it happens (a crash then redelivers only what was not acked); one
 //! that cannot be written (a full disk) is held and written with the next
-//! record, and before the next delivery. Each segment begins with a checkpoint (the
+//! record, and before the next delivery, which fails while it cannot be
+//! written (so a reader never reads on past acks the log does not have). Each segment begins with a checkpoint (the
 //! oldest held message and every group's place), so a segment can be
 //! deleted once every group is past it, without losing a group.
 //!
@@ -582,14 +583,15 @@ impl Store for Journal {
     fn trimmed(&mut self, first: Seq) {
         self.first = first;
         (self.ahead.batches).retain(|b| b.first + b.messages.len() as u64 > first);
-        if self.segments.len() > 1 && self.segments[1] <= first {
-            self.flush_quietly();
+        // A segment goes only once the acks that let it go are kept: a
+        // restart must not find a group placed before the oldest segment.
+        if self.segments.len() > 1 && self.segments[1] <= first && self.flush().is_ok() {
             self.delete_passed();
         }
     }
 
-    fn before_delivery(&mut self) {
-        self.flush_quietly();
+    fn before_delivery(&mut self) -> Result<()> {
+        self.flush()
     }
 
     fn memory(&self) -> Option<u64> {
