@@ -177,6 +177,70 @@ async fn a_torn_last_record_is_cut_off() {
     assert_eq!(drain(&b, "t", "").await, ["m4 again"]);
 }
 
+/// A flipped bit in the length of a record in the middle of the last
+/// segment makes it look cut short, but valid records follow: damage, not
+/// a torn write, so the start stops and nothing is cut off.
+#[tokio::test]
+async fn a_damaged_length_mid_segment_is_no_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let b = open(tmp.path());
+        b.create("t", cap(1000)).unwrap();
+        for i in 0..100 {
+            push(&b, "t", &format!("m{i:04}")).await;
+        }
+    }
+    let seg = segments(tmp.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mut at = 0;
+    while at < bytes.len() / 2 {
+        at += 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    bytes[at + 2] ^= 1; // length +65536: past the end of the file
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = DurableBroker::open(tmp.path(), Options::default())
+        .err()
+        .expect("the start stops");
+    let text = err.to_string();
+    assert!(text.contains(&format!("offset {at}")), "{text}");
+    assert!(text.contains("valid record follows"), "{text}");
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing cut off");
+}
+
+/// A topic directory that lost its settings file but holds records stops
+/// the start (nothing is deleted); one with no record (a create cut short)
+/// and one being removed are removed.
+#[tokio::test]
+async fn a_topic_without_its_settings_file_stops_the_start_unless_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let b = open(tmp.path());
+        b.create("t", cap(10)).unwrap();
+        push(&b, "t", "kept").await;
+    }
+    let topic = tmp.path().join("topics/1");
+    std::fs::remove_file(topic.join("meta.json")).unwrap();
+    let err = DurableBroker::open(tmp.path(), Options::default())
+        .err()
+        .expect("the start stops");
+    let text = err.to_string();
+    assert!(
+        text.contains("meta.json") && text.contains("missing"),
+        "{text}"
+    );
+    assert!(segments(tmp.path()).len() == 1, "nothing deleted");
+    // A create cut short (no record yet), and a removal cut short.
+    std::fs::remove_dir_all(&topic).unwrap();
+    std::fs::create_dir(&topic).unwrap();
+    std::fs::File::create(topic.join("00000000000000000000.log")).unwrap();
+    let removing = tmp.path().join("topics/2.removed");
+    std::fs::create_dir(&removing).unwrap();
+    std::fs::write(removing.join("00000000000000000000.log"), "x").unwrap();
+    let b = open(tmp.path());
+    assert!(b.names(std::ops::Bound::Unbounded, 10).is_empty());
+    assert!(!topic.exists() && !removing.exists());
+}
+
 #[tokio::test]
 async fn a_damaged_record_stops_the_start_and_the_repair_keeps_what_precedes() {
     let tmp = tempfile::tempdir().unwrap();

@@ -164,6 +164,8 @@ impl Meta {
 }
 
 pub(crate) const META: &str = "meta.json";
+/// The extension of a topic directory being removed (`topics/ID.removed`).
+pub(crate) const REMOVED: &str = "removed";
 
 /// A storage error about `what` at `path`.
 pub(crate) fn storage(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -609,14 +611,19 @@ impl Store for Journal {
     }
 
     fn removed(&mut self) {
-        // The settings file first: a directory without one is a topic
-        // half removed, which the next start finishes removing.
+        // Renamed first (`ID.removed`): a directory of that name is a
+        // topic half removed, which the next start finishes removing (a
+        // topic directory without its settings file stops the start).
         let had = super::dir_size(&self.dir);
-        let _ = fs::remove_file(self.dir.join(META));
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            tracing::warn!("remove {}: {e}", self.dir.display());
+        let gone = self.dir.with_extension(REMOVED);
+        let dir = match fs::rename(&self.dir, &gone) {
+            Ok(()) => gone,
+            Err(_) => self.dir.clone(),
+        };
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            tracing::warn!("remove {}: {e}", dir.display());
         }
-        let left = super::dir_size(&self.dir);
+        let left = super::dir_size(&dir);
         self.keeping.tally.disk(left as i64 - had as i64);
     }
 }
