@@ -304,6 +304,52 @@ async fn segments_every_group_passed_are_deleted() {
     assert_eq!(drain(&b, "t", "g").await, ["after"]);
 }
 
+/// Segments gone from under the log (the oldest, one in the middle, or a
+/// sole segment emptied) stop the start with the file and what is missing,
+/// instead of a topic that silently starts over or skips its groups ahead.
+#[tokio::test]
+async fn missing_or_emptied_segments_stop_the_start() {
+    let options = Options {
+        segment_bytes: 1024,
+        ..Options::default()
+    };
+    let missing = |dir: &Path| {
+        let err = DurableBroker::open(dir, options)
+            .err()
+            .expect("the start stops");
+        let text = err.to_string();
+        assert!(text.contains("messages are missing"), "{text}");
+        text
+    };
+    let msg = "x".repeat(100);
+    for gone in [0, 3] {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let b = open_with(tmp.path(), options);
+            b.create("t", cap(1000)).unwrap();
+            assert_eq!(b.offset("t".into(), "g").await.unwrap(), 0);
+            for _ in 0..100 {
+                push(&b, "t", &msg).await;
+            }
+            assert_eq!(take(&b, "t", "g").await.unwrap(), msg);
+        }
+        let segs = segments(tmp.path());
+        std::fs::remove_file(&segs[gone]).unwrap();
+        let text = missing(tmp.path());
+        assert!(text.contains(segs[gone + 1].to_str().unwrap()), "{text}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let b = open(tmp.path());
+        b.create("t", cap(10)).unwrap();
+        push(&b, "t", "gone").await;
+    }
+    let segs = segments(tmp.path());
+    assert_eq!(segs.len(), 1);
+    std::fs::File::create(&segs[0]).unwrap();
+    missing(tmp.path());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_always_answers_every_writer() {
     let tmp = tempfile::tempdir().unwrap();

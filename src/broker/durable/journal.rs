@@ -270,9 +270,11 @@ impl Journal {
             (VecDeque::new(), VecDeque::new()),
             None,
         )?;
+        // The checkpoint before the settings file: a topic directory with
+        // a settings file always has a record (see `recover`).
+        journal.flush()?;
         let meta = write_meta(&journal.dir, &Meta::new(name, config, false))?;
         journal.keeping.tally.disk(meta);
-        journal.flush()?;
         Ok(journal)
     }
 
@@ -560,8 +562,9 @@ impl Store for Journal {
         if self.segments.back() == Some(&next) {
             // Nothing was written since the active segment began.
             self.checkpoint();
-            self.flush_quietly();
-            self.delete_passed();
+            if self.flush().is_ok() {
+                self.delete_passed();
+            }
             return;
         }
         match self.roll() {

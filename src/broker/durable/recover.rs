@@ -69,6 +69,11 @@ pub enum RecoverError {
     #[error("{path}: bad settings file: {reason}")]
     Meta { path: PathBuf, reason: String },
     #[error(
+        "{path}: messages are missing: {reason} (restore the missing segment files; or, \
+         losing this topic's messages, move its directory away)"
+    )]
+    Missing { path: PathBuf, reason: String },
+    #[error(
         "{path}: damaged record at offset {offset}: {reason} (to start with what comes before it: \
          truncate -s {offset} {path}, and move the later segments of its directory away; \
          their messages are lost)"
@@ -161,6 +166,29 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
         let last = i + 1 == segments.len();
         let path = dir.join(super::journal::segment_name(seg));
         let buf = Bytes::from(fs::read(&path).map_err(io(&path))?);
+        // A segment begins where the one before it ended (it is named by
+        // the sequence number next then).
+        if i > 0 && seg != r.next {
+            return Err(RecoverError::Missing {
+                path,
+                reason: format!(
+                    "it begins at message {seg}, but the segment before it ends before \
+                     message {} (a segment between them is gone)",
+                    r.next
+                ),
+            });
+        }
+        // Every segment begins with a checkpoint, written before the
+        // topic's settings file at create: a sole segment with no record
+        // lost its records.
+        if buf.is_empty() && segments.len() == 1 {
+            return Err(RecoverError::Missing {
+                path,
+                reason: "the topic's only segment is empty (it should begin with a \
+                         checkpoint record; its messages are lost)"
+                    .into(),
+            });
+        }
         let mut at = 0;
         // The offset of this segment's last index entry.
         let mut indexed: Option<usize> = None;
@@ -250,6 +278,22 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
             }
             at = after;
         }
+    }
+    // A segment is deleted only once every group's logged place is past
+    // it, so a group placed before the oldest segment means segments
+    // went missing (not deleted by the server).
+    let base = segments.first().copied().unwrap_or(0);
+    if let Some((name, mark)) = r.marks.iter().min_by_key(|(_, m)| m.offset)
+        && mark.offset < base
+    {
+        return Err(RecoverError::Missing {
+            path: dir.join(super::journal::segment_name(base)),
+            reason: format!(
+                "group {name:?} reads next at message {}, but the oldest segment begins at \
+                 {base} (the segments before it are gone)",
+                mark.offset
+            ),
+        });
     }
     // With groups, what the slowest needs is held; never less than what
     // the log has. With retention, what the last checkpoint held (the
