@@ -350,6 +350,38 @@ async fn missing_or_emptied_segments_stop_the_start() {
     missing(tmp.path());
 }
 
+/// Settings files that name no topic, or one topic twice, and a
+/// `topics` that is no directory stop the start with the path and why.
+#[tokio::test]
+async fn bad_names_and_a_bad_topics_path_stop_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let b = open(tmp.path());
+        b.create("a", cap(10)).unwrap();
+        b.create("b", cap(10)).unwrap();
+    }
+    let meta = |id: u32| tmp.path().join(format!("topics/{id}/meta.json"));
+    let text = std::fs::read_to_string(meta(2)).unwrap();
+    let fails = |why: &str| {
+        let err = DurableBroker::open(tmp.path(), Options::default())
+            .err()
+            .expect("the start stops")
+            .to_string();
+        assert!(err.contains(why), "{err}");
+    };
+    std::fs::write(meta(2), text.replace("\"b\"", "\"a\"")).unwrap();
+    fails("is also in");
+    std::fs::write(meta(2), text.replace("\"b\"", "\"../evil\"")).unwrap();
+    fails("is no topic name");
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("topics"), "").unwrap();
+    let err = DurableBroker::open(other.path(), Options::default())
+        .err()
+        .expect("the start stops")
+        .to_string();
+    assert!(err.contains("not a directory"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_always_answers_every_writer() {
     let tmp = tempfile::tempdir().unwrap();
