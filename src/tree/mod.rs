@@ -646,23 +646,20 @@ impl<B: Broker> TopicTree<B> {
                         "busy: no reader took this non-blocking write's message in many tries in a row; nothing was pushed",
                     ));
                 }
-                // Some lines went out: say so with a short count, so that a
-                // writer that tries the rest again doubles nothing (it then
-                // gets the error itself). A reset after some lines went out
-                // gives their count too, and the file's next write fails
-                // with the reset (a retry would otherwise succeed on the
-                // reopened topic, and its writer never learn of the reset);
-                // a reset at the first line fails the write.
-                Err(
-                    broker::Error::WouldBlock
-                    | broker::Error::TimedOut
-                    | broker::Error::Closed
-                    | broker::Error::Interrupted,
-                ) if i > 0 => return Ok(cut.ends[i - 1] as u32),
+                // Some lines went out: say so with a short count, whatever
+                // stopped the rest (a full disk too), so that a writer that
+                // tries the rest again doubles nothing (it then gets the
+                // error itself) and counts exactly what went out. A reset
+                // after some lines went out gives their count too, and the
+                // file's next write fails with the reset (a retry would
+                // otherwise succeed on the reopened topic, and its writer
+                // never learn of the reset); a reset at the first line
+                // fails the write.
                 Err(broker::Error::Reset) if i > 0 => {
                     writer.reset_due = true;
                     return Ok(cut.ends[i - 1] as u32);
                 }
+                Err(_) if i > 0 => return Ok(cut.ends[i - 1] as u32),
                 Err(e) => return Err(broker_error(e)),
             }
         }

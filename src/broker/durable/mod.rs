@@ -190,6 +190,12 @@ impl DurableBroker {
         let mut dirs = Vec::new();
         for entry in fs::read_dir(&self.topics_dir).map_err(open_io(&self.topics_dir))? {
             let entry = entry.map_err(open_io(&self.topics_dir))?;
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == journal::REMOVED) {
+                // A removal cut short: finish it.
+                let _ = fs::remove_dir_all(&path);
+                continue;
+            }
             if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
                 dirs.push((id, entry.path()));
             }
