@@ -60,7 +60,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use parking_lot::Mutex;
 
 use crate::access::{Op, Rules};
@@ -571,13 +570,7 @@ impl<B: Broker> TopicTree<B> {
                 // A batch's further pulls never wait, and are done with
                 // no await between them and the reader's record of them:
                 // a flush can drop this read only before its first pull.
-                Ok(Some(d)) => Ok(reader.pulled(d, req, || {
-                    let more = self.broker.pull_from(topic, group, Wait::NonBlock);
-                    match more.now_or_never() {
-                        Some(Ok(Some(d))) => Some(d),
-                        _ => None,
-                    }
-                })),
+                Ok(Some(d)) => Ok(reader.pulled(d, req, || self.broker.pull_ready(topic, group))),
                 Ok(None) => Ok(Bytes::new()),
                 Err(e) => Err(broker_error(e)),
             },

@@ -470,10 +470,23 @@ impl Inner {
         stream: &stream::Stream<()>,
         groups: &[consumer::Info],
     ) -> Result<()> {
-        let Some(floor) = groups.iter().map(|g| g.ack_floor.stream_sequence).min() else {
+        let floor_of =
+            |groups: &[consumer::Info]| groups.iter().map(|g| g.ack_floor.stream_sequence).min();
+        let Some(floor) = floor_of(groups) else {
             return Ok(());
         };
         if floor > topic.trimmed.load(Ordering::Relaxed) {
+            // The caller's look may be old: a group made since (starting
+            // at the oldest held) must keep what it has not read, so the
+            // floor is taken again just before the purge. (A group made in
+            // the one round trip between that look and the purge may still
+            // start after it: see chapter 7.)
+            let Some(floor) = floor_of(&self.groups(stream).await?) else {
+                return Ok(());
+            };
+            if floor <= topic.trimmed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             self.within(stream.purge().sequence(floor + 1).into_future())
                 .await?;
             topic.trimmed.fetch_max(floor, Ordering::Relaxed);
@@ -795,6 +808,14 @@ impl Broker for JetStreamBroker {
         wait: Wait,
     ) -> impl Future<Output = Result<Seq>> + Send {
         ops::push(&self.inner, topic, data, wait)
+    }
+
+    /// Every pull is a request to JetStream, never ready at once: a batch
+    /// read on this engine is one message (a pull polled once and dropped
+    /// would take a message and nak it, and the group would meet it again
+    /// after the next one).
+    fn pull_ready(&self, _topic: Target<'_>, _group: &str) -> Option<JetStreamDelivery> {
+        None
     }
 
     fn pull_from(
