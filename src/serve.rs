@@ -285,7 +285,7 @@ async fn run_on<B: Broker>(
                 source,
             })?;
             let guard = Guard {
-                allow: config.metrics_allow.clone(),
+                allow: config.metrics_rules(),
                 tls: None,
             };
             Some(Entrance { listener, guard })
