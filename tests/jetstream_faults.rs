@@ -249,3 +249,30 @@ async fn two_groups_starting_together_on_r3_both_get_everything() {
         }
     }
 }
+
+/// A message NATS would refuse (over its `max_payload`, 16 MB on the test
+/// cluster) fails at once as too long, not after the timeout as "broker
+/// unavailable"; one that fits goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_over_max_payload_is_too_long() {
+    let c = nats::Cluster::start(1).await;
+    let a = JetStreamBroker::connect(config(&c, 1)).await.unwrap();
+    a.create(
+        "t",
+        TopicConfig {
+            capacity: 10,
+            max_message: 64 << 20,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let big = Bytes::from(vec![b'x'; 16 << 20]);
+    let r = tokio::time::timeout(LIMIT, a.push("t", big, Wait::Block))
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(Error::TooLong { .. })), "{r:?}");
+    a.push("t", Bytes::from(vec![b'y'; 1 << 20]), Wait::Block)
+        .await
+        .unwrap();
+}

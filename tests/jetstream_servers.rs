@@ -470,3 +470,41 @@ async fn two_groups_starting_together_both_get_every_message() {
         }
     }
 }
+
+/// With NATS gone, reading the topics file (`dchan ls`) fails within the
+/// broker's timeout with "broker unavailable", rather than waiting that
+/// timeout for every topic, or more.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_topics_file_fails_at_once_while_nats_is_down() {
+    let mut c = nats::Cluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("dchan.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[broker]\nengine = \"jetstream\"\nnats = [{:?}]\ntimeout = \"2s\"\n",
+            c.url_list()[0]
+        ),
+    )
+    .unwrap();
+    let a = Server::start(&["--config", conf.to_str().unwrap(), "--log", "warn"]);
+    let ca = client(&a, "").await;
+    for i in 0..8 {
+        ca.create(&format!("t{i}"), &TopicSettings::default())
+            .await
+            .unwrap();
+    }
+    assert!(ca.topics_file().await.unwrap().contains("t7 "));
+    c.kill(0);
+    // 8 topics at 2 s each, or more, would pass the limit.
+    let t0 = Instant::now();
+    let listed = tokio::time::timeout(Duration::from_secs(12), ca.topics_file())
+        .await
+        .expect("the topics file hung with NATS gone");
+    println!(
+        "topics file with NATS gone: {listed:?} after {:?}",
+        t0.elapsed()
+    );
+    let e = listed.expect_err("a listing without NATS");
+    assert!(e.to_string().contains("unavailable"), "{e}");
+}

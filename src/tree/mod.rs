@@ -855,9 +855,13 @@ impl<B: Broker> TopicTree<B> {
                 listing.seek(req.offset)?;
                 while let Some(names) = listing.more(&*self.broker, req.count) {
                     for name in names {
-                        // A topic removed since it was listed is left out.
-                        let Ok(status) = self.broker.status((&name).into()).await else {
-                            continue;
+                        // A topic removed since it was listed is left out;
+                        // any other failure (a broker out of reach) fails
+                        // the read, rather than wait it out for each topic.
+                        let status = match self.broker.status((&name).into()).await {
+                            Ok(status) => status,
+                            Err(broker::Error::NoTopic(_) | broker::Error::Removed) => continue,
+                            Err(e) => return Err(broker_error(e)),
                         };
                         let readers = self.places.lock().readers.get(&*name).map_or(0, |r| r.1);
                         listing.add(&status, readers);
