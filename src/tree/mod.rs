@@ -60,7 +60,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use parking_lot::Mutex;
 
 use crate::access::{Op, Rules};
@@ -591,13 +590,7 @@ impl<B: Broker> TopicTree<B> {
                 // A batch's further pulls never wait, and are done with
                 // no await between them and the reader's record of them:
                 // a flush can drop this read only before its first pull.
-                Ok(Some(d)) => Ok(reader.pulled(d, req, || {
-                    let more = self.broker.pull_from(topic, group, Wait::NonBlock);
-                    match more.now_or_never() {
-                        Some(Ok(Some(d))) => Some(d),
-                        _ => None,
-                    }
-                })),
+                Ok(Some(d)) => Ok(reader.pulled(d, req, || self.broker.pull_ready(topic, group))),
                 Ok(None) => Ok(Bytes::new()),
                 Err(e) => Err(broker_error(e)),
             },
@@ -666,23 +659,20 @@ impl<B: Broker> TopicTree<B> {
                         "busy: no reader took this non-blocking write's message in many tries in a row; nothing was pushed",
                     ));
                 }
-                // Some lines went out: say so with a short count, so that a
-                // writer that tries the rest again doubles nothing (it then
-                // gets the error itself). A reset after some lines went out
-                // gives their count too, and the file's next write fails
-                // with the reset (a retry would otherwise succeed on the
-                // reopened topic, and its writer never learn of the reset);
-                // a reset at the first line fails the write.
-                Err(
-                    broker::Error::WouldBlock
-                    | broker::Error::TimedOut
-                    | broker::Error::Closed
-                    | broker::Error::Interrupted,
-                ) if i > 0 => return Ok(cut.ends[i - 1] as u32),
+                // Some lines went out: say so with a short count, whatever
+                // stopped the rest (a full disk too), so that a writer that
+                // tries the rest again doubles nothing (it then gets the
+                // error itself) and counts exactly what went out. A reset
+                // after some lines went out gives their count too, and the
+                // file's next write fails with the reset (a retry would
+                // otherwise succeed on the reopened topic, and its writer
+                // never learn of the reset); a reset at the first line
+                // fails the write.
                 Err(broker::Error::Reset) if i > 0 => {
                     writer.reset_due = true;
                     return Ok(cut.ends[i - 1] as u32);
                 }
+                Err(_) if i > 0 => return Ok(cut.ends[i - 1] as u32),
                 Err(e) => return Err(broker_error(e)),
             }
         }
@@ -865,9 +855,13 @@ impl<B: Broker> TopicTree<B> {
                 listing.seek(req.offset)?;
                 while let Some(names) = listing.more(&*self.broker, req.count) {
                     for name in names {
-                        // A topic removed since it was listed is left out.
-                        let Ok(status) = self.broker.status((&name).into()).await else {
-                            continue;
+                        // A topic removed since it was listed is left out;
+                        // any other failure (a broker out of reach) fails
+                        // the read, rather than wait it out for each topic.
+                        let status = match self.broker.status((&name).into()).await {
+                            Ok(status) => status,
+                            Err(broker::Error::NoTopic(_) | broker::Error::Removed) => continue,
+                            Err(e) => return Err(broker_error(e)),
                         };
                         let readers = self.places.lock().readers.get(&*name).map_or(0, |r| r.1);
                         listing.add(&status, readers);
