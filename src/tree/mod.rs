@@ -413,7 +413,7 @@ impl<B: Broker> TopicTree<B> {
             peak = peak.max(delta);
         }
         let max = self.config.max_topics;
-        if peak > 0 && now.saturating_add(peak as u64) > max as u64 {
+        if peak > 0 && now.saturating_add(peak as u64) > max {
             return Err(Error::new(
                 errno::ENOSPC,
                 format!(
