@@ -727,3 +727,137 @@ fn on_a_terminal_the_run_shows_a_live_line_per_stage() {
     assert!(all.contains("1 cat") && all.contains(" lag "), "{all}");
     assert!(all.contains("1\n2\n3\n4\n5\n"), "the data: {all}");
 }
+
+/// The topic's status, from `dchan stat`.
+fn stat(addr: &str, topic: &str) -> String {
+    let mut c = dchan(addr, &["stat", topic]);
+    c.stdin(Stdio::null());
+    text(&c.output().unwrap().stdout)
+}
+
+/// Whether process `pid` is gone (or only a zombie, waiting for its reaper).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn ctrl_c_on_a_worker_lets_its_processes_finish_and_loses_nothing() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    // `tac` answers only at the end of its input: every line the worker
+    // gave it is in flight until the worker closes its stdin.
+    let mut run = started_run(&addr, "intr", &["--replicas", "1=0", "tac | cat"]);
+    let mut stdin = run.stdin.take().unwrap();
+    let out = std::thread::spawn(move || finish(run, "run"));
+    // As a terminal's Ctrl-C does: SIGINT to the worker's process group.
+    let mut first = dchan(
+        &addr,
+        &[
+            "worker",
+            "--pipeline",
+            "intr",
+            "--stage",
+            "1",
+            "--replicas",
+            "1",
+        ],
+    );
+    std::os::unix::process::CommandExt::process_group(&mut first, 0);
+    let first = first.spawn().unwrap();
+    stdin.write_all(numbered(2000).as_bytes()).unwrap();
+    until("the worker took every line in", || {
+        stat(&addr, "intr/1").contains("\"pipeline\" offset 2000 lag 0")
+    });
+    unsafe { libc::kill(-(first.id() as i32), libc::SIGINT) };
+    let w = finish(first, "worker");
+    assert!(w.status.success(), "worker: {}", text(&w.stderr));
+    // Another worker takes the rest.
+    let second = dchan(
+        &addr,
+        &[
+            "worker",
+            "--pipeline",
+            "intr",
+            "--stage",
+            "1",
+            "--replicas",
+            "1",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let rest: String = (2001..=3000).map(|i| format!("line {i}\n")).collect();
+    stdin.write_all(rest.as_bytes()).unwrap();
+    drop(stdin);
+    let out = out.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        lines(&out.stdout),
+        lines(numbered(3000).as_bytes()),
+        "nothing lost"
+    );
+    let w = finish(second, "second worker");
+    assert!(w.status.success(), "worker: {}", text(&w.stderr));
+}
+
+#[test]
+fn a_stopped_run_or_a_timed_out_message_stops_every_process_the_stage_started() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let read_pids = || -> Vec<i32> {
+        let text = std::fs::read_to_string(&pids).unwrap_or_default();
+        text.lines().filter_map(|l| l.parse().ok()).collect()
+    };
+    // A stage whose command starts a process of its own (a grandchild of
+    // dchan), as `sh -c 'a; b'` or a pipe inside a stage does.
+    let stage = format!("sleep 1000 & echo $! >> {}; cat", pids.display());
+    let mut stopped = started_run(&addr, "orphans", &[&format!("cat | {stage}")]);
+    let _input = stopped.stdin.take();
+    until("the stage started its process", || read_pids().len() == 1);
+    unsafe { libc::kill(stopped.id() as i32, libc::SIGTERM) };
+    let out = finish(stopped, "run");
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    let sleeper = read_pids()[0];
+    until("the stage's own process is stopped with it", || {
+        gone(sleeper)
+    });
+
+    // An each command that times out: what it started stops too, so its
+    // side effects cannot land after the message was given up.
+    let late = dir.path().join("late");
+    let stage = format!(
+        "(sleep 3; echo late >> {}) & echo $! >> {}; wait",
+        late.display(),
+        pids.display()
+    );
+    let out = run(
+        &addr,
+        &[
+            "run",
+            "--each",
+            "1",
+            "--timeout",
+            "1s",
+            "--attempts",
+            "1",
+            &stage,
+        ],
+        "a\n",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("timed out"),
+        "{}",
+        text(&out.stderr)
+    );
+    let pid = read_pids()[1];
+    until("the timed-out command's process is stopped", || gone(pid));
+    assert!(!late.exists(), "no side effect after the timeout");
+}

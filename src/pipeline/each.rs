@@ -20,8 +20,8 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Child;
 
+use super::pgroup::Proc;
 use super::spec::dead_letters;
 use super::stage::{Next, StageRun, next};
 use super::warm::{self, Warm};
@@ -102,7 +102,7 @@ pub(super) async fn run(
 }
 
 /// Run one process over `msg`: its stdout, or why it failed.
-async fn one(run: &StageRun, child: std::io::Result<Child>, msg: &Bytes) -> Result<Bytes, String> {
+async fn one(run: &StageRun, child: std::io::Result<Proc>, msg: &Bytes) -> Result<Bytes, String> {
     let mut child = child.map_err(|e| format!("cannot start: {e}"))?;
     let mut stdin = child.stdin.take().expect("piped");
     let mut stdout = child.stdout.take().expect("piped");
@@ -133,7 +133,9 @@ async fn one(run: &StageRun, child: std::io::Result<Child>, msg: &Bytes) -> Resu
     match tokio::time::timeout(limit, work).await {
         Ok(r) => r,
         Err(_) => {
-            let _ = child.start_kill();
+            // The command and whatever it started: nothing of it may
+            // act once the message was given up.
+            child.kill();
             let _ = child.wait().await;
             Err(format!(
                 "timed out after {}",

@@ -30,27 +30,30 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use super::ahead::Ahead;
+use super::pgroup::{Proc, own_group};
 use super::spec::Stage;
 use super::stage::{Next, StageRun, next_ahead};
 use crate::client::Pusher;
 
-/// Start the stage's command with its stdin and stdout piped to us (and
-/// killed if we drop it). It finds the stage's name in `$DCHAN_STAGE`
+/// Start the stage's command with its stdin and stdout piped to us, in a
+/// process group of its own (killed whole if we drop it, see `pgroup`).
+/// It finds the stage's name in `$DCHAN_STAGE`
 /// and which copy runs it in `$DCHAN_COPY` (`PID.N`: dchan's process id
 /// and the copy's number there).
-pub(super) fn spawn(stage: &Stage, copy: &str) -> std::io::Result<Child> {
+pub(super) fn spawn(stage: &Stage, copy: &str) -> std::io::Result<Proc> {
     let argv = stage.argv();
-    Command::new(&argv[0])
+    let mut cmd = Command::new(&argv[0]);
+    own_group(&mut cmd)
         .args(&argv[1..])
         .env("DCHAN_STAGE", &stage.name)
         .env("DCHAN_COPY", copy)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
+        .map(Proc)
 }
 
 /// How feeding one process ended.

@@ -9,12 +9,14 @@
 //! - `filter`   — a *filter* copy: one long-running process, lines in and out.
 //! - `each`     — an *each* copy: one process per message, warm pool, dead letters.
 //! - `warm`     — a process forked ahead and held before exec (the warm pool).
+//! - `pgroup`   — a stage's process in a process group of its own, killed whole.
 //! - `run`      — `dchan run` (topics, copies, stdin in, stdout out) and `dchan worker`.
 //! - `progress` — the live lines on a terminal.
 
 mod ahead;
 mod each;
 mod filter;
+mod pgroup;
 mod progress;
 mod run;
 mod spec;

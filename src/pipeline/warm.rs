@@ -25,8 +25,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
+use super::pgroup::{Proc, own_group};
 use super::spec::Stage;
 
 /// The descriptor the gate has in the child while it waits.
@@ -34,22 +35,23 @@ const GATE: i32 = 3;
 
 /// A process forked ahead, waiting at its gate.
 pub(super) struct Warm {
-    child: Child,
+    child: Proc,
     /// Our end of the gate: a byte lets the child exec; dropped, the
-    /// child ends without executing anything (and `kill_on_drop` kills it).
+    /// child ends without executing anything (and is killed, see `pgroup`).
     gate: std::fs::File,
 }
 
 impl Warm {
     /// Let the command run: the process, ready for its message.
-    pub(super) fn go(mut self) -> io::Result<Child> {
+    pub(super) fn go(mut self) -> io::Result<Proc> {
         self.gate.write_all(&[1])?;
         Ok(self.child)
     }
 }
 
-/// Start the stage's command held at its gate (stdin, stdout piped;
-/// `$DCHAN_STAGE` and `$DCHAN_COPY` set as for a filter).
+/// Start the stage's command held at its gate (stdin, stdout piped, in a
+/// process group of its own; `$DCHAN_STAGE` and `$DCHAN_COPY` set as for
+/// a filter).
 pub(super) fn start(stage: &Stage, copy: &str) -> io::Result<Warm> {
     let argv = stage.argv();
     let program = find(&argv[0])?;
@@ -62,12 +64,12 @@ pub(super) fn start(stage: &Stage, copy: &str) -> io::Result<Warm> {
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let from = read.as_raw_fd();
     let mut cmd = Command::new(program);
-    cmd.args(&argv[1..])
+    own_group(&mut cmd)
+        .args(&argv[1..])
         .env("DCHAN_STAGE", &stage.name)
         .env("DCHAN_COPY", copy)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
+        .stdout(Stdio::piped());
     // SAFETY: the closure runs in the child between fork and exec and
     // makes only async-signal-safe system calls (no allocation, no locks).
     unsafe {
@@ -93,7 +95,7 @@ pub(super) fn start(stage: &Stage, copy: &str) -> io::Result<Warm> {
     let child = cmd.spawn()?;
     drop(read);
     Ok(Warm {
-        child,
+        child: Proc(child),
         gate: std::fs::File::from(write),
     })
 }
