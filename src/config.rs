@@ -684,11 +684,35 @@ impl Config {
         plain.chain(self.listener.iter().cloned()).collect()
     }
 
+    /// The addresses the metrics listener lets in: `metrics_allow`, or
+    /// when that is empty every address the 9P listeners' rules let in
+    /// (empty, anyone, only when no listener has rules).
+    pub fn metrics_rules(&self) -> Vec<IpNet> {
+        if !self.metrics_allow.is_empty() {
+            return self.metrics_allow.clone();
+        }
+        let mut all: Vec<IpNet> = self.listeners().into_iter().flat_map(|l| l.allow).collect();
+        all.dedup();
+        all
+    }
+
     /// Protected mode (as Redis has): refuse a listener that anyone
     /// beyond this machine could reach and use for everything — no TLS
     /// client certificates, no address rules, no access rules — unless
     /// `allow_open` says an open server is wanted. Nothing is bound yet.
     pub fn check_protected(&self) -> Result<(), String> {
+        if let Some(m) = &self.metrics
+            && !self.allow_open
+            && !m.is_loopback()
+            && self.metrics_rules().is_empty()
+        {
+            return Err(format!(
+                "protected mode: the metrics listener {m} is reachable beyond this machine with \
+                 no address rules. Add `metrics_allow = [\"10.0.0.0/8\"]` (or address rules on \
+                 the 9P listeners, which it then follows), or set allow_open = true (--open) \
+                 if anyone may scrape it"
+            ));
+        }
         if self.allow_open || !self.access.rule.is_empty() {
             return Ok(());
         }

@@ -14,7 +14,8 @@
 //!   [`Observer`]: requests by type with a latency histogram, errors by
 //!   errno, connections refused by reason. Only when metrics are on.
 //!
-//! The metrics listener takes the server's `metrics_allow` address rules.
+//! The metrics listener takes the server's `metrics_allow` address rules,
+//! or with none the 9P listeners' (`Config::metrics_rules`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -230,6 +230,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     .into(),
             }));
         }
+        if let Err(e) = JetStreamBroker::supports(&config.topic_defaults.topic_config()) {
+            return Err(Error::Config(ConfigError::Invalid {
+                file: "(configuration)".into(),
+                line: None,
+                reason: format!("[topic_defaults]: {e}"),
+            }));
+        }
         let settings = config.broker.jetstream(&config.groups);
         let broker = JetStreamBroker::connect(settings)
             .await
@@ -285,7 +292,7 @@ async fn run_on<B: Broker>(
                 source,
             })?;
             let guard = Guard {
-                allow: config.metrics_allow.clone(),
+                allow: config.metrics_rules(),
                 tls: None,
             };
             Some(Entrance { listener, guard })
@@ -451,7 +458,8 @@ async fn serve_tree<T: FileTree>(
     info!("stopped");
 }
 
-/// Logs to stderr, filtered by `level`, else `$RUST_LOG`, else `info`.
+/// Logs to stderr, filtered by `level`, else `$RUST_LOG`, else `info`;
+/// a line that cannot be written is dropped.
 /// A subscriber already installed (by a caller) is left in place.
 fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), Error> {
     let from_env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
@@ -461,9 +469,13 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), Error> {
         filter: filter.to_string(),
         reason,
     })?;
+    // A log line that cannot be written (stderr on a full disk) is lost,
+    // never reported with `eprintln!`, which panics when stderr fails and
+    // would take down the request (a connection, a delivery) that logged.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).try_init(),
         LogFormat::Json => logs.json().try_init(),

@@ -129,6 +129,9 @@ impl Bound {
     }
 }
 
+/// How long the tunnel waits for the server's side of the TLS handshake.
+const HANDSHAKE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A byte stream both ways.
 trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
@@ -136,10 +139,19 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
 /// One local connection: dial the server, copy both ways until either
 /// side closes. A refused TLS connection closes the local one, logged.
 async fn carry(mut local: Box<dyn Duplex>, t: Arc<Tunnel>) {
-    let mut remote = match tls_connect(&t.host, t.port, &t.tls).await {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(to = %format!("tls!{}!{}", t.host, t.port), error = %e, "tunnel: cannot reach the server");
+    // A peer that is no TLS listener (a plaintext 9P port) may never
+    // answer the ClientHello: the handshake is bounded, and every failure
+    // (another CA, no certificate, a plaintext peer) is logged with a hint.
+    let to = format!("tls!{}!{}", t.host, t.port);
+    let dialed = tokio::time::timeout(HANDSHAKE_WITHIN, tls_connect(&t.host, t.port, &t.tls));
+    let mut remote = match dialed.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            warn!(%to, error = %e, "tunnel: TLS handshake with the server failed (another CA, no client certificate it accepts, or not a TLS listener?)");
+            return;
+        }
+        Err(_) => {
+            warn!(%to, "tunnel: no TLS handshake within {}s (is it a plaintext port? the tunnel needs a tls! listener)", HANDSHAKE_WITHIN.as_secs());
             return;
         }
     };

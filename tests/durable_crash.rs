@@ -219,3 +219,185 @@ async fn a_durable_server_says_so_and_keeps_topics_across_a_restart() {
         .unwrap();
     assert_eq!(c.topics().await.unwrap(), ["kept"]);
 }
+
+/// Limit the files the server writes to `bytes` each (RLIMIT_FSIZE, with
+/// SIGXFSZ ignored so a write past it fails with EFBIG): a full disk for
+/// its segments, set for that process alone, without a mount.
+fn file_limit(bytes: u64) -> impl FnOnce(&mut std::process::Command) {
+    move |command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit and signal are async-signal-safe; nothing else
+        // runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+}
+
+fn big_topic() -> TopicSettings {
+    TopicSettings {
+        capacity: Some(1_000_000),
+        ..TopicSettings::default()
+    }
+}
+
+/// What group `g` of topic `t` reads from where it is up to the message
+/// `END` (pushed here), each read as its line.
+async fn read_to_end(port: u16, g: &str) -> Vec<String> {
+    let c = Client::connect(&addr(port), &Options::default())
+        .await
+        .unwrap();
+    c.push("t", "END\n").await.unwrap();
+    let c = Client::connect(&addr(port), &Options::group(g))
+        .await
+        .unwrap();
+    let mut data = c.open_data("t").await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let m = data.next().await.unwrap().expect("a message");
+        let line = String::from_utf8(m.to_vec()).unwrap();
+        if line == "END\n" {
+            return got;
+        }
+        got.push(line.trim_end().to_string());
+    }
+}
+
+fn line(i: usize) -> String {
+    format!("{i:06} {}\n", "x".repeat(93))
+}
+
+/// An ack the log cannot keep (a full disk) is never read past: the
+/// group's next read fails, so a reader cannot go on taking messages whose
+/// acks a crash would take back. After a SIGKILL the group goes on from
+/// what it was answered, the last message at most delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_the_log_cannot_keep_fails_the_next_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap().to_string();
+    let args = ["serve", "--listen", "tcp!127.0.0.1!0", "--data", &dir];
+    let mut server = Server::start_with(&args, file_limit(64 << 10));
+    let c = Client::connect(&addr(server.port), &Options::default())
+        .await
+        .unwrap();
+    c.create("t", &big_topic()).await.unwrap();
+    let g = Client::connect(&addr(server.port), &Options::group("g"))
+        .await
+        .unwrap();
+    assert_eq!(g.offset("t").await.unwrap(), 0);
+    let p = c.open_push("t").await.unwrap();
+    let mut pushed = 0;
+    while p.push(line(pushed)).await.is_ok() {
+        pushed += 1;
+    }
+    assert!(pushed > 10, "{pushed} pushed before the disk was full");
+    let mut data = g.open_data("t").await.unwrap();
+    let mut read = 0;
+    let failed = loop {
+        match data.next().await {
+            Ok(Some(m)) => {
+                assert_eq!(m, line(read));
+                read += 1;
+                if read == pushed {
+                    break None;
+                }
+            }
+            Ok(None) => panic!("end of topic"),
+            Err(e) => break Some(e.to_string()),
+        }
+    };
+    let why = failed.unwrap_or_else(|| panic!("read all {pushed}, acks not kept"));
+    eprintln!("read {read} of {pushed}, then: {why}");
+    server.child.kill().unwrap();
+    server.wait();
+    let server = Server::start(&["--data", &dir]);
+    let rest = read_to_end(server.port, "g").await;
+    let first: usize = rest[0][..6].parse().unwrap();
+    assert!(
+        first + 1 >= read,
+        "read {read} (every read but the last answered after its ack), \
+         the group went back to {first}"
+    );
+    assert_eq!(rest.len(), pushed - first);
+}
+
+/// `dchan push` of many lines stopped by a full disk says exactly how
+/// many went in, so a retry from the next line doubles nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_stopped_by_a_full_disk_counts_what_went_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap().to_string();
+    let args = ["serve", "--listen", "tcp!127.0.0.1!0", "--data", &dir];
+    let mut server = Server::start_with(&args, file_limit(256 << 10));
+    let c = Client::connect(&addr(server.port), &Options::default())
+        .await
+        .unwrap();
+    c.create("t", &big_topic()).await.unwrap();
+    let input: String = (0..10_000).map(line).collect();
+    let mut push = std::process::Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["push", "t", "--addr", &addr(server.port)])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = push.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let out = push.wait_with_output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "pushed all: {err}");
+    let told: usize = (err.rsplit_once('(').and_then(|(_, n)| n.split_once(' ')))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {err:?}"));
+    server.child.kill().unwrap();
+    server.wait();
+    let server = Server::start(&["--data", &dir]);
+    let held = read_to_end(server.port, "g").await;
+    assert_eq!(
+        held.len(),
+        told,
+        "`{}` but the topic holds {}",
+        err.trim(),
+        held.len()
+    );
+    for (i, l) in held.iter().enumerate() {
+        assert_eq!(format!("{l}\n"), line(i));
+    }
+}
+
+/// A server whose log output cannot be written (stderr on a full disk)
+/// serves on: a log line that fails is dropped, never a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_cannot_be_written_loses_no_delivery() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap().to_string();
+    let args = ["serve", "--listen", "tcp!127.0.0.1!0", "--data", &dir];
+    let server = Server::start_with(&args, |command| {
+        let full = std::fs::File::options()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        command.stderr(full).env("RUST_LOG", "debug");
+    });
+    let c = Client::connect(&addr(server.port), &Options::default())
+        .await
+        .unwrap();
+    c.create("t", &big_topic()).await.unwrap();
+    for i in 0..20 {
+        c.push("t", line(i)).await.unwrap();
+    }
+    let rest = read_to_end(server.port, "g").await;
+    assert_eq!(rest.len(), 20);
+}

@@ -192,3 +192,92 @@ async fn nats_lost_while_running_fails_within_the_timeout_then_resumes() {
         .await
         .unwrap();
 }
+
+/// On an R3 cluster, two groups whose first pulls start at the same
+/// moment on a fresh topic both exist at once, and each gets every
+/// message pushed after, in order: a consumer just made (its leader not
+/// yet elected) loses no pull request, and no trim purges what a group
+/// made meanwhile has not read.
+// Known race, open (issue 8, review finding 2): about one run in three on
+// this machine, one group starts after messages it should have had were
+// purged (a trim between the groups' look and the purge). Run by hand
+// with `--run-ignored only` until it is fixed.
+#[ignore = "known race: a group made during a trim can miss the purged messages (issue 8)"]
+#[tokio::test(flavor = "multi_thread")]
+async fn two_groups_starting_together_on_r3_both_get_everything() {
+    let c = nats::Cluster::start(3).await;
+    let a = Arc::new(JetStreamBroker::connect(config(&c, 3)).await.unwrap());
+    let n = 30u64;
+    for k in 0..4 {
+        let topic = format!("t{k}");
+        let settings = TopicConfig {
+            capacity: 5,
+            ..TopicConfig::default()
+        };
+        a.create(&topic, settings).await.unwrap();
+        let readers: Vec<_> = ["", "g2"]
+            .into_iter()
+            .map(|g| {
+                let (a, topic) = (a.clone(), topic.clone());
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    while let Ok(Some(d)) =
+                        tokio::time::timeout(LIMIT, a.pull(&topic, g, Wait::Block))
+                            .await
+                            .unwrap()
+                    {
+                        got.push(
+                            std::str::from_utf8(d.data())
+                                .unwrap()
+                                .parse::<u64>()
+                                .unwrap(),
+                        );
+                        d.ack();
+                    }
+                    got
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for i in 0..n {
+            tokio::time::timeout(
+                LIMIT,
+                a.push(&topic, Bytes::from(i.to_string()), Wait::Block),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        }
+        a.close((&topic).into()).await.unwrap();
+        for r in readers {
+            assert_eq!(r.await.unwrap(), (0..n).collect::<Vec<_>>(), "{topic}");
+        }
+    }
+}
+
+/// A message NATS would refuse (over its `max_payload`, 16 MB on the test
+/// cluster) fails at once as too long, not after the timeout as "broker
+/// unavailable"; one that fits goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_over_max_payload_is_too_long() {
+    let c = nats::Cluster::start(1).await;
+    let a = JetStreamBroker::connect(config(&c, 1)).await.unwrap();
+    a.create(
+        "t",
+        TopicConfig {
+            capacity: 10,
+            max_message: 64 << 20,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let big = Bytes::from(vec![b'x'; 16 << 20]);
+    let r = tokio::time::timeout(LIMIT, a.push("t", big, Wait::Block))
+        .await
+        .unwrap();
+    assert!(matches!(r, Err(Error::TooLong { .. })), "{r:?}");
+    a.push("t", Bytes::from(vec![b'y'; 1 << 20]), Wait::Block)
+        .await
+        .unwrap();
+}

@@ -164,6 +164,29 @@ async fn two_servers_share_topics_messages_and_groups() {
     .await;
 }
 
+/// A server started after topics exist, or started again after a kill,
+/// sees them, their settings and their messages.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_started_later_or_again_sees_the_topics_there_are() {
+    let c = nats::Cluster::start(1).await;
+    let a = serve(&c, &[]);
+    cli(&a, &["create", "early", "--capacity", "10"]);
+    cli(&a, &["create", "gone"]);
+    cli(&a, &["rm", "gone"]);
+    cli(&a, &["push", "early", "kept"]);
+    let b = serve(&c, &[]);
+    let listed = cli(&b, &["ls"]);
+    assert!(listed.contains("early"), "B lists: {listed}");
+    assert!(
+        !listed.contains("gone"),
+        "B lists a removed topic: {listed}"
+    );
+    drop(a); // killed
+    let a = serve(&c, &[]);
+    assert!(cli(&a, &["stat", "early"]).contains("capacity 10"));
+    assert_eq!(cli(&a, &["pull", "early"]), "kept\n");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rendezvous_spans_servers() {
     let c = nats::Cluster::start(1).await;
@@ -352,4 +375,170 @@ fn the_readme_cluster_commands_run() {
     );
     assert!(stdout.contains("resize a.png"), "{stdout}");
     assert!(stdout.contains("jobs"), "{stdout}");
+}
+
+/// A batch reader (`GROUP:batch`, as `dchan pull --follow` reads) gets
+/// every message once and in order while a writer pushes against a small
+/// capacity, and end of file once the topic is closed, with nothing left
+/// unacknowledged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_reader_gets_every_message_in_order() {
+    let c = nats::Cluster::start(1).await;
+    let a = serve(&c, &[]);
+    let ca = client(&a, "").await;
+    ca.create(
+        "b",
+        &TopicSettings {
+            capacity: Some(5),
+            ..TopicSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    let reader = Client::connect(&a.addr(), &Options::group("").batch())
+        .await
+        .unwrap();
+    let read = tokio::spawn(async move {
+        let mut p = reader.open_data("b").await.unwrap();
+        let mut got = Vec::new();
+        while let Some(m) = p.next_timeout(LIMIT).await.unwrap() {
+            let text = String::from_utf8(m.to_vec()).unwrap();
+            got.extend(text.lines().map(|l| l[1..].parse::<u32>().unwrap()));
+        }
+        got
+    });
+    let n = 200;
+    let w = ca.open_push("b").await.unwrap();
+    for i in 0..n {
+        w.push(format!("m{i}\n")).await.unwrap();
+    }
+    ca.ctl_write("b", "close").await.unwrap();
+    let got = read.await.unwrap();
+    assert_eq!(got, (0..n).collect::<Vec<_>>(), "every message, in order");
+    let ctl = ca.ctl("b").await.unwrap();
+    assert!(ctl.contains("unacked 0"), "{ctl}");
+}
+
+/// Two groups that start reading a fresh topic at the same moment (as
+/// two `dchan pull --follow` do) both exist at once and each gets every
+/// message pushed after, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_groups_starting_together_both_get_every_message() {
+    let c = nats::Cluster::start(1).await;
+    let a = serve(&c, &[]);
+    let ca = client(&a, "").await;
+    let n = 50;
+    for k in 0..4 {
+        let topic = format!("g{k}");
+        ca.create(
+            &topic,
+            &TopicSettings {
+                capacity: Some(5),
+                ..TopicSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+        let readers: Vec<_> = ["", "g2"]
+            .into_iter()
+            .map(|g| {
+                let (addr, topic) = (a.addr(), topic.clone());
+                tokio::spawn(async move {
+                    let c = Client::connect(&addr, &Options::group(g).batch())
+                        .await
+                        .unwrap();
+                    let mut p = c.open_data(&topic).await.unwrap();
+                    let mut got = Vec::new();
+                    while let Ok(Some(m)) = p.next_timeout(LIMIT).await {
+                        let text = String::from_utf8(m.to_vec()).unwrap();
+                        got.extend(text.lines().map(|l| l[1..].parse::<u32>().unwrap()));
+                    }
+                    got
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ctl = ca.ctl(&topic).await.unwrap();
+        let w = ca.open_push(&topic).await.unwrap();
+        for i in 0..n {
+            w.push(format!("m{i}\n")).await.unwrap();
+        }
+        ca.close(&topic).await.unwrap();
+        for r in readers {
+            let got = r.await.unwrap();
+            assert_eq!(got, (0..n).collect::<Vec<_>>(), "{topic}: {ctl}");
+        }
+    }
+}
+
+/// With NATS gone, reading the topics file (`dchan ls`) fails within the
+/// broker's timeout with "broker unavailable", rather than waiting that
+/// timeout for every topic, or more.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_topics_file_fails_at_once_while_nats_is_down() {
+    let mut c = nats::Cluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("dchan.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[broker]\nengine = \"jetstream\"\nnats = [{:?}]\ntimeout = \"2s\"\n",
+            c.url_list()[0]
+        ),
+    )
+    .unwrap();
+    let a = Server::start(&["--config", conf.to_str().unwrap(), "--log", "warn"]);
+    let ca = client(&a, "").await;
+    for i in 0..8 {
+        ca.create(&format!("t{i}"), &TopicSettings::default())
+            .await
+            .unwrap();
+    }
+    assert!(ca.topics_file().await.unwrap().contains("t7 "));
+    c.kill(0);
+    // 8 topics at 2 s each, or more, would pass the limit.
+    let t0 = Instant::now();
+    let listed = tokio::time::timeout(Duration::from_secs(12), ca.topics_file())
+        .await
+        .expect("the topics file hung with NATS gone");
+    println!(
+        "topics file with NATS gone: {listed:?} after {:?}",
+        t0.elapsed()
+    );
+    let e = listed.expect_err("a listing without NATS");
+    assert!(e.to_string().contains("unavailable"), "{e}");
+}
+
+/// `[topic_defaults]` this engine cannot keep (`retain`, `max_bytes`,
+/// `rate`) stop the server at start, as `[[topic]]` ones do, rather than
+/// fail every create after; a server that starts names its engine in its
+/// root ctl.
+#[tokio::test(flavor = "multi_thread")]
+async fn defaults_the_engine_cannot_keep_stop_the_server_and_ctl_names_it() {
+    let c = nats::Cluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    for setting in ["retain = \"100\"", "max_bytes = \"1M\"", "rate = \"10/s\""] {
+        let conf = dir.path().join("dchan.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "[broker]\nengine = \"jetstream\"\nnats = [{:?}]\n[topic_defaults]\n{setting}\n",
+                c.url_list()[0]
+            ),
+        )
+        .unwrap();
+        // A server that starts is stopped after 20 s (a failure).
+        let out = Command::new("timeout")
+            .args(["20", env!("CARGO_BIN_EXE_dchan")])
+            .args(["serve", "--listen", "tcp!127.0.0.1!0"])
+            .args(["--config", conf.to_str().unwrap()])
+            .output()
+            .expect("run dchan serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{setting}: started");
+        assert!(err.contains("topic_defaults"), "{setting}: {err}");
+    }
+    let a = serve(&c, &[]);
+    let root = client(&a, "").await.server_ctl().await.unwrap();
+    assert!(root.contains("\nengine jetstream\n"), "{root}");
 }

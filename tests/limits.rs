@@ -386,3 +386,52 @@ fn writers_that_ignore_max_bytes_and_rate_are_held_to_them() {
     // The server served everyone throughout, and still does.
     assert!(dchan(port, &["ls"]).status.success());
 }
+
+/// A batch of creates past max_topics, by the CLI (one write of the root
+/// ctl) and by a raw write of several lines, makes nothing and says so.
+#[test]
+fn a_batch_of_creates_past_max_topics_makes_none_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--config", &config(&dir, "[limits]\nmax_topics = 5\n")]);
+    for t in ["t1", "t2", "t3"] {
+        assert!(dchan(server.port, &["create", t]).status.success());
+    }
+    let o = dchan(server.port, &["create", "t4", "t5", "t6"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no space") && err.contains("max_topics 5") && err.contains("(0 created)"),
+        "{err}"
+    );
+    let ls = String::from_utf8(dchan(server.port, &["ls"]).stdout).unwrap();
+    assert_eq!(ls.lines().count(), 4, "a header and three topics: {ls}");
+    // A remove in the same write makes room for one more.
+    let o = dchan(server.port, &["create", "t4", "t5"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = dchan(server.port, &["create", "t6"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no space"));
+    assert_eq!(
+        String::from_utf8(dchan(server.port, &["ls"]).stdout)
+            .unwrap()
+            .lines()
+            .count(),
+        6
+    );
+}
+
+/// A connection that never completes Tversion (half a header, then
+/// silence) is closed by the server, and others are served meanwhile.
+#[test]
+fn a_connection_that_never_sends_tversion_is_closed() {
+    let server = Server::start(&[]);
+    let mut silent = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    silent.write_all(&[19, 0]).unwrap();
+    silent.set_read_timeout(Some(PATIENCE)).unwrap();
+    assert!(connect(server.port).is_ok(), "others are served");
+    let mut buf = [0u8; 16];
+    match silent.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("still open after {PATIENCE:?}: {other:?}"),
+    }
+}

@@ -156,3 +156,33 @@ fn the_metrics_port_follows_its_address_rules() {
     let _ = sock.read_to_string(&mut text);
     assert!(text.is_empty(), "{text}");
 }
+
+/// With no `metrics_allow`, the metrics port follows the 9P listeners'
+/// address rules; one beyond loopback with no rules at all is refused at
+/// start (protected mode) unless --open.
+#[test]
+fn the_metrics_port_takes_the_listeners_rules_and_protected_mode() {
+    let server = Server::start(&["--allow", "10.0.0.0/8", "--metrics", "tcp!127.0.0.1!0"]);
+    let line = server.stdout.recv_timeout(PATIENCE).unwrap();
+    let mport: u16 = line.rsplit('!').next().unwrap().parse().unwrap();
+    let mut sock = TcpStream::connect(("127.0.0.1", mport)).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let _ = write!(sock, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = sock.read_to_string(&mut text);
+    assert!(text.is_empty(), "{text}");
+    let o = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["serve", "--listen", "tcp!127.0.0.1!0"])
+        .args(["--metrics", "tcp!0.0.0.0!0"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("protected mode") && err.contains("metrics_allow"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("listening"));
+}

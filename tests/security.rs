@@ -490,3 +490,151 @@ fn json_logs_carry_the_denial_with_its_user_topic_and_operation() {
     assert_eq!(denial["fields"]["op"], "admin");
     assert_eq!(denial["level"], "WARN");
 }
+
+/// A 9P2000 session attached with `aname` on `port`: Ok(()) or the
+/// Rerror's text.
+fn attach_as(port: u16, aname: &[u8]) -> Result<(), String> {
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    sock.write_all(&tversion_bytes()).unwrap();
+    let reply = |sock: &mut TcpStream| {
+        let mut size = [0u8; 4];
+        sock.read_exact(&mut size).unwrap();
+        let mut rest = vec![0u8; u32::from_le_bytes(size) as usize - 4];
+        sock.read_exact(&mut rest).unwrap();
+        rest
+    };
+    assert_eq!(reply(&mut sock)[0], 101);
+    // Tattach tag 1 fid 0 afid NOFID uname "u" aname
+    let mut body = vec![104u8];
+    body.extend_from_slice(&1u16.to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body.extend_from_slice(&u32::MAX.to_le_bytes());
+    body.extend_from_slice(&1u16.to_le_bytes());
+    body.push(b'u');
+    body.extend_from_slice(&(aname.len() as u16).to_le_bytes());
+    body.extend_from_slice(aname);
+    let mut m = ((body.len() + 4) as u32).to_le_bytes().to_vec();
+    m.extend_from_slice(&body);
+    sock.write_all(&m).unwrap();
+    let r = reply(&mut sock);
+    match r[0] {
+        105 => Ok(()),
+        107 => Err(String::from_utf8_lossy(&r[5..]).into_owned()),
+        t => panic!("reply type {t}"),
+    }
+}
+
+/// A group name with a control character or over 255 bytes is refused
+/// at attach (raw 9P and the CLI), saying the rule; every group that can
+/// be made can be forgotten, by the quoted name its topic's ctl shows.
+#[test]
+fn group_names_are_checked_at_attach_and_every_group_can_be_forgotten() {
+    let server = Server::start(&[]);
+    let addr = format!("tcp!127.0.0.1!{}", server.port);
+    ok(as_user(
+        &addr,
+        "u",
+        &[],
+        &["create", "t", "--capacity", "10"],
+    ));
+    for bad in [
+        &b"a\nforget x"[..],
+        b"nul\0",
+        &[b'g'; 256][..],
+        &[b'g'; 8000][..],
+    ] {
+        let err = attach_as(server.port, bad).unwrap_err();
+        assert!(err.contains("bad group name"), "{err}");
+        assert!(!err.contains(['\n', '\0']) && err.len() < 200, "{err:?}");
+    }
+    attach_as(server.port, &[b'g'; 255]).unwrap();
+    refused(
+        as_user(&addr, "u", &[], &["pull", "t", "--group", "a\nb"]),
+        "bad group name",
+    );
+    // Groups with spaces at their ends, quotes, and the longest name.
+    let long = "g".repeat(255);
+    let groups = [" spaced ", "\"\"", "tab\u{301}", long.as_str()];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use dchan::client::{Client, Options};
+        for g in groups {
+            let c = Client::connect(&addr, &Options::group(g)).await.unwrap();
+            c.set_offset("t", 0).await.unwrap();
+        }
+        let c = Client::connect(&addr, &Options::default()).await.unwrap();
+        let ctl = c.ctl("t").await.unwrap();
+        assert_eq!(ctl.matches("group ").count(), groups.len(), "{ctl}");
+        for g in groups {
+            c.ctl_write("t", &format!("forget {g:?}\n")).await.unwrap();
+        }
+        let ctl = c.ctl("t").await.unwrap();
+        assert!(!ctl.contains("group "), "{ctl}");
+        let e = c.ctl_write("t", "forget \"a\\u{0}\"\n").await.unwrap_err();
+        assert!(e.to_string().contains("bad group name"), "{e}");
+    });
+}
+
+/// A user name holding a newline, `peer=` and a NUL cannot forge an audit
+/// line in the text log, nor come back raw in the error reply.
+#[test]
+fn a_user_name_cannot_forge_log_lines_or_echo_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(dir.path(), RULES);
+    let log = dir.path().join("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["serve", "--listen", "tcp!127.0.0.1!0", "--config", &file])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let port = server::listening_port(&line).unwrap();
+    let a = format!("tcp!127.0.0.1!{port}");
+    let evil = "bob\nINFO admin user=alice peer=10.0.0.1:1 topic=billing/x what=\"remove\"";
+    let err = refused(
+        as_user(&a, evil, &[], &["create", "billing/x"]),
+        "permission denied",
+    );
+    assert!(err.contains("\"bob\\nINFO"), "the name escaped: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("permission denied"), "{text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("INFO admin")),
+        "a forged line: {text}"
+    );
+}
+
+/// Plain 9P to a TLS port says to use tls!; a tunnel pointed at a
+/// plaintext port fails the connection through it instead of hanging.
+#[test]
+fn plain_9p_to_a_tls_port_and_a_tunnel_to_a_plain_port_say_why() {
+    let t = Tls::start();
+    let plain_to_tls = format!("tcp!127.0.0.1!{}", t.server.port);
+    refused(as_user(&plain_to_tls, "u", &[], &["ls"]), "tls!host!port");
+    let plain = Server::start(&[]);
+    let alice = t.good.client("alice");
+    let tunnel = Server::start_raw(&[
+        "tunnel",
+        "--listen",
+        "tcp!127.0.0.1!0",
+        "--to",
+        &format!("tls!127.0.0.1!{}", plain.port),
+        "--cert",
+        alice.cert.to_str().unwrap(),
+        "--key",
+        alice.key.to_str().unwrap(),
+        "--ca",
+        t.good.cert().to_str().unwrap(),
+    ]);
+    let through = format!("tcp!127.0.0.1!{}", tunnel.port);
+    let o = as_user(&through, "u", &[], &["ls"]);
+    assert!(!o.status.success());
+}

@@ -257,6 +257,7 @@ impl MemoryBroker {
             topics: self.names.read().len() as u64,
             pushed,
             pulled,
+            engine: "memory",
             disk: None,
         }
     }

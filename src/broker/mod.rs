@@ -358,6 +358,9 @@ pub struct BrokerStatus {
     pub topics: u64,
     pub pushed: u64,
     pub pulled: u64,
+    /// The engine, as the server's ctl names it: `memory`, `durable` or
+    /// `jetstream`.
+    pub engine: &'static str,
     /// The durable engine's disk: `None` for topics kept in memory.
     pub disk: Option<DiskStatus>,
 }
@@ -512,6 +515,21 @@ pub trait Broker: Send + Sync + 'static {
         group: &str,
         wait: Wait,
     ) -> impl Future<Output = Result<Option<Self::Delivery>>> + Send;
+
+    /// The group's next message if the engine can hand it over now,
+    /// without waiting on anything (a batch read's further messages, see
+    /// the tree's `data` module): `None` when there is none, or when
+    /// taking one would need a round trip. By default a non-blocking pull
+    /// polled once; an engine whose pulls always go over the network (and
+    /// would take a message that the dropped future then hands back,
+    /// reordering the group) answers `None`.
+    fn pull_ready(&self, topic: Target<'_>, group: &str) -> Option<Self::Delivery> {
+        use futures_util::FutureExt;
+        match self.pull_from(topic, group, Wait::NonBlock).now_or_never() {
+            Some(Ok(Some(d))) => Some(d),
+            _ => None,
+        }
+    }
 
     /// Resolves once the pushes to `topic` that returned `Ok` so far are
     /// as safe as the engine promises before a writer is told: on disk

@@ -5,9 +5,9 @@
 //! The memory engine has no store; the durable engine (`durable`) writes
 //! each change to the topic's log. Only `append` can refuse (a message the
 //! store cannot keep is not taken); the others record what already
-//! happened, and a store that fails to keep one says so in its own way
-//! (the durable engine: a group's ack not kept means a redelivery after a
-//! restart, never a loss).
+//! happened; a store that fails to keep one holds it and says so at the
+//! group's next delivery (`before_delivery`), which then fails: a reader
+//! never reads on past acks the store does not have.
 //!
 //! A store that keeps the messages themselves also lets the topic hold
 //! more than memory: past `memory` bytes the topic lets its oldest
@@ -36,8 +36,9 @@ pub(crate) trait Store: Send {
     fn trimmed(&mut self, first: Seq);
     /// A message is about to be handed to a reader: what the store holds
     /// back (acks) must be kept first, so that a reader never sees a
-    /// message before the acks that preceded it are kept.
-    fn before_delivery(&mut self);
+    /// message before the acks that preceded it are kept. An error fails
+    /// the pull (nothing is taken): acks not kept are never read past.
+    fn before_delivery(&mut self) -> Result<()>;
     /// The topic is removed.
     fn removed(&mut self);
     /// How many bytes of messages the topic keeps in memory at most,

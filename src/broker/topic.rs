@@ -497,8 +497,19 @@ impl State {
     /// the oldest blocked push's (appending it).
     /// A message that cannot be read back from the store fails the pull,
     /// and the group stays at it.
+    /// Acks the store could not keep (a full disk) fail the pull before
+    /// anything is taken: the reader learns at once that its acks are not
+    /// kept, instead of reading on while a crash would take them back.
     fn take(&mut self, g: usize) -> Option<Result<Taken>> {
         let next = self.next();
+        let group = &self.groups[g];
+        let ready = !group.requeued.is_empty() || group.offset < next || !self.offers.is_empty();
+        if ready
+            && let Some(store) = self.store.as_deref_mut()
+            && let Err(e) = store.before_delivery()
+        {
+            return Some(Err(e));
+        }
         let group = &mut self.groups[g];
         let (seq, data) = if let Some(m) = group.requeued.pop_front() {
             m
@@ -533,9 +544,6 @@ impl State {
         } else {
             return None;
         };
-        if let Some(store) = self.store.as_deref_mut() {
-            store.before_delivery();
-        }
         let group = &mut self.groups[g];
         group.deliver(seq);
         let group_id = group.id;

@@ -64,7 +64,7 @@ first, next, pushed, pulled,
 readers, blocked_readers, blocked_writers, a line \"group NAME offset N
 lag N ...\" for each reader group, and closed (true or false). With no
 topic: the server's ctl file (version, uptime, topics, connections,
-pushed, pulled, engine memory|durable, and for a durable server its sync
+pushed, pulled, engine memory|durable|jetstream, and for a durable server its sync
 mode and disk_bytes).
 
 Examples:

@@ -150,11 +150,20 @@ impl Connection {
         write.write_all(&buf).await?;
         let mut reader = FramedRead::new(read, FrameDecoder::new(msize));
         let frame = match reader.next().await {
-            Some(frame) => frame.map_err(|e| Error::Protocol(e.to_string()))?,
+            // A TLS listener answers a Tversion with an alert and hangs
+            // up: bytes that are no 9P frame. Say what it likely is.
+            Some(frame) => frame.map_err(|e| {
+                Error::Protocol(format!(
+                    "no 9P reply to Tversion ({e}): is this a TLS listener? use tls!host!port"
+                ))
+            })?,
             None => return Err(Error::Disconnected("server hung up during Tversion".into())),
         };
-        let reply = codec::decode(frame, opts.dialect)
-            .map_err(|e| Error::Protocol(format!("bad Rversion: {e}")))?;
+        let reply = codec::decode(frame, opts.dialect).map_err(|e| {
+            Error::Protocol(format!(
+                "bad Rversion: {e} (is this a TLS listener? use tls!host!port)"
+            ))
+        })?;
         let (smsize, version) = match reply.body {
             Fcall::Rversion { msize, version } => (msize, version),
             Fcall::Rerror { ename, errno } => return Err(Error::from_rerror(ename, errno)),

@@ -211,7 +211,12 @@ impl Outgoing {
 }
 
 /// Why a connection ended.
+/// How long a connection has to complete Tversion (plain TCP or Unix;
+/// a TLS handshake has its own bound before this).
+pub const VERSION_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug)]
+
 enum End {
     /// The client closed it.
     Eof,
@@ -276,6 +281,9 @@ pub async fn run<T: FileTree>(
         started: HashMap::default(),
     };
     let mut cancelled = pin!(shutdown.cancelled());
+    // A connection that has not completed Tversion within this is closed:
+    // a silent or half-sent greeting must not hold a connection slot.
+    let mut greeting = pin!(tokio::time::sleep(VERSION_WITHIN));
     // Turns taken with replies waiting and no write.
     let mut streak = 0;
     let end = loop {
@@ -293,6 +301,9 @@ pub async fn run<T: FileTree>(
         tokio::select! {
             biased;
             _ = &mut cancelled => break End::Shutdown,
+            _ = &mut greeting, if !conn.session.versioned() => break End::Violation(format!(
+                "no Tversion within {}s of connecting", VERSION_WITHIN.as_secs()
+            )),
             Some((tag, done)) = conn.inflight.next(), if !over => conn.finish(tag, done),
             frame = frames.next(), if !over => match frame {
                 None => break End::Eof,

@@ -146,6 +146,11 @@ impl<T: FileTree> Session<T> {
         self.dialect.unwrap_or(Dialect::P2000)
     }
 
+    /// Whether a Tversion has set the dialect.
+    pub fn versioned(&self) -> bool {
+        self.dialect.is_some()
+    }
+
     /// The largest frame the client may send now.
     pub fn max_frame(&self) -> u32 {
         match self.dialect {

@@ -176,8 +176,11 @@ fn parse_topic_line(line: &str) -> Result<TopicCmd, String> {
         "rate" => TopicCmd::Set(Setting::Rate(Rate::parse(one_arg("N/s")?)?)),
         "forget" => match rest {
             "" => return Err("forget: missing group name (\"\" is the default group)".into()),
-            "\"\"" => TopicCmd::Forget(String::new()),
-            group => TopicCmd::Forget(group.to_string()),
+            group => {
+                let group = unquote(group).unwrap_or_else(|| group.to_string());
+                check_group(&group)?;
+                TopicCmd::Forget(group)
+            }
         },
         _ => return Err(format!("unknown command {verb:?}; {TOPIC_USAGE}")),
     })
@@ -251,6 +254,58 @@ pub fn check_name(name: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The longest group name, in bytes: a file name's limit (NAME_MAX).
+pub const GROUP_MAX: usize = 255;
+
+/// Check a reader group's name, wherever a client names one (the attach
+/// name's group part, `forget`): at most `GROUP_MAX` bytes and no control
+/// characters (newline, NUL, ...). So every group fits on one ctl line,
+/// a topic's status stays small, and logs print it on one line. The error
+/// never echoes the name itself (it may be long or hold control bytes).
+pub fn check_group(group: &str) -> Result<(), String> {
+    if group.len() > GROUP_MAX {
+        return Err(format!(
+            "bad group name: {} bytes, over the limit of {GROUP_MAX}",
+            group.len()
+        ));
+    }
+    if let Some(c) = group.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "bad group name: control character {c:?} not allowed (a group name is at most {GROUP_MAX} bytes of printable text)"
+        ));
+    }
+    Ok(())
+}
+
+/// A `forget` argument in quotes, as a topic's ctl file shows a group
+/// (`"NAME"`, Rust escapes), unquoted; `None` if it is not quoted. So
+/// `forget ""` names the default group and `forget " x"` a group whose
+/// name has spaces at its ends (which a bare name, trimmed, cannot).
+fn unquote(s: &str) -> Option<String> {
+    let inner = s.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return None,
+            '\\' => out.push(match chars.next()? {
+                'n' => '\n',
+                'r' => '\r',
+                't' => '\t',
+                '0' => '\0',
+                'u' => {
+                    let hex: String = chars.by_ref().skip(1).take_while(|&c| c != '}').collect();
+                    char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
+                }
+                c @ ('\\' | '"' | '\'') => c,
+                _ => return None,
+            }),
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 /// The longest name component: Linux's NAME_MAX. A longer one could not be
@@ -332,15 +387,9 @@ pub fn root_text(s: &RootStatus) -> String {
         s.totals.pushed,
         s.totals.pulled,
     );
-    match s.totals.disk {
-        None => t.push_str("engine memory\n"),
-        Some(d) => {
-            let _ = write!(
-                t,
-                "engine durable\nsync {}\ndisk_bytes {}\n",
-                d.sync, d.bytes
-            );
-        }
+    let _ = writeln!(t, "engine {}", s.totals.engine);
+    if let Some(d) = s.totals.disk {
+        let _ = write!(t, "sync {}\ndisk_bytes {}\n", d.sync, d.bytes);
     }
     t
 }
@@ -386,6 +435,36 @@ pub fn topic_text(s: &TopicStatus, readers: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quoted_group_in_forget_is_read_as_status_shows_it() {
+        for g in [
+            "",
+            "workers",
+            " x ",
+            "a\"b",
+            "back\\slash",
+            "\"\"",
+            "e\u{301}",
+        ] {
+            let line = format!("forget {g:?}");
+            match &parse_topic(line.as_bytes()).unwrap()[..] {
+                [TopicCmd::Forget(got)] => assert_eq!(got, g, "{line}"),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        assert!(
+            parse_topic(b"forget \"a\\u{0}\"")
+                .unwrap_err()
+                .contains("control")
+        );
+        let long = format!("forget {}", "g".repeat(256));
+        assert!(
+            parse_topic(long.as_bytes())
+                .unwrap_err()
+                .contains("over the limit of 255")
+        );
+    }
 
     #[test]
     fn root_commands() {

@@ -57,10 +57,11 @@
 //! message. Lines are slices of the written `Bytes`; only a line split
 //! across writes is copied, once, when it completes. The framing is the
 //! topic's when the file was opened. A write returns once its pushes have;
-//! if one fails the write fails, except that a write whose later lines would
-//! block (O_NONBLOCK), time out, or meet a closed topic after some of its
+//! if the first fails the write fails; a write whose later lines fail (would
+//! block, time out, meet a closed topic or a full disk) after some of its
 //! lines went out returns the count of what went out, so the writer sends the
-//! rest again (and gets the error then) and nothing is doubled. A reset
+//! rest again (and gets the error then), nothing is doubled, and a writer's
+//! count of what it pushed is exact. A reset
 //! after some lines went out returns their count as well, and the file's
 //! next write fails with the reset (on the reopened topic the rest would
 //! otherwise go through, and the writer never hear of the reset). (A write

@@ -60,7 +60,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use parking_lot::Mutex;
 
 use crate::access::{Op, Rules};
@@ -254,8 +253,10 @@ impl<B: Broker> TopicTree<B> {
         if self.config.access.allows(&session.uname, topic, op) {
             return Ok(());
         }
+        // Names a client chose are logged as strings (quoted and escaped in
+        // the text format) so a user name cannot forge a log line.
         tracing::warn!(
-            user = %session.uname,
+            user = session.uname.as_str(),
             peer = %session.peer,
             %topic,
             op = op.as_str(),
@@ -266,7 +267,7 @@ impl<B: Broker> TopicTree<B> {
             errno::EACCES,
             format!(
                 "permission denied: {} may not {} topic {topic} ({what})",
-                session.uname,
+                shown(&session.uname),
                 op.as_str()
             ),
         ))
@@ -274,7 +275,8 @@ impl<B: Broker> TopicTree<B> {
 
     /// Log an admin action that succeeded: the audit trail.
     fn audit(&self, session: &Session, topic: &str, what: &str) {
-        tracing::info!(user = %session.uname, peer = %session.peer, %topic, what, "admin");
+        let user = session.uname.as_str();
+        tracing::info!(user, peer = %session.peer, %topic, what, "admin");
     }
 
     /// Fail unless the node's place still exists.
@@ -381,6 +383,9 @@ impl<B: Broker> TopicTree<B> {
             exists.insert(name.to_string(), to);
             now != to
         };
+        // The most topics there are at any point of the write: checked
+        // against max_topics here, so a batch past it makes nothing.
+        let (now, mut delta, mut peak) = (self.broker.totals().topics, 0i64, 0i64);
         for cmd in &cmds {
             match cmd {
                 RootCmd::Create { name, .. } if !flip(name, true) => {
@@ -401,6 +406,20 @@ impl<B: Broker> TopicTree<B> {
                 }
                 _ => {}
             }
+            delta += match cmd {
+                RootCmd::Create { .. } => 1,
+                RootCmd::Remove(_) => -1,
+            };
+            peak = peak.max(delta);
+        }
+        let max = self.config.max_topics;
+        if peak > 0 && now.saturating_add(peak as u64) > max {
+            return Err(Error::new(
+                errno::ENOSPC,
+                format!(
+                    "no space: the server holds {now} topics and this write would make {peak} more (limits.max_topics {max}); nothing was made"
+                ),
+            ));
         }
         for cmd in cmds {
             match cmd {
@@ -571,13 +590,7 @@ impl<B: Broker> TopicTree<B> {
                 // A batch's further pulls never wait, and are done with
                 // no await between them and the reader's record of them:
                 // a flush can drop this read only before its first pull.
-                Ok(Some(d)) => Ok(reader.pulled(d, req, || {
-                    let more = self.broker.pull_from(topic, group, Wait::NonBlock);
-                    match more.now_or_never() {
-                        Some(Ok(Some(d))) => Some(d),
-                        _ => None,
-                    }
-                })),
+                Ok(Some(d)) => Ok(reader.pulled(d, req, || self.broker.pull_ready(topic, group))),
                 Ok(None) => Ok(Bytes::new()),
                 Err(e) => Err(broker_error(e)),
             },
@@ -646,23 +659,20 @@ impl<B: Broker> TopicTree<B> {
                         "busy: no reader took this non-blocking write's message in many tries in a row; nothing was pushed",
                     ));
                 }
-                // Some lines went out: say so with a short count, so that a
-                // writer that tries the rest again doubles nothing (it then
-                // gets the error itself). A reset after some lines went out
-                // gives their count too, and the file's next write fails
-                // with the reset (a retry would otherwise succeed on the
-                // reopened topic, and its writer never learn of the reset);
-                // a reset at the first line fails the write.
-                Err(
-                    broker::Error::WouldBlock
-                    | broker::Error::TimedOut
-                    | broker::Error::Closed
-                    | broker::Error::Interrupted,
-                ) if i > 0 => return Ok(cut.ends[i - 1] as u32),
+                // Some lines went out: say so with a short count, whatever
+                // stopped the rest (a full disk too), so that a writer that
+                // tries the rest again doubles nothing (it then gets the
+                // error itself) and counts exactly what went out. A reset
+                // after some lines went out gives their count too, and the
+                // file's next write fails with the reset (a retry would
+                // otherwise succeed on the reopened topic, and its writer
+                // never learn of the reset); a reset at the first line
+                // fails the write.
                 Err(broker::Error::Reset) if i > 0 => {
                     writer.reset_due = true;
                     return Ok(cut.ends[i - 1] as u32);
                 }
+                Err(_) if i > 0 => return Ok(cut.ends[i - 1] as u32),
                 Err(e) => return Err(broker_error(e)),
             }
         }
@@ -845,9 +855,13 @@ impl<B: Broker> TopicTree<B> {
                 listing.seek(req.offset)?;
                 while let Some(names) = listing.more(&*self.broker, req.count) {
                     for name in names {
-                        // A topic removed since it was listed is left out.
-                        let Ok(status) = self.broker.status((&name).into()).await else {
-                            continue;
+                        // A topic removed since it was listed is left out;
+                        // any other failure (a broker out of reach) fails
+                        // the read, rather than wait it out for each topic.
+                        let status = match self.broker.status((&name).into()).await {
+                            Ok(status) => status,
+                            Err(broker::Error::NoTopic(_) | broker::Error::Removed) => continue,
+                            Err(e) => return Err(broker_error(e)),
                         };
                         let readers = self.places.lock().readers.get(&*name).map_or(0, |r| r.1);
                         listing.add(&status, readers);
@@ -937,6 +951,21 @@ impl<B: Broker> TopicTree<B> {
     }
 }
 
+/// A name a client chose, for an error reply: as it is when it is plain
+/// text, quoted with escapes when it holds spaces, quotes or control
+/// characters (no raw newline or NUL goes back to the client or a log).
+fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.is_empty()
+        || name
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '"')
+    {
+        format!("{name:?}").into()
+    } else {
+        name.into()
+    }
+}
+
 /// The attach name's group and the session's options: its suffixes
 /// `:linux` (the Linux read loop on plain 9P2000; always on for .u and .L)
 /// and `:batch` (reads take batches), in either order.
@@ -959,6 +988,9 @@ impl<B: Broker> FileTree for TopicTree<B> {
 
     fn attach(&self, who: &Attach) -> Result<Node> {
         let (group, linux, batch) = session_options(&who.aname, who.dialect);
+        // The group is made by its first read: refuse a name no `forget`
+        // line could name, or that would swell every status read.
+        ctl::check_group(group).map_err(invalid)?;
         Ok(Node {
             at: At::Root,
             topic_id: None,

@@ -685,7 +685,11 @@ async fn totals_stay_right_across_create_push_pull_remove_reset() {
         }
     }
     for name in ["a", "a", "b"] {
-        done(b.pull(name, "", Wait::Block)).await.unwrap().unwrap().ack();
+        done(b.pull(name, "", Wait::Block))
+            .await
+            .unwrap()
+            .unwrap()
+            .ack();
     }
     assert_eq!(totals(&b), (4, 9, 3));
     // Reserved for r1, which is dropped: counted once, when r2 takes it.
@@ -707,7 +711,11 @@ async fn totals_stay_right_across_create_push_pull_remove_reset() {
     done(b.push("b", Bytes::from_static(b"again"), Wait::Block))
         .await
         .unwrap();
-    done(b.pull("b", "", Wait::Block)).await.unwrap().unwrap().ack();
+    done(b.pull("b", "", Wait::Block))
+        .await
+        .unwrap()
+        .unwrap()
+        .ack();
     assert_eq!(totals(&b), (4, 11, 5));
     b.remove("c/d").await.unwrap();
     b.remove("a").await.unwrap();
@@ -1484,9 +1492,15 @@ async fn rate_slows_writers_and_nothing_else() {
     let Some(b) = limited(config).await else {
         return;
     };
-    b.create("u", TopicConfig { capacity: 100, ..TopicConfig::default() })
-        .await
-        .unwrap();
+    b.create(
+        "u",
+        TopicConfig {
+            capacity: 100,
+            ..TopicConfig::default()
+        },
+    )
+    .await
+    .unwrap();
     b.offset("t", "a").await.unwrap();
     // The bucket holds one second's worth: one message at 1/s.
     push_now(&b, "0").await;
@@ -1498,7 +1512,9 @@ async fn rate_slows_writers_and_nothing_else() {
     );
     // Another topic's writers and readers, and this topic's readers, go
     // on meanwhile.
-    done(b.push("u", Bytes::from_static(b"u"), Wait::Block)).await.unwrap();
+    done(b.push("u", Bytes::from_static(b"u"), Wait::Block))
+        .await
+        .unwrap();
     let d = done(b.pull("u", "", Wait::Block)).await.unwrap().unwrap();
     d.ack();
     assert_eq!(take(&b, "a").await, "0");

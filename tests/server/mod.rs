@@ -35,19 +35,28 @@ impl Server {
 
     /// `dchan` with exactly `args`, which must make it listen on TCP.
     pub fn start_raw(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        Server::start_with(args, |_| {})
+    }
+
+    /// `dchan` with exactly `args` and the command changed by `set` (its
+    /// environment, its stderr, a limit set before it runs).
+    pub fn start_with(args: &[&str], set: impl FnOnce(&mut Command)) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dchan"));
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start dchan");
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                eprintln!("dchan: {line}");
-            }
-        });
+            .stderr(Stdio::piped());
+        set(&mut command);
+        let mut child = command.spawn().expect("start dchan");
+        if let Some(stderr) = child.stderr.take() {
+            let stderr = BufReader::new(stderr);
+            std::thread::spawn(move || {
+                for line in stderr.lines().map_while(Result::ok) {
+                    eprintln!("dchan: {line}");
+                }
+            });
+        }
         let (tx, rx) = mpsc::channel();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         std::thread::spawn(move || {

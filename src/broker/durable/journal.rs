@@ -13,7 +13,8 @@
 //! disk) is cut back off the file and refuses the push. An ack is written
 //! as it happens (a crash then redelivers only what was not acked); one
 //! that cannot be written (a full disk) is held and written with the next
-//! record, and before the next delivery. Each segment begins with a checkpoint (the
+//! record, and before the next delivery, which fails while it cannot be
+//! written (so a reader never reads on past acks the log does not have). Each segment begins with a checkpoint (the
 //! oldest held message and every group's place), so a segment can be
 //! deleted once every group is past it, without losing a group.
 //!
@@ -163,6 +164,8 @@ impl Meta {
 }
 
 pub(crate) const META: &str = "meta.json";
+/// The extension of a topic directory being removed (`topics/ID.removed`).
+pub(crate) const REMOVED: &str = "removed";
 
 /// A storage error about `what` at `path`.
 pub(crate) fn storage(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -267,9 +270,11 @@ impl Journal {
             (VecDeque::new(), VecDeque::new()),
             None,
         )?;
+        // The checkpoint before the settings file: a topic directory with
+        // a settings file always has a record (see `recover`).
+        journal.flush()?;
         let meta = write_meta(&journal.dir, &Meta::new(name, config, false))?;
         journal.keeping.tally.disk(meta);
-        journal.flush()?;
         Ok(journal)
     }
 
@@ -557,8 +562,9 @@ impl Store for Journal {
         if self.segments.back() == Some(&next) {
             // Nothing was written since the active segment began.
             self.checkpoint();
-            self.flush_quietly();
-            self.delete_passed();
+            if self.flush().is_ok() {
+                self.delete_passed();
+            }
             return;
         }
         match self.roll() {
@@ -582,14 +588,15 @@ impl Store for Journal {
     fn trimmed(&mut self, first: Seq) {
         self.first = first;
         (self.ahead.batches).retain(|b| b.first + b.messages.len() as u64 > first);
-        if self.segments.len() > 1 && self.segments[1] <= first {
-            self.flush_quietly();
+        // A segment goes only once the acks that let it go are kept: a
+        // restart must not find a group placed before the oldest segment.
+        if self.segments.len() > 1 && self.segments[1] <= first && self.flush().is_ok() {
             self.delete_passed();
         }
     }
 
-    fn before_delivery(&mut self) {
-        self.flush_quietly();
+    fn before_delivery(&mut self) -> Result<()> {
+        self.flush()
     }
 
     fn memory(&self) -> Option<u64> {
@@ -607,14 +614,19 @@ impl Store for Journal {
     }
 
     fn removed(&mut self) {
-        // The settings file first: a directory without one is a topic
-        // half removed, which the next start finishes removing.
+        // Renamed first (`ID.removed`): a directory of that name is a
+        // topic half removed, which the next start finishes removing (a
+        // topic directory without its settings file stops the start).
         let had = super::dir_size(&self.dir);
-        let _ = fs::remove_file(self.dir.join(META));
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            tracing::warn!("remove {}: {e}", self.dir.display());
+        let gone = self.dir.with_extension(REMOVED);
+        let dir = match fs::rename(&self.dir, &gone) {
+            Ok(()) => gone,
+            Err(_) => self.dir.clone(),
+        };
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            tracing::warn!("remove {}: {e}", dir.display());
         }
-        let left = super::dir_size(&self.dir);
+        let left = super::dir_size(&dir);
         self.keeping.tally.disk(left as i64 - had as i64);
     }
 }

@@ -128,7 +128,13 @@ impl DurableBroker {
     /// Open (or make) the data directory `dir` and read every topic back.
     pub fn open(dir: &Path, options: Options) -> Result<DurableBroker, OpenError> {
         let topics_dir = dir.join("topics");
-        fs::create_dir_all(&topics_dir).map_err(open_io(&topics_dir))?;
+        fs::create_dir_all(&topics_dir).map_err(|e| match topics_dir.is_dir() {
+            false if topics_dir.exists() => OpenError::Io {
+                path: topics_dir.clone(),
+                source: std::io::Error::other("not a directory"),
+            },
+            _ => open_io(&topics_dir)(e),
+        })?;
         let lock_path = dir.join("LOCK");
         let lock = File::create(&lock_path).map_err(open_io(&lock_path))?;
         // SAFETY: flock on a file descriptor we own.
@@ -190,16 +196,44 @@ impl DurableBroker {
         let mut dirs = Vec::new();
         for entry in fs::read_dir(&self.topics_dir).map_err(open_io(&self.topics_dir))? {
             let entry = entry.map_err(open_io(&self.topics_dir))?;
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == journal::REMOVED) {
+                // A removal cut short: finish it.
+                let _ = fs::remove_dir_all(&path);
+                continue;
+            }
             if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
                 dirs.push((id, entry.path()));
             }
         }
         dirs.sort();
+        // Where each name was found, so two directories naming one topic
+        // stop the start instead of one hiding the other.
+        let mut seen: HashMap<String, PathBuf> = HashMap::default();
         for (id, dir) in dirs {
             let Some(r) = recover::recover(&dir)? else {
                 let _ = fs::remove_dir_all(&dir);
                 continue;
             };
+            let meta_path = dir.join(journal::META);
+            if !super::memory::valid_name(&r.meta.name) {
+                return Err(RecoverError::Meta {
+                    path: meta_path,
+                    reason: format!("{:?} is no topic name", r.meta.name),
+                }
+                .into());
+            }
+            if let Some(other) = seen.insert(r.meta.name.clone(), dir.clone()) {
+                return Err(RecoverError::Meta {
+                    path: meta_path,
+                    reason: format!(
+                        "topic {:?} is also in {} (move one of the two directories away)",
+                        r.meta.name,
+                        other.display()
+                    ),
+                }
+                .into());
+            }
             let groups = r.groups();
             let journal = Journal::open_segment(
                 dir.clone(),
@@ -292,6 +326,7 @@ impl Broker for DurableBroker {
 
     fn totals(&self) -> BrokerStatus {
         BrokerStatus {
+            engine: "durable",
             disk: Some(DiskStatus {
                 sync: self.options.sync,
                 bytes: self.bytes_on_disk(),

@@ -5,7 +5,10 @@
 //! A crash in the middle of a write leaves at most the last record of the
 //! last segment incomplete (shorter than it says, or with a wrong checksum
 //! and nothing after it): that record was never answered, so it is cut off
-//! and the start goes on. Any other record that does not check is damage
+//! and the start goes on. Only a tail with no valid record in it is taken
+//! for torn: a damaged length in the middle of the segment also makes its
+//! record look cut short, but valid records follow it, and that stops the
+//! start like other damage (nothing is cut). Any other record that does not check is damage
 //! the log cannot explain (a disk error, an edit): the start stops with
 //! the file, the offset and the reason, and the README says how to keep
 //! what is intact (truncate the file at that offset and move the later
@@ -66,6 +69,11 @@ pub enum RecoverError {
     #[error("{path}: bad settings file: {reason}")]
     Meta { path: PathBuf, reason: String },
     #[error(
+        "{path}: messages are missing: {reason} (restore the missing segment files; or, \
+         losing this topic's messages, move its directory away)"
+    )]
+    Missing { path: PathBuf, reason: String },
+    #[error(
         "{path}: damaged record at offset {offset}: {reason} (to start with what comes before it: \
          truncate -s {offset} {path}, and move the later segments of its directory away; \
          their messages are lost)"
@@ -84,8 +92,30 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RecoverError + '_ {
     }
 }
 
-/// Read the topic in `dir`; `None` if it has no settings file (a topic
-/// created or removed halfway, to be removed).
+/// The offset of the first valid record (its checksum right) after `at`
+/// in `buf`, if any: what tells damage in the middle of a segment from a
+/// torn last write, which has nothing valid after it. (A record found
+/// inside a torn message's own payload would stop the start too: the safe
+/// side, since nothing is cut.)
+fn record_after(buf: &Bytes, at: usize) -> Option<usize> {
+    (at + 1..buf.len()).find(|&p| matches!(decode(buf, p), Ok(Some(_))))
+}
+
+/// The bytes of the segment files in `dir`.
+fn segments_bytes(dir: &Path) -> Result<u64, RecoverError> {
+    let mut bytes = 0;
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        if entry.file_name().to_string_lossy().ends_with(".log") {
+            bytes += entry.metadata().map_err(io(dir))?.len();
+        }
+    }
+    Ok(bytes)
+}
+
+/// Read the topic in `dir`; `None` if it has no settings file and no
+/// record (a topic created halfway, to be removed); an error if it has
+/// records but no settings file.
 pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
     let meta_path = dir.join(META);
     let meta = match fs::read(&meta_path) {
@@ -93,7 +123,21 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
             path: meta_path.clone(),
             reason: e.to_string(),
         })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A create cut short writes no record before its settings
+            // file: only a directory with none is one, to be removed.
+            let held = segments_bytes(dir)?;
+            if held == 0 {
+                return Ok(None);
+            }
+            return Err(RecoverError::Meta {
+                path: meta_path,
+                reason: format!(
+                    "missing, but the directory's segments hold {held} bytes of records \
+                     (restore the file, or move the directory away to drop the topic)"
+                ),
+            });
+        }
         Err(e) => return Err(io(&meta_path)(e)),
     };
     let mut segments: Vec<Seq> = Vec::new();
@@ -122,6 +166,29 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
         let last = i + 1 == segments.len();
         let path = dir.join(super::journal::segment_name(seg));
         let buf = Bytes::from(fs::read(&path).map_err(io(&path))?);
+        // A segment begins where the one before it ended (it is named by
+        // the sequence number next then).
+        if i > 0 && seg != r.next {
+            return Err(RecoverError::Missing {
+                path,
+                reason: format!(
+                    "it begins at message {seg}, but the segment before it ends before \
+                     message {} (a segment between them is gone)",
+                    r.next
+                ),
+            });
+        }
+        // Every segment begins with a checkpoint, written before the
+        // topic's settings file at create: a sole segment with no record
+        // lost its records.
+        if buf.is_empty() && segments.len() == 1 {
+            return Err(RecoverError::Missing {
+                path,
+                reason: "the topic's only segment is empty (it should begin with a \
+                         checkpoint record; its messages are lost)"
+                    .into(),
+            });
+        }
         let mut at = 0;
         // The offset of this segment's last index entry.
         let mut indexed: Option<usize> = None;
@@ -135,7 +202,21 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
                     });
                     let ends_file = claimed.is_some_and(|len| at + HEADER + len == buf.len());
                     let zeros = buf[at..].iter().all(|&b| b == 0);
-                    if last && (damage.short || ends_file || zeros) {
+                    let torn = last && (damage.short || ends_file || zeros);
+                    if torn && let Some(valid) = record_after(&buf, at) {
+                        // A damaged length can make a record in the middle
+                        // look cut short: a torn write has nothing after it.
+                        return Err(RecoverError::Damaged {
+                            path,
+                            offset: at,
+                            reason: format!(
+                                "{}, yet a valid record follows at offset {valid}, so \
+                                 it is no torn last write",
+                                damage.reason
+                            ),
+                        });
+                    }
+                    if torn {
                         tracing::warn!(
                             "{}: torn last record at offset {at} ({}), cut off",
                             path.display(),
@@ -197,6 +278,22 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
             }
             at = after;
         }
+    }
+    // A segment is deleted only once every group's logged place is past
+    // it, so a group placed before the oldest segment means segments
+    // went missing (not deleted by the server).
+    let base = segments.first().copied().unwrap_or(0);
+    if let Some((name, mark)) = r.marks.iter().min_by_key(|(_, m)| m.offset)
+        && mark.offset < base
+    {
+        return Err(RecoverError::Missing {
+            path: dir.join(super::journal::segment_name(base)),
+            reason: format!(
+                "group {name:?} reads next at message {}, but the oldest segment begins at \
+                 {base} (the segments before it are gone)",
+                mark.offset
+            ),
+        });
     }
     // With groups, what the slowest needs is held; never less than what
     // the log has. With retention, what the last checkpoint held (the

@@ -107,8 +107,16 @@ pub(crate) struct Inner {
     js: jetstream::Context,
     bucket: kv::Store,
     mirror: Arc<Mirror>,
+    /// The longest message NATS takes (its `max_payload`, as the server
+    /// connected to says, less [`HEADROOM`]): a longer push fails at once
+    /// as too long, where NATS would refuse every try until the timeout.
+    pub(crate) max_payload: u64,
     config: JetStreamConfig,
 }
+
+/// What a publish's headers (its message id) take of NATS's
+/// `max_payload`.
+const HEADROOM: u64 = 128;
 
 impl Drop for JetStreamBroker {
     fn drop(&mut self) {
@@ -148,6 +156,7 @@ impl JetStreamBroker {
             .connect(servers)
             .await
             .map_err(|e| unavailable(format!("NATS {}: {e}", config.servers.join(","))))?;
+        let max_payload = (client.server_info().max_payload as u64).saturating_sub(HEADROOM);
         let mut js = jetstream::new(client);
         js.set_timeout(config.timeout);
         let name = format!("{}_topics", config.prefix);
@@ -195,10 +204,30 @@ impl JetStreamBroker {
                 js,
                 bucket,
                 mirror,
+                max_payload,
                 config,
             }),
             follower,
         })
+    }
+}
+
+impl JetStreamBroker {
+    /// Whether this engine keeps topics with `config`: `retain`,
+    /// `max_bytes` and `rate` it refuses (see [`unsupported`]). A server
+    /// asks it of its `[topic_defaults]` at start, so that a default it
+    /// cannot keep stops it there rather than fail every create.
+    pub fn supports(config: &TopicConfig) -> Result<()> {
+        if config.max_bytes.is_some() {
+            return Err(unsupported("max_bytes"));
+        }
+        if config.rate.is_some() {
+            return Err(unsupported("rate"));
+        }
+        if config.retain != crate::broker::Retention::None {
+            return Err(unsupported("retain"));
+        }
+        Ok(())
     }
 }
 
@@ -470,10 +499,23 @@ impl Inner {
         stream: &stream::Stream<()>,
         groups: &[consumer::Info],
     ) -> Result<()> {
-        let Some(floor) = groups.iter().map(|g| g.ack_floor.stream_sequence).min() else {
+        let floor_of =
+            |groups: &[consumer::Info]| groups.iter().map(|g| g.ack_floor.stream_sequence).min();
+        let Some(floor) = floor_of(groups) else {
             return Ok(());
         };
         if floor > topic.trimmed.load(Ordering::Relaxed) {
+            // The caller's look may be old: a group made since (starting
+            // at the oldest held) must keep what it has not read, so the
+            // floor is taken again just before the purge. (A group made in
+            // the one round trip between that look and the purge may still
+            // start after it: see chapter 7.)
+            let Some(floor) = floor_of(&self.groups(stream).await?) else {
+                return Ok(());
+            };
+            if floor <= topic.trimmed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             self.within(stream.purge().sequence(floor + 1).into_future())
                 .await?;
             topic.trimmed.fetch_max(floor, Ordering::Relaxed);
@@ -485,15 +527,7 @@ impl Inner {
         if !valid_name(name) {
             return Err(Error::BadName(name.to_string()));
         }
-        if config.max_bytes.is_some() {
-            return Err(unsupported("max_bytes"));
-        }
-        if config.rate.is_some() {
-            return Err(unsupported("rate"));
-        }
-        if config.retain != crate::broker::Retention::None {
-            return Err(unsupported("retain"));
-        }
+        JetStreamBroker::supports(&config)?;
         if self.mirror.get(name).is_some() {
             return Err(Error::Exists(name.to_string()));
         }
@@ -586,6 +620,7 @@ impl Inner {
             topics: self.mirror.topics.read().len() as u64,
             pushed,
             pulled,
+            engine: "jetstream",
             disk: None,
         }
     }
@@ -734,10 +769,18 @@ impl Broker for JetStreamBroker {
         Ok(self.inner.topic(topic.into())?.id)
     }
 
+    /// Within the broker's timeout in all (it asks JetStream several
+    /// things, each of which could wait that long).
     fn status(&self, topic: Target<'_>) -> impl Future<Output = Result<TopicStatus>> + Send {
         let inner = self.inner.clone();
         let (name, id) = owned(topic);
-        async move { inner.status(Target { name: &name, id }).await }
+        async move {
+            let status = inner.status(Target { name: &name, id });
+            match tokio::time::timeout(inner.config.timeout, status).await {
+                Ok(r) => r,
+                Err(_) => Err(unavailable("JetStream did not answer in time")),
+            }
+        }
     }
 
     fn totals(&self) -> BrokerStatus {
@@ -795,6 +838,14 @@ impl Broker for JetStreamBroker {
         wait: Wait,
     ) -> impl Future<Output = Result<Seq>> + Send {
         ops::push(&self.inner, topic, data, wait)
+    }
+
+    /// Every pull is a request to JetStream, never ready at once: a batch
+    /// read on this engine is one message (a pull polled once and dropped
+    /// would take a message and nak it, and the group would meet it again
+    /// after the next one).
+    fn pull_ready(&self, _topic: Target<'_>, _group: &str) -> Option<JetStreamDelivery> {
+        None
     }
 
     fn pull_from(

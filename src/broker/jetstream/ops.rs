@@ -331,6 +331,12 @@ impl PushTask {
         }
         let config = record.config();
         config.admits(data.len())?;
+        if data.len() as u64 > self.inner.max_payload {
+            return Err(Error::TooLong {
+                size: data.len() as u64,
+                max: self.inner.max_payload,
+            });
+        }
         let deadline = config.timeout.map(|t| Instant::now() + t);
         let stream = self.inner.stream(&self.topic).await?;
         if config.capacity > 0 {

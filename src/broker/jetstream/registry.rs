@@ -371,7 +371,10 @@ pub(crate) async fn follow(bucket: kv::Store, mirror: Arc<Mirror>) {
     loop {
         let from = *mirror.seen.borrow() + 1;
         let watch = match from {
-            1 => bucket.watch_all().await,
+            // Every key's current entry first (`watch_all` would give
+            // only changes from now on: a server started after topics
+            // were made would never see them), then every change.
+            1 => bucket.watch_with_history(">").await,
             _ => bucket.watch_all_from_revision(from).await,
         };
         match watch {
