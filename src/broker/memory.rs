@@ -366,6 +366,80 @@ impl Broker for MemoryBroker {
         let topic = self.topic(name);
         async move { pull_topic(topic?, group, wait).await }
     }
+
+    fn push_all<'a>(
+        &'a self,
+        name: Target<'a>,
+        messages: &'a [Bytes],
+        wait: Wait,
+    ) -> impl Future<Output = (usize, Result<()>)> + Send + 'a {
+        let topic = self.topic(name);
+        async move {
+            match topic {
+                Ok(topic) => push_all_topic(topic, messages, wait).await,
+                Err(e) => (0, Err(e)),
+            }
+        }
+    }
+
+    fn pull_ready_while(
+        &self,
+        name: Target<'_>,
+        group: &str,
+        accept: &mut dyn FnMut(&Bytes) -> bool,
+    ) -> Vec<MemoryDelivery> {
+        match self.topic(name) {
+            Ok(topic) => pull_ready_topic(topic, group, accept),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// The further messages of a batch read from `topic` (see
+/// [`Broker::pull_ready_while`]), under one lock.
+pub(crate) fn pull_ready_topic(
+    topic: Arc<Topic>,
+    group: &str,
+    accept: &mut dyn FnMut(&Bytes) -> bool,
+) -> Vec<MemoryDelivery> {
+    let taken = topic.with(|s| s.take_while(group, accept));
+    (taken.into_iter())
+        .map(|t| MemoryDelivery::new(topic.clone(), t))
+        .collect()
+}
+
+/// Push each of `messages` to `topic` (see [`Broker::push_all`]): those
+/// that go at once under one lock, then, for one that must wait, its
+/// wait, and so on.
+pub(crate) async fn push_all_topic(
+    topic: Arc<Topic>,
+    messages: &[Bytes],
+    wait: Wait,
+) -> (usize, Result<()>) {
+    let mut done = 0;
+    while done < messages.len() {
+        let start = topic.with(|s| {
+            while let Some(m) = messages.get(done) {
+                match s.start_push(m.clone(), wait) {
+                    Start::Done(Ok(_)) => done += 1,
+                    Start::Done(Err(e)) => return Some(Err(e)),
+                    Start::Wait(key, limit) => return Some(Ok((key, limit))),
+                }
+            }
+            None
+        });
+        match start {
+            None => break,
+            Some(Err(e)) => return (done, Err(e)),
+            Some(Ok((key, limit))) => {
+                match within(limit, PushWait::new(topic.clone(), key)).await {
+                    Ok(_) => done += 1,
+                    Err(e) => return (done, Err(e)),
+                }
+            }
+        }
+    }
+    (done, Ok(()))
 }
 
 /// Push to `topic` (see [`Broker::push_to`]).

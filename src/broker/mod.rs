@@ -379,6 +379,16 @@ pub trait Delivery: Send + Sync + 'static {
     fn seq(&self) -> Seq;
     fn data(&self) -> &Bytes;
     fn ack(self);
+    /// Ack each of `batch` (a batch read's messages): by default one after
+    /// another; an engine may do them at once.
+    fn ack_all(batch: impl IntoIterator<Item = Self>)
+    where
+        Self: Sized,
+    {
+        for d in batch {
+            d.ack();
+        }
+    }
 }
 
 /// Topics and their groups.
@@ -507,6 +517,28 @@ pub trait Broker: Send + Sync + 'static {
         wait: Wait,
     ) -> impl Future<Output = Result<Seq>> + Send;
 
+    /// Push `messages` in order, each as `push_to` would (a write of many
+    /// lines): how many were pushed, and the error that stopped the rest.
+    /// By default `push_to` one after another; the memory engine pushes
+    /// all that can go at once under one lock, so that readers find the
+    /// write's messages together (a batch read takes them in one), and
+    /// waits only where one must.
+    fn push_all<'a>(
+        &'a self,
+        topic: Target<'a>,
+        messages: &'a [Bytes],
+        wait: Wait,
+    ) -> impl Future<Output = (usize, Result<()>)> + Send + 'a {
+        async move {
+            for (i, m) in messages.iter().enumerate() {
+                if let Err(e) = self.push_to(topic, m.clone(), wait).await {
+                    return (i, Err(e));
+                }
+            }
+            (messages.len(), Ok(()))
+        }
+    }
+
     /// Take the group's next message, waiting for one; `None` once the topic
     /// is closed and the group has read everything (end of file).
     fn pull_from(
@@ -529,6 +561,28 @@ pub trait Broker: Send + Sync + 'static {
             Some(Ok(Some(d))) => Some(d),
             _ => None,
         }
+    }
+
+    /// A batch read's further messages: the group's next ones that the
+    /// engine can hand over now (as [`pull_ready`](Broker::pull_ready)),
+    /// one after another while `accept` takes each; the first it refuses
+    /// goes back to the front of the group. By default `pull_ready` in a
+    /// loop; the memory engine takes them all under one lock, with one
+    /// lookup of the topic and the group.
+    fn pull_ready_while(
+        &self,
+        topic: Target<'_>,
+        group: &str,
+        accept: &mut dyn FnMut(&Bytes) -> bool,
+    ) -> Vec<Self::Delivery> {
+        let mut batch = Vec::new();
+        while let Some(d) = self.pull_ready(topic, group) {
+            if !accept(d.data()) {
+                break; // dropped unacked: back to the front
+            }
+            batch.push(d);
+        }
+        batch
     }
 
     /// Resolves once the pushes to `topic` that returned `Ok` so far are

@@ -573,14 +573,58 @@ impl State {
                     self.waiting -= 1;
                 }
             }
-            Some(Ok(Some(taken))) => {
-                self.pulled -= 1;
-                if let Some(tally) = &self.tally {
-                    tally.unpulled();
-                }
-                self.requeue(taken);
-            }
+            Some(Ok(Some(taken))) => self.untake(taken),
             Some(_) => {}
+        }
+    }
+
+    /// Put back a message taken under this same lock but not handed out:
+    /// as if it had never been pulled.
+    fn untake(&mut self, taken: Taken) {
+        self.pulled -= 1;
+        if let Some(tally) = &self.tally {
+            tally.unpulled();
+        }
+        self.requeue(taken);
+    }
+
+    /// A batch read's further messages (see `Broker::pull_ready_while`):
+    /// group `group`'s next messages that are there now, while `accept`
+    /// takes each; the first it refuses goes back to the front of the
+    /// group. Nothing if the group has blocked readers (they come first)
+    /// or does not exist.
+    pub(crate) fn take_while(
+        &mut self,
+        group: &str,
+        accept: &mut dyn FnMut(&Bytes) -> bool,
+    ) -> Vec<Taken> {
+        let mut batch = Vec::new();
+        if self.alive().is_err() {
+            return batch;
+        }
+        let Some(&g) = self.group_index.get(group) else {
+            return batch;
+        };
+        if !self.groups[g].waiters.is_empty() {
+            return batch;
+        }
+        while let Some(Ok(taken)) = self.take(g) {
+            if !accept(&taken.data) {
+                self.untake(taken);
+                break;
+            }
+            batch.push(taken);
+        }
+        if !batch.is_empty() {
+            self.dispatch();
+        }
+        batch
+    }
+
+    /// Acks of several deliveries, under one lock.
+    pub(crate) fn ack_all<'a>(&mut self, taken: impl IntoIterator<Item = &'a Taken>) {
+        for t in taken {
+            self.ack(t);
         }
     }
 

@@ -211,6 +211,22 @@ impl Delivery for MemoryDelivery {
         self.acked = true;
         self.topic.with(|s| s.ack(&self.taken));
     }
+
+    /// One lock for a batch of one topic's deliveries.
+    fn ack_all(batch: impl IntoIterator<Item = Self>) {
+        let mut batch: Vec<MemoryDelivery> = batch.into_iter().collect();
+        let Some(first) = batch.first() else { return };
+        let topic = first.topic.clone();
+        if !batch.iter().all(|d| Arc::ptr_eq(&d.topic, &topic)) {
+            return batch.into_iter().for_each(Delivery::ack);
+        }
+        topic.with(|s| {
+            s.ack_all(batch.iter().map(|d| &d.taken));
+        });
+        for d in &mut batch {
+            d.acked = true;
+        }
+    }
 }
 
 impl Drop for MemoryDelivery {

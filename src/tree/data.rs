@@ -141,9 +141,7 @@ impl<D: Delivery> Reader<D> {
             if self.sent < self.unit.len() {
                 return Step::Reply(self.serve(req));
             }
-            for d in self.current.drain(..) {
-                d.ack();
-            }
+            D::ack_all(self.current.drain(..));
             self.unit = Bytes::new();
         }
         match self.zero_at.take() {
@@ -155,46 +153,43 @@ impl<D: Delivery> Reader<D> {
     }
 
     /// The pull of [`Step::Pull`] returned this message: keep it, answer
-    /// with its first piece. On a batch session `more` is asked for the
-    /// messages available now (it never waits), while each so far ends in
-    /// a newline and the next fits the read's count; one that does not fit
-    /// is dropped, so it goes back to the front of its group.
-    pub fn pulled(&mut self, d: D, req: ReadReq, mut more: impl FnMut() -> Option<D>) -> Bytes {
+    /// with its first piece. On a batch session `more` takes the messages
+    /// available now (it never waits), one after another while the one
+    /// before ends in a newline and each fits the read's count, all under
+    /// the topic's one lock (`Broker::pull_ready_while`); the first that
+    /// does not goes back to the front of its group.
+    pub fn pulled(
+        &mut self,
+        d: D,
+        req: ReadReq,
+        more: impl FnOnce(&mut dyn FnMut(&Bytes) -> bool) -> Vec<D>,
+    ) -> Bytes {
         self.unit = d.data().clone();
         self.sent = 0;
         self.current.push(d);
-        if self.batch {
+        let count = req.count as usize;
+        if self.batch && self.unit.len() < count && self.unit.ends_with(b"\n") {
             let mut len = self.unit.len();
-            let mut joined: Option<BytesMut> = None;
-            while len < req.count as usize && self.unit_ends_line(&joined) {
-                let Some(next) = more() else { break };
-                let n = next.data().len();
-                if len + n > req.count as usize {
-                    break; // dropped: back to the front of its group
+            let mut ends_line = true;
+            let rest = more(&mut |data: &Bytes| {
+                if !ends_line || len + data.len() > count {
+                    return false;
                 }
-                let buf = joined.get_or_insert_with(|| {
-                    let mut b = BytesMut::with_capacity(req.count as usize);
-                    b.extend_from_slice(&self.unit);
-                    b
-                });
-                buf.extend_from_slice(next.data());
-                len += n;
-                self.current.push(next);
-            }
-            if let Some(buf) = joined {
-                self.unit = buf.freeze();
+                len += data.len();
+                ends_line = data.ends_with(b"\n");
+                true
+            });
+            if !rest.is_empty() {
+                let mut joined = BytesMut::with_capacity(len);
+                joined.extend_from_slice(&self.unit);
+                for m in &rest {
+                    joined.extend_from_slice(m.data());
+                }
+                self.unit = joined.freeze();
+                self.current.extend(rest);
             }
         }
         self.serve(req)
-    }
-
-    /// Whether the batch so far ends in a newline (so another message may
-    /// follow it without hiding where it ends).
-    fn unit_ends_line(&self, joined: &Option<BytesMut>) -> bool {
-        match joined {
-            Some(b) => b.ends_with(b"\n"),
-            None => self.unit.ends_with(b"\n"),
-        }
     }
 
     /// The next piece of the current message for this Tread, arming the
@@ -227,9 +222,7 @@ impl<D: Delivery> Reader<D> {
     /// (connection lost).
     pub fn finish(self, ack: bool) {
         if ack {
-            for d in self.current {
-                d.ack();
-            }
+            D::ack_all(self.current);
         }
     }
 }
@@ -581,6 +574,20 @@ mod tests {
         (Fake(Bytes::from(s.to_string()), acks.clone()), acks)
     }
 
+    /// A broker's `pull_ready_while` over `msgs` (taken from the end): a
+    /// message refused goes back.
+    fn take_while(msgs: &mut Vec<Fake>, accept: &mut dyn FnMut(&Bytes) -> bool) -> Vec<Fake> {
+        let mut taken = Vec::new();
+        while let Some(m) = msgs.pop() {
+            if !accept(&m.0) {
+                msgs.push(m);
+                break;
+            }
+            taken.push(m);
+        }
+        taken
+    }
+
     /// One read(2) the way Linux does it: Treads until full or 0 bytes;
     /// `msgs` feeds pulls.
     fn linux_read(r: &mut Reader<Fake>, pos: &mut u64, buf: u32, msgs: &mut Vec<Fake>) -> Vec<u8> {
@@ -590,7 +597,7 @@ mod tests {
             let piece = match r.begin(q) {
                 Step::Reply(b) => b,
                 Step::Pull => match msgs.pop() {
-                    Some(d) => r.pulled(d, q, || msgs.pop()),
+                    Some(d) => r.pulled(d, q, |accept| take_while(msgs, accept)),
                     None => break, // would block
                 },
             };
@@ -668,7 +675,7 @@ mod tests {
         let mut r = Reader::new(false, false, false);
         let (a, _) = fake("one\n");
         assert_eq!(r.begin(req(0, 100)), Step::Pull);
-        assert_eq!(r.pulled(a, req(0, 100), || None), "one\n");
+        assert_eq!(r.pulled(a, req(0, 100), |_| Vec::new()), "one\n");
         assert_eq!(r.begin(req(4, 100)), Step::Pull);
     }
 
@@ -677,10 +684,10 @@ mod tests {
         let mut r = Reader::new(true, false, false);
         let (a, _) = fake("one\n");
         r.begin(req(0, 100));
-        r.pulled(a, req(0, 100), || None);
+        r.pulled(a, req(0, 100), |_| Vec::new());
         assert_eq!(r.begin(req(9, 100)), Step::Pull, "another offset blocks");
         let (b, _) = fake("two\n");
-        r.pulled(b, req(9, 100), || None);
+        r.pulled(b, req(9, 100), |_| Vec::new());
         assert_eq!(r.begin(req(13, 100)), Step::Reply(Bytes::new()));
         assert_eq!(r.begin(req(13, 100)), Step::Pull, "only once");
     }
@@ -689,12 +696,12 @@ mod tests {
     fn finish_acks_or_returns() {
         let mut r = Reader::new(false, false, false);
         let (a, acks) = fake("one\n");
-        r.pulled(a, req(0, 2), || None);
+        r.pulled(a, req(0, 2), |_| Vec::new());
         r.finish(false);
         assert_eq!(acks.load(Ordering::SeqCst), 0);
         let mut r = Reader::new(false, false, false);
         let (a, acks) = fake("one\n");
-        r.pulled(a, req(0, 2), || None);
+        r.pulled(a, req(0, 2), |_| Vec::new());
         r.finish(true);
         assert_eq!(acks.load(Ordering::SeqCst), 1);
     }
@@ -725,9 +732,10 @@ mod tests {
         let (c, _) = fake("fgh\n");
         let mut msgs = vec![c, b, a];
         let mut pos = 0;
-        // 8 bytes: abc and de fit, fgh does not (the fake drops it).
+        // 8 bytes: abc and de fit, fgh does not (it goes back).
         assert_eq!(linux_read(&mut r, &mut pos, 8, &mut msgs), b"abc\nde\n");
-        assert!(msgs.is_empty());
+        assert_eq!(msgs.len(), 1);
+        msgs.clear();
         let long = "x".repeat(2 * MAX as usize) + "\n";
         let (l, _) = fake(&long);
         let (e, _) = fake("e\n");
@@ -798,12 +806,12 @@ mod tests {
         let mut r = Reader::new(true, true, false);
         let (a, _) = fake("one\n");
         assert_eq!(r.begin(req(0, 4096)), Step::Pull);
-        r.pulled(a, req(0, 4096), || None);
+        r.pulled(a, req(0, 4096), |_| Vec::new());
         assert_eq!(r.begin(req(4, 4096)), Step::Pull, "6.1: the next read(2)");
         let mut r = Reader::new(true, true, false);
         let (a, _) = fake("one\n");
         r.begin(req(0, 4096));
-        r.pulled(a, req(0, 4096), || None);
+        r.pulled(a, req(0, 4096), |_| Vec::new());
         assert_eq!(r.begin(req(4, 4092)), Step::Reply(Bytes::new()), "6.12");
     }
 }

@@ -590,7 +590,9 @@ impl<B: Broker> TopicTree<B> {
                 // A batch's further pulls never wait, and are done with
                 // no await between them and the reader's record of them:
                 // a flush can drop this read only before its first pull.
-                Ok(Some(d)) => Ok(reader.pulled(d, req, || self.broker.pull_ready(topic, group))),
+                Ok(Some(d)) => Ok(reader.pulled(d, req, |accept| {
+                    self.broker.pull_ready_while(topic, group, accept)
+                })),
                 Ok(None) => Ok(Bytes::new()),
                 Err(e) => Err(broker_error(e)),
             },
@@ -641,40 +643,38 @@ impl<B: Broker> TopicTree<B> {
                 "no buffer space: partial lines held by open data files are at the server's limit (limits.max_unfinished_bytes); this file's partial line is dropped, nothing of this write was pushed",
             ));
         }
-        for (i, m) in cut.messages.iter().enumerate() {
-            match self.broker.push_to(topic, m.clone(), f.wait).await {
-                Ok(_) if i == 0 => {
-                    writer.pushed();
-                    writer.commit_first(&cut);
-                }
-                Ok(_) => {}
-                // A non-blocking write refused whole, again and again in
-                // quick succession: a kernel retrying it (Linux 6.12 does
-                // for ever, unkillable); EBUSY ends that (see `data`).
-                Err(broker::Error::WouldBlock)
-                    if i == 0 && writer.refused(tokio::time::Instant::now()) =>
-                {
-                    return Err(Error::new(
-                        errno::EBUSY,
-                        "busy: no reader took this non-blocking write's message in many tries in a row; nothing was pushed",
-                    ));
-                }
-                // Some lines went out: say so with a short count, whatever
-                // stopped the rest (a full disk too), so that a writer that
-                // tries the rest again doubles nothing (it then gets the
-                // error itself) and counts exactly what went out. A reset
-                // after some lines went out gives their count too, and the
-                // file's next write fails with the reset (a retry would
-                // otherwise succeed on the reopened topic, and its writer
-                // never learn of the reset); a reset at the first line
-                // fails the write.
-                Err(broker::Error::Reset) if i > 0 => {
-                    writer.reset_due = true;
-                    return Ok(cut.ends[i - 1] as u32);
-                }
-                Err(_) if i > 0 => return Ok(cut.ends[i - 1] as u32),
-                Err(e) => return Err(broker_error(e)),
+        let (pushed, result) = self.broker.push_all(topic, &cut.messages, f.wait).await;
+        if pushed > 0 {
+            writer.pushed();
+            writer.commit_first(&cut);
+        }
+        match result {
+            Ok(()) => {}
+            // A non-blocking write refused whole, again and again in
+            // quick succession: a kernel retrying it (Linux 6.12 does
+            // for ever, unkillable); EBUSY ends that (see `data`).
+            Err(broker::Error::WouldBlock)
+                if pushed == 0 && writer.refused(tokio::time::Instant::now()) =>
+            {
+                return Err(Error::new(
+                    errno::EBUSY,
+                    "busy: no reader took this non-blocking write's message in many tries in a row; nothing was pushed",
+                ));
             }
+            // Some lines went out: say so with a short count, whatever
+            // stopped the rest (a full disk too), so that a writer that
+            // tries the rest again doubles nothing (it then gets the
+            // error itself) and counts exactly what went out. A reset
+            // after some lines went out gives their count too, and the
+            // file's next write fails with the reset (a retry would
+            // otherwise succeed on the reopened topic, and its writer
+            // never learn of the reset); a reset at the first line
+            // fails the write.
+            Err(e) if pushed > 0 => {
+                writer.reset_due = matches!(e, broker::Error::Reset);
+                return Ok(cut.ends[pushed - 1] as u32);
+            }
+            Err(e) => return Err(broker_error(e)),
         }
         writer.commit(cut);
         Ok(n)

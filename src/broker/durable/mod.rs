@@ -49,7 +49,9 @@ use parking_lot::{Mutex, RwLock};
 
 use self::journal::{Journal, Keeping};
 use self::sync::{Syncer, Syncers};
-use super::memory::{MemoryBroker, MemoryDelivery, pull_topic, push_topic};
+use super::memory::{
+    MemoryBroker, MemoryDelivery, pull_ready_topic, pull_topic, push_all_topic, push_topic,
+};
 use super::topic::State;
 use super::{
     Broker, BrokerStatus, DiskStatus, GroupLimits, Result, Seq, Setting, Target, TopicConfig,
@@ -386,6 +388,33 @@ impl Broker for DurableBroker {
     ) -> impl Future<Output = Result<Option<MemoryDelivery>>> + Send {
         let topic = self.mem.topic(name);
         async move { pull_topic(topic?, group, wait).await }
+    }
+
+    fn push_all<'a>(
+        &'a self,
+        name: Target<'a>,
+        messages: &'a [Bytes],
+        wait: Wait,
+    ) -> impl Future<Output = (usize, Result<()>)> + Send + 'a {
+        let topic = self.mem.topic(name);
+        async move {
+            match topic {
+                Ok(topic) => push_all_topic(topic, messages, wait).await,
+                Err(e) => (0, Err(e)),
+            }
+        }
+    }
+
+    fn pull_ready_while(
+        &self,
+        name: Target<'_>,
+        group: &str,
+        accept: &mut dyn FnMut(&Bytes) -> bool,
+    ) -> Vec<MemoryDelivery> {
+        match self.mem.topic(name) {
+            Ok(topic) => pull_ready_topic(topic, group, accept),
+            Err(_) => Vec::new(),
+        }
     }
 
     fn settle(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
