@@ -603,9 +603,14 @@ async fn messages_beyond_memory_are_read_back_from_disk() {
     take_run(&b, "a", 1010, 990).await;
     let s = b.status("t".into()).await.unwrap();
     assert_eq!((s.first, s.next, s.pushed), (0, 3000, 3000), "{s:?}");
+    let expect: usize = (0..3000).map(|i| msg(i).len()).sum();
+    assert_eq!(s.bytes, expect as u64);
     drop(b);
 
     let b = open_with(tmp.path(), options);
+    // The bytes held, counted from the index (none of them in memory).
+    let again = b.status("t".into()).await.unwrap();
+    assert_eq!((again.pending, again.bytes), (s.pending, s.bytes));
     assert_eq!(b.offset("t".into(), "a").await.unwrap(), 2000);
     assert_eq!(b.offset("t".into(), "b").await.unwrap(), 537);
     take_run(&b, "a", 2000, 1000).await;

@@ -48,4 +48,10 @@ pub(crate) trait Store: Send {
     /// back. Called under the topic's lock: it must be quick (a read of
     /// a few hundred KiB at most, cached ahead for the next ones).
     fn read(&mut self, seq: Seq) -> Result<Bytes>;
+    /// The payload bytes of the held messages from `seq` on, if the store
+    /// can tell without reading each of them back (`None`: count them).
+    fn bytes_from(&mut self, seq: Seq) -> Option<u64> {
+        let _ = seq;
+        None
+    }
 }

@@ -274,16 +274,11 @@ impl State {
         // What every group has read is what retention may have kept.
         let floor = state.groups.iter().map(|(_, g)| g.floor()).min();
         state.taken = floor.unwrap_or(first).max(state.log.first());
-        // The held bytes, read back (the log has no message in memory).
-        let taken = state.taken;
-        let (mut all, mut held) = (0, 0);
-        for s in first..next {
-            let size = state.size(s);
-            all += size;
-            if s >= taken {
-                held += size;
-            }
-        }
+        // The held bytes (the log has no message in memory: the store's
+        // index says, or they are read back).
+        let taken = state.taken.max(first);
+        let all = state.bytes_between(first, next);
+        let held = state.bytes_between(taken, next);
         state.log.set_bytes(all);
         state.held = held;
         state.retention_changed();
@@ -322,6 +317,28 @@ impl State {
             Some(n) => n,
             None => self.message(seq).map_or(0, |m| m.len() as u64),
         }
+    }
+
+    /// The payload bytes of messages `from..to`: counted one by one, but
+    /// a long run of them no longer in memory is asked of the store (a
+    /// subtraction in its index), so that neither a restart nor a long
+    /// trim reads every message back to learn its size.
+    fn bytes_between(&mut self, from: Seq, to: Seq) -> u64 {
+        /// Fewer spilled messages than this are counted one by one (most
+        /// are in the store's read-ahead).
+        const LONG_RUN: u64 = 1024;
+        let spilled_to = to.min(self.log.resident());
+        let mut s = from;
+        let mut sum = 0;
+        if spilled_to > from + LONG_RUN
+            && let Some(store) = self.store.as_deref_mut()
+            && let Some(a) = store.bytes_from(from)
+            && let Some(b) = store.bytes_from(spilled_to)
+        {
+            sum = a.saturating_sub(b);
+            s = spilled_to;
+        }
+        sum + (s..to.max(s)).map(|s| self.size(s)).sum::<u64>()
     }
 
     /// The store's handle, when there is one.
@@ -946,7 +963,7 @@ impl State {
         if freed {
             // (A removed topic's log is empty: nothing of it is held.)
             let from = self.taken.max(first);
-            let size: u64 = (from..held.max(from)).map(|s| self.size(s)).sum();
+            let size = self.bytes_between(from, held);
             if bytes {
                 self.kept.bytes += size;
             }
@@ -973,11 +990,8 @@ impl State {
                     self.kept.bytes -= self.size(s);
                 }
             }
-            // Spilled messages' sizes are read back (those a group just
-            // passed are in the store's read-ahead).
-            let spilled: u64 = (first..to.min(self.log.resident()))
-                .map(|s| self.size(s))
-                .sum();
+            // The bytes of those no longer in memory (see `bytes_between`).
+            let spilled = self.bytes_between(first, to.min(self.log.resident()));
             self.log.trim(to, spilled);
             self.kept.trimmed(to);
             if let Some(store) = self.store() {
@@ -998,9 +1012,7 @@ impl State {
         self.kept.clear();
         match self.config.retain {
             Retention::Bytes(_) => {
-                for s in self.log.first()..self.taken {
-                    self.kept.bytes += self.size(s);
-                }
+                self.kept.bytes += self.bytes_between(self.log.first(), self.taken);
             }
             Retention::Age(age) if self.next() > 0 => self.kept.pushed(self.next() - 1, age),
             Retention::Age(_) => {}

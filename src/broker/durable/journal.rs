@@ -66,9 +66,20 @@ const BATCH: usize = 256 << 10;
 /// oldest forgotten first).
 const BATCHES: usize = 4;
 
-/// Where a message's record is: (its sequence number, the segment's base,
-/// the record's offset in the segment).
-pub(crate) type IndexEntry = (Seq, Seq, u64);
+/// Where a message's record is, and how many bytes of messages came
+/// before it (so that the bytes of a run of messages are a subtraction,
+/// not a read of every one of them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndexEntry {
+    pub(crate) seq: Seq,
+    /// The base of the segment it is in.
+    pub(crate) base: Seq,
+    /// The record's offset in that segment.
+    pub(crate) at: u64,
+    /// The payload bytes of the messages before `seq`, counted from the
+    /// oldest segment read at start (only differences mean anything).
+    pub(crate) before: u64,
+}
 
 /// The messages of one read back from a segment, from `first` on, in
 /// order: slices of one buffer.
@@ -243,6 +254,9 @@ pub(crate) struct Journal {
     marks: BTreeMap<Box<str>, Mark>,
     /// The sparse index of message records, by sequence number.
     index: VecDeque<IndexEntry>,
+    /// The payload bytes of the messages before `next`, counted as the
+    /// index's `before` is.
+    bytes: u64,
     /// Messages read back lately, and the next ones.
     ahead: ReadAhead,
     /// The oldest held message and the next sequence number.
@@ -267,7 +281,7 @@ impl Journal {
             (0, 0),
             BTreeMap::new(),
             keeping,
-            (VecDeque::new(), VecDeque::new()),
+            (VecDeque::new(), VecDeque::new(), 0),
             None,
         )?;
         // The checkpoint before the settings file: a topic directory with
@@ -287,7 +301,7 @@ impl Journal {
         (first, next): (Seq, Seq),
         marks: BTreeMap<Box<str>, Mark>,
         keeping: Keeping,
-        (segments, index): (VecDeque<Seq>, VecDeque<IndexEntry>),
+        (segments, index, bytes): (VecDeque<Seq>, VecDeque<IndexEntry>, u64),
         sync: Option<Arc<Syncer>>,
     ) -> Result<Journal> {
         // A segment of that name (a restart with nothing pushed since the
@@ -321,6 +335,7 @@ impl Journal {
             held: Vec::new(),
             marks,
             index,
+            bytes,
             ahead: ReadAhead::default(),
             first,
             next,
@@ -415,7 +430,7 @@ impl Journal {
     fn delete_passed(&mut self) {
         while self.segments.len() > 1 && self.segments[1] <= self.first {
             let base = self.segments.pop_front().expect("two segments");
-            while self.index.front().is_some_and(|e| e.1 <= base) {
+            while self.index.front().is_some_and(|e| e.base <= base) {
                 self.index.pop_front();
             }
             let path = self.dir.join(segment_name(base));
@@ -436,11 +451,11 @@ impl Journal {
             kind: std::io::ErrorKind::NotFound,
             reason: format!("message {seq} is in no segment"),
         };
-        if seq < self.first || seq >= self.next {
+        if seq >= self.next {
             return Err(gone());
         }
-        let i = self.index.partition_point(|e| e.0 <= seq);
-        let &(_, base, mut at) = i
+        let i = self.index.partition_point(|e| e.seq <= seq);
+        let &IndexEntry { base, mut at, .. } = i
             .checked_sub(1)
             .and_then(|i| self.index.get(i))
             .ok_or_else(gone)?;
@@ -497,6 +512,40 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// The payload bytes of the messages before `seq` (as the index counts
+    /// them): from the index entry at or before it, and the sizes of the
+    /// messages between, read from there (a read of `STRIDE` bytes or
+    /// so, whose messages are kept for the readers that come next).
+    fn bytes_before(&mut self, seq: Seq) -> Result<u64> {
+        if seq >= self.next {
+            return Ok(self.bytes);
+        }
+        let i = self.index.partition_point(|e| e.seq <= seq);
+        let Some(&IndexEntry {
+            seq: mut s,
+            before: mut bytes,
+            ..
+        }) = i.checked_sub(1).and_then(|i| self.index.get(i))
+        else {
+            return Err(Error::Storage {
+                kind: std::io::ErrorKind::NotFound,
+                reason: format!("message {seq} is in no segment"),
+            });
+        };
+        while s < seq {
+            let batch = self.read_batch(s)?;
+            let n = ((seq - s) as usize).min(batch.messages.len());
+            bytes += (batch.messages[..n].iter())
+                .map(|m| m.len() as u64)
+                .sum::<u64>();
+            s += n as u64;
+            self.ahead.put(batch);
+        }
+        Ok(bytes)
+    }
+}
+
 /// Read into `buf` from `at` until it is full or the file ends; the bytes
 /// read.
 fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
@@ -522,9 +571,16 @@ impl Store for Journal {
             return Err(e);
         }
         let base = *self.segments.back().expect("a segment");
-        if (self.index.back()).is_none_or(|&(_, b, last)| b != base || at >= last + STRIDE) {
-            self.index.push_back((seq, base, at));
+        if (self.index.back()).is_none_or(|e| e.base != base || at >= e.at + STRIDE) {
+            let before = self.bytes;
+            self.index.push_back(IndexEntry {
+                seq,
+                base,
+                at,
+                before,
+            });
         }
+        self.bytes += data.len() as u64;
         self.next = seq + 1;
         self.maybe_roll();
         Ok(())
@@ -603,7 +659,23 @@ impl Store for Journal {
         Some(self.keeping.memory)
     }
 
+    fn bytes_from(&mut self, seq: Seq) -> Option<u64> {
+        match self.bytes_before(seq) {
+            Ok(before) => Some(self.bytes - before),
+            Err(e) => {
+                tracing::warn!(topic = %self.name, "{e}");
+                None
+            }
+        }
+    }
+
     fn read(&mut self, seq: Seq) -> Result<Bytes> {
+        if seq < self.first {
+            return Err(Error::Storage {
+                kind: std::io::ErrorKind::NotFound,
+                reason: format!("message {seq} is in no segment"),
+            });
+        }
         if let Some(data) = self.ahead.get(seq) {
             return Ok(data);
         }

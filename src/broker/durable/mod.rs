@@ -22,7 +22,7 @@
 //! and reads them back from the segments in order when a reader gets
 //! there (`journal`: a sparse index, batches read ahead). A restart reads
 //! no message into memory. What a backlog then costs in memory is the
-//! index (24 bytes per 64 KiB of log) and the segments' names; each
+//! index (32 bytes per 64 KiB of log) and the segments' names; each
 //! group's deliveries out and requeued are bounded by its readers.
 //! Counters: `pushed` goes on across a restart (it is the next sequence
 //! number); `pulled` starts again at 0 (deliveries are not logged, only
@@ -243,7 +243,7 @@ impl DurableBroker {
                 (r.first, r.next),
                 r.marks,
                 self.keeping(),
-                (r.segments, r.index),
+                (r.segments, r.index, r.bytes),
                 None,
             )
             .map_err(|e| OpenError::Io {

@@ -37,6 +37,9 @@ pub(crate) struct Recovered {
     pub(crate) next: Seq,
     /// Where the message records are (sparse, see `journal`).
     pub(crate) index: VecDeque<IndexEntry>,
+    /// The payload bytes of every message read (the index's `before` of
+    /// the next).
+    pub(crate) bytes: u64,
     pub(crate) marks: BTreeMap<Box<str>, Mark>,
     /// The segments' bases, oldest first.
     pub(crate) segments: VecDeque<Seq>,
@@ -156,6 +159,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
         first: base,
         next: base,
         index: VecDeque::new(),
+        bytes: 0,
         marks: BTreeMap::new(),
         segments: segments.iter().copied().collect(),
     };
@@ -251,9 +255,15 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
                         held_from = rec.n;
                     }
                     if indexed.is_none_or(|i| at as u64 >= i as u64 + STRIDE) {
-                        r.index.push_back((rec.n, seg, at as u64));
+                        r.index.push_back(IndexEntry {
+                            seq: rec.n,
+                            base: seg,
+                            at: at as u64,
+                            before: r.bytes,
+                        });
                         indexed = Some(at);
                     }
+                    r.bytes += rec.rest.len() as u64;
                     r.next += 1;
                 }
                 Kind::Ack => {
