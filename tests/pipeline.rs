@@ -256,13 +256,14 @@ fn a_failing_message_goes_to_the_dead_letters_and_the_status_counts_it() {
     assert_eq!(lines(&out.stdout), ["ok 1", "ok 2"]);
     let err = text(&out.stderr);
     assert!(
-        err.contains("failed 2 times"),
+        err.contains("a message failed (2 attempts, the last: exit status: 1)"),
         "the reason is logged: {err}"
     );
     assert!(
-        err.contains("stage 1 (grep -v bad): 2 messages failed 2 attempts, put in dl/1.failed"),
+        err.contains("stage 1 (grep -v bad): 2 messages failed (tried up to 2 times"),
         "{err}"
     );
+    assert!(err.contains("put in dl/1.failed"), "{err}");
     assert_eq!(
         err.matches("dchan: run: ").count(),
         1,
@@ -278,27 +279,36 @@ fn a_failing_message_goes_to_the_dead_letters_and_the_status_counts_it() {
 }
 
 #[test]
-fn a_failed_filter_is_named_and_end_of_input_ends_the_run() {
+fn a_filters_exit_status_is_its_answer_as_sh_with_pipefail() {
     let server = Server::start(&[]);
-    let out = run(
-        &server.addr(),
-        &["run", "cat | sh -c 'cat; exit 3' | cat"],
-        "a\nb\n",
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "a\nb\n");
-    let err = text(&out.stderr);
-    assert!(
-        err.contains(
-            "stage 2 (sh -c 'cat; exit 3'): its process died 1 time (last: exit status: 3)"
-        ),
-        "{err}"
-    );
-    assert_eq!(
-        err.matches("dchan: run: ").count(),
-        1,
-        "counted once: {err}"
-    );
+    let input: String = (1..=10).map(|i| format!("{i}\n")).collect();
+    // A filter that exits non-zero once its input ended (grep that matched
+    // nothing) has not failed: its status is the run's, as in sh with
+    // pipefail (the last stage's non-zero status), and nothing is said.
+    for line in [
+        "grep x",
+        "grep x | cat",
+        "grep 1 | cat",
+        "cat | sh -c 'cat; exit 3' | cat",
+        "sh -c 'cat; exit 3' | sh -c 'cat; exit 4' | cat",
+    ] {
+        let out = run(&server.addr(), &["run", line], &input);
+        let mut sh = Command::new("bash")
+            .args(["-o", "pipefail", "-c", line])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        sh.stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let want = sh.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), want.status.code(), "{line}");
+        assert_eq!(text(&out.stdout), text(&want.stdout), "{line}");
+        assert!(out.stderr.is_empty(), "{line}: {}", text(&out.stderr));
+    }
     // An empty input ends the run too, and a head ends it early.
     let out = run(&server.addr(), &["run", "cat | cat"], "");
     assert!(out.status.success() && out.stdout.is_empty());
@@ -309,6 +319,144 @@ fn a_failed_filter_is_named_and_end_of_input_ends_the_run() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "line 1\nline 2\n");
+}
+
+#[test]
+fn a_stage_that_ends_early_ends_the_run_as_in_sh() {
+    let server = Server::start(&[]);
+    let dchan_bin = env!("CARGO_BIN_EXE_dchan");
+    // `yes` never ends: only the run stopping its reading can stop it
+    // (by SIGPIPE, as in sh), whichever stage ended early.
+    for args in [
+        "'head -n 3'",
+        "'cat | head -n 3 | cat'",
+        "--each 1 'cat | head -n 3'",
+    ] {
+        let script = format!(
+            "yes | {dchan_bin} run --name early {args}; echo \"status ${{PIPESTATUS[*]}}\""
+        );
+        let mut sh = Command::new("bash");
+        sh.args(["-c", &script])
+            .env("DCHAN_ADDR", server.addr())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = finish(sh.spawn().unwrap(), &script);
+        assert_eq!(
+            text(&out.stdout),
+            "y\ny\ny\nstatus 141 0\n",
+            "{args}: {}",
+            text(&out.stderr)
+        );
+        assert!(out.stderr.is_empty(), "{args}: {}", text(&out.stderr));
+        assert!(!topics(&server.addr()).contains("early/"), "removed");
+    }
+}
+
+#[test]
+fn a_worker_killed_holding_the_last_message_leaves_it_to_another_copy() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let (wpid, held) = (dir.path().join("wpid"), dir.path().join("held"));
+    // The worker's copy holds its message; the run's own copy answers at once.
+    let stage = format!(
+        r#"sh -c 'if [ "${{DCHAN_COPY%%.*}}" = "$(cat {})" ]; then echo $$ > {}; sleep 60; fi; cat'"#,
+        wpid.display(),
+        held.display()
+    );
+    let mut run = started_run(&addr, "held", &["--each", "1", &stage]);
+    let mut worker = dchan(&addr, &["worker", "--pipeline", "held", "--stage", "1"])
+        .spawn()
+        .unwrap();
+    std::fs::write(&wpid, worker.id().to_string()).unwrap();
+    until("the worker's copy joined", || {
+        stat(&addr, "held/1.copies").contains("readers 2\n")
+    });
+    let input = numbered(10);
+    feed(&mut run, input.clone());
+    until("the worker holds a message", || {
+        std::fs::read_to_string(&held).is_ok_and(|s| s.ends_with('\n'))
+    });
+    // The run's copy took the rest, and reads the end of its input, with
+    // the worker's message out: it must not leave (nor end the stage).
+    until("the run's copy did the rest", || {
+        stat(&addr, "held/2").contains("pushed 9\n")
+    });
+    worker.kill().unwrap(); // SIGKILL
+    worker.wait().unwrap();
+    let sh: i32 = std::fs::read_to_string(&held)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(-sh, libc::SIGKILL) }; // its orphaned process group
+    let out = finish(run, "run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        lines(&out.stdout),
+        lines(input.as_bytes()),
+        "the held message went to the run's copy"
+    );
+}
+
+#[test]
+fn a_filter_dying_inside_a_worker_is_restarted_and_the_run_is_told() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let stage = format!("echo $$ >> {}; exec cat", pids.display());
+    let line = format!("{stage} | cat");
+    let mut run = started_run(&addr, "told", &["--replicas", "1=0", &line]);
+    let worker = dchan(&addr, &["worker", "--pipeline", "told", "--stage", "1"])
+        .spawn()
+        .unwrap();
+    let read_pids = || std::fs::read_to_string(&pids).unwrap_or_default();
+    until("the filter started", || read_pids().lines().count() == 1);
+    let pid: i32 = read_pids().trim().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    until("the filter was restarted", || {
+        read_pids().lines().count() == 2
+    });
+    let input = numbered(1000);
+    feed(&mut run, input.clone());
+    let out = finish(run, "run");
+    assert_eq!(text(&out.stdout), input, "the pipeline still finishes");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let said = format!("stage 1 ({stage}): its process died 1 time (last: signal: 9 (SIGKILL))");
+    assert!(text(&out.stderr).contains(&said), "{}", text(&out.stderr));
+    let w = finish(worker, "worker");
+    assert_eq!(w.status.code(), Some(1), "{}", text(&w.stderr));
+    assert!(text(&w.stderr).contains(&said), "{}", text(&w.stderr));
+}
+
+#[test]
+fn an_each_output_too_large_for_one_message_is_dead_lettered_with_why() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    // Over 1 MiB of output for the message "a": more than one message of
+    // the next topic can be (one Twrite).
+    let stage = "sh -c 'if grep -q a; then yes | head -c 2000000; else echo small; fi'";
+    let out = run(
+        &addr,
+        &["run", "--name", "huge", "--each", "1", stage],
+        "a\nb\n",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "small\n", "the other message went on");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "its output, 2000000 bytes, is larger than one message of the next topic can be"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("1 message failed"), "{err}");
+    let mut pull = dchan(&addr, &["pull", "--follow", "huge/1.failed"]);
+    pull.stdin(Stdio::null());
+    let dead = finish(pull.spawn().unwrap(), "pull of the dead letters");
+    assert_eq!(text(&dead.stdout), "a\n", "untouched");
 }
 
 #[test]
@@ -357,6 +505,22 @@ fn bad_pipelines_are_usage_errors_with_file_and_line() {
     let out = run(&server.addr(), &["run", "cat | | cat"], "");
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("stage 2 is empty"));
+    // A worker of no copies would do nothing: refused, not a silent 0.
+    let args = [
+        "worker",
+        "--pipeline",
+        "p",
+        "--stage",
+        "1",
+        "--replicas",
+        "0",
+    ];
+    let out = run(&server.addr(), &args, "");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "dchan: worker: --replicas 0: a worker runs at least one copy\n"
+    );
 }
 
 #[test]
@@ -435,7 +599,7 @@ fn a_reader_that_goes_away_stops_the_run_as_sigpipe_would() {
     let out = finish(sh.spawn().unwrap(), "bash");
     assert_eq!(
         text(&out.stdout),
-        "1\n2\nstatus 0\n",
+        "1\n2\nstatus 141\n",
         "{}",
         text(&out.stderr)
     );

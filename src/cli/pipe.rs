@@ -28,11 +28,16 @@ times goes to NAME/K.failed. Copies of a stage (--replicas) share its
 input; with one copy per stage the order is kept. Other machines add
 copies with dchan worker --pipeline NAME --stage K.
 
-Exit status: 0 when every stage succeeded; 1 when something failed
-(messages dead-lettered, a filter process that died even if restarted, a
-stage that could not start or gave up, the server lost), each stage named
-on stderr with its count; 2 bad usage; 130 or 143 stopped by SIGINT or
-SIGTERM.
+Exit status: 1 when something failed (messages dead-lettered, a filter
+process killed by a signal or that exited before its input ended, even if
+restarted; a stage that could not start or gave up; the server lost), each
+stage named on stderr with its count; else as sh with set -o pipefail: the
+exit status of the last filter stage whose process exited non-zero after
+reading all its input (grep that matched nothing: 1), 0 if none did. A
+stage that ends early (head) ends the run as in sh: the stages before it
+stop, as does the reading of standard input. 2 bad usage; 130 or 143
+stopped by SIGINT or SIGTERM; 141 (SIGPIPE's) when standard output's
+reader went away (dchan run ... | head -1).
 
 Examples:
   seq 100000 | dchan run 'grep 7 | tr 7 x | sort -n'
@@ -213,6 +218,9 @@ pub async fn worker(a: WorkerArgs) -> ExitCode {
             "worker: which pipeline? give --pipeline NAME (or a file with a name)".into(),
         );
     };
+    if a.replicas == Some(0) {
+        return usage("worker: --replicas 0: a worker runs at least one copy".into());
+    }
     let opts = WorkerOptions {
         addr: a.common.addr,
         name,
@@ -234,12 +242,14 @@ fn finish(cmd: &str, report: Result<Report, String>) -> u8 {
             for why in &r.failures {
                 eprintln!("dchan: {cmd}: {why}");
             }
-            if let Some(sig) = r.signal {
-                let name = if sig == libc::SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                };
+            // Stopped as by SIGPIPE (standard output's reader went away):
+            // silently, as a Unix command, by its status alone.
+            let name = match r.signal {
+                Some(libc::SIGINT) => Some("SIGINT"),
+                Some(libc::SIGTERM) => Some("SIGTERM"),
+                _ => None,
+            };
+            if let Some(name) = name {
                 eprintln!("dchan: {cmd}: stopped by {name}");
             }
             r.status()

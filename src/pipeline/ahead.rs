@@ -88,6 +88,15 @@ impl Ahead {
         }
     }
 
+    /// Read again after the end: each puller that saw it sends a Tread
+    /// again (a message given back to the group after the topic ended comes
+    /// that way; else the end comes again).
+    pub fn resume(&mut self) {
+        for p in std::mem::take(&mut self.done) {
+            self.queue.push_back(read(p, self.tick));
+        }
+    }
+
     /// Stop reading: wait for the reads in flight (each ends within a
     /// tick), and return the messages they brought, in order, then close
     /// every file (acknowledging what was read).

@@ -14,7 +14,11 @@
 //! killed mid-message leaves it to another copy, which runs it again (at
 //! least once). A message that failed `attempts` times (exit status, a
 //! timeout, a command that cannot start) goes untouched to `NAME/K.failed`,
-//! with the reason in the log.
+//! with the reason in the log. So does, at once, a message whose output is
+//! larger than one message of the next topic can be (one Twrite: about 1
+//! MiB, the connection's msize; or the topic's `max_message`): cutting it
+//! into several would break "one message per output", and a stage that
+//! died of it would stop the whole run for one message.
 
 use std::collections::VecDeque;
 
@@ -23,9 +27,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::pgroup::Proc;
 use super::spec::dead_letters;
-use super::stage::{Next, StageRun, next};
+use super::stage::{Next, StageRun, closed, next, piped};
 use super::warm::{self, Warm};
-use crate::client::{Client, Puller, Pusher};
+use crate::client::{Client, Error, Puller, Pusher};
 
 /// Run messages through the stage's command until the input ends (true)
 /// or the copy is stopped (false).
@@ -41,7 +45,7 @@ pub(super) async fn run(
     let mut pool: VecDeque<std::io::Result<Warm>> = VecDeque::new();
     let mut dead: Option<Pusher> = None;
     let ended = loop {
-        let msg = match next(run, from, || false).await? {
+        let msg = match next(run, client, from, || false).await? {
             Next::Msg(m) => m,
             Next::End => break true,
             Next::Stop => break false,
@@ -64,41 +68,61 @@ pub(super) async fn run(
                 Err(why) => reason = why,
             }
         }
-        match out {
+        let failed = match out {
             // Wrote nothing: no message (as grep that matched nothing).
-            Some(o) if o.is_empty() => {}
+            Some(o) if o.is_empty() => None,
             Some(o) => {
-                to.push(o)
-                    .await
-                    .map_err(|e| format!("{label}: push output: {e}"))?;
-            }
-            None => {
-                let topic = dead_letters(&run.name, run.k);
-                if dead.is_none() {
-                    dead = Some(
-                        client
-                            .open_push(&topic)
-                            .await
-                            .map_err(|e| format!("{label}: open {topic}: {e}"))?,
-                    );
+                let len = o.len();
+                match to.push(o).await {
+                    Ok(()) => None,
+                    Err(e) if closed(&e) => {
+                        // The next stage ended early: stop as by SIGPIPE.
+                        piped(run, client).await;
+                        break true;
+                    }
+                    Err(e) if too_large(&e) => Some(format!(
+                        "its output, {len} bytes, is larger than one message of the next \
+                         topic can be: {e}"
+                    )),
+                    Err(e) => return Err(format!("{label}: push output: {e}")),
                 }
-                let d = dead.as_ref().expect("opened");
-                d.push(msg.clone())
-                    .await
-                    .map_err(|e| format!("{label}: push to {topic}: {e}"))?;
-                run.dead_lettered();
-                tracing::warn!(
-                    "{label}: a message failed {} times ({reason}); put in {topic}: {:?}",
-                    run.stage.attempts,
-                    String::from_utf8_lossy(&msg[..msg.len().min(80)])
+            }
+            None => Some(format!(
+                "{} attempts, the last: {reason}",
+                run.stage.attempts
+            )),
+        };
+        if let Some(why) = failed {
+            let topic = dead_letters(&run.name, run.k);
+            if dead.is_none() {
+                dead = Some(
+                    client
+                        .open_push(&topic)
+                        .await
+                        .map_err(|e| format!("{label}: open {topic}: {e}"))?,
                 );
             }
+            let d = dead.as_ref().expect("opened");
+            d.push(msg.clone())
+                .await
+                .map_err(|e| format!("{label}: push to {topic}: {e}"))?;
+            run.dead_lettered();
+            tracing::warn!(
+                "{label}: a message failed ({why}); put in {topic}: {:?}",
+                String::from_utf8_lossy(&msg[..msg.len().min(80)])
+            );
         }
     };
     if let Some(d) = dead {
         d.close().await.map_err(|e| format!("{label}: {e}"))?;
     }
     Ok(ended)
+}
+
+/// Whether a push was refused for the message's size: larger than one
+/// Twrite on a write-framed topic, or than the topic's `max_message`.
+fn too_large(e: &Error) -> bool {
+    matches!(e, Error::TooLarge { .. }) || e.errno() == Some(crate::fs::errno::EMSGSIZE)
 }
 
 /// Run one process over `msg`: its stdout, or why it failed.

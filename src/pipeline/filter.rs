@@ -22,8 +22,18 @@
 //! in the process's stdin pipe or buffers, are lost with the process.
 //!
 //! A process that exits with status 0 before its input ended (`head -n
-//! 1`) has finished: as in sh, the rest of its input is read and dropped,
-//! so the stages before it do not wait for ever.
+//! 1`) has finished, and ends its stage as in sh: the stage's input is
+//! closed, so the stages before it stop as a process writing into a pipe
+//! whose reader exited (their pushes fail; see `stage::closed`), and so
+//! does `dchan run`'s reading of its standard input; what was left in
+//! the input is dropped. A copy whose push fails so (the next stage ended
+//! early) kills its process (as SIGPIPE would) and closes its own input
+//! in turn. Neither is a failure.
+//!
+//! A process that exits by itself once its input ended gives its exit
+//! status as its answer (`grep` that matched nothing: 1), not a failure;
+//! the run's status is made of them as sh's `pipefail` (see `run`). One
+//! killed by a signal then has died (lines it held may be lost).
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -35,8 +45,8 @@ use tokio::process::Command;
 use super::ahead::Ahead;
 use super::pgroup::{Proc, own_group};
 use super::spec::Stage;
-use super::stage::{Next, StageRun, next_ahead};
-use crate::client::Pusher;
+use super::stage::{Next, StageRun, closed, next_ahead, piped, tell_death};
+use crate::client::{Client, Pusher};
 
 /// Start the stage's command with its stdin and stdout piped to us, in a
 /// process group of its own (killed whole if we drop it, see `pgroup`).
@@ -71,6 +81,7 @@ enum Feed {
 pub(super) async fn run(
     run: &StageRun,
     copy: &str,
+    client: &Client,
     from: &mut Ahead,
     to: &Pusher,
 ) -> Result<bool, String> {
@@ -91,7 +102,7 @@ pub(super) async fn run(
                 return Ok(Feed::Died(Some(m)));
             }
             loop {
-                match next_ahead(run, from, || out_done.load(Relaxed)).await? {
+                match next_ahead(run, client, from, || out_done.load(Relaxed)).await? {
                     Next::Msg(m) => {
                         if stdin.write_all(&m).await.is_err() {
                             return Ok(Feed::Died(Some(m)));
@@ -122,22 +133,29 @@ pub(super) async fn run(
             // input) as in a pipe whose reader went away.
             let mut stdout = stdout;
             let mut buf = vec![0u8; 1 << 16];
+            // Ok(true): the next stage ended early (our output is closed).
             let r = loop {
                 match stdout.read(&mut buf).await {
-                    Ok(0) | Err(_) => break Ok(()),
-                    Ok(n) => {
-                        if let Err(e) = to.push(Bytes::copy_from_slice(&buf[..n])).await {
-                            drop(stdout);
-                            break Err(format!("{label}: push output: {e}"));
-                        }
-                    }
+                    Ok(0) | Err(_) => break Ok(false),
+                    Ok(n) => match to.push(Bytes::copy_from_slice(&buf[..n])).await {
+                        Ok(()) => {}
+                        Err(e) if closed(&e) => break Ok(true),
+                        Err(e) => break Err(format!("{label}: push output: {e}")),
+                    },
                 }
             };
+            drop(stdout);
             out_done.store(true, Relaxed);
             r
         };
         let (fed, drained): (Result<Feed, String>, _) = tokio::join!(feed, drain);
-        drained?;
+        if drained? {
+            // As SIGPIPE: the process, and the stages before.
+            child.kill();
+            let _ = child.wait().await;
+            piped(run, client).await;
+            return Ok(true);
+        }
         let fed = fed?;
         let status = child
             .wait()
@@ -145,16 +163,17 @@ pub(super) async fn run(
             .map_err(|e| format!("{label}: wait: {e}"))?;
         match fed {
             Feed::End | Feed::Stop => {
-                if !status.success() {
-                    tracing::warn!("{label}: exited with {status}");
-                    run.died(&status);
+                if run.ended(&status) {
+                    tell_death(run, client, copy, &status.to_string()).await;
                 }
                 return Ok(matches!(fed, Feed::End));
             }
             Feed::Died(_) if status.success() => {
-                // Finished early (head): drop the rest of the input.
+                // Finished early (head): the stages before stop, and what
+                // is left of the input is dropped.
+                piped(run, client).await;
                 loop {
-                    match next_ahead(run, from, || false).await? {
+                    match next_ahead(run, client, from, || false).await? {
                         Next::Msg(_) => continue,
                         Next::End => return Ok(true),
                         Next::Stop => return Ok(false),
@@ -163,6 +182,7 @@ pub(super) async fn run(
             }
             Feed::Died(m) => {
                 run.died(&status);
+                tell_death(run, client, copy, &status.to_string()).await;
                 deaths += 1;
                 if deaths > run.stage.attempts {
                     let attempts = run.stage.attempts;

@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 
 use super::spec::{GROUP, Pipeline, copies, dead_letters, input};
-use super::stage::field;
+use super::stage::{field, group_line};
 use crate::client::{Client, Options};
 
 /// How often the lines are redrawn.
@@ -54,7 +54,8 @@ impl Progress {
                         async move { c.ctl(&t).await.ok().and_then(|x| field(&x, key)) }
                     };
                     let inp = client.ctl(&input(&name, k)).await.unwrap_or_default();
-                    let (taken, lag) = group_line(&inp);
+                    let g = group_line(&inp);
+                    let (taken, lag) = (g.offset, g.lag);
                     let out = read(input(&name, k + 1), "pushed").await.unwrap_or(0);
                     let copies = read(copies(&name, k), "readers").await.unwrap_or(0);
                     let failed = read(dead_letters(&name, k), "pushed").await.unwrap_or(0);
@@ -78,21 +79,4 @@ impl Progress {
             b.finish_and_clear();
         }
     }
-}
-
-/// The group's offset and lag in a topic's ctl text.
-fn group_line(ctl: &str) -> (u64, u64) {
-    let prefix = format!("group {GROUP:?} ");
-    let Some(line) = ctl.lines().find_map(|l| l.strip_prefix(&prefix)) else {
-        return (0, 0);
-    };
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let get = |key| {
-        words
-            .windows(2)
-            .find(|w| w[0] == key)
-            .and_then(|w| w[1].parse().ok())
-            .unwrap_or(0)
-    };
-    (get("offset"), get("lag"))
 }

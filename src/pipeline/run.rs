@@ -4,7 +4,8 @@
 //!
 //! Topics of pipeline NAME with N stages: `NAME/1` … `NAME/N+1` (stage K
 //! reads `NAME/K`, writes `NAME/K+1`), `NAME/K.failed` (dead letters),
-//! `NAME/K.copies` (the live copies, see `stage`), and `NAME/pipeline`,
+//! `NAME/K.copies` (the live copies, see `stage`), `NAME/K.died` (a note
+//! per filter process that died, on any machine), and `NAME/pipeline`,
 //! which holds the pipeline's description (the file format) for workers
 //! that join with only its name. A topic written by an *each* stage is
 //! write-framed (a message is a whole stdout); the others are line-framed.
@@ -21,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::ahead::{AHEAD, Ahead};
 use super::progress::Progress;
-use super::spec::{GROUP, Kind, Pipeline, copies, dead_letters, input, spec_topic};
-use super::stage::{StageRun, TICK, copy, field, reader_options};
+use super::spec::{GROUP, Kind, Pipeline, copies, dead_letters, deaths, input, spec_topic};
+use super::stage::{StageRun, TICK, closed, copy, field, reader_options};
 use crate::client::{Client, Error, Framing, Options, TopicSettings};
 use futures_util::FutureExt;
 
@@ -33,40 +34,59 @@ const HOLD: &str = "hold";
 /// How a run or a worker ended.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// The signal that stopped the run (SIGINT, SIGTERM), if one did.
+    /// The signal that stopped the run (SIGINT, SIGTERM), if one did; or
+    /// SIGPIPE when standard output's reader went away (`| head`), which
+    /// stops a run as it stops a Unix command (but silently, by status 141).
     pub signal: Option<i32>,
     /// What failed, one line each, naming the stage: a copy that could
     /// not go on and why, the messages dead-lettered (how many, where),
     /// the filter processes that died (how often, how). Each failure is
     /// counted once.
     pub failures: Vec<String>,
+    /// The filter processes' own answer, as sh's `set -o pipefail` gives
+    /// it: the exit status of the last stage (in pipeline order) whose
+    /// process exited non-zero by itself after its input ended (`grep`
+    /// that matched nothing: 1), 0 if none did. Only of the copies run
+    /// here: a worker elsewhere has its own status.
+    pub exit: u8,
 }
 
 impl Report {
-    /// The exit status: 0 when nothing failed, else 1 (2 is bad usage,
-    /// 130 and 143 a run stopped by SIGINT or SIGTERM).
+    /// The exit status: 128 + the signal that stopped the run (130 SIGINT,
+    /// 143 SIGTERM, 141 standard output's reader gone); else 1 when
+    /// something failed (a failure sh has no word for: dead letters, a
+    /// process that died, a stage that could not start or go on); else
+    /// [`Report::exit`], as sh with pipefail. (2 is bad usage.)
     pub fn status(&self) -> u8 {
         match self.signal {
             Some(sig) => 128 + sig as u8,
-            None => u8::from(!self.failures.is_empty()),
+            None if !self.failures.is_empty() => 1,
+            None => self.exit,
         }
     }
 
-    /// Note what stage `run` lost: `dead` messages dead-lettered (on
-    /// every machine, for a run; here, for a worker), processes died.
-    fn stage(&mut self, run: &StageRun, dead: u64) {
+    /// Note what stage `run` lost: `dead` messages dead-lettered and
+    /// filter processes `died` (how many, how the last did), on every
+    /// machine for a run, here for a worker; and its processes' exit
+    /// status (stages noted in order: the last non-zero one stays, as
+    /// pipefail).
+    fn stage(&mut self, run: &StageRun, dead: u64, died: (u64, String)) {
         let label = run.label();
         if dead > 0 {
             let topic = dead_letters(&run.name, run.k);
             let s = if dead == 1 { "" } else { "s" };
             self.failures.push(format!(
-                "{label}: {dead} message{s} failed {} attempts, put in {topic}",
+                "{label}: {dead} message{s} failed (tried up to {} times, or an output too \
+                 large to pass on; the log says which), put in {topic}",
                 run.stage.attempts
             ));
         }
-        let died = run.died.load(Ordering::Relaxed);
+        let exit = run.exit.load(Ordering::Relaxed);
+        if exit != 0 {
+            self.exit = exit.min(255) as u8;
+        }
+        let (died, how) = died;
         if died > 0 {
-            let how = run.last_death.lock().expect("not poisoned").clone();
             let s = if died == 1 { "" } else { "s" };
             self.failures.push(format!(
                 "{label}: its process died {died} time{s} (last: {how}); \
@@ -208,10 +228,6 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
     if let Some(Err(why)) = printed {
         report.failures.push(why);
     }
-    if gone {
-        // Stopped as by SIGPIPE: what failed on the way out is no failure.
-        report.failures.clear();
-    }
     let mut keep_dead = Vec::new();
     for run in &runs {
         // Dead letters from every machine: the topic counts them.
@@ -222,7 +238,12 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
         if dead > 0 {
             keep_dead.push(run.k);
         }
-        report.stage(run, dead);
+        report.stage(run, dead, died(&client, run).await);
+    }
+    if gone {
+        // Stopped as by SIGPIPE: what failed on the way out is no failure.
+        report.failures.clear();
+        report.signal = Some(libc::SIGPIPE);
     }
     if !keep {
         let mut gone = Vec::new();
@@ -230,6 +251,7 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
             gone.push(input(&name, k));
             if k <= n {
                 gone.push(copies(&name, k));
+                gone.push(deaths(&name, k));
                 if !keep_dead.contains(&k) {
                     gone.push(dead_letters(&name, k));
                 }
@@ -241,6 +263,31 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
         }
     }
     Ok(report)
+}
+
+/// The filter processes of stage `run` that died on every machine (each
+/// copy notes each death in `NAME/K.died`), and how the last one did;
+/// this process's own count if the notes cannot be read.
+async fn died(client: &Client, run: &StageRun) -> (u64, String) {
+    let (here, how) = run.deaths();
+    let topic = deaths(&run.name, run.k);
+    let noted = match client.ctl(&topic).await {
+        Ok(text) => field(&text, "pushed").unwrap_or(0),
+        Err(_) => 0,
+    };
+    if noted <= here {
+        return (here, how);
+    }
+    // One batch read takes every note (see `stage::reader_options`).
+    match client.pull(&topic).await {
+        Ok(Some(notes)) => {
+            let notes = String::from_utf8_lossy(&notes);
+            let last = notes.lines().last().unwrap_or_default();
+            let how = last.split_once(": ").map_or(last, |(_, how)| how);
+            (noted, how.to_string())
+        }
+        _ => (noted, how),
+    }
 }
 
 async fn client_for(addr: &str) -> Result<Client, String> {
@@ -291,6 +338,12 @@ async fn set_up(client: &Client, name: &str, p: &Pipeline) -> Result<(), String>
         if k <= n {
             create(dead_letters(name, k), u64::MAX / 2, Framing::Write).await?;
             create(copies(name, k), 0, Framing::Line).await?;
+            // Read by us alone, at the end (see `died`).
+            create(deaths(name, k), u64::MAX / 2, Framing::Write).await?;
+            client
+                .offset(&deaths(name, k))
+                .await
+                .map_err(say(&deaths(name, k)))?;
         }
     }
     let spec = spec_topic(name);
@@ -309,7 +362,10 @@ async fn set_up(client: &Client, name: &str, p: &Pipeline) -> Result<(), String>
 }
 
 /// Standard input into `topic`, in big writes (the server cuts the
-/// lines), then close it.
+/// lines), then close it. If the first stage closed it first (it ended
+/// early, as `head`), stop reading: as a process writing into a pipe whose
+/// reader exited, and the process writing into our standard input gets
+/// SIGPIPE once we exit.
 async fn feed(client: Client, topic: String) -> Result<(), String> {
     let what = say(&topic);
     let pusher = client.open_push(&topic).await.map_err(&what)?;
@@ -323,10 +379,11 @@ async fn feed(client: Client, topic: String) -> Result<(), String> {
         if n == 0 {
             break;
         }
-        pusher
-            .push(Bytes::copy_from_slice(&buf[..n]))
-            .await
-            .map_err(&what)?;
+        match pusher.push(Bytes::copy_from_slice(&buf[..n])).await {
+            Ok(()) => {}
+            Err(e) if closed(&e) => return Ok(()),
+            Err(e) => return Err(what(e)),
+        }
     }
     pusher.close().await.map_err(&what)?;
     client.close(&topic).await.map_err(&what)
@@ -404,9 +461,13 @@ pub async fn worker(opts: WorkerOptions) -> Result<Report, String> {
         )
     })?;
     let mut stage = pipeline.stages[k - 1].clone();
-    if let Some(r) = opts.replicas {
-        stage.replicas = r;
-    }
+    stage.replicas = match opts.replicas {
+        Some(0) => return Err("--replicas 0: a worker runs at least one copy".into()),
+        Some(r) => r,
+        // A stage with no copies where `dchan run` runs waits for
+        // workers: one copy, unless told.
+        None => stage.replicas.max(1),
+    };
     let stop = CancellationToken::new();
     let run = Arc::new(StageRun::new(
         &opts.addr,
@@ -442,7 +503,7 @@ pub async fn worker(opts: WorkerOptions) -> Result<Report, String> {
         }
     }
     signals.abort();
-    report.stage(&run, run.dead.load(Ordering::Relaxed));
+    report.stage(&run, run.dead.load(Ordering::Relaxed), run.deaths());
     Ok(report)
 }
 

@@ -243,6 +243,11 @@ pub fn input(name: &str, k: usize) -> String {
 pub fn dead_letters(name: &str, k: usize) -> String {
     format!("{name}/{k}.failed")
 }
+/// Where copies of stage K, on any machine, note each filter process that
+/// died (one message each: `COPY: HOW`), so that `dchan run` counts them.
+pub fn deaths(name: &str, k: usize) -> String {
+    format!("{name}/{k}.died")
+}
 /// Whose readers are the live copies of stage K (each holds it open).
 pub fn copies(name: &str, k: usize) -> String {
     format!("{name}/{k}.copies")

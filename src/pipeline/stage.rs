@@ -12,18 +12,22 @@
 //! copy on every machine is done, and never before.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::ahead::{AHEAD, Ahead};
-use super::spec::{GROUP, Kind, Stage, copies, dead_letters, input};
+use super::spec::{GROUP, Kind, Stage, copies, dead_letters, deaths, input};
 use super::{each, filter};
 use crate::client::{Client, Error, Options, Puller};
 
 /// How often a copy waiting for a message looks whether it should stop.
 pub(super) const TICK: Duration = Duration::from_millis(500);
+
+/// How often a copy that read the end of its input, while its group still
+/// had messages out with other copies, looks again (see [`next`]).
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// What the copies of one stage share in one process.
 #[derive(Debug)]
@@ -43,6 +47,10 @@ pub struct StageRun {
     /// restarted or not, and how the last one did.
     pub died: AtomicU64,
     pub last_death: std::sync::Mutex<String>,
+    /// The status of a filter process that exited by itself, not 0, once
+    /// its input had ended (`grep` that matched nothing: 1), as sh gives
+    /// it: its answer, not a failure (the highest, with several copies).
+    pub exit: AtomicU32,
     /// Copies started here so far: numbers them.
     pub started: AtomicU64,
 }
@@ -64,6 +72,32 @@ impl StageRun {
         *self.last_death.lock().expect("not poisoned") = how.to_string();
     }
 
+    /// Filter processes that died here, and how the last one did.
+    pub fn deaths(&self) -> (u64, String) {
+        let how = self.last_death.lock().expect("not poisoned").clone();
+        (self.died.load(Ordering::Relaxed), how)
+    }
+
+    /// A filter process ended after its input did, with `how`: a signal
+    /// is a death (lines it held may be lost; true), an exit status its
+    /// answer.
+    pub(super) fn ended(&self, how: &std::process::ExitStatus) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        match how.code() {
+            Some(0) => false,
+            Some(code) => {
+                self.exit.fetch_max(code as u32, Ordering::Relaxed);
+                false
+            }
+            None if how.signal() == Some(libc::SIGPIPE) => false,
+            None => {
+                tracing::warn!("{}: {how}", self.label());
+                self.died(how);
+                true
+            }
+        }
+    }
+
     /// A new stage's shared state.
     pub fn new(addr: &str, name: &str, k: usize, stage: Stage, stop: CancellationToken) -> Self {
         StageRun {
@@ -75,6 +109,7 @@ impl StageRun {
             dead: Default::default(),
             died: Default::default(),
             last_death: Default::default(),
+            exit: Default::default(),
             started: Default::default(),
         }
     }
@@ -106,7 +141,7 @@ pub async fn copy(run: Arc<StageRun>) -> Result<(), String> {
             let mut from = Ahead::open(&client, &topic, ahead, TICK)
                 .await
                 .map_err(what)?;
-            let ended = filter::run(&run, &me, &mut from, &to).await?;
+            let ended = filter::run(&run, &me, &client, &mut from, &to).await?;
             to.close().await.map_err(what)?;
             from.finish().await.map_err(what)?;
             ended
@@ -167,9 +202,84 @@ pub(super) fn field(text: &str, key: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// The stage's group in its input topic: messages not yet taken (`lag`,
+/// with those given back) and taken but not acknowledged (`unacked`).
+pub(super) async fn group(client: &Client, topic: &str) -> Result<GroupLine, Error> {
+    Ok(group_line(&client.ctl(topic).await?))
+}
+
+/// One group's line of a topic's ctl text.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct GroupLine {
+    pub offset: u64,
+    pub lag: u64,
+    pub unacked: u64,
+}
+
+/// The line of [`GROUP`] in a topic's ctl text (zeros if it has none).
+pub(super) fn group_line(ctl: &str) -> GroupLine {
+    let prefix = format!("group {GROUP:?} ");
+    let Some(line) = ctl.lines().find_map(|l| l.strip_prefix(&prefix)) else {
+        return GroupLine::default();
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let get = |key| {
+        words
+            .windows(2)
+            .find(|w| w[0] == key)
+            .and_then(|w| w[1].parse().ok())
+            .unwrap_or(0)
+    };
+    GroupLine {
+        offset: get("offset"),
+        lag: get("lag"),
+        unacked: get("unacked"),
+    }
+}
+
+/// Whether the end of input a copy just read is the stage's end: its
+/// group has nothing left to take and nothing out with another copy. A
+/// message out with a copy that dies (a `dchan worker` killed) comes back
+/// to the group, and one of the copies still here must take it: so no
+/// copy leaves, and the stage's output is not closed, while any is out.
+async fn drained(run: &StageRun, client: &Client) -> Result<bool, String> {
+    let g = group(client, &input(&run.name, run.k))
+        .await
+        .map_err(|e| format!("{}: read input's state: {e}", run.label()))?;
+    Ok(g.lag == 0 && g.unacked == 0)
+}
+
+/// Tell whoever runs the pipeline that a filter process of copy `copy`
+/// died (`how`): one message in `NAME/K.died` (see `run`), on top of this
+/// process's own count and log. Best effort: the death is logged here
+/// whatever happens to the note.
+pub(super) async fn tell_death(run: &StageRun, client: &Client, copy: &str, how: &str) {
+    let topic = deaths(&run.name, run.k);
+    if let Err(e) = client.push(&topic, format!("{copy}: {how}\n")).await {
+        tracing::debug!("{}: note the death in {topic}: {e}", run.label());
+    }
+}
+
+/// Whether a push failed because its topic was closed: the next stage
+/// ended early (as `head` does) and closed its input, or the run was cut
+/// there. As a write into a pipe whose reader exited (EPIPE, SIGPIPE).
+pub(super) fn closed(e: &Error) -> bool {
+    e.errno() == Some(crate::fs::errno::EPIPE)
+        || matches!(e, Error::Server { message, .. } if message.contains("topic closed"))
+}
+
+/// The next stage stopped reading (its input is closed): stop as a process
+/// killed by SIGPIPE, and stop the stages before this one the same way, by
+/// closing this stage's input (their pushes fail in turn).
+pub(super) async fn piped(run: &StageRun, client: &Client) {
+    tracing::debug!("{}: the next stage ended early; stopping", run.label());
+    let _ = client.close(&input(&run.name, run.k)).await;
+}
+
 /// [`next`] over an [`Ahead`].
 pub(super) async fn next_ahead(
     run: &StageRun,
+    client: &Client,
     from: &mut Ahead,
     gone: impl Fn() -> bool,
 ) -> Result<Next, String> {
@@ -179,7 +289,11 @@ pub(super) async fn next_ahead(
         }
         match from.next().await {
             Ok(Some(m)) => return Ok(Next::Msg(m)),
-            Ok(None) => return Ok(Next::End),
+            Ok(None) if drained(run, client).await? => return Ok(Next::End),
+            Ok(None) => {
+                tokio::time::sleep(SETTLE).await;
+                from.resume();
+            }
             Err(Error::TimedOut) => continue,
             Err(e) => return Err(format!("{}: read input: {e}", run.label())),
         }
@@ -195,9 +309,12 @@ pub(super) enum Next {
 
 /// The next message, looking every [`TICK`] whether to stop (or whether
 /// `gone` says the consumer went away). `next_timeout` flushes and waits
-/// for the server's verdict, so giving up loses nothing.
+/// for the server's verdict, so giving up loses nothing. The end of input
+/// is [`Next::End`] only once the stage's group is drained (see
+/// [`drained`]); till then the copy reads again, now and then.
 pub(super) async fn next(
     run: &StageRun,
+    client: &Client,
     from: &mut Puller,
     gone: impl Fn() -> bool,
 ) -> Result<Next, String> {
@@ -207,7 +324,8 @@ pub(super) async fn next(
         }
         match from.next_timeout(TICK).await {
             Ok(Some(m)) => return Ok(Next::Msg(m)),
-            Ok(None) => return Ok(Next::End),
+            Ok(None) if drained(run, client).await? => return Ok(Next::End),
+            Ok(None) => tokio::time::sleep(SETTLE).await,
             Err(Error::TimedOut) => continue,
             Err(e) => return Err(format!("{}: read input: {e}", run.label())),
         }
