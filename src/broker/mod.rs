@@ -350,6 +350,9 @@ pub struct TopicStatus {
     pub blocked_writers: u64,
     pub groups: Vec<GroupStatus>,
     pub closed: bool,
+    /// The figures above that count this server's part only, by their
+    /// ctl names ("" for an engine that is one server).
+    pub local: &'static str,
 }
 
 /// Totals over all topics, for the server's ctl file.
@@ -371,6 +374,24 @@ pub struct DiskStatus {
     pub sync: durable::SyncMode,
     /// The bytes its topics' files take.
     pub bytes: u64,
+}
+
+/// A push whose place in its topic is fixed (see [`Broker::push_ordered`]).
+pub enum Pushed {
+    /// Done: its sequence number.
+    Done(Seq),
+    /// On its way: resolves as [`Broker::push_to`] would.
+    Pending(std::pin::Pin<Box<dyn Future<Output = Result<Seq>> + Send>>),
+}
+
+impl Pushed {
+    /// Wait for the rest of the push.
+    pub async fn done(self) -> Result<Seq> {
+        match self {
+            Pushed::Done(seq) => Ok(seq),
+            Pushed::Pending(f) => f.await,
+        }
+    }
 }
 
 /// A pulled message. `ack` finishes it; dropping it unacked puts it back at
@@ -469,6 +490,15 @@ pub trait Broker: Send + Sync + 'static {
     /// The topic's identity, in constant time (no status is built), from
     /// this server's view of the namespace: walks and stats ask it.
     fn id(&self, topic: &str) -> Result<TopicId>;
+
+    /// A topic this server's view lacks may exist (a namespace shared with
+    /// other servers, which this one hears of a moment later): the asking
+    /// that brings it into the view if so, after which `id` is asked
+    /// again. `None` (the default) for an engine that is its own view.
+    fn refresh(&self, topic: &str) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        let _ = topic;
+        None
+    }
     fn status(&self, topic: Target<'_>) -> impl Future<Output = Result<TopicStatus>> + Send;
     /// Totals, as this server knows them now.
     fn totals(&self) -> BrokerStatus;
@@ -506,6 +536,22 @@ pub trait Broker: Send + Sync + 'static {
         data: Bytes,
         wait: Wait,
     ) -> impl Future<Output = Result<Seq>> + Send;
+
+    /// `push_to` in two steps, for a file's pipelined writes: resolves once
+    /// the push's place in the topic is fixed (it comes after every push
+    /// whose first step resolved before it was called), with what is left
+    /// to wait for before it counts as `push_to`'s `Ok`. An engine whose
+    /// store is a round trip away (JetStream) thus has many pushes on the
+    /// wire; by default, `push_to` whole.
+    fn push_ordered(
+        &self,
+        topic: Target<'_>,
+        data: Bytes,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Pushed>> + Send {
+        let push = self.push_to(topic, data, wait);
+        async move { push.await.map(Pushed::Done) }
+    }
 
     /// Take the group's next message, waiting for one; `None` once the topic
     /// is closed and the group has read everything (end of file).

@@ -607,20 +607,33 @@ impl<B: Broker> TopicTree<B> {
         if !f.writes {
             return Err(Error::new(errno::EBADF, "file not open for writing"));
         }
-        let taken = self.push_data(topic, f, data).await?;
-        // Durable before it is answered (see `Broker::settle`), the file's
-        // next write already under way.
+        let (taken, stored) = self.push_data(topic, f, data).await?;
+        // Stored and durable before it is answered (see
+        // `Broker::push_ordered` and `Broker::settle`), the file's next
+        // write already under way.
+        if let Some(stored) = stored
+            && let Some(short) = stored.await?
+        {
+            return Ok(short);
+        }
         self.broker.settle(topic).await.map_err(broker_error)?;
         Ok(taken)
     }
 
-    /// Push what a write makes, in order with the file's other writes.
+    /// Push what a write makes, in order with the file's other writes:
+    /// the count of bytes taken, and what is left to wait for once the
+    /// file's next write may go (the pushes not yet confirmed, see
+    /// `Broker::push_ordered`): it resolves to a short count if one of
+    /// them failed after some went out.
     async fn push_data(
         &self,
         topic: Target<'_>,
         f: &DataFile<B::Delivery>,
         data: Bytes,
-    ) -> Result<u32> {
+    ) -> Result<(
+        u32,
+        Option<impl Future<Output = Result<Option<u32>>> + use<B>>,
+    )> {
         let n = data.len() as u32;
         let mut writer = f.writer.lock().await;
         if std::mem::take(&mut writer.reset_due) {
@@ -641,13 +654,21 @@ impl<B: Broker> TopicTree<B> {
                 "no buffer space: partial lines held by open data files are at the server's limit (limits.max_unfinished_bytes); this file's partial line is dropped, nothing of this write was pushed",
             ));
         }
+        // The pushes on their way, with the bytes of the lines before each.
+        let mut pending = Vec::new();
+        let mut stored = |i: usize, pushed: broker::Pushed| {
+            if let broker::Pushed::Pending(p) = pushed {
+                pending.push((i.checked_sub(1).map(|j| cut.ends[j] as u32), p));
+            }
+        };
         for (i, m) in cut.messages.iter().enumerate() {
-            match self.broker.push_to(topic, m.clone(), f.wait).await {
-                Ok(_) if i == 0 => {
+            match self.broker.push_ordered(topic, m.clone(), f.wait).await {
+                Ok(p) if i == 0 => {
+                    stored(i, p);
                     writer.pushed();
                     writer.commit_first(&cut);
                 }
-                Ok(_) => {}
+                Ok(p) => stored(i, p),
                 // A non-blocking write refused whole, again and again in
                 // quick succession: a kernel retrying it (Linux 6.12 does
                 // for ever, unkillable); EBUSY ends that (see `data`).
@@ -670,14 +691,31 @@ impl<B: Broker> TopicTree<B> {
                 // fails the write.
                 Err(broker::Error::Reset) if i > 0 => {
                     writer.reset_due = true;
-                    return Ok(cut.ends[i - 1] as u32);
+                    return Ok((cut.ends[i - 1] as u32, None));
                 }
-                Err(_) if i > 0 => return Ok(cut.ends[i - 1] as u32),
+                Err(_) if i > 0 => return Ok((cut.ends[i - 1] as u32, None)),
                 Err(e) => return Err(broker_error(e)),
             }
         }
         writer.commit(cut);
-        Ok(n)
+        if pending.is_empty() {
+            return Ok((n, None));
+        }
+        // The first that fails decides: the lines before it went out.
+        Ok((
+            n,
+            Some(async move {
+                for (before, p) in pending {
+                    if let Err(e) = p.await {
+                        return match before {
+                            Some(b) => Ok(Some(b)),
+                            None => Err(broker_error(e)),
+                        };
+                    }
+                }
+                Ok(None)
+            }),
+        ))
     }
 }
 
@@ -1007,6 +1045,25 @@ impl<B: Broker> FileTree for TopicTree<B> {
 
     fn walk(&self, dir: &Node, name: &str) -> Result<Node> {
         self.walk_node(dir, name).map_err(|e| dir.session.error(e))
+    }
+
+    /// A topic made through another server, which this one's view may not
+    /// have yet: the broker asks for it (`Broker::refresh`).
+    fn recheck(
+        &self,
+        dir: &Node,
+        name: &str,
+    ) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        let path = match (&dir.at, name) {
+            (_, "..") => return None,
+            (At::Root, _) => name.to_string(),
+            (At::Dir(p), _) if FileKind::from_name(name).is_none() => format!("{p}/{name}"),
+            _ => return None,
+        };
+        if ctl::check_component(name).is_err() || self.broker.id(&path).is_ok() {
+            return None;
+        }
+        self.broker.refresh(&path)
     }
 
     fn stat(&self, node: &Node) -> Result<FileInfo> {
