@@ -209,6 +209,19 @@ pub trait FileTree: Send + Sync + 'static {
     /// ".." is passed through for the tree to resolve.
     fn walk(&self, dir: &Self::Node, name: &str) -> Result<Self::Node>;
 
+    /// A walk of `name` from `dir` found nothing: if the tree may learn of
+    /// it by asking (a namespace shared with other servers, which this one
+    /// hears of a moment later), the asking, after which the engine walks
+    /// once more. By default nothing to ask.
+    fn recheck(
+        &self,
+        dir: &Self::Node,
+        name: &str,
+    ) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        let _ = (dir, name);
+        None
+    }
+
     fn stat(&self, node: &Self::Node) -> Result<FileInfo>;
 
     /// The entries of a directory, in a stable order.

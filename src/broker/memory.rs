@@ -32,8 +32,8 @@ use super::tally::Tally;
 use super::topic::{Start, State, Topic};
 use super::waiters::{PullWait, PushWait, within};
 use super::{
-    Broker, BrokerStatus, Error, GroupLimits, Result, Seq, Setting, Target, TopicConfig, TopicId,
-    TopicStatus, Wait,
+    Broker, BrokerStatus, Error, GroupLimits, PushedAll, Result, Seq, Setting, Target, TopicConfig,
+    TopicId, TopicStatus, Wait,
 };
 
 pub use super::waiters::MemoryDelivery;
@@ -372,12 +372,17 @@ impl Broker for MemoryBroker {
         name: Target<'a>,
         messages: &'a [Bytes],
         wait: Wait,
-    ) -> impl Future<Output = (usize, Result<()>)> + Send + 'a {
+    ) -> impl Future<Output = PushedAll> + Send + 'a {
         let topic = self.topic(name);
         async move {
-            match topic {
+            let (pushed, result) = match topic {
                 Ok(topic) => push_all_topic(topic, messages, wait).await,
                 Err(e) => (0, Err(e)),
+            };
+            PushedAll {
+                pushed,
+                error: result.err(),
+                pending: Vec::new(),
             }
         }
     }

@@ -350,6 +350,9 @@ pub struct TopicStatus {
     pub blocked_writers: u64,
     pub groups: Vec<GroupStatus>,
     pub closed: bool,
+    /// The figures above that count this server's part only, by their
+    /// ctl names ("" for an engine that is one server).
+    pub local: &'static str,
 }
 
 /// Totals over all topics, for the server's ctl file.
@@ -372,6 +375,39 @@ pub struct DiskStatus {
     /// The bytes its topics' files take.
     pub bytes: u64,
 }
+
+/// A push whose place in its topic is fixed (see [`Broker::push_ordered`]).
+pub enum Pushed {
+    /// Done: its sequence number.
+    Done(Seq),
+    /// On its way: resolves as [`Broker::push_to`] would.
+    Pending(PendingPush),
+}
+
+impl Pushed {
+    /// Wait for the rest of the push.
+    pub async fn done(self) -> Result<Seq> {
+        match self {
+            Pushed::Done(seq) => Ok(seq),
+            Pushed::Pending(f) => f.await,
+        }
+    }
+}
+
+/// What [`Broker::push_all`] did with a write's messages.
+#[derive(Default)]
+pub struct PushedAll {
+    /// How many, from the first, have their place in the topic.
+    pub pushed: usize,
+    /// What stopped the rest.
+    pub error: Option<Error>,
+    /// Those of the `pushed` still on their way (their index, and the
+    /// rest of the push: see [`Pushed::Pending`]).
+    pub pending: Vec<(usize, PendingPush)>,
+}
+
+/// The rest of a push on its way.
+pub type PendingPush = std::pin::Pin<Box<dyn Future<Output = Result<Seq>> + Send>>;
 
 /// A pulled message. `ack` finishes it; dropping it unacked puts it back at
 /// the front of its group (at-least-once delivery).
@@ -479,6 +515,15 @@ pub trait Broker: Send + Sync + 'static {
     /// The topic's identity, in constant time (no status is built), from
     /// this server's view of the namespace: walks and stats ask it.
     fn id(&self, topic: &str) -> Result<TopicId>;
+
+    /// A topic this server's view lacks may exist (a namespace shared with
+    /// other servers, which this one hears of a moment later): the asking
+    /// that brings it into the view if so, after which `id` is asked
+    /// again. `None` (the default) for an engine that is its own view.
+    fn refresh(&self, topic: &str) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        let _ = topic;
+        None
+    }
     fn status(&self, topic: Target<'_>) -> impl Future<Output = Result<TopicStatus>> + Send;
     /// Totals, as this server knows them now.
     fn totals(&self) -> BrokerStatus;
@@ -517,10 +562,11 @@ pub trait Broker: Send + Sync + 'static {
         wait: Wait,
     ) -> impl Future<Output = Result<Seq>> + Send;
 
-    /// Push `messages` in order, each as `push_to` would (a write of many
-    /// lines): how many were pushed, and the error that stopped the rest.
-    /// By default `push_to` one after another; the memory engine pushes
-    /// all that can go at once under one lock, so that readers find the
+    /// Push `messages` in order, each as `push_ordered` would (a write of
+    /// many lines): how many have their place fixed, the error that
+    /// stopped the rest, and those still on their way. By default
+    /// `push_ordered` one after another; the memory engine pushes all
+    /// that can go at once under one lock, so that readers find the
     /// write's messages together (a batch read takes them in one), and
     /// waits only where one must.
     fn push_all<'a>(
@@ -528,15 +574,38 @@ pub trait Broker: Send + Sync + 'static {
         topic: Target<'a>,
         messages: &'a [Bytes],
         wait: Wait,
-    ) -> impl Future<Output = (usize, Result<()>)> + Send + 'a {
+    ) -> impl Future<Output = PushedAll> + Send + 'a {
         async move {
+            let mut all = PushedAll::default();
             for (i, m) in messages.iter().enumerate() {
-                if let Err(e) = self.push_to(topic, m.clone(), wait).await {
-                    return (i, Err(e));
+                match self.push_ordered(topic, m.clone(), wait).await {
+                    Ok(Pushed::Done(_)) => {}
+                    Ok(Pushed::Pending(p)) => all.pending.push((i, p)),
+                    Err(e) => {
+                        all.error = Some(e);
+                        return all;
+                    }
                 }
+                all.pushed = i + 1;
             }
-            (messages.len(), Ok(()))
+            all
         }
+    }
+
+    /// `push_to` in two steps, for a file's pipelined writes: resolves once
+    /// the push's place in the topic is fixed (it comes after every push
+    /// whose first step resolved before it was called), with what is left
+    /// to wait for before it counts as `push_to`'s `Ok`. An engine whose
+    /// store is a round trip away (JetStream) thus has many pushes on the
+    /// wire; by default, `push_to` whole.
+    fn push_ordered(
+        &self,
+        topic: Target<'_>,
+        data: Bytes,
+        wait: Wait,
+    ) -> impl Future<Output = Result<Pushed>> + Send {
+        let push = self.push_to(topic, data, wait);
+        async move { push.await.map(Pushed::Done) }
     }
 
     /// Take the group's next message, waiting for one; `None` once the topic

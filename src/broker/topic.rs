@@ -1205,6 +1205,7 @@ impl State {
             blocked_writers: (self.offers.len() + self.appended.len()) as u64,
             groups,
             closed: self.closed,
+            local: "",
         })
     }
 }

@@ -37,6 +37,13 @@ pub enum Action<T: FileTree> {
 /// The outcome of a request that waited.
 pub enum Done<T: FileTree> {
     Reply(Fcall),
+    /// A walk that found nothing, to be walked once more now that the
+    /// tree asked (see [`FileTree::recheck`]).
+    Walk {
+        fid: Fid,
+        newfid: Fid,
+        wnames: Vec<String>,
+    },
     Fail(fs::Error),
     /// An open or create succeeded: the fid becomes open.
     Opened {
@@ -248,6 +255,15 @@ impl<T: FileTree> Session<T> {
         match done {
             Done::Reply(f) => f,
             Done::Fail(e) => self.error(&e),
+            Done::Walk {
+                fid,
+                newfid,
+                wnames,
+            } => match self.walk_again(fid, newfid, &wnames, false) {
+                Ok(Action::Reply(f)) => f,
+                Ok(_) => self.error(&err(errno::ENOENT, "file does not exist")),
+                Err(e) => self.error(&e),
+            },
             Done::Opened {
                 fid,
                 node,
@@ -575,6 +591,12 @@ impl<T: FileTree> Session<T> {
     }
 
     fn walk(&mut self, fid: Fid, newfid: Fid, wnames: &[String]) -> Res<T> {
+        self.walk_again(fid, newfid, wnames, true)
+    }
+
+    /// A walk; `recheck`: a name not found may be asked of the tree
+    /// (see [`FileTree::recheck`]) and the walk done once more.
+    fn walk_again(&mut self, fid: Fid, newfid: Fid, wnames: &[String], recheck: bool) -> Res<T> {
         if wnames.len() > MAXWELEM {
             return Err(err(errno::EINVAL, "too many names in walk"));
         }
@@ -591,7 +613,24 @@ impl<T: FileTree> Session<T> {
                 n if n.is_empty() || n.contains('/') => {
                     Err(err(errno::ENOENT, "file does not exist"))
                 }
-                n => self.tree.walk(&node, n),
+                n => match self.tree.walk(&node, n) {
+                    Err(e) if recheck && e.errno == errno::ENOENT => {
+                        if let Some(asking) = self.tree.recheck(&node, n) {
+                            let (fid, newfid) = (fid, newfid);
+                            let wnames = wnames.to_vec();
+                            return self.wait(NOFID, async move {
+                                asking.await;
+                                Done::Walk {
+                                    fid,
+                                    newfid,
+                                    wnames,
+                                }
+                            });
+                        }
+                        Err(e)
+                    }
+                    r => r,
+                },
             };
             let step = step.and_then(|n| Ok((self.tree.stat(&n)?.qid, n)));
             match step {

@@ -395,7 +395,9 @@ pub fn root_text(s: &RootStatus) -> String {
 }
 
 /// What a topic's ctl file reads; `readers` (open data files that read)
-/// is counted by the tree, the rest comes from the broker.
+/// is counted by the tree, the rest comes from the broker. On an engine
+/// shared by several servers, a `local` line names the figures that count
+/// this server's part only.
 pub fn topic_text(s: &TopicStatus, readers: u64) -> String {
     let mut t = String::new();
     let c = &s.config;
@@ -427,6 +429,9 @@ pub fn topic_text(s: &TopicStatus, readers: u64) -> String {
             "group {:?} offset {} lag {} unacked {} blocked {}",
             g.name, g.offset, g.lag, g.unacked, g.blocked
         );
+    }
+    if !s.local.is_empty() {
+        let _ = writeln!(t, "local {}", s.local);
     }
     let _ = writeln!(t, "closed {}", s.closed);
     t

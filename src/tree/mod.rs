@@ -609,20 +609,33 @@ impl<B: Broker> TopicTree<B> {
         if !f.writes {
             return Err(Error::new(errno::EBADF, "file not open for writing"));
         }
-        let taken = self.push_data(topic, f, data).await?;
-        // Durable before it is answered (see `Broker::settle`), the file's
-        // next write already under way.
+        let (taken, stored) = self.push_data(topic, f, data).await?;
+        // Stored and durable before it is answered (see
+        // `Broker::push_ordered` and `Broker::settle`), the file's next
+        // write already under way.
+        if let Some(stored) = stored
+            && let Some(short) = stored.await?
+        {
+            return Ok(short);
+        }
         self.broker.settle(topic).await.map_err(broker_error)?;
         Ok(taken)
     }
 
-    /// Push what a write makes, in order with the file's other writes.
+    /// Push what a write makes, in order with the file's other writes:
+    /// the count of bytes taken, and what is left to wait for once the
+    /// file's next write may go (the pushes not yet confirmed, see
+    /// `Broker::push_ordered`): it resolves to a short count if one of
+    /// them failed after some went out.
     async fn push_data(
         &self,
         topic: Target<'_>,
         f: &DataFile<B::Delivery>,
         data: Bytes,
-    ) -> Result<u32> {
+    ) -> Result<(
+        u32,
+        Option<impl Future<Output = Result<Option<u32>>> + use<B>>,
+    )> {
         let n = data.len() as u32;
         let mut writer = f.writer.lock().await;
         if std::mem::take(&mut writer.reset_due) {
@@ -643,18 +656,18 @@ impl<B: Broker> TopicTree<B> {
                 "no buffer space: partial lines held by open data files are at the server's limit (limits.max_unfinished_bytes); this file's partial line is dropped, nothing of this write was pushed",
             ));
         }
-        let (pushed, result) = self.broker.push_all(topic, &cut.messages, f.wait).await;
-        if pushed > 0 {
+        let all = self.broker.push_all(topic, &cut.messages, f.wait).await;
+        if all.pushed > 0 {
             writer.pushed();
             writer.commit_first(&cut);
         }
-        match result {
-            Ok(()) => {}
+        match all.error {
+            None => {}
             // A non-blocking write refused whole, again and again in
             // quick succession: a kernel retrying it (Linux 6.12 does
             // for ever, unkillable); EBUSY ends that (see `data`).
-            Err(broker::Error::WouldBlock)
-                if pushed == 0 && writer.refused(tokio::time::Instant::now()) =>
+            Some(broker::Error::WouldBlock)
+                if all.pushed == 0 && writer.refused(tokio::time::Instant::now()) =>
             {
                 return Err(Error::new(
                     errno::EBUSY,
@@ -670,14 +683,35 @@ impl<B: Broker> TopicTree<B> {
             // otherwise succeed on the reopened topic, and its writer
             // never learn of the reset); a reset at the first line
             // fails the write.
-            Err(e) if pushed > 0 => {
+            Some(e) if all.pushed > 0 => {
                 writer.reset_due = matches!(e, broker::Error::Reset);
-                return Ok(cut.ends[pushed - 1] as u32);
+                return Ok((cut.ends[all.pushed - 1] as u32, None));
             }
-            Err(e) => return Err(broker_error(e)),
+            Some(e) => return Err(broker_error(e)),
         }
+        // The pushes on their way, with the bytes of the lines before each.
+        let pending: Vec<_> = (all.pending.into_iter())
+            .map(|(i, p)| (i.checked_sub(1).map(|j| cut.ends[j] as u32), p))
+            .collect();
         writer.commit(cut);
-        Ok(n)
+        if pending.is_empty() {
+            return Ok((n, None));
+        }
+        // The first that fails decides: the lines before it went out.
+        Ok((
+            n,
+            Some(async move {
+                for (before, p) in pending {
+                    if let Err(e) = p.await {
+                        return match before {
+                            Some(b) => Ok(Some(b)),
+                            None => Err(broker_error(e)),
+                        };
+                    }
+                }
+                Ok(None)
+            }),
+        ))
     }
 }
 
@@ -1007,6 +1041,25 @@ impl<B: Broker> FileTree for TopicTree<B> {
 
     fn walk(&self, dir: &Node, name: &str) -> Result<Node> {
         self.walk_node(dir, name).map_err(|e| dir.session.error(e))
+    }
+
+    /// A topic made through another server, which this one's view may not
+    /// have yet: the broker asks for it (`Broker::refresh`).
+    fn recheck(
+        &self,
+        dir: &Node,
+        name: &str,
+    ) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        let path = match (&dir.at, name) {
+            (_, "..") => return None,
+            (At::Root, _) => name.to_string(),
+            (At::Dir(p), _) if FileKind::from_name(name).is_none() => format!("{p}/{name}"),
+            _ => return None,
+        };
+        if ctl::check_component(name).is_err() || self.broker.id(&path).is_ok() {
+            return None;
+        }
+        self.broker.refresh(&path)
     }
 
     fn stat(&self, node: &Node) -> Result<FileInfo> {

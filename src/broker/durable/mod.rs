@@ -54,8 +54,8 @@ use super::memory::{
 };
 use super::topic::State;
 use super::{
-    Broker, BrokerStatus, DiskStatus, GroupLimits, Result, Seq, Setting, Target, TopicConfig,
-    TopicId, TopicStatus, Wait,
+    Broker, BrokerStatus, DiskStatus, GroupLimits, PushedAll, Result, Seq, Setting, Target,
+    TopicConfig, TopicId, TopicStatus, Wait,
 };
 
 /// What a topic keeps of its messages in memory by default: 32 MiB,
@@ -395,12 +395,17 @@ impl Broker for DurableBroker {
         name: Target<'a>,
         messages: &'a [Bytes],
         wait: Wait,
-    ) -> impl Future<Output = (usize, Result<()>)> + Send + 'a {
+    ) -> impl Future<Output = PushedAll> + Send + 'a {
         let topic = self.mem.topic(name);
         async move {
-            match topic {
+            let (pushed, result) = match topic {
                 Ok(topic) => push_all_topic(topic, messages, wait).await,
                 Err(e) => (0, Err(e)),
+            };
+            PushedAll {
+                pushed,
+                error: result.err(),
+                pending: Vec::new(),
             }
         }
     }

@@ -10,21 +10,28 @@
 //! - Messages: one stream per topic, `PREFIX_ID` on subject `PREFIX.m.ID`,
 //!   limits retention; what every group has acked is purged (`trim`).
 //!   dchan's sequence number is the stream's minus one.
-//! - Groups: one durable pull consumer per group, explicit ack; a pull asks
-//!   for one message; `Delivery::ack` is an AckAck (confirmed by the
-//!   server), a delivery dropped unacked is a Nak (redelivered first).
+//! - Groups: one durable pull consumer per group, explicit ack; a group's
+//!   blocking pulls on a server share its puller (`puller`: one
+//!   subscription, one request for the pulls waiting together);
+//!   `Delivery::ack` is an AckAck (confirmed by the server), a delivery
+//!   dropped unacked is a Nak (redelivered first).
 //! - Capacity (`ops`): JetStream never makes a publisher wait, so a push
 //!   looks at the groups' consumers and waits, with a bounded back-off and
 //!   a local wake-up, while the slowest lags C or more; at C = 0 it
 //!   publishes and waits until every group's consumer has delivered it.
-//! - Pushes and pulls run as tasks, so a blocked pull keeps its request at
-//!   the server (and a rendezvous push can complete) whether or not its
-//!   future is polled, as the memory engine's reservations do.
+//! - Pushes run as tasks and pulls wait in the puller, so a blocked pull
+//!   keeps its request at the server (and a rendezvous push can complete)
+//!   whether or not its future is polled, as the memory engine's
+//!   reservations do.
+//! - A purge and the making of a group take the topic's lock (a key of
+//!   the registry made only if absent), so a group made never misses what
+//!   a purge took.
 //!
 //! `async-nats` does the protocol, the key-value store and the consumers;
 //! what is written here is only the mapping of dchan's rules onto them.
 
 mod ops;
+mod puller;
 mod registry;
 
 use std::future::Future;
@@ -112,6 +119,8 @@ pub(crate) struct Inner {
     /// as too long, where NATS would refuse every try until the timeout.
     pub(crate) max_payload: u64,
     config: JetStreamConfig,
+    /// Cancelled when the broker is dropped: its pullers stop.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// What a publish's headers (its message id) take of NATS's
@@ -121,6 +130,7 @@ const HEADROOM: u64 = 128;
 impl Drop for JetStreamBroker {
     fn drop(&mut self) {
         self.follower.abort();
+        self.inner.shutdown.cancel();
     }
 }
 
@@ -206,10 +216,98 @@ impl JetStreamBroker {
                 mirror,
                 max_payload,
                 config,
+                shutdown: Default::default(),
             }),
             follower,
         })
     }
+}
+
+/// How long a topic's lock may stay held before another server breaks it
+/// (its holder died holding it: it holds it for a few round trips).
+const STALE_LOCK: Duration = Duration::from_secs(30);
+
+/// A topic's lock held (see [`Inner::lock`]); released by `release`, or
+/// when dropped (a cancelled operation) by a task of its own.
+pub(crate) struct Lock {
+    key: String,
+    rev: u64,
+    released: bool,
+    js: jetstream::Context,
+    bucket: kv::Store,
+}
+
+impl Lock {
+    async fn release(mut self, inner: &Inner) {
+        self.released = true;
+        let _ = inner.within(inner.delete_marker(&self.key, self.rev)).await;
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (key, rev, js, bucket) = (
+            std::mem::take(&mut self.key),
+            self.rev,
+            self.js.clone(),
+            self.bucket.clone(),
+        );
+        rt.spawn(async move {
+            let _ = delete_marker(&js, &bucket, &key, rev).await;
+        });
+    }
+}
+
+/// Publish a delete marker for `key` of `bucket` whose revision must be
+/// `last`, as the bucket would; the marker's revision.
+async fn delete_marker(
+    js: &jetstream::Context,
+    bucket: &kv::Store,
+    key: &str,
+    last: u64,
+) -> std::result::Result<u64, String> {
+    let prefix = bucket.put_prefix.as_ref().unwrap_or(&bucket.prefix);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("KV-Operation", "DEL");
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        last.to_string().as_str(),
+    );
+    let ack = js
+        .publish_with_headers(format!("{prefix}{key}"), headers, Bytes::new())
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ack.sequence)
+}
+
+/// A group being made or moved on this server, counted in
+/// `Topic::making` while it lives: this server's trims wait for it.
+struct Making<'a>(&'a Topic);
+
+impl<'a> Making<'a> {
+    fn new(topic: &'a Topic) -> Making<'a> {
+        topic.making.fetch_add(1, Ordering::Relaxed);
+        Making(topic)
+    }
+}
+
+impl Drop for Making<'_> {
+    fn drop(&mut self) {
+        self.0.making.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The lowest ack floor of the groups: what they all acked.
+fn floor_of(groups: &[consumer::Info]) -> Option<u64> {
+    groups.iter().map(|g| g.ack_floor.stream_sequence).min()
 }
 
 impl JetStreamBroker {
@@ -352,25 +450,7 @@ impl Inner {
     /// Publish a delete marker for `key` whose revision must be `last`;
     /// the marker's revision.
     async fn delete_marker(&self, key: &str, last: u64) -> std::result::Result<u64, String> {
-        let prefix = self
-            .bucket
-            .put_prefix
-            .as_ref()
-            .unwrap_or(&self.bucket.prefix);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("KV-Operation", "DEL");
-        headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            last.to_string().as_str(),
-        );
-        let ack = self
-            .js
-            .publish_with_headers(format!("{prefix}{key}"), headers, Bytes::new())
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(ack.sequence)
+        delete_marker(&self.js, &self.bucket, key, last).await
     }
 
     /// Change `target`'s record with `f`, retrying on a concurrent change.
@@ -449,15 +529,15 @@ impl Inner {
         {
             Ok(c) => c,
             Err(_) => {
-                let infos = self.groups(&stream).await?;
-                if infos.len() >= self.config.groups.max_per_topic {
-                    return Err(Error::TooManyGroups(self.config.groups.max_per_topic));
+                // Trims on this server wait for it from now on (`Making`),
+                // trims on any server once it has the lock.
+                let _making = Making::new(topic);
+                let lock = self.lock(topic, true).await?;
+                let made = self.make_consumer(topic, &stream, group).await;
+                if let Some(lock) = lock {
+                    lock.release(self).await;
                 }
-                // A new group starts at the oldest message held for the
-                // others: first let go of what they all acked.
-                self.trim(topic, &stream, &infos).await?;
-                self.within(stream.create_consumer(self.consumer_config(group, None)))
-                    .await?
+                made?
             }
         };
         topic
@@ -467,9 +547,57 @@ impl Inner {
         Ok(consumer)
     }
 
+    /// Make the group's consumer, at the oldest message held, with the
+    /// topic's lock held; one made meanwhile (by a pull on another
+    /// server) is the group's.
+    async fn make_consumer(
+        &self,
+        topic: &Topic,
+        stream: &stream::Stream<()>,
+        group: &str,
+    ) -> Result<PullConsumer> {
+        let name = consumer_name(group);
+        if let Ok(c) = stream.get_consumer::<consumer::pull::Config>(&name).await {
+            return Ok(c);
+        }
+        let infos = self.groups(stream).await?;
+        if infos.len() >= self.config.groups.max_per_topic {
+            return Err(Error::TooManyGroups(self.config.groups.max_per_topic));
+        }
+        // A new group starts at the oldest message held for the others:
+        // first let go of what they all acked.
+        self.trim_locked(topic, stream).await?;
+        // A push's room counts this group from the next look.
+        topic.last_look.lock().groups.clear();
+        self.within(stream.create_consumer(self.consumer_config(group, None)))
+            .await
+    }
+
+    /// The group's puller on this server, started if new.
+    pub(crate) async fn puller(
+        self: &Arc<Self>,
+        topic: &Arc<Topic>,
+        group: &str,
+    ) -> Result<Arc<puller::Puller>> {
+        if let Some(p) = topic.pullers.lock().get(group) {
+            return Ok(p.clone());
+        }
+        // The group may be new: this server's trims wait for it.
+        let _making = Making::new(topic);
+        let _starting = topic.starting.lock().await;
+        if let Some(p) = topic.pullers.lock().get(group) {
+            return Ok(p.clone());
+        }
+        let consumer = self.consumer(topic, group).await?;
+        let p = puller::Puller::start(self, topic, group, consumer).await?;
+        topic.pullers.lock().insert(group.to_string(), p.clone());
+        Ok(p)
+    }
+
     /// The group's consumer after it went away under a pull: the one a
     /// seek makes again, or (forgotten) a new one at the oldest held.
     pub(crate) async fn find_consumer(&self, group: &str, topic: &Topic) -> Result<PullConsumer> {
+        topic.consumers.lock().remove(group);
         let stream = self.stream(topic).await?;
         for _ in 0..10 {
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -492,35 +620,102 @@ impl Inner {
 
     /// Purge what every group has acked, so that the stream holds what a
     /// group still needs and a new group starts at the oldest of it. With
-    /// no group, nothing goes: it is held for the group to come.
+    /// no group, nothing goes: it is held for the group to come. Only
+    /// under the topic's lock (see [`Inner::lock`]): a purge never runs
+    /// while a group is being made or moved on any server, so a group made
+    /// starts at the oldest message held and keeps it. A trim that finds
+    /// the lock held leaves the purge to a later one.
     pub(crate) async fn trim(
         &self,
         topic: &Topic,
         stream: &stream::Stream<()>,
         groups: &[consumer::Info],
+        min_gain: u64,
     ) -> Result<()> {
-        let floor_of =
-            |groups: &[consumer::Info]| groups.iter().map(|g| g.ack_floor.stream_sequence).min();
-        let Some(floor) = floor_of(groups) else {
+        if !self.worth_trimming(topic, groups, min_gain) || topic.making.load(Ordering::Relaxed) > 0
+        {
+            return Ok(());
+        }
+        let Some(lock) = self.lock(topic, false).await? else {
             return Ok(());
         };
-        if floor > topic.trimmed.load(Ordering::Relaxed) {
-            // The caller's look may be old: a group made since (starting
-            // at the oldest held) must keep what it has not read, so the
-            // floor is taken again just before the purge. (A group made in
-            // the one round trip between that look and the purge may still
-            // start after it: see chapter 7.)
-            let Some(floor) = floor_of(&self.groups(stream).await?) else {
-                return Ok(());
-            };
-            if floor <= topic.trimmed.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            self.within(stream.purge().sequence(floor + 1).into_future())
-                .await?;
-            topic.trimmed.fetch_max(floor, Ordering::Relaxed);
+        let r = self.trim_locked(topic, stream).await;
+        lock.release(self).await;
+        r
+    }
+
+    /// Whether a look at the groups shows more than `min_gain` to purge.
+    fn worth_trimming(&self, topic: &Topic, groups: &[consumer::Info], min_gain: u64) -> bool {
+        floor_of(groups).is_some_and(|f| f > topic.trimmed.load(Ordering::Relaxed) + min_gain)
+    }
+
+    /// `trim` with the topic's lock held: the groups are looked at again,
+    /// since a group may have been made before the lock was taken.
+    async fn trim_locked(&self, topic: &Topic, stream: &stream::Stream<()>) -> Result<()> {
+        let Some(floor) = floor_of(&self.groups(stream).await?) else {
+            return Ok(());
+        };
+        if floor <= topic.trimmed.load(Ordering::Relaxed) {
+            return Ok(());
         }
+        self.within(stream.purge().sequence(floor + 1).into_future())
+            .await?;
+        topic.trimmed.fetch_max(floor, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Take the topic's lock, a key of the registry bucket made only if
+    /// absent: held while a group is made or moved, and while a trim
+    /// purges, on whichever server. `wait` false: `None` if it is held.
+    /// A lock held past [`STALE_LOCK`] (its server died holding it) is
+    /// broken.
+    pub(crate) async fn lock(&self, topic: &Topic, wait: bool) -> Result<Option<Lock>> {
+        let key = format!("lock.{}", topic.id);
+        let give_up = tokio::time::Instant::now() + self.config.timeout + STALE_LOCK;
+        let mut backoff = Duration::from_millis(2);
+        // The holder's revision, and since when this server sees it.
+        let mut held: Option<(u64, tokio::time::Instant)> = None;
+        loop {
+            match self.within(self.bucket.create(&key, Bytes::new())).await {
+                Ok(rev) => {
+                    return Ok(Some(Lock {
+                        key,
+                        rev,
+                        released: false,
+                        js: self.js.clone(),
+                        bucket: self.bucket.clone(),
+                    }));
+                }
+                // Held (or just taken by another: the bucket's create
+                // of a deleted key says "wrong last sequence" then).
+                Err(Error::Unavailable(e))
+                    if e.contains("exists") || e.contains("wrong last sequence") => {}
+                Err(e) => return Err(e),
+            }
+            if !wait {
+                return Ok(None);
+            }
+            let now = tokio::time::Instant::now();
+            if let Some(entry) = self.within(self.bucket.entry(&key)).await?
+                && entry.operation == kv::Operation::Put
+            {
+                match held {
+                    Some((rev, since)) if rev == entry.revision => {
+                        if now.duration_since(since) > STALE_LOCK {
+                            let _ = self.within(self.delete_marker(&key, rev)).await;
+                            held = None;
+                            continue;
+                        }
+                    }
+                    _ => held = Some((entry.revision, now)),
+                }
+            }
+            if now >= give_up {
+                return Err(unavailable("a topic's lock stays held"));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
     }
 
     async fn create(&self, name: &str, config: TopicConfig) -> Result<()> {
@@ -572,26 +767,33 @@ impl Inner {
         topic.settled(self.config.timeout).await;
         let stream = self.stream(&topic).await?;
         let groups = self.groups(&stream).await?;
-        self.trim(&topic, &stream, &groups).await?;
+        self.trim(&topic, &stream, &groups, 0).await?;
         let Held {
             messages,
             bytes: stream_bytes,
             first,
             next,
         } = self.held(&stream).await?;
+        // Blocked readers: this server's pulls waiting, and the pull
+        // requests other servers have at JetStream (a server asks once
+        // for its pulls of a group that wait together).
+        let pullers = topic.pullers.lock().clone();
         let mut blocked_readers = 0;
         let mut out: Vec<GroupStatus> = groups
             .iter()
             .filter_map(|g| {
-                blocked_readers += g.num_waiting as u64;
+                let name = group_of(&g.name)?;
+                let (here, asked) = pullers.get(&name).map_or((0, 0), |p| p.waiting());
+                let blocked = here + (g.num_waiting as u64).saturating_sub(asked);
+                blocked_readers += blocked;
                 let offset = g.delivered.stream_sequence.clamp(first, next);
                 Some(GroupStatus {
-                    name: group_of(&g.name)?,
+                    name,
                     offset,
                     // A consumer's count may lag a purge.
                     lag: g.num_pending.min(next - offset),
                     unacked: g.num_ack_pending as u64,
-                    blocked: g.num_waiting as u64,
+                    blocked,
                 })
             })
             .collect();
@@ -610,6 +812,7 @@ impl Inner {
             blocked_writers: topic.blocked_writers.load(Ordering::Relaxed),
             groups: out,
             closed: record.closed,
+            local: "readers pulled blocked_writers",
         })
     }
 
@@ -716,6 +919,9 @@ impl Inner {
         {
             return Err(Error::TooManyGroups(self.config.groups.max_per_topic));
         }
+        // No purge while the group is away (it would not count).
+        let _making = Making::new(&topic);
+        let lock = self.lock(&topic, true).await?;
         // A blocked pull of the group may make it again (at the oldest)
         // between the delete and the create: then delete it again.
         let mut tries = 0;
@@ -729,14 +935,21 @@ impl Inner {
                 Err(Error::Unavailable(e)) if e.contains("can not be updated") && tries < 5 => {
                     tries += 1;
                 }
-                made => break made?,
+                made => break made,
             }
         };
+        if let Some(lock) = lock {
+            lock.release(self).await;
+        }
+        let consumer = consumer?;
         topic.consumers.lock().insert(group.to_string(), consumer);
+        topic.last_look.lock().groups.clear();
+        topic.reached.lock().remove(&consumer_name(group));
         // Other servers' handles of the old consumer find the new one by
         // name: a pull is by name at the server.
+        drop(_making);
         let held = self.groups(&stream).await?;
-        self.trim(&topic, &stream, &held).await
+        self.trim(&topic, &stream, &held, 0).await
     }
 }
 
@@ -767,6 +980,21 @@ impl Broker for JetStreamBroker {
 
     fn id(&self, topic: &str) -> Result<TopicId> {
         Ok(self.inner.topic(topic.into())?.id)
+    }
+
+    /// A topic made on another server moments ago may not have reached
+    /// this server's registry watch: read its record (one round trip).
+    fn refresh(&self, topic: &str) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        if !valid_name(topic) {
+            return None;
+        }
+        let inner = self.inner.clone();
+        let key = registry::key(topic);
+        Some(Box::pin(async move {
+            if let Ok(Some(entry)) = inner.within(inner.bucket.entry(key)).await {
+                inner.mirror.apply_read(&entry);
+            }
+        }))
     }
 
     /// Within the broker's timeout in all (it asks JetStream several
@@ -838,6 +1066,15 @@ impl Broker for JetStreamBroker {
         wait: Wait,
     ) -> impl Future<Output = Result<Seq>> + Send {
         ops::push(&self.inner, topic, data, wait)
+    }
+
+    fn push_ordered(
+        &self,
+        topic: Target<'_>,
+        data: Bytes,
+        wait: Wait,
+    ) -> impl Future<Output = Result<crate::broker::Pushed>> + Send {
+        ops::push_ordered(&self.inner, topic, data, wait)
     }
 
     /// Every pull is a request to JetStream, never ready at once: a batch

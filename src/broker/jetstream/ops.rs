@@ -1,13 +1,19 @@
 //! Pushes, pulls and deliveries of the JetStream engine.
 //!
-//! Each push and pull runs as a task and its future collects the outcome
-//! (a oneshot), so that a pull's request stays at the server, and a
-//! rendezvous push can be taken, while the caller is not polling: the
-//! memory engine decides hand-offs under its lock the same way. Dropping
-//! the future cancels the task, which then undoes what it can: a pull
-//! naks whatever reaches it afterwards; a push not yet published is
-//! withdrawn. A rendezvous push publishes only once some group has a
-//! reader waiting for it, and from then on counts as taken.
+//! Each push runs as a task and its future collects the outcome (a
+//! oneshot), so that a rendezvous push can be taken while the caller is
+//! not polling: the memory engine decides hand-offs under its lock the
+//! same way. Dropping the future cancels the task, which then undoes what
+//! it can: a push not yet published is withdrawn. A rendezvous push
+//! publishes only once some group has a reader waiting for it, and from
+//! then on counts as taken. With room, a push's first step
+//! (`Broker::push_ordered`) ends once its publish is on the wire, so a
+//! file's next write publishes while it waits for its acknowledgement.
+//!
+//! A blocking pull waits in its group's puller on this server
+//! (`puller`), which hands it a message whether or not it is polled;
+//! dropped, it takes nothing. A non-blocking pull asks JetStream once, in
+//! a task that naks what its request brings if the pull is gone.
 //!
 //! Waiting for room never spins: a push asks every group's consumer how
 //! far it lags, and while the slowest lags the capacity or more it sleeps
@@ -15,7 +21,9 @@
 //! or ack on this server moved the topic (`Topic::progress`), or when the
 //! registry changed it (reset, close, remove). One look that finds room
 //! for n more pushes lets the next n on this server go without looking
-//! (`Topic::credit`), so a push with room costs one publish.
+//! (`Topic::credit`), and what this server's pullers took since the last
+//! look is room too (`Topic::room`), so a push with room costs one
+//! publish.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer};
@@ -37,15 +44,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::registry::{Record, Topic};
 use super::{Inner, unavailable};
-use crate::broker::{Delivery, Error, Result, Seq, Target, Wait, cut_error};
+use crate::broker::{Delivery, Error, Pushed, Result, Seq, Target, Wait, cut_error};
 use crate::cut::cutting;
 
 /// The longest a waiting push sleeps between two looks at the groups.
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
-
-/// The longest one pull request waits at the server before another is
-/// sent (so a reader whose server lost NATS finds out).
-const MAX_EXPIRES: Duration = Duration::from_secs(5);
 
 /// Message ids for JetStream's de-duplication: a publish retried after a
 /// lost acknowledgement is stored once.
@@ -107,20 +110,18 @@ impl Future for PushOp {
     }
 }
 
-/// A pull running as a task.
-pub(super) struct PullOp {
-    rx: oneshot::Receiver<Result<Option<JetStreamDelivery>>>,
-    _cancel: DropGuard,
-}
+/// A pull: its outcome if it has one when cut short, else the cut.
+/// Dropped next, it takes nothing: a delivery handed to it afterwards
+/// goes to the group's next pull on this server, or back to the group.
+struct Cuttable<F>(Pin<Box<F>>);
 
-impl Future for PullOp {
+impl<F: Future<Output = Result<Option<JetStreamDelivery>>>> Future for Cuttable<F> {
     type Output = Result<Option<JetStreamDelivery>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match Pin::new(&mut self.rx).poll(cx) {
-            Poll::Ready(r) => Poll::Ready(r.unwrap_or(Err(Error::Interrupted))),
+        match self.0.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
             Poll::Pending => match cutting() {
-                // Dropped next: the task naks whatever reaches it now.
                 Some(cut) => Poll::Ready(Err(cut_error(cut))),
                 None => Poll::Pending,
             },
@@ -138,35 +139,69 @@ pub(super) fn push(
     let topic = inner.topic(target);
     let inner = inner.clone();
     // The task starts at the first poll, as the memory engine's push does.
+    async move { start_push(inner, topic?, data, wait).0.await }
+}
+
+/// Start a push, in two steps (`Broker::push_ordered`): the first ends
+/// once its publish is on the wire (where its order is fixed), unless it
+/// is a rendezvous (which the first step waits out whole).
+pub(super) fn push_ordered(
+    inner: &Arc<Inner>,
+    target: Target<'_>,
+    data: Bytes,
+    wait: Wait,
+) -> impl Future<Output = Result<Pushed>> + Send + use<> {
+    let topic = inner.topic(target);
+    let inner = inner.clone();
     async move {
-        let topic = topic?;
-        let (tx, rx) = oneshot::channel();
-        let phase = Arc::new(Mutex::new(Phase::Waiting));
-        let cancel = CancellationToken::new();
-        let task = PushTask {
-            inner,
-            topic,
-            phase: phase.clone(),
-            cancel: cancel.clone(),
-        };
-        task.topic.blocked_writers.fetch_add(1, Ordering::Relaxed);
-        let topic = task.topic.clone();
-        tokio::spawn(async move {
-            let r = task.run(data, wait).await.map_err(|e| gone(&task.topic, e));
-            task.topic.blocked_writers.fetch_sub(1, Ordering::Relaxed);
-            let _ = tx.send(r);
-        });
-        PushOp {
-            rx,
-            topic,
-            phase,
-            _cancel: cancel.drop_guard(),
+        let (mut op, sent) = start_push(inner, topic?, data, wait);
+        tokio::select! {
+            biased;
+            r = &mut op => r.map(Pushed::Done),
+            Ok(()) = sent => Ok(Pushed::Pending(Box::pin(op))),
         }
-        .await
     }
 }
 
-/// Start a pull.
+/// Spawn a push's task: its outcome, and word once its publish is sent
+/// (with room, not at a rendezvous).
+fn start_push(
+    inner: Arc<Inner>,
+    topic: Arc<Topic>,
+    data: Bytes,
+    wait: Wait,
+) -> (PushOp, oneshot::Receiver<()>) {
+    let (tx, rx) = oneshot::channel();
+    let (sent_tx, sent) = oneshot::channel();
+    let phase = Arc::new(Mutex::new(Phase::Waiting));
+    let cancel = CancellationToken::new();
+    let task = PushTask {
+        inner,
+        topic,
+        phase: phase.clone(),
+        cancel: cancel.clone(),
+        sent: Mutex::new(Some(sent_tx)),
+    };
+    task.topic.blocked_writers.fetch_add(1, Ordering::Relaxed);
+    let topic = task.topic.clone();
+    tokio::spawn(async move {
+        let r = task.run(data, wait).await.map_err(|e| gone(&task.topic, e));
+        task.topic.blocked_writers.fetch_sub(1, Ordering::Relaxed);
+        let _ = tx.send(r);
+    });
+    let op = PushOp {
+        rx,
+        topic,
+        phase,
+        _cancel: cancel.drop_guard(),
+    };
+    (op, sent)
+}
+
+/// Start a pull. A blocking pull of an open topic waits in the group's
+/// puller on this server (`puller`); the others (non-blocking, or a
+/// closed topic drained) ask JetStream once and run as a task, so that
+/// what that request brings is nak'd if the pull is dropped meanwhile.
 pub(super) fn pull(
     inner: &Arc<Inner>,
     target: Target<'_>,
@@ -176,12 +211,21 @@ pub(super) fn pull(
     let topic = inner.topic(target);
     let inner = inner.clone();
     let group = group.to_string();
-    // The task starts at the first poll; till it ends, a pull of this
-    // group on this server is known (`Topic::pulling`) before its request
-    // reaches JetStream.
-    async move {
+    // Till it ends, a pull of this group on this server is known
+    // (`Topic::pulling`), from its first poll.
+    Cuttable(Box::pin(async move {
         let topic = topic?;
-        let pulling = Pulling::new(&topic, &group);
+        let _pulling = Pulling::new(&topic, &group);
+        // Never take a push this server told its writer was withdrawn.
+        topic.no_withdrawals(inner.config.timeout).await;
+        let mut changes = topic.record.subscribe();
+        let record = changes.borrow_and_update().clone().ok_or(Error::Removed)?;
+        let deadline = record.config().timeout.map(|t| Instant::now() + t);
+        if wait == Wait::Block {
+            let closed = record.closed;
+            let got = wait_for(&inner, &topic, &group, deadline, &mut changes, closed).await;
+            return got.map_err(|e| gone(&topic, e));
+        }
         let (tx, rx) = oneshot::channel();
         let cancel = CancellationToken::new();
         let task = PullTask {
@@ -192,82 +236,149 @@ pub(super) fn pull(
         };
         tokio::spawn(async move {
             let r = task
-                .run(wait, &pulling)
+                .run(wait, deadline)
                 .await
                 .map_err(|e| gone(&task.topic, e));
-            drop(pulling);
             // A delivery nobody will collect is dropped, so nak'd.
             let _ = tx.send(r);
         });
-        PullOp {
-            rx,
-            _cancel: cancel.drop_guard(),
+        let _cancel = cancel.drop_guard();
+        rx.await.unwrap_or(Err(Error::Interrupted))
+    }))
+}
+
+/// How often a blocked pull looks whether this server still has NATS.
+const CONNECTION_CHECK: Duration = Duration::from_secs(1);
+
+/// A blocking pull: wait in the group's puller until it hands over a
+/// message; on a closed topic (`closed`, or closed meanwhile), the end
+/// (`None`) once the group has nothing left to read and nothing out. The
+/// pull stays in the puller till then, so what a request of its brings
+/// is its own, in order.
+async fn wait_for(
+    inner: &Arc<Inner>,
+    topic: &Arc<Topic>,
+    group: &str,
+    deadline: Option<Instant>,
+    changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
+    mut closed: bool,
+) -> Result<Option<JetStreamDelivery>> {
+    let (tx, mut rx) = oneshot::channel();
+    let existing = topic.pullers.lock().get(group).cloned();
+    // The group's first pull here starts its puller in a task of its own,
+    // so that the pull is at JetStream whether or not this is polled.
+    let mut starting = match existing {
+        Some(puller) => {
+            puller.enlist(tx);
+            None
         }
-        .await
+        None => {
+            let (failed, starting) = oneshot::channel();
+            let (inner, topic, group) = (inner.clone(), topic.clone(), group.to_string());
+            tokio::spawn(async move {
+                match inner.puller(&topic, &group).await {
+                    Ok(puller) => puller.enlist(tx),
+                    Err(e) => {
+                        let _ = failed.send(e);
+                    }
+                }
+            });
+            Some(starting)
+        }
+    };
+    let client = inner.js.client();
+    loop {
+        tokio::select! {
+            biased;
+            d = &mut rx => return match d {
+                Ok(d) => Ok(Some(d)),
+                Err(_) if topic.record().is_none() => Err(Error::Removed),
+                Err(_) => Err(unavailable("the broker is stopping")),
+            },
+            failed = async { starting.as_mut().expect("guarded").await }, if starting.is_some() => {
+                starting = None;
+                if let Ok(e) = failed {
+                    return Err(e);
+                }
+            }
+            _ = changes.changed() => {
+                let removed = match &*changes.borrow_and_update() {
+                    None => true,
+                    Some(r) => {
+                        closed |= r.closed;
+                        false
+                    }
+                };
+                if removed {
+                    // One already handed over is this pull's.
+                    if let Ok(d) = rx.try_recv() {
+                        return Ok(Some(d));
+                    }
+                    return Err(Error::Removed);
+                }
+            }
+            drained = drained(inner, topic, group), if closed && starting.is_none() => {
+                if drained? {
+                    if let Ok(d) = rx.try_recv() {
+                        return Ok(Some(d));
+                    }
+                    return Ok(None);
+                }
+                tokio::select! {
+                    _ = topic.progress.notified() => {}
+                    _ = tokio::time::sleep(MAX_BACKOFF) => {}
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                return Err(Error::TimedOut);
+            }
+            _ = tokio::time::sleep(CONNECTION_CHECK) => {
+                // A request waiting at the server learns nothing of a
+                // lost connection: fail within the broker's timeout.
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    inner.connected().await?;
+                }
+            }
+        }
     }
 }
 
+/// Whether a closed topic's group has nothing left: nothing to read, and
+/// no delivery out (one may come back), once this server's acks and naks
+/// are confirmed.
+async fn drained(inner: &Inner, topic: &Topic, group: &str) -> Result<bool> {
+    topic.settled(inner.config.timeout).await;
+    let mut consumer = inner.consumer(topic, group).await?;
+    let info = inner.within(consumer.info()).await?;
+    Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+}
+
 /// A pull of a group under way on this server, counted in
-/// `Topic::pulling` while it lives, with its place in the line of the
-/// group's pulls: its first request goes to JetStream only after those of
-/// the pulls that started before it on this server, so that JetStream
-/// (which serves waiting requests in order) serves them in arrival order.
+/// `Topic::pulling` while it lives.
 struct Pulling {
     topic: Arc<Topic>,
     group: String,
-    ticket: u64,
 }
 
 impl Pulling {
     fn new(topic: &Arc<Topic>, group: &str) -> Pulling {
-        let ticket = topic.tickets.fetch_add(1, Ordering::Relaxed);
-        let mut pulling = topic.pulling.lock();
-        pulling.entry(group.to_string()).or_default().insert(ticket);
+        *topic.pulling.lock().entry(group.to_string()).or_default() += 1;
         Pulling {
             topic: topic.clone(),
             group: group.to_string(),
-            ticket,
         }
-    }
-
-    /// Wait until every pull of the group that started before this one
-    /// on this server has sent its first request.
-    async fn my_turn(&self) {
-        loop {
-            let turn = self.topic.turn.notified();
-            tokio::pin!(turn);
-            turn.as_mut().enable();
-            let first = self
-                .topic
-                .pulling
-                .lock()
-                .get(&self.group)
-                .and_then(|line| line.first().copied());
-            if first.is_none_or(|t| t >= self.ticket) {
-                return;
-            }
-            turn.await;
-        }
-    }
-
-    /// Its first request is sent: the next pull's turn.
-    fn done_turn(&self) {
-        let mut pulling = self.topic.pulling.lock();
-        if let Some(line) = pulling.get_mut(&self.group) {
-            line.remove(&self.ticket);
-        }
-        drop(pulling);
-        self.topic.turn.notify_waiters();
     }
 }
 
 impl Drop for Pulling {
     fn drop(&mut self) {
-        self.done_turn();
         // The group stays listed while a pull of it is under way.
         let mut pulling = self.topic.pulling.lock();
-        if pulling.get(&self.group).is_some_and(|l| l.is_empty()) {
-            pulling.remove(&self.group);
+        if let Some(n) = pulling.get_mut(&self.group) {
+            *n -= 1;
+            if *n == 0 {
+                pulling.remove(&self.group);
+            }
         }
     }
 }
@@ -320,6 +431,9 @@ struct PushTask {
     topic: Arc<Topic>,
     phase: Arc<Mutex<Phase>>,
     cancel: CancellationToken,
+    /// Told once the publish is on the wire (with room; not at a
+    /// rendezvous), so that the writer's next push may go.
+    sent: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl PushTask {
@@ -353,7 +467,7 @@ impl PushTask {
             self.wait_reader(&stream, &record, wait, deadline, &mut changes)
                 .await?;
         }
-        let js_seq = self.publish(&stream, data).await?;
+        let js_seq = self.publish(&stream, data, config.capacity > 0).await?;
         // Capacity may have grown while it waited for a reader.
         let capacity = changes.borrow().as_ref().map_or(0, |r| r.capacity);
         if config.capacity > 0 || capacity > 0 {
@@ -391,23 +505,14 @@ impl PushTask {
             let progress = self.topic.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
-            let groups = self.inner.groups(stream).await?;
-            // A consumer's count may not have caught up with this server's
-            // last publish yet: count from that too.
-            let last = self.topic.published.load(Ordering::Relaxed);
-            let lag_of = |g: &consumer::Info| {
-                g.num_pending
-                    .max(last.saturating_sub(g.delivered.stream_sequence))
-            };
-            let lag = match groups.iter().map(lag_of).max() {
-                Some(lag) => lag,
-                // Held for the group to come.
-                None => self.inner.held(stream).await?.messages,
-            };
-            if lag < capacity {
+            // Room this server's own deliveries made since the last look
+            // needs no look.
+            if let Some(room) = self.topic.room(capacity).filter(|r| *r > 0) {
+                credit.store(room - 1, Ordering::Relaxed);
+                return Ok(());
+            }
+            if self.look(stream, capacity).await? {
                 changed(changes, record)?;
-                credit.store(capacity - lag - 1, Ordering::Relaxed);
-                let _ = self.inner.trim(&self.topic, stream, &groups).await;
                 return Ok(());
             }
             if wait == Wait::NonBlock {
@@ -427,9 +532,54 @@ impl PushTask {
         }
     }
 
+    /// Look at every group's consumer: whether there is room for this
+    /// push (then the room left is this server's credit), and let go of
+    /// what every group acked. One look at a time per topic on a server.
+    async fn look(&self, stream: &jetstream::stream::Stream<()>, capacity: u64) -> Result<bool> {
+        let credit = &self.topic.credit;
+        let _looking = self.topic.looking.lock().await;
+        // Another push's look may have made room meanwhile.
+        if credit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1))
+            .is_ok()
+        {
+            return Ok(true);
+        }
+        let groups = self.inner.groups(stream).await?;
+        self.topic.looked(&groups);
+        // A consumer's count may not have caught up with this server's
+        // last publish yet: count from that too.
+        let last = self.topic.published.load(Ordering::Relaxed);
+        let lag_of = |g: &consumer::Info| {
+            g.num_pending
+                .max(last.saturating_sub(g.delivered.stream_sequence))
+        };
+        let lag = match groups.iter().map(lag_of).max() {
+            Some(lag) => lag,
+            // Held for the group to come.
+            None => self.inner.held(stream).await?.messages,
+        };
+        if lag >= capacity {
+            return Ok(false);
+        }
+        credit.store(capacity - lag - 1, Ordering::Relaxed);
+        // Purging costs JetStream a round of its own: not for every look.
+        let _ = self
+            .inner
+            .trim(&self.topic, stream, &groups, capacity / 2)
+            .await;
+        Ok(true)
+    }
+
     /// Publish, retrying with the same message id (stored once) until
     /// JetStream acknowledges or the broker's timeout passes.
-    async fn publish(&self, stream: &jetstream::stream::Stream<()>, data: Bytes) -> Result<u64> {
+    /// `pipelined`: the writer's next push may go once this one is sent.
+    async fn publish(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        data: Bytes,
+        pipelined: bool,
+    ) -> Result<u64> {
         {
             let mut phase = self.phase.lock();
             if *phase == Phase::Abandoned {
@@ -445,7 +595,8 @@ impl PushTask {
         let give_up = Instant::now() + self.inner.config.timeout;
         let js_seq = loop {
             let sent = async {
-                self.inner
+                let ack = self
+                    .inner
                     .js
                     .send_publish(
                         self.topic.subject.clone(),
@@ -453,8 +604,11 @@ impl PushTask {
                             .payload(data.clone())
                             .message_id(&id),
                     )
-                    .await?
-                    .await
+                    .await?;
+                if pipelined && let Some(sent) = self.sent.lock().take() {
+                    let _ = sent.send(());
+                }
+                ack.await
             };
             match sent.await {
                 Ok(ack) => break ack.sequence,
@@ -638,166 +792,54 @@ struct PullTask {
 }
 
 impl PullTask {
-    async fn run(&self, wait: Wait, pulling: &Pulling) -> Result<Option<JetStreamDelivery>> {
-        // Never take a push this server told its writer was withdrawn.
-        self.topic.no_withdrawals(self.inner.config.timeout).await;
+    /// A non-blocking pull: one request that takes what is there now; on
+    /// a closed topic with nothing there, the end once no delivery of the
+    /// group is out.
+    async fn run(
+        &self,
+        wait: Wait,
+        deadline: Option<Instant>,
+    ) -> Result<Option<JetStreamDelivery>> {
         let mut changes = self.topic.record.subscribe();
-        let record = changes.borrow_and_update().clone().ok_or(Error::Removed)?;
-        let deadline = record.config().timeout.map(|t| Instant::now() + t);
         let mut consumer = self.inner.consumer(&self.topic, &self.group).await?;
         loop {
             let Some(record) = changes.borrow_and_update().clone() else {
                 return Err(Error::Removed);
             };
-            if record.closed || wait == Wait::NonBlock {
-                let mut batch = self
-                    .inner
-                    .within(consumer.fetch().max_messages(1).messages())
-                    .await?;
-                match batch.next().await {
-                    Some(Ok(m)) => return Ok(Some(self.deliver(m))),
-                    Some(Err(e)) => return Err(unavailable(e)),
-                    None if !record.closed => return Err(Error::WouldBlock),
-                    None => {}
-                }
-                // Closed, nothing to read now: the end, unless a delivery
-                // of the group is still out (it may come back) or a nak of
-                // this server is on its way.
-                self.topic.settled(self.inner.config.timeout).await;
-                let mut c = consumer.clone();
-                let info = self.inner.within(c.info()).await?;
-                if info.num_pending == 0 && info.num_ack_pending == 0 {
-                    return Ok(None);
-                }
-                if wait == Wait::NonBlock {
-                    return Err(Error::WouldBlock);
-                }
-                let woke = tokio::select! {
-                    _ = self.topic.progress.notified() => Woke::Look,
-                    _ = tokio::time::sleep(MAX_BACKOFF) => Woke::Look,
-                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + MAX_EXPIRES)), if deadline.is_some() => Woke::Deadline,
-                    _ = self.cancel.cancelled() => Woke::Cancelled,
-                };
-                match woke {
-                    Woke::Deadline => return Err(Error::TimedOut),
-                    Woke::Cancelled => return Err(Error::Interrupted),
-                    _ => continue,
-                }
+            let mut batch = self
+                .inner
+                .within(consumer.fetch().max_messages(1).messages())
+                .await?;
+            match batch.next().await {
+                Some(Ok(m)) => return Ok(Some(JetStreamDelivery::new(&self.topic, m))),
+                Some(Err(e)) => return Err(unavailable(e)),
+                None if !record.closed => return Err(Error::WouldBlock),
+                None => {}
             }
-            let expires = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).min(MAX_EXPIRES),
-                None => MAX_EXPIRES,
+            // Closed, nothing to read now: the end, unless a delivery
+            // of the group is still out (it may come back) or a nak of
+            // this server is on its way.
+            self.topic.settled(self.inner.config.timeout).await;
+            let info = self.inner.within(consumer.info()).await?;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                return Ok(None);
+            }
+            if wait == Wait::NonBlock {
+                return Err(Error::WouldBlock);
+            }
+            let woke = tokio::select! {
+                _ = self.topic.progress.notified() => Woke::Look,
+                _ = tokio::time::sleep(MAX_BACKOFF) => Woke::Look,
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Woke::Deadline,
+                _ = self.cancel.cancelled() => Woke::Cancelled,
             };
-            if expires < Duration::from_millis(1) {
-                return Err(Error::TimedOut);
-            }
-            self.inner.connected().await?;
-            self.topic.blocked_readers.fetch_add(1, Ordering::Relaxed);
-            pulling.my_turn().await;
-            let got = self
-                .one(&consumer, expires, deadline, &mut changes, pulling)
-                .await;
-            self.topic.blocked_readers.fetch_sub(1, Ordering::Relaxed);
-            match got {
-                Got::Message(m) => return Ok(Some(self.deliver(*m))),
-                Got::Again => {}
-                Got::Fail(e) => return Err(e),
-                Got::Lost => {
-                    // The group's consumer is gone (forgotten, or moved
-                    // by a seek on another server): find or make it.
-                    // A seek deletes and makes it again at once: wait for
-                    // that rather than make it at the oldest meanwhile.
-                    self.topic.consumers.lock().remove(&self.group);
-                    consumer = self.inner.find_consumer(&self.group, &self.topic).await?;
-                }
+            match woke {
+                Woke::Deadline => return Err(Error::TimedOut),
+                Woke::Cancelled => return Err(Error::Interrupted),
+                _ => continue,
             }
         }
     }
-
-    /// One pull request for one message, waiting at most `expires`.
-    async fn one(
-        &self,
-        consumer: &PullConsumer,
-        expires: Duration,
-        deadline: Option<Instant>,
-        changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
-        pulling: &Pulling,
-    ) -> Got {
-        let batch = consumer.batch().max_messages(1).expires(expires).messages();
-        let batch = self.inner.within(batch).await;
-        pulling.done_turn();
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => return Got::Fail(e),
-        };
-        loop {
-            let until = deadline.unwrap_or_else(|| Instant::now() + 2 * MAX_EXPIRES);
-            tokio::select! {
-                m = batch.next() => return match m {
-                    Some(Ok(m)) => Got::Message(Box::new(m)),
-                    Some(Err(e)) => {
-                        tracing::debug!("pull {}: {e}", self.topic.stream);
-                        Got::Lost
-                    }
-                    None => Got::Again,
-                },
-                _ = changes.changed() => {
-                    let ends = match &*changes.borrow() {
-                        None => true,
-                        Some(r) => r.closed,
-                    };
-                    if ends {
-                        abandon(batch);
-                        return Got::Again;
-                    }
-                }
-                _ = tokio::time::sleep_until(until), if deadline.is_some() => {
-                    abandon(batch);
-                    return Got::Fail(Error::TimedOut);
-                }
-                _ = self.cancel.cancelled() => {
-                    abandon(batch);
-                    return Got::Fail(Error::Interrupted);
-                }
-            }
-        }
-    }
-
-    fn deliver(&self, m: jetstream::Message) -> JetStreamDelivery {
-        let js_seq = m.info().map(|i| i.stream_sequence).unwrap_or(1);
-        self.topic.pulled.fetch_add(1, Ordering::Relaxed);
-        self.topic.tally.pulled();
-        self.topic.delivered.fetch_max(js_seq, Ordering::Relaxed);
-        self.topic.progress.notify_waiters();
-        JetStreamDelivery {
-            seq: js_seq - 1,
-            data: m.payload.clone(),
-            message: Some(m),
-            topic: self.topic.clone(),
-        }
-    }
-}
-
-/// What one pull request brought.
-enum Got {
-    Message(Box<jetstream::Message>),
-    /// Nothing yet: ask again.
-    Again,
-    /// The consumer went away.
-    Lost,
-    Fail(Error),
-}
-
-/// A pull request given up while still open at the server: whatever it
-/// still brings (until it expires) goes back to its group at once.
-fn abandon(mut batch: consumer::pull::Batch) {
-    tokio::spawn(async move {
-        while let Some(m) = batch.next().await {
-            if let Ok(m) = m {
-                let _ = m.ack_with(AckKind::Nak(None)).await;
-            }
-        }
-    });
 }
 
 /// A message pulled from JetStream: `ack` is an AckAck (the server
@@ -809,6 +851,24 @@ pub struct JetStreamDelivery {
     message: Option<jetstream::Message>,
     /// Woken on ack, so waiting pushes look again.
     topic: Arc<Topic>,
+}
+
+impl JetStreamDelivery {
+    /// A message JetStream delivered to this server for a pull of its
+    /// group, counted as pulled here (until it is nak'd).
+    pub(crate) fn new(topic: &Arc<Topic>, m: jetstream::Message) -> JetStreamDelivery {
+        let js_seq = m.info().map(|i| i.stream_sequence).unwrap_or(1);
+        topic.pulled.fetch_add(1, Ordering::Relaxed);
+        topic.tally.pulled();
+        topic.delivered.fetch_max(js_seq, Ordering::Relaxed);
+        topic.progress.notify_waiters();
+        JetStreamDelivery {
+            seq: js_seq - 1,
+            data: m.payload.clone(),
+            message: Some(m),
+            topic: topic.clone(),
+        }
+    }
 }
 
 impl Delivery for JetStreamDelivery {

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, watch};
 
 use super::super::tally::Tally;
 use super::super::{Framing, TopicConfig, TopicId, order};
+use super::puller::Puller;
 
 /// A topic as the bucket holds it (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,25 +119,33 @@ pub(crate) struct Topic {
     /// Acks and naks sent and not yet confirmed, and their wake-up.
     pub(crate) settling: AtomicU64,
     pub(crate) settled: Notify,
-    /// Pulls under way on this server, by group: the tickets of those
-    /// whose first request is not yet sent (see `ops::Pulling`).
-    pub(crate) pulling: Mutex<HashMap<String, std::collections::BTreeSet<u64>>>,
-    /// The next ticket, and the wake-up of the next in line.
-    pub(crate) tickets: AtomicU64,
-    pub(crate) turn: Notify,
+    /// Pulls under way on this server, by group: how many.
+    pub(crate) pulling: Mutex<HashMap<String, usize>>,
+    /// The pullers of the groups read on this server (see `puller`),
+    /// and the lock that makes one at a time.
+    pub(crate) pullers: Mutex<HashMap<String, Arc<Puller>>>,
+    pub(crate) starting: tokio::sync::Mutex<()>,
     /// Woken when a local pull or ack moved a group, so waiting pushes
     /// look again at once rather than at their next back-off.
     pub(crate) progress: Notify,
     /// Pushes this server may still make without looking at the groups:
     /// the room its last look found (see `push`).
     pub(crate) credit: AtomicU64,
+    /// One look at the groups at a time (see `ops`), what the last found
+    /// (each group's consumer and the highest sequence it delivered, and
+    /// the stream's last sequence), and the highest this server's pullers
+    /// got since, by consumer: the room a push has without a look.
+    pub(crate) looking: tokio::sync::Mutex<()>,
+    pub(crate) last_look: Mutex<Look>,
+    pub(crate) reached: Mutex<HashMap<String, u64>>,
+    /// Groups being made or moved on this server: no trim meanwhile.
+    pub(crate) making: AtomicU64,
     /// The highest stream sequence purged up to, so a trim is asked once.
     pub(crate) trimmed: AtomicU64,
     /// This server's pulls, for status (its pushes are the stream's).
     pub(crate) pulled: AtomicU64,
     /// This server's running totals over all topics (the mirror's).
     pub(crate) tally: Arc<Tally>,
-    pub(crate) blocked_readers: AtomicU64,
     pub(crate) blocked_writers: AtomicU64,
 }
 
@@ -149,8 +158,8 @@ impl Topic {
             record: watch::Sender::new(Some(record)),
             consumers: Mutex::default(),
             pulling: Mutex::default(),
-            tickets: AtomicU64::new(0),
-            turn: Notify::new(),
+            pullers: Mutex::default(),
+            starting: tokio::sync::Mutex::new(()),
             withdrawing: AtomicU64::new(0),
             published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -158,10 +167,13 @@ impl Topic {
             settled: Notify::new(),
             progress: Notify::new(),
             credit: AtomicU64::new(0),
+            looking: tokio::sync::Mutex::new(()),
+            last_look: Mutex::default(),
+            reached: Mutex::default(),
+            making: AtomicU64::new(0),
             trimmed: AtomicU64::new(0),
             pulled: AtomicU64::new(0),
             tally,
-            blocked_readers: AtomicU64::new(0),
             blocked_writers: AtomicU64::new(0),
         }
     }
@@ -209,10 +221,65 @@ impl Topic {
         .await;
     }
 
+    /// Keep what a look at the groups found.
+    pub(crate) fn looked(&self, groups: &[async_nats::jetstream::consumer::Info]) {
+        let mut look = self.last_look.lock();
+        look.groups.clear();
+        look.last = 0;
+        for g in groups {
+            look.groups
+                .push((g.name.clone(), g.delivered.stream_sequence));
+            look.last = look.last.max(g.delivered.stream_sequence + g.num_pending);
+        }
+    }
+
+    /// A group's message reached a puller of this server.
+    pub(crate) fn reached(&self, consumer: &str, js_seq: u64) {
+        let mut reached = self.reached.lock();
+        match reached.get_mut(consumer) {
+            Some(r) => *r = (*r).max(js_seq),
+            None => {
+                reached.insert(consumer.to_string(), js_seq);
+            }
+        }
+    }
+
+    /// The room for pushes under `capacity` as the last look and this
+    /// server's deliveries since tell (a group read on another server has
+    /// at least the room the look found); `None` without a look.
+    pub(crate) fn room(&self, capacity: u64) -> Option<u64> {
+        let look = self.last_look.lock();
+        if look.groups.is_empty() {
+            return None;
+        }
+        let reached = self.reached.lock();
+        let last = look.last.max(self.published.load(Ordering::Relaxed));
+        let lag = look
+            .groups
+            .iter()
+            .map(|(name, delivered)| {
+                let got = reached
+                    .get(name)
+                    .map_or(*delivered, |r| (*r).max(*delivered));
+                last.saturating_sub(got)
+            })
+            .max()?;
+        Some(capacity.saturating_sub(lag))
+    }
+
     /// The current record; `None` once removed.
     pub(crate) fn record(&self) -> Option<Record> {
         self.record.borrow().clone()
     }
+}
+
+/// What a push's last look at the groups found (see `Topic::room`).
+#[derive(Default)]
+pub(crate) struct Look {
+    /// Each group's consumer and the highest sequence it had delivered.
+    pub(crate) groups: Vec<(String, u64)>,
+    /// The stream's last sequence, as far as the groups' counts tell.
+    pub(crate) last: u64,
 }
 
 /// This server's copy of the registry.
