@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use foldhash::HashMap;
+use foldhash::HashSet;
 use parking_lot::RwLock;
 
 use super::order;
@@ -41,8 +41,33 @@ pub use super::waiters::MemoryDelivery;
 /// How many shards the topic map has.
 const SHARDS: usize = 32;
 
-/// One shard of the topic map.
-type Shard = RwLock<HashMap<String, Arc<Topic>>>;
+/// One shard of the topic map: topics found by their names, which they
+/// hold themselves (a key of its own would keep each name once more).
+type Shard = RwLock<HashSet<ByName>>;
+
+/// A topic in a shard, hashed and compared by its name (as `str` hashes,
+/// so a lookup by `&str` finds it).
+struct ByName(Arc<Topic>);
+
+impl std::borrow::Borrow<str> for ByName {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl std::hash::Hash for ByName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.name.as_str().hash(state);
+    }
+}
+
+impl PartialEq for ByName {
+    fn eq(&self, other: &ByName) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for ByName {}
 
 /// Topics kept in this process.
 pub struct MemoryBroker {
@@ -124,7 +149,7 @@ impl MemoryBroker {
     fn all(&self) -> Vec<Arc<Topic>> {
         self.shards
             .iter()
-            .flat_map(|shard| shard.read().values().cloned().collect::<Vec<_>>())
+            .flat_map(|shard| shard.read().iter().map(|t| t.0.clone()).collect::<Vec<_>>())
             .collect()
     }
 
@@ -141,17 +166,14 @@ impl MemoryBroker {
             return Err(Error::BadName(name.to_string()));
         }
         let mut topics = self.shard(name).write();
-        if topics.contains_key(name) {
+        if topics.contains(name) {
             return Err(Error::Exists(name.to_string()));
         }
         let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut state = State::new(config, self.groups);
         state.keep_in(keep(id)?);
         state.count_in(self.tally.clone());
-        topics.insert(
-            name.to_string(),
-            Arc::new(Topic::with_state(name, id, state)),
-        );
+        topics.insert(ByName(Arc::new(Topic::with_state(name, id, state))));
         self.names.write().insert(order::key(name).into());
         Ok(id)
     }
@@ -162,14 +184,18 @@ impl MemoryBroker {
         self.last_id.fetch_max(id, Ordering::Relaxed);
         let topic = Arc::new(Topic::with_state(name, id, state));
         let mut shard = self.shard(name).write();
-        shard.insert(name.to_string(), topic);
+        shard.insert(ByName(topic));
         self.names.write().insert(order::key(name).into());
     }
 
     /// The topic `target` names; a stale target (its topic was removed,
     /// whether or not one of that name exists now) fails with `Removed`.
     pub(crate) fn topic(&self, target: Target<'_>) -> Result<Arc<Topic>> {
-        let found = self.shard(target.name).read().get(target.name).cloned();
+        let found = self
+            .shard(target.name)
+            .read()
+            .get(target.name)
+            .map(|t| t.0.clone());
         match (found, target.id) {
             (Some(topic), Some(id)) if topic.id != id => Err(Error::Removed),
             (Some(topic), _) => Ok(topic),
@@ -187,16 +213,13 @@ impl MemoryBroker {
             return Err(Error::BadName(name.to_string()));
         }
         let mut topics = self.shard(name).write();
-        if topics.contains_key(name) {
+        if topics.contains(name) {
             return Err(Error::Exists(name.to_string()));
         }
         let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut state = State::new(config, self.groups);
         state.count_in(self.tally.clone());
-        topics.insert(
-            name.to_string(),
-            Arc::new(Topic::with_state(name, id, state)),
-        );
+        topics.insert(ByName(Arc::new(Topic::with_state(name, id, state))));
         self.names.write().insert(order::key(name).into());
         Ok(())
     }
@@ -205,8 +228,9 @@ impl MemoryBroker {
         let topic = {
             let mut shard = self.shard(name).write();
             let topic = shard
-                .remove(name)
-                .ok_or_else(|| Error::NoTopic(name.to_string()))?;
+                .take(name)
+                .ok_or_else(|| Error::NoTopic(name.to_string()))?
+                .0;
             self.names.write().remove(&*order::key(name));
             topic
         };
