@@ -397,18 +397,7 @@ impl Broker for MemoryBroker {
         messages: &'a [Bytes],
         wait: Wait,
     ) -> impl Future<Output = PushedAll> + Send + 'a {
-        let topic = self.topic(name);
-        async move {
-            let (pushed, result) = match topic {
-                Ok(topic) => push_all_topic(topic, messages, wait).await,
-                Err(e) => (0, Err(e)),
-            };
-            PushedAll {
-                pushed,
-                error: result.err(),
-                pending: Vec::new(),
-            }
-        }
+        push_all_topic(self.topic(name), messages, wait)
     }
 
     fn pull_ready_while(
@@ -417,20 +406,20 @@ impl Broker for MemoryBroker {
         group: &str,
         accept: &mut dyn FnMut(&Bytes) -> bool,
     ) -> Vec<MemoryDelivery> {
-        match self.topic(name) {
-            Ok(topic) => pull_ready_topic(topic, group, accept),
-            Err(_) => Vec::new(),
-        }
+        pull_ready_topic(self.topic(name), group, accept)
     }
 }
 
 /// The further messages of a batch read from `topic` (see
 /// [`Broker::pull_ready_while`]), under one lock.
 pub(crate) fn pull_ready_topic(
-    topic: Arc<Topic>,
+    topic: Result<Arc<Topic>>,
     group: &str,
     accept: &mut dyn FnMut(&Bytes) -> bool,
 ) -> Vec<MemoryDelivery> {
+    let Ok(topic) = topic else {
+        return Vec::new();
+    };
     let taken = topic.with(|s| s.take_while(group, accept));
     (taken.into_iter())
         .map(|t| MemoryDelivery::new(topic.clone(), t))
@@ -439,36 +428,45 @@ pub(crate) fn pull_ready_topic(
 
 /// Push each of `messages` to `topic` (see [`Broker::push_all`]): those
 /// that go at once under one lock, then, for one that must wait, its
-/// wait, and so on.
+/// wait, and so on. Nothing is left on its way.
 pub(crate) async fn push_all_topic(
-    topic: Arc<Topic>,
+    topic: Result<Arc<Topic>>,
     messages: &[Bytes],
     wait: Wait,
-) -> (usize, Result<()>) {
-    let mut done = 0;
-    while done < messages.len() {
+) -> PushedAll {
+    let mut all = PushedAll::default();
+    let topic = match topic {
+        Ok(topic) => topic,
+        Err(e) => {
+            all.error = Some(e);
+            return all;
+        }
+    };
+    while all.pushed < messages.len() {
         let start = topic.with(|s| {
-            while let Some(m) = messages.get(done) {
+            while let Some(m) = messages.get(all.pushed) {
                 match s.start_push(m.clone(), wait) {
-                    Start::Done(Ok(_)) => done += 1,
+                    Start::Done(Ok(_)) => all.pushed += 1,
                     Start::Done(Err(e)) => return Some(Err(e)),
                     Start::Wait(key, limit) => return Some(Ok((key, limit))),
                 }
             }
             None
         });
-        match start {
+        let waited = match start {
             None => break,
-            Some(Err(e)) => return (done, Err(e)),
-            Some(Ok((key, limit))) => {
-                match within(limit, PushWait::new(topic.clone(), key)).await {
-                    Ok(_) => done += 1,
-                    Err(e) => return (done, Err(e)),
-                }
+            Some(Err(e)) => Err(e),
+            Some(Ok((key, limit))) => within(limit, PushWait::new(topic.clone(), key)).await,
+        };
+        match waited {
+            Ok(_) => all.pushed += 1,
+            Err(e) => {
+                all.error = Some(e);
+                break;
             }
         }
     }
-    (done, Ok(()))
+    all
 }
 
 /// Push to `topic` (see [`Broker::push_to`]).

@@ -396,18 +396,7 @@ impl Broker for DurableBroker {
         messages: &'a [Bytes],
         wait: Wait,
     ) -> impl Future<Output = PushedAll> + Send + 'a {
-        let topic = self.mem.topic(name);
-        async move {
-            let (pushed, result) = match topic {
-                Ok(topic) => push_all_topic(topic, messages, wait).await,
-                Err(e) => (0, Err(e)),
-            };
-            PushedAll {
-                pushed,
-                error: result.err(),
-                pending: Vec::new(),
-            }
-        }
+        push_all_topic(self.mem.topic(name), messages, wait)
     }
 
     fn pull_ready_while(
@@ -416,10 +405,7 @@ impl Broker for DurableBroker {
         group: &str,
         accept: &mut dyn FnMut(&Bytes) -> bool,
     ) -> Vec<MemoryDelivery> {
-        match self.mem.topic(name) {
-            Ok(topic) => pull_ready_topic(topic, group, accept),
-            Err(_) => Vec::new(),
-        }
+        pull_ready_topic(self.mem.topic(name), group, accept)
     }
 
     fn settle(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
