@@ -412,13 +412,7 @@ fn a_filter_dying_inside_a_worker_is_restarted_and_the_run_is_told() {
     let worker = dchan(&addr, &["worker", "--pipeline", "told", "--stage", "1"])
         .spawn()
         .unwrap();
-    let read_pids = || std::fs::read_to_string(&pids).unwrap_or_default();
-    until("the filter started", || read_pids().lines().count() == 1);
-    let pid: i32 = read_pids().trim().parse().unwrap();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    until("the filter was restarted", || {
-        read_pids().lines().count() == 2
-    });
+    kill_the_filter_once(&pids);
     let input = numbered(1000);
     feed(&mut run, input.clone());
     let out = finish(run, "run");
@@ -717,13 +711,7 @@ fn a_filter_killed_mid_run_is_restarted_and_makes_the_run_fail() {
     let stage = format!("echo $$ >> {}; exec cat", pids.display());
     let line = format!("{stage} | cat");
     let mut run = started_run(&addr, "restart", &[&line]);
-    let read_pids = || std::fs::read_to_string(&pids).unwrap_or_default();
-    until("the filter started", || read_pids().lines().count() == 1);
-    let pid: i32 = read_pids().trim().parse().unwrap();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    until("the filter was restarted", || {
-        read_pids().lines().count() == 2
-    });
+    kill_the_filter_once(&pids);
     let input = numbered(1000);
     feed(&mut run, input.clone());
     let out = finish(run, "run");
@@ -1024,4 +1012,16 @@ fn a_stopped_run_or_a_timed_out_message_stops_every_process_the_stage_started() 
     let pid = read_pids()[1];
     until("the timed-out command's process is stopped", || gone(pid));
     assert!(!late.exists(), "no side effect after the timeout");
+}
+
+/// SIGKILL the filter whose process writes its pid to `pids` once it
+/// starts, and wait until it was started again.
+fn kill_the_filter_once(pids: &std::path::Path) {
+    let read_pids = || std::fs::read_to_string(pids).unwrap_or_default();
+    until("the filter started", || read_pids().lines().count() == 1);
+    let pid: i32 = read_pids().trim().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    until("the filter was restarted", || {
+        read_pids().lines().count() == 2
+    });
 }
