@@ -454,6 +454,36 @@ fn an_each_output_too_large_for_one_message_is_dead_lettered_with_why() {
 }
 
 #[test]
+fn a_failing_line_longer_than_one_write_is_dead_lettered_whole() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    // A 100 000-byte line is many Twrites: the first topic (line-framed)
+    // joins them into one message, and so must the dead letters.
+    let long = "x".repeat(100_000);
+    let input = format!("ok 1\n{long}\nok 2\n");
+    let out = run(
+        &addr,
+        &[
+            "run",
+            "--name",
+            "longdl",
+            "--each",
+            "1",
+            "--attempts",
+            "1",
+            "grep -v x",
+        ],
+        &input,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(lines(&out.stdout), ["ok 1", "ok 2"], "the copy went on");
+    let mut pull = dchan(&addr, &["pull", "--follow", "longdl/1.failed"]);
+    pull.stdin(Stdio::null());
+    let dead = finish(pull.spawn().unwrap(), "pull of the dead letters");
+    assert_eq!(text(&dead.stdout), format!("{long}\n"), "untouched, whole");
+}
+
+#[test]
 fn the_example_pipeline_file_runs_with_a_worker() {
     let server = Server::start(&[]);
     let addr = server.addr();
@@ -877,6 +907,7 @@ fn on_a_terminal_the_run_shows_a_live_line_per_stage() {
     assert!(status.status.success(), "{}", shown());
     let all = shown().replace('\r', "");
     assert!(all.contains("1 cat") && all.contains(" lag "), "{all}");
+    assert!(all.contains(" died 0 "), "filter deaths are shown: {all}");
     assert!(all.contains("1\n2\n3\n4\n5\n"), "the data: {all}");
 }
 

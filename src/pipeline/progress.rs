@@ -1,5 +1,6 @@
 //! `dchan run`'s live lines on a terminal (`indicatif`): per stage, the
-//! messages in and out, the lag, the copies, the failures and the rate,
+//! messages in and out, the lag, the copies, the failures (dead letters),
+//! the filter processes that died and the rate,
 //! read from the topics' ctl files, so workers on other machines count
 //! too. Off a terminal `indicatif` draws nothing.
 
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 
-use super::spec::{GROUP, Pipeline, copies, dead_letters, input};
+use super::spec::{GROUP, Pipeline, copies, dead_letters, deaths, input};
 use super::stage::{field, group_line};
 use crate::client::{Client, Options};
 
@@ -59,11 +60,12 @@ impl Progress {
                     let out = read(input(&name, k + 1), "pushed").await.unwrap_or(0);
                     let copies = read(copies(&name, k), "readers").await.unwrap_or(0);
                     let failed = read(dead_letters(&name, k), "pushed").await.unwrap_or(0);
+                    let died = read(deaths(&name, k), "pushed").await.unwrap_or(0);
                     let (before, at) = last[k - 1];
                     let rate = out.saturating_sub(before) as f64 / at.elapsed().as_secs_f64();
                     last[k - 1] = (out, Instant::now());
                     lines[k - 1].set_message(format!(
-                        "in {taken} out {out} lag {lag} copies {copies} failed {failed} {rate:.0}/s"
+                        "in {taken} out {out} lag {lag} copies {copies} failed {failed} died {died} {rate:.0}/s"
                     ));
                 }
             }

@@ -336,7 +336,9 @@ async fn set_up(client: &Client, name: &str, p: &Pipeline) -> Result<(), String>
             .await
             .map_err(say(&input(name, k)))?;
         if k <= n {
-            create(dead_letters(name, k), u64::MAX / 2, Framing::Write).await?;
+            // Framed as the input, so that a line longer than one Twrite
+            // (a line-framed input's message can be) fits there too.
+            create(dead_letters(name, k), u64::MAX / 2, framing).await?;
             create(copies(name, k), 0, Framing::Line).await?;
             // Read by us alone, at the end (see `died`).
             create(deaths(name, k), u64::MAX / 2, Framing::Write).await?;
