@@ -32,16 +32,25 @@ pub struct Dchan {
     batch: bool,
     /// A connection for creating topics.
     admin: Client,
+    /// The server's engine (`memory`, `durable`...), from its root ctl.
+    engine: String,
 }
 
 impl Dchan {
     pub async fn connect(addr: &str, dialect: Dialect) -> Result<Dchan> {
         let admin = attach(addr, "", dialect, false).await?;
+        let ctl = admin.server_ctl().await?;
+        let engine = ctl
+            .lines()
+            .find_map(|l| l.strip_prefix("engine "))
+            .unwrap_or("memory")
+            .to_string();
         Ok(Dchan {
             addr: addr.to_string(),
             dialect,
             batch: false,
             admin,
+            engine,
         })
     }
 
@@ -75,7 +84,7 @@ impl System for Dchan {
     }
 
     fn variant(&self) -> Option<String> {
-        Some(format!("{}, memory", self.dialect.as_str()))
+        Some(format!("{}, {}", self.dialect.as_str(), self.engine))
     }
 
     async fn create(&self, topic: &str, capacity: u64) -> Result<()> {
