@@ -95,3 +95,42 @@ mod jetstream {
 
     include!("contract/rules.rs");
 }
+
+/// The same rules on a 3-node NATS cluster with every stream kept on all
+/// three (`replicas = 3`), the deployment the JetStream engine is for:
+/// each push and ack waits for a quorum, so the rules' timing is the
+/// cluster's.
+mod jetstream_r3 {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use dchan::broker::{
+        Broker, Cut, Delivery, Error, JetStreamBroker, JetStreamConfig, Seq, Setting, Target,
+        TopicConfig, Wait, resolve_now,
+    };
+    use futures_util::poll;
+
+    use super::contract::Under;
+
+    type Engine = JetStreamBroker;
+    type B = Under<Engine>;
+
+    async fn new_engine() -> B {
+        let cluster = super::nats::Cluster::start(3).await;
+        let engine = JetStreamBroker::connect(JetStreamConfig {
+            servers: cluster.url_list(),
+            replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("connect to the test's NATS cluster");
+        Under {
+            engine,
+            _keep: Some(Box::new(cluster)),
+        }
+    }
+
+    include!("contract/rules.rs");
+}

@@ -307,7 +307,19 @@ impl Drop for Making<'_> {
 
 /// The lowest ack floor of the groups: what they all acked.
 fn floor_of(groups: &[consumer::Info]) -> Option<u64> {
-    groups.iter().map(|g| g.ack_floor.stream_sequence).min()
+    groups.iter().map(floor).min()
+}
+
+/// The last message `g` has done with: its ack floor, or, for a group
+/// made to start at a message (a seek), the one before it, which it will
+/// never be given. (On a cluster the info of a consumer just made can
+/// still show the floor at 0 while its leader is being chosen.)
+fn floor(g: &consumer::Info) -> u64 {
+    let start = match g.config.deliver_policy {
+        consumer::DeliverPolicy::ByStartSequence { start_sequence } => start_sequence,
+        _ => 0,
+    };
+    g.ack_floor.stream_sequence.max(start.saturating_sub(1))
 }
 
 impl JetStreamBroker {
@@ -876,16 +888,32 @@ impl Inner {
         // A pull of the group that started on this server makes it; give
         // its request the time to arrive.
         let mut tries = 0;
+        // A delete that timed out may have been done: asked again, "not
+        // found" then means it was.
+        let mut timed_out = 0;
         loop {
-            let found = stream.delete_consumer(&consumer_name(group)).await;
+            // A puller of this server making the group's consumer finishes
+            // first: on a cluster, a delete racing the create leaves both
+            // unanswered till they time out.
+            let found = {
+                let _starting = topic.starting.lock().await;
+                stream.delete_consumer(&consumer_name(group)).await
+            };
             let not_found = matches!(&found, Err(e) if e.to_string().contains("not found"));
             if not_found && tries < 20 && topic.pulling.lock().contains_key(group) {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
+            // On a cluster a consumer just made (by a pull waiting) can be
+            // slow to delete while its leader is chosen.
+            if matches!(&found, Err(e) if e.to_string().contains("timed out")) && timed_out < 3 {
+                timed_out += 1;
+                continue;
+            }
             break match found {
                 Ok(_) => Ok(()),
+                Err(_) if not_found && timed_out > 0 => Ok(()),
                 Err(e) if e.to_string().contains("not found") => {
                     Err(Error::NoGroup(group.to_string()))
                 }

@@ -293,7 +293,11 @@ async fn wait_for(
             d = &mut rx => return match d {
                 Ok(d) => Ok(Some(d)),
                 Err(_) if topic.record().is_none() => Err(Error::Removed),
-                Err(_) => Err(unavailable("the broker is stopping")),
+                // The puller could not start: its reason, not a guess.
+                Err(_) => match starting.take() {
+                    Some(failed) => Err(failed.await.unwrap_or_else(|_| unavailable("the broker is stopping"))),
+                    None => Err(unavailable("the broker is stopping")),
+                },
             },
             failed = async { starting.as_mut().expect("guarded").await }, if starting.is_some() => {
                 starting = None;
