@@ -435,3 +435,92 @@ fn a_connection_that_never_sends_tversion_is_closed() {
         other => panic!("still open after {PATIENCE:?}: {other:?}"),
     }
 }
+
+/// Names of the topics the server holds, from `dchan ls -q`.
+fn held(port: u16) -> std::collections::BTreeSet<String> {
+    let o = dchan(port, &["ls", "-q"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Batches of creates (and of removes) from several clients at once apply
+/// whole or not at all, at the edge of max_topics and on a contested name.
+#[test]
+fn racing_batches_apply_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--config", &config(&dir, "[limits]\nmax_topics = 30\n")]);
+    let port = server.port;
+    let fixed: Vec<String> = (0..20).map(|i| format!("fixed{i}")).collect();
+    let mut args = vec!["create"];
+    args.extend(fixed.iter().map(String::as_str));
+    assert!(dchan(port, &args).status.success());
+    for round in 0..16 {
+        // Room for 10: of three batches of 8, at most one fits.
+        let results: Vec<(Vec<String>, bool)> = std::thread::scope(|s| {
+            let runs: Vec<_> = (0..3)
+                .map(|c| {
+                    s.spawn(move || {
+                        let names: Vec<String> =
+                            (0..8).map(|i| format!("r{round}c{c}n{i}")).collect();
+                        let mut args = vec!["create"];
+                        args.extend(names.iter().map(String::as_str));
+                        let ok = dchan(port, &args).status.success();
+                        (names, ok)
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let now = held(port);
+        let mut made = Vec::new();
+        for (names, ok) in &results {
+            let there = names.iter().filter(|n| now.contains(*n)).count();
+            assert_eq!(there, if *ok { 8 } else { 0 }, "round {round}: {results:?}");
+            if *ok {
+                made.extend(names.iter().cloned());
+            }
+        }
+        if !made.is_empty() {
+            let mut args = vec!["rm"];
+            args.extend(made.iter().map(String::as_str));
+            assert!(dchan(port, &args).status.success());
+        }
+        // Two batches of removes that share one name: the one that finds
+        // it gone removes nothing.
+        let names: Vec<String> = (0..10).map(|i| format!("z{round}_{i}")).collect();
+        let mut args = vec!["create"];
+        args.extend(names.iter().map(String::as_str));
+        assert!(dchan(port, &args).status.success());
+        let (a, b) = (&names[0..5], &names[5..9]);
+        let shared = names[9].as_str();
+        let oks: Vec<bool> = std::thread::scope(|s| {
+            let runs: Vec<_> = [a, b]
+                .into_iter()
+                .map(|part| {
+                    s.spawn(move || {
+                        let mut args = vec!["rm", shared];
+                        args.extend(part.iter().map(String::as_str));
+                        dchan(port, &args).status.success()
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let now = held(port);
+        assert_eq!(oks.iter().filter(|ok| **ok).count(), 1, "one wins: {oks:?}");
+        for (part, ok) in [a, b].into_iter().zip(&oks) {
+            let gone = part.iter().filter(|n| !now.contains(*n)).count();
+            assert_eq!(gone, if *ok { part.len() } else { 0 }, "round {round}");
+        }
+        let left: Vec<&String> = names.iter().filter(|n| now.contains(*n)).collect();
+        if !left.is_empty() {
+            let mut args = vec!["rm"];
+            args.extend(left.iter().map(|s| s.as_str()));
+            assert!(dchan(port, &args).status.success());
+        }
+    }
+}

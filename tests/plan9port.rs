@@ -736,3 +736,32 @@ fn a_9pfuse_mount_lists_nested_topics() {
         .collect();
     assert_eq!(listed, sorted);
 }
+
+/// rmdir (a Tremove) of a topic that also holds topics fails as rmdir(2)
+/// does on a directory that is not empty, and removes nothing; the root
+/// ctl's `remove` removes the topic alone.
+#[test]
+fn removing_a_topic_that_holds_topics_is_refused_as_not_empty() {
+    let Some(t) = tools() else { return };
+    let s = Server::start(&[]);
+    let p = |args: &[&str], input: &str| nine_p(&t, &s, args, input);
+    p(&["write", "ctl"], "create a\ncreate a/b\n").unwrap();
+    // `9p rm` says why on stderr, and exits 0 all the same.
+    let out = run(
+        Command::new(&t.nine_p)
+            .arg("-a")
+            .arg(dial(&s))
+            .args(["rm", "a"]),
+        b"",
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("not empty: it holds topics"), "{err}");
+    let topics = p(&["read", "topics"], "").unwrap();
+    assert!(topics.lines().any(|l| l.starts_with("a ")), "{topics}");
+    p(&["write", "ctl"], "remove a\n").unwrap();
+    assert_eq!(
+        p(&["ls", "a"], "").unwrap().lines().collect::<Vec<_>>(),
+        ["b"]
+    );
+    p(&["rm", "a/b"], "").unwrap();
+}

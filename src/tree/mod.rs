@@ -121,6 +121,12 @@ pub struct TopicTree<B: Broker> {
     /// Qid paths and open readers of the places seen. A sync mutex, never
     /// held across an await.
     places: Mutex<Places>,
+    /// Held by whatever makes or removes topics (a root ctl write, from
+    /// its checks to its last command; a mkdir; an rmdir), so that a
+    /// write's commands, checked whole, apply whole, and `max_topics`
+    /// holds exactly, however many clients race. A Tokio mutex: held
+    /// across the broker's awaits, and never on a message's path.
+    admin: tokio::sync::Mutex<()>,
     /// Bytes held in partial lines by every open data file, and the most.
     budget: Arc<Budget>,
 }
@@ -153,6 +159,7 @@ impl<B: Broker> TopicTree<B> {
             started: Instant::now(),
             started_unix,
             places: Mutex::new(Places::default()),
+            admin: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -347,13 +354,15 @@ impl<B: Broker> TopicTree<B> {
     async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<()> {
         ctl::check_name(name).map_err(invalid)?;
         self.check_max_message(config.max_message)?;
-        // Checked before the create: creates racing each other may pass it
-        // together, by as many as run at that instant.
+        // Exact: the caller holds `admin`.
         let max = self.config.max_topics;
-        if self.broker.totals().topics >= max && !self.is_topic(name) {
+        let now = self.broker.totals().topics;
+        if now >= max && !self.is_topic(name) {
             return Err(Error::new(
                 errno::ENOSPC,
-                format!("no space: the server holds its most topics (limits.max_topics {max})"),
+                format!(
+                    "no space: the server holds {now} topics, its most (limits.max_topics {max})"
+                ),
             ));
         }
         self.broker.create(name, config).await.map_err(broker_error)
@@ -368,6 +377,7 @@ impl<B: Broker> TopicTree<B> {
     /// Run a root ctl write: check every command, then apply them.
     async fn root_ctl(&self, session: &Session, text: &[u8]) -> Result<()> {
         let cmds = ctl::parse_root(text).map_err(invalid)?;
+        let _admin = self.admin.lock().await;
         for cmd in &cmds {
             match cmd {
                 RootCmd::Create { name, .. } => self.check(session, name, Op::Admin, "create")?,
@@ -846,7 +856,10 @@ impl<B: Broker> TopicTree<B> {
         }
         self.check_exists(&dir.at)?;
         self.check(&dir.session, &path, Op::Admin, "mkdir")?;
-        self.create_topic(&path, self.config.defaults).await?;
+        {
+            let _admin = self.admin.lock().await;
+            self.create_topic(&path, self.config.defaults).await?;
+        }
         self.audit(&dir.session, &path, "mkdir");
         let node = Node {
             topic_id: self.broker.id(&path).ok(),
@@ -968,6 +981,15 @@ impl<B: Broker> TopicTree<B> {
         match &node.at {
             At::Dir(p) if self.is_topic(p) => {
                 self.check(&node.session, p, Op::Admin, "rmdir")?;
+                let _admin = self.admin.lock().await;
+                // As rmdir(2): a directory that holds more is not removed
+                // (`remove NAME` in the root ctl removes the topic alone).
+                if self.broker.leads_to(p) {
+                    return Err(Error::new(
+                        errno::ENOTEMPTY,
+                        "not empty: it holds topics (`remove NAME` in /ctl removes the topic alone)",
+                    ));
+                }
                 self.remove_topic(p).await?;
                 self.audit(&node.session, p, "rmdir");
                 Ok(())
