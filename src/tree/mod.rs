@@ -131,6 +131,23 @@ pub struct TopicTree<B: Broker> {
     budget: Arc<Budget>,
 }
 
+/// Removes in one root ctl write after which the freed memory is handed
+/// back to the system.
+const GIVE_BACK_AFTER: usize = 1024;
+
+/// Hand the allocator's free memory back to the system. glibc's malloc
+/// keeps what many removed topics freed (about 0.9 KiB each) for reuse,
+/// so a server that held a million topics would go on showing their RSS
+/// after they are gone; `malloc_trim` returns the free pages. A few
+/// milliseconds, after a write that removed many topics only.
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn parent(path: &str) -> At {
     match path.rsplit_once('/') {
         Some((p, _)) => At::Dir(p.into()),
@@ -431,6 +448,7 @@ impl<B: Broker> TopicTree<B> {
                 ),
             ));
         }
+        let mut removed = 0;
         for cmd in cmds {
             match cmd {
                 RootCmd::Create {
@@ -460,8 +478,12 @@ impl<B: Broker> TopicTree<B> {
                 RootCmd::Remove(name) => {
                     self.remove_topic(&name).await?;
                     self.audit(session, &name, "remove");
+                    removed += 1;
                 }
             }
+        }
+        if removed >= GIVE_BACK_AFTER {
+            give_back_memory();
         }
         Ok(())
     }
