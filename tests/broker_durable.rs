@@ -210,6 +210,30 @@ async fn a_damaged_length_mid_segment_is_no_torn_tail() {
 /// A topic directory that lost its settings file but holds records stops
 /// the start (nothing is deleted); one with no record (a create cut short)
 /// and one being removed are removed.
+/// A kill between a create's first checkpoint and its settings file (the
+/// settings still in `meta.json.tmp`) leaves a topic created halfway: the
+/// next start removes it, as it would a create cut earlier.
+#[tokio::test]
+async fn a_create_killed_before_its_settings_file_is_dropped_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let b = open(tmp.path());
+        b.create("kept", cap(10)).unwrap();
+        push(&b, "kept", "m").await;
+        b.create("half", cap(10)).unwrap();
+    }
+    let half = tmp.path().join("topics/2");
+    std::fs::rename(half.join("meta.json"), half.join("meta.json.tmp")).unwrap();
+    let b = open(tmp.path());
+    assert_eq!(
+        b.names(std::ops::Bound::Unbounded, 10),
+        ["kept"],
+        "the half-made topic is gone, the other kept"
+    );
+    assert!(!half.exists());
+    assert_eq!(drain(&b, "kept", "g").await, ["m"]);
+}
+
 #[tokio::test]
 async fn a_topic_without_its_settings_file_stops_the_start_unless_empty() {
     let tmp = tempfile::tempdir().unwrap();

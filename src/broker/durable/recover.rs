@@ -116,9 +116,44 @@ fn segments_bytes(dir: &Path) -> Result<u64, RecoverError> {
     Ok(bytes)
 }
 
+/// Whether the topic in `dir` holds only what a create writes before its
+/// settings file: one segment, the first, whose records are one
+/// checkpoint of an empty topic (perhaps torn).
+fn only_a_first_checkpoint(dir: &Path) -> bool {
+    let first = super::journal::segment_name(0);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    let logs: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    if logs != [first.clone()] {
+        return false;
+    }
+    let Ok(bytes) = fs::read(dir.join(&first)) else {
+        return false;
+    };
+    let bytes = Bytes::from(bytes);
+    match decode(&bytes, 0) {
+        Ok(Some((r, end))) => {
+            r.kind == Kind::Checkpoint
+                && r.n == 0
+                && r.rest.is_empty()
+                && matches!(
+                    decode(&bytes, end),
+                    Ok(None) | Err(crate::broker::durable::record::Damage { short: true, .. })
+                )
+        }
+        Err(d) => d.short,
+        Ok(None) => true,
+    }
+}
+
 /// Read the topic in `dir`; `None` if it has no settings file and no
-/// record (a topic created halfway, to be removed); an error if it has
-/// records but no settings file.
+/// record but a create's first checkpoint (a topic created halfway, to be
+/// removed); an error if it has more but no settings file.
 pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
     let meta_path = dir.join(META);
     let meta = match fs::read(&meta_path) {
@@ -127,10 +162,11 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
             reason: e.to_string(),
         })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // A create cut short writes no record before its settings
-            // file: only a directory with none is one, to be removed.
+            // A create cut short: before its settings file it writes
+            // nothing but the first segment's checkpoint (see
+            // `Journal::create`); such a directory is removed.
             let held = segments_bytes(dir)?;
-            if held == 0 {
+            if held == 0 || only_a_first_checkpoint(dir) {
                 return Ok(None);
             }
             return Err(RecoverError::Meta {
