@@ -354,6 +354,32 @@ fn a_stage_that_ends_early_ends_the_run_as_in_sh() {
 }
 
 #[test]
+fn a_stage_stopped_by_a_later_head_is_no_failure_every_time() {
+    // A stage whose process wrote everything and exited before the next
+    // stage ended: its last, unterminated piece of a line is pushed at the
+    // close, into a topic `head` closed. That is SIGPIPE, not a failure
+    // (it was, at random: about one run in two).
+    let server = Server::start(&[]);
+    let input: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+    for (line, want) in [
+        ("sort -rn | head -5", "100000\n99999\n99998\n99997\n99996\n"),
+        ("tac | cat | head -1", "100000\n"),
+    ] {
+        for i in 0..20 {
+            let out = run(&server.addr(), &["run", "-q", "--name", "h", line], &input);
+            assert!(
+                out.status.success(),
+                "{line}, run {i}: {:?} {}",
+                out.status,
+                text(&out.stderr)
+            );
+            assert_eq!(text(&out.stdout), want, "{line}, run {i}");
+            assert!(out.stderr.is_empty(), "{line}: {}", text(&out.stderr));
+        }
+    }
+}
+
+#[test]
 fn a_worker_killed_holding_the_last_message_leaves_it_to_another_copy() {
     let server = Server::start(&[]);
     let addr = server.addr();
