@@ -819,6 +819,25 @@ fn a_name_in_use_is_refused_once_with_what_to_do() {
 }
 
 #[test]
+fn a_refused_run_removes_the_topics_it_made_and_only_those() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let mut create = dchan(&addr, &["create", "p/2"]);
+    create.stdin(Stdio::null());
+    assert!(create.output().unwrap().status.success());
+    let out = run(&addr, &["run", "-q", "--name", "p", "cat | cat"], "a\n");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("topic p/2 exists"));
+    let left: Vec<String> = topics(&addr)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|t| t.starts_with("p/"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(left, ["p/2"], "what was there stays, nothing else");
+}
+
+#[test]
 fn an_each_output_is_one_message_ending_in_a_newline() {
     let server = Server::start(&[]);
     let addr = server.addr();
