@@ -593,9 +593,10 @@ fn sigterm_makes_a_worker_finish_its_message_and_leave() {
     until("the worker has a message in hand", || mark.exists());
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let w = finish(worker, "worker");
-    assert!(
-        w.status.success(),
-        "a stopped worker exits 0: {}",
+    assert_eq!(
+        w.status.code(),
+        Some(143),
+        "a worker stopped by SIGTERM says so, having finished its message: {}",
         text(&w.stderr)
     );
     let out = finish(run, "run");

@@ -508,13 +508,14 @@ pub async fn worker(opts: WorkerOptions) -> Result<Report, String> {
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
         ) else {
-            return;
+            return None;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        let sig = tokio::select! {
+            _ = term.recv() => libc::SIGTERM,
+            _ = int.recv() => libc::SIGINT,
+        };
         stop.cancel();
+        Some(sig)
     });
     let mut report = Report::default();
     while let Some(done) = set.join_next().await {
@@ -525,6 +526,11 @@ pub async fn worker(opts: WorkerOptions) -> Result<Report, String> {
         }
     }
     signals.abort();
+    // Stopped by a signal, the worker says so by its status (130, 143),
+    // once its copies finished their messages.
+    if let Ok(Some(sig)) = signals.await {
+        report.signal = Some(sig);
+    }
     report.stage(&run, run.dead.load(Ordering::Relaxed), run.deaths());
     Ok(report)
 }
