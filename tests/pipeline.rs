@@ -574,6 +574,50 @@ fn bad_pipelines_are_usage_errors_with_file_and_line() {
 }
 
 #[test]
+fn pool_and_replicas_are_bounded_and_a_run_filling_its_pools_stops_on_sigterm() {
+    let server = Server::start(&[]);
+    let addr = server.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    let path = file.to_str().unwrap();
+    for (field, why) in [
+        ("pool = 100000", "pool must be at most 64"),
+        ("replicas = 100000", "replicas must be at most 256"),
+    ] {
+        let text_of = format!("[[stage]]\ncommand = \"cat\"\nkind = \"each\"\n{field}\n");
+        std::fs::write(&file, text_of).unwrap();
+        let out = run(&addr, &["run", "-q", "--file", path], "a\n");
+        assert_eq!(out.status.code(), Some(2), "{field}");
+        assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
+    }
+    let out = run(&addr, &["run", "--replicas", "1000", "cat"], "a\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("at most 256"));
+    let args = [
+        "worker",
+        "--pipeline",
+        "p",
+        "--stage",
+        "1",
+        "--replicas",
+        "1000",
+    ];
+    let out = run(&addr, &args, "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("at most 256"));
+    // Filling 4 × 64 warm processes, the run still hears SIGTERM.
+    let pools = "[[stage]]\ncommand = \"cat\"\nkind = \"each\"\nreplicas = 4\npool = 64\n";
+    std::fs::write(&file, pools).unwrap();
+    let mut child = started_run(&addr, "pools", &["-q", "--file", path]);
+    feed(&mut child, numbered(1000));
+    std::thread::sleep(Duration::from_millis(200));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = finish(child, "run filling its pools");
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert!(!topics(&addr).contains("pools/"), "removed");
+}
+
+#[test]
 fn sigterm_makes_a_worker_finish_its_message_and_leave() {
     let server = Server::start(&[]);
     let addr = server.addr();
@@ -1004,7 +1048,7 @@ fn ctrl_c_on_a_worker_lets_its_processes_finish_and_loses_nothing() {
     });
     unsafe { libc::kill(-(first.id() as i32), libc::SIGINT) };
     let w = finish(first, "worker");
-    assert!(w.status.success(), "worker: {}", text(&w.stderr));
+    assert_eq!(w.status.code(), Some(130), "worker: {}", text(&w.stderr));
     // Another worker takes the rest.
     let second = dchan(
         &addr,

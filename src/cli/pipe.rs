@@ -218,8 +218,13 @@ pub async fn worker(a: WorkerArgs) -> ExitCode {
             "worker: which pipeline? give --pipeline NAME (or a file with a name)".into(),
         );
     };
-    if a.replicas == Some(0) {
-        return usage("worker: --replicas 0: a worker runs at least one copy".into());
+    match a.replicas {
+        Some(0) => return usage("worker: --replicas 0: a worker runs at least one copy".into()),
+        Some(n) if n > pipeline::MAX_REPLICAS => {
+            let max = pipeline::MAX_REPLICAS;
+            return usage(format!("worker: --replicas {n}: at most {max}"));
+        }
+        _ => {}
     }
     let opts = WorkerOptions {
         addr: a.common.addr,

@@ -41,6 +41,12 @@ pub const DEFAULT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_CAPACITY: u64 = 4096;
 /// Warm processes kept started per copy of an *each* stage by default.
 pub const DEFAULT_POOL: u32 = 1;
+/// The most warm processes per copy: each is a process held (forked) for
+/// the whole run, so a large pool is a fork bomb, not a speed-up.
+pub const MAX_POOL: u32 = 64;
+/// The most copies of one stage in one `dchan run` or `dchan worker`
+/// (more machines add more with their own workers).
+pub const MAX_REPLICAS: u32 = 256;
 
 /// One stage of a pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +217,12 @@ impl Pipeline {
             }
             if s.attempts == 0 {
                 return Err(format!("{what}: attempts must be at least 1"));
+            }
+            if s.replicas > MAX_REPLICAS {
+                return Err(format!("{what}: replicas must be at most {MAX_REPLICAS}"));
+            }
+            if s.pool > MAX_POOL {
+                return Err(format!("{what}: pool must be at most {MAX_POOL}"));
             }
             if let Err(why) = split_pipes(&s.command) {
                 return Err(format!("{what}: {why} in {:?}", s.command));
