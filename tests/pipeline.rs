@@ -760,6 +760,9 @@ fn stages_are_cut_at_top_level_pipes_only_as_sh_reads_them() {
         ("{ tr a b | tr b c; } | cat", "a\n", "c\n"),
         ("cat # not | a stage\n | tr a b", "a\n", "b\n"),
         ("false || tr a b | cat", "a\n", "b\n"),
+        // A here-document's body is its command's, `|` and all.
+        ("cat <<EOF | cat\nx|y\nEOF", "a\n", "x|y\n"),
+        ("cat <<-'EOF' | tr x z\n\tx|$y\n\tEOF\n", "a\n", "z|$y\n"),
     ] {
         let out = run(&addr, &["run", line], input);
         assert!(out.status.success(), "{line:?}: {}", text(&out.stderr));

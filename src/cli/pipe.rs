@@ -16,9 +16,10 @@ Each | is a topic: stage K reads NAME/K and writes NAME/K+1 (visible in
 dchan ls while it runs). Standard input goes into NAME/1, NAME/N+1 comes
 out on standard output, and the run ends once the end of the input has
 travelled through every stage. The line is cut at its top-level | as sh
-would (not inside quotes, $( ), `...`, ( ), { }, case...esac); || stays
-inside its stage. A simple command (plain words, not an assignment or a
-shell builtin) runs directly, anything else as sh -c 'STAGE'.
+would (not inside quotes, $( ), `...`, ( ), { }, case...esac, a
+here-document's body); || stays inside its stage. A simple command
+(plain words, not an assignment or a shell builtin) runs directly,
+anything else as sh -c 'STAGE'.
 
 A filter stage (the default) is one process per copy, lines in and lines
 out, like a Unix pipe. An each stage (--each K) runs its command once per
