@@ -555,6 +555,11 @@ fn bad_pipelines_are_usage_errors_with_file_and_line() {
     let out = run(&server.addr(), &["run", "cat | | cat"], "");
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("stage 2 is empty"));
+    for (arg, why) in [("3=2", "no such stage"), ("x=2", "want N or K=N")] {
+        let out = run(&server.addr(), &["run", "--replicas", arg, "cat | cat"], "");
+        assert_eq!(out.status.code(), Some(2), "{arg}");
+        assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
+    }
     // A worker of no copies would do nothing: refused, not a silent 0.
     let args = [
         "worker",
@@ -1072,6 +1077,11 @@ fn ctrl_c_on_a_worker_lets_its_processes_finish_and_loses_nothing() {
     drop(stdin);
     let out = out.join().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "dchan: run: stage 1 has no copies here; waiting for `dchan worker`\n",
+        "a run that waits for workers says so"
+    );
     assert_eq!(
         lines(&out.stdout),
         lines(numbered(3000).as_bytes()),

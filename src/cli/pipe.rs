@@ -102,7 +102,7 @@ each copy finish the message it has and stop, leaving the rest to others.
 
 Examples:
   dchan worker --addr tcp!queue!5640 --pipeline thumbs --stage 1 --replicas 8
-  dchan worker --file examples/pipeline.toml --stage count";
+  dchan worker --file examples/pipeline.toml --stage measure";
 
 /// `dchan worker`.
 #[derive(Args, Debug)]
@@ -162,7 +162,11 @@ pub async fn run(a: RunArgs) -> ExitCode {
         }
         for r in &a.replicas {
             let (which, n) = match r.split_once('=') {
-                Some((k, n)) => (k.parse::<usize>().ok(), n),
+                Some((k, n)) => match k.parse::<usize>() {
+                    Ok(k) if (1..=p.stages.len()).contains(&k) => (Some(k), n),
+                    Ok(_) => return usage(format!("run: --replicas {r}: no such stage")),
+                    Err(_) => return usage(format!("run: --replicas {r}: want N or K=N")),
+                },
                 None => (None, r.as_str()),
             };
             let Ok(n) = n.parse::<u32>() else {

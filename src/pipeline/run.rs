@@ -151,6 +151,12 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
         }
         runs.push(run);
     }
+    for (k, stage) in (1..).zip(&pipeline.stages) {
+        if stage.replicas == 0 {
+            // Said even with -q: else the run seems to hang.
+            eprintln!("dchan: run: stage {k} has no copies here; waiting for `dchan worker`");
+        }
+    }
     let progress = (!quiet).then(|| Progress::start(&addr, &name, &pipeline));
     let feed = tokio::spawn(feed(client_for(&addr).await?, input(&name, 1)));
     let output = input(&name, n + 1);
