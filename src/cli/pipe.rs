@@ -16,9 +16,10 @@ Each | is a topic: stage K reads NAME/K and writes NAME/K+1 (visible in
 dchan ls while it runs). Standard input goes into NAME/1, NAME/N+1 comes
 out on standard output, and the run ends once the end of the input has
 travelled through every stage. The line is cut at its top-level | as sh
-would (not inside quotes, $( ), `...`, ( ), { }, case...esac); || stays
-inside its stage. A simple command (plain words, not an assignment or a
-shell builtin) runs directly, anything else as sh -c 'STAGE'.
+would (not inside quotes, $( ), `...`, ( ), { }, case...esac, a
+here-document's body); || stays inside its stage. A simple command
+(plain words, not an assignment or a shell builtin) runs directly,
+anything else as sh -c 'STAGE'.
 
 A filter stage (the default) is one process per copy, lines in and lines
 out, like a Unix pipe. An each stage (--each K) runs its command once per
@@ -101,7 +102,7 @@ each copy finish the message it has and stop, leaving the rest to others.
 
 Examples:
   dchan worker --addr tcp!queue!5640 --pipeline thumbs --stage 1 --replicas 8
-  dchan worker --file examples/pipeline.toml --stage count";
+  dchan worker --file examples/pipeline.toml --stage measure";
 
 /// `dchan worker`.
 #[derive(Args, Debug)]
@@ -161,7 +162,11 @@ pub async fn run(a: RunArgs) -> ExitCode {
         }
         for r in &a.replicas {
             let (which, n) = match r.split_once('=') {
-                Some((k, n)) => (k.parse::<usize>().ok(), n),
+                Some((k, n)) => match k.parse::<usize>() {
+                    Ok(k) if (1..=p.stages.len()).contains(&k) => (Some(k), n),
+                    Ok(_) => return usage(format!("run: --replicas {r}: no such stage")),
+                    Err(_) => return usage(format!("run: --replicas {r}: want N or K=N")),
+                },
                 None => (None, r.as_str()),
             };
             let Ok(n) = n.parse::<u32>() else {
@@ -218,8 +223,13 @@ pub async fn worker(a: WorkerArgs) -> ExitCode {
             "worker: which pipeline? give --pipeline NAME (or a file with a name)".into(),
         );
     };
-    if a.replicas == Some(0) {
-        return usage("worker: --replicas 0: a worker runs at least one copy".into());
+    match a.replicas {
+        Some(0) => return usage("worker: --replicas 0: a worker runs at least one copy".into()),
+        Some(n) if n > pipeline::MAX_REPLICAS => {
+            let max = pipeline::MAX_REPLICAS;
+            return usage(format!("worker: --replicas {n}: at most {max}"));
+        }
+        _ => {}
     }
     let opts = WorkerOptions {
         addr: a.common.addr,

@@ -57,8 +57,11 @@ pub(super) async fn run(
                 .pop_front()
                 .unwrap_or_else(|| warm::start(&run.stage, copy))
                 .and_then(Warm::go);
-            while pool.len() < run.stage.pool as usize {
+            // One fork at a time, letting the runtime in between: a
+            // SIGINT or SIGTERM stops the run while the pool fills.
+            while pool.len() < run.stage.pool as usize && !run.stop.is_cancelled() {
                 pool.push_back(warm::start(&run.stage, copy));
+                tokio::task::yield_now().await;
             }
             match one(run, child, &msg).await {
                 Ok(o) => {

@@ -151,6 +151,12 @@ pub async fn run(opts: RunOptions) -> Result<Report, String> {
         }
         runs.push(run);
     }
+    for (k, stage) in (1..).zip(&pipeline.stages) {
+        if stage.replicas == 0 {
+            // Said even with -q: else the run seems to hang.
+            eprintln!("dchan: run: stage {k} has no copies here; waiting for `dchan worker`");
+        }
+    }
     let progress = (!quiet).then(|| Progress::start(&addr, &name, &pipeline));
     let feed = tokio::spawn(feed(client_for(&addr).await?, input(&name, 1)));
     let output = input(&name, n + 1);
@@ -297,27 +303,47 @@ async fn client_for(addr: &str) -> Result<Client, String> {
 }
 
 /// Create the pipeline's topics and groups, and leave its description.
+/// Refused part way (a topic of that name exists), it removes the topics
+/// it created, and only those.
 async fn set_up(client: &Client, name: &str, p: &Pipeline) -> Result<(), String> {
+    let mut made = Vec::new();
+    let r = create_all(client, name, p, &mut made).await;
+    if r.is_err() {
+        for t in made {
+            let _ = client.remove(&t).await;
+        }
+    }
+    r
+}
+
+/// [`set_up`]'s work, noting in `made` each topic it created.
+async fn create_all(
+    client: &Client,
+    name: &str,
+    p: &Pipeline,
+    made: &mut Vec<String>,
+) -> Result<(), String> {
     let n = p.stages.len();
-    let create = |topic: String, capacity: u64, framing: Framing| async move {
+    let create = async |made: &mut Vec<String>, topic: String, capacity: u64, framing: Framing| {
         let settings = TopicSettings {
             capacity: Some(capacity),
             framing: Some(framing),
             timeout: None,
         };
-        client
-            .create(&topic, &settings)
-            .await
-            .map_err(|e| match e.to_string() {
-                why if why.ends_with("exists") => format!(
-                    "topic {topic} exists: a pipeline named {name} is running, or was \
+        let r = client.create(&topic, &settings).await;
+        if r.is_ok() {
+            made.push(topic.clone());
+        }
+        r.map_err(|e| match e.to_string() {
+            why if why.ends_with("exists") => format!(
+                "topic {topic} exists: a pipeline named {name} is running, or was \
                      left behind (--keep, dead letters, a crash); see `dchan ls {name}`, \
                      remove its topics with `dchan rm TOPIC...`, or give another --name"
-                ),
-                // The server's reason names the topic already.
-                why if why.contains(&topic) => why,
-                why => format!("create {topic}: {why}"),
-            })
+            ),
+            // The server's reason names the topic already.
+            why if why.contains(&topic) => why,
+            why => format!("create {topic}: {why}"),
+        })
     };
     for k in 1..=n + 1 {
         let framing = match k {
@@ -329,7 +355,7 @@ async fn set_up(client: &Client, name: &str, p: &Pipeline) -> Result<(), String>
             .stages
             .get(k - 1)
             .map_or(super::spec::DEFAULT_CAPACITY, |s| s.capacity);
-        create(input(name, k), capacity, framing).await?;
+        create(made, input(name, k), capacity, framing).await?;
         // The stage's group exists before the first push, so it waits for it.
         client
             .offset(&input(name, k))
@@ -338,10 +364,10 @@ async fn set_up(client: &Client, name: &str, p: &Pipeline) -> Result<(), String>
         if k <= n {
             // Framed as the input, so that a line longer than one Twrite
             // (a line-framed input's message can be) fits there too.
-            create(dead_letters(name, k), u64::MAX / 2, framing).await?;
-            create(copies(name, k), 0, Framing::Line).await?;
+            create(made, dead_letters(name, k), u64::MAX / 2, framing).await?;
+            create(made, copies(name, k), 0, Framing::Line).await?;
             // Read by us alone, at the end (see `died`).
-            create(deaths(name, k), u64::MAX / 2, Framing::Write).await?;
+            create(made, deaths(name, k), u64::MAX / 2, Framing::Write).await?;
             client
                 .offset(&deaths(name, k))
                 .await
@@ -349,7 +375,7 @@ async fn set_up(client: &Client, name: &str, p: &Pipeline) -> Result<(), String>
         }
     }
     let spec = spec_topic(name);
-    create(spec.clone(), 1, Framing::Write).await?;
+    create(made, spec.clone(), 1, Framing::Write).await?;
     let hold = Client::attach(client.connection(), &Options::group(HOLD))
         .await
         .map_err(say(&spec))?;
@@ -488,13 +514,14 @@ pub async fn worker(opts: WorkerOptions) -> Result<Report, String> {
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
         ) else {
-            return;
+            return None;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        let sig = tokio::select! {
+            _ = term.recv() => libc::SIGTERM,
+            _ = int.recv() => libc::SIGINT,
+        };
         stop.cancel();
+        Some(sig)
     });
     let mut report = Report::default();
     while let Some(done) = set.join_next().await {
@@ -505,6 +532,11 @@ pub async fn worker(opts: WorkerOptions) -> Result<Report, String> {
         }
     }
     signals.abort();
+    // Stopped by a signal, the worker says so by its status (130, 143),
+    // once its copies finished their messages.
+    if let Ok(Some(sig)) = signals.await {
+        report.signal = Some(sig);
+    }
     report.stage(&run, run.dead.load(Ordering::Relaxed), run.deaths());
     Ok(report)
 }

@@ -6,7 +6,8 @@
 //! Splitting `a | 'b|c' | d` at its top-level `|` is done here by hand: a
 //! small scanner of sh's grammar, only as deep as finding those pipes
 //! needs (quotes, backslash, `$( )`, backquotes, `${ }`, `( )`, `{ }`,
-//! `case … esac`, comments; `||` stays inside its stage). `shlex` splits a
+//! `case … esac`, here-documents, comments; `||` stays inside its
+//! stage; a here-document's body joins its command's stage). `shlex` splits a
 //! line into words but gives no positions and takes `a|b` for one word.
 //! The full sh parsers on crates.io were weighed: `conch-parser` has not
 //! been released since 2018; `yash-syntax` and `brush-parser` parse whole
@@ -41,6 +42,12 @@ pub const DEFAULT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_CAPACITY: u64 = 4096;
 /// Warm processes kept started per copy of an *each* stage by default.
 pub const DEFAULT_POOL: u32 = 1;
+/// The most warm processes per copy: each is a process held (forked) for
+/// the whole run, so a large pool is a fork bomb, not a speed-up.
+pub const MAX_POOL: u32 = 64;
+/// The most copies of one stage in one `dchan run` or `dchan worker`
+/// (more machines add more with their own workers).
+pub const MAX_REPLICAS: u32 = 256;
 
 /// One stage of a pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +219,12 @@ impl Pipeline {
             if s.attempts == 0 {
                 return Err(format!("{what}: attempts must be at least 1"));
             }
+            if s.replicas > MAX_REPLICAS {
+                return Err(format!("{what}: replicas must be at most {MAX_REPLICAS}"));
+            }
+            if s.pool > MAX_POOL {
+                return Err(format!("{what}: pool must be at most {MAX_POOL}"));
+            }
             if let Err(why) = split_pipes(&s.command) {
                 return Err(format!("{what}: {why} in {:?}", s.command));
             }
@@ -261,21 +274,71 @@ pub const GROUP: &str = "pipeline";
 
 /// `line` cut at its top-level pipes, as sh reads it: a `|` is a cut
 /// only outside quotes ('…', "…", \), command substitutions (`$( )`,
-/// backquotes), parameter expansions (`${ }`), subshells and groups
-/// (`( )`, `{ }`), `case … esac` (whose patterns hold `|`) and comments;
+/// backquotes), parameter expansions (`${ }`), arithmetic (`$(( ))`),
+/// subshells and groups (`( )`, `{ }`), `case … esac` (whose patterns
+/// hold `|`), here-documents' bodies (`<<WORD`, `<<-WORD`) and comments;
 /// `||` is sh's "or", kept inside its stage. See the module comment.
+///
+/// A here-document's body follows the line its `<<` is on, so in
+/// `cat <<EOF | tr a-z A-Z` NEWLINE `x|y` NEWLINE `EOF` it comes after the
+/// text of the stage after it: the body goes to its own stage's text (at
+/// its end), as sh gives it to that command.
 pub fn split_pipes(line: &str) -> Result<Vec<String>, String> {
     let s: Vec<char> = line.chars().collect();
-    let mut cuts = Vec::new();
-    scan(&s, 0, Ctx::Top, &mut cuts)?;
-    let mut parts = Vec::new();
+    let mut found = Found::default();
+    scan(&s, 0, Ctx::Top, &mut found)?;
+    let mut ranges = Vec::new();
     let mut from = 0;
-    for cut in cuts {
-        parts.push(s[from..cut].iter().collect());
+    for &cut in &found.cuts {
+        ranges.push(from..cut);
         from = cut + 1;
     }
-    parts.push(s[from..].iter().collect());
+    ranges.push(from..s.len());
+    let stage_of = |i: usize| ranges.iter().position(|r| r.contains(&i));
+    // The bodies read in another stage than their `<<`.
+    let moved: Vec<&Body> = found
+        .bodies
+        .iter()
+        .filter(|b| stage_of(b.opened) != stage_of(b.start))
+        .collect();
+    let parts = ranges
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let mut text: String = r
+                .clone()
+                .filter(|&i| !moved.iter().any(|b| (b.start..b.end).contains(&i)))
+                .map(|i| s[i])
+                .collect();
+            for b in moved.iter().filter(|b| stage_of(b.opened) == Some(k)) {
+                text.push('\n');
+                text.extend(&s[b.start..b.end]);
+            }
+            text
+        })
+        .collect();
     Ok(parts)
+}
+
+/// What [`scan`] finds on its way.
+#[derive(Debug, Default)]
+struct Found {
+    /// The top-level pipes' indices.
+    cuts: Vec<usize>,
+    /// Here-documents opened (`<<`) whose bodies start after the next
+    /// newline: where each was opened, its delimiter, whether `<<-`.
+    pending: Vec<(usize, String, bool)>,
+    /// Here-documents' bodies read.
+    bodies: Vec<Body>,
+}
+
+/// A here-document's body: lines `start..end` (its delimiter's line
+/// included), opened by the `<<` at `opened`.
+#[derive(Debug)]
+struct Body {
+    opened: usize,
+    start: usize,
+    end: usize,
 }
 
 /// Where [`scan`] is: what ends it.
@@ -285,6 +348,9 @@ enum Ctx {
     Top,
     /// `( … )` or `$( … )`: ends at its `)`.
     Paren,
+    /// `$(( … ))`, `(( … ))` and the parentheses inside: as `Paren`, but
+    /// `<<` is a shift there, not a here-document.
+    Arith,
     /// `{ … }`: ends at a `}` word.
     Group,
     /// `${ … }`: ends at its `}`.
@@ -304,8 +370,8 @@ fn delimits(c: Option<&char>) -> bool {
 }
 
 /// Scan `s` from `i` in `ctx` to its end: the index after it. In
-/// [`Ctx::Top`], the top-level pipes' indices go into `cuts`.
-fn scan(s: &[char], mut i: usize, ctx: Ctx, cuts: &mut Vec<usize>) -> Result<usize, String> {
+/// [`Ctx::Top`], the top-level pipes' indices go into `found`.
+fn scan(s: &[char], mut i: usize, ctx: Ctx, found: &mut Found) -> Result<usize, String> {
     // Inside a word (a `#` there is no comment, a `{` no group).
     let mut word = ctx == Ctx::Param;
     // At a command's first word (where reserved words count).
@@ -344,13 +410,17 @@ fn scan(s: &[char], mut i: usize, ctx: Ctx, cuts: &mut Vec<usize>) -> Result<usi
                 continue;
             }
             '$' if next == Some('(') => {
-                i = scan(s, i + 2, Ctx::Paren, cuts)?;
+                let inner = match s.get(i + 2) {
+                    Some('(') => Ctx::Arith,
+                    _ => Ctx::Paren,
+                };
+                i = scan(s, i + 2, inner, found)?;
                 word = true;
                 cmd = false;
                 continue;
             }
             '$' if next == Some('{') => {
-                i = scan(s, i + 2, Ctx::Param, cuts)?;
+                i = scan(s, i + 2, Ctx::Param, found)?;
                 word = true;
                 cmd = false;
                 continue;
@@ -364,12 +434,16 @@ fn scan(s: &[char], mut i: usize, ctx: Ctx, cuts: &mut Vec<usize>) -> Result<usi
                 continue;
             }
             '(' => {
-                i = scan(s, i + 1, Ctx::Paren, cuts)?;
+                let inner = match (ctx, next) {
+                    (Ctx::Arith, _) | (_, Some('(')) => Ctx::Arith,
+                    _ => Ctx::Paren,
+                };
+                i = scan(s, i + 1, inner, found)?;
                 word = false;
                 cmd = false;
                 continue;
             }
-            ')' if ctx == Ctx::Paren => return Ok(i + 1),
+            ')' if ctx == Ctx::Paren || ctx == Ctx::Arith => return Ok(i + 1),
             ')' if ctx == Ctx::Case => cmd = true,
             ')' => return Err("unmatched )".into()),
             '|' if next == Some('|') => {
@@ -378,13 +452,33 @@ fn scan(s: &[char], mut i: usize, ctx: Ctx, cuts: &mut Vec<usize>) -> Result<usi
             }
             '|' => {
                 if ctx == Ctx::Top {
-                    cuts.push(i);
+                    found.cuts.push(i);
                 }
                 cmd = true;
             }
+            '<' if next == Some('<') && s.get(i + 2) == Some(&'<') => {
+                // A here-string (bash): `<<<WORD`.
+                i += 3;
+                word = false;
+                continue;
+            }
+            '<' if next == Some('<') && ctx != Ctx::Arith => {
+                let strip = s.get(i + 2) == Some(&'-');
+                let (end, delim) = here_word(s, i + 2 + strip as usize)?;
+                found.pending.push((i, delim, strip));
+                i = end;
+                word = false;
+                continue;
+            }
+            '\n' if !found.pending.is_empty() => {
+                i = bodies(s, i + 1, found);
+                word = false;
+                cmd = true;
+                continue;
+            }
             ';' | '&' | '\n' => cmd = true,
             '{' if !word && cmd && delimits(s.get(i + 1)) => {
-                i = scan(s, i + 1, Ctx::Group, cuts)?;
+                i = scan(s, i + 1, Ctx::Group, found)?;
                 cmd = false;
                 continue;
             }
@@ -398,7 +492,7 @@ fn scan(s: &[char], mut i: usize, ctx: Ctx, cuts: &mut Vec<usize>) -> Result<usi
                     return Ok(i + len);
                 }
                 if whole && cmd && w == "case" {
-                    i = scan(s, i + len, Ctx::Case, cuts)?;
+                    i = scan(s, i + len, Ctx::Case, found)?;
                     cmd = false;
                     continue;
                 }
@@ -415,20 +509,91 @@ fn scan(s: &[char], mut i: usize, ctx: Ctx, cuts: &mut Vec<usize>) -> Result<usi
     match ctx {
         Ctx::Top => Ok(i),
         Ctx::Paren => Err("unterminated ( or $(".into()),
+        Ctx::Arith => Err("unterminated (( or $((".into()),
         Ctx::Group => Err("unterminated { group".into()),
         Ctx::Param => Err("unterminated ${".into()),
         Ctx::Case => Err("case without esac".into()),
     }
 }
 
+/// A here-document's delimiter word from `i` (after `<<` or `<<-`,
+/// blanks allowed before it): the index after it, and the word with its
+/// quotes removed (quoting it only stops expansion in the body).
+fn here_word(s: &[char], mut i: usize) -> Result<(usize, String), String> {
+    while s.get(i).is_some_and(|&c| c == ' ' || c == '\t') {
+        i += 1;
+    }
+    let mut word = String::new();
+    while let Some(&c) = s.get(i) {
+        match c {
+            '\\' => {
+                word.extend(s.get(i + 1));
+                i += 2;
+            }
+            '\'' | '"' => {
+                let len = s[i + 1..]
+                    .iter()
+                    .position(|&q| q == c)
+                    .ok_or(format!("unterminated {c} quote"))?;
+                word.extend(&s[i + 1..i + 1 + len]);
+                i += len + 2;
+            }
+            _ if delimits(Some(&c)) => break,
+            _ => {
+                word.push(c);
+                i += 1;
+            }
+        }
+    }
+    if word.is_empty() {
+        return Err("<< without a here-document's delimiter word".into());
+    }
+    Ok((i, word))
+}
+
+/// The bodies of the pending here-documents, one after the other, from
+/// `i` (the start of the line after their `<<`): the index after the last
+/// one's delimiter line (or the end: sh takes the end as the delimiter).
+fn bodies(s: &[char], mut i: usize, found: &mut Found) -> usize {
+    for (opened, delim, strip) in std::mem::take(&mut found.pending) {
+        let start = i;
+        while i < s.len() {
+            let end = s[i..]
+                .iter()
+                .position(|&c| c == '\n')
+                .map_or(s.len(), |n| i + n);
+            let mut line = &s[i..end];
+            if strip {
+                while line.first() == Some(&'\t') {
+                    line = &line[1..];
+                }
+            }
+            let last = line.iter().collect::<String>() == delim;
+            i = (end + 1).min(s.len());
+            if last {
+                break;
+            }
+        }
+        found.bodies.push(Body {
+            opened,
+            start,
+            end: i,
+        });
+    }
+    i
+}
+
 /// After the opening `"` at `i`: the index after the closing one.
 fn double(s: &[char], mut i: usize) -> Result<usize, String> {
-    let mut ignored = Vec::new();
+    let mut ignored = Found::default();
     while let Some(&c) = s.get(i) {
         i = match (c, s.get(i + 1)) {
             ('"', _) => return Ok(i + 1),
             ('\\', _) => i + 2,
             ('`', _) => backquote(s, i + 1)?,
+            ('$', Some('(')) if s.get(i + 2) == Some(&'(') => {
+                scan(s, i + 2, Ctx::Arith, &mut ignored)?
+            }
             ('$', Some('(')) => scan(s, i + 2, Ctx::Paren, &mut ignored)?,
             ('$', Some('{')) => scan(s, i + 2, Ctx::Param, &mut ignored)?,
             _ => i + 1,
@@ -521,6 +686,26 @@ mod tests {
             ("cat # a | b\n| wc", &["cat # a | b\n", " wc"]),
             ("echo a#b | cat", &["echo a#b ", " cat"]),
             ("cat", &["cat"]),
+            // Here-documents: the body goes with its command's stage.
+            (
+                "cat <<EOF | cat\nx|y\nEOF",
+                &["cat <<EOF \nx|y\nEOF", " cat\n"],
+            ),
+            (
+                "cat <<-'E O' | tr x z\n\tx|y\n\tE O\n",
+                &["cat <<-'E O' \n\tx|y\n\tE O\n", " tr x z\n"],
+            ),
+            (
+                "cat <<A | cat <<B\na|\nA\nb|\nB\n",
+                &["cat <<A \na|\nA\n", " cat <<B\nb|\nB\n"],
+            ),
+            ("cat <<E\na|b", &["cat <<E\na|b"]),
+            ("cat <<<'a|b' | cat", &["cat <<<'a|b' ", " cat"]),
+            ("echo $((1 << 2)) | cat", &["echo $((1 << 2)) ", " cat"]),
+            (
+                "echo $(( (1 << 2) )) | cat",
+                &["echo $(( (1 << 2) )) ", " cat"],
+            ),
         ];
         for (line, want) in table {
             assert_eq!(split_pipes(line).unwrap(), *want, "{line:?}");
@@ -534,6 +719,7 @@ mod tests {
             "{ a",
             "case x in",
             "`a",
+            "cat << | b",
         ] {
             assert!(split_pipes(bad).is_err(), "{bad:?}");
         }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::ahead::{AHEAD, Ahead};
 use super::spec::{GROUP, Kind, Stage, copies, dead_letters, deaths, input};
 use super::{each, filter};
-use crate::client::{Client, Error, Options, Puller};
+use crate::client::{Client, Error, Options, Puller, Pusher};
 
 /// How often a copy waiting for a message looks whether it should stop.
 pub(super) const TICK: Duration = Duration::from_millis(500);
@@ -142,14 +142,14 @@ pub async fn copy(run: Arc<StageRun>) -> Result<(), String> {
                 .await
                 .map_err(what)?;
             let ended = filter::run(&run, &me, &client, &mut from, &to).await?;
-            to.close().await.map_err(what)?;
+            close_output(to).await.map_err(what)?;
             from.finish().await.map_err(what)?;
             ended
         }
         Kind::Each => {
             let mut from = client.open_data(&topic).await.map_err(what)?;
             let ended = each::run(&run, &me, &client, &mut from, &to).await?;
-            to.close().await.map_err(what)?;
+            close_output(to).await.map_err(what)?;
             // Acknowledge the last message only now that its output is out.
             from.close().await.map_err(what)?;
             ended
@@ -168,6 +168,17 @@ pub async fn copy(run: Arc<StageRun>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Close a copy's output (the clunk pushes an unterminated last line, as
+/// a filter's output cut at a write's end has). Refused because the next
+/// stage closed the topic (it ended early, as `head`), that line had
+/// nowhere to go: as SIGPIPE, not a failure.
+async fn close_output(to: Pusher) -> Result<(), Error> {
+    match to.close().await {
+        Err(e) if closed(&e) => Ok(()),
+        r => r,
+    }
 }
 
 /// How a reader of a stage's input connects. A filter, and the printer of
