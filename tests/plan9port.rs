@@ -765,3 +765,26 @@ fn removing_a_topic_that_holds_topics_is_refused_as_not_empty() {
     );
     p(&["rm", "a/b"], "").unwrap();
 }
+
+/// A batch larger than one of the client's 9P writes (`9p` writes 8 KiB
+/// at a time) reaches the root ctl cut mid-line: the cut line waits for
+/// the rest, and every topic is made under its own name.
+#[test]
+fn a_ctl_batch_cut_into_several_writes_makes_every_topic() {
+    let Some(t) = tools() else { return };
+    let s = Server::start(&[]);
+    let p = |args: &[&str], input: &str| nine_p(&t, &s, args, input);
+    let batch: String = (0..1000).map(|i| format!("create v{i}\n")).collect();
+    assert!(batch.len() > 8192);
+    p(&["write", "ctl"], &batch).unwrap();
+    let topics = p(&["read", "topics"], "").unwrap();
+    let mut names: Vec<&str> = topics
+        .lines()
+        .skip(1)
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = (0..1000).map(|i| format!("v{i}")).collect();
+    want.sort();
+    assert_eq!(names, want);
+}

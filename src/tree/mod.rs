@@ -131,6 +131,24 @@ pub struct TopicTree<B: Broker> {
     budget: Arc<Budget>,
 }
 
+/// The root ctl's commands of a write, `cut` being the last line the
+/// fid's writes before left unfinished. A client's mount cuts a write(2)
+/// larger than its 9P writes into several (9pfuse at 4 KiB, Linux at its
+/// msize): a write that has line breaks but does not end with one has its
+/// last line cut, so that line waits in `cut` for the next write (or the
+/// Tclunk) instead of running as a wrong command. A write with no line
+/// break at all is one command, as on Plan 9 (`echo -n create x`).
+fn whole_lines(cut: &mut Vec<u8>, data: &[u8]) -> Vec<u8> {
+    let mut text = std::mem::take(cut);
+    text.extend_from_slice(data);
+    if let Some(end) = text.iter().rposition(|&b| b == b'\n')
+        && end + 1 < text.len()
+    {
+        *cut = text.split_off(end + 1);
+    }
+    text
+}
+
 /// Removes in one root ctl write after which the freed memory is handed
 /// back to the system.
 const GIVE_BACK_AFTER: usize = 1024;
@@ -547,7 +565,7 @@ impl<B: Broker> TopicTree<B> {
                 HandleKind::Dir
             }
             At::RootCtl | At::File(_, FileKind::Ctl | FileKind::Offset) => {
-                HandleKind::Text(Mutex::new(None))
+                HandleKind::Text(Mutex::new(None), Mutex::new(Vec::new()))
             }
             At::RootTopics => {
                 if mode.writes() {
@@ -903,7 +921,7 @@ impl<B: Broker> TopicTree<B> {
     async fn read_file(&self, handle: &Handle<B::Delivery>, req: ReadReq) -> Result<Bytes> {
         match &handle.kind {
             HandleKind::Dir => Err(Error::new(errno::EISDIR, "is a directory")),
-            HandleKind::Text(snapshot) => {
+            HandleKind::Text(snapshot, _) => {
                 // The text is made afresh at offset 0 (the lock is not
                 // held while the broker is asked).
                 let kept = snapshot.lock().clone().filter(|_| req.offset != 0);
@@ -954,14 +972,17 @@ impl<B: Broker> TopicTree<B> {
     async fn write_file(&self, handle: &Handle<B::Delivery>, data: Bytes) -> Result<u32> {
         let n = data.len() as u32;
         match (&handle.kind, &handle.node.at) {
-            (HandleKind::Text(_), At::RootCtl) => {
-                self.root_ctl(&handle.node.session, &data).await?
+            (HandleKind::Text(_, cut), At::RootCtl) => {
+                let text = whole_lines(&mut cut.lock(), &data);
+                if !text.is_empty() {
+                    self.root_ctl(&handle.node.session, &text).await?
+                }
             }
-            (HandleKind::Text(_), At::File(topic, FileKind::Ctl)) => {
+            (HandleKind::Text(..), At::File(topic, FileKind::Ctl)) => {
                 self.topic_ctl(&handle.node.session, handle.target(topic), &data)
                     .await?
             }
-            (HandleKind::Text(_), At::File(topic, FileKind::Offset)) => {
+            (HandleKind::Text(..), At::File(topic, FileKind::Offset)) => {
                 let seq = ctl::parse_offset(&data).map_err(invalid)?;
                 self.broker
                     .seek(handle.target(topic), &handle.node.session.group, seq)
@@ -1169,6 +1190,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
     fn unfinished(&self, handle: &Self::Handle) -> bool {
         match &handle.kind {
             HandleKind::Data(f) => f.writer.try_lock().map_or(true, |w| w.has_partial()),
+            HandleKind::Text(_, cut) => !cut.lock().is_empty(),
             _ => false,
         }
     }
@@ -1178,6 +1200,16 @@ impl<B: Broker> FileTree for TopicTree<B> {
     /// a write fails (a message too long for the topic, a timeout, EAGAIN
     /// under O_NONBLOCK, a closed topic).
     async fn close(&self, handle: &Self::Handle) -> Result<()> {
+        if let HandleKind::Text(_, cut) = &handle.kind {
+            // The root ctl's last line, cut and never finished: run as a
+            // write would run it.
+            let line = std::mem::take(&mut *cut.lock());
+            if line.is_empty() {
+                return Ok(());
+            }
+            let r = self.root_ctl(&handle.node.session, &line).await;
+            return r.map_err(|e| handle.node.session.error(e));
+        }
         let (HandleKind::Data(f), At::File(topic, _)) = (&handle.kind, &handle.node.at) else {
             return Ok(());
         };

@@ -153,7 +153,7 @@ impl<D> std::fmt::Debug for Handle<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.kind {
             HandleKind::Dir => "dir",
-            HandleKind::Text(_) => "text",
+            HandleKind::Text(..) => "text",
             HandleKind::Listing(_) => "listing",
             HandleKind::Data(_) => "data",
         };
@@ -167,8 +167,10 @@ impl<D> std::fmt::Debug for Handle<D> {
 pub(super) enum HandleKind<D> {
     /// A directory: the engine reads it through `readdir`.
     Dir,
-    /// A ctl or offset file: the text of the last read at offset 0.
-    Text(Mutex<Option<Bytes>>),
+    /// A ctl or offset file: the text of the last read at offset 0, and
+    /// (the root ctl) the cut last line its writes left (see
+    /// `TopicTree::write_file`).
+    Text(Mutex<Option<Bytes>>, Mutex<Vec<u8>>),
     /// The root `topics` file: where its reader is in the listing; an
     /// async mutex, as a read's statuses may be awaited (held across them).
     Listing(tokio::sync::Mutex<Listing>),

@@ -91,7 +91,9 @@ async fn cat(t: &Tree, root: &Node, path: &str) -> String {
 
 async fn echo(t: &Tree, root: &Node, path: &str, s: &str) -> Result<u32> {
     let h = open(t, root, path, Access::Write).await?;
-    write(t, &h, s).await
+    let n = write(t, &h, s).await?;
+    close(t, h).await?;
+    Ok(n)
 }
 
 fn clunk(t: &Tree, h: Arc<H>, how: Clunk) {
@@ -1000,4 +1002,24 @@ async fn qids_are_stable_distinct_and_stored_nowhere() {
         racer.join().unwrap();
     }
     assert!(t.places.lock().readers.is_empty());
+}
+
+/// A root ctl line cut between two writes (a mount cut a larger write)
+/// waits for its end; a write without a line break is one command; an
+/// unfinished last line runs at the close.
+#[tokio::test]
+async fn a_root_ctl_line_cut_between_writes_runs_whole() {
+    let t = tree();
+    let root = attach(&t, "", Dialect::P2000u);
+    let h = open(&t, &root, "ctl", Access::Write).await.unwrap();
+    write(&t, &h, "create a\ncre").await.unwrap();
+    assert_eq!(t.broker().topics(), vec!["a"], "the cut line waits");
+    write(&t, &h, "ate b\ncreate c\n").await.unwrap();
+    assert_eq!(t.broker().topics(), vec!["a", "b", "c"]);
+    write(&t, &h, "create d").await.unwrap();
+    assert_eq!(t.broker().topics(), vec!["a", "b", "c", "d"], "one command");
+    write(&t, &h, "create e\ncreate f").await.unwrap();
+    assert_eq!(t.broker().topics(), vec!["a", "b", "c", "d", "e"]);
+    close(&t, h).await.unwrap();
+    assert_eq!(t.broker().topics(), vec!["a", "b", "c", "d", "e", "f"]);
 }
