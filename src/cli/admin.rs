@@ -160,7 +160,7 @@ pub async fn create(a: CreateArgs) -> Result<(), Failure> {
         return client.create(topic, &settings).await.what(what);
     }
     let done = client.create_all(&a.topics, &settings).await;
-    done.map_err(|(n, e)| Failure::new(what(), format!("{e} ({n} created)")))
+    done.map_err(|(n, e)| Failure::new(what(), format!("{e} ({})", counted(n, &e, "created"))))
 }
 
 /// Refuse a list that names a topic twice, before anything is done: the
@@ -203,7 +203,7 @@ pub async fn rm(a: RmArgs) -> Result<(), Failure> {
         return client.remove(topic).await.what(what);
     }
     let done = client.remove_all(&a.topics).await;
-    done.map_err(|(n, e)| Failure::new(what(), format!("{e} ({n} removed)")))
+    done.map_err(|(n, e)| Failure::new(what(), format!("{e} ({})", counted(n, &e, "removed"))))
 }
 
 pub async fn reset(a: TopicArg) -> Result<(), Failure> {
@@ -220,4 +220,18 @@ pub async fn close(a: TopicArg) -> Result<(), Failure> {
         .close(&a.topic)
         .await
         .what(|| format!("close {}", a.topic))
+}
+
+/// "N created": the lines of the writes the server answered. When the
+/// connection went with a write unanswered, what that write did is not
+/// known (a server killed in it may have applied part), and that is said.
+fn counted(n: usize, e: &dchan::client::Error, done: &str) -> String {
+    match e {
+        dchan::client::Error::Disconnected(_) => {
+            format!(
+                "{n} {done}, and perhaps some of the write the server did not answer: see `dchan ls`"
+            )
+        }
+        _ => format!("{n} {done}"),
+    }
 }
