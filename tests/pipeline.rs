@@ -536,6 +536,17 @@ fn the_example_pipeline_file_runs_with_a_worker() {
 #[test]
 fn bad_pipelines_are_usage_errors_with_file_and_line() {
     let server = Server::start(&[]);
+    // Names the server would refuse are refused here, before anything.
+    let long = "a".repeat(300);
+    for name in ["ctl", "topics", long.as_str()] {
+        let out = run(&server.addr(), &["run", "--name", name, "cat"], "x\n");
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("--name"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[stage]]\ncommand = \"cat\"\nreplicas = \"many\"\n").unwrap();

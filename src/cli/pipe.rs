@@ -188,7 +188,7 @@ pub async fn run(a: RunArgs) -> ExitCode {
         .clone()
         .or(p.name.clone())
         .unwrap_or_else(|| format!("run-{}", std::process::id()));
-    if let Err(e) = dchan::client::check_topic(&name) {
+    if let Err(e) = dchan::pipeline::check_name(&name, p.stages.len()) {
         return usage(format!("run: --name: {e}"));
     }
     let opts = RunOptions {

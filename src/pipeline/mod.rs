@@ -26,5 +26,5 @@ mod warm;
 pub use run::{Report, RunOptions, WorkerOptions, run, worker};
 pub use spec::{
     DEFAULT_ATTEMPTS, DEFAULT_CAPACITY, DEFAULT_POOL, GROUP, Kind, MAX_POOL, MAX_REPLICAS,
-    Pipeline, Stage, split_pipes,
+    Pipeline, Stage, check_name, split_pipes,
 };

@@ -209,7 +209,7 @@ impl Pipeline {
             return Err("no [[stage]]: a pipeline needs at least one".into());
         }
         if let Some(n) = &self.name {
-            crate::client::check_topic(n).map_err(|e| format!("name: {e}"))?;
+            check_name(n, self.stages.len()).map_err(|e| format!("name: {e}"))?;
         }
         for (i, s) in self.stages.iter().enumerate() {
             let what = format!("stage {} ({:?})", i + 1, s.name);
@@ -249,6 +249,14 @@ impl Pipeline {
 
 /// The topics of pipeline `name`: stage K reads `NAME/K` and writes
 /// `NAME/K+1`; the pipeline's input is `NAME/1`, its output `NAME/N+1`.
+/// Whether `name` can name a pipeline of `stages` stages: a topic name
+/// by the server's rules (not `ctl`, within the lengths) once the
+/// pipeline's longest suffix is added.
+pub fn check_name(name: &str, stages: usize) -> Result<(), String> {
+    crate::client::check_topic(name).map_err(|e| e.to_string())?;
+    crate::tree::ctl::check_name(&copies(name, stages + 1))
+}
+
 pub fn input(name: &str, k: usize) -> String {
     format!("{name}/{k}")
 }

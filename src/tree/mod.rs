@@ -48,7 +48,7 @@
 //! # }
 //! ```
 
-mod ctl;
+pub mod ctl;
 mod data;
 mod error;
 mod listing;
