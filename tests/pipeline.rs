@@ -536,6 +536,25 @@ fn the_example_pipeline_file_runs_with_a_worker() {
 #[test]
 fn bad_pipelines_are_usage_errors_with_file_and_line() {
     let server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    // Rules found after parsing name the line of the stage's table.
+    let late = dir.path().join("late.toml");
+    std::fs::write(
+        &late,
+        "[[stage]]\ncommand = \"cat\"\n\n[[stage]]\ncommand = \"cat\"\nattempts = 0\n",
+    )
+    .unwrap();
+    let out = run(
+        &server.addr(),
+        &["run", "--file", late.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("late.toml:4: stage 2: attempts must be at least 1"),
+        "{err}"
+    );
     // Names the server would refuse are refused here, before anything.
     let long = "a".repeat(300);
     for name in ["ctl", "topics", long.as_str()] {
@@ -547,7 +566,6 @@ fn bad_pipelines_are_usage_errors_with_file_and_line() {
             text(&out.stderr)
         );
     }
-    let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[stage]]\ncommand = \"cat\"\nreplicas = \"many\"\n").unwrap();
     let out = run(

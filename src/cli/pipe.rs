@@ -58,19 +58,23 @@ pub struct RunArgs {
     #[command(flatten)]
     pub common: Common,
     /// Make stage K an each stage (one process per message); repeatable.
-    #[arg(long, value_name = "K")]
+    /// With --file, say it in the file.
+    #[arg(long, value_name = "K", conflicts_with = "file")]
     pub each: Vec<usize>,
     /// Copies of every stage (N), or of stage K (K=N); repeatable.
-    #[arg(long, value_name = "[K=]N")]
+    /// With --file, say it in the file.
+    #[arg(long, value_name = "[K=]N", conflicts_with = "file")]
     pub replicas: Vec<String>,
-    /// Capacity of every stage's input topic.
-    #[arg(long, default_value_t = pipeline::DEFAULT_CAPACITY)]
+    /// Capacity of every stage's input topic. With --file, say it in the file.
+    #[arg(long, default_value_t = pipeline::DEFAULT_CAPACITY, conflicts_with = "file")]
     pub capacity: u64,
     /// Attempts per message in each stages (restarts of a filter process).
-    #[arg(long, default_value_t = pipeline::DEFAULT_ATTEMPTS)]
+    /// With --file, say it in the file.
+    #[arg(long, default_value_t = pipeline::DEFAULT_ATTEMPTS, conflicts_with = "file")]
     pub attempts: u32,
-    /// How long an each stage's process may run for one message.
-    #[arg(long, value_parser = parse_timeout)]
+    /// How long an each stage's process may run for one message. With
+    /// --file, say it in the file.
+    #[arg(long, value_parser = parse_timeout, conflicts_with = "file")]
     pub timeout: Option<Duration>,
     /// No progress lines, even on a terminal.
     #[arg(long, short)]

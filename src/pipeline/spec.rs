@@ -189,7 +189,12 @@ impl Pipeline {
                 None => format!("{file}: {reason}"),
             }
         })?;
-        p.check().map_err(|why| format!("{file}: {why}"))?;
+        p.check_at().map_err(
+            |(stage, why)| match stage.and_then(|i| stage_line(text, i)) {
+                Some(l) => format!("{file}:{l}: {why}"),
+                None => format!("{file}: {why}"),
+            },
+        )?;
         for (i, s) in p.stages.iter_mut().enumerate() {
             if s.name.is_empty() {
                 s.name = (i + 1).to_string();
@@ -205,14 +210,29 @@ impl Pipeline {
 
     /// Rules serde cannot say: at least one stage, sane numbers, names unique.
     pub fn check(&self) -> Result<(), String> {
+        self.check_at().map_err(|(_, why)| why)
+    }
+
+    /// [`Pipeline::check`], with the index of the stage at fault.
+    fn check_at(&self) -> Result<(), (Option<usize>, String)> {
         if self.stages.is_empty() {
-            return Err("no [[stage]]: a pipeline needs at least one".into());
+            return Err((None, "no [[stage]]: a pipeline needs at least one".into()));
         }
         if let Some(n) = &self.name {
-            check_name(n, self.stages.len()).map_err(|e| format!("name: {e}"))?;
+            check_name(n, self.stages.len()).map_err(|e| (None, format!("name: {e}")))?;
         }
         for (i, s) in self.stages.iter().enumerate() {
-            let what = format!("stage {} ({:?})", i + 1, s.name);
+            self.check_stage(i, s).map_err(|why| (Some(i), why))?;
+        }
+        Ok(())
+    }
+
+    fn check_stage(&self, i: usize, s: &Stage) -> Result<(), String> {
+        {
+            let what = match s.name.as_str() {
+                "" => format!("stage {}", i + 1),
+                name => format!("stage {} ({name:?})", i + 1),
+            };
             if s.command.trim().is_empty() {
                 return Err(format!("{what}: empty command"));
             }
@@ -249,6 +269,16 @@ impl Pipeline {
 
 /// The topics of pipeline `name`: stage K reads `NAME/K` and writes
 /// `NAME/K+1`; the pipeline's input is `NAME/1`, its output `NAME/N+1`.
+/// The line (from 1) of the `i`-th (from 0) `[[stage]]` table of a
+/// pipeline file's `text`.
+fn stage_line(text: &str, i: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.replace([' ', '\t'], "").starts_with("[[stage]]"))
+        .nth(i)
+        .map(|(n, _)| n + 1)
+}
+
 /// Whether `name` can name a pipeline of `stages` stages: a topic name
 /// by the server's rules (not `ctl`, within the lengths) once the
 /// pipeline's longest suffix is added.
@@ -319,7 +349,11 @@ pub fn split_pipes(line: &str) -> Result<Vec<String>, String> {
                 .map(|i| s[i])
                 .collect();
             for b in moved.iter().filter(|b| stage_of(b.opened) == Some(k)) {
-                text.push('\n');
+                // A body starts on a line of its own (the one before may
+                // have ended it already).
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
                 text.extend(&s[b.start..b.end]);
             }
             text
@@ -708,6 +742,10 @@ mod tests {
                 &["cat <<A \na|\nA\n", " cat <<B\nb|\nB\n"],
             ),
             ("cat <<E\na|b", &["cat <<E\na|b"]),
+            (
+                "cat <<A <<B | cat\nx\nA\ny\nB",
+                &["cat <<A <<B \nx\nA\ny\nB", " cat\n"],
+            ),
             ("cat <<<'a|b' | cat", &["cat <<<'a|b' ", " cat"]),
             ("echo $((1 << 2)) | cat", &["echo $((1 << 2)) ", " cat"]),
             (
