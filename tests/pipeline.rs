@@ -537,48 +537,40 @@ fn the_example_pipeline_file_runs_with_a_worker() {
 fn bad_pipelines_are_usage_errors_with_file_and_line() {
     let server = Server::start(&[]);
     let dir = tempfile::tempdir().unwrap();
-    // Rules found after parsing name the line of the stage's table.
-    let late = dir.path().join("late.toml");
-    std::fs::write(
-        &late,
-        "[[stage]]\ncommand = \"cat\"\n\n[[stage]]\ncommand = \"cat\"\nattempts = 0\n",
-    )
-    .unwrap();
-    let out = run(
-        &server.addr(),
-        &["run", "--file", late.to_str().unwrap()],
-        "",
-    );
-    assert_eq!(out.status.code(), Some(2));
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("late.toml:4: stage 2: attempts must be at least 1"),
-        "{err}"
-    );
+    // A bad file: its name, the line, the reason; rules found after
+    // parsing name the line of the stage's table.
+    for (file, text_of, said) in [
+        (
+            "bad.toml",
+            "[[stage]]\ncommand = \"cat\"\nreplicas = \"many\"\n",
+            ":3: ",
+        ),
+        (
+            "late.toml",
+            "[[stage]]\ncommand = \"cat\"\n\n[[stage]]\ncommand = \"cat\"\nattempts = 0\n",
+            ":4: stage 2: attempts must be at least 1",
+        ),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text_of).unwrap();
+        let out = run(
+            &server.addr(),
+            &["run", "--file", path.to_str().unwrap()],
+            "",
+        );
+        assert_eq!(out.status.code(), Some(2));
+        let err = text(&out.stderr);
+        let want = format!("dchan: {}{said}", path.display());
+        assert!(err.starts_with(&want), "{err}");
+    }
     // Names the server would refuse are refused here, before anything.
     let long = "a".repeat(300);
     for name in ["ctl", "topics", long.as_str()] {
         let out = run(&server.addr(), &["run", "--name", name, "cat"], "x\n");
-        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out.stderr));
-        assert!(
-            text(&out.stderr).contains("--name"),
-            "{}",
-            text(&out.stderr)
-        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains("--name"), "{err}");
     }
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[[stage]]\ncommand = \"cat\"\nreplicas = \"many\"\n").unwrap();
-    let out = run(
-        &server.addr(),
-        &["run", "--file", bad.to_str().unwrap()],
-        "",
-    );
-    assert_eq!(out.status.code(), Some(2));
-    let err = text(&out.stderr);
-    assert!(
-        err.starts_with(&format!("dchan: {}:3: ", bad.display())),
-        "{err}"
-    );
     let out = run(&server.addr(), &["run", "cat | 'unterminated"], "");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let out = run(&server.addr(), &["run", "cat | | cat"], "");
