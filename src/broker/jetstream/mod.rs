@@ -192,6 +192,25 @@ impl JetStreamBroker {
                 }
             }
         };
+        // A bucket just made on a cluster takes writes only once every
+        // node knows its stream ("no stream found for given subject"
+        // till then): wait for that here, not in the first create. The
+        // write is of the key that numbers topics, so it only skips one.
+        let ready_by = tokio::time::Instant::now() + config.timeout;
+        loop {
+            match bucket.put(ID_KEY, Bytes::new()).await {
+                Err(e)
+                    if e.to_string().contains("no stream found")
+                        && tokio::time::Instant::now() < ready_by =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r => {
+                    r.map_err(unavailable)?;
+                    break;
+                }
+            }
+        }
         let mirror = Arc::new(Mirror::new(&config.prefix));
         let last = bucket
             .status()
