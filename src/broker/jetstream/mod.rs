@@ -781,9 +781,20 @@ impl Inner {
     async fn remove(&self, name: &str) -> Result<()> {
         let topic = self.topic(name.into())?;
         let key = registry::key(name);
-        let entry = self.within(self.bucket.entry(key)).await?;
-        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-            return Err(Error::NoTopic(name.to_string()));
+        // A read may be served by a replica behind the one that took the
+        // create (direct gets, on a cluster): while this server's mirror
+        // holds the topic, a missing entry is read again, for a while.
+        let mut tries = 0;
+        let entry = loop {
+            let entry = self.within(self.bucket.entry(&key)).await?;
+            match entry.filter(|e| e.operation == kv::Operation::Put) {
+                Some(e) => break e,
+                None if tries < 50 && topic.record().is_some() => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                None => return Err(Error::NoTopic(name.to_string())),
+            }
         };
         if !self.write(name, entry.revision, None).await? {
             return Err(Error::NoTopic(name.to_string()));
