@@ -801,6 +801,17 @@ impl Config {
                 return Err(over_budget(format!("topic {:?}:", t.name), max));
             }
         }
+        let max_topics = config.limits.max_topics;
+        if config.topic.len() > max_topics {
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                line: None,
+                reason: format!(
+                    "{} [[topic]] tables, more than limits.max_topics {max_topics}",
+                    config.topic.len()
+                ),
+            });
+        }
         if config.listeners().is_empty() {
             return Err(ConfigError::Invalid {
                 file: file.to_string(),
@@ -877,6 +888,18 @@ mod tests {
         assert!(e.contains("topic \"big\": max_message"), "{e}");
         let c = Config::parse("my.toml", "[limits]\nmax_unfinished_bytes = \"64M\"\n").unwrap();
         assert_eq!(c.limits.max_unfinished_bytes, UnfinishedBytes(64 << 20));
+    }
+
+    #[test]
+    fn no_more_topic_tables_than_max_topics() {
+        let text = "[limits]\nmax_topics = 1\n[[topic]]\nname = \"a\"\n[[topic]]\nname = \"b\"\n";
+        let e = Config::parse("my.toml", text).unwrap_err().to_string();
+        assert!(
+            e.contains("2 [[topic]] tables, more than limits.max_topics 1"),
+            "{e}"
+        );
+        let text = "[limits]\nmax_topics = 1\n[[topic]]\nname = \"a\"\n";
+        assert!(Config::parse("my.toml", text).is_ok());
     }
 
     #[test]

@@ -283,6 +283,15 @@ async fn run_on<B: Broker>(
             }
         }
     }
+    let held = broker.totals().topics;
+    let max = config.limits.max_topics as u64;
+    if held > max {
+        // Read back from a data directory or made by other servers: kept,
+        // but no create succeeds until enough are removed.
+        tracing::warn!(
+            "the server holds {held} topics, more than limits.max_topics {max}: creates fail until fewer"
+        );
+    }
     // The metrics port is bound first, so that a failure there stops the
     // server before it says it listens.
     let metrics_at = match &config.metrics {

@@ -235,6 +235,47 @@ async fn a_create_killed_before_its_settings_file_is_dropped_at_start() {
 }
 
 #[tokio::test]
+async fn a_create_whose_settings_file_a_power_loss_left_empty_or_torn_is_dropped_at_start() {
+    // Creates are written without a sync of their own (one sync of the
+    // file system covers a batch): a power loss before it can leave the
+    // settings file empty or cut, over the first checkpoint alone.
+    for torn in [&b""[..], &b"{\n  \"name\": \"ha"[..]] {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let b = open_with(
+                tmp.path(),
+                Options {
+                    sync: SyncMode::Always,
+                    ..Options::default()
+                },
+            );
+            b.create("kept", cap(10)).unwrap();
+            b.create("half", cap(10)).unwrap();
+            b.settle_topics().await.unwrap();
+            push(&b, "kept", "m").await;
+        }
+        let half = tmp.path().join("topics/2");
+        std::fs::write(half.join("meta.json"), torn).unwrap();
+        let b = open(tmp.path());
+        assert_eq!(b.names(std::ops::Bound::Unbounded, 10), ["kept"]);
+        assert!(!half.exists());
+        assert_eq!(drain(&b, "kept", "g").await, ["m"]);
+    }
+    // A torn settings file over records is damage: the start stops.
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let b = open(tmp.path());
+        b.create("t", cap(10)).unwrap();
+        push(&b, "t", "kept").await;
+    }
+    std::fs::write(tmp.path().join("topics/1/meta.json"), b"{").unwrap();
+    let err = DurableBroker::open(tmp.path(), Options::default())
+        .err()
+        .expect("the start stops");
+    assert!(err.to_string().contains("meta.json"), "{err}");
+}
+
+#[tokio::test]
 async fn a_topic_without_its_settings_file_stops_the_start_unless_empty() {
     let tmp = tempfile::tempdir().unwrap();
     {

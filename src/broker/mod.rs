@@ -665,6 +665,16 @@ pub trait Broker: Send + Sync + 'static {
         std::future::ready(Ok(()))
     }
 
+    /// Resolves once the creates and removes of topics that returned `Ok`
+    /// so far are as safe as the engine promises before a client is told:
+    /// on disk for the durable engine with `sync = "always"` (one sync
+    /// shared by every create and remove since the last), at once
+    /// otherwise. The tree awaits it before answering a root ctl write, a
+    /// mkdir or an rmdir, after letting the next one go ahead.
+    fn settle_topics(&self) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// `push_to` the topic named `topic`, whichever its identity.
     fn push(
         &self,

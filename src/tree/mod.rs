@@ -60,6 +60,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use parking_lot::Mutex;
 
 use crate::access::{Op, Rules};
@@ -152,6 +153,11 @@ fn whole_lines(cut: &mut Vec<u8>, data: &[u8]) -> Vec<u8> {
 /// Removes in one root ctl write after which the freed memory is handed
 /// back to the system.
 const GIVE_BACK_AFTER: usize = 1024;
+
+/// The topics file's statuses asked of the broker at once: on JetStream
+/// each is a few round trips to NATS, so a listing of many topics waits
+/// for 32 at a time instead of one.
+const LISTING_IN_FLIGHT: usize = 32;
 
 /// Hand the allocator's free memory back to the system. glibc's malloc
 /// keeps what many removed topics freed (about 0.9 KiB each) for reuse,
@@ -409,8 +415,16 @@ impl<B: Broker> TopicTree<B> {
         Ok(())
     }
 
-    /// Run a root ctl write: check every command, then apply them.
+    /// Run a root ctl write: check every command, then apply them; answer
+    /// once what was applied is as safe as the engine promises.
     async fn root_ctl(&self, session: &Session, text: &[u8]) -> Result<()> {
+        let applied = self.root_ctl_applied(session, text).await;
+        // Out of `admin`: the next write's creates share this sync.
+        self.broker.settle_topics().await.map_err(broker_error)?;
+        applied
+    }
+
+    async fn root_ctl_applied(&self, session: &Session, text: &[u8]) -> Result<()> {
         let cmds = ctl::parse_root(text).map_err(invalid)?;
         let _admin = self.admin.lock().await;
         for cmd in &cmds {
@@ -900,6 +914,7 @@ impl<B: Broker> TopicTree<B> {
             let _admin = self.admin.lock().await;
             self.create_topic(&path, self.config.defaults).await?;
         }
+        self.broker.settle_topics().await.map_err(broker_error)?;
         self.audit(&dir.session, &path, "mkdir");
         let node = Node {
             topic_id: self.broker.id(&path).ok(),
@@ -941,16 +956,27 @@ impl<B: Broker> TopicTree<B> {
                 let mut listing = listing.lock().await;
                 listing.seek(req.offset)?;
                 while let Some(names) = listing.more(&*self.broker, req.count) {
-                    for name in names {
+                    // Several statuses asked at once, kept in order: on
+                    // JetStream each is a few round trips to NATS.
+                    let mut asked = names.iter();
+                    let mut statuses = futures_util::stream::FuturesOrdered::new();
+                    for name in asked.by_ref().take(LISTING_IN_FLIGHT) {
+                        statuses.push_back(self.broker.status(name.into()));
+                    }
+                    for name in &names {
+                        let status = statuses.next().await.expect("one status per name");
+                        if let Some(next) = asked.next() {
+                            statuses.push_back(self.broker.status(next.into()));
+                        }
                         // A topic removed since it was listed is left out;
                         // any other failure (a broker out of reach) fails
                         // the read, rather than wait it out for each topic.
-                        let status = match self.broker.status((&name).into()).await {
+                        let status = match status {
                             Ok(status) => status,
                             Err(broker::Error::NoTopic(_) | broker::Error::Removed) => continue,
                             Err(e) => return Err(broker_error(e)),
                         };
-                        let readers = self.places.lock().readers.get(&*name).map_or(0, |r| r.1);
+                        let readers = self.places.lock().readers.get(&**name).map_or(0, |r| r.1);
                         listing.add(&status, readers);
                     }
                 }
@@ -1034,6 +1060,8 @@ impl<B: Broker> TopicTree<B> {
                     ));
                 }
                 self.remove_topic(p).await?;
+                drop(_admin);
+                self.broker.settle_topics().await.map_err(broker_error)?;
                 self.audit(&node.session, p, "rmdir");
                 Ok(())
             }

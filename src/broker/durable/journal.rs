@@ -187,8 +187,9 @@ pub(crate) fn storage(what: &str, path: &Path, e: std::io::Error) -> Error {
 }
 
 /// Write the settings file whole (a temporary file renamed over it);
-/// returns by how many bytes it grew.
-pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<i64> {
+/// returns by how many bytes it grew. `sync`: on disk before it returns
+/// (a create leaves that to the catalog's sync, see `sync`).
+pub(crate) fn write_meta(dir: &Path, meta: &Meta, sync: bool) -> Result<i64> {
     let tmp = dir.join("meta.json.tmp");
     let path = dir.join(META);
     let text = serde_json::to_vec_pretty(meta).expect("settings serialize");
@@ -196,9 +197,14 @@ pub(crate) fn write_meta(dir: &Path, meta: &Meta) -> Result<i64> {
     let write = || -> std::io::Result<()> {
         let f = File::create(&tmp)?;
         f.write_all_at(&text, 0)?;
-        f.sync_data()?;
+        if sync {
+            f.sync_data()?;
+        }
         fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()
+        if sync {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     };
     write().map_err(|e| storage("write", &path, e))?;
     Ok(text.len() as i64 - old as i64)
@@ -267,12 +273,15 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    /// A new topic's directory, settings file and first segment.
+    /// A new topic's directory, settings file and first segment, written
+    /// without a sync: they reach the disk with the `catalog`'s next sync
+    /// (or the topic's first, which is that one).
     pub(crate) fn create(
         dir: PathBuf,
         name: &str,
         config: &TopicConfig,
         keeping: Keeping,
+        catalog: &Arc<Syncer>,
     ) -> Result<Journal> {
         fs::create_dir_all(&dir).map_err(|e| storage("create", &dir, e))?;
         let mut journal = Journal::open_segment(
@@ -287,8 +296,9 @@ impl Journal {
         // The checkpoint before the settings file: a topic directory with
         // a settings file always has a record (see `recover`).
         journal.flush()?;
-        let meta = write_meta(&journal.dir, &Meta::new(name, config, false))?;
+        let meta = write_meta(&journal.dir, &Meta::new(name, config, false), false)?;
         journal.keeping.tally.disk(meta);
+        journal.sync.made(catalog.clone(), catalog.wrote(1));
         Ok(journal)
     }
 
@@ -635,7 +645,7 @@ impl Store for Journal {
     }
 
     fn settings(&mut self, config: &TopicConfig, closed: bool) {
-        match write_meta(&self.dir, &Meta::new(&self.name, config, closed)) {
+        match write_meta(&self.dir, &Meta::new(&self.name, config, closed), true) {
             Ok(grew) => self.keeping.tally.disk(grew),
             Err(e) => tracing::warn!(topic = %self.name, "{e}"),
         }

@@ -115,6 +115,8 @@ pub struct DurableBroker {
     syncs: RwLock<HashMap<TopicId, Arc<Syncer>>>,
     /// Every syncer, for the interval thread (which ends with this).
     syncers: Syncers,
+    /// The syncer of creates and removes (see `sync`).
+    catalog: Arc<Syncer>,
     /// The lock on `dir/LOCK`, held while the broker lives.
     _lock: File,
 }
@@ -143,12 +145,15 @@ impl DurableBroker {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(OpenError::Locked(dir.to_path_buf()));
         }
+        let catalog = File::open(&topics_dir).map_err(open_io(&topics_dir))?;
+        let catalog = Syncer::catalog(Arc::new(catalog));
         let broker = DurableBroker {
             mem: MemoryBroker::with_group_limits(options.groups),
             topics_dir,
             options,
             syncs: RwLock::default(),
-            syncers: Arc::new(Mutex::new(Vec::new())),
+            syncers: Arc::new(Mutex::new(vec![Arc::downgrade(&catalog)])),
+            catalog,
             _lock: lock,
         };
         broker.recover()?;
@@ -286,7 +291,7 @@ impl DurableBroker {
         let mut syncer = None;
         let id = self.mem.create_with(name, config, |id| {
             let dir = self.topics_dir.join(id.to_string());
-            let journal = Journal::create(dir, name, &config, self.keeping())?;
+            let journal = Journal::create(dir, name, &config, self.keeping(), &self.catalog)?;
             syncer = Some(journal.syncer());
             Ok(Box::new(journal))
         })?;
@@ -298,6 +303,7 @@ impl DurableBroker {
     pub fn remove(&self, name: &str) -> Result<()> {
         let id = self.mem.id(name)?;
         self.mem.remove(name)?;
+        self.catalog.wrote(1);
         self.syncs.write().remove(&id);
         Ok(())
     }
@@ -312,6 +318,16 @@ impl Broker for DurableBroker {
 
     fn remove(&self, name: &str) -> impl Future<Output = Result<()>> + Send {
         ready(DurableBroker::remove(self, name))
+    }
+
+    fn settle_topics(&self) -> impl Future<Output = Result<()>> + Send {
+        let catalog = (self.options.sync == SyncMode::Always).then(|| self.catalog.clone());
+        async move {
+            match catalog {
+                Some(c) => c.kept().await,
+                None => Ok(()),
+            }
+        }
     }
 
     fn names(&self, from: Bound<&str>, limit: usize) -> Vec<String> {

@@ -156,17 +156,27 @@ fn only_a_first_checkpoint(dir: &Path) -> bool {
 /// removed); an error if it has more but no settings file.
 pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
     let meta_path = dir.join(META);
+    // A create cut short: before its settings file it writes nothing but
+    // the first segment's checkpoint (see `Journal::create`), and a power
+    // loss before its sync can leave the settings file empty or torn; such
+    // a directory is removed.
+    let cut_short = || -> Result<bool, RecoverError> {
+        Ok(segments_bytes(dir)? == 0 || only_a_first_checkpoint(dir))
+    };
     let meta = match fs::read(&meta_path) {
-        Ok(text) => serde_json::from_slice::<Meta>(&text).map_err(|e| RecoverError::Meta {
-            path: meta_path.clone(),
-            reason: e.to_string(),
-        })?,
+        Ok(text) => match serde_json::from_slice::<Meta>(&text) {
+            Ok(meta) => meta,
+            Err(_) if cut_short()? => return Ok(None),
+            Err(e) => {
+                return Err(RecoverError::Meta {
+                    path: meta_path.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // A create cut short: before its settings file it writes
-            // nothing but the first segment's checkpoint (see
-            // `Journal::create`); such a directory is removed.
             let held = segments_bytes(dir)?;
-            if held == 0 || only_a_first_checkpoint(dir) {
+            if cut_short()? {
                 return Ok(None);
             }
             return Err(RecoverError::Meta {
