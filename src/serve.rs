@@ -247,6 +247,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if data_dir.as_os_str().is_empty() {
         return run_on(MemoryBroker::with_group_limits(limits), config, shutdown).await;
     }
+    let files = raise_open_files();
+    let max_topics = config.limits.max_topics as u64;
+    if max_topics > files {
+        tracing::warn!(
+            "each durable topic holds an open file: limits.max_topics {max_topics} is more than the {files} files this process may open (ulimit -n), so creates fail with 'too many open files' before it"
+        );
+    }
     let options = DurableOptions {
         sync: config.storage.sync_mode(),
         memory: (config.storage.memory).unwrap_or(broker::durable::DEFAULT_MEMORY),
@@ -256,6 +263,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let broker = DurableBroker::open(data_dir, options)?;
     info!(dir = %data_dir.display(), sync = %options.sync, "durable topics");
     run_on(broker, config, shutdown).await
+}
+
+/// Raise the soft limit on open files to the hard one (as Go's runtime
+/// and most servers do): every connection holds a socket and every
+/// durable topic its segment. Returns the limit now.
+fn raise_open_files() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
 }
 
 /// Serve `broker`'s topics (see [`run`]).

@@ -62,7 +62,11 @@ async fn drain(b: &DurableBroker, topic: &str, group: &str) -> Vec<String> {
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for topic in std::fs::read_dir(dir.join("topics")).unwrap() {
-        for f in std::fs::read_dir(topic.unwrap().path()).unwrap() {
+        let topic = topic.unwrap().path();
+        if !topic.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(topic).unwrap() {
             let p = f.unwrap().path();
             if p.extension().is_some_and(|e| e == "log") {
                 found.push(p);
@@ -213,33 +217,111 @@ async fn a_damaged_length_mid_segment_is_no_torn_tail() {
 /// A kill between a create's first checkpoint and its settings file (the
 /// settings still in `meta.json.tmp`) leaves a topic created halfway: the
 /// next start removes it, as it would a create cut earlier.
-#[tokio::test]
-async fn a_create_killed_before_its_settings_file_is_dropped_at_start() {
+/// A segment holding only the first checkpoint of an empty topic: what a
+/// topic's first write leaves if it is cut short before its settings file.
+async fn first_checkpoint() -> Vec<u8> {
     let tmp = tempfile::tempdir().unwrap();
-    {
-        let b = open(tmp.path());
-        b.create("kept", cap(10)).unwrap();
-        push(&b, "kept", "m").await;
-        b.create("half", cap(10)).unwrap();
-    }
-    let half = tmp.path().join("topics/2");
-    std::fs::rename(half.join("meta.json"), half.join("meta.json.tmp")).unwrap();
     let b = open(tmp.path());
-    assert_eq!(
-        b.names(std::ops::Bound::Unbounded, 10),
-        ["kept"],
-        "the half-made topic is gone, the other kept"
-    );
-    assert!(!half.exists());
-    assert_eq!(drain(&b, "kept", "g").await, ["m"]);
+    b.create("x", cap(1)).unwrap();
+    // A setting makes the topic's directory, and writes no record.
+    b.set("x".into(), Setting::Capacity(2)).await.unwrap();
+    std::fs::read(tmp.path().join("topics/1/00000000000000000000.log")).unwrap()
 }
 
 #[tokio::test]
-async fn a_create_whose_settings_file_a_power_loss_left_empty_or_torn_is_dropped_at_start() {
-    // Creates are written without a sync of their own (one sync of the
-    // file system covers a batch): a power loss before it can leave the
-    // settings file empty or cut, over the first checkpoint alone.
-    for torn in [&b""[..], &b"{\n  \"name\": \"ha"[..]] {
+async fn a_topic_made_and_never_written_is_one_catalog_line_and_survives() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let b = open(tmp.path());
+        b.create("idle", cap(3)).unwrap();
+        b.create("gone", cap(3)).unwrap();
+        b.create("used", cap(3)).unwrap();
+        push(&b, "used", "m").await;
+        b.remove("gone").unwrap();
+    }
+    let topics = tmp.path().join("topics");
+    assert!(!topics.join("1").exists(), "an idle topic has no directory");
+    assert!(
+        topics.join("3").exists(),
+        "a written topic has its directory"
+    );
+    let b = open(tmp.path());
+    assert_eq!(b.names(std::ops::Bound::Unbounded, 10), ["idle", "used"]);
+    let s = b.status("idle".into()).await.unwrap();
+    assert_eq!((s.config.capacity, s.pending), (3, 0));
+    // The catalog was written again with the idle topic alone.
+    let catalog = std::fs::read_to_string(topics.join("catalog")).unwrap();
+    assert_eq!(catalog.lines().count(), 1, "{catalog}");
+    assert!(catalog.contains("\"idle\""), "{catalog}");
+    push(&b, "idle", "first").await;
+    drop(b);
+    let b = open(tmp.path());
+    assert_eq!(drain(&b, "idle", "g").await, ["first"]);
+    assert_eq!(drain(&b, "used", "g").await, ["m"]);
+    let catalog = std::fs::read_to_string(topics.join("catalog")).unwrap();
+    assert_eq!(catalog, "", "every topic has its directory now");
+}
+
+#[tokio::test]
+async fn a_catalog_line_cut_by_a_crash_is_dropped_and_a_damaged_one_stops_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let b = open(tmp.path());
+        b.create("a", cap(1)).unwrap();
+        b.create("b", cap(1)).unwrap();
+    }
+    let path = tmp.path().join("topics/catalog");
+    let text = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &text[..text.len() - 3]).unwrap();
+    {
+        let b = open(tmp.path());
+        assert_eq!(b.names(std::ops::Bound::Unbounded, 10), ["a"]);
+        b.create("c", cap(1)).unwrap();
+    }
+    let mut text = std::fs::read(&path).unwrap();
+    text[12] ^= 1;
+    std::fs::write(&path, &text).unwrap();
+    let err = DurableBroker::open(tmp.path(), Options::default())
+        .err()
+        .expect("the start stops")
+        .to_string();
+    assert!(
+        err.contains("catalog") && err.contains("line 1: checksum does not match"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_removal_cut_short_after_its_catalog_line_is_finished_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let b = open(tmp.path());
+        b.create("t", cap(10)).unwrap();
+        push(&b, "t", "m").await;
+        b.remove("t").unwrap();
+    }
+    // The catalog says removed; the directory is back, as if the crash
+    // came before it was deleted.
+    let dir = tmp.path().join("topics/1");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("00000000000000000000.log"),
+        first_checkpoint().await,
+    )
+    .unwrap();
+    let b = open(tmp.path());
+    assert!(b.names(std::ops::Bound::Unbounded, 10).is_empty());
+    assert!(!dir.exists());
+}
+
+#[tokio::test]
+async fn a_first_write_cut_short_before_its_settings_file_leaves_the_topic_empty() {
+    // The topic's first write makes its directory: the first checkpoint,
+    // then the settings file. Cut between the two (or with the settings
+    // file empty or torn, as a power loss before its sync can leave it),
+    // the directory is dropped and the topic is as its catalog line says.
+    let checkpoint = first_checkpoint().await;
+    for torn in [None, Some(&b""[..]), Some(&b"{\n  \"name\": \"ha"[..])] {
         let tmp = tempfile::tempdir().unwrap();
         {
             let b = open_with(
@@ -255,12 +337,29 @@ async fn a_create_whose_settings_file_a_power_loss_left_empty_or_torn_is_dropped
             push(&b, "kept", "m").await;
         }
         let half = tmp.path().join("topics/2");
-        std::fs::write(half.join("meta.json"), torn).unwrap();
+        std::fs::create_dir(&half).unwrap();
+        std::fs::write(half.join("00000000000000000000.log"), &checkpoint).unwrap();
+        if let Some(torn) = torn {
+            std::fs::write(half.join("meta.json"), torn).unwrap();
+        }
         let b = open(tmp.path());
-        assert_eq!(b.names(std::ops::Bound::Unbounded, 10), ["kept"]);
+        assert_eq!(b.names(std::ops::Bound::Unbounded, 10), ["half", "kept"]);
         assert!(!half.exists());
         assert_eq!(drain(&b, "kept", "g").await, ["m"]);
+        assert_eq!(drain(&b, "half", "g").await, Vec::<String>::new());
+        push(&b, "half", "x").await;
+        assert_eq!(drain(&b, "half", "g").await, ["x"]);
     }
+    // A directory with no catalog line (made by an older dchan) cut short
+    // the same way is a create cut short: dropped, with its topic.
+    let tmp = tempfile::tempdir().unwrap();
+    drop(open(tmp.path()));
+    let old = tmp.path().join("topics/9");
+    std::fs::create_dir(&old).unwrap();
+    std::fs::write(old.join("00000000000000000000.log"), &checkpoint).unwrap();
+    let b = open(tmp.path());
+    assert!(b.names(std::ops::Bound::Unbounded, 10).is_empty());
+    assert!(!old.exists());
     // A torn settings file over records is damage: the start stops.
     let tmp = tempfile::tempdir().unwrap();
     {
@@ -302,7 +401,9 @@ async fn a_topic_without_its_settings_file_stops_the_start_unless_empty() {
     std::fs::create_dir(&removing).unwrap();
     std::fs::write(removing.join("00000000000000000000.log"), "x").unwrap();
     let b = open(tmp.path());
-    assert!(b.names(std::ops::Bound::Unbounded, 10).is_empty());
+    // The topic itself is in the catalog: it is there, empty.
+    assert_eq!(b.names(std::ops::Bound::Unbounded, 10), ["t"]);
+    assert_eq!(b.status("t".into()).await.unwrap().pending, 0);
     assert!(!topic.exists() && !removing.exists());
 }
 
@@ -424,6 +525,9 @@ async fn bad_names_and_a_bad_topics_path_stop_the_start() {
         let b = open(tmp.path());
         b.create("a", cap(10)).unwrap();
         b.create("b", cap(10)).unwrap();
+        // Written to, so each has its directory and settings file.
+        push(&b, "a", "m").await;
+        push(&b, "b", "m").await;
     }
     let meta = |id: u32| tmp.path().join(format!("topics/{id}/meta.json"));
     let text = std::fs::read_to_string(meta(2)).unwrap();
@@ -554,6 +658,14 @@ async fn a_full_disk_fails_pushes_with_enospc_and_keeps_what_was_answered() {
     // before a message is handed out, so on the full disk the read fails
     // (nothing is taken), and goes on once there is room.
     let b = open(dir);
+    // What the start wrote again (the catalog) may have freed a block:
+    // fill the disk again.
+    {
+        use std::io::Write as _;
+        let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+        while filler.write_all(&[0u8; 512]).is_ok() {}
+        let _ = filler.sync_all();
+    }
     match b.pull("t", "", Wait::NonBlock).await {
         Err(Error::Storage { kind, .. }) => assert_eq!(kind, std::io::ErrorKind::StorageFull),
         other => panic!("a read on the full disk: {:?}", other.map(|d| d.is_some())),
@@ -785,5 +897,7 @@ async fn disk_bytes_follow_the_files() {
     Broker::remove(&b, "a").await.unwrap();
     Broker::remove(&b, "b").await.unwrap();
     assert_eq!(disk(&b), bytes_under(&topics));
-    assert_eq!(disk(&b), 0);
+    // What is left is the catalog's lines of this run.
+    let catalog = std::fs::metadata(topics.join("catalog")).unwrap().len();
+    assert_eq!(disk(&b), catalog);
 }

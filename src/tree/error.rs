@@ -24,6 +24,7 @@ pub(super) fn broker_error(e: broker::Error) -> Error {
         E::Unsupported(_) => errno::EOPNOTSUPP,
         E::Unavailable(_) => errno::EIO,
         E::Storage { kind, .. } if *kind == std::io::ErrorKind::StorageFull => errno::ENOSPC,
+        E::Storage { kind, .. } if *kind == std::io::ErrorKind::QuotaExceeded => errno::EMFILE,
         E::Storage { .. } => errno::EIO,
     };
     Error::new(n, e.to_string())

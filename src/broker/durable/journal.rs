@@ -180,6 +180,15 @@ pub(crate) const REMOVED: &str = "removed";
 
 /// A storage error about `what` at `path`.
 pub(crate) fn storage(what: &str, path: &Path, e: std::io::Error) -> Error {
+    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+        return Error::Storage {
+            kind: std::io::ErrorKind::QuotaExceeded,
+            reason: format!(
+                "{what} {}: {e} (each durable topic holds an open file: raise the server's ulimit -n, or remove topics)",
+                path.display()
+            ),
+        };
+    }
     Error::Storage {
         kind: e.kind(),
         reason: format!("{what} {}: {e}", path.display()),
@@ -273,9 +282,10 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    /// A new topic's directory, settings file and first segment, written
-    /// without a sync: they reach the disk with the `catalog`'s next sync
-    /// (or the topic's first, which is that one).
+    /// A new topic's directory, settings file and first segment (made at
+    /// its first write, see `lazy`), written without a sync: they reach
+    /// the disk with the `catalog`'s next sync (or the topic's first,
+    /// which is that one).
     pub(crate) fn create(
         dir: PathBuf,
         name: &str,
@@ -298,6 +308,8 @@ impl Journal {
         journal.flush()?;
         let meta = write_meta(&journal.dir, &Meta::new(name, config, false), false)?;
         journal.keeping.tally.disk(meta);
+        // The catalog's sync covers what the create wrote: an idle new
+        // topic is not behind, so the interval thread leaves it alone.
         journal.sync.made(catalog.clone(), catalog.wrote(1));
         Ok(journal)
     }

@@ -28,7 +28,9 @@
 //! number); `pulled` starts again at 0 (deliveries are not logged, only
 //! acks).
 
+mod catalog;
 mod journal;
+mod lazy;
 mod record;
 mod recover;
 mod sync;
@@ -47,7 +49,9 @@ use bytes::Bytes;
 use foldhash::HashMap;
 use parking_lot::{Mutex, RwLock};
 
-use self::journal::{Journal, Keeping};
+use self::catalog::Catalog;
+use self::journal::{Journal, Keeping, Meta};
+use self::lazy::Lazy;
 use self::sync::{Syncer, Syncers};
 use super::memory::{
     MemoryBroker, MemoryDelivery, pull_ready_topic, pull_topic, push_all_topic, push_topic,
@@ -104,21 +108,41 @@ pub enum OpenError {
 
 /// Topics kept in a directory.
 pub struct DurableBroker {
-    /// The topics and their rules, each topic with a `Journal` as store.
+    /// The topics and their rules, each topic with a `Journal` as store
+    /// (or a `Lazy` one, until its first write).
     mem: MemoryBroker,
+    /// What every topic's store shares.
+    disk: Arc<Disk>,
+    options: Options,
+    /// The topics made and removed (see `catalog`), opened once recovery
+    /// has read it.
+    catalog: std::sync::OnceLock<Catalog>,
+    /// The lock on `dir/LOCK`, held while the broker lives.
+    _lock: File,
+}
+
+/// What every topic's store shares: where topics live, how they keep,
+/// and the syncers (a topic's is added when its journal is made).
+pub(crate) struct Disk {
     /// Where topics live: `dir/topics/ID`.
     topics_dir: PathBuf,
-    options: Options,
+    keeping: Keeping,
+    /// The syncer of creates and removes (see `sync`).
+    catalog_sync: Arc<Syncer>,
     /// Each topic's syncer, by identity (never reused, so a topic removed
     /// and created again cannot be confused), for pushes that wait on
     /// `always`.
     syncs: RwLock<HashMap<TopicId, Arc<Syncer>>>,
     /// Every syncer, for the interval thread (which ends with this).
     syncers: Syncers,
-    /// The syncer of creates and removes (see `sync`).
-    catalog: Arc<Syncer>,
-    /// The lock on `dir/LOCK`, held while the broker lives.
-    _lock: File,
+}
+
+impl Disk {
+    /// Topic `id`'s journal is made: its syncer joins the others.
+    pub(crate) fn track(&self, id: TopicId, syncer: Arc<Syncer>) {
+        self.syncers.lock().push(Arc::downgrade(&syncer));
+        self.syncs.write().insert(id, syncer);
+    }
 }
 
 fn open_io(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
@@ -145,29 +169,41 @@ impl DurableBroker {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(OpenError::Locked(dir.to_path_buf()));
         }
-        let catalog = File::open(&topics_dir).map_err(open_io(&topics_dir))?;
-        let catalog = Syncer::catalog(Arc::new(catalog));
-        let broker = DurableBroker {
-            mem: MemoryBroker::with_group_limits(options.groups),
+        let dir_file = File::open(&topics_dir).map_err(open_io(&topics_dir))?;
+        let catalog_sync = Syncer::catalog(Arc::new(dir_file));
+        let mem = MemoryBroker::with_group_limits(options.groups);
+        let keeping = Keeping {
+            sync: options.sync,
+            segment_bytes: options.segment_bytes,
+            memory: options.memory,
+            tally: mem.tally().clone(),
+        };
+        let disk = Arc::new(Disk {
             topics_dir,
-            options,
+            keeping,
             syncs: RwLock::default(),
-            syncers: Arc::new(Mutex::new(vec![Arc::downgrade(&catalog)])),
-            catalog,
+            syncers: Arc::new(Mutex::new(vec![Arc::downgrade(&catalog_sync)])),
+            catalog_sync,
+        });
+        let broker = DurableBroker {
+            mem,
+            disk,
+            options,
+            catalog: std::sync::OnceLock::new(),
             _lock: lock,
         };
         broker.recover()?;
         // From here on the totals count every byte written and deleted;
         // what recovery found (and wrote) is counted once, here.
         let tally = broker.mem.tally();
-        let found = dir_size(&broker.topics_dir);
+        let found = dir_size(&broker.disk.topics_dir);
         tally.disk(found.wrapping_sub(tally.disk_bytes()) as i64);
         match options.sync {
-            SyncMode::Interval(every) => sync::start_interval(&broker.syncers, every),
+            SyncMode::Interval(every) => sync::start_interval(&broker.disk.syncers, every),
             // Pushes wait for their sync; acks (never waited for: a reader
             // reads one message at a time) reach the disk with the next
             // push's sync, or within the default interval.
-            SyncMode::Always => sync::start_interval(&broker.syncers, DEFAULT_INTERVAL),
+            SyncMode::Always => sync::start_interval(&broker.disk.syncers, DEFAULT_INTERVAL),
             SyncMode::Never => {}
         }
         Ok(broker)
@@ -185,38 +221,42 @@ impl DurableBroker {
     }
 
     fn keeping(&self) -> Keeping {
-        Keeping {
-            sync: self.options.sync,
-            segment_bytes: self.options.segment_bytes,
-            memory: self.options.memory,
-            tally: self.mem.tally().clone(),
-        }
+        self.disk.keeping.clone()
     }
 
     fn track(&self, id: TopicId, syncer: Arc<Syncer>) {
-        self.syncers.lock().push(Arc::downgrade(&syncer));
-        self.syncs.write().insert(id, syncer);
+        self.disk.track(id, syncer);
     }
 
-    /// Read every topic directory back into the memory engine.
+    /// Read every topic back into the memory engine: those with a
+    /// directory from it, the others from the catalog; then write the
+    /// catalog again with the latter alone.
     fn recover(&self) -> Result<(), OpenError> {
+        let catalog = catalog::read(&self.disk.topics_dir.join(catalog::CATALOG))?;
         let mut dirs = Vec::new();
-        for entry in fs::read_dir(&self.topics_dir).map_err(open_io(&self.topics_dir))? {
-            let entry = entry.map_err(open_io(&self.topics_dir))?;
+        for entry in fs::read_dir(&self.disk.topics_dir).map_err(open_io(&self.disk.topics_dir))? {
+            let entry = entry.map_err(open_io(&self.disk.topics_dir))?;
             let path = entry.path();
             if path.extension().is_some_and(|e| e == journal::REMOVED) {
                 // A removal cut short: finish it.
                 let _ = fs::remove_dir_all(&path);
                 continue;
             }
-            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-                dirs.push((id, entry.path()));
+            let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if catalog.removed.contains(&id) {
+                // Removed in the catalog, its directory not yet deleted.
+                let _ = fs::remove_dir_all(&path);
+                continue;
             }
+            dirs.push((id, path));
         }
         dirs.sort();
         // Where each name was found, so two directories naming one topic
         // stop the start instead of one hiding the other.
         let mut seen: HashMap<String, PathBuf> = HashMap::default();
+        let mut on_disk = std::collections::HashSet::new();
         for (id, dir) in dirs {
             let Some(r) = recover::recover(&dir)? else {
                 let _ = fs::remove_dir_all(&dir);
@@ -266,7 +306,48 @@ impl DurableBroker {
             );
             self.mem.restore(&r.meta.name, id, state);
             self.track(id, syncer);
+            on_disk.insert(id);
         }
+        // The topics that never wrote: their catalog line is all there is.
+        let mut idle = std::collections::BTreeMap::new();
+        for (&id, meta) in &catalog.made {
+            if on_disk.contains(&id) {
+                continue;
+            }
+            if !super::memory::valid_name(&meta.name) {
+                return Err(RecoverError::Meta {
+                    path: self.disk.topics_dir.join(catalog::CATALOG),
+                    reason: format!("{:?} is no topic name", meta.name),
+                }
+                .into());
+            }
+            if let Some(other) = seen.insert(meta.name.clone(), self.disk.topics_dir.clone()) {
+                return Err(RecoverError::Meta {
+                    path: self.disk.topics_dir.join(catalog::CATALOG),
+                    reason: format!(
+                        "topic {:?} (id {id}) is also in {} (move that directory away)",
+                        meta.name,
+                        other.display()
+                    ),
+                }
+                .into());
+            }
+            let store = Lazy::new(id, &meta.name, meta.config(), self.disk.clone());
+            let state = State::restored(
+                meta.config(),
+                self.options.groups,
+                false,
+                (0, 0),
+                Vec::new(),
+                Box::new(store),
+            );
+            self.mem.restore(&meta.name, id, state);
+            idle.insert(id, meta.clone());
+        }
+        let tally = self.mem.tally().clone();
+        let catalog = Catalog::rewrite(&self.disk.topics_dir, &idle, &catalog, tally)
+            .map_err(open_io(&self.disk.topics_dir))?;
+        let _ = self.catalog.set(catalog);
         Ok(())
     }
 }
@@ -286,25 +367,29 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 impl DurableBroker {
-    /// Make a topic: its directory, settings file and first segment.
+    fn catalog(&self) -> &Catalog {
+        self.catalog.get().expect("opened by recovery")
+    }
+
+    /// Make a topic: a line in the catalog (its directory is made at its
+    /// first write, see `lazy`).
     pub fn create(&self, name: &str, config: TopicConfig) -> Result<()> {
-        let mut syncer = None;
-        let id = self.mem.create_with(name, config, |id| {
-            let dir = self.topics_dir.join(id.to_string());
-            let journal = Journal::create(dir, name, &config, self.keeping(), &self.catalog)?;
-            syncer = Some(journal.syncer());
-            Ok(Box::new(journal))
+        self.mem.create_with(name, config, |id| {
+            self.catalog().made(id, Meta::new(name, &config, false))?;
+            self.disk.catalog_sync.wrote(1);
+            Ok(Box::new(Lazy::new(id, name, config, self.disk.clone())))
         })?;
-        self.track(id, syncer.expect("made with the topic"));
         Ok(())
     }
 
-    /// Remove a topic and its directory.
+    /// Remove a topic and its directory: the catalog says so first (a
+    /// removal cut short is finished at the next start).
     pub fn remove(&self, name: &str) -> Result<()> {
         let id = self.mem.id(name)?;
+        self.catalog().removed(id)?;
         self.mem.remove(name)?;
-        self.catalog.wrote(1);
-        self.syncs.write().remove(&id);
+        self.disk.catalog_sync.wrote(1);
+        self.disk.syncs.write().remove(&id);
         Ok(())
     }
 }
@@ -321,7 +406,8 @@ impl Broker for DurableBroker {
     }
 
     fn settle_topics(&self) -> impl Future<Output = Result<()>> + Send {
-        let catalog = (self.options.sync == SyncMode::Always).then(|| self.catalog.clone());
+        let catalog =
+            (self.options.sync == SyncMode::Always).then(|| self.disk.catalog_sync.clone());
         async move {
             match catalog {
                 Some(c) => c.kept().await,
@@ -427,7 +513,7 @@ impl Broker for DurableBroker {
     fn settle(&self, name: Target<'_>) -> impl Future<Output = Result<()>> + Send {
         let syncer = match self.options.sync {
             SyncMode::Always => {
-                (self.mem.topic(name).ok()).and_then(|t| self.syncs.read().get(&t.id).cloned())
+                (self.mem.topic(name).ok()).and_then(|t| self.disk.syncs.read().get(&t.id).cloned())
             }
             _ => None,
         };

@@ -154,6 +154,10 @@ impl Syncer {
     /// its first syncs are the catalog's until that is on disk.
     pub(crate) fn made(&self, catalog: Arc<Syncer>, change: u64) {
         let _ = self.made.set((catalog, change));
+        // What the create wrote is the catalog's to sync (a later sync of
+        // this topic, before the catalog's, is the catalog's).
+        let w = self.written.load(Ordering::SeqCst);
+        self.synced.fetch_max(w, Ordering::AcqRel);
     }
 
     /// The log rolled to `file`, everything written before it being on
