@@ -113,6 +113,7 @@ impl BrokerSection {
             timeout: self.timeout.0.unwrap_or(Duration::from_secs(10)),
             ack_wait: self.ack_wait.0.unwrap_or(Duration::from_secs(30)),
             groups: groups.limits(),
+            ..Default::default()
         }
     }
 }

@@ -108,6 +108,9 @@ mod jetstream {
             // A delivery that reached no reader (its pull's request was
             // answered after the client gave up on it) comes back then.
             ack_wait: Duration::from_secs(2),
+            // Readers' pullers stop between the runs' reads and start
+            // again: the rules hold across that too.
+            idle_puller: Duration::from_millis(100),
             ..Default::default()
         })
         .await

@@ -83,6 +83,9 @@ mod jetstream {
         let cluster = super::nats::Cluster::start(1).await;
         let engine = JetStreamBroker::connect(JetStreamConfig {
             servers: cluster.url_list(),
+            // Each group's puller stops once idle this long, and the next
+            // pull starts it again: every rule holds across that too.
+            idle_puller: Duration::from_millis(100),
             ..Default::default()
         })
         .await

@@ -278,3 +278,57 @@ async fn a_message_over_max_payload_is_too_long() {
         .await
         .unwrap();
 }
+
+/// A group's puller on a server stops once idle (`idle_puller`) and the
+/// next pull starts it again. Readers that pull now and then, at times
+/// around the idle limit, and blocked pulls that begin as it stops, get
+/// every message exactly once, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_get_everything_while_their_pullers_stop_and_start() {
+    let c = nats::Cluster::start(1).await;
+    let idle = Duration::from_millis(40);
+    let a = Arc::new(
+        JetStreamBroker::connect(JetStreamConfig {
+            idle_puller: idle,
+            ..config(&c, 1)
+        })
+        .await
+        .unwrap(),
+    );
+    a.create("t", TopicConfig::default()).await.unwrap();
+    let n = 60u64;
+    let reader = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Ok(Some(d)) = tokio::time::timeout(LIMIT, a.pull("t", "g", Wait::Block))
+                .await
+                .expect("a pull hung")
+            {
+                got.push(
+                    std::str::from_utf8(d.data())
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap(),
+                );
+                d.ack();
+                // Around the idle limit: sometimes the puller is still
+                // there, sometimes it is stopping, sometimes gone.
+                let pause = [0, 30, 40, 45, 60][got.len() % 5];
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            got
+        })
+    };
+    for i in 0..n {
+        if i % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(35 + i % 20)).await;
+        }
+        tokio::time::timeout(LIMIT, a.push("t", Bytes::from(i.to_string()), Wait::Block))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    a.close("t".into()).await.unwrap();
+    assert_eq!(reader.await.unwrap(), (0..n).collect::<Vec<_>>());
+}

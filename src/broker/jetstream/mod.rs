@@ -84,6 +84,12 @@ pub struct JetStreamConfig {
     pub ack_wait: Duration,
     /// What groups each topic keeps.
     pub groups: GroupLimits,
+    /// How long a group's puller on this server (one subscription and one
+    /// task, see `puller`) stays once no pull of that group waits here
+    /// and no request of its is at JetStream: then it stops, and the
+    /// group's next pull here starts it again. The group's consumer at
+    /// JetStream stays.
+    pub idle_puller: Duration,
 }
 
 impl Default for JetStreamConfig {
@@ -96,6 +102,7 @@ impl Default for JetStreamConfig {
             timeout: Duration::from_secs(10),
             ack_wait: Duration::from_secs(30),
             groups: GroupLimits::default(),
+            idle_puller: puller::IDLE,
         }
     }
 }

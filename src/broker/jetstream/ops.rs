@@ -265,27 +265,44 @@ async fn wait_for(
 ) -> Result<Option<JetStreamDelivery>> {
     let (tx, mut rx) = oneshot::channel();
     let existing = topic.pullers.lock().get(group).cloned();
-    // The group's first pull here starts its puller in a task of its own,
-    // so that the pull is at JetStream whether or not this is polled.
-    let mut starting = match existing {
-        Some(puller) => {
-            puller.enlist(tx);
-            None
-        }
-        None => {
-            let (failed, starting) = oneshot::channel();
-            let (inner, topic, group) = (inner.clone(), topic.clone(), group.to_string());
-            tokio::spawn(async move {
+    // The group's first pull here (or the first since its puller retired)
+    // starts its puller in a task of its own, so that the pull is at
+    // JetStream whether or not this is polled.
+    let tx = match existing {
+        Some(puller) => puller.enlist(tx).err(),
+        None => Some(tx),
+    };
+    let mut starting = tx.map(|mut tx| {
+        let (failed, starting) = oneshot::channel();
+        let (inner, topic, group) = (inner.clone(), topic.clone(), group.to_string());
+        tokio::spawn(async move {
+            for _ in 0..3 {
                 match inner.puller(&topic, &group).await {
-                    Ok(puller) => puller.enlist(tx),
+                    // Retired since it was found (idle: it has left the
+                    // map; stopped by a removal: it leaves now), so the
+                    // next look starts a new one.
+                    Ok(puller) => match puller.enlist(tx) {
+                        Ok(()) => return,
+                        Err(back) => {
+                            tx = back;
+                            let mut pullers = topic.pullers.lock();
+                            if pullers.get(&group).is_some_and(|p| Arc::ptr_eq(p, &puller)) {
+                                pullers.remove(&group);
+                            }
+                        }
+                    },
                     Err(e) => {
                         let _ = failed.send(e);
+                        return;
                     }
                 }
-            });
-            Some(starting)
-        }
-    };
+            }
+            let _ = failed.send(unavailable(
+                "the group's reader on this server keeps stopping (the broker is stopping?)",
+            ));
+        });
+        starting
+    });
     let client = inner.js.client();
     loop {
         tokio::select! {

@@ -12,6 +12,13 @@
 //! server says so, 408; a request of a lost connection is counted gone
 //! `GRACE` after its expiry); a consumer deleted under it (a `forget`, or
 //! a `seek` on any server) is looked up or made again while pulls wait.
+//!
+//! A puller with no pull waiting and no request out for
+//! `JetStreamConfig::idle_puller` (a minute by default) stops: it marks
+//! itself retired and leaves the topic's map under its own lock, so a pull
+//! that found it there and comes to enlist after sees it retired and
+//! starts a new one. A server whose readers came and went once holds no
+//! subscription or task per group for good.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,6 +35,9 @@ use tokio::time::Instant;
 use super::Inner;
 use super::ops::JetStreamDelivery;
 use super::registry::Topic;
+
+/// How long an idle puller stays, by default (see the module comment).
+pub(crate) const IDLE: Duration = Duration::from_secs(60);
 
 /// How long one pull request waits at JetStream for messages.
 pub(crate) const EXPIRES: Duration = Duration::from_secs(5);
@@ -55,6 +65,8 @@ struct State {
     waiting: VecDeque<Handed>,
     /// Requests sent and not done, oldest first.
     asked: VecDeque<Asked>,
+    /// Stopped for want of pulls: a pull must start a new puller.
+    retired: bool,
 }
 
 /// A pull request at JetStream.
@@ -128,10 +140,17 @@ impl Puller {
     }
 
     /// A pull waits: the next message that comes is sent to `handed`,
-    /// unless it is dropped first.
-    pub(crate) fn enlist(&self, handed: Handed) {
-        self.state.lock().waiting.push_back(handed);
+    /// unless it is dropped first. A retired puller gives `handed` back:
+    /// start a new one.
+    pub(crate) fn enlist(&self, handed: Handed) -> Result<(), Handed> {
+        let mut state = self.state.lock();
+        if state.retired {
+            return Err(handed);
+        }
+        state.waiting.push_back(handed);
+        drop(state);
         self.wake.notify_one();
+        Ok(())
     }
 }
 
@@ -151,15 +170,29 @@ struct Run {
 impl Run {
     async fn run(mut self, mut sub: async_nats::Subscriber) {
         let mut changes = self.topic.record.subscribe();
+        let idle = self.inner.config.idle_puller;
+        let mut busy_at = Instant::now();
         loop {
             self.ask().await;
-            let expiry = {
-                let state = self.puller.state.lock();
-                state.asked.front().map(|a| a.gone)
+            let (expiry, busy) = {
+                let mut state = self.puller.state.lock();
+                state.waiting.retain(|w| !w.is_closed());
+                let busy = !state.waiting.is_empty() || !state.asked.is_empty();
+                (state.asked.front().map(|a| a.gone), busy)
             };
+            if busy {
+                busy_at = Instant::now();
+            } else if busy_at.elapsed() >= idle && self.retire() {
+                break;
+            }
             let wake_at = match (expiry, self.retry_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
+            };
+            // Idle: wake to retire.
+            let wake_at = match wake_at {
+                None if !busy => Some(busy_at + idle),
+                w => w,
             };
             tokio::select! {
                 m = sub.next() => match m {
@@ -178,8 +211,32 @@ impl Run {
         }
         // Removed (or the broker stops): the waiting pulls learn it from
         // their own watch of the record, or from their sender dropped.
-        self.puller.state.lock().waiting.clear();
+        {
+            let mut state = self.puller.state.lock();
+            state.retired = true;
+            state.waiting.clear();
+        }
         let _ = sub.unsubscribe().await;
+    }
+
+    /// Stop, if still nothing waits or is asked: retired and out of the
+    /// topic's map, both under the state's lock, so a pull either enlisted
+    /// before (and this does not stop) or finds it retired.
+    fn retire(&self) -> bool {
+        let mut state = self.puller.state.lock();
+        state.waiting.retain(|w| !w.is_closed());
+        if !state.waiting.is_empty() || !state.asked.is_empty() {
+            return false;
+        }
+        state.retired = true;
+        let mut pullers = self.topic.pullers.lock();
+        if pullers
+            .get(&self.group)
+            .is_some_and(|p| Arc::ptr_eq(p, &self.puller))
+        {
+            pullers.remove(&self.group);
+        }
+        true
     }
 
     /// Ask JetStream for what the waiting pulls lack.
