@@ -332,3 +332,41 @@ async fn readers_get_everything_while_their_pullers_stop_and_start() {
     a.close("t".into()).await.unwrap();
     assert_eq!(reader.await.unwrap(), (0..n).collect::<Vec<_>>());
 }
+
+/// Creates and removes whose callers give up at every moment (a client
+/// gone, a request flushed) run to their end all the same: no stream is
+/// left that no topic names, and every topic listed has its stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn creates_and_removes_given_up_midway_leave_no_stray_stream() {
+    use futures_util::StreamExt as _;
+    let c = nats::Cluster::start(1).await;
+    let a = JetStreamBroker::connect(config(&c, 1)).await.unwrap();
+    for i in 0..24u64 {
+        let give_up = Duration::from_micros(300 * i);
+        let name = format!("t{i}");
+        let _ = tokio::time::timeout(give_up, a.create(&name, TopicConfig::default())).await;
+        if i % 2 == 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tokio::time::timeout(give_up, Broker::remove(&a, &name)).await;
+        }
+    }
+    // What was begun ends.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client = async_nats::connect(c.urls()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let streams: Vec<String> = js
+        .stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .filter(|n| std::future::ready(n.starts_with("dchan_")))
+        .collect()
+        .await;
+    let topics = a.names(std::ops::Bound::Unbounded, 100);
+    assert_eq!(
+        streams.len(),
+        topics.len(),
+        "streams {streams:?}, topics {topics:?}"
+    );
+    for t in &topics {
+        a.status(t.into()).await.expect("a listed topic is usable");
+    }
+}

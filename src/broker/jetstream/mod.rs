@@ -778,11 +778,36 @@ impl Inner {
             ..Default::default()
         }))
         .await?;
-        if !self.write(name, 0, Some(&record)).await? {
-            let _ = self.js.delete_stream(format!("{prefix}_{id}")).await;
-            return Err(Error::Exists(name.to_string()));
+        let stream = format!("{prefix}_{id}");
+        match self.write(name, 0, Some(&record)).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let _ = self.js.delete_stream(&stream).await;
+                Err(Error::Exists(name.to_string()))
+            }
+            // Not answered (a timeout): the entry may be there all the
+            // same. Unless it is this create's, the stream goes, so that
+            // no stream is left that no topic names.
+            Err(e) => {
+                let key = registry::key(name);
+                let ours = match self.within(self.bucket.entry(&key)).await {
+                    Ok(Some(entry)) => {
+                        entry.operation == kv::Operation::Put
+                            && serde_json::from_slice::<Record>(&entry.value)
+                                .is_ok_and(|r| r.id == id)
+                    }
+                    Ok(None) => false,
+                    // Cannot tell: the stream stays rather than risk a
+                    // listed topic without one.
+                    Err(_) => return Err(e),
+                };
+                if ours {
+                    return Ok(());
+                }
+                let _ = self.within(self.js.delete_stream(&stream)).await;
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     async fn remove(&self, name: &str) -> Result<()> {
@@ -1021,16 +1046,23 @@ impl Inner {
 impl Broker for JetStreamBroker {
     type Delivery = JetStreamDelivery;
 
+    /// In a task of its own: a caller that gives up (its client gone, its
+    /// request flushed) does not cut a create between its stream and its
+    /// registry entry, which would leave a stream no topic names.
     fn create(&self, topic: &str, config: TopicConfig) -> impl Future<Output = Result<()>> + Send {
         let inner = self.inner.clone();
         let topic = topic.to_string();
-        async move { inner.create(&topic, config).await }
+        let task = tokio::spawn(async move { inner.create(&topic, config).await });
+        async move { task.await.unwrap_or_else(|e| Err(unavailable(e))) }
     }
 
+    /// In a task of its own, as `create`: a remove is not cut between its
+    /// registry entry and its stream.
     fn remove(&self, topic: &str) -> impl Future<Output = Result<()>> + Send {
         let inner = self.inner.clone();
         let topic = topic.to_string();
-        async move { inner.remove(&topic).await }
+        let task = tokio::spawn(async move { inner.remove(&topic).await });
+        async move { task.await.unwrap_or_else(|e| Err(unavailable(e))) }
     }
 
     fn names(&self, from: std::ops::Bound<&str>, limit: usize) -> Vec<String> {
