@@ -251,7 +251,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let max_topics = config.limits.max_topics as u64;
     if max_topics > files {
         tracing::warn!(
-            "each durable topic holds an open file: limits.max_topics {max_topics} is more than the {files} files this process may open (ulimit -n), so creates fail with 'too many open files' before it"
+            "each durable topic written to holds an open file: limits.max_topics {max_topics} is more than the {files} files this process may open (ulimit -n), so first writes to topics (pushes, settings) may fail with 'too many open files' before it"
         );
     }
     let options = DurableOptions {

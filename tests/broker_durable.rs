@@ -286,7 +286,7 @@ async fn a_catalog_line_cut_by_a_crash_is_dropped_and_a_damaged_one_stops_the_st
         .expect("the start stops")
         .to_string();
     assert!(
-        err.contains("catalog") && err.contains("line 1: checksum does not match"),
+        err.contains("catalog: damaged line 1: checksum does not match"),
         "{err}"
     );
 }

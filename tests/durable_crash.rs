@@ -444,3 +444,75 @@ async fn a_log_that_cannot_be_written_loses_no_delivery() {
     let rest = read_to_end(server.port, "g").await;
     assert_eq!(rest.len(), 20);
 }
+
+/// Limit the files the server may open to `n` (RLIMIT_NOFILE, soft and
+/// hard, so the server cannot raise it).
+fn open_files(n: u64) -> impl FnOnce(&mut std::process::Command) {
+    move |command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs
+        // between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Each topic written to holds an open file. Past what the server keeps
+/// for them (its limit less a reserve), a first write fails with EMFILE
+/// and says what to do, and the server still takes new connections: the
+/// client that comes to remove topics gets in, and then the writes go.
+#[tokio::test]
+async fn topics_past_the_open_files_limit_fail_their_first_write_and_leave_room_to_connect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let args = ["serve", "--listen", "tcp!127.0.0.1!0", "--data", dir];
+    let server = Server::start_with(&args, open_files(256));
+    let c = Client::connect(&addr(server.port), &Options::default())
+        .await
+        .unwrap();
+    let names: Vec<String> = (0..300).map(|i| format!("u{i}")).collect();
+    for n in &names {
+        c.create(n, &big_topic()).await.unwrap();
+    }
+    let mut refused = None;
+    let mut written = 0;
+    for n in &names {
+        match c.push(n, "m\n").await {
+            Ok(_) => written += 1,
+            Err(e) => {
+                refused = Some((n.clone(), e.to_string()));
+                break;
+            }
+        }
+    }
+    let (at, e) = refused.expect("a first write past the limit fails");
+    assert!(
+        e.contains("too many open files") && e.contains("ulimit -n"),
+        "{e}"
+    );
+    println!("{written} topics written to, then {at}: {e}");
+    // Many more clients still get in (the reserve is for them).
+    let mut others = Vec::new();
+    for _ in 0..40 {
+        others.push(
+            Client::connect(&addr(server.port), &Options::default())
+                .await
+                .expect("a client connects at the limit"),
+        );
+    }
+    let admin = &others[39];
+    for n in &names[..5] {
+        admin.remove(n).await.unwrap();
+    }
+    c.push(&at, "m\n").await.expect("room again");
+}

@@ -14,7 +14,7 @@ use super::file::File;
 use super::mux::{Mux, Reply};
 use crate::engine::Addr;
 use crate::proto::codec;
-use crate::proto::frame::FrameDecoder;
+use crate::proto::frame::{FrameDecoder, FrameError};
 use crate::proto::{Dialect, Fcall, Fid, Msg, NOFID, NONUNAME, NOTAG, Qid};
 use crate::tls::TlsFiles;
 use rustls_pki_types::ServerName;
@@ -152,10 +152,22 @@ impl Connection {
         let frame = match reader.next().await {
             // A TLS listener answers a Tversion with an alert and hangs
             // up: bytes that are no 9P frame. Say what it likely is.
-            Some(frame) => frame.map_err(|e| {
-                Error::Protocol(format!(
+            Some(frame) => frame.map_err(|e| match &e {
+                // The server went away (killed, restarted): no sign of TLS.
+                FrameError::Io(io)
+                    if matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    Error::Disconnected(format!("server hung up during Tversion: {e}"))
+                }
+                _ => Error::Protocol(format!(
                     "no 9P reply to Tversion ({e}): is this a TLS listener? use tls!host!port"
-                ))
+                )),
             })?,
             None => return Err(Error::Disconnected("server hung up during Tversion".into())),
         };

@@ -85,19 +85,22 @@ pub(crate) fn read(path: &Path) -> Result<Read, RecoverError> {
                 read.made.remove(&remove);
                 read.removed.insert(remove);
             }
-            // A crash cut the last write short.
-            Err(_) if last => {
+            // A crash cut the last write short: no end of line.
+            Err(_) if last && !line.ends_with(b"\n") => {
+                tracing::info!(
+                    "{}: dropped line {}, cut short by a crash",
+                    path.display(),
+                    i + 1
+                );
                 read.lines -= 1;
                 read.cut = true;
             }
+            // A whole line that does not check is damage, last or not.
             Err(reason) => {
-                return Err(RecoverError::Meta {
+                return Err(RecoverError::Catalog {
                     path: path.to_path_buf(),
-                    reason: format!(
-                        "line {}: {reason} (to start with the lines before it: keep the first {} lines of the file; the topics the later lines made are lost)",
-                        i + 1,
-                        i
-                    ),
+                    line: i + 1,
+                    reason,
                 });
             }
         }
@@ -235,11 +238,19 @@ mod tests {
         fs::write(&path, &text[..text.len() - 5]).unwrap();
         let r = read(&path).unwrap();
         assert_eq!(r.made.keys().copied().collect::<Vec<_>>(), [2]);
+        // The last line whole but damaged: the start stops.
+        let mut bad = text.clone();
+        let at = bad.len() - 8;
+        bad[at] ^= 1;
+        fs::write(&path, &bad).unwrap();
+        let e = read(&path).err().expect("stops").to_string();
+        assert!(e.contains("damaged line 4: checksum does not match"), "{e}");
+        assert!(e.contains("head -n 3"), "{e}");
         // A line before the last damaged: the start stops, saying where.
         let mut bad = text.clone();
         bad[12] ^= 1;
         fs::write(&path, &bad).unwrap();
         let e = read(&path).err().expect("stops").to_string();
-        assert!(e.contains("line 1: checksum does not match"), "{e}");
+        assert!(e.contains("damaged line 1: checksum does not match"), "{e}");
     }
 }

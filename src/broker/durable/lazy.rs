@@ -24,6 +24,8 @@ pub(crate) struct Lazy {
     config: TopicConfig,
     disk: Arc<Disk>,
     journal: Option<Box<Journal>>,
+    /// The topic is removed: nothing is made again.
+    removed: bool,
 }
 
 impl Lazy {
@@ -34,20 +36,41 @@ impl Lazy {
             config,
             disk,
             journal: None,
+            removed: false,
         }
     }
 
-    /// The journal, made now if the topic has none yet.
+    /// A topic read back from its directory, its journal made.
+    pub(crate) fn made(
+        id: TopicId,
+        name: &str,
+        config: TopicConfig,
+        disk: Arc<Disk>,
+        journal: Journal,
+    ) -> Lazy {
+        Lazy {
+            journal: Some(Box::new(journal)),
+            ..Lazy::new(id, name, config, disk)
+        }
+    }
+
+    /// The journal, made now if the topic has none yet (an open file
+    /// more: refused past `Disk::take_journal`'s limit).
     fn journal(&mut self) -> Result<&mut Journal> {
+        if self.removed {
+            return Err(Error::Removed);
+        }
         if self.journal.is_none() {
             let disk = &self.disk;
+            disk.take_journal()?;
             let journal = Journal::create(
                 disk.topics_dir.join(self.id.to_string()),
                 &self.name,
                 &self.config,
                 disk.keeping.clone(),
                 &disk.catalog_sync,
-            )?;
+            )
+            .inspect_err(|_| disk.give_journal())?;
             disk.track(self.id, journal.syncer());
             self.journal = Some(Box::new(journal));
         }
@@ -110,8 +133,11 @@ impl Store for Lazy {
     }
 
     fn removed(&mut self) {
-        if let Some(j) = &mut self.journal {
+        self.removed = true;
+        if let Some(mut j) = self.journal.take() {
             j.removed();
+            drop(j);
+            self.disk.give_journal();
         }
     }
 

@@ -58,7 +58,7 @@ use super::memory::{
 };
 use super::topic::State;
 use super::{
-    Broker, BrokerStatus, DiskStatus, GroupLimits, PushedAll, Result, Seq, Setting, Target,
+    Broker, BrokerStatus, DiskStatus, Error, GroupLimits, PushedAll, Result, Seq, Setting, Target,
     TopicConfig, TopicId, TopicStatus, Wait,
 };
 
@@ -135,9 +135,52 @@ pub(crate) struct Disk {
     syncs: RwLock<HashMap<TopicId, Arc<Syncer>>>,
     /// Every syncer, for the interval thread (which ends with this).
     syncers: Syncers,
+    /// Topics with their journal made (each holds an open file), and the
+    /// most that may be: the open-files limit less a reserve for
+    /// connections and for reading, so that a server full of topics still
+    /// accepts the client that comes to remove some.
+    journals: std::sync::atomic::AtomicUsize,
+    max_journals: usize,
+}
+
+/// The open files kept from topics' journals: an eighth of the limit, at
+/// least 64.
+fn max_journals() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit into a struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return usize::MAX;
+    }
+    let limit = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
+    limit.saturating_sub((limit / 8).max(64))
 }
 
 impl Disk {
+    /// Count a journal about to be made; an error past `max_journals`.
+    pub(crate) fn take_journal(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let max = self.max_journals;
+        (self.journals)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .map(|_| ())
+            .map_err(|n| Error::Storage {
+                kind: std::io::ErrorKind::QuotaExceeded,
+                reason: format!(
+                    "too many open files: {n} topics written to hold one each, the most this server keeps while leaving room for connections (raise the server's ulimit -n, or remove topics)"
+                ),
+            })
+    }
+
+    /// A journal counted by `take_journal` (or read back at start) is
+    /// gone, or was not made.
+    pub(crate) fn give_journal(&self) {
+        self.journals
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// Topic `id`'s journal is made: its syncer joins the others.
     pub(crate) fn track(&self, id: TopicId, syncer: Arc<Syncer>) {
         self.syncers.lock().push(Arc::downgrade(&syncer));
@@ -184,6 +227,8 @@ impl DurableBroker {
             syncs: RwLock::default(),
             syncers: Arc::new(Mutex::new(vec![Arc::downgrade(&catalog_sync)])),
             catalog_sync,
+            journals: Default::default(),
+            max_journals: max_journals(),
         });
         let broker = DurableBroker {
             mem,
@@ -296,13 +341,19 @@ impl DurableBroker {
                 source: std::io::Error::other(e.to_string()),
             })?;
             let syncer = journal.syncer();
+            // Read back: it holds its open file, counted (never refused).
+            self.disk
+                .journals
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let config = r.meta.config();
+            let store = Lazy::made(id, &r.meta.name, config, self.disk.clone(), journal);
             let state = State::restored(
                 r.meta.config(),
                 self.options.groups,
                 r.meta.closed,
                 (r.first, r.next),
                 groups,
-                Box::new(journal),
+                Box::new(store),
             );
             self.mem.restore(&r.meta.name, id, state);
             self.track(id, syncer);

@@ -72,6 +72,17 @@ pub enum RecoverError {
     #[error("{path}: bad settings file: {reason}")]
     Meta { path: PathBuf, reason: String },
     #[error(
+        "{path}: damaged line {line}: {reason} (to start with the lines before it: \
+         head -n {kept} {path} > {path}.kept && mv {path}.kept {path}; the topics the later \
+         lines made are lost, and those they removed come back)",
+        kept = line - 1
+    )]
+    Catalog {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error(
         "{path}: messages are missing: {reason} (restore the missing segment files; or, \
          losing this topic's messages, move its directory away)"
     )]
