@@ -14,6 +14,11 @@ use bytes::Bytes;
 use dchan::broker::jetstream::Storage;
 use dchan::broker::{Broker, Delivery, Error, JetStreamBroker, JetStreamConfig, TopicConfig, Wait};
 
+/// A delivery's payload, a number.
+fn number(d: &impl Delivery) -> u64 {
+    std::str::from_utf8(d.data()).unwrap().parse().unwrap()
+}
+
 /// Every wait here fails the test after this long instead of hanging.
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -223,12 +228,7 @@ async fn two_groups_starting_together_on_r3_both_get_everything() {
                             .await
                             .unwrap()
                     {
-                        got.push(
-                            std::str::from_utf8(d.data())
-                                .unwrap()
-                                .parse::<u64>()
-                                .unwrap(),
-                        );
+                        got.push(number(&d));
                         d.ack();
                     }
                     got
@@ -305,12 +305,7 @@ async fn readers_get_everything_while_their_pullers_stop_and_start() {
                 .await
                 .expect("a pull hung")
             {
-                got.push(
-                    std::str::from_utf8(d.data())
-                        .unwrap()
-                        .parse::<u64>()
-                        .unwrap(),
-                );
+                got.push(number(&d));
                 d.ack();
                 // Around the idle limit: sometimes the puller is still
                 // there, sometimes it is stopping, sometimes gone.
