@@ -503,14 +503,14 @@ async fn topics_past_the_open_files_limit_fail_their_first_write_and_leave_room_
     println!("{written} topics written to, then {at}: {e}");
     // Many more clients still get in (the reserve is for them).
     let mut others = Vec::new();
-    for _ in 0..40 {
+    for _ in 0..50 {
         others.push(
             Client::connect(&addr(server.port), &Options::default())
                 .await
                 .expect("a client connects at the limit"),
         );
     }
-    let admin = &others[39];
+    let admin = &others[49];
     for n in &names[..5] {
         admin.remove(n).await.unwrap();
     }

@@ -24,7 +24,7 @@
 //! renamed over it), so it never holds more lines than topics made since
 //! the start plus the idle ones from before.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::journal::{Meta, storage};
 use super::recover::RecoverError;
 use crate::broker::tally::Tally;
-use crate::broker::{Result, TopicId};
+use crate::broker::{Error, Result, TopicId};
 
 /// The catalog's file name, in the topics directory.
 pub(crate) const CATALOG: &str = "catalog";
@@ -53,6 +53,8 @@ enum Line {
 #[derive(Default)]
 pub(crate) struct Read {
     pub(crate) made: BTreeMap<TopicId, Meta>,
+    /// Where each topic of `made` has its line.
+    at: HashMap<TopicId, u64>,
     pub(crate) removed: BTreeSet<TopicId>,
     /// Whole lines read, and whether a cut one followed them.
     lines: usize,
@@ -73,13 +75,17 @@ pub(crate) fn read(path: &Path) -> Result<Read, RecoverError> {
     };
     let mut read = Read::default();
     let lines: Vec<&[u8]> = text.split_inclusive(|&b| b == b'\n').collect();
+    let mut at = 0;
     for (i, line) in lines.iter().enumerate() {
         let last = i + 1 == lines.len();
         read.lines += 1;
+        let this = at;
+        at += line.len() as u64;
         match parse(line) {
             Ok(Line::Create { create, meta }) => {
                 read.removed.remove(&create);
                 read.made.insert(create, meta);
+                read.at.insert(create, this);
             }
             Ok(Line::Remove { remove }) => {
                 read.made.remove(&remove);
@@ -145,25 +151,31 @@ pub(crate) struct Catalog {
 impl Catalog {
     /// Write the catalog in `dir` again with the topics in `idle` alone
     /// (synced, then renamed over the old), unless it holds them alone
-    /// already (`read`, what it held), and open it for appending.
+    /// already (`read`, what it held), and open it for appending; with
+    /// where each topic's line is.
     pub(crate) fn rewrite(
         dir: &Path,
         idle: &BTreeMap<TopicId, Meta>,
         read: &Read,
         tally: Arc<Tally>,
-    ) -> std::io::Result<Catalog> {
+    ) -> std::io::Result<(Catalog, HashMap<TopicId, u64>)> {
         let path = dir.join(CATALOG);
-        if !read.cut && read.lines == idle.len() && path.exists() {
-            let file = OpenOptions::new().append(true).open(&path)?;
-            return Ok(Catalog {
+        let open = |path: PathBuf| -> std::io::Result<Catalog> {
+            let file = OpenOptions::new().read(true).append(true).open(&path)?;
+            Ok(Catalog {
                 path,
                 file: Mutex::new(file),
                 tally,
-            });
+            })
+        };
+        if !read.cut && read.lines == idle.len() && path.exists() {
+            return Ok((open(path)?, read.at.clone()));
         }
         let tmp = dir.join("catalog.tmp");
         let mut text = Vec::new();
+        let mut at = HashMap::new();
         for (&id, meta) in idle {
+            at.insert(id, text.len() as u64);
             text.extend(format(&Line::Create {
                 create: id,
                 meta: meta.clone(),
@@ -176,38 +188,65 @@ impl Catalog {
         }
         fs::rename(&tmp, &path)?;
         File::open(dir)?.sync_all()?;
-        let file = OpenOptions::new().append(true).open(&path)?;
-        Ok(Catalog {
-            path,
-            file: Mutex::new(file),
-            tally,
-        })
+        Ok((open(path)?, at))
     }
 
-    /// Topic `id` was made with `meta`.
-    pub(crate) fn made(&self, id: TopicId, meta: Meta) -> Result<()> {
+    /// Topic `id` was made with `meta`; where its line is.
+    pub(crate) fn made(&self, id: TopicId, meta: Meta) -> Result<u64> {
         self.append(&Line::Create { create: id, meta })
     }
 
     /// Topic `id` is removed.
     pub(crate) fn removed(&self, id: TopicId) -> Result<()> {
-        self.append(&Line::Remove { remove: id })
+        self.append(&Line::Remove { remove: id }).map(|_| ())
     }
 
-    fn append(&self, line: &Line) -> Result<()> {
+    /// The settings on topic `id`'s line, at `at`.
+    pub(crate) fn meta_at(&self, at: u64, id: TopicId) -> Result<Meta> {
+        use std::os::unix::fs::FileExt;
+        let bad = |reason: String| Error::Storage {
+            kind: std::io::ErrorKind::InvalidData,
+            reason: format!("{} at {at}: {reason}", self.path.display()),
+        };
+        let mut line = Vec::new();
+        let mut buf = [0u8; 512];
+        let file = self.file.lock();
+        while !line.ends_with(b"\n") {
+            let n = file
+                .read_at(&mut buf, at + line.len() as u64)
+                .map_err(|e| storage("read", &self.path, e))?;
+            if n == 0 {
+                return Err(bad("the line ends early".into()));
+            }
+            let end = buf[..n]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(n, |p| p + 1);
+            line.extend_from_slice(&buf[..end]);
+        }
+        drop(file);
+        match parse(&line).map_err(bad)? {
+            Line::Create { create, meta } if create == id => Ok(meta),
+            _ => Err(bad(format!("not topic {id}'s line"))),
+        }
+    }
+
+    /// Append `line`; where it begins.
+    fn append(&self, line: &Line) -> Result<u64> {
         let bytes = format(line);
         let mut file = self.file.lock();
-        let len = file.metadata().map(|m| m.len()).ok();
+        let len = file
+            .metadata()
+            .map_err(|e| storage("stat", &self.path, e))?
+            .len();
         if let Err(e) = file.write_all(&bytes) {
             // A part written (a full disk) is cut off, so the next line
             // starts a line.
-            if let Some(len) = len {
-                let _ = file.set_len(len);
-            }
+            let _ = file.set_len(len);
             return Err(storage("write", &self.path, e));
         }
         self.tally.disk(bytes.len() as i64);
-        Ok(())
+        Ok(len)
     }
 }
 
@@ -224,9 +263,11 @@ mod tests {
     fn lines_read_back_and_a_cut_last_line_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let none = BTreeMap::new();
-        let c = Catalog::rewrite(dir.path(), &none, &Read::default(), Arc::default()).unwrap();
+        let (c, _) = Catalog::rewrite(dir.path(), &none, &Read::default(), Arc::default()).unwrap();
         c.made(1, meta("a")).unwrap();
-        c.made(2, meta("b")).unwrap();
+        let at = c.made(2, meta("b")).unwrap();
+        assert_eq!(c.meta_at(at, 2).unwrap().name, "b");
+        assert!(c.meta_at(at, 1).is_err(), "another topic's line");
         c.removed(1).unwrap();
         c.made(3, meta("c")).unwrap();
         let path = dir.path().join(CATALOG);

@@ -114,9 +114,6 @@ pub struct DurableBroker {
     /// What every topic's store shares.
     disk: Arc<Disk>,
     options: Options,
-    /// The topics made and removed (see `catalog`), opened once recovery
-    /// has read it.
-    catalog: std::sync::OnceLock<Catalog>,
     /// The lock on `dir/LOCK`, held while the broker lives.
     _lock: File,
 }
@@ -127,6 +124,9 @@ pub(crate) struct Disk {
     /// Where topics live: `dir/topics/ID`.
     topics_dir: PathBuf,
     keeping: Keeping,
+    /// The topics made and removed (see `catalog`), opened once recovery
+    /// has read it: an idle topic's settings are its line there.
+    catalog: std::sync::OnceLock<Catalog>,
     /// The syncer of creates and removes (see `sync`).
     catalog_sync: Arc<Syncer>,
     /// Each topic's syncer, by identity (never reused, so a topic removed
@@ -143,8 +143,9 @@ pub(crate) struct Disk {
     max_journals: usize,
 }
 
-/// The open files kept from topics' journals: an eighth of the limit, at
-/// least 64.
+/// The open files kept from topics' journals: the server's own (those open
+/// now, and 32 more for listeners, logs and reads) and an eighth of the
+/// limit, at least 64, for connections.
 fn max_journals() -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -155,10 +156,15 @@ fn max_journals() -> usize {
         return usize::MAX;
     }
     let limit = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
-    limit.saturating_sub((limit / 8).max(64))
+    let own = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count()) + 32;
+    limit.saturating_sub(own + (limit / 8).max(64))
 }
 
 impl Disk {
+    pub(crate) fn catalog(&self) -> &Catalog {
+        self.catalog.get().expect("opened by recovery")
+    }
+
     /// Count a journal about to be made; an error past `max_journals`.
     pub(crate) fn take_journal(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
@@ -226,6 +232,7 @@ impl DurableBroker {
             keeping,
             syncs: RwLock::default(),
             syncers: Arc::new(Mutex::new(vec![Arc::downgrade(&catalog_sync)])),
+            catalog: std::sync::OnceLock::new(),
             catalog_sync,
             journals: Default::default(),
             max_journals: max_journals(),
@@ -234,7 +241,6 @@ impl DurableBroker {
             mem,
             disk,
             options,
-            catalog: std::sync::OnceLock::new(),
             _lock: lock,
         };
         broker.recover()?;
@@ -345,8 +351,7 @@ impl DurableBroker {
             self.disk
                 .journals
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            let config = r.meta.config();
-            let store = Lazy::made(id, &r.meta.name, config, self.disk.clone(), journal);
+            let store = Lazy::made(id, self.disk.clone(), journal);
             let state = State::restored(
                 r.meta.config(),
                 self.options.groups,
@@ -383,7 +388,14 @@ impl DurableBroker {
                 }
                 .into());
             }
-            let store = Lazy::new(id, &meta.name, meta.config(), self.disk.clone());
+            idle.insert(id, meta.clone());
+        }
+        let tally = self.mem.tally().clone();
+        let (catalog, at) = Catalog::rewrite(&self.disk.topics_dir, &idle, &catalog, tally)
+            .map_err(open_io(&self.disk.topics_dir))?;
+        let _ = self.disk.catalog.set(catalog);
+        for (id, meta) in idle {
+            let store = Lazy::new(id, at[&id], self.disk.clone());
             let state = State::restored(
                 meta.config(),
                 self.options.groups,
@@ -393,12 +405,7 @@ impl DurableBroker {
                 Box::new(store),
             );
             self.mem.restore(&meta.name, id, state);
-            idle.insert(id, meta.clone());
         }
-        let tally = self.mem.tally().clone();
-        let catalog = Catalog::rewrite(&self.disk.topics_dir, &idle, &catalog, tally)
-            .map_err(open_io(&self.disk.topics_dir))?;
-        let _ = self.catalog.set(catalog);
         Ok(())
     }
 }
@@ -419,16 +426,16 @@ fn dir_size(dir: &Path) -> u64 {
 
 impl DurableBroker {
     fn catalog(&self) -> &Catalog {
-        self.catalog.get().expect("opened by recovery")
+        self.disk.catalog()
     }
 
     /// Make a topic: a line in the catalog (its directory is made at its
     /// first write, see `lazy`).
     pub fn create(&self, name: &str, config: TopicConfig) -> Result<()> {
         self.mem.create_with(name, config, |id| {
-            self.catalog().made(id, Meta::new(name, &config, false))?;
+            let at = self.catalog().made(id, Meta::new(name, &config, false))?;
             self.disk.catalog_sync.wrote(1);
-            Ok(Box::new(Lazy::new(id, name, config, self.disk.clone())))
+            Ok(Box::new(Lazy::new(id, at, self.disk.clone())))
         })?;
         Ok(())
     }

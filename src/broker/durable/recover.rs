@@ -73,8 +73,9 @@ pub enum RecoverError {
     Meta { path: PathBuf, reason: String },
     #[error(
         "{path}: damaged line {line}: {reason} (to start with the lines before it: \
-         head -n {kept} {path} > {path}.kept && mv {path}.kept {path}; the topics the later \
-         lines made are lost, and those they removed come back)",
+         head -n {kept} {path} > {path}.kept && mv {path}.kept {path}; of the topics the later \
+         lines made, those never written to are lost (the others come back from their \
+         directories), and those they removed come back)",
         kept = line - 1
     )]
     Catalog {
