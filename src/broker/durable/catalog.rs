@@ -14,9 +14,9 @@
 //! Lines are appended (`O_APPEND`) and reach the disk with the catalog's
 //! sync (see `sync`), as messages do: a process crash loses none.
 //!
-//! Reading it back (`read`): a last line cut short (no newline, or a wrong
-//! checksum) is a write a crash cut, and is dropped; a wrong line before
-//! the last stops the start with the file, line and reason. A topic whose
+//! Reading it back (`read`): a last line with no end of line is a write a
+//! crash cut, and is dropped; a whole line that does not check, last or
+//! not, is damage and stops the start with the file, line and reason. A topic whose
 //! directory exists is read from its directory (which wins over its
 //! catalog line for settings); a `remove` line wins over a directory (its
 //! removal was cut short: it is finished). At start the catalog is written
