@@ -9,12 +9,10 @@
 //! - `always`: a push is answered once an `fdatasync` that began after its
 //!   write has returned (the tree awaits `Broker::settle`). Syncs run on
 //!   Tokio's blocking pool, never on the async threads. A push whose write
-//!   no sync begun so far covers begins one, which first gathers: it waits
-//!   while more writes keep coming (each within `GATHER_QUIET` of the
-//!   last, `GATHER_MAX` at most; not at all for a lone push), then syncs
-//!   them all. Up to `MAX_RUNNING` syncs of a topic run at once, so the
-//!   writes that come while one runs are synced once they stop coming,
-//!   not after it ends. Nothing answered is lost.
+//!   no sync begun so far covers begins one at once, unless one is
+//!   running: one sync of a topic runs at a time, and the writes that
+//!   come while it runs are synced together by the next, which begins as
+//!   it ends (group commit). Nothing answered is lost.
 //!   Acks go with the next sync, or within `DEFAULT_INTERVAL`: a power
 //!   loss can redeliver what was acked in that window.
 //! - `interval` (the default, every 100 ms): a thread syncs every topic
@@ -35,7 +33,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -76,16 +74,6 @@ impl std::fmt::Display for SyncMode {
     }
 }
 
-/// How long a sync waits for more writes before it begins, while they
-/// keep coming: a write within this of the last joins it.
-const GATHER_QUIET: Duration = Duration::from_micros(50);
-/// The longest a sync waits for more writes before it begins.
-const GATHER_MAX: Duration = Duration::from_millis(1);
-/// Syncs of one topic that may run at once: while one runs, the writes
-/// that come gather for the next (one at a time left a pipe of depth 64
-/// about 26 pushes a sync; three measured no better than two).
-const MAX_RUNNING: usize = 2;
-
 /// One topic's sync state: what is written and what is on disk, as
 /// positions in the stream of bytes the topic has written (over all its
 /// segments).
@@ -107,13 +95,10 @@ pub(crate) struct Syncer {
     /// The most a sync begun so far covers (what was written when it
     /// began).
     begun: AtomicU64,
-    /// A sync is gathering writes: it covers every write made before it
-    /// ends gathering.
-    gathering: AtomicBool,
-    /// Syncs running.
-    running: AtomicUsize,
-    /// Pushes waiting for a sync.
-    waiting: AtomicUsize,
+    /// A sync is running (there is one at a time: waiting for more
+    /// writes before a sync, or running two at once, measured slower on a
+    /// pipe of depth 64: 45 k pushes a second against 55 k).
+    running: AtomicBool,
     /// Counts finished syncs, so waiters can sleep until the next.
     done: watch::Sender<u64>,
 }
@@ -138,9 +123,7 @@ impl Syncer {
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             begun: AtomicU64::new(0),
-            gathering: AtomicBool::new(false),
-            running: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
+            running: AtomicBool::new(false),
             done: watch::Sender::new(0),
         })
     }
@@ -203,80 +186,32 @@ impl Syncer {
         Ok(())
     }
 
-    /// Wait while writes keep coming (each within `GATHER_QUIET` of the
-    /// last, `GATHER_MAX` at most), then sync all of them (blocking).
-    fn gather_and_sync(&self) -> std::io::Result<()> {
-        let start = std::time::Instant::now();
-        let mut last = self.written.load(Ordering::SeqCst);
-        // A lone push (none other waiting, no other sync) has no one to
-        // wait for.
-        let alone =
-            self.waiting.load(Ordering::SeqCst) <= 1 && self.running.load(Ordering::SeqCst) <= 1;
-        while !alone && start.elapsed() + GATHER_QUIET <= GATHER_MAX {
-            std::thread::sleep(GATHER_QUIET);
-            let now = self.written.load(Ordering::SeqCst);
-            if now == last {
-                break;
-            }
-            last = now;
-        }
-        // Gathering ends before what is covered is read: a waiter that
-        // saw it gathering wrote before this, so is covered.
-        self.gathering.store(false, Ordering::SeqCst);
-        let r = self.sync_now(true);
-        if r.is_err() {
-            // Waiters that counted on this sync begin their own (and
-            // learn the error from it).
-            let synced = self.synced.load(Ordering::Acquire);
-            self.begun.store(synced, Ordering::Release);
-        }
-        r
-    }
-
-    /// Take a place to run a sync, if fewer than `MAX_RUNNING` do.
-    fn try_run(&self) -> bool {
-        let won = (self.running)
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_RUNNING).then_some(n + 1)
-            })
-            .is_ok();
-        if won {
-            self.gathering.store(true, Ordering::SeqCst);
-        }
-        won
-    }
-
     /// Resolve once everything written before the call is on disk,
-    /// sharing each sync with every other waiter (group commit): a sync
-    /// gathers the writes that come while it waits to begin and while
-    /// another sync runs, and covers them all.
+    /// sharing each sync with every other waiter (group commit): the
+    /// writes that come while a sync runs are covered by the next.
     pub(crate) async fn kept(self: &Arc<Self>) -> Result<()> {
-        /// Counts a waiter while it waits (or until its wait is dropped).
-        struct Waiter<'a>(&'a AtomicUsize);
-        impl Drop for Waiter<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiter = Waiter(&self.waiting);
-        self.wait_kept().await
-    }
-
-    async fn wait_kept(self: &Arc<Self>) -> Result<()> {
         let target = self.written.load(Ordering::SeqCst);
         let mut done = self.done.subscribe();
         loop {
             if self.synced.load(Ordering::Acquire) >= target {
                 return Ok(());
             }
-            let covered = self.gathering.load(Ordering::SeqCst)
-                || self.begun.load(Ordering::Acquire) >= target;
-            if !covered && self.try_run() {
+            let covered = self.begun.load(Ordering::Acquire) >= target;
+            if !covered
+                && (self.running)
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
                 let me = self.clone();
                 let synced = tokio::task::spawn_blocking(move || {
-                    let r = me.gather_and_sync();
-                    me.running.fetch_sub(1, Ordering::AcqRel);
+                    let r = me.sync_now(true);
+                    if r.is_err() {
+                        // Waiters that counted on this sync begin their
+                        // own (and learn the error from it).
+                        let synced = me.synced.load(Ordering::Acquire);
+                        me.begun.store(synced, Ordering::Release);
+                    }
+                    me.running.store(false, Ordering::Release);
                     me.done.send_modify(|n| *n += 1);
                     r
                 })
