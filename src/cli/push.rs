@@ -24,8 +24,11 @@ data file does: for a reader when its capacity is 0, for room otherwise.
 Once connected, a failed push's error ends with \"(N pushed)\": the first
 N messages (MSGs, or lines of standard input) went out, the one after them
 and the rest did not, so pushing again from message N+1 duplicates
-nothing. Only if the connection was lost (\"connection lost\") may message
-N+1 have gone out too.
+nothing. Only if the connection was lost (\"connection lost\") may more
+have gone out: the write that was in flight, which is message N+1 for
+MSGs, but for standard input every line of one 9P write (up to msize - 24
+bytes of lines: thousands of short ones). A server that crashed keeps
+what it had written of them, so a resume from N+1 can repeat those.
 
 Examples:
   dchan push jobs 'resize a.png' 'resize b.png'

@@ -440,6 +440,15 @@ impl Journal {
             .map_err(|e| storage("create", &path, e))?;
         self.active = Arc::new(file);
         self.active_len = 0;
+        if self.keeping.sync != SyncMode::Never
+            && let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all())
+        {
+            // The new segment's name reaches the disk before anything
+            // written in it is answered as kept (the file's own syncs do
+            // not cover its directory entry). The file is made: writing
+            // goes on in it either way.
+            tracing::warn!(topic = %self.name, "fsync {}: {e}", self.dir.display());
+        }
         self.sync.rolled(self.active.clone());
         self.segments.push_back(self.next);
         self.checkpoint();
