@@ -181,6 +181,59 @@ async fn a_torn_last_record_is_cut_off() {
     assert_eq!(drain(&b, "t", "").await, ["m4 again"]);
 }
 
+/// Once a segment holds 64 KiB of records, zeros are written ahead of
+/// them (so a sync need not write the file's size): a start cuts them off
+/// and every message is there; a last record torn by a power loss (its
+/// end still zeros) is cut off with them; `disk_bytes` counts them.
+#[tokio::test]
+async fn zeros_written_ahead_are_cut_off_at_start_with_a_torn_last_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let topics = tmp.path().join("topics");
+    let disk = |b: &DurableBroker| b.totals().disk.expect("a durable engine").bytes;
+    let msg = |i: usize| format!("{i:05}{}", "x".repeat(95));
+    {
+        let b = open(tmp.path());
+        b.create("t", cap(10_000)).unwrap();
+        for i in 0..2000 {
+            push(&b, "t", &msg(i)).await;
+        }
+        assert_eq!(disk(&b), bytes_under(&topics));
+    }
+    let seg = segments(tmp.path()).pop().unwrap();
+    let bytes = std::fs::read(&seg).unwrap();
+    let records = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert!(
+        bytes.len() > records + 4096,
+        "zeros ahead: {} of {}",
+        bytes.len() - records,
+        bytes.len()
+    );
+    // The last record loses its last 40 bytes (they are zeros again).
+    let mut torn = bytes.clone();
+    torn[records - 40..records].fill(0);
+    std::fs::write(&seg, &torn).unwrap();
+    let b = open(tmp.path());
+    assert!(
+        std::fs::metadata(&seg).unwrap().len() < records as u64,
+        "cut at the torn record"
+    );
+    assert_eq!(disk(&b), bytes_under(&topics));
+    let got = drain(&b, "t", "").await;
+    assert_eq!(got.len(), 1999);
+    assert!(got.iter().enumerate().all(|(i, m)| *m == msg(i)));
+    // The log goes on, over new zeros, and a start finds it all.
+    for i in 0..2000 {
+        push(&b, "t", &msg(i)).await;
+    }
+    assert_eq!(disk(&b), bytes_under(&topics));
+    drop(b);
+    let b = open(tmp.path());
+    let got = drain(&b, "t", "").await;
+    assert_eq!(got.len(), 2000);
+    assert!(got.iter().enumerate().all(|(i, m)| *m == msg(i)));
+    assert_eq!(disk(&b), bytes_under(&topics));
+}
+
 /// A flipped bit in the length of a record in the middle of the last
 /// segment makes it look cut short, but valid records follow: damage, not
 /// a torn write, so the start stops and nothing is cut off.

@@ -65,6 +65,11 @@ const BATCH: usize = 256 << 10;
 /// How many batches read back are kept (one per reader position, the
 /// oldest forgotten first).
 const BATCHES: usize = 4;
+/// The most zeros written ahead of a segment's records at once, and the
+/// least (`Journal::write_ahead`).
+const PREALLOC: u64 = 1 << 20;
+const PREALLOC_MIN: u64 = 64 << 10;
+static ZEROS: [u8; 4096] = [0; 4096];
 
 /// Where a message's record is, and how many bytes of messages came
 /// before it (so that the bytes of a run of messages are a subtraction,
@@ -256,9 +261,12 @@ impl Mark {
 pub(crate) struct Journal {
     dir: PathBuf,
     name: String,
-    /// The segment being written and its length.
+    /// The segment being written, the length of its records, and the
+    /// length of the file: past the records, zeros written ahead
+    /// (`PREALLOC`), so that a sync need not write the file's size.
     active: Arc<File>,
     active_len: u64,
+    active_alloc: u64,
     /// The segments, oldest first, by the sequence number each began at;
     /// the last is `active`.
     segments: VecDeque<Seq>,
@@ -353,6 +361,7 @@ impl Journal {
             name: name.to_string(),
             active: file,
             active_len,
+            active_alloc: active_len,
             segments,
             held: Vec::new(),
             marks,
@@ -390,19 +399,77 @@ impl Journal {
             .join(segment_name(*self.segments.back().expect("a segment")))
     }
 
-    /// Write what is held; on failure cut the file back and keep it held.
+    /// Write what is held; on failure cut the file back (zeros written
+    /// ahead included) and keep it held.
     fn flush(&mut self) -> Result<()> {
         if self.held.is_empty() {
             return Ok(());
         }
         if let Err(e) = self.active.write_all_at(&self.held, self.active_len) {
             let _ = self.active.set_len(self.active_len);
+            self.keeping
+                .tally
+                .disk(-((self.active_alloc - self.active_len) as i64));
+            self.active_alloc = self.active_len;
             return Err(storage("write", &self.active_path(), e));
         }
         self.active_len += self.held.len() as u64;
         self.sync.wrote(self.held.len() as u64);
-        self.keeping.tally.disk(self.held.len() as i64);
+        let grew = self.active_len.saturating_sub(self.active_alloc);
+        self.keeping.tally.disk(grew as i64);
+        self.active_alloc += grew;
         self.held.clear();
+        Ok(())
+    }
+
+    /// Write zeros ahead of the records once they reach the end of the
+    /// file: a record written over them leaves the file's size and blocks
+    /// as they were, so its `fdatasync` writes the data and flushes, not
+    /// the inode and block map as well (measured here: 150 µs against 480
+    /// µs for an append, `scripts/`-free Python test in the book, ch. 10).
+    /// None before the segment holds `PREALLOC_MIN` of records, then as
+    /// many as it holds, up to `PREALLOC`: a topic with a few messages
+    /// keeps a small file, and a file is at most twice its records. A
+    /// failure (a full disk) only means writing on without.
+    fn write_ahead(&mut self) {
+        if self.active_alloc > self.active_len {
+            return;
+        }
+        let room = self.keeping.segment_bytes.saturating_sub(self.active_len);
+        let grow = (self.active_len.min(PREALLOC).min(room) as usize) & !(ZEROS.len() - 1);
+        if grow < PREALLOC_MIN as usize {
+            return;
+        }
+        // A page at a time: a larger write makes larger folios in the page
+        // cache, and a small write into one costs the kernel a walk of all
+        // its blocks (measured: 2.6 µs a record against 1.3).
+        let zeros = (0..grow as u64)
+            .step_by(ZEROS.len())
+            .try_for_each(|at| self.active.write_all_at(&ZEROS, self.active_alloc + at));
+        match zeros {
+            Ok(()) => {
+                self.active_alloc += grow as u64;
+                self.keeping.tally.disk(grow as i64);
+            }
+            Err(e) => {
+                let _ = self.active.set_len(self.active_alloc);
+                tracing::debug!(topic = %self.name, "writing zeros ahead: {e}");
+            }
+        }
+    }
+
+    /// Cut the zeros written ahead off the active segment (before it is
+    /// left behind, so only the last segment ends in zeros).
+    fn cut_ahead(&mut self) -> Result<()> {
+        if self.active_alloc > self.active_len {
+            self.active
+                .set_len(self.active_len)
+                .map_err(|e| storage("truncate", &self.active_path(), e))?;
+            self.keeping
+                .tally
+                .disk(-((self.active_alloc - self.active_len) as i64));
+            self.active_alloc = self.active_len;
+        }
         Ok(())
     }
 
@@ -425,6 +492,7 @@ impl Journal {
     }
 
     fn roll(&mut self) -> Result<()> {
+        self.cut_ahead()?;
         if self.keeping.sync != SyncMode::Never {
             self.active
                 .sync_data()
@@ -440,6 +508,7 @@ impl Journal {
             .map_err(|e| storage("create", &path, e))?;
         self.active = Arc::new(file);
         self.active_len = 0;
+        self.active_alloc = 0;
         if self.keeping.sync != SyncMode::Never
             && let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all())
         {
@@ -499,8 +568,16 @@ impl Journal {
                 path.display()
             ),
         };
+        // The active segment's records end before its zeros.
+        let end = (base == *self.segments.back().expect("a segment")).then_some(self.active_len);
         let mut want = BATCH;
         loop {
+            if let Some(end) = end {
+                want = want.min(end.saturating_sub(at) as usize);
+            }
+            if want == 0 {
+                return Err(gone());
+            }
             let mut buf = vec![0; want];
             let n = read_at(&file, &mut buf, at).map_err(|e| storage("read", &path, e))?;
             buf.truncate(n);
@@ -614,6 +691,7 @@ impl Store for Journal {
         self.bytes += data.len() as u64;
         self.next = seq + 1;
         self.maybe_roll();
+        self.write_ahead();
         Ok(())
     }
 

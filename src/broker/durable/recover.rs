@@ -4,8 +4,9 @@
 //!
 //! A crash in the middle of a write leaves at most the last record of the
 //! last segment incomplete (shorter than it says, or with a wrong checksum
-//! and nothing after it): that record was never answered, so it is cut off
-//! and the start goes on. Only a tail with no valid record in it is taken
+//! and nothing but zeros after it: the active segment's records are
+//! written over zeros written ahead): that record was never answered, so
+//! it is cut off, with the zeros, and the start goes on. Only a tail with no valid record in it is taken
 //! for torn: a damaged length in the middle of the segment also makes its
 //! record look cut short, but valid records follow it, and that stops the
 //! start like other damage (nothing is cut). Any other record that does not check is damage
@@ -262,10 +263,17 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
                     let claimed = (buf.len() - at >= HEADER).then(|| {
                         u32::from_le_bytes(buf[at..at + 4].try_into().expect("4")) as usize
                     });
-                    let ends_file = claimed.is_some_and(|len| at + HEADER + len == buf.len());
-                    let zeros = buf[at..].iter().all(|&b| b == 0);
+                    // Where the zeros at the end begin (a segment's
+                    // records are written over zeros written ahead, so a
+                    // write cut off leaves zeros after it, not the end).
+                    let data_end = buf.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                    let ends_file = claimed.is_some_and(|len| at + HEADER + len >= data_end);
+                    let zeros = data_end <= at;
                     let torn = last && (damage.short || ends_file || zeros);
-                    if torn && let Some(valid) = record_after(&buf, at) {
+                    if torn
+                        && !zeros
+                        && let Some(valid) = record_after(&buf, at)
+                    {
                         // A damaged length can make a record in the middle
                         // look cut short: a torn write has nothing after it.
                         return Err(RecoverError::Damaged {
@@ -278,12 +286,18 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>, RecoverError> {
                             ),
                         });
                     }
-                    if torn {
+                    if torn && zeros {
+                        // The zeros a segment is written ahead with
+                        // (`Journal::write_ahead`), or a torn write's.
+                        tracing::debug!("{}: zeros from offset {at}, cut off", path.display());
+                    } else if torn {
                         tracing::warn!(
                             "{}: torn last record at offset {at} ({}), cut off",
                             path.display(),
                             damage.reason
                         );
+                    }
+                    if torn {
                         let f = fs::OpenOptions::new()
                             .write(true)
                             .open(&path)

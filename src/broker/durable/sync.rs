@@ -9,7 +9,8 @@
 //! - `always`: a push is answered once an `fdatasync` that began after its
 //!   write has returned (the tree awaits `Broker::settle`). Syncs run on
 //!   Tokio's blocking pool, never on the async threads. A push whose write
-//!   no sync begun so far covers begins one at once, unless one is
+//!   no sync begun so far covers begins one once its thread has run what
+//!   else was ready (the rest of a burst of requests), unless one is
 //!   running: one sync of a topic runs at a time, and the writes that
 //!   come while it runs are synced together by the next, which begins as
 //!   it ends (group commit). Nothing answered is lost.
@@ -192,11 +193,22 @@ impl Syncer {
     pub(crate) async fn kept(self: &Arc<Self>) -> Result<()> {
         let target = self.written.load(Ordering::SeqCst);
         let mut done = self.done.subscribe();
+        let mut yielded = false;
         loop {
             if self.synced.load(Ordering::Acquire) >= target {
                 return Ok(());
             }
             let covered = self.begun.load(Ordering::Acquire) >= target;
+            if !covered && !yielded && !self.running.load(Ordering::Acquire) {
+                // Let the requests already received write first (the
+                // wake comes once this thread has nothing else to run),
+                // so that the sync begun next covers them all: begun at
+                // once, it covered the first push of a burst and the
+                // rest waited for another.
+                yielded = true;
+                tokio::task::yield_now().await;
+                continue;
+            }
             if !covered
                 && (self.running)
                     .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
