@@ -669,7 +669,18 @@ impl Drop for SmallDisk {
 
 #[tokio::test]
 async fn a_full_disk_fails_pushes_with_enospc_and_keeps_what_was_answered() {
-    let Some(disk) = SmallDisk::mount("256k") else {
+    full_disk("256k", "1m").await;
+}
+
+/// The same on a disk large enough that a segment's records go into zeros
+/// written ahead (and mapped) before the disk fills.
+#[tokio::test]
+async fn a_full_disk_past_zeros_written_ahead_fails_pushes_with_enospc() {
+    full_disk("3m", "8m").await;
+}
+
+async fn full_disk(size: &str, grown: &str) {
+    let Some(disk) = SmallDisk::mount(size) else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
@@ -723,7 +734,7 @@ async fn a_full_disk_fails_pushes_with_enospc_and_keeps_what_was_answered() {
         Err(Error::Storage { kind, .. }) => assert_eq!(kind, std::io::ErrorKind::StorageFull),
         other => panic!("a read on the full disk: {:?}", other.map(|d| d.is_some())),
     }
-    disk.grow("1m");
+    disk.grow(grown);
     let got = drain(&b, "t", "").await;
     assert_eq!(got.len(), answered.len());
     assert!(
