@@ -42,7 +42,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{FutureExt, TryStreamExt};
 
 use super::{
     Broker, BrokerStatus, Error, GroupLimits, GroupStatus, Result, Seq, Setting, Target,
@@ -1095,7 +1095,10 @@ impl Broker for JetStreamBroker {
     }
 
     /// Within the broker's timeout in all (it asks JetStream several
-    /// things, each of which could wait that long).
+    /// things, each of which could wait that long). This and the other
+    /// rare operations below are boxed: their futures hold async-nats's
+    /// and are kilobytes, and the tree's read and write futures would
+    /// otherwise be as large as the largest, moved at every data request.
     fn status(&self, topic: Target<'_>) -> impl Future<Output = Result<TopicStatus>> + Send {
         let inner = self.inner.clone();
         let (name, id) = owned(topic);
@@ -1106,6 +1109,7 @@ impl Broker for JetStreamBroker {
                 Err(_) => Err(unavailable("JetStream did not answer in time")),
             }
         }
+        .boxed()
     }
 
     fn totals(&self) -> BrokerStatus {
@@ -1115,33 +1119,33 @@ impl Broker for JetStreamBroker {
     fn set(&self, topic: Target<'_>, setting: Setting) -> impl Future<Output = Result<()>> + Send {
         let inner = self.inner.clone();
         let (name, id) = owned(topic);
-        async move { inner.set(Target { name: &name, id }, setting).await }
+        async move { inner.set(Target { name: &name, id }, setting).await }.boxed()
     }
 
     fn reset(&self, topic: Target<'_>) -> impl Future<Output = Result<()>> + Send {
         let inner = self.inner.clone();
         let (name, id) = owned(topic);
-        async move { inner.reset(Target { name: &name, id }).await }
+        async move { inner.reset(Target { name: &name, id }).await }.boxed()
     }
 
     fn close(&self, topic: Target<'_>) -> impl Future<Output = Result<()>> + Send {
         let inner = self.inner.clone();
         let (name, id) = owned(topic);
-        async move { inner.close(Target { name: &name, id }).await }
+        async move { inner.close(Target { name: &name, id }).await }.boxed()
     }
 
     fn forget(&self, topic: Target<'_>, group: &str) -> impl Future<Output = Result<()>> + Send {
         let inner = self.inner.clone();
         let (name, id) = owned(topic);
         let group = group.to_string();
-        async move { inner.forget(Target { name: &name, id }, &group).await }
+        async move { inner.forget(Target { name: &name, id }, &group).await }.boxed()
     }
 
     fn offset(&self, topic: Target<'_>, group: &str) -> impl Future<Output = Result<Seq>> + Send {
         let inner = self.inner.clone();
         let (name, id) = owned(topic);
         let group = group.to_string();
-        async move { inner.offset(Target { name: &name, id }, &group).await }
+        async move { inner.offset(Target { name: &name, id }, &group).await }.boxed()
     }
 
     fn seek(
@@ -1153,7 +1157,7 @@ impl Broker for JetStreamBroker {
         let inner = self.inner.clone();
         let (name, id) = owned(topic);
         let group = group.to_string();
-        async move { inner.seek(Target { name: &name, id }, &group, seq).await }
+        async move { inner.seek(Target { name: &name, id }, &group, seq).await }.boxed()
     }
 
     fn push_to(

@@ -72,20 +72,38 @@ enum Phase {
     AbandonedInFlight,
 }
 
-/// A push running as a task.
+/// A push: run by its caller, or as a task (a rendezvous).
 pub(super) struct PushOp {
-    rx: oneshot::Receiver<Result<Seq>>,
+    run: Running,
     topic: Arc<Topic>,
     phase: Arc<Mutex<Phase>>,
     _cancel: DropGuard,
+}
+
+/// Who runs a push.
+enum Running {
+    /// Its caller, polling it: a push with room then costs no task, and
+    /// the publishes of a write's many pushes leave together. Dropped
+    /// unfinished, it finishes as a task (`Drop for PushOp`).
+    Inline(Option<Pin<Box<dyn Future<Output = Result<Seq>> + Send>>>),
+    /// A task of its own, whose outcome comes here.
+    Task(oneshot::Receiver<Result<Seq>>),
 }
 
 impl Future for PushOp {
     type Output = Result<Seq>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Seq>> {
-        if let Poll::Ready(r) = Pin::new(&mut self.rx).poll(cx) {
-            return Poll::Ready(r.unwrap_or(Err(Error::Interrupted)));
+        let done = match &mut self.run {
+            Running::Task(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(Error::Interrupted))),
+            Running::Inline(Some(f)) => f.as_mut().poll(cx),
+            Running::Inline(None) => Poll::Ready(Err(Error::Interrupted)),
+        };
+        if let Poll::Ready(r) = done {
+            self.run = Running::Inline(None);
+            return Poll::Ready(r);
         }
         let Some(cut) = cutting() else {
             return Poll::Pending;
@@ -107,6 +125,24 @@ impl Future for PushOp {
                 Err(cut_error(cut))
             }
         })
+    }
+}
+
+impl Drop for PushOp {
+    fn drop(&mut self) {
+        // Cut short or given up: what is left (a publish on the wire to
+        // delete, a count to undo) runs as the task would have.
+        if let Running::Inline(Some(f)) = self.run_take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(f);
+        }
+    }
+}
+
+impl PushOp {
+    fn run_take(&mut self) -> Running {
+        std::mem::replace(&mut self.run, Running::Inline(None))
     }
 }
 
@@ -171,7 +207,6 @@ fn start_push(
     data: Bytes,
     wait: Wait,
 ) -> (PushOp, oneshot::Receiver<()>) {
-    let (tx, rx) = oneshot::channel();
     let (sent_tx, sent) = oneshot::channel();
     let phase = Arc::new(Mutex::new(Phase::Waiting));
     let cancel = CancellationToken::new();
@@ -184,13 +219,30 @@ fn start_push(
     };
     task.topic.blocked_writers.fetch_add(1, Ordering::Relaxed);
     let topic = task.topic.clone();
-    tokio::spawn(async move {
+    // A rendezvous is taken by a reader whether or not its caller polls:
+    // a task. With room (capacity as it is now; a push that then waits
+    // and finds capacity 0 only publishes), the caller runs it.
+    let rendezvous = topic
+        .record
+        .borrow()
+        .as_ref()
+        .is_none_or(|r| r.capacity == 0);
+    let push = async move {
         let r = task.run(data, wait).await.map_err(|e| gone(&task.topic, e));
         task.topic.blocked_writers.fetch_sub(1, Ordering::Relaxed);
-        let _ = tx.send(r);
-    });
+        r
+    };
+    let run = if rendezvous {
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(push.await);
+        });
+        Running::Task(rx)
+    } else {
+        Running::Inline(Some(Box::pin(push)))
+    };
     let op = PushOp {
-        rx,
+        run,
         topic,
         phase,
         _cancel: cancel.drop_guard(),
@@ -213,7 +265,7 @@ pub(super) fn pull(
     let group = group.to_string();
     // Till it ends, a pull of this group on this server is known
     // (`Topic::pulling`), from its first poll.
-    Cuttable(Box::pin(async move {
+    let fut = async move {
         let topic = topic?;
         let _pulling = Pulling::new(&topic, &group);
         // Never take a push this server told its writer was withdrawn.
@@ -244,7 +296,8 @@ pub(super) fn pull(
         });
         let _cancel = cancel.drop_guard();
         rx.await.unwrap_or(Err(Error::Interrupted))
-    }))
+    };
+    Cuttable(Box::pin(fut))
 }
 
 /// How often a blocked pull looks whether this server still has NATS.
@@ -338,7 +391,9 @@ async fn wait_for(
                     return Err(Error::Removed);
                 }
             }
-            drained = drained(inner, topic, group), if closed && starting.is_none() => {
+            // Boxed: its JetStream requests would make every pull's
+            // future kilobytes larger (moved whole when it is boxed).
+            drained = Box::pin(drained(inner, topic, group)), if closed && starting.is_none() => {
                 if drained? {
                     if let Ok(d) = rx.try_recv() {
                         return Ok(Some(d));
@@ -485,8 +540,7 @@ impl PushTask {
             )
             .await?;
         } else {
-            self.wait_reader(&stream, &record, wait, deadline, &mut changes)
-                .await?;
+            Box::pin(self.wait_reader(&stream, &record, wait, deadline, &mut changes)).await?;
         }
         let js_seq = self.publish(&stream, data, config.capacity > 0).await?;
         // Capacity may have grown while it waited for a reader.
@@ -498,8 +552,7 @@ impl PushTask {
             Wait::Block => deadline,
             Wait::NonBlock => Some(Instant::now() + Duration::from_secs(1)),
         };
-        self.wait_taken(&stream, &record, js_seq, deadline, &mut changes)
-            .await
+        Box::pin(self.wait_taken(&stream, &record, js_seq, deadline, &mut changes)).await
     }
 
     /// Wait until no group lags `capacity` or more.
@@ -532,7 +585,9 @@ impl PushTask {
                 credit.store(room - 1, Ordering::Relaxed);
                 return Ok(());
             }
-            if self.look(stream, capacity).await? {
+            // Boxed, as are the rendezvous' waits: their JetStream
+            // requests would make every push's future kilobytes larger.
+            if Box::pin(self.look(stream, capacity)).await? {
                 changed(changes, record)?;
                 return Ok(());
             }
@@ -903,11 +958,7 @@ impl Delivery for JetStreamDelivery {
 
     fn ack(mut self) {
         if let Some(m) = self.message.take() {
-            settle(&self.topic, async move {
-                if let Err(e) = m.double_ack().await {
-                    tracing::warn!("ack: {e}; the message will be delivered again");
-                }
-            });
+            settle(&self.topic, m, Settle::Ack);
         }
     }
 }
@@ -917,27 +968,85 @@ impl Drop for JetStreamDelivery {
         if let Some(m) = self.message.take() {
             self.topic.pulled.fetch_sub(1, Ordering::Relaxed);
             self.topic.tally.unpulled();
-            settle(&self.topic, async move {
-                let _ = m.ack_with(AckKind::Nak(None)).await;
-            });
+            settle(&self.topic, m, Settle::Nak);
         }
     }
 }
 
+/// A topic's way to its settler.
+pub(crate) type Settler = tokio::sync::mpsc::UnboundedSender<(jetstream::Message, Settle)>;
+
+/// What to tell JetStream of a delivery.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Settle {
+    /// Taken: an AckAck, which JetStream confirms.
+    Ack,
+    /// Not taken: delivered again, first.
+    Nak,
+}
+
 /// Send an ack or nak without making the reader wait for it, counted in
 /// `Topic::settling` until JetStream confirmed it, so that this server's
-/// status shows it; then waiting pushes look again. Outside a runtime it
-/// cannot be sent: the message is redelivered after the ack wait.
-fn settle(topic: &Arc<Topic>, f: impl Future<Output = ()> + Send + 'static) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
+/// status shows it; then waiting pushes look again. One task per topic
+/// (`settler`) sends them all, not a task per message. Outside a runtime
+/// no settler can start: the message is redelivered after the ack wait.
+fn settle(topic: &Arc<Topic>, m: jetstream::Message, how: Settle) {
+    let tx = match topic.settler.get() {
+        Some(tx) => tx,
+        None => {
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            topic.settler.get_or_init(|| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                rt.spawn(settler(Arc::downgrade(topic), rx));
+                tx
+            })
+        }
     };
-    let topic = topic.clone();
     topic.settling.fetch_add(1, Ordering::Relaxed);
-    rt.spawn(async move {
-        f.await;
+    if tx.send((m, how)).is_err() {
         topic.settling.fetch_sub(1, Ordering::Relaxed);
-        topic.settled.notify_waiters();
-        topic.progress.notify_waiters();
-    });
+    }
+}
+
+/// A topic's acks and naks, sent as they come, many on the wire at once;
+/// it ends once the topic is gone and what it had is sent.
+async fn settler(
+    topic: std::sync::Weak<Topic>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(jetstream::Message, Settle)>,
+) {
+    let mut out = futures_util::stream::FuturesUnordered::new();
+    let done = |topic: &std::sync::Weak<Topic>| {
+        if let Some(topic) = topic.upgrade() {
+            topic.settling.fetch_sub(1, Ordering::Relaxed);
+            topic.settled.notify_waiters();
+            topic.progress.notify_waiters();
+        }
+    };
+    loop {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some((m, how)) => out.push(send_settle(m, how)),
+                None => break,
+            },
+            Some(()) = out.next(), if !out.is_empty() => done(&topic),
+        }
+    }
+    while out.next().await.is_some() {
+        done(&topic);
+    }
+}
+
+async fn send_settle(m: jetstream::Message, how: Settle) {
+    match how {
+        Settle::Ack => {
+            if let Err(e) = m.double_ack().await {
+                tracing::warn!("ack: {e}; the message will be delivered again");
+            }
+        }
+        Settle::Nak => {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
+        }
+    }
 }

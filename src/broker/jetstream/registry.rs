@@ -119,6 +119,8 @@ pub(crate) struct Topic {
     /// Acks and naks sent and not yet confirmed, and their wake-up.
     pub(crate) settling: AtomicU64,
     pub(crate) settled: Notify,
+    /// Where acks and naks go to be sent (see `ops::settle`).
+    pub(crate) settler: std::sync::OnceLock<super::ops::Settler>,
     /// Pulls under way on this server, by group: how many.
     pub(crate) pulling: Mutex<HashMap<String, usize>>,
     /// The pullers of the groups read on this server (see `puller`),
@@ -165,6 +167,7 @@ impl Topic {
             delivered: AtomicU64::new(0),
             settling: AtomicU64::new(0),
             settled: Notify::new(),
+            settler: std::sync::OnceLock::new(),
             progress: Notify::new(),
             credit: AtomicU64::new(0),
             looking: tokio::sync::Mutex::new(()),
