@@ -918,8 +918,9 @@ impl PullTask {
     }
 }
 
-/// A message pulled from JetStream: `ack` is an AckAck (the server
-/// confirms it); dropped unacked, it is nak'd, so redelivered first.
+/// A message pulled from JetStream: `ack` acks it, confirmed by the
+/// server (see `settler`); dropped unacked, it is nak'd, so redelivered
+/// first.
 pub struct JetStreamDelivery {
     seq: Seq,
     data: Bytes,
@@ -979,7 +980,7 @@ pub(crate) type Settler = tokio::sync::mpsc::UnboundedSender<(jetstream::Message
 /// What to tell JetStream of a delivery.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Settle {
-    /// Taken: an AckAck, which JetStream confirms.
+    /// Taken.
     Ack,
     /// Not taken: delivered again, first.
     Nak,
@@ -1010,43 +1011,79 @@ fn settle(topic: &Arc<Topic>, m: jetstream::Message, how: Settle) {
     }
 }
 
-/// A topic's acks and naks, sent as they come, many on the wire at once;
-/// it ends once the topic is gone and what it had is sent.
+/// A topic's acks and naks. JetStream handles a consumer's acks and naks
+/// in the order they came, so one confirmed (an AckAck) confirms those
+/// sent before it: what came while a confirmation was awaited goes out
+/// together, each plain but the last of each group, which asks for one.
+/// One confirmation a round trip, not one a message. It ends once the
+/// topic is gone and what it had is confirmed.
 async fn settler(
     topic: std::sync::Weak<Topic>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<(jetstream::Message, Settle)>,
 ) {
-    let mut out = futures_util::stream::FuturesUnordered::new();
-    let done = |topic: &std::sync::Weak<Topic>| {
+    let done = |n: u64| {
         if let Some(topic) = topic.upgrade() {
-            topic.settling.fetch_sub(1, Ordering::Relaxed);
+            topic.settling.fetch_sub(n, Ordering::Relaxed);
             topic.settled.notify_waiters();
             topic.progress.notify_waiters();
         }
     };
-    loop {
-        tokio::select! {
-            m = rx.recv() => match m {
-                Some((m, how)) => out.push(send_settle(m, how)),
+    let mut queue = Vec::new();
+    let mut open = true;
+    while open || !queue.is_empty() {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some(m) => queue.push(m),
                 None => break,
-            },
-            Some(()) = out.next(), if !out.is_empty() => done(&topic),
+            }
         }
-    }
-    while out.next().await.is_some() {
-        done(&topic);
+        loop {
+            match rx.try_recv() {
+                Ok(m) => queue.push(m),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        let n = queue.len() as u64;
+        send_settles(std::mem::take(&mut queue)).await;
+        done(n);
     }
 }
 
-async fn send_settle(m: jetstream::Message, how: Settle) {
-    match how {
-        Settle::Ack => {
-            if let Err(e) = m.double_ack().await {
-                tracing::warn!("ack: {e}; the message will be delivered again");
-            }
-        }
-        Settle::Nak => {
-            let _ = m.ack_with(AckKind::Nak(None)).await;
+/// Send `batch` in order, asking a confirmation of the last of each
+/// consumer's, and wait for those.
+async fn send_settles(batch: Vec<(jetstream::Message, Settle)>) {
+    let kind = |how: Settle| match how {
+        Settle::Ack => AckKind::Ack,
+        Settle::Nak => AckKind::Nak(None),
+    };
+    // The index of each consumer's last (a topic's readers are of a few
+    // groups: a short list).
+    let mut lasts: Vec<(String, usize)> = Vec::new();
+    for (i, (m, _)) in batch.iter().enumerate() {
+        let consumer = m
+            .info()
+            .map(|info| info.consumer.to_string())
+            .unwrap_or_default();
+        match lasts.iter_mut().find(|(c, _)| *c == consumer) {
+            Some(last) => last.1 = i,
+            None => lasts.push((consumer, i)),
         }
     }
+    let mut confirms = Vec::with_capacity(lasts.len());
+    for (i, (m, how)) in batch.into_iter().enumerate() {
+        if lasts.iter().any(|(_, last)| *last == i) {
+            confirms.push(async move {
+                if let Err(e) = m.double_ack_with(kind(how)).await {
+                    tracing::warn!("ack: {e}; unconfirmed messages will be delivered again");
+                }
+            });
+        } else if let Err(e) = m.ack_with(kind(how)).await {
+            tracing::warn!("ack: {e}; the message will be delivered again");
+        }
+    }
+    futures_util::future::join_all(confirms).await;
 }
