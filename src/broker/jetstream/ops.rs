@@ -529,6 +529,8 @@ impl PushTask {
         }
         let deadline = config.timeout.map(|t| Instant::now() + t);
         let stream = self.inner.stream(&self.topic).await?;
+        // At a rendezvous, the groups there were when a reader was found.
+        let mut known = Vec::new();
         if config.capacity > 0 {
             self.wait_room(
                 &stream,
@@ -540,7 +542,8 @@ impl PushTask {
             )
             .await?;
         } else {
-            Box::pin(self.wait_reader(&stream, &record, wait, deadline, &mut changes)).await?;
+            known =
+                Box::pin(self.wait_reader(&stream, &record, wait, deadline, &mut changes)).await?;
         }
         let js_seq = self.publish(&stream, data, config.capacity > 0).await?;
         // Capacity may have grown while it waited for a reader.
@@ -552,7 +555,7 @@ impl PushTask {
             Wait::Block => deadline,
             Wait::NonBlock => Some(Instant::now() + Duration::from_secs(1)),
         };
-        Box::pin(self.wait_taken(&stream, &record, js_seq, deadline, &mut changes)).await
+        Box::pin(self.wait_taken(&stream, &record, js_seq, &known, deadline, &mut changes)).await
     }
 
     /// Wait until no group lags `capacity` or more.
@@ -741,7 +744,7 @@ impl PushTask {
         wait: Wait,
         deadline: Option<Instant>,
         changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
         let mut backoff = Duration::from_millis(1);
         loop {
             changed(changes, record)?;
@@ -760,7 +763,7 @@ impl PushTask {
                 Wait::NonBlock => !groups.is_empty() && groups.iter().all(wants),
             };
             if ready {
-                return Ok(());
+                return Ok(groups.into_iter().map(|g| g.name).collect());
             }
             if wait == Wait::NonBlock {
                 return Err(Error::WouldBlock);
@@ -775,7 +778,7 @@ impl PushTask {
                     changed(changes, record)?;
                     if changes.borrow().as_ref().is_some_and(|r| r.capacity > 0) {
                         // Capacity grew: room now decides.
-                        return Ok(());
+                        return Ok(Vec::new());
                     }
                 }
                 Woke::Deadline => return Err(Error::TimedOut),
@@ -785,27 +788,52 @@ impl PushTask {
         }
     }
 
-    /// At a rendezvous: wait until every group has taken `js_seq`.
+    /// At a rendezvous: wait until every group has taken `js_seq`. The
+    /// groups `known` when a reader was found, each read by a pull on this
+    /// server, need no look: this server's pullers tell when they took it
+    /// (a group made since then is not waited for).
     async fn wait_taken(
         &self,
         stream: &jetstream::stream::Stream<()>,
         record: &Record,
         js_seq: u64,
+        known: &[String],
         deadline: Option<Instant>,
         changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
     ) -> Result<Seq> {
         let mut backoff = Duration::from_millis(1);
         let took = |g: &consumer::Info| g.delivered.stream_sequence >= js_seq;
-        let mut last_look: Vec<consumer::Info>;
+        let taken_here = || {
+            let reached = self.topic.reached.lock();
+            !known.is_empty()
+                && known
+                    .iter()
+                    .all(|c| reached.get(c).is_some_and(|r| *r >= js_seq))
+        };
+        let read_here = !known.is_empty() && {
+            let pulling = self.topic.pulling.lock();
+            known
+                .iter()
+                .all(|c| super::group_of(c).is_some_and(|g| pulling.contains_key(&g)))
+        };
+        let mut last_look: Vec<consumer::Info> = Vec::new();
+        // Read here: the first look waits for this server's pullers.
+        let mut look = !read_here;
         loop {
             let progress = self.topic.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
-            let groups = self.inner.groups(stream).await?;
-            if !groups.is_empty() && groups.iter().all(took) {
+            if taken_here() {
                 return Ok(js_seq - 1);
             }
-            last_look = groups;
+            if look {
+                let groups = self.inner.groups(stream).await?;
+                if !groups.is_empty() && groups.iter().all(took) {
+                    return Ok(js_seq - 1);
+                }
+                last_look = groups;
+            }
+            look = true;
             let woke = tokio::select! {
                 _ = progress => Woke::Look,
                 w = nap(&self.topic, changes, backoff, deadline, &self.cancel) => w,
