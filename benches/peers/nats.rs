@@ -217,8 +217,11 @@ impl JetStream {
             file,
             replicas: 1,
             admin: async_nats::jetstream::new(async_nats::connect(addr).await?),
-            batch: depth.max(1),
-            ack_pending: group_in_flight.max(1) as i64,
+            // At least 2: with 1 (and one ack pending), async-nats's pull
+            // stream stalled for more than the drain's 10 s (pipe --depth
+            // 1, NATS 2.15.1), failing JetStream's own row.
+            batch: depth.max(2),
+            ack_pending: group_in_flight.max(2) as i64,
         })
     }
 }
