@@ -356,8 +356,10 @@ async fn wait_for(
         });
         starting
     });
-    let client = inner.js.client();
     loop {
+        // One timer for the deadline and the connection's check.
+        let check = Instant::now() + CONNECTION_CHECK;
+        let wake = deadline.map_or(check, |d| d.min(check));
         tokio::select! {
             biased;
             d = &mut rx => return match d {
@@ -391,28 +393,27 @@ async fn wait_for(
                     return Err(Error::Removed);
                 }
             }
-            // Boxed: its JetStream requests would make every pull's
-            // future kilobytes larger (moved whole when it is boxed).
-            drained = Box::pin(drained(inner, topic, group)), if closed && starting.is_none() => {
+            // Boxed once polled: its JetStream requests would make every
+            // pull's future kilobytes larger (and select! makes a
+            // disabled branch's future too, so not boxed before).
+            drained = async { Box::pin(drained(inner, topic, group)).await }, if closed && starting.is_none() => {
                 if drained? {
                     if let Ok(d) = rx.try_recv() {
                         return Ok(Some(d));
                     }
                     return Ok(None);
                 }
-                tokio::select! {
-                    _ = topic.progress.notified() => {}
-                    _ = tokio::time::sleep(MAX_BACKOFF) => {}
+                let _ = Box::pin(tokio::time::timeout(MAX_BACKOFF, topic.progress.notified())).await;
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Error::TimedOut);
                 }
-            }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                return Err(Error::TimedOut);
-            }
-            _ = tokio::time::sleep(CONNECTION_CHECK) => {
                 // A request waiting at the server learns nothing of a
                 // lost connection: fail within the broker's timeout.
-                if client.connection_state() != async_nats::connection::State::Connected {
-                    inner.connected().await?;
+                let state = inner.js.client().connection_state();
+                if state != async_nats::connection::State::Connected {
+                    Box::pin(inner.connected()).await?;
                 }
             }
         }
