@@ -591,3 +591,84 @@ async fn b_counts_a_reader_blocked_on_a_and_says_what_is_local() {
     cb.push("w", "x\n").await.unwrap();
     assert_eq!(reader.await.unwrap(), Some(Bytes::from("x\n")));
 }
+
+/// Writers on two servers and no reader: the topic holds at most its
+/// capacity plus the pushes in flight (one per writer), though each
+/// server's own pushes alone would leave it room; every push they were
+/// told was stored is read afterwards, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn capacity_holds_across_writers_on_two_servers() {
+    const CAPACITY: u64 = 10;
+    const WRITERS: u64 = 3;
+    let c = nats::Cluster::start(1).await;
+    let (a, b) = (serve(&c, &[]), serve(&c, &[]));
+    let ca = client(&a, "").await;
+    ca.create(
+        "full",
+        &TopicSettings {
+            capacity: Some(CAPACITY),
+            ..TopicSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    let cb = client(&b, "").await;
+    eventually("B lists full", || async {
+        cb.topics()
+            .await
+            .unwrap()
+            .contains(&"full".to_string())
+            .then_some(())
+    })
+    .await;
+    let until = Instant::now() + Duration::from_secs(3);
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(2 * WRITERS as usize));
+    let mut writers = Vec::new();
+    for (s, name) in [(&a, "a"), (&b, "b")] {
+        for w in 0..WRITERS {
+            let pusher = client(s, "").await.open_push("full").await.unwrap();
+            let start = start.clone();
+            writers.push(tokio::spawn(async move {
+                // All at once, so that both servers look before either
+                // filled the topic.
+                start.wait().await;
+                let mut stored = Vec::new();
+                let mut i = 0;
+                while Instant::now() < until {
+                    let msg = format!("{name}{w}-{i}\n");
+                    if pusher
+                        .push_timeout(msg.clone(), Duration::from_millis(200))
+                        .await
+                        .is_ok()
+                    {
+                        stored.push(msg);
+                    }
+                    i += 1;
+                }
+                stored
+            }));
+        }
+    }
+    let mut stored = BTreeSet::new();
+    for w in writers {
+        stored.extend(w.await.unwrap());
+    }
+    let status = ca.ctl("full").await.unwrap();
+    let pending: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("pending "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pending in {status}"));
+    assert!(
+        pending <= CAPACITY + 2 * WRITERS,
+        "{pending} held with capacity {CAPACITY} and {} writers:\n{status}",
+        2 * WRITERS
+    );
+    assert_eq!(pending, stored.len() as u64, "{status}");
+    let mut read = BTreeSet::new();
+    let mut p = ca.open_data("full").await.unwrap();
+    while let Ok(Some(m)) = p.next_timeout(Duration::from_millis(500)).await {
+        assert!(read.insert(String::from_utf8(m.to_vec()).unwrap()));
+    }
+    assert_eq!(read, stored);
+}

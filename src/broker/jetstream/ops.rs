@@ -23,7 +23,9 @@
 //! for n more pushes lets the next n on this server go without looking
 //! (`Topic::credit`), and what this server's pullers took since the last
 //! look is room too (`Topic::room`), so a push with room costs one
-//! publish.
+//! publish. Both count only this server's pushes: a look that finds
+//! messages stored beyond them (another server writes) gives no credit,
+//! and room is not used until a look finds this server alone again.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -584,8 +586,9 @@ impl PushTask {
             tokio::pin!(progress);
             progress.as_mut().enable();
             // Room this server's own deliveries made since the last look
-            // needs no look.
-            if let Some(room) = self.topic.room(capacity).filter(|r| *r > 0) {
+            // needs no look, unless another server writes too.
+            let alone = !self.topic.others_write.load(Ordering::Relaxed);
+            if let Some(room) = self.topic.room(capacity).filter(|r| *r > 0 && alone) {
                 credit.store(room - 1, Ordering::Relaxed);
                 return Ok(());
             }
@@ -642,7 +645,26 @@ impl PushTask {
         if lag >= capacity {
             return Ok(false);
         }
-        credit.store(capacity - lag - 1, Ordering::Relaxed);
+        // Messages stored after this server's last, beyond its own on the
+        // wire: another server writes too. Its pushes are not counted in
+        // a credit, so with other writers every push looks (each server
+        // then waits on what all have stored, and the bound is exceeded
+        // only by the pushes in flight). Alone, the credit is at most an
+        // eighth of the capacity, so that a server that starts writing
+        // meanwhile is seen within that many pushes.
+        let stored = groups
+            .iter()
+            .map(|g| g.delivered.stream_sequence + g.num_pending)
+            .max()
+            .unwrap_or(0);
+        let mine = last + self.topic.in_flight.load(Ordering::Relaxed);
+        let others = stored > mine;
+        self.topic.others_write.store(others, Ordering::Relaxed);
+        let credit_left = match others {
+            true => 0,
+            false => (capacity - lag - 1).min((capacity / 8).max(1)),
+        };
+        credit.store(credit_left, Ordering::Relaxed);
         // Purging costs JetStream a round of its own: not for every look.
         let _ = self
             .inner
@@ -673,6 +695,9 @@ impl PushTask {
             NEXT_MSG.fetch_add(1, Ordering::Relaxed)
         );
         let give_up = Instant::now() + self.inner.config.timeout;
+        // Counted on the wire till it is answered (see `look`).
+        self.topic.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _on_wire = InFlight(&self.topic);
         let js_seq = loop {
             let sent = async {
                 let ack = self
@@ -873,6 +898,16 @@ impl PushTask {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+}
+
+/// A publish of this server on the wire: counted in `Topic::in_flight`
+/// while it lives.
+struct InFlight<'a>(&'a Topic);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

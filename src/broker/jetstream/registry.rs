@@ -112,6 +112,12 @@ pub(crate) struct Topic {
     pub(crate) consumers: Mutex<HashMap<String, PullConsumer>>,
     /// The highest stream sequence this server published.
     pub(crate) published: AtomicU64,
+    /// This server's publishes on the wire, not yet acknowledged.
+    pub(crate) in_flight: AtomicU64,
+    /// Whether the last look found messages after this server's own:
+    /// another server writes too, so this one's credit and room (which
+    /// count only its own pushes) are not used (see `ops`).
+    pub(crate) others_write: std::sync::atomic::AtomicBool,
     /// Pushes cut while their publish was on the wire, to be deleted.
     pub(crate) withdrawing: AtomicU64,
     /// The highest stream sequence a pull on this server delivered.
@@ -164,6 +170,8 @@ impl Topic {
             starting: tokio::sync::Mutex::new(()),
             withdrawing: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            others_write: std::sync::atomic::AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             settling: AtomicU64::new(0),
             settled: Notify::new(),
