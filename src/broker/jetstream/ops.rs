@@ -628,8 +628,9 @@ impl PushTask {
         {
             return Ok(true);
         }
+        let lock_changes = self.topic.lock_changes.load(Ordering::Relaxed);
         let groups = self.inner.groups(stream).await?;
-        self.topic.looked(&groups);
+        self.topic.looked(&groups, lock_changes);
         // A consumer's count may not have caught up with this server's
         // last publish yet: count from that too.
         let last = self.topic.published.load(Ordering::Relaxed);
@@ -645,22 +646,13 @@ impl PushTask {
         if lag >= capacity {
             return Ok(false);
         }
-        // Messages stored after this server's last, beyond its own on the
-        // wire: another server writes too. Its pushes are not counted in
-        // a credit, so with other writers every push looks (each server
-        // then waits on what all have stored, and the bound is exceeded
-        // only by the pushes in flight). Alone, the credit is at most an
-        // eighth of the capacity, so that a server that starts writing
-        // meanwhile is seen within that many pushes.
-        let stored = groups
-            .iter()
-            .map(|g| g.delivered.stream_sequence + g.num_pending)
-            .max()
-            .unwrap_or(0);
-        let mine = last + self.topic.in_flight.load(Ordering::Relaxed);
-        let others = stored > mine;
-        self.topic.others_write.store(others, Ordering::Relaxed);
-        let credit_left = match others {
+        // Another server's pushes are not counted in a credit, so with
+        // other writers (`Topic::looked` tells) every push looks: each
+        // server then waits on what all have stored, and the bound is
+        // exceeded only by the pushes in flight. Alone, the credit is at
+        // most an eighth of the capacity, so that a server that starts
+        // writing meanwhile is seen within that many pushes.
+        let credit_left = match self.topic.others_write.load(Ordering::Relaxed) {
             true => 0,
             false => (capacity - lag - 1).min((capacity / 8).max(1)),
         };
@@ -777,7 +769,15 @@ impl PushTask {
             let progress = self.topic.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
+            // Every group read here, with nothing left to read: no look.
+            if wait == Wait::Block
+                && let Some(known) = self.topic.ready_here()
+            {
+                return Ok(known);
+            }
+            let lock_changes = self.topic.lock_changes.load(Ordering::Relaxed);
             let groups = self.inner.groups(stream).await?;
+            self.topic.looked(&groups, lock_changes);
             let wants = |g: &consumer::Info| {
                 g.num_pending == 0
                     && (g.num_waiting > 0

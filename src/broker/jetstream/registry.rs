@@ -114,6 +114,10 @@ pub(crate) struct Topic {
     pub(crate) published: AtomicU64,
     /// This server's publishes on the wire, not yet acknowledged.
     pub(crate) in_flight: AtomicU64,
+    /// Changes of the topic's lock seen in the registry: a group made,
+    /// moved or trimmed on some server. A look that began before the
+    /// last of them may miss a group (see `Topic::ready_here`).
+    pub(crate) lock_changes: AtomicU64,
     /// Whether the last look found messages after this server's own:
     /// another server writes too, so this one's credit and room (which
     /// count only its own pushes) are not used (see `ops`).
@@ -171,6 +175,7 @@ impl Topic {
             withdrawing: AtomicU64::new(0),
             published: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            lock_changes: AtomicU64::new(0),
             others_write: std::sync::atomic::AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             settling: AtomicU64::new(0),
@@ -232,16 +237,53 @@ impl Topic {
         .await;
     }
 
-    /// Keep what a look at the groups found.
-    pub(crate) fn looked(&self, groups: &[async_nats::jetstream::consumer::Info]) {
+    /// Keep what a look at the groups found; `lock_changes` is the
+    /// topic's count of them from before the look's request. The stream
+    /// holding messages beyond this server's publishes (those on the wire
+    /// included) means another server writes too: credit and room, which
+    /// count only this server's pushes, are then not used (see `ops`).
+    pub(crate) fn looked(
+        &self,
+        groups: &[async_nats::jetstream::consumer::Info],
+        lock_changes: u64,
+    ) {
         let mut look = self.last_look.lock();
         look.groups.clear();
         look.last = 0;
+        look.lock_changes = lock_changes;
         for g in groups {
             look.groups
                 .push((g.name.clone(), g.delivered.stream_sequence));
             look.last = look.last.max(g.delivered.stream_sequence + g.num_pending);
         }
+        let mine = self.published.load(Ordering::Relaxed) + self.in_flight.load(Ordering::Relaxed);
+        self.others_write.store(look.last > mine, Ordering::Relaxed);
+    }
+
+    /// At a rendezvous, whether a push may publish without a look: the
+    /// groups the last look found, if no group was made or moved since it,
+    /// no other server writes, and every one of them has a pull waiting on
+    /// this server that has reached all the look saw stored and all this
+    /// server published since (so nothing is left for it to read).
+    pub(crate) fn ready_here(&self) -> Option<Vec<String>> {
+        if self.others_write.load(Ordering::Relaxed) {
+            return None;
+        }
+        let look = self.last_look.lock();
+        if look.groups.is_empty() || look.lock_changes != self.lock_changes.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let last = look.last.max(self.published.load(Ordering::Relaxed));
+        let reached = self.reached.lock();
+        let pulling = self.pulling.lock();
+        let ready = look.groups.iter().all(|(name, delivered)| {
+            let got = reached
+                .get(name)
+                .map_or(*delivered, |r| (*r).max(*delivered));
+            got >= last && super::group_of(name).is_some_and(|g| pulling.contains_key(&g))
+        });
+        ready.then(|| look.groups.iter().map(|(name, _)| name.clone()).collect())
     }
 
     /// A group's message reached a puller of this server.
@@ -291,6 +333,8 @@ pub(crate) struct Look {
     pub(crate) groups: Vec<(String, u64)>,
     /// The stream's last sequence, as far as the groups' counts tell.
     pub(crate) last: u64,
+    /// `Topic::lock_changes` when the look began.
+    pub(crate) lock_changes: u64,
 }
 
 /// This server's copy of the registry.
@@ -374,7 +418,15 @@ impl Mirror {
     }
 
     fn change(&self, entry: &kv::Entry) {
-        if let Some(name_hex) = entry.key.strip_prefix("t.") {
+        if let Some(id) = entry.key.strip_prefix("lock.") {
+            // A group made, moved or trimmed somewhere: a rendezvous on
+            // this server looks again (`Topic::ready_here`).
+            if let Ok(id) = id.parse::<TopicId>() {
+                for t in self.topics.read().values().filter(|t| t.id == id) {
+                    t.lock_changes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        } else if let Some(name_hex) = entry.key.strip_prefix("t.") {
             let Some(name) = unhex(name_hex) else { return };
             match entry.operation {
                 Operation::Put => match serde_json::from_slice::<Record>(&entry.value) {
