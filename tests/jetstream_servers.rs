@@ -49,6 +49,19 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     }
 }
 
+/// Wait until `c`'s server lists `topic` (the registry watch).
+async fn until_listed(c: &Client, topic: &str) {
+    eventually(&format!("{topic} listed"), || async {
+        c.topics()
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t == topic)
+            .then_some(())
+    })
+    .await;
+}
+
 fn cli(server: &Server, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
         .env("DCHAN_ADDR", server.addr())
@@ -79,14 +92,7 @@ async fn two_servers_share_topics_messages_and_groups() {
     )
     .await
     .unwrap();
-    eventually("B lists jobs", || async {
-        cb.topics()
-            .await
-            .unwrap()
-            .contains(&"jobs".to_string())
-            .then_some(())
-    })
-    .await;
+    until_listed(&cb, "jobs").await;
 
     // Pushed on A, pulled on B, in order.
     for i in 0..5 {
@@ -193,14 +199,7 @@ async fn a_rendezvous_spans_servers() {
     let (a, b) = (serve(&c, &[]), serve(&c, &[]));
     let (ca, cb) = (client(&a, "").await, client(&b, "").await);
     ca.create("r", &TopicSettings::default()).await.unwrap();
-    eventually("B lists r", || async {
-        cb.topics()
-            .await
-            .unwrap()
-            .contains(&"r".to_string())
-            .then_some(())
-    })
-    .await;
+    until_listed(&cb, "r").await;
     // The push on A returns once the reader on B took it.
     let reader = tokio::spawn(async move { cb.pull("r").await.unwrap() });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -250,14 +249,7 @@ async fn killing_a_dchan_server_mid_stream_loses_nothing_it_acknowledged() {
     )
     .await
     .unwrap();
-    eventually("B lists jobs", || async {
-        cb.topics()
-            .await
-            .unwrap()
-            .contains(&"jobs".to_string())
-            .then_some(())
-    })
-    .await;
+    until_listed(&cb, "jobs").await;
     // A's reader: takes messages and never acks the last (it dies).
     let ra = client(&a, "").await;
     let reader_a = tokio::spawn(async move {
@@ -613,14 +605,7 @@ async fn capacity_holds_across_writers_on_two_servers() {
     .await
     .unwrap();
     let cb = client(&b, "").await;
-    eventually("B lists full", || async {
-        cb.topics()
-            .await
-            .unwrap()
-            .contains(&"full".to_string())
-            .then_some(())
-    })
-    .await;
+    until_listed(&cb, "full").await;
     let until = Instant::now() + Duration::from_secs(3);
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(2 * WRITERS as usize));
     let mut writers = Vec::new();
