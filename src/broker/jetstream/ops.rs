@@ -572,12 +572,15 @@ impl PushTask {
         changes: &mut tokio::sync::watch::Receiver<Option<Record>>,
     ) -> Result<()> {
         let credit = &self.topic.credit;
+        let since_look = &self.topic.since_look;
+        let budget = Topic::budget(capacity);
         let mut backoff = Duration::from_millis(1);
         loop {
             if credit
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1))
                 .is_ok()
             {
+                since_look.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
             // A reset, close or removal seen meanwhile ends the wait.
@@ -586,10 +589,18 @@ impl PushTask {
             tokio::pin!(progress);
             progress.as_mut().enable();
             // Room this server's own deliveries made since the last look
-            // needs no look, unless another server writes too.
+            // needs no look, unless another server writes too; and only
+            // `budget` pushes go between two looks, so that a server that
+            // starts writing too is seen (each server's room counts only
+            // its own pushes).
             let alone = !self.topic.others_write.load(Ordering::Relaxed);
-            if let Some(room) = self.topic.room(capacity).filter(|r| *r > 0 && alone) {
-                credit.store(room - 1, Ordering::Relaxed);
+            let used = since_look.load(Ordering::Relaxed);
+            if alone
+                && used < budget
+                && let Some(room) = self.topic.room(capacity).filter(|r| *r > 0)
+            {
+                credit.store((room - 1).min(budget - used - 1), Ordering::Relaxed);
+                since_look.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
             // Boxed, as are the rendezvous' waits: their JetStream
@@ -649,14 +660,15 @@ impl PushTask {
         // Another server's pushes are not counted in a credit, so with
         // other writers (`Topic::looked` tells) every push looks: each
         // server then waits on what all have stored, and the bound is
-        // exceeded only by the pushes in flight. Alone, the credit is at
-        // most an eighth of the capacity, so that a server that starts
-        // writing meanwhile is seen within that many pushes.
+        // exceeded only by the pushes in flight. Alone, this push and its
+        // credit are at most `Topic::budget`, so that a server that
+        // starts writing meanwhile is seen within that many pushes.
         let credit_left = match self.topic.others_write.load(Ordering::Relaxed) {
             true => 0,
-            false => (capacity - lag - 1).min((capacity / 8).max(1)),
+            false => (capacity - lag - 1).min(Topic::budget(capacity) - 1),
         };
         credit.store(credit_left, Ordering::Relaxed);
+        self.topic.since_look.store(1, Ordering::Relaxed);
         // Purging costs JetStream a round of its own: not for every look.
         let _ = self
             .inner
@@ -778,11 +790,22 @@ impl PushTask {
             let lock_changes = self.topic.lock_changes.load(Ordering::Relaxed);
             let groups = self.inner.groups(stream).await?;
             self.topic.looked(&groups, lock_changes);
+            // A reader waits: a pull on this server, or a pull request at
+            // JetStream beyond this server's own (which may outlive the
+            // pulls they were for: a push must not go to them).
             let wants = |g: &consumer::Info| {
+                let Some(group) = super::group_of(&g.name) else {
+                    return false;
+                };
+                let asked_here = self
+                    .topic
+                    .pullers
+                    .lock()
+                    .get(&group)
+                    .map_or(0, |p| p.waiting().1);
                 g.num_pending == 0
-                    && (g.num_waiting > 0
-                        || super::group_of(&g.name)
-                            .is_some_and(|n| self.topic.pulling.lock().contains_key(&n)))
+                    && (g.num_waiting as u64 > asked_here
+                        || self.topic.pulling.lock().contains_key(&group))
             };
             let ready = match wait {
                 Wait::Block => groups.iter().any(wants),

@@ -118,6 +118,10 @@ pub(crate) struct Topic {
     /// moved or trimmed on some server. A look that began before the
     /// last of them may miss a group (see `Topic::ready_here`).
     pub(crate) lock_changes: AtomicU64,
+    /// Pushes let through by credit or room since the last look: at most
+    /// `Topic::budget` before the next look, so that another server's
+    /// writes are seen within that many.
+    pub(crate) since_look: AtomicU64,
     /// Whether the last look found messages after this server's own:
     /// another server writes too, so this one's credit and room (which
     /// count only its own pushes) are not used (see `ops`).
@@ -176,6 +180,7 @@ impl Topic {
             published: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             lock_changes: AtomicU64::new(0),
+            since_look: AtomicU64::new(0),
             others_write: std::sync::atomic::AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             settling: AtomicU64::new(0),
@@ -251,6 +256,7 @@ impl Topic {
         look.groups.clear();
         look.last = 0;
         look.lock_changes = lock_changes;
+        self.since_look.store(0, Ordering::Relaxed);
         for g in groups {
             look.groups
                 .push((g.name.clone(), g.delivered.stream_sequence));
@@ -258,6 +264,11 @@ impl Topic {
         }
         let mine = self.published.load(Ordering::Relaxed) + self.in_flight.load(Ordering::Relaxed);
         self.others_write.store(look.last > mine, Ordering::Relaxed);
+    }
+
+    /// How many pushes may go on one look: an eighth of the capacity.
+    pub(crate) fn budget(capacity: u64) -> u64 {
+        (capacity / 8).max(1)
     }
 
     /// At a rendezvous, whether a push may publish without a look: the
