@@ -584,6 +584,54 @@ async fn b_counts_a_reader_blocked_on_a_and_says_what_is_local() {
     assert_eq!(reader.await.unwrap(), Some(Bytes::from("x\n")));
 }
 
+/// `writers` writers on each of `servers`, pushing numbered messages to
+/// `topic` from the moment all (and `also` more) passed one barrier
+/// until `until`: what each was told was stored.
+async fn writers_on(
+    servers: [&Server; 2],
+    topic: &str,
+    writers: u64,
+    start: &std::sync::Arc<tokio::sync::Barrier>,
+    until: Instant,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    let mut handles = Vec::new();
+    for (s, name) in servers.into_iter().zip(["a", "b"]) {
+        for w in 0..writers {
+            let pusher = client(s, "").await.open_push(topic).await.unwrap();
+            let start = start.clone();
+            handles.push(tokio::spawn(async move {
+                // All at once, so that both servers look before either
+                // filled the topic.
+                start.wait().await;
+                let mut stored = Vec::new();
+                let mut i = 0;
+                while Instant::now() < until {
+                    let msg = format!("{name}{w}-{i}\n");
+                    if pusher
+                        .push_timeout(msg.clone(), Duration::from_millis(200))
+                        .await
+                        .is_ok()
+                    {
+                        stored.push(msg);
+                    }
+                    i += 1;
+                }
+                stored
+            }));
+        }
+    }
+    handles
+}
+
+/// The `pending` line of a topic's status.
+fn pending_in(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("pending "))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pending in {status}"))
+}
+
 /// Writers on two servers and no reader: the topic holds at most its
 /// capacity plus the pushes in flight (one per writer), though each
 /// server's own pushes alone would leave it room; every push they were
@@ -608,42 +656,13 @@ async fn capacity_holds_across_writers_on_two_servers() {
     until_listed(&cb, "full").await;
     let until = Instant::now() + Duration::from_secs(3);
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(2 * WRITERS as usize));
-    let mut writers = Vec::new();
-    for (s, name) in [(&a, "a"), (&b, "b")] {
-        for w in 0..WRITERS {
-            let pusher = client(s, "").await.open_push("full").await.unwrap();
-            let start = start.clone();
-            writers.push(tokio::spawn(async move {
-                // All at once, so that both servers look before either
-                // filled the topic.
-                start.wait().await;
-                let mut stored = Vec::new();
-                let mut i = 0;
-                while Instant::now() < until {
-                    let msg = format!("{name}{w}-{i}\n");
-                    if pusher
-                        .push_timeout(msg.clone(), Duration::from_millis(200))
-                        .await
-                        .is_ok()
-                    {
-                        stored.push(msg);
-                    }
-                    i += 1;
-                }
-                stored
-            }));
-        }
-    }
+    let writers = writers_on([&a, &b], "full", WRITERS, &start, until).await;
     let mut stored = BTreeSet::new();
     for w in writers {
         stored.extend(w.await.unwrap());
     }
     let status = ca.ctl("full").await.unwrap();
-    let pending: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("pending "))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no pending in {status}"));
+    let pending = pending_in(&status);
     assert!(
         pending <= CAPACITY + 2 * WRITERS,
         "{pending} held with capacity {CAPACITY} and {} writers:\n{status}",
@@ -656,4 +675,62 @@ async fn capacity_holds_across_writers_on_two_servers() {
         assert!(read.insert(String::from_utf8(m.to_vec()).unwrap()));
     }
     assert_eq!(read, stored);
+}
+
+/// As above, with a slow reader on A: the room A's reader makes is A's
+/// to use only between two looks (at most C/8 pushes), so B's writes are
+/// seen. The topic holds at most C, plus C/8 per server for a burst that
+/// starts on both at once, plus the pushes in flight.
+#[tokio::test(flavor = "multi_thread")]
+async fn capacity_holds_with_a_slow_reader_and_writers_on_two_servers() {
+    const CAPACITY: u64 = 40;
+    const WRITERS: u64 = 3;
+    let c = nats::Cluster::start(1).await;
+    let (a, b) = (serve(&c, &[]), serve(&c, &[]));
+    let ca = client(&a, "").await;
+    let settings = TopicSettings {
+        capacity: Some(CAPACITY),
+        ..TopicSettings::default()
+    };
+    ca.create("slow", &settings).await.unwrap();
+    let cb = client(&b, "").await;
+    until_listed(&cb, "slow").await;
+    let until = Instant::now() + Duration::from_secs(4);
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(2 * WRITERS as usize + 1));
+    let writers = writers_on([&a, &b], "slow", WRITERS, &start, until).await;
+    let reader = {
+        let ra = client(&a, "").await;
+        let start = start.clone();
+        tokio::spawn(async move {
+            let mut p = ra.open_data("slow").await.unwrap();
+            start.wait().await;
+            let mut got = Vec::new();
+            while Instant::now() < until {
+                if let Ok(Some(m)) = p.next_timeout(Duration::from_millis(200)).await {
+                    got.push(String::from_utf8(m.to_vec()).unwrap());
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            got
+        })
+    };
+    let mut most = 0;
+    while Instant::now() < until {
+        most = most.max(pending_in(&ca.ctl("slow").await.unwrap()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut stored = BTreeSet::new();
+    for w in writers {
+        stored.extend(w.await.unwrap());
+    }
+    let mut read = reader.await.unwrap();
+    let bound = CAPACITY + 2 * (CAPACITY / 8) + 2 * WRITERS;
+    assert!(most <= bound, "{most} held, bound {bound}");
+    let mut p = ca.open_data("slow").await.unwrap();
+    while let Ok(Some(m)) = p.next_timeout(Duration::from_millis(500)).await {
+        read.push(String::from_utf8(m.to_vec()).unwrap());
+    }
+    let once: BTreeSet<String> = read.iter().cloned().collect();
+    assert_eq!(once.len(), read.len(), "a message read twice");
+    assert_eq!(once, stored);
 }
