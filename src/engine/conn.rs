@@ -8,12 +8,16 @@
 //! one task both completes requests and handles Tflush, the flush race
 //! resolves itself: when a Tflush is handled, the old request has either
 //! completed (its reply is already queued, so the Rflush follows it) or has
-//! not. Then it gets one last poll inside `cut::resolve_now`, where a
-//! broker wait decides at once: if the request succeeded after all (a push
-//! a reader took), its reply goes out before the Rflush, as flush(5)
-//! allows, so the client learns it happened; otherwise its future is
-//! dropped on the spot, having withdrawn what it had not done, and no reply
-//! is sent. (A Tclunk cancelling its fid's requests does the same, with an
+//! not. Then it gets one last poll, cut short (`cut::poll_patiently`),
+//! where a broker wait decides at once: if the request succeeded after all
+//! (a push a reader took), its reply goes out before the Rflush, as
+//! flush(5) allows, so the client learns it happened; otherwise its future
+//! is dropped on the spot, having withdrawn what it had not done, and no
+//! reply is sent. A request whose outcome is on its way (a publish sent to
+//! NATS, not yet acknowledged) says so (`cut::defer`): it stays, polled
+//! cut short until it decides, and the Rflush waits for that, after its
+//! reply if it succeeded, as lib9p holds an Rflush back. (A Tclunk
+//! cancelling its fid's requests cannot wait: it decides at once, with an
 //! EINTR error for those that did not happen.)
 //!
 //! Protocol breaches that leave no tag to answer on close the connection:
@@ -89,8 +93,30 @@ struct Request<T: FileTree> {
     tag: Tag,
     /// The request's work; `None` once cancelled.
     fut: Option<BoxFuture<'static, Done<T>>>,
+    /// Flushed while its outcome was on its way: polled cut short.
+    cut: Option<cut::Cut>,
     /// The waker of the set's entry, to get a cancelled shell reaped.
     waker: Option<Waker>,
+}
+
+/// How a request in the set ended. (As large as the `Option<Done>` it
+/// replaced; boxing `Done` would cost every request an allocation.)
+#[allow(clippy::large_enum_variant)]
+enum Ended<T: FileTree> {
+    /// It finished: its outcome.
+    Done(Done<T>),
+    /// Flushed while deciding, it withdrew: nothing happened.
+    Withdrew,
+    /// The shell of a request cancelled earlier.
+    Shell,
+}
+
+/// What cancelling a request did.
+enum Cancelled {
+    /// It ended: its fid and its reply if it succeeded after all.
+    Ended(Option<(Fid, Fcall)>),
+    /// Its outcome is on its way: it stays until it decides.
+    Deciding,
 }
 
 impl<T: FileTree> Request<T> {
@@ -103,19 +129,30 @@ impl<T: FileTree> Request<T> {
 }
 
 impl<T: FileTree> Future for Request<T> {
-    /// The tag, and the outcome unless the request was cancelled.
-    type Output = (Tag, Option<Done<T>>);
+    /// The tag, and how the request ended.
+    type Output = (Tag, Ended<T>);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let tag = self.tag;
+        let cut = self.cut;
         let Some(fut) = self.fut.as_mut() else {
-            return Poll::Ready((tag, None));
+            return Poll::Ready((tag, Ended::Shell));
         };
-        let done = fut.as_mut().poll(cx);
+        let done = match cut {
+            None => fut.as_mut().poll(cx),
+            Some(c) => match cut::poll_patiently(c, fut.as_mut(), cx) {
+                cut::Patient::Done(d) => Poll::Ready(d),
+                cut::Patient::Deciding => Poll::Pending,
+                cut::Patient::Nothing => {
+                    self.fut = None;
+                    return Poll::Ready((tag, Ended::Withdrew));
+                }
+            },
+        };
         if done.is_pending() && !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             self.waker = Some(cx.waker().clone());
         }
-        done.map(|d| (tag, Some(d)))
+        done.map(|d| (tag, Ended::Done(d)))
     }
 }
 
@@ -253,6 +290,9 @@ struct Conn<T: FileTree> {
     observer: Option<Arc<dyn Observer>>,
     /// With an observer: each request in flight, its type and start.
     started: HashMap<Tag, (&'static str, Instant)>,
+    /// (old tag, Tflush's tag) of each flush waiting for a request that
+    /// is deciding: its Rflush follows that request's end.
+    flushing: Vec<(Tag, Tag)>,
 }
 
 /// Serves one connection until the client leaves, breaks the protocol, or
@@ -279,6 +319,7 @@ pub async fn run<T: FileTree>(
         out: Outgoing::default(),
         observer,
         started: HashMap::default(),
+        flushing: Vec::new(),
     };
     let mut cancelled = pin!(shutdown.cancelled());
     // A connection that has not completed Tversion within this is closed:
@@ -378,7 +419,7 @@ impl<T: FileTree> Conn<T> {
             }
         };
         let tag = msg.tag;
-        if self.busy.contains_key(&tag) {
+        if self.busy.contains_key(&tag) || self.flushing.iter().any(|(_, f)| *f == tag) {
             return Err(End::Violation(format!("tag {tag} reused while busy")));
         }
         if self.observer.is_some() {
@@ -400,10 +441,19 @@ impl<T: FileTree> Conn<T> {
                 self.reply(tag, reply);
             }
             Fcall::Tflush { oldtag } => {
-                if let Some((fid, reply)) = self.cancel(oldtag) {
-                    self.answer(oldtag, fid, reply);
+                if self.flushing.iter().any(|(old, _)| *old == oldtag) {
+                    self.flushing.push((oldtag, tag));
+                } else {
+                    match self.cancel(oldtag, true) {
+                        Cancelled::Deciding => self.flushing.push((oldtag, tag)),
+                        Cancelled::Ended(answer) => {
+                            if let Some((fid, reply)) = answer {
+                                self.answer(oldtag, fid, reply);
+                            }
+                            self.reply(tag, Fcall::Rflush);
+                        }
+                    }
                 }
-                self.reply(tag, Fcall::Rflush);
             }
             body => {
                 if let Fcall::Tclunk { fid } | Fcall::Tremove { fid } = body {
@@ -480,17 +530,46 @@ impl<T: FileTree> Conn<T> {
         self.inflight.push(Request {
             tag,
             fut: Some(fut),
+            cut: None,
             waker: None,
         });
     }
 
     /// A request finished, or the shell of a cancelled one was reaped.
-    fn finish(&mut self, tag: Tag, done: Option<Done<T>>) {
-        let Some(done) = done else { return };
+    fn finish(&mut self, tag: Tag, ended: Ended<T>) {
+        let done = match ended {
+            Ended::Shell => return,
+            Ended::Done(done) => Some(done),
+            Ended::Withdrew => None,
+        };
         let fid = self.unbusy(tag).unwrap_or(NOFID);
-        let reply = self.session.complete(done);
+        let flushed = self.flushing.iter().any(|(old, _)| *old == tag);
+        match done.map(|d| self.session.complete(d)) {
+            // Flushed: only a success is told, before the Rflush.
+            Some(Fcall::Rerror { .. } | Fcall::Rlerror { .. }) | None if flushed => {
+                self.started.remove(&tag);
+            }
+            Some(reply) => self.answer(tag, fid, reply),
+            None => {
+                self.started.remove(&tag);
+            }
+        }
         self.session.ended(fid);
-        self.answer(tag, fid, reply);
+        self.flushed(tag);
+    }
+
+    /// The request `tag` ended: the Rflush of each flush waiting for it.
+    fn flushed(&mut self, tag: Tag) {
+        if self.flushing.is_empty() {
+            return;
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushing)
+            .into_iter()
+            .partition(|(old, _)| *old == tag);
+        self.flushing = waiting;
+        for (_, flush) in done {
+            self.reply(flush, Fcall::Rflush);
+        }
     }
 
     /// Send a finished request's reply; a read's end is remembered, so the
@@ -505,10 +584,13 @@ impl<T: FileTree> Conn<T> {
 
     /// Cancels the request `tag` if it is still waiting, after one last
     /// poll (see the module comment): its fid and the reply to send if it
-    /// succeeded after all, else `None` (nothing happened; no reply).
-    fn cancel(&mut self, tag: Tag) -> Option<(Fid, Fcall)> {
-        let fid = self.unbusy(tag)?;
-        self.started.remove(&tag);
+    /// succeeded after all, else `None` (nothing happened; no reply). A
+    /// `patient` caller (a flush) lets a request whose outcome is on its
+    /// way decide first.
+    fn cancel(&mut self, tag: Tag, patient: bool) -> Cancelled {
+        let Some(&fid) = self.busy.get(&tag) else {
+            return Cancelled::Ended(None);
+        };
         let mut reply = None;
         if let Some(r) = self
             .inflight
@@ -516,17 +598,39 @@ impl<T: FileTree> Conn<T> {
             .find(|r| r.tag == tag && r.fut.is_some())
         {
             let fut = r.fut.as_mut().expect("found with a future");
-            if let Some(done) = cut::last_poll(cut::Cut::Cancel, fut.as_mut()) {
-                let done = self.session.complete(done);
-                if !matches!(done, Fcall::Rerror { .. } | Fcall::Rlerror { .. }) {
-                    reply = Some((fid, done));
+            let mut cx = Context::from_waker(Waker::noop());
+            let outcome = match patient && r.cut.is_none() {
+                true => cut::poll_patiently(cut::Cut::Cancel, fut.as_mut(), &mut cx),
+                false => match cut::last_poll(cut::Cut::Cancel, fut.as_mut()) {
+                    Some(done) => cut::Patient::Done(done),
+                    None => cut::Patient::Nothing,
+                },
+            };
+            match outcome {
+                cut::Patient::Deciding => {
+                    // Polled again, cut short, with the set's waker.
+                    r.cut = Some(cut::Cut::Cancel);
+                    if let Some(w) = r.waker.take() {
+                        w.wake();
+                    }
+                    debug!(tag, "flushed while deciding");
+                    return Cancelled::Deciding;
                 }
+                cut::Patient::Done(done) => {
+                    let done = self.session.complete(done);
+                    if !matches!(done, Fcall::Rerror { .. } | Fcall::Rlerror { .. }) {
+                        reply = Some((fid, done));
+                    }
+                }
+                cut::Patient::Nothing => {}
             }
             r.cancel();
         }
+        self.unbusy(tag);
+        self.started.remove(&tag);
         self.session.ended(fid);
         debug!(tag, answered = reply.is_some(), "cancelled");
-        reply
+        Cancelled::Ended(reply)
     }
 
     /// Cancels every request on `fid`, answering each with `err`.
@@ -536,11 +640,12 @@ impl<T: FileTree> Conn<T> {
             .map(|(t, _)| *t)
             .collect();
         for tag in tags {
-            let reply = match self.cancel(tag) {
-                Some((_, reply)) => reply,
-                None => self.session.error(err),
+            let reply = match self.cancel(tag, false) {
+                Cancelled::Ended(Some((_, reply))) => reply,
+                _ => self.session.error(err),
             };
             self.reply(tag, reply);
+            self.flushed(tag);
         }
     }
 
@@ -548,12 +653,14 @@ impl<T: FileTree> Conn<T> {
     fn cancel_all(&mut self, err: Option<fs::Error>) {
         let tags: Vec<Tag> = self.busy.keys().copied().collect();
         for tag in tags {
-            self.cancel(tag);
+            self.cancel(tag, false);
             if let Some(err) = &err {
                 let reply = self.session.error(err);
                 self.reply(tag, reply);
+                self.flushed(tag);
             }
         }
+        self.flushing.clear();
         self.inflight.clear();
     }
 }

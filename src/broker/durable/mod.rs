@@ -584,12 +584,20 @@ impl Broker for DurableBroker {
     }
 }
 
-/// Wait until `syncer` has the topic's writes on disk, unless the caller
-/// cuts the wait short (`resolve_now`): the message is taken either way,
-/// so a cut answers at once with what was decided.
+/// Wait until `syncer` has the topic's writes on disk. The message is
+/// taken either way, so a caller that cuts the wait short and cannot wait
+/// (`resolve_now`) is answered `Ok` at once; one that can (a flush,
+/// `cut::poll_patiently`) is answered once the disk has it.
 async fn settle(syncer: Arc<Syncer>) -> Result<()> {
     let mut kept = std::pin::pin!(syncer.kept());
     std::future::poll_fn(|cx| match crate::cut::cutting() {
+        Some(_) if crate::cut::patient() => {
+            let synced = kept.as_mut().poll(cx);
+            if synced.is_pending() {
+                crate::cut::defer();
+            }
+            synced
+        }
         Some(_) => std::task::Poll::Ready(Ok(())),
         None => kept.as_mut().poll(cx),
     })

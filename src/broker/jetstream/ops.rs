@@ -40,6 +40,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -75,11 +76,33 @@ enum Phase {
     AbandonedInFlight,
 }
 
+/// Where a push stands, shared by the push and whoever cuts it short.
+#[derive(Debug)]
+struct Stage {
+    phase: Mutex<Phase>,
+    /// Woken once a publish on the wire is stored or given up: a caller
+    /// that cut the push short while `Publishing` and waits for that.
+    decided: AtomicWaker,
+}
+
+impl Stage {
+    fn new() -> Arc<Stage> {
+        Arc::new(Stage {
+            phase: Mutex::new(Phase::Waiting),
+            decided: AtomicWaker::new(),
+        })
+    }
+
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Phase> {
+        self.phase.lock()
+    }
+}
+
 /// A push: run by its caller, or as a task (a rendezvous).
 pub(super) struct PushOp {
     run: Running,
     topic: Arc<Topic>,
-    phase: Arc<Mutex<Phase>>,
+    phase: Arc<Stage>,
     _cancel: DropGuard,
 }
 
@@ -111,6 +134,11 @@ impl Future for PushOp {
         let Some(cut) = cutting() else {
             return Poll::Pending;
         };
+        // Registered before the phase is read: a publish that ends after
+        // the read wakes it.
+        if crate::cut::patient() {
+            self.phase.decided.register(cx.waker());
+        }
         let mut phase = self.phase.lock();
         Poll::Ready(match *phase {
             Phase::Published(js) => {
@@ -118,6 +146,13 @@ impl Future for PushOp {
                 Ok(js - 1)
             }
             Phase::Kept => Err(Error::Interrupted),
+            // Stored or not, a reader may take it the moment it is: a
+            // caller that can wait learns which (`cut::defer`).
+            Phase::Publishing if crate::cut::patient() => {
+                drop(phase);
+                crate::cut::defer();
+                return Poll::Pending;
+            }
             Phase::Publishing => {
                 *phase = Phase::AbandonedInFlight;
                 self.topic.withdrawing.fetch_add(1, Ordering::Relaxed);
@@ -211,7 +246,7 @@ fn start_push(
     wait: Wait,
 ) -> (PushOp, oneshot::Receiver<()>) {
     let (sent_tx, sent) = oneshot::channel();
-    let phase = Arc::new(Mutex::new(Phase::Waiting));
+    let phase = Stage::new();
     let cancel = CancellationToken::new();
     let task = PushTask {
         inner,
@@ -320,6 +355,8 @@ async fn wait_for(
     mut closed: bool,
 ) -> Result<Option<JetStreamDelivery>> {
     let (tx, mut rx) = oneshot::channel();
+    // Ended without a message: the puller looks at what is left asked.
+    let mut leaving = Leaving(Some((topic, group)));
     let existing = topic.pullers.lock().get(group).cloned();
     // The group's first pull here (or the first since its puller retired)
     // starts its puller in a task of its own, so that the pull is at
@@ -366,7 +403,10 @@ async fn wait_for(
         tokio::select! {
             biased;
             d = &mut rx => return match d {
-                Ok(d) => Ok(Some(d)),
+                Ok(d) => {
+                    leaving.0 = None;
+                    Ok(Some(d))
+                }
                 Err(_) if topic.record().is_none() => Err(Error::Removed),
                 // The puller could not start: its reason, not a guess.
                 Err(_) => match starting.take() {
@@ -419,6 +459,21 @@ async fn wait_for(
                     Box::pin(inner.connected()).await?;
                 }
             }
+        }
+    }
+}
+
+/// A blocking pull of `group`: ended without a message (dropped, timed
+/// out, failed), it wakes the group's puller, whose requests for it may
+/// still be out.
+struct Leaving<'a>(Option<(&'a Topic, &'a str)>);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        if let Some((topic, group)) = self.0
+            && let Some(puller) = topic.pullers.lock().get(group)
+        {
+            puller.left();
         }
     }
 }
@@ -509,7 +564,7 @@ async fn nap(
 struct PushTask {
     inner: Arc<Inner>,
     topic: Arc<Topic>,
-    phase: Arc<Mutex<Phase>>,
+    phase: Arc<Stage>,
     cancel: CancellationToken,
     /// Told once the publish is on the wire (with room; not at a
     /// rendezvous), so that the writer's next push may go.
@@ -723,19 +778,11 @@ impl PushTask {
             match sent.await {
                 Ok(ack) => break ack.sequence,
                 Err(e) if Instant::now() >= give_up => {
-                    let mut phase = self.phase.lock();
-                    if *phase == Phase::AbandonedInFlight {
-                        self.topic.withdrawn();
-                    }
-                    *phase = Phase::Abandoned;
+                    self.give_up();
                     return Err(unavailable(e));
                 }
                 Err(_) if self.topic.record().is_none() => {
-                    let mut phase = self.phase.lock();
-                    if *phase == Phase::AbandonedInFlight {
-                        self.topic.withdrawn();
-                    }
-                    *phase = Phase::Abandoned;
+                    self.give_up();
                     return Err(Error::Removed);
                 }
                 Err(e) => {
@@ -752,6 +799,7 @@ impl PushTask {
             }
             abandoned
         };
+        self.phase.decided.wake();
         if abandoned {
             // Cut short while on the wire: told withdrawn, so it goes
             // (this server's pulls wait for that: `Topic::withdrawing`).
@@ -762,6 +810,19 @@ impl PushTask {
         self.topic.tally.pushed();
         self.topic.published.fetch_max(js_seq, Ordering::Relaxed);
         Ok(js_seq)
+    }
+
+    /// A publish not stored within the broker's timeout (or its topic
+    /// removed): abandoned, and a caller waiting on it told.
+    fn give_up(&self) {
+        {
+            let mut phase = self.phase.lock();
+            if *phase == Phase::AbandonedInFlight {
+                self.topic.withdrawn();
+            }
+            *phase = Phase::Abandoned;
+        }
+        self.phase.decided.wake();
     }
 
     /// At a rendezvous, before publishing: wait until some group has a
@@ -1079,7 +1140,7 @@ pub(crate) enum Settle {
 /// status shows it; then waiting pushes look again. One task per topic
 /// (`settler`) sends them all, not a task per message. Outside a runtime
 /// no settler can start: the message is redelivered after the ack wait.
-fn settle(topic: &Arc<Topic>, m: jetstream::Message, how: Settle) {
+pub(crate) fn settle(topic: &Arc<Topic>, m: jetstream::Message, how: Settle) {
     let tx = match topic.settler.get() {
         Some(tx) => tx,
         None => {
