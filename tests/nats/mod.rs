@@ -116,6 +116,18 @@ impl Cluster {
         }
     }
 
+    /// Stop node `i` as an operator would (SIGTERM, by its PID): it
+    /// writes its state out first.
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
     /// Start node `i` (again), on its port and store.
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
