@@ -208,42 +208,6 @@ async fn a_rendezvous_spans_servers() {
     assert_eq!(reader.await.unwrap(), Some(Bytes::from("hello\n")));
 }
 
-/// A reader that gave up leaves its pull request at JetStream for a few
-/// seconds; a rendezvous push on the other server must not count it as a
-/// reader (it returned "taken", 8 of 8, before the puller took a new inbox).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_rendezvous_push_does_not_go_to_a_reader_gone_on_the_other_server() {
-    let c = nats::Cluster::start(1).await;
-    let (a, b) = (serve(&c, &[]), serve(&c, &[]));
-    let cb = client(&b, "").await;
-    let settings = TopicSettings {
-        timeout: Some(Duration::from_secs(2)),
-        ..TopicSettings::default()
-    };
-    for gone in ["dropped", "connection lost"] {
-        let topic = format!("r{}", gone.len());
-        cb.create(&topic, &settings).await.unwrap();
-        let ca = client(&a, "").await;
-        until_listed(&ca, &topic).await;
-        let pull = ca.pull(&topic);
-        let waited = tokio::time::timeout(Duration::from_millis(500), pull).await;
-        assert!(waited.is_err(), "{gone}: a pull returned with no push");
-        if gone == "connection lost" {
-            drop(ca);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let pushed = cb.push(&topic, "nobody\n").await;
-        assert!(
-            pushed.is_err(),
-            "{gone}: a push with no reader returned {pushed:?}"
-        );
-        // Nothing was stored for the next reader either.
-        let ca = client(&a, "").await;
-        let left = ca.pull(&topic).await;
-        assert!(left.is_err(), "{gone}: the next reader got {left:?}");
-    }
-}
-
 /// A rendezvous push flushed at any moment (Twrite and Tflush sent
 /// together, or a few milliseconds apart), with a reader waiting on the
 /// other server: the reader gets the message exactly when the writer was

@@ -355,8 +355,6 @@ async fn wait_for(
     mut closed: bool,
 ) -> Result<Option<JetStreamDelivery>> {
     let (tx, mut rx) = oneshot::channel();
-    // Ended without a message: the puller looks at what is left asked.
-    let mut leaving = Leaving(Some((topic, group)));
     let existing = topic.pullers.lock().get(group).cloned();
     // The group's first pull here (or the first since its puller retired)
     // starts its puller in a task of its own, so that the pull is at
@@ -403,10 +401,7 @@ async fn wait_for(
         tokio::select! {
             biased;
             d = &mut rx => return match d {
-                Ok(d) => {
-                    leaving.0 = None;
-                    Ok(Some(d))
-                }
+                Ok(d) => Ok(Some(d)),
                 Err(_) if topic.record().is_none() => Err(Error::Removed),
                 // The puller could not start: its reason, not a guess.
                 Err(_) => match starting.take() {
@@ -459,21 +454,6 @@ async fn wait_for(
                     Box::pin(inner.connected()).await?;
                 }
             }
-        }
-    }
-}
-
-/// A blocking pull of `group`: ended without a message (dropped, timed
-/// out, failed), it wakes the group's puller, whose requests for it may
-/// still be out.
-struct Leaving<'a>(Option<(&'a Topic, &'a str)>);
-
-impl Drop for Leaving<'_> {
-    fn drop(&mut self) {
-        if let Some((topic, group)) = self.0
-            && let Some(puller) = topic.pullers.lock().get(group)
-        {
-            puller.left();
         }
     }
 }
@@ -1140,7 +1120,7 @@ pub(crate) enum Settle {
 /// status shows it; then waiting pushes look again. One task per topic
 /// (`settler`) sends them all, not a task per message. Outside a runtime
 /// no settler can start: the message is redelivered after the ack wait.
-pub(crate) fn settle(topic: &Arc<Topic>, m: jetstream::Message, how: Settle) {
+fn settle(topic: &Arc<Topic>, m: jetstream::Message, how: Settle) {
     let tx = match topic.settler.get() {
         Some(tx) => tx,
         None => {
@@ -1202,79 +1182,39 @@ async fn settler(
     }
 }
 
-/// How long acks whose confirmation failed (NATS lost) are sent again:
-/// the consumers' ack wait, after which JetStream delivers them again
-/// anyway.
-const ACK_RETRY_FOR: Duration = Duration::from_secs(30);
-
 /// Send `batch` in order, asking a confirmation of the last of each
-/// consumer's, and wait for those. A consumer's acks whose confirmation
-/// failed may not have reached JetStream (NATS lost meanwhile): a task
-/// sends them again until one is confirmed, so a short outage does not
-/// deliver them again. Naks are not sent again: one that reached a
-/// message delivered since would take it from its new reader.
+/// consumer's, and wait for those.
 async fn send_settles(batch: Vec<(jetstream::Message, Settle)>) {
     let kind = |how: Settle| match how {
         Settle::Ack => AckKind::Ack,
         Settle::Nak => AckKind::Nak(None),
     };
-    // Each consumer's, in order (a topic's readers are of a few groups: a
-    // short list).
-    let mut by_consumer: Vec<(String, Vec<(jetstream::Message, Settle)>)> = Vec::new();
-    for (m, how) in batch {
+    // The index of each consumer's last (a topic's readers are of a few
+    // groups: a short list).
+    let mut lasts: Vec<(String, usize)> = Vec::new();
+    for (i, (m, _)) in batch.iter().enumerate() {
         let consumer = m
             .info()
             .map(|info| info.consumer.to_string())
             .unwrap_or_default();
-        match by_consumer.iter_mut().find(|(c, _)| *c == consumer) {
-            Some((_, ms)) => ms.push((m, how)),
-            None => by_consumer.push((consumer, vec![(m, how)])),
+        match lasts.iter_mut().find(|(c, _)| *c == consumer) {
+            Some(last) => last.1 = i,
+            None => lasts.push((consumer, i)),
         }
     }
-    let confirms = by_consumer.into_iter().map(|(_, ms)| async move {
-        let confirmed = {
-            let Some(((last, last_how), rest)) = ms.split_last() else {
-                return;
-            };
-            let mut sent = true;
-            for (m, how) in rest {
-                sent &= m.ack_with(kind(*how)).await.is_ok();
-            }
-            sent && confirm(last, kind(*last_how)).await.is_ok()
-        };
-        if !confirmed {
-            tracing::debug!("acks not confirmed; sent again while NATS comes back");
-            tokio::spawn(ack_again(ms));
+    let mut confirms = Vec::with_capacity(lasts.len());
+    for (i, (m, how)) in batch.into_iter().enumerate() {
+        if lasts.iter().any(|(_, last)| *last == i) {
+            confirms.push(async move {
+                if let Err(e) = confirm(&m, kind(how)).await {
+                    tracing::warn!("ack: {e}; unconfirmed messages will be delivered again");
+                }
+            });
+        } else if let Err(e) = m.ack_with(kind(how)).await {
+            tracing::warn!("ack: {e}; the message will be delivered again");
         }
-    });
+    }
     futures_util::future::join_all(confirms).await;
-}
-
-/// Send a consumer's acks again (see `send_settles`) until one round is
-/// confirmed, or `ACK_RETRY_FOR` passed.
-async fn ack_again(ms: Vec<(jetstream::Message, Settle)>) {
-    let acks: Vec<_> = (ms.into_iter())
-        .filter(|(_, how)| matches!(how, Settle::Ack))
-        .map(|(m, _)| m)
-        .collect();
-    let Some((last, rest)) = acks.split_last() else {
-        return;
-    };
-    let give_up = Instant::now() + ACK_RETRY_FOR;
-    while Instant::now() < give_up {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut sent = true;
-        for m in rest {
-            sent &= m.ack_with(AckKind::Ack).await.is_ok();
-        }
-        if sent && confirm(last, AckKind::Ack).await.is_ok() {
-            return;
-        }
-    }
-    tracing::warn!(
-        "{} acks not confirmed within {ACK_RETRY_FOR:?}: those messages will be delivered again",
-        acks.len()
-    );
 }
 
 /// `how` for `m`, confirmed by JetStream: `double_ack_with`, but through

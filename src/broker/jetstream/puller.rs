@@ -13,13 +13,6 @@
 //! `GRACE` after its expiry); a consumer deleted under it (a `forget`, or
 //! a `seek` on any server) is looked up or made again while pulls wait.
 //!
-//! When every pull waiting has gone (flushed, timed out, its connection
-//! lost) while requests of theirs are still out, the puller takes a new
-//! inbox and drains the old one, naking what it still brings: JetStream
-//! drops a waiting request whose reply subject has no interest, so those
-//! leftovers neither take a message pushed meanwhile nor count as a
-//! reader waiting for a rendezvous push on another server.
-//!
 //! A puller with no pull waiting and no request out for
 //! `JetStreamConfig::idle_puller` (a minute by default) stops: it marks
 //! itself retired and leaves the topic's map under its own lock, so a pull
@@ -40,7 +33,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::Inner;
-use super::ops::{JetStreamDelivery, Settle, settle};
+use super::ops::JetStreamDelivery;
 use super::registry::Topic;
 
 /// How long an idle puller stays, by default (see the module comment).
@@ -146,12 +139,6 @@ impl Puller {
         (state.waiting.len() as u64, state.asked.len() as u64)
     }
 
-    /// A pull ended without a message (given up, timed out): the puller
-    /// looks whether requests are left out for nobody.
-    pub(crate) fn left(&self) {
-        self.wake.notify_one();
-    }
-
     /// A pull waits: the next message that comes is sent to `handed`,
     /// unless it is dropped first. A retired puller gives `handed` back:
     /// start a new one.
@@ -186,9 +173,6 @@ impl Run {
         let idle = self.inner.config.idle_puller;
         let mut busy_at = Instant::now();
         loop {
-            if self.abandoned() {
-                sub = self.renew(sub).await;
-            }
             self.ask().await;
             let (expiry, busy) = {
                 let mut state = self.puller.state.lock();
@@ -233,42 +217,6 @@ impl Run {
             state.waiting.clear();
         }
         let _ = sub.unsubscribe().await;
-    }
-
-    /// Whether requests are out while no pull waits: all theirs gave up.
-    fn abandoned(&self) -> bool {
-        let mut state = self.puller.state.lock();
-        state.waiting.retain(|w| !w.is_closed());
-        state.waiting.is_empty() && !state.asked.is_empty()
-    }
-
-    /// A new inbox for the next requests; the old one is drained in a
-    /// task that naks what was already on its way. Kept if NATS refuses.
-    async fn renew(&mut self, mut old: async_nats::Subscriber) -> async_nats::Subscriber {
-        let client = self.inner.js.client();
-        let inbox = async_nats::Subject::from(client.new_inbox());
-        let Ok(sub) = self.inner.within(client.subscribe(inbox.clone())).await else {
-            return old;
-        };
-        self.inbox = inbox;
-        self.puller.state.lock().asked.clear();
-        let (inner, topic) = (self.inner.clone(), self.topic.clone());
-        tokio::spawn(async move {
-            if old.drain().await.is_err() {
-                return;
-            }
-            while let Some(m) = old.next().await {
-                if matches!(m.status, None | Some(StatusCode::OK)) {
-                    let m = async_nats::jetstream::Message {
-                        message: m,
-                        context: inner.js.clone(),
-                    };
-                    // Nobody's: back to the group, not counted delivered.
-                    settle(&topic, m, Settle::Nak);
-                }
-            }
-        });
-        sub
     }
 
     /// Stop, if still nothing waits or is asked: retired and out of the
