@@ -176,6 +176,63 @@ async fn reset_fails_a_blocked_push_with_the_servers_words() {
     s.stop().await;
 }
 
+/// Send `signal` (e.g. "INT") to `child`, by its PID.
+fn signal(child: &Child, signal: &str) {
+    let pid = child.id().expect("running").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// Ctrl-C of a push waiting at a rendezvous: the Twrite is flushed and
+/// the server's verdict awaited, so the count it prints is what readers
+/// get. (It used to die at once, saying nothing: a push a reader had
+/// taken in that moment was reported failed, 2 of 5 in a review.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_push_says_how_many_went_and_they_are_what_readers_get() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "r"]).await);
+    // Three MSGs; a reader takes the first; Ctrl-C while the second waits.
+    let push = spawn(a, &["push", "r", "one", "two", "three"], false);
+    assert_eq!(ok(dchan(a, &["pull", "r"]).await), "one\n");
+    until_stat(a, "r", "blocked_writers 1").await;
+    signal(&push, "INT");
+    let out = patiently(push.wait_with_output()).await.unwrap();
+    fails(out, 130, "dchan: push r: interrupted (1 pushed)");
+    fails(
+        dchan(a, &["pull", "r", "--timeout", "300ms"]).await,
+        1,
+        "dchan: pull r: timed out",
+    );
+    // Lines of standard input, SIGTERM while the first line waits.
+    let mut push = spawn(a, &["push", "r"], true);
+    let mut stdin = push.stdin.take().unwrap();
+    stdin.write_all(b"a\nb\n").await.unwrap();
+    until_stat(a, "r", "blocked_writers 1").await;
+    signal(&push, "TERM");
+    let out = patiently(push.wait_with_output()).await.unwrap();
+    fails(out, 143, "dchan: push r: interrupted (0 pushed)");
+    drop(stdin);
+    // Waiting for input (a read on the runtime's blocking pool), Ctrl-C
+    // ends it at once, standard input still open. (Signalled before it
+    // connected, it dies of the signal: nothing pushed either.)
+    let mut push = spawn(a, &["push", "r", "--timeout", "5s"], true);
+    let stdin = push.stdin.take().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    signal(&push, "INT");
+    let out = patiently(push.wait_with_output()).await.unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    if out.status.signal() != Some(2) {
+        fails(out, 130, "dchan: push r: interrupted (0 pushed)");
+    }
+    drop(stdin);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_that_times_out_takes_nothing() {
     let s = Server::start().await;

@@ -230,6 +230,8 @@ pub struct Failure {
     what: String,
     /// Why, e.g. "topic reset".
     why: String,
+    /// The exit status: 1, or a signal's 128 + N when one stopped it.
+    code: u8,
 }
 
 impl Failure {
@@ -242,7 +244,13 @@ impl Failure {
             Some(rest) => rest.to_string(),
             None => why,
         };
-        Failure { what, why }
+        Failure { what, why, code: 1 }
+    }
+
+    /// The same failure, ending the command with status `code` (0: 1).
+    pub fn with_code(mut self, code: u8) -> Failure {
+        self.code = code.max(1);
+        self
     }
 }
 
@@ -313,7 +321,12 @@ pub async fn run(command: Command) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("dchan: {failure}");
-            ExitCode::FAILURE
+            if failure.code >= 128 {
+                // Stopped by a signal: now, not once a read of standard
+                // input blocked in the runtime's thread pool returns.
+                std::process::exit(failure.code.into());
+            }
+            ExitCode::from(failure.code)
         }
     }
 }

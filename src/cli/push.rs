@@ -9,6 +9,34 @@ use dchan::client::{Framing, Pusher};
 
 use super::{ConnArgs, Failure, parse_timeout};
 
+/// SIGINT or SIGTERM: cancels `token` (the push in flight is flushed and
+/// its verdict awaited), and says which came; a second one kills.
+fn on_signal(
+    token: tokio_util::sync::CancellationToken,
+) -> Option<std::sync::Arc<std::sync::atomic::AtomicU8>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).ok()?;
+    let mut term = signal(SignalKind::terminate()).ok()?;
+    let code = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let seen = code.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let n = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            if !first {
+                std::process::exit(n.into());
+            }
+            first = false;
+            seen.store(n, std::sync::atomic::Ordering::Relaxed);
+            token.cancel();
+        }
+    });
+    Some(code)
+}
+
 const HELP: &str = "\
 Each MSG is one message; with none, every line of standard input is one.
 A newline is added to a message that does not end with one (so a
@@ -20,6 +48,12 @@ order, over one open data file. On a write-framed topic a message must fit
 one 9P write (msize - 24 bytes: about 1 MiB against dchan's default); a
 longer one is refused, and nothing of it pushed. Each push waits as a writer of the topic's
 data file does: for a reader when its capacity is 0, for room otherwise.
+
+Interrupted (Ctrl-C, SIGINT or SIGTERM) once connected, the write in
+flight is flushed and the server's answer awaited: a message the server
+took counts as pushed, and the command ends with \"interrupted (N
+pushed)\" and status 130 (143 for SIGTERM). A second signal kills it at
+once, with no such count.
 
 Once connected, a failed push's error ends with \"(N pushed)\": the first
 N messages (MSGs, or lines of standard input) went out, the one after them
@@ -81,6 +115,15 @@ pub async fn run(args: PushArgs) -> Result<(), Failure> {
             return Err(failed(0, format!("timed out after {limit}")));
         }
     };
+    // From here a signal lets the push in flight end truthfully.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signalled = on_signal(stop.clone());
+    let code = || {
+        signalled
+            .as_ref()
+            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    let interrupted = |pushed: u64| failed(pushed, "interrupted".into()).with_code(code());
     // The first MSG has what setup left of --timeout; a line of standard
     // input, which may come much later, the whole of it.
     let first = match args.msgs.is_empty() {
@@ -93,15 +136,25 @@ pub async fn run(args: PushArgs) -> Result<(), Failure> {
         // (push_timeout): a push the server took as time ran out is not
         // reported "timed out", which would have the user push it twice.
         let limit = if *pushed == 0 { first } else { args.timeout };
-        let done = match limit {
-            None => pusher.push(msg).await,
-            Some(t) => pusher.push_timeout(msg, t).await,
+        if stop.is_cancelled() {
+            return Err(interrupted(*pushed));
+        }
+        let give_up = async {
+            match limit {
+                Some(t) => tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(t) => {}
+                },
+                None => stop.cancelled().await,
+            }
         };
-        match done {
-            Ok(()) => {
+        match pusher.push_unless(msg, give_up).await {
+            Ok(true) => {
                 *pushed += 1;
                 Ok(())
             }
+            Ok(false) if stop.is_cancelled() => Err(interrupted(*pushed)),
+            Ok(false) => Err(failed(*pushed, "timed out".into())),
             Err(e) => Err(failed(*pushed, e.to_string())),
         }
     };
@@ -109,14 +162,22 @@ pub async fn run(args: PushArgs) -> Result<(), Failure> {
     // go out many to a Twrite (see `batched`).
     let batch = args.timeout.is_none() && pusher.framing() == Some(Framing::Line);
     if args.msgs.is_empty() && batch {
-        pushed = batched(&pusher, pushed)
-            .await
-            .map_err(|(n, why)| failed(n, why))?;
+        pushed = batched(&pusher, pushed, &stop).await.map_err(|(n, why)| {
+            match stop.is_cancelled() {
+                true => interrupted(n),
+                false => failed(n, why),
+            }
+        })?;
     } else if args.msgs.is_empty() {
         let mut stdin = BufReader::new(tokio::io::stdin());
         loop {
             let mut line = Vec::new();
-            let n = stdin.read_until(b'\n', &mut line).await.map_err(|e| {
+            // Waiting for input, a signal ends it at once.
+            let read = tokio::select! {
+                r = stdin.read_until(b'\n', &mut line) => r,
+                _ = stop.cancelled() => return Err(interrupted(pushed)),
+            };
+            let n = read.map_err(|e| {
                 let why = dchan::client::io_reason(&e);
                 failed(pushed, format!("read standard input: {why}"))
             })?;
@@ -146,15 +207,30 @@ pub async fn run(args: PushArgs) -> Result<(), Failure> {
 /// the input sends what came before it. The last line, if it lacks a
 /// newline, gets one. Returns the count pushed, or that count and why the
 /// rest was not.
-async fn batched(pusher: &Pusher, mut pushed: u64) -> Result<u64, (u64, String)> {
+async fn batched(
+    pusher: &Pusher,
+    mut pushed: u64,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<u64, (u64, String)> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     std::thread::spawn(move || read_lines(tx));
-    while let Some(chunk) = rx.recv().await {
+    loop {
+        // Waiting for input, a signal ends it at once.
+        let chunk = tokio::select! {
+            c = rx.recv() => c,
+            _ = stop.cancelled() => return Err((pushed, "interrupted".into())),
+        };
+        let Some(chunk) = chunk else { break };
         let chunk = chunk.map_err(|e| {
             let why = dchan::client::io_reason(&e);
             (pushed, format!("read standard input: {why}"))
         })?;
-        let (n, done) = pusher.push_lines(terminated(chunk)).await;
+        if stop.is_cancelled() {
+            return Err((pushed, "interrupted".into()));
+        }
+        let (n, done) = pusher
+            .push_lines_unless(terminated(chunk), stop.cancelled())
+            .await;
         pushed += n;
         done.map_err(|e| (pushed, e.to_string()))?;
     }

@@ -224,18 +224,30 @@ impl Pusher {
 
     /// [`Pusher::push_timeout`] with a point in time rather than a duration.
     pub async fn push_deadline(&self, msg: impl Into<Bytes>, deadline: Instant) -> Result<()> {
+        match self.push_unless(msg, sleep_until(deadline)).await? {
+            true => Ok(()),
+            false => Err(Error::TimedOut),
+        }
+    }
+
+    /// [`Pusher::push`], given up if `stop` completes before the server
+    /// took the message (a deadline, an interrupt): `Ok(false)`, and then
+    /// nothing was pushed. As for [`Pusher::push_timeout`], the Twrite is
+    /// flushed and the server's verdict awaited, and once part of a
+    /// message was taken the rest is written however long it takes.
+    pub async fn push_unless(
+        &self,
+        msg: impl Into<Bytes>,
+        stop: impl Future<Output = ()>,
+    ) -> Result<bool> {
         let mut data: Bytes = msg.into();
         self.check_size(data.len())?;
         let max = self.file.max_io() as usize;
         let first = data.split_to(data.len().min(max));
         let len = first.len();
-        let n = match self
-            .file
-            .write_unless(0, first.clone(), sleep_until(deadline))
-            .await?
-        {
+        let n = match self.file.write_unless(0, first.clone(), stop).await? {
             Some(n) => n as usize,
-            None => return Err(Error::TimedOut),
+            None => return Ok(false),
         };
         if n == 0 && len > 0 {
             return Err(Error::Protocol("the server took 0 bytes of a write".into()));
@@ -244,10 +256,10 @@ impl Pusher {
         if n < len {
             self.file.write_all(0, first.slice(n..)).await?;
         }
-        if data.is_empty() {
-            return Ok(());
+        if !data.is_empty() {
+            self.file.write_all(0, data).await?;
         }
-        self.file.write_all(0, data).await
+        Ok(true)
     }
 
     /// The topic's framing when it was opened, if the pusher could read it.
@@ -268,7 +280,22 @@ impl Pusher {
     /// once readers took every line. Cancelling it (dropping the future)
     /// leaves the count unknown; there is no timeout variant for that
     /// reason (see [`Pusher::push_timeout`] for one line at a time).
-    pub async fn push_lines(&self, mut lines: Bytes) -> (u64, Result<()>) {
+    pub async fn push_lines(&self, lines: Bytes) -> (u64, Result<()>) {
+        self.push_lines_unless(lines, std::future::pending()).await
+    }
+
+    /// [`Pusher::push_lines`], stopped when `stop` completes: the Twrite
+    /// in flight is flushed and the server's verdict awaited (a Twrite it
+    /// took counts), and [`Error::Interrupted`] comes with the count of
+    /// lines pushed. A line longer than one Twrite, once begun, is
+    /// written whole.
+    pub async fn push_lines_unless(
+        &self,
+        mut lines: Bytes,
+        stop: impl Future<Output = ()>,
+    ) -> (u64, Result<()>) {
+        let stop = std::pin::pin!(stop);
+        let mut stop = futures_util::FutureExt::fuse(stop);
         let max = self.file.max_io() as usize;
         let mut pushed = 0u64;
         while !lines.is_empty() {
@@ -288,8 +315,9 @@ impl Pusher {
             }
             let mut rest = piece;
             while !rest.is_empty() {
-                let n = match self.file.write(0, rest.clone()).await {
-                    Ok(n) => (n as usize).min(rest.len()),
+                let n = match self.file.write_unless(0, rest.clone(), &mut stop).await {
+                    Ok(Some(n)) => (n as usize).min(rest.len()),
+                    Ok(None) => return (pushed, Err(Error::Interrupted)),
                     Err(e) => return (pushed, Err(e)),
                 };
                 if n == 0 {

@@ -49,6 +49,12 @@ pub enum Error {
     /// [`Pusher::push_timeout`]: super::Pusher::push_timeout
     #[error("timed out")]
     TimedOut,
+    /// The caller stopped the request ([`Pusher::push_lines_unless`]) and
+    /// the server flushed it: it did not happen.
+    ///
+    /// [`Pusher::push_lines_unless`]: super::Pusher::push_lines_unless
+    #[error("interrupted")]
+    Interrupted,
     /// A message for a `write`-framed topic (or one whose framing could not
     /// be read) larger than one Twrite carries on this connection: it would
     /// arrive as several messages, so nothing was pushed.
