@@ -217,6 +217,19 @@ async fn an_interrupted_push_says_how_many_went_and_they_are_what_readers_get() 
     let out = patiently(push.wait_with_output()).await.unwrap();
     fails(out, 143, "dchan: push r: interrupted (0 pushed)");
     drop(stdin);
+    // A write of many lines of which the topic took some (capacity 5):
+    // the flush's answer counts them, and no more go out.
+    ok(dchan(a, &["create", "five", "--capacity", "5"]).await);
+    let lines: String = (1..=100).map(|i| format!("{i}\n")).collect();
+    let mut push = spawn(a, &["push", "five"], true);
+    let mut stdin = push.stdin.take().unwrap();
+    stdin.write_all(lines.as_bytes()).await.unwrap();
+    until_stat(a, "five", "blocked_writers 1").await;
+    signal(&push, "INT");
+    let out = patiently(push.wait_with_output()).await.unwrap();
+    fails(out, 130, "dchan: push five: interrupted (5 pushed)");
+    drop(stdin);
+    assert!(ok(dchan(a, &["stat", "five"]).await).contains("pending 5\n"));
     // Waiting for input (a read on the runtime's blocking pool), Ctrl-C
     // ends it at once, standard input still open. (Signalled before it
     // connected, it dies of the signal: nothing pushed either.)

@@ -52,8 +52,9 @@ data file does: for a reader when its capacity is 0, for room otherwise.
 Interrupted (Ctrl-C, SIGINT or SIGTERM) once connected, the write in
 flight is flushed and the server's answer awaited: a message the server
 took counts as pushed, and the command ends with \"interrupted (N
-pushed)\" and status 130 (143 for SIGTERM). A second signal kills it at
-once, with no such count.
+pushed)\" and status 130 (143 for SIGTERM). (A MSG of several lines, or
+one longer than a write, of which the server took a part, is finished
+first.) A second signal kills it at once, with no such count.
 
 Once connected, a failed push's error ends with \"(N pushed)\": the first
 N messages (MSGs, or lines of standard input) went out, the one after them

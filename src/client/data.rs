@@ -299,6 +299,11 @@ impl Pusher {
         let max = self.file.max_io() as usize;
         let mut pushed = 0u64;
         while !lines.is_empty() {
+            // Stopped, and the server answered the Twrite in flight with
+            // the lines it took before the flush: no more go out.
+            if futures_util::future::FusedFuture::is_terminated(&stop) {
+                return (pushed, Err(Error::Interrupted));
+            }
             let head = &lines[..lines.len().min(max)];
             let end = match memchr::memrchr(b'\n', head) {
                 Some(nl) => nl + 1,
@@ -326,6 +331,9 @@ impl Pusher {
                 }
                 pushed += memchr::memchr_iter(b'\n', &rest[..n]).count() as u64;
                 rest = rest.slice(n..);
+                if futures_util::future::FusedFuture::is_terminated(&stop) && !rest.is_empty() {
+                    return (pushed, Err(Error::Interrupted));
+                }
             }
         }
         (pushed, Ok(()))
