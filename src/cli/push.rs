@@ -2,8 +2,12 @@
 //! input, over one open data file.
 
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
 
 use dchan::client::{Framing, Pusher};
 
@@ -11,13 +15,11 @@ use super::{ConnArgs, Failure, parse_timeout};
 
 /// SIGINT or SIGTERM: cancels `token` (the push in flight is flushed and
 /// its verdict awaited), and says which came; a second one kills.
-fn on_signal(
-    token: tokio_util::sync::CancellationToken,
-) -> Option<std::sync::Arc<std::sync::atomic::AtomicU8>> {
+fn on_signal(token: CancellationToken) -> Option<Arc<AtomicU8>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt()).ok()?;
     let mut term = signal(SignalKind::terminate()).ok()?;
-    let code = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let code = Arc::new(AtomicU8::new(0));
     let seen = code.clone();
     tokio::spawn(async move {
         let mut first = true;
@@ -30,7 +32,7 @@ fn on_signal(
                 std::process::exit(n.into());
             }
             first = false;
-            seen.store(n, std::sync::atomic::Ordering::Relaxed);
+            seen.store(n, Ordering::Relaxed);
             token.cancel();
         }
     });
@@ -117,13 +119,9 @@ pub async fn run(args: PushArgs) -> Result<(), Failure> {
         }
     };
     // From here a signal lets the push in flight end truthfully.
-    let stop = tokio_util::sync::CancellationToken::new();
+    let stop = CancellationToken::new();
     let signalled = on_signal(stop.clone());
-    let code = || {
-        signalled
-            .as_ref()
-            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
-    };
+    let code = || signalled.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
     let interrupted = |pushed: u64| failed(pushed, "interrupted".into()).with_code(code());
     // The first MSG has what setup left of --timeout; a line of standard
     // input, which may come much later, the whole of it.
@@ -211,7 +209,7 @@ pub async fn run(args: PushArgs) -> Result<(), Failure> {
 async fn batched(
     pusher: &Pusher,
     mut pushed: u64,
-    stop: &tokio_util::sync::CancellationToken,
+    stop: &CancellationToken,
 ) -> Result<u64, (u64, String)> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     std::thread::spawn(move || read_lines(tx));

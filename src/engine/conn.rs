@@ -546,7 +546,7 @@ impl<T: FileTree> Conn<T> {
         let flushed = self.flushing.iter().any(|(old, _)| *old == tag);
         match done.map(|d| self.session.complete(d)) {
             // Flushed: only a success is told, before the Rflush.
-            Some(Fcall::Rerror { .. } | Fcall::Rlerror { .. }) | None if flushed => {
+            Some(Fcall::Rerror { .. } | Fcall::Rlerror { .. }) if flushed => {
                 self.started.remove(&tag);
             }
             Some(reply) => self.answer(tag, fid, reply),
