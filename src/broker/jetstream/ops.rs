@@ -936,10 +936,21 @@ impl PushTask {
                 Woke::Look => {}
                 Woke::Changed => match changed(changes, record) {
                     // Reset: the purge leaves the consumers' pointers, so
-                    // one more look tells whether a group took it.
+                    // a look tells whether a group took it. Not taken, it
+                    // is deleted before the writer is told "reset" (the
+                    // reset's purge may come after a reader takes it),
+                    // then looked at again: whatever took it meanwhile
+                    // makes it `Ok`.
                     Err(Error::Reset) => {
                         let groups = self.inner.groups(stream).await?;
-                        return match groups.iter().any(took) || taken(&last_look) {
+                        if groups.iter().any(took) || taken(&last_look) {
+                            return Ok(js_seq - 1);
+                        }
+                        if !Box::pin(self.delete(stream, js_seq)).await {
+                            return Ok(js_seq - 1);
+                        }
+                        let groups = self.inner.groups(stream).await?;
+                        return match groups.iter().any(took) || taken(&[]) {
                             true => Ok(js_seq - 1),
                             false => Err(Error::Reset),
                         };
@@ -962,6 +973,25 @@ impl PushTask {
                 Woke::Deadline | Woke::Cancelled => return Ok(js_seq - 1),
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+impl PushTask {
+    /// Make sure no reader can take stream message `js_seq` from now on:
+    /// deleted, or gone already (a purge took it). `false` if JetStream
+    /// could not say.
+    async fn delete(&self, stream: &jetstream::stream::Stream<()>, js_seq: u64) -> bool {
+        match tokio::time::timeout(self.inner.config.timeout, stream.delete_message(js_seq)).await {
+            Ok(Ok(_)) => true,
+            // JetStream's own refusal: not there ("sequence not found",
+            // or the store's "no message found"; a topic's stream allows
+            // deletes).
+            Ok(Err(e)) => matches!(
+                e.kind(),
+                jetstream::stream::DeleteMessageErrorKind::JetStream(_)
+            ),
+            Err(_) => false,
         }
     }
 }
