@@ -24,11 +24,14 @@ mod tunnel;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use dchan::client::{self, Client, DEFAULT_ADDR, Options};
 use dchan::engine::Addr;
+use tokio_util::sync::CancellationToken;
 
 pub use admin::{CreateArgs, OffsetArgs, RmArgs, TopicArg};
 pub use dchan::serve::ServeArgs;
@@ -418,4 +421,31 @@ fn usage_line(e: &clap::Error) -> String {
         }
     }
     parts.join(" ")
+}
+
+/// SIGINT or SIGTERM: cancels `token` (the request in flight is flushed
+/// and its verdict awaited), and says which came; a second one kills.
+pub(super) fn on_signal(token: CancellationToken) -> Option<Arc<AtomicU8>> {
+    use std::sync::atomic::Ordering;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).ok()?;
+    let mut term = signal(SignalKind::terminate()).ok()?;
+    let code = Arc::new(AtomicU8::new(0));
+    let seen = code.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let n = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            if !first {
+                std::process::exit(n.into());
+            }
+            first = false;
+            seen.store(n, Ordering::Relaxed);
+            token.cancel();
+        }
+    });
+    Some(code)
 }

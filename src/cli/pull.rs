@@ -4,10 +4,13 @@
 
 use std::io::Write;
 
+use std::sync::atomic::Ordering;
+
 use clap::Args;
 use dchan::client::{Client, Options, Puller};
+use tokio_util::sync::CancellationToken;
 
-use super::{ConnArgs, Context, Failure, parse_timeout, within};
+use super::{ConnArgs, Context, Failure, on_signal, parse_timeout, within};
 
 const HELP: &str = "\
 Output: each message as it is, followed by a newline if it does not end
@@ -24,6 +27,15 @@ of the pipe: pull waits for the pipe to empty before asking for the next
 message (or exiting), and a message the reader left unread in the pipe
 when it went away goes back too. So `dchan pull jobs -n 10 | head -n 3`
 takes exactly 3; the next pull gets the 4th.
+
+Interrupted (Ctrl-C, SIGINT or SIGTERM) once connected, a wait for a
+message is flushed and the server's answer awaited (a message that came
+anyway is printed); a message being printed is finished (into a pipe:
+until its reader has read it, or gone away). Then what was printed is
+acknowledged, and the command ends with \"interrupted (N printed)\" and
+status 130 (143 for SIGTERM): the next reader gets the next message, not
+the last one printed again. A second signal kills it at once; then the
+last message printed may come back.
 
 Batches. With --follow, pull takes every message waiting at once (as
 many as fit one read, about 1 MiB), printing them in one go: one request
@@ -87,7 +99,13 @@ pub async fn run(args: PullArgs) -> Result<(), Failure> {
     });
     let (_client, mut puller) = within(limit, what(), setup).await?;
     let first = args.timeout.map(|t| t.saturating_sub(start.elapsed()));
-    match print_messages(&args, first, &mut puller).await {
+    // From here a signal ends the wait in flight truthfully (a killed
+    // pull's last message, printed but not yet acknowledged, would come
+    // back and be printed twice).
+    let stop = CancellationToken::new();
+    let signalled = on_signal(stop.clone());
+    let code = || signalled.as_ref().map_or(0, |c| c.load(Ordering::Relaxed));
+    match print_messages(&args, first, &mut puller, &stop).await {
         // A message pulled but not printed (standard output is gone, as
         // when `| head` has had enough) must go back to the group. The
         // server gives a fid's last message back when its connection ends
@@ -102,7 +120,13 @@ pub async fn run(args: PullArgs) -> Result<(), Failure> {
         // come back and be printed twice.
         printed => {
             let closed = puller.close().await.what(what);
-            printed.map_err(Stopped::into_failure).and(closed)
+            let printed = printed.map_err(|s| match s {
+                Stopped::Interrupted(n) => {
+                    Failure::new(what(), format!("interrupted ({n} printed)")).with_code(code())
+                }
+                s => s.into_failure(),
+            });
+            printed.and(closed)
         }
     }
 }
@@ -129,12 +153,15 @@ enum Stopped {
     Failed(Failure),
     /// A message was taken but could not be printed.
     Unprinted(Failure),
+    /// A signal, after this many messages were printed.
+    Interrupted(u64),
 }
 
 impl Stopped {
     fn into_failure(self) -> Failure {
         match self {
             Stopped::Failed(f) | Stopped::Unprinted(f) => f,
+            Stopped::Interrupted(n) => Failure::new("pull", format!("interrupted ({n} printed)")),
         }
     }
 }
@@ -145,24 +172,40 @@ impl From<Failure> for Stopped {
     }
 }
 
-/// Pull and print what `args` asks for.
 /// Print messages; the first waits at most `first` (what is left of
-/// --timeout after setup), each later one at most --timeout.
+/// --timeout after setup), each later one at most --timeout, and none
+/// once `stop` is cancelled.
 async fn print_messages(
     args: &PullArgs,
     first: Option<std::time::Duration>,
     puller: &mut Puller,
+    stop: &CancellationToken,
 ) -> Result<(), Stopped> {
     let what = || format!("pull {}", args.topic);
     let mut printed = 0u64;
     while args.follow || printed < args.count {
-        // The timeout flushes the Tread and waits for the server's verdict
-        // (next_timeout), so a message that arrived as time ran out is
-        // printed, not lost; a plain timeout() around next() could lose it.
+        if stop.is_cancelled() {
+            return Err(Stopped::Interrupted(printed));
+        }
+        // The timeout or a signal flushes the Tread and waits for the
+        // server's verdict (next_unless), so a message that arrived as
+        // time ran out is printed, not lost; a plain timeout() around
+        // next() could lose it.
         let limit = if printed == 0 { first } else { args.timeout };
-        let msg = match limit {
-            None => puller.next().await.what(what)?,
-            Some(t) => puller.next_timeout(t).await.what(what)?,
+        let give_up = async {
+            match limit {
+                Some(t) => tokio::select! {
+                    _ = tokio::time::sleep(t) => {}
+                    _ = stop.cancelled() => {}
+                },
+                None => stop.cancelled().await,
+            }
+        };
+        let msg = match puller.next_unless(give_up).await {
+            Err(dchan::client::Error::TimedOut) if stop.is_cancelled() => {
+                return Err(Stopped::Interrupted(printed));
+            }
+            msg => msg.what(what)?,
         };
         let Some(msg) = msg else {
             if args.follow {

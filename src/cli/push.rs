@@ -2,8 +2,7 @@
 //! input, over one open data file.
 
 use bytes::{Bytes, BytesMut};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -11,33 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use dchan::client::{Framing, Pusher};
 
-use super::{ConnArgs, Failure, parse_timeout};
-
-/// SIGINT or SIGTERM: cancels `token` (the push in flight is flushed and
-/// its verdict awaited), and says which came; a second one kills.
-fn on_signal(token: CancellationToken) -> Option<Arc<AtomicU8>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).ok()?;
-    let mut term = signal(SignalKind::terminate()).ok()?;
-    let code = Arc::new(AtomicU8::new(0));
-    let seen = code.clone();
-    tokio::spawn(async move {
-        let mut first = true;
-        loop {
-            let n = tokio::select! {
-                _ = int.recv() => 130,
-                _ = term.recv() => 143,
-            };
-            if !first {
-                std::process::exit(n.into());
-            }
-            first = false;
-            seen.store(n, Ordering::Relaxed);
-            token.cancel();
-        }
-    });
-    Some(code)
-}
+use super::{ConnArgs, Failure, on_signal, parse_timeout};
 
 const HELP: &str = "\
 Each MSG is one message; with none, every line of standard input is one.

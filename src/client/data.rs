@@ -123,8 +123,9 @@ impl Puller {
     }
 
     /// The next message, giving up (with [`Error::TimedOut`]) if `cancel`
-    /// completes before its first bytes came.
-    async fn next_unless(&mut self, cancel: impl Future<Output = ()>) -> Result<Option<Bytes>> {
+    /// completes before its first bytes came: the Tread is flushed and the
+    /// server's verdict awaited, as for [`Puller::next_timeout`].
+    pub async fn next_unless(&mut self, cancel: impl Future<Output = ()>) -> Result<Option<Bytes>> {
         let max = self.file.max_io();
         let loop_rule = self.file.connection().dialect() != Dialect::P2000;
         let mut cancel = std::pin::pin!(cancel);
