@@ -445,7 +445,7 @@ pub(crate) async fn push_all_topic(
     while all.pushed < messages.len() {
         let start = topic.with(|s| {
             while let Some(m) = messages.get(all.pushed) {
-                match s.start_push(m.clone(), wait) {
+                match s.start_push(m, wait) {
                     Start::Done(Ok(_)) => all.pushed += 1,
                     Start::Done(Err(e)) => return Some(Err(e)),
                     Start::Wait(key, limit) => return Some(Ok((key, limit))),
@@ -471,7 +471,7 @@ pub(crate) async fn push_all_topic(
 
 /// Push to `topic` (see [`Broker::push_to`]).
 pub(crate) async fn push_topic(topic: Arc<Topic>, data: Bytes, wait: Wait) -> Result<Seq> {
-    let start = topic.with(|s| s.start_push(data, wait));
+    let start = topic.with(|s| s.start_push(&data, wait));
     match start {
         Start::Done(result) => result,
         Start::Wait(key, limit) => within(limit, PushWait::new(topic, key)).await,

@@ -677,7 +677,7 @@ impl State {
 
     // ---- push ----
 
-    pub(crate) fn start_push(&mut self, data: Bytes, wait: Wait) -> Start<Seq> {
+    pub(crate) fn start_push(&mut self, data: &Bytes, wait: Wait) -> Start<Seq> {
         if let Err(e) = self.alive() {
             return Start::Done(Err(e));
         }
@@ -697,7 +697,7 @@ impl State {
             && self.bytes_fit(data.len())
             && self.rate_token()
         {
-            let seq = self.append(&data);
+            let seq = self.append(data);
             if seq.is_ok() {
                 self.dispatch();
             }
@@ -710,7 +710,8 @@ impl State {
             stage: Stage::Offered,
             waker: None,
         });
-        self.offers.push_back((key, data));
+        // Only a push that waits keeps its message (the log copies it).
+        self.offers.push_back((key, data.clone()));
         self.dispatch();
         match self.decide_writer(key, None) {
             Some(result) => Start::Done(result),
