@@ -491,6 +491,20 @@ impl Inner {
         delete_marker(&self.js, &self.bucket, key, last).await
     }
 
+    /// Whether the topic of `record` was reset (or removed) since: read
+    /// from the registry itself, as the mirror may lag behind it.
+    pub(crate) async fn reset_since(&self, record: &Record) -> Result<bool> {
+        let entry = self
+            .within(self.bucket.entry(registry::key(&record.name)))
+            .await?;
+        Ok(match entry.filter(|e| e.operation == kv::Operation::Put) {
+            None => true,
+            Some(e) => serde_json::from_slice::<Record>(&e.value).map_or(true, |now| {
+                now.id != record.id || now.resets != record.resets
+            }),
+        })
+    }
+
     /// Change `target`'s record with `f`, retrying on a concurrent change.
     async fn update(&self, target: Target<'_>, f: impl Fn(&mut Record)) -> Result<()> {
         loop {

@@ -920,7 +920,13 @@ impl PushTask {
             if look {
                 let groups = self.inner.groups(stream).await?;
                 if !groups.is_empty() && groups.iter().all(took) {
-                    return Ok(js_seq - 1);
+                    // A reset's purge moves every consumer past what it
+                    // removed: the look counts only if no reset began
+                    // before it (the registry changes before the purge).
+                    if !self.inner.reset_since(record).await? {
+                        return Ok(js_seq - 1);
+                    }
+                    return Box::pin(self.after_reset(stream, js_seq)).await;
                 }
                 last_look = groups;
             }
@@ -935,26 +941,7 @@ impl PushTask {
             match woke {
                 Woke::Look => {}
                 Woke::Changed => match changed(changes, record) {
-                    // Reset: the purge leaves the consumers' pointers, so
-                    // a look tells whether a group took it. Not taken, it
-                    // is deleted before the writer is told "reset" (the
-                    // reset's purge may come after a reader takes it),
-                    // then looked at again: whatever took it meanwhile
-                    // makes it `Ok`.
-                    Err(Error::Reset) => {
-                        let groups = self.inner.groups(stream).await?;
-                        if groups.iter().any(took) || taken(&last_look) {
-                            return Ok(js_seq - 1);
-                        }
-                        if !Box::pin(self.delete(stream, js_seq)).await {
-                            return Ok(js_seq - 1);
-                        }
-                        let groups = self.inner.groups(stream).await?;
-                        return match groups.iter().any(took) || taken(&[]) {
-                            true => Ok(js_seq - 1),
-                            false => Err(Error::Reset),
-                        };
-                    }
+                    Err(Error::Reset) => return Box::pin(self.after_reset(stream, js_seq)).await,
                     // Removed before any group took it: gone.
                     Err(Error::Removed) if !taken(&last_look) => return Err(Error::Removed),
                     // Taken before that, or closed: it stays for the
@@ -978,6 +965,31 @@ impl PushTask {
 }
 
 impl PushTask {
+    /// A reset came while a rendezvous push waited to be taken. Its purge
+    /// moves the consumers' pointers past what it removed, so only this
+    /// server's own deliveries tell whether a reader took the message:
+    /// taken here, `Ok`; else it is deleted (so that none takes it after)
+    /// and, still not taken here, "reset". A reader on another server
+    /// that took it just before is not seen: its writer is told "reset"
+    /// (chapter 7).
+    async fn after_reset(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        js_seq: u64,
+    ) -> Result<Seq> {
+        if self.topic.got_here(js_seq) {
+            return Ok(js_seq - 1);
+        }
+        // JetStream could not say: it may stay for the readers.
+        if !self.delete(stream, js_seq).await {
+            return Ok(js_seq - 1);
+        }
+        match self.topic.got_here(js_seq) {
+            true => Ok(js_seq - 1),
+            false => Err(Error::Reset),
+        }
+    }
+
     /// Make sure no reader can take stream message `js_seq` from now on:
     /// deleted, or gone already (a purge took it). `false` if JetStream
     /// could not say.
@@ -1097,6 +1109,7 @@ impl JetStreamDelivery {
         topic.pulled.fetch_add(1, Ordering::Relaxed);
         topic.tally.pulled();
         topic.delivered.fetch_max(js_seq, Ordering::Relaxed);
+        topic.arrived(js_seq);
         topic.progress.notify_waiters();
         JetStreamDelivery {
             seq: js_seq - 1,

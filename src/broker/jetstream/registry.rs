@@ -154,6 +154,10 @@ pub(crate) struct Topic {
     pub(crate) looking: tokio::sync::Mutex<()>,
     pub(crate) last_look: Mutex<Look>,
     pub(crate) reached: Mutex<HashMap<String, u64>>,
+    /// The stream sequences of this server's last deliveries (at most
+    /// `ARRIVALS`): which message a reader here got, where a reset's
+    /// purge has moved the consumers' pointers past what it removed.
+    pub(crate) arrivals: Mutex<std::collections::VecDeque<u64>>,
     /// Groups being made or moved on this server: no trim meanwhile.
     pub(crate) making: AtomicU64,
     /// The highest stream sequence purged up to, so a trim is asked once.
@@ -164,6 +168,9 @@ pub(crate) struct Topic {
     pub(crate) tally: Arc<Tally>,
     pub(crate) blocked_writers: AtomicU64,
 }
+
+/// How many of its last deliveries a topic remembers (see `arrivals`).
+const ARRIVALS: usize = 1024;
 
 impl Topic {
     fn new(prefix: &str, record: Record, tally: Arc<Tally>) -> Topic {
@@ -191,6 +198,7 @@ impl Topic {
             looking: tokio::sync::Mutex::new(()),
             last_look: Mutex::default(),
             reached: Mutex::default(),
+            arrivals: Mutex::default(),
             making: AtomicU64::new(0),
             trimmed: AtomicU64::new(0),
             pulled: AtomicU64::new(0),
@@ -295,6 +303,20 @@ impl Topic {
             got >= last && super::group_of(name).is_some_and(|g| pulling.contains_key(&g))
         });
         ready.then(|| look.groups.iter().map(|(name, _)| name.clone()).collect())
+    }
+
+    /// Stream message `js_seq` was delivered to this server.
+    pub(crate) fn arrived(&self, js_seq: u64) {
+        let mut arrivals = self.arrivals.lock();
+        if arrivals.len() == ARRIVALS {
+            arrivals.pop_front();
+        }
+        arrivals.push_back(js_seq);
+    }
+
+    /// Whether stream message `js_seq` was delivered to this server lately.
+    pub(crate) fn got_here(&self, js_seq: u64) -> bool {
+        self.arrivals.lock().contains(&js_seq)
     }
 
     /// A group's message reached a puller of this server.
