@@ -449,3 +449,15 @@ pub(super) fn on_signal(token: CancellationToken) -> Option<Arc<AtomicU8>> {
     });
     Some(code)
 }
+
+/// Complete once `stop` is cancelled or, with a `limit`, once it passes:
+/// when a push or pull in flight gives up (and flushes its request).
+pub(super) async fn stop_or_after(stop: &CancellationToken, limit: Option<Duration>) {
+    match limit {
+        Some(t) => tokio::select! {
+            _ = tokio::time::sleep(t) => {}
+            _ = stop.cancelled() => {}
+        },
+        None => stop.cancelled().await,
+    }
+}

@@ -3,14 +3,13 @@
 //! pipe's reader has read it (see [`read_out_of_pipe`]).
 
 use std::io::Write;
-
 use std::sync::atomic::Ordering;
 
 use clap::Args;
 use dchan::client::{Client, Options, Puller};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnArgs, Context, Failure, on_signal, parse_timeout, within};
+use super::{ConnArgs, Context, Failure, on_signal, parse_timeout, stop_or_after, within};
 
 const HELP: &str = "\
 Output: each message as it is, followed by a newline if it does not end
@@ -120,13 +119,9 @@ pub async fn run(args: PullArgs) -> Result<(), Failure> {
         // come back and be printed twice.
         printed => {
             let closed = puller.close().await.what(what);
-            let printed = printed.map_err(|s| match s {
-                Stopped::Interrupted(n) => {
-                    Failure::new(what(), format!("interrupted ({n} printed)")).with_code(code())
-                }
-                s => s.into_failure(),
-            });
-            printed.and(closed)
+            printed
+                .map_err(|s| s.into_failure(&what(), code()))
+                .and(closed)
         }
     }
 }
@@ -158,10 +153,13 @@ enum Stopped {
 }
 
 impl Stopped {
-    fn into_failure(self) -> Failure {
+    /// The failure to report; `what` failed, `code` is the signal's status.
+    fn into_failure(self, what: &str, code: u8) -> Failure {
         match self {
             Stopped::Failed(f) | Stopped::Unprinted(f) => f,
-            Stopped::Interrupted(n) => Failure::new("pull", format!("interrupted ({n} printed)")),
+            Stopped::Interrupted(n) => {
+                Failure::new(what, format!("interrupted ({n} printed)")).with_code(code)
+            }
         }
     }
 }
@@ -192,16 +190,7 @@ async fn print_messages(
         // time ran out is printed, not lost; a plain timeout() around
         // next() could lose it.
         let limit = if printed == 0 { first } else { args.timeout };
-        let give_up = async {
-            match limit {
-                Some(t) => tokio::select! {
-                    _ = tokio::time::sleep(t) => {}
-                    _ = stop.cancelled() => {}
-                },
-                None => stop.cancelled().await,
-            }
-        };
-        let msg = match puller.next_unless(give_up).await {
+        let msg = match puller.next_unless(stop_or_after(stop, limit)).await {
             Err(dchan::client::Error::TimedOut) if stop.is_cancelled() => {
                 return Err(Stopped::Interrupted(printed));
             }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use dchan::client::{Framing, Pusher};
 
-use super::{ConnArgs, Failure, on_signal, parse_timeout};
+use super::{ConnArgs, Failure, on_signal, parse_timeout, stop_or_after};
 
 const HELP: &str = "\
 Each MSG is one message; with none, every line of standard input is one.
@@ -111,16 +111,7 @@ pub async fn run(args: PushArgs) -> Result<(), Failure> {
         if stop.is_cancelled() {
             return Err(interrupted(*pushed));
         }
-        let give_up = async {
-            match limit {
-                Some(t) => tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = tokio::time::sleep(t) => {}
-                },
-                None => stop.cancelled().await,
-            }
-        };
-        match pusher.push_unless(msg, give_up).await {
+        match pusher.push_unless(msg, stop_or_after(&stop, limit)).await {
             Ok(true) => {
                 *pushed += 1;
                 Ok(())

@@ -962,9 +962,7 @@ impl PushTask {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
-}
 
-impl PushTask {
     /// A reset came while a rendezvous push waited to be taken. Its purge
     /// moves the consumers' pointers past what it removed, so only this
     /// server's own deliveries tell whether a reader took the message:
