@@ -224,7 +224,11 @@ async fn print_messages(
                 "standard output: its reader went away without reading the last message; it goes back to the topic",
             )));
         }
-        printed += 1;
+        // A batch (line framing) is as many messages as lines.
+        printed += match batches(args) {
+            true => memchr::memchr_iter(b'\n', &msg).count().max(1) as u64,
+            false => 1,
+        };
     }
     Ok(())
 }

@@ -128,13 +128,18 @@ impl Puller {
     pub async fn next_unless(&mut self, cancel: impl Future<Output = ()>) -> Result<Option<Bytes>> {
         let max = self.file.max_io();
         let loop_rule = self.file.connection().dialect() != Dialect::P2000;
-        let mut cancel = std::pin::pin!(cancel);
+        // Fused: once it has fired, no further read waits on it (a read
+        // it cut may still have been answered, and the loop goes on).
+        let mut cancel = std::pin::pin!(futures_util::FutureExt::fuse(cancel));
         loop {
             let chunk = if let Some(reading) = &mut self.reading {
                 let chunk = self.file.read_reply(reading, max).await;
                 self.reading = None;
                 chunk?
             } else if self.partial.is_empty() {
+                if futures_util::future::FusedFuture::is_terminated(&cancel) {
+                    return Err(Error::TimedOut);
+                }
                 match self.file.read_unless(self.offset, max, &mut cancel).await? {
                     Some(chunk) => chunk,
                     None => return Err(Error::TimedOut),
