@@ -435,3 +435,72 @@ async fn creates_and_removes_given_up_midway_leave_no_stray_stream() {
         a.status(t.into()).await.expect("a listed topic is usable");
     }
 }
+
+/// A write of many lines that waits for room holds up no other operation
+/// of its server: async-nats lent each of its published pushes a permit
+/// until the write ended, 5 000 at most, and every JetStream publish of
+/// the server (registry locks and records included) then waited for
+/// ever; a review's two stress runs stalled both servers so. Here 5 990
+/// lines go out and the 5 991st waits; making a topic, a status and reads
+/// still answer, and the write then ends whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_write_waiting_for_room_blocks_nothing_else() {
+    const LINES: usize = 6_000;
+    const CAPACITY: u64 = 5_990;
+    let c = nats::Cluster::start(1).await;
+    let a = Arc::new(JetStreamBroker::connect(config(&c, 1)).await.unwrap());
+    let topic = TopicConfig {
+        capacity: CAPACITY,
+        ..Default::default()
+    };
+    a.create("t", topic).await.unwrap();
+    a.offset("t".into(), "").await.unwrap();
+    let writer = tokio::spawn({
+        let a = a.clone();
+        async move {
+            let lines: Vec<Bytes> = (0..LINES).map(|i| Bytes::from(i.to_string())).collect();
+            let all = a.push_all("t".into(), &lines, Wait::Block).await;
+            assert!(all.error.is_none(), "{:?}", all.error);
+            for (_, p) in all.pending {
+                p.await.unwrap();
+            }
+            all.pushed
+        }
+    });
+    // Until the write waits for room, CAPACITY lines stored (it stopped
+    // at 5 000 before).
+    let stored = async {
+        loop {
+            let s = a
+                .status("t".into())
+                .await
+                .expect("a status while the write waits");
+            if s.pending >= CAPACITY {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(LIMIT, stored)
+        .await
+        .expect("the write stores as many lines as the capacity lets it");
+    tokio::time::timeout(LIMIT, a.create("u", TopicConfig::default()))
+        .await
+        .unwrap()
+        .expect("a topic made while the write waits");
+    let mut read = Vec::new();
+    while read.len() < LINES {
+        let d = tokio::time::timeout(LIMIT, a.pull("t", "", Wait::Block))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        read.push(number(&d));
+        d.ack();
+    }
+    assert_eq!(
+        tokio::time::timeout(LIMIT, writer).await.unwrap().unwrap(),
+        LINES
+    );
+    assert_eq!(read, (0..LINES as u64).collect::<Vec<_>>());
+}

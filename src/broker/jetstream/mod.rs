@@ -52,6 +52,21 @@ use registry::{ID_KEY, Mirror, Record, Topic};
 
 pub use ops::JetStreamDelivery;
 
+/// The publishes whose acknowledgement may be uncollected at once, for
+/// async-nats: more than a server ever has. async-nats lends each
+/// JetStream publish one of a context's permits (5 000 by default) until
+/// its acknowledgement is collected, and makes a publish wait for one. A
+/// file's write collects its pushes' acknowledgements only once every
+/// line of it has its place (`Broker::push_ordered`), so writes of
+/// thousands of lines waiting for room held every permit, and each
+/// publish of this server, registry locks included, then waited for
+/// ever: a review's two stress runs stalled both servers for good. dchan
+/// bounds its publishes itself (capacity, a file's writes in flight), so
+/// the permits never run out; and were they to, a publish fails at once
+/// (`backpressure_on_inflight(false)`) and is retried within the
+/// broker's timeout, rather than waiting with no bound.
+const ACKS_IN_FLIGHT: usize = 1 << 30;
+
 /// Where JetStream keeps a topic's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Storage {
@@ -174,8 +189,11 @@ impl JetStreamBroker {
             .await
             .map_err(|e| unavailable(format!("NATS {}: {e}", config.servers.join(","))))?;
         let max_payload = (client.server_info().max_payload as u64).saturating_sub(HEADROOM);
-        let mut js = jetstream::new(client);
-        js.set_timeout(config.timeout);
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.timeout)
+            .max_ack_inflight(ACKS_IN_FLIGHT)
+            .backpressure_on_inflight(false)
+            .build(client);
         let name = format!("{}_topics", config.prefix);
         let bucket = match js.get_key_value(&name).await {
             Ok(b) => b,
