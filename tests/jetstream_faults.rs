@@ -441,11 +441,12 @@ async fn creates_and_removes_given_up_midway_leave_no_stray_stream() {
 /// until the write ended, 5 000 at most, and every JetStream publish of
 /// the server (registry locks and records included) then waited for
 /// ever; a review's two stress runs stalled both servers so. Here 5 990
-/// lines go out and the 5 991st waits; making a topic, a status and reads
-/// still answer, and the write then ends whole.
+/// of 8 000 lines go out and the rest wait; the pushes stored have ended
+/// (they held 5 KB a line till the write's end), making a topic, a
+/// status and reads still answer, and the write then ends whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_write_waiting_for_room_blocks_nothing_else() {
-    const LINES: usize = 6_000;
+    const LINES: usize = 8_000;
     const CAPACITY: u64 = 5_990;
     let c = nats::Cluster::start(1).await;
     let a = Arc::new(JetStreamBroker::connect(config(&c, 1)).await.unwrap());
@@ -484,6 +485,16 @@ async fn a_long_write_waiting_for_room_blocks_nothing_else() {
     tokio::time::timeout(LIMIT, stored)
         .await
         .expect("the write stores as many lines as the capacity lets it");
+    // The pushes stored have ended: one waits (each stored one held its
+    // push's state till the write's end before, 5 KB a line).
+    let one_waits = async {
+        while a.status("t".into()).await.unwrap().blocked_writers > 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(LIMIT, one_waits)
+        .await
+        .expect("only the push waiting for room is a blocked writer");
     tokio::time::timeout(LIMIT, a.create("u", TopicConfig::default()))
         .await
         .unwrap()

@@ -409,6 +409,26 @@ pub struct PushedAll {
 /// The rest of a push on its way.
 pub type PendingPush = std::pin::Pin<Box<dyn Future<Output = Result<Seq>> + Send>>;
 
+/// A push on its way, with its place in a write (see `Broker::push_all`).
+struct OnWay(usize, PendingPush);
+
+impl Future for OnWay {
+    type Output = (usize, Result<Seq>);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let i = self.0;
+        self.1.as_mut().poll(cx).map(|r| (i, r))
+    }
+}
+
+/// A push on its way that has already ended.
+fn ready_push(r: Result<Seq>) -> PendingPush {
+    Box::pin(std::future::ready(r))
+}
+
 /// A pulled message. `ack` finishes it; dropping it unacked puts it back at
 /// the front of its group (at-least-once delivery).
 pub trait Delivery: Send + Sync + 'static {
@@ -565,29 +585,50 @@ pub trait Broker: Send + Sync + 'static {
     /// Push `messages` in order, each as `push_ordered` would (a write of
     /// many lines): how many have their place fixed, the error that
     /// stopped the rest, and those still on their way. By default
-    /// `push_ordered` one after another; the memory engine pushes all
-    /// that can go at once under one lock, so that readers find the
-    /// write's messages together (a batch read takes them in one), and
-    /// waits only where one must.
+    /// `push_ordered` one after another, the pushes on their way polled
+    /// meanwhile, so that each ends (what it holds let go) as soon as it
+    /// can rather than once the whole write is placed: a JetStream write
+    /// of 14 000 lines into a full topic held 5 KB a line until its last
+    /// line went. The memory engine pushes all that can go at once under
+    /// one lock, so that readers find the write's messages together (a
+    /// batch read takes them in one), and waits only where one must.
     fn push_all<'a>(
         &'a self,
         topic: Target<'a>,
         messages: &'a [Bytes],
         wait: Wait,
     ) -> impl Future<Output = PushedAll> + Send + 'a {
+        use futures_util::StreamExt;
         async move {
             let mut all = PushedAll::default();
+            let mut on_way = futures_util::stream::FuturesUnordered::new();
             for (i, m) in messages.iter().enumerate() {
-                match self.push_ordered(topic, m.clone(), wait).await {
+                let placed = self.push_ordered(topic, m.clone(), wait);
+                tokio::pin!(placed);
+                let placed = loop {
+                    tokio::select! {
+                        biased;
+                        r = &mut placed => break r,
+                        Some((j, r)) = on_way.next() => {
+                            if let Err(e) = r {
+                                all.pending.push((j, ready_push(Err(e))));
+                            }
+                        }
+                    }
+                };
+                match placed {
                     Ok(Pushed::Done(_)) => {}
-                    Ok(Pushed::Pending(p)) => all.pending.push((i, p)),
+                    Ok(Pushed::Pending(p)) => on_way.push(OnWay(i, p)),
                     Err(e) => {
                         all.error = Some(e);
-                        return all;
+                        break;
                     }
                 }
                 all.pushed = i + 1;
             }
+            all.pending
+                .extend(on_way.into_iter().map(|OnWay(i, p)| (i, p)));
+            all.pending.sort_by_key(|(i, _)| *i);
             all
         }
     }
