@@ -271,6 +271,29 @@ impl JetStreamBroker {
 /// (its holder died holding it: it holds it for a few round trips).
 const STALE_LOCK: Duration = Duration::from_secs(30);
 
+/// Whether the topic's lock, found held at revision `rev` at `now`, has
+/// been seen held at that revision for longer than [`STALE_LOCK`]
+/// (`held`: what this server saw last, forgotten once broken).
+fn stale(
+    held: &mut Option<(u64, tokio::time::Instant)>,
+    rev: u64,
+    now: tokio::time::Instant,
+) -> bool {
+    match *held {
+        Some((seen, since)) if seen == rev => {
+            let stale = now.duration_since(since) > STALE_LOCK;
+            if stale {
+                *held = None;
+            }
+            stale
+        }
+        _ => {
+            *held = Some((rev, now));
+            false
+        }
+    }
+}
+
 /// A topic's lock held (see [`Inner::lock`]); released by `release`, or
 /// when dropped (a cancelled operation) by a task of its own.
 pub(crate) struct Lock {
@@ -755,8 +778,6 @@ impl Inner {
         let key = format!("lock.{}", topic.id);
         let give_up = tokio::time::Instant::now() + self.config.timeout + STALE_LOCK;
         let mut backoff = Duration::from_millis(2);
-        // The holder's revision, and since when this server sees it.
-        let mut held: Option<(u64, tokio::time::Instant)> = None;
         loop {
             match self.within(self.bucket.create(&key, Bytes::new())).await {
                 Ok(rev) => {
@@ -774,23 +795,26 @@ impl Inner {
                     if e.contains("exists") || e.contains("wrong last sequence") => {}
                 Err(e) => return Err(e),
             }
-            if !wait {
-                return Ok(None);
-            }
+            // A lock left by a holder that died, or whose release failed
+            // (NATS lost meanwhile), is broken once this server has seen
+            // it held that long, by a trim too: trims, which do not wait,
+            // never broke one, and a topic whose lock was left held kept
+            // every message its groups had acked (4 of 42 topics in a
+            // review).
             let now = tokio::time::Instant::now();
             if let Some(entry) = self.within(self.bucket.entry(&key)).await?
                 && entry.operation == kv::Operation::Put
+                && stale(&mut topic.lock_held.lock(), entry.revision, now)
             {
-                match held {
-                    Some((rev, since)) if rev == entry.revision => {
-                        if now.duration_since(since) > STALE_LOCK {
-                            let _ = self.within(self.delete_marker(&key, rev)).await;
-                            held = None;
-                            continue;
-                        }
-                    }
-                    _ => held = Some((entry.revision, now)),
-                }
+                tracing::warn!(
+                    "{}: breaking its lock, held for more than {STALE_LOCK:?}",
+                    topic.stream
+                );
+                let _ = self.within(self.delete_marker(&key, entry.revision)).await;
+                continue;
+            }
+            if !wait {
+                return Ok(None);
             }
             if now >= give_up {
                 return Err(unavailable("a topic's lock stays held"));

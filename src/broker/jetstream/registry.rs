@@ -160,6 +160,9 @@ pub(crate) struct Topic {
     pub(crate) arrivals: Mutex<std::collections::VecDeque<u64>>,
     /// Groups being made or moved on this server: no trim meanwhile.
     pub(crate) making: AtomicU64,
+    /// The topic's lock as this server last found it held by another:
+    /// its revision, and since when (see `Inner::lock`).
+    pub(crate) lock_held: Mutex<Option<(u64, tokio::time::Instant)>>,
     /// The highest stream sequence purged up to, so a trim is asked once.
     pub(crate) trimmed: AtomicU64,
     /// This server's pulls, for status (its pushes are the stream's).
@@ -200,6 +203,7 @@ impl Topic {
             reached: Mutex::default(),
             arrivals: Mutex::default(),
             making: AtomicU64::new(0),
+            lock_held: Mutex::default(),
             trimmed: AtomicU64::new(0),
             pulled: AtomicU64::new(0),
             tally,
