@@ -324,7 +324,8 @@ async fn two_groups_starting_together_on_r3_both_get_everything() {
 
 /// A message NATS would refuse (over its `max_payload`, 16 MB on the test
 /// cluster) fails at once as too long, not after the timeout as "broker
-/// unavailable"; one that fits goes through.
+/// unavailable"; one that fits goes through; the topic's status says
+/// the limit that holds.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_over_max_payload_is_too_long() {
     let c = nats::Cluster::start(1).await;
@@ -339,6 +340,9 @@ async fn a_message_over_max_payload_is_too_long() {
     )
     .await
     .unwrap();
+    // The status says the limit that holds, NATS's.
+    let shown = a.status("t".into()).await.unwrap().config.max_message;
+    assert!(shown < 16 << 20, "max_message shown {shown}");
     let big = Bytes::from(vec![b'x'; 16 << 20]);
     let r = tokio::time::timeout(LIMIT, a.push("t", big, Wait::Block))
         .await

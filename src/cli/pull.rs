@@ -33,8 +33,10 @@ anyway is printed); a message being printed is finished (into a pipe:
 until its reader has read it, or gone away). Then what was printed is
 acknowledged, and the command ends with \"interrupted (N printed)\" and
 status 130 (143 for SIGTERM): the next reader gets the next message, not
-the last one printed again. A second signal kills it at once; then the
-last message printed may come back.
+the last one printed again. A second signal kills it at once; then
+what it printed since its last acknowledgement (its last message, or
+its last batch, see Batches) may come back, as it
+does when its server dies mid-read.
 
 Batches. With --follow, pull takes every message waiting at once (as
 many as fit one read, about 1 MiB), printing them in one go: one request

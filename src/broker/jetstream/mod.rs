@@ -958,9 +958,12 @@ impl Inner {
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        // The longest message is also NATS's: say the one that holds.
+        let mut config = record.config();
+        config.max_message = config.max_message.min(self.max_payload);
         Ok(TopicStatus {
             name: target.name.to_string(),
-            config: record.config(),
+            config,
             pending: messages,
             bytes: stream_bytes,
             retained: 0,
