@@ -618,6 +618,9 @@ pub trait Broker: Send + Sync + 'static {
                 };
                 match placed {
                     Ok(Pushed::Done(_)) => {}
+                    // The last needs no polling here: nothing is placed
+                    // after it (a write of one line costs no more).
+                    Ok(Pushed::Pending(p)) if i + 1 == messages.len() => all.pending.push((i, p)),
                     Ok(Pushed::Pending(p)) => on_way.push(OnWay(i, p)),
                     Err(e) => {
                         all.error = Some(e);
