@@ -56,15 +56,16 @@ pub use ops::JetStreamDelivery;
 /// async-nats: more than a server ever has. async-nats lends each
 /// JetStream publish one of a context's permits (5 000 by default) until
 /// its acknowledgement is collected, and makes a publish wait for one. A
-/// file's write collects its pushes' acknowledgements only once every
-/// line of it has its place (`Broker::push_ordered`), so writes of
-/// thousands of lines waiting for room held every permit, and each
-/// publish of this server, registry locks included, then waited for
-/// ever: a review's two stress runs stalled both servers for good. dchan
-/// bounds its publishes itself (capacity, a file's writes in flight), so
-/// the permits never run out; and were they to, a publish fails at once
-/// (`backpressure_on_inflight(false)`) and is retried within the
-/// broker's timeout, rather than waiting with no bound.
+/// file's write used to collect its pushes' acknowledgements only once
+/// every line of it had its place (`Broker::push_all` now collects each
+/// as it comes), so writes of thousands of lines waiting for room held
+/// every permit, and each publish of this server, registry locks
+/// included, then waited for ever: a review's two stress runs stalled
+/// both servers for good. dchan bounds its publishes itself (capacity, a
+/// file's writes in flight), so the permits never run out; and were they
+/// to, a publish fails at once (`backpressure_on_inflight(false)`) and is
+/// retried within the broker's timeout, rather than waiting with no
+/// bound.
 const ACKS_IN_FLIGHT: usize = 1 << 30;
 
 /// Where JetStream keeps a topic's messages.
