@@ -811,6 +811,30 @@ async fn large_and_empty_messages_come_out_whole() {
     assert_eq!(done(pull(&b, "")).await.unwrap().unwrap().data(), &big);
 }
 
+/// A reader that reads on and then stops leaves the rest, in order, to
+/// the group's next read, at once. (JetStream: its puller asked one
+/// ahead for it and holds that message a moment, then gives it back.)
+#[tokio::test]
+async fn a_reader_that_stops_leaves_the_rest_in_order() {
+    let b = broker(100).await;
+    b.offset("t", "").await.unwrap();
+    for i in 0..10 {
+        push_now(&b, &i.to_string()).await;
+    }
+    for round in 0..2 {
+        for i in 0..5 {
+            assert_eq!(take(&b, "").await, (round * 5 + i).to_string());
+        }
+        let group = &b.status("t").await.unwrap().groups[0];
+        assert_eq!((group.offset, group.lag), (5 * (round + 1), 5 * (1 - round)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        b.pull("t", "", Wait::NonBlock).await.err(),
+        Some(Error::WouldBlock)
+    );
+}
+
 #[tokio::test]
 async fn a_delivery_from_before_a_reset_does_not_come_back() {
     let b = broker(10).await;
