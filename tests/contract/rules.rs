@@ -826,7 +826,10 @@ async fn a_reader_that_stops_leaves_the_rest_in_order() {
             assert_eq!(take(&b, "").await, (round * 5 + i).to_string());
         }
         let group = &b.status("t").await.unwrap().groups[0];
-        assert_eq!((group.offset, group.lag), (5 * (round + 1), 5 * (1 - round)));
+        assert_eq!(
+            (group.offset, group.lag),
+            (5 * (round + 1), 5 * (1 - round))
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(
