@@ -812,8 +812,9 @@ async fn large_and_empty_messages_come_out_whole() {
 }
 
 /// A reader that reads on and then stops leaves the rest, in order, to
-/// the group's next read, at once. (JetStream: its puller asked one
-/// ahead for it and holds that message a moment, then gives it back.)
+/// the group's next read, at once, its offset and lag exact meanwhile.
+/// (On JetStream, a puller that asked ahead for such a reader broke
+/// this: chapter 7, "tried and withdrawn".)
 #[tokio::test]
 async fn a_reader_that_stops_leaves_the_rest_in_order() {
     let b = broker(100).await;

@@ -947,16 +947,13 @@ impl Inner {
                 let (here, asked) = pullers.get(&name).map_or((0, 0), |p| p.waiting());
                 let blocked = here + (g.num_waiting as u64).saturating_sub(asked);
                 blocked_readers += blocked;
-                // What a puller here holds for the group's next pull is
-                // unread.
-                let held = pullers.get(&name).map_or(0, |p| p.held());
-                let offset = (g.delivered.stream_sequence.saturating_sub(held)).clamp(first, next);
+                let offset = g.delivered.stream_sequence.clamp(first, next);
                 Some(GroupStatus {
                     name,
                     offset,
                     // A consumer's count may lag a purge.
-                    lag: (g.num_pending + held).min(next - offset),
-                    unacked: (g.num_ack_pending as u64).saturating_sub(held),
+                    lag: g.num_pending.min(next - offset),
+                    unacked: g.num_ack_pending as u64,
                     blocked,
                 })
             })
@@ -1040,7 +1037,6 @@ impl Inner {
         let topic = self.topic(target)?;
         let stream = self.stream(&topic).await?;
         topic.consumers.lock().remove(group);
-        topic.give_back(group);
         // A pull of the group that started on this server makes it; give
         // its request the time to arrive.
         let mut tries = 0;
@@ -1084,12 +1080,7 @@ impl Inner {
         let info = self.within(consumer.info()).await?.clone();
         let stream = self.stream(&topic).await?;
         let first = self.held(&stream).await?.first;
-        let held = topic.held(&info.name);
-        Ok(info
-            .delivered
-            .stream_sequence
-            .saturating_sub(held)
-            .max(first))
+        Ok(info.delivered.stream_sequence.max(first))
     }
 
     async fn seek(&self, target: Target<'_>, group: &str, seq: Seq) -> Result<()> {
@@ -1116,7 +1107,6 @@ impl Inner {
         let mut tries = 0;
         let consumer = loop {
             topic.consumers.lock().remove(group);
-            topic.give_back(group);
             let _ = stream.delete_consumer(&consumer_name(group)).await;
             let made = self
                 .within(stream.create_consumer(self.consumer_config(group, Some(seq + 1))))

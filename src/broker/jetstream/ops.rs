@@ -12,9 +12,7 @@
 //!
 //! A blocking pull waits in its group's puller on this server
 //! (`puller`), which hands it a message whether or not it is polled;
-//! dropped, it takes nothing: a delivery it leaves unread goes back to
-//! the front of what that puller holds for the group's next pull, or
-//! (nothing held there: at a rendezvous) back to the group (a nak). A non-blocking pull asks JetStream once, in
+//! dropped, it takes nothing. A non-blocking pull asks JetStream once, in
 //! a task that naks what its request brings if the pull is gone.
 //!
 //! Waiting for room never spins: a push asks every group's consumer how
@@ -362,7 +360,7 @@ async fn wait_for(
     // starts its puller in a task of its own, so that the pull is at
     // JetStream whether or not this is polled.
     let tx = match existing {
-        Some(puller) => puller.enlist(topic, tx).err(),
+        Some(puller) => puller.enlist(tx).err(),
         None => Some(tx),
     };
     let mut starting = tx.map(|mut tx| {
@@ -374,7 +372,7 @@ async fn wait_for(
                     // Retired since it was found (idle: it has left the
                     // map; stopped by a removal: it leaves now), so the
                     // next look starts a new one.
-                    Ok(puller) => match puller.enlist(&topic, tx) {
+                    Ok(puller) => match puller.enlist(tx) {
                         Ok(()) => return,
                         Err(back) => {
                             tx = back;
@@ -684,9 +682,8 @@ impl PushTask {
         // last publish yet: count from that too.
         let last = self.topic.published.load(Ordering::Relaxed);
         let lag_of = |g: &consumer::Info| {
-            let held = self.topic.held(&g.name);
-            (g.num_pending + held)
-                .max(last.saturating_sub(g.delivered.stream_sequence.saturating_sub(held)))
+            g.num_pending
+                .max(last.saturating_sub(g.delivered.stream_sequence))
         };
         let lag = match groups.iter().map(lag_of).max() {
             Some(lag) => lag,
@@ -786,7 +783,6 @@ impl PushTask {
         if abandoned {
             // Cut short while on the wire: told withdrawn, so it goes
             // (this server's pulls wait for that: `Topic::withdrawing`).
-            self.topic.withdrawing_seq(js_seq);
             let _ = stream.delete_message(js_seq).await;
             self.topic.withdrawn();
             return Err(Error::Interrupted);
@@ -1055,11 +1051,6 @@ impl PullTask {
             let Some(record) = changes.borrow_and_update().clone() else {
                 return Err(Error::Removed);
             };
-            // What the group's puller here holds comes before the rest.
-            let puller = self.topic.pullers.lock().get(&self.group).cloned();
-            if let Some(d) = puller.and_then(|p| p.take_held(&self.topic)) {
-                return Ok(Some(d));
-            }
             let mut batch = self
                 .inner
                 .within(consumer.fetch().max_messages(1).messages())
@@ -1106,9 +1097,6 @@ pub struct JetStreamDelivery {
     message: Option<jetstream::Message>,
     /// Woken on ack, so waiting pushes look again.
     topic: Arc<Topic>,
-    /// The topic's resets when it came: one from before a reset is not
-    /// held again.
-    resets: u64,
 }
 
 impl JetStreamDelivery {
@@ -1116,15 +1104,6 @@ impl JetStreamDelivery {
     /// group, counted as pulled here (until it is nak'd).
     pub(crate) fn new(topic: &Arc<Topic>, m: jetstream::Message) -> JetStreamDelivery {
         let js_seq = m.info().map(|i| i.stream_sequence).unwrap_or(1);
-        JetStreamDelivery::with_seq(topic, m, js_seq)
-    }
-
-    /// `new`, its stream sequence known.
-    pub(crate) fn with_seq(
-        topic: &Arc<Topic>,
-        m: jetstream::Message,
-        js_seq: u64,
-    ) -> JetStreamDelivery {
         topic.pulled.fetch_add(1, Ordering::Relaxed);
         topic.tally.pulled();
         topic.delivered.fetch_max(js_seq, Ordering::Relaxed);
@@ -1135,16 +1114,7 @@ impl JetStreamDelivery {
             data: m.payload.clone(),
             message: Some(m),
             topic: topic.clone(),
-            resets: resets(topic),
         }
-    }
-
-    /// Its message, back from a pull that went before it was handed
-    /// over: no longer counted as pulled, and not given back yet.
-    pub(crate) fn take_message(&mut self) -> jetstream::Message {
-        self.topic.pulled.fetch_sub(1, Ordering::Relaxed);
-        self.topic.tally.unpulled();
-        self.message.take().expect("taken once")
     }
 }
 
@@ -1169,28 +1139,9 @@ impl Drop for JetStreamDelivery {
         if let Some(m) = self.message.take() {
             self.topic.pulled.fetch_sub(1, Ordering::Relaxed);
             self.topic.tally.unpulled();
-            // Back to the front: of what the group's puller here holds,
-            // or of the group's messages at JetStream.
-            let puller = m
-                .info()
-                .ok()
-                .filter(|_| resets(&self.topic) == self.resets)
-                .and_then(|i| super::group_of(i.consumer))
-                .and_then(|g| self.topic.pullers.lock().get(&g).cloned());
-            let m = match puller {
-                Some(p) => p.put_back(m),
-                None => Some(m),
-            };
-            if let Some(m) = m {
-                settle(&self.topic, m, Settle::Nak);
-            }
+            settle(&self.topic, m, Settle::Nak);
         }
     }
-}
-
-/// How many times `topic` was reset, as this server knows.
-fn resets(topic: &Topic) -> u64 {
-    topic.record.borrow().as_ref().map_or(0, |r| r.resets)
 }
 
 /// A topic's way to its settler.
@@ -1210,7 +1161,7 @@ pub(crate) enum Settle {
 /// status shows it; then waiting pushes look again. One task per topic
 /// (`settler`) sends them all, not a task per message. Outside a runtime
 /// no settler can start: the message is redelivered after the ack wait.
-pub(crate) fn settle(topic: &Arc<Topic>, m: jetstream::Message, how: Settle) {
+fn settle(topic: &Arc<Topic>, m: jetstream::Message, how: Settle) {
     let tx = match topic.settler.get() {
         Some(tx) => tx,
         None => {

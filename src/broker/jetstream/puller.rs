@@ -13,19 +13,6 @@
 //! `GRACE` after its expiry); a consumer deleted under it (a `forget`, or
 //! a `seek` on any server) is looked up or made again while pulls wait.
 //!
-//! While a group is read on here, with capacity above 0 (each pull coming
-//! within `STREAMING` of the last hand-over), the puller asks for one
-//! message more than the pulls waiting (as JetStream's own client asks
-//! ahead): a reader's next read then finds its message here, without a
-//! round trip to JetStream. A message that comes with no pull
-//! waiting is held for `HOLD`, for the group's next pull here, then given
-//! back (a nak). What is held counts as unread wherever the engine counts
-//! a group's lag or position (`Puller::held`), so the capacity holds; it
-//! is given back at once when the topic's record changes (reset, close,
-//! a setting) and when the group is moved or forgotten here. At a
-//! rendezvous nothing is asked ahead or held: a message delivered there
-//! counts as taken.
-//!
 //! A puller with no pull waiting and no request out for
 //! `JetStreamConfig::idle_puller` (a minute by default) stops: it marks
 //! itself retired and leaves the topic's map under its own lock, so a pull
@@ -38,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::StatusCode;
-use async_nats::jetstream;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::BatchConfig;
 use futures_util::StreamExt;
@@ -47,7 +33,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::Inner;
-use super::ops::{JetStreamDelivery, Settle, settle};
+use super::ops::JetStreamDelivery;
 use super::registry::Topic;
 
 /// How long an idle puller stays, by default (see the module comment).
@@ -59,16 +45,6 @@ pub(crate) const EXPIRES: Duration = Duration::from_secs(5);
 /// How long after its expiry a request JetStream said nothing of (its
 /// connection was lost meanwhile) is counted gone.
 const GRACE: Duration = Duration::from_secs(2);
-
-/// How long a message that came with no pull waiting is held for the
-/// group's next pull on this server.
-pub(crate) const HOLD: Duration = Duration::from_millis(50);
-
-/// A pull that comes within this of the group's last hand-over here is
-/// a reader reading on: the puller asks ahead for it (a slower reader's
-/// messages would be held past `HOLD` and given back, each a round trip
-/// to JetStream and a redelivery).
-const STREAMING: Duration = Duration::from_millis(10);
 
 /// How long to wait before asking again after JetStream refused a request.
 const RETRY: Duration = Duration::from_millis(50);
@@ -91,16 +67,6 @@ struct State {
     asked: VecDeque<Asked>,
     /// Stopped for want of pulls: a pull must start a new puller.
     retired: bool,
-    /// Messages that came with no pull waiting, oldest first, each given
-    /// back at its deadline.
-    held: VecDeque<(jetstream::Message, Instant)>,
-    /// Whether to ask ahead and hold (capacity above 0).
-    ahead: bool,
-    /// When a pull was last handed a message.
-    handed_at: Option<Instant>,
-    /// Whether the last pull came within `STREAMING` of the hand-over
-    /// before it.
-    streaming: bool,
 }
 
 /// A pull request at JetStream.
@@ -116,37 +82,13 @@ impl State {
         self.asked.iter().map(|a| a.left).sum()
     }
 
-    /// Messages the pulls waiting lack, and one more while pulls come
-    /// (see the module comment): pulls given up are dropped first.
+    /// Messages the pulls waiting lack: pulls given up are dropped first.
     fn lacking(&mut self, now: Instant) -> usize {
         self.waiting.retain(|w| !w.is_closed());
         while self.asked.front().is_some_and(|a| a.gone <= now) {
             self.asked.pop_front();
         }
-        let ahead = self.ahead && self.streaming && self.handed_at.is_some_and(|t| now < t + HOLD);
-        (self.waiting.len() + usize::from(ahead)).saturating_sub(self.asked() + self.held.len())
-    }
-
-    /// Hand `m` to the longest-waiting pull still there; `m` back if none.
-    fn hand(&mut self, topic: &Arc<Topic>, m: jetstream::Message) -> Option<jetstream::Message> {
-        // Withdrawn: dropped, so nothing to hold either.
-        let js_seq = seq_unless_withdrawn(topic, &m)?;
-        while let Some(w) = self.waiting.pop_front() {
-            if w.is_closed() {
-                continue;
-            }
-            if let Ok(info) = m.info() {
-                topic.reached(info.consumer, js_seq);
-            }
-            self.handed_at = Some(Instant::now());
-            // A pull gone since is handed nothing: the delivery comes
-            // back, unacked, and goes to the next.
-            match w.send(JetStreamDelivery::with_seq(topic, m, js_seq)) {
-                Ok(()) => return None,
-                Err(mut d) => return Some(d.take_message()),
-            }
-        }
-        Some(m)
+        self.waiting.len().saturating_sub(self.asked())
     }
 
     /// One message of the oldest request came.
@@ -197,82 +139,19 @@ impl Puller {
         (state.waiting.len() as u64, state.asked.len() as u64)
     }
 
-    /// A pull waits: the next message that comes (or one held here) is
-    /// sent to `handed`, unless it is dropped first. A retired puller
-    /// gives `handed` back: start a new one.
-    pub(crate) fn enlist(&self, topic: &Arc<Topic>, handed: Handed) -> Result<(), Handed> {
+    /// A pull waits: the next message that comes is sent to `handed`,
+    /// unless it is dropped first. A retired puller gives `handed` back:
+    /// start a new one.
+    pub(crate) fn enlist(&self, handed: Handed) -> Result<(), Handed> {
         let mut state = self.state.lock();
         if state.retired {
             return Err(handed);
         }
-        state.streaming = state.handed_at.is_some_and(|t| t.elapsed() < STREAMING);
         state.waiting.push_back(handed);
-        if let Some((m, _)) = state.held.pop_front()
-            && let Some(m) = state.hand(topic, m)
-        {
-            // The pull went meanwhile: held again, first.
-            let deadline = Instant::now() + HOLD;
-            state.held.push_front((m, deadline));
-        }
         drop(state);
-        // Asks for what the pull lacks, or ahead.
         self.wake.notify_one();
         Ok(())
     }
-
-    /// A message held here for the group's next pull, for a pull that
-    /// does not wait here (non-blocking): the oldest.
-    pub(crate) fn take_held(&self, topic: &Arc<Topic>) -> Option<JetStreamDelivery> {
-        let m = loop {
-            let (m, _) = self.state.lock().held.pop_front()?;
-            if seq_unless_withdrawn(topic, &m).is_some() {
-                break m;
-            }
-        };
-        if let Ok(info) = m.info() {
-            topic.reached(info.consumer, info.stream_sequence);
-        }
-        Some(JetStreamDelivery::new(topic, m))
-    }
-
-    /// A delivery of this puller's group that a pull dropped unread goes
-    /// back to the front of what is held (`m` back if nothing is held
-    /// here: at a rendezvous, or stopped).
-    pub(crate) fn put_back(&self, m: jetstream::Message) -> Option<jetstream::Message> {
-        let mut state = self.state.lock();
-        if !state.ahead || state.retired {
-            return Some(m);
-        }
-        state.held.push_front((m, Instant::now() + HOLD));
-        drop(state);
-        self.wake.notify_one();
-        None
-    }
-
-    /// How many messages are held here: delivered by JetStream, unread.
-    pub(crate) fn held(&self) -> u64 {
-        self.state.lock().held.len() as u64
-    }
-
-    /// Give back what is held (the group moved or was forgotten).
-    pub(crate) fn give_back(&self, topic: &Arc<Topic>) {
-        let held = std::mem::take(&mut self.state.lock().held);
-        for (m, _) in held {
-            settle(topic, m, Settle::Nak);
-        }
-    }
-}
-
-/// `None` if `m` is a push withdrawn once stored (and so being deleted):
-/// then acked, for nobody.
-/// Its stream sequence otherwise.
-fn seq_unless_withdrawn(topic: &Arc<Topic>, m: &jetstream::Message) -> Option<u64> {
-    let js_seq = m.info().map_or(1, |i| i.stream_sequence);
-    if topic.was_withdrawn(js_seq) {
-        settle(topic, m.clone(), Settle::Ack);
-        return None;
-    }
-    Some(js_seq)
 }
 
 struct Run {
@@ -291,30 +170,15 @@ struct Run {
 impl Run {
     async fn run(mut self, mut sub: async_nats::Subscriber) {
         let mut changes = self.topic.record.subscribe();
-        self.puller.state.lock().ahead = changes
-            .borrow_and_update()
-            .as_ref()
-            .is_some_and(|r| r.capacity > 0);
         let idle = self.inner.config.idle_puller;
         let mut busy_at = Instant::now();
         loop {
-            self.give_back_due();
             self.ask().await;
             let (expiry, busy) = {
                 let mut state = self.puller.state.lock();
                 state.waiting.retain(|w| !w.is_closed());
-                let busy =
-                    !state.waiting.is_empty() || !state.asked.is_empty() || !state.held.is_empty();
-                let expiry = [
-                    state.asked.front().map(|a| a.gone),
-                    state.held.front().map(|h| h.1),
-                    // Asking ahead ends then.
-                    state
-                        .handed_at
-                        .map(|t| t + HOLD)
-                        .filter(|t| *t > Instant::now()),
-                ];
-                (expiry.into_iter().flatten().min(), busy)
+                let busy = !state.waiting.is_empty() || !state.asked.is_empty();
+                (state.asked.front().map(|a| a.gone), busy)
             };
             if busy {
                 busy_at = Instant::now();
@@ -338,19 +202,13 @@ impl Run {
                 _ = self.puller.wake.notified() => {}
                 _ = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now)), if wake_at.is_some() => {}
                 r = changes.changed() => {
-                    let ahead = match (r, &*changes.borrow_and_update()) {
-                        (Ok(()), Some(r)) => r.capacity > 0,
-                        _ => break,
-                    };
-                    // Reset, closed or set: what is held may be gone, or
-                    // no longer to be held.
-                    self.puller.state.lock().ahead = ahead;
-                    self.puller.give_back(&self.topic);
+                    if r.is_err() || changes.borrow().is_none() {
+                        break;
+                    }
                 }
                 _ = self.inner.shutdown.cancelled() => break,
             }
         }
-        self.puller.give_back(&self.topic);
         // Removed (or the broker stops): the waiting pulls learn it from
         // their own watch of the record, or from their sender dropped.
         {
@@ -361,23 +219,13 @@ impl Run {
         let _ = sub.unsubscribe().await;
     }
 
-    /// Give back what was held past its deadline.
-    fn give_back_due(&self) {
-        let now = Instant::now();
-        let mut state = self.puller.state.lock();
-        while state.held.front().is_some_and(|h| h.1 <= now) {
-            let (m, _) = state.held.pop_front().expect("front");
-            settle(&self.topic, m, Settle::Nak);
-        }
-    }
-
     /// Stop, if still nothing waits or is asked: retired and out of the
     /// topic's map, both under the state's lock, so a pull either enlisted
     /// before (and this does not stop) or finds it retired.
     fn retire(&self) -> bool {
         let mut state = self.puller.state.lock();
         state.waiting.retain(|w| !w.is_closed());
-        if !state.waiting.is_empty() || !state.asked.is_empty() || !state.held.is_empty() {
+        if !state.waiting.is_empty() || !state.asked.is_empty() {
             return false;
         }
         state.retired = true;
@@ -447,22 +295,25 @@ impl Run {
     fn arrived(&mut self, m: async_nats::Message) {
         match m.status {
             None | Some(StatusCode::OK) => {
-                let m = jetstream::Message {
+                let m = async_nats::jetstream::Message {
                     message: m,
                     context: self.inner.js.clone(),
                 };
+                if let Ok(info) = m.info() {
+                    self.topic.reached(info.consumer, info.stream_sequence);
+                }
+                let delivery = JetStreamDelivery::new(&self.topic, m);
                 let mut state = self.puller.state.lock();
                 state.came();
-                let Some(m) = state.hand(&self.topic, m) else {
-                    return;
-                };
-                if state.ahead {
-                    // For the group's next pull here, for a while.
-                    state.held.push_back((m, Instant::now() + HOLD));
-                } else {
-                    // Nobody waits any more: given back.
-                    drop(state);
-                    settle(&self.topic, m, Settle::Nak);
+                let mut delivery = Some(delivery);
+                while let Some(d) = delivery.take() {
+                    let Some(w) = state.waiting.pop_front() else {
+                        // Nobody waits any more: dropped, so nak'd.
+                        drop(state);
+                        drop(d);
+                        return;
+                    };
+                    delivery = w.send(d).err();
                 }
             }
             Some(StatusCode::IDLE_HEARTBEAT) => {}

@@ -128,9 +128,6 @@ pub(crate) struct Topic {
     pub(crate) others_write: std::sync::atomic::AtomicBool,
     /// Pushes cut while their publish was on the wire, to be deleted.
     pub(crate) withdrawing: AtomicU64,
-    /// The stream sequences of the last pushes withdrawn once stored:
-    /// a puller holding one drops it (see `puller`).
-    pub(crate) withdrawn_seqs: Mutex<std::collections::VecDeque<u64>>,
     /// The highest stream sequence a pull on this server delivered.
     pub(crate) delivered: AtomicU64,
     /// Acks and naks sent and not yet confirmed, and their wake-up.
@@ -175,9 +172,6 @@ pub(crate) struct Topic {
     pub(crate) blocked_writers: AtomicU64,
 }
 
-/// How many withdrawn pushes a topic remembers (see `withdrawn_seqs`).
-const WITHDRAWN: usize = 64;
-
 /// How many of its last deliveries a topic remembers (see `arrivals`).
 const ARRIVALS: usize = 1024;
 
@@ -193,7 +187,6 @@ impl Topic {
             pullers: Mutex::default(),
             starting: tokio::sync::Mutex::new(()),
             withdrawing: AtomicU64::new(0),
-            withdrawn_seqs: Mutex::default(),
             published: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             lock_changes: AtomicU64::new(0),
@@ -233,21 +226,6 @@ impl Topic {
             }
         })
         .await;
-    }
-
-    /// A push cut on the wire, stored as stream message `js_seq`, is to
-    /// be deleted: no puller here hands it over from now on.
-    pub(crate) fn withdrawing_seq(&self, js_seq: u64) {
-        let mut seqs = self.withdrawn_seqs.lock();
-        if seqs.len() == WITHDRAWN {
-            seqs.pop_front();
-        }
-        seqs.push_back(js_seq);
-    }
-
-    /// Whether stream message `js_seq` is a push withdrawn lately.
-    pub(crate) fn was_withdrawn(&self, js_seq: u64) -> bool {
-        self.withdrawn_seqs.lock().contains(&js_seq)
     }
 
     /// A push cut on the wire is deleted.
@@ -292,11 +270,8 @@ impl Topic {
         look.lock_changes = lock_changes;
         self.since_look.store(0, Ordering::Relaxed);
         for g in groups {
-            let held = self.held(&g.name);
-            look.groups.push((
-                g.name.clone(),
-                g.delivered.stream_sequence.saturating_sub(held),
-            ));
+            look.groups
+                .push((g.name.clone(), g.delivered.stream_sequence));
             look.last = look.last.max(g.delivered.stream_sequence + g.num_pending);
         }
         let mine = self.published.load(Ordering::Relaxed) + self.in_flight.load(Ordering::Relaxed);
@@ -346,25 +321,6 @@ impl Topic {
     /// Whether stream message `js_seq` was delivered to this server lately.
     pub(crate) fn got_here(&self, js_seq: u64) -> bool {
         self.arrivals.lock().contains(&js_seq)
-    }
-
-    /// Messages of group consumer `consumer` JetStream delivered to this
-    /// server that no pull took yet (see `puller`): a look at the groups
-    /// counts them as unread.
-    pub(crate) fn held(&self, consumer: &str) -> u64 {
-        let Some(group) = super::group_of(consumer) else {
-            return 0;
-        };
-        self.pullers.lock().get(&group).map_or(0, |p| p.held())
-    }
-
-    /// Give back what this server's puller of `group` holds (the group
-    /// moves or goes).
-    pub(crate) fn give_back(self: &Arc<Self>, group: &str) {
-        let puller = self.pullers.lock().get(group).cloned();
-        if let Some(p) = puller {
-            p.give_back(self);
-        }
     }
 
     /// A group's message reached a puller of this server.
