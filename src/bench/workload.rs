@@ -231,39 +231,47 @@ async fn rendezvous<S: System>(
         consumer_task = Some(spawn(echo(r, w, done.subscribe())));
     }
 
+    // The producer runs as a task of its own, as every other workload's
+    // producers do: on a worker thread, where the replies' wake-ups stay on
+    // one thread, rather than on the thread that blocks on the run.
     let epoch = Instant::now();
-    let mut tally = Tally::new(opts.size, 0, epoch);
-    let round = |producer: u32, seq: u64| {
-        let msg = payload::encode(stamp(producer, seq, epoch), opts.size);
-        let (out, back) = (&out, &back);
-        async move {
-            let (pushed, answer) = tokio::join!(out.push(msg), back.pull());
-            pushed?;
-            let answer = answer?;
-            let got = payload::decode(&answer, opts.size)?;
-            if (got.producer, got.seq) != (producer, seq) {
-                return Err(format!("sent message {seq}, got back {}", got.seq).into());
+    let o = opts.clone();
+    let producer_task = spawn(async move {
+        let mut tally = Tally::new(o.size, 0, epoch);
+        let round = |producer: u32, seq: u64| {
+            let msg = payload::encode(stamp(producer, seq, epoch), o.size);
+            let (out, back) = (&out, &back);
+            async move {
+                let (pushed, answer) = tokio::join!(out.push(msg), back.pull());
+                pushed?;
+                let answer = answer?;
+                let got = payload::decode(&answer, o.size)?;
+                if (got.producer, got.seq) != (producer, seq) {
+                    return Err(format!("sent message {seq}, got back {}", got.seq).into());
+                }
+                Ok::<_, super::Error>(answer)
             }
-            Ok::<_, super::Error>(answer)
+        };
+        let mut seq = 0;
+        let mut before = None;
+        let mut start = Duration::ZERO;
+        let result: Result<()> = async {
+            for w in 0..o.warmup {
+                round(payload::WARMUP, w).await?;
+            }
+            before = ProcStat::read(o.server_pid);
+            start = epoch.elapsed();
+            let stop = stop_after(o.secs());
+            while !stop.load(Ordering::Relaxed) {
+                tally.record(&round(0, seq).await?)?;
+                seq += 1;
+            }
+            Ok(())
         }
-    };
-    let mut seq = 0;
-    let mut before = None;
-    let mut start = Duration::ZERO;
-    let result: Result<()> = async {
-        for w in 0..opts.warmup {
-            round(payload::WARMUP, w).await?;
-        }
-        before = ProcStat::read(opts.server_pid);
-        start = epoch.elapsed();
-        let stop = stop_after(opts.secs());
-        while !stop.load(Ordering::Relaxed) {
-            tally.record(&round(0, seq).await?)?;
-            seq += 1;
-        }
-        Ok(())
-    }
-    .await;
+        .await;
+        Ok((tally, seq, before, start, result))
+    });
+    let (tally, seq, before, start, result) = join(producer_task).await?;
     let elapsed = epoch.elapsed().saturating_sub(start);
     let after = ProcStat::read(opts.server_pid);
     done.send_replace(true);
