@@ -204,14 +204,15 @@ async fn print_messages(
             }
             return Err(Failure::new(what(), "topic closed").into());
         };
-        let mut out = std::io::stdout().lock();
-        let written = out
-            .write_all(&msg)
-            .and_then(|_| match args.raw || msg.ends_with(b"\n") {
-                true => Ok(()),
-                false => out.write_all(b"\n"),
-            })
-            .and_then(|_| out.flush());
+        let written = {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&msg)
+                .and_then(|_| match args.raw || msg.ends_with(b"\n") {
+                    true => Ok(()),
+                    false => out.write_all(b"\n"),
+                })
+                .and_then(|_| out.flush())
+        };
         if let Err(e) = written {
             let why = dchan::client::io_reason(&e);
             return Err(Stopped::Unprinted(Failure::new(
@@ -219,7 +220,6 @@ async fn print_messages(
                 format!("standard output: {why}; the message not printed goes back to the topic"),
             )));
         }
-        drop(out);
         if !read_out_of_pipe().await {
             return Err(Stopped::Unprinted(Failure::new(
                 what(),
