@@ -15,6 +15,14 @@ use std::time::{Duration, Instant};
 /// How long the cluster may take to elect its JetStream leader.
 const READY: Duration = Duration::from_secs(30);
 
+/// How long a fresh cluster may take before it is started again on new
+/// ports: its ports were free when chosen, but another test process may
+/// have taken one before nats-server bound it (a node that never answers,
+/// seen as "not ready" after 30 s about once a CI run, passing at once on
+/// a retry).
+const FRESH_READY: Duration = Duration::from_secs(15);
+const FRESH_ATTEMPTS: usize = 3;
+
 pub fn nats_server() -> PathBuf {
     match std::env::var_os("DCHAN_NATS_SERVER") {
         Some(p) => p.into(),
@@ -34,6 +42,8 @@ pub fn free_port() -> u16 {
 /// One node: its config and, while running, its process.
 struct Node {
     config: PathBuf,
+    /// Its standard output and error, appended to across restarts.
+    log: PathBuf,
     port: u16,
     child: Option<Child>,
 }
@@ -48,6 +58,22 @@ impl Cluster {
     /// Start `n` nodes (1, or 3 for a cluster) and wait until JetStream
     /// answers.
     pub async fn start(n: usize) -> Cluster {
+        let mut why = String::new();
+        for attempt in 1..=FRESH_ATTEMPTS {
+            let cluster = Cluster::launch(n);
+            match cluster.ready_within(FRESH_READY).await {
+                Ok(()) => return cluster,
+                Err(e) => {
+                    why = e;
+                    eprintln!("nats cluster, attempt {attempt}: {why}");
+                }
+            }
+        }
+        panic!("{why}");
+    }
+
+    /// Write the nodes' configs on fresh ports and start them.
+    fn launch(n: usize) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -74,6 +100,7 @@ impl Cluster {
             std::fs::write(&config, text).unwrap();
             nodes.push(Node {
                 config,
+                log: dir.path().join(format!("n{i}.log")),
                 port: ports[i],
                 child: None,
             });
@@ -82,7 +109,6 @@ impl Cluster {
         for i in 0..n {
             cluster.restart(i);
         }
-        cluster.ready().await;
         cluster
     }
 
@@ -131,12 +157,17 @@ impl Cluster {
     /// Start node `i` (again), on its port and store.
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.nodes[i].log)
+            .expect("open the node's log");
         let child = Command::new(nats_server())
             .arg("-c")
             .arg(&self.nodes[i].config)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log's handle"))
+            .stderr(log)
             .spawn()
             .expect("start nats-server (scripts/setup-nats installs it)");
         self.nodes[i].child = Some(child);
@@ -144,11 +175,27 @@ impl Cluster {
 
     /// Wait until JetStream answers account requests on every running node.
     pub async fn ready(&self) {
+        if let Err(why) = self.ready_within(READY).await {
+            panic!("{why}");
+        }
+    }
+
+    /// [`Cluster::ready`] within `limit`; else which node was not, with
+    /// the end of its log.
+    async fn ready_within(&self, limit: Duration) -> Result<(), String> {
         let start = Instant::now();
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
             let url = format!("nats://127.0.0.1:{}", node.port);
             loop {
-                assert!(start.elapsed() < READY, "JetStream at {url} not ready");
+                if start.elapsed() >= limit {
+                    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    return Err(format!(
+                        "JetStream at {url} not ready after {limit:?}; its log ends:\n{}",
+                        tail.join("\n")
+                    ));
+                }
                 let ok = async {
                     let c = async_nats::connect(&url).await.ok()?;
                     async_nats::jetstream::new(c).query_account().await.ok()
@@ -164,6 +211,7 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        Ok(())
     }
 
     /// The name of the node that leads `stream`'s replicas, if any.
