@@ -189,11 +189,10 @@ impl Cluster {
             loop {
                 if start.elapsed() >= limit {
                     let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    let lines: Vec<&str> = log.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(5)..].join("\n");
                     return Err(format!(
-                        "JetStream at {url} not ready after {limit:?}; its log ends:\n{}",
-                        tail.join("\n")
+                        "JetStream at {url} not ready after {limit:?}; its log ends:\n{tail}"
                     ));
                 }
                 let ok = async {
