@@ -18,11 +18,15 @@ pub struct BenchArgs {
     /// The server: tcp!HOST!PORT, HOST:PORT or unix!PATH.
     #[arg(long, env = "DCHAN_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
-    /// The 9P dialect to speak: 9p2000.L (as Linux mounts and the CLI do:
-    /// a second Tread per message for the end-of-message zero), 9p2000.u,
-    /// or 9p2000 (one Tread per message).
+    /// The 9P dialect to speak: 9p2000.L (as Linux mounts and the CLI do),
+    /// 9p2000.u, or 9p2000.
     #[arg(long, default_value = "9p2000.L", value_parser = parse_dialect)]
     pub dialect: Dialect,
+    /// Read as a Linux mount does, a second Tread per message for the zero
+    /// that ends a read(2), instead of as dchan's client does (one Tread a
+    /// message: the `:short` session option).
+    #[arg(long)]
+    pub linux_reads: bool,
     #[command(flatten)]
     pub opts: Options,
 }
@@ -58,7 +62,9 @@ pub async fn main(args: BenchArgs) -> ExitCode {
         return topics(&args, listen).await;
     }
     let system = tokio::select! {
-        s = Dchan::connect(&args.addr, args.dialect) => s.map(|s| s.with_batches(args.opts.batch > 1)),
+        s = Dchan::connect(&args.addr, args.dialect) => {
+            s.map(|s| s.with_batches(args.opts.batch > 1).with_linux_reads(args.linux_reads))
+        }
         why = &mut listen => {
             eprintln!("dchan: bench {:?}: interrupted by {why}", args.workload);
             return interrupted_exit(&why);

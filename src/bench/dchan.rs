@@ -5,9 +5,10 @@
 //! a pool of open data fids ([`Puller`]s, one pull in flight each), grown
 //! to as many as there are pulls in flight (the warm-up fills the pool
 //! before the timed window). Sessions speak 9P2000.L by default, the dialect
-//! of Linux mounts and of the CLI: there a message takes a second Tread for
-//! the end-of-message zero of the Linux read loop rule, where plain 9P2000
-//! (`--dialect 9p2000`) takes one. A topic is removed through the root ctl
+//! of Linux mounts and of the CLI, and read as the CLI does, one Tread a
+//! message (the `:short` session option); `--linux-reads` reads as a Linux
+//! mount does, with a second Tread per message for the zero that ends a
+//! read(2). A topic is removed through the root ctl
 //! file; what a group still holds is its `lag` plus `unacked` in the
 //! topic's ctl file. A refusal reads in the server's words where the wire
 //! has them: a connection refused in 9P2000.L (an errno alone) is asked
@@ -30,6 +31,8 @@ pub struct Dchan {
     dialect: Dialect,
     /// Whether readers attach as `GROUP:batch` (`--batch` above 1).
     batch: bool,
+    /// Whether readers read as a Linux mount does (`--linux-reads`).
+    linux_reads: bool,
     /// A connection for creating topics.
     admin: Client,
     /// The server's engine (`memory`, `durable`...), from its root ctl.
@@ -38,7 +41,7 @@ pub struct Dchan {
 
 impl Dchan {
     pub async fn connect(addr: &str, dialect: Dialect) -> Result<Dchan> {
-        let admin = attach(addr, "", dialect, false).await?;
+        let admin = attach(addr, Options::group("").dialect(dialect)).await?;
         let ctl = admin.server_ctl().await?;
         let engine = ctl
             .lines()
@@ -49,6 +52,7 @@ impl Dchan {
             addr: addr.to_string(),
             dialect,
             batch: false,
+            linux_reads: false,
             admin,
             engine,
         })
@@ -57,6 +61,21 @@ impl Dchan {
     /// Readers take batches: each pull returns every whole message there.
     pub fn with_batches(mut self, batch: bool) -> Dchan {
         self.batch = batch;
+        self
+    }
+
+    /// How a connection attaches as `group`.
+    fn options(&self, group: &str) -> Options {
+        Options {
+            batch: self.batch,
+            linux_reads: self.linux_reads,
+            ..Options::group(group).dialect(self.dialect)
+        }
+    }
+
+    /// Readers read as a Linux mount does: two Treads a message.
+    pub fn with_linux_reads(mut self, linux_reads: bool) -> Dchan {
+        self.linux_reads = linux_reads;
         self
     }
 }
@@ -84,7 +103,12 @@ impl System for Dchan {
     }
 
     fn variant(&self) -> Option<String> {
-        Some(format!("{}, {}", self.dialect.as_str(), self.engine))
+        let reads = if self.linux_reads {
+            ", Linux reads"
+        } else {
+            ""
+        };
+        Some(format!("{}{reads}, {}", self.dialect.as_str(), self.engine))
     }
 
     async fn create(&self, topic: &str, capacity: u64) -> Result<()> {
@@ -111,7 +135,7 @@ impl System for Dchan {
 
     async fn connect(&self, group: &str) -> Result<DchanConn> {
         Ok(DchanConn {
-            client: Arc::new(attach(&self.addr, group, self.dialect, self.batch).await?),
+            client: Arc::new(attach(&self.addr, self.options(group)).await?),
         })
     }
 }
@@ -185,18 +209,14 @@ impl Reader for Pullers {
     }
 }
 
-/// Connect and attach as `group`. A refusal in 9P2000.L is an errno
+/// Connect and attach. A refusal in 9P2000.L is an errno
 /// alone, so the server is asked again in 9P2000.u, whose Rerror carries
 /// its own words ("too many connections (the server serves 2 at once)").
-async fn attach(addr: &str, group: &str, dialect: Dialect, batch: bool) -> Result<Client> {
-    let opts = Options {
-        batch,
-        ..Options::group(group).dialect(dialect)
-    };
+async fn attach(addr: &str, opts: Options) -> Result<Client> {
     match Client::connect(addr, &opts).await {
         Ok(c) => Ok(c),
-        Err(e @ Error::Server { .. }) if dialect == Dialect::P2000L => {
-            let again = Options::group(group).dialect(Dialect::P2000u);
+        Err(e @ Error::Server { .. }) if opts.connect.dialect == Dialect::P2000L => {
+            let again = opts.dialect(Dialect::P2000u);
             match Client::connect(addr, &again).await {
                 Err(Error::Server { message, .. }) => Err(message.into()),
                 _ => Err(explain(e)),

@@ -3,21 +3,21 @@
 //!
 //! Message boundaries. dchan returns at most one message per Tread (a
 //! `:batch` session, [`Options::batch`](super::Options::batch), returns a
-//! batch instead, which a [`Puller`] returns as it would one message). On a
-//! 9P2000.L or .u session it also follows "the Linux read loop" rule: once a
-//! Tread of the largest count (msize − 24, or the iounit) returned the end of
-//! a message, the next Tread at that offset returns 0 bytes, once. So a
-//! puller issues largest-count Treads until one returns 0 bytes or fewer
-//! than it asked for: the bytes up to there are exactly one message,
-//! whatever its size or framing. After a short reply the 0 bytes are still
-//! to come, and are read at the start of the next pull (the server
-//! acknowledges a message when the Tread after it arrives, so a message is
-//! acknowledged only once its reader asks for the next, or closes); any
-//! other 0-byte first reply is end of file (the topic closed and drained).
-//! On plain 9P2000 (no such rule) a reply shorter than the count ends the
-//! message, so a message that fills a whole number of Treads runs on into
-//! the next; use .u or .L for messages that large.
-//!
+//! batch instead, which a [`Puller`] returns as it would one message), and
+//! the client attaches with the `:short` option: a reply shorter than its
+//! count ends a message, and a message whose last reply filled its Tread
+//! exactly is followed by one 0-byte reply. So a puller issues
+//! largest-count Treads (msize − 24, or the iounit) until one returns 0
+//! bytes or fewer than it asked for: the bytes up to there are exactly one
+//! message, whatever its size or framing, for one Tread per message that
+//! fits in one. A 0-byte first reply is end of file (the topic closed and
+//! drained). The server acknowledges a message when the Tread after it
+//! arrives, so a message is acknowledged only once its reader asks for the
+//! next, or closes. A client made with
+//! [`Options::linux_reads`](super::Options::linux_reads) attaches without
+//! `:short` and reads as a Linux mount does: a zero follows every message,
+//! and is read at the start of the next pull (two Treads a message).
+
 //! Giving up. A pull or push given up by dropping its future sends Tflush
 //! but cannot wait for the answer, and a reply already on its way is lost
 //! (see [`Puller`]). That holds only until a message starts to arrive: the
@@ -26,10 +26,7 @@
 //! `next()` dropped while one is in flight leaves it to the [`Puller`], and
 //! the next call takes its reply first; had it sent a fresh Tread instead,
 //! the server, whose 0 went to the dropped call, would answer with the next
-//! message, and the two would come back as one. (The 0 read at the start of
-//! a call, after a message that ended short, needs no such care: whether a
-//! dropped call used it up or not, the next Tread gets the 0 or the next
-//! message, never a message's middle.) [`Puller::next_timeout`] and
+//! message, and the two would come back as one. [`Puller::next_timeout`] and
 //! [`Pusher::push_timeout`] give up by flushing and waiting: a reply that
 //! beat the Rflush is the request's real outcome (flush(5)), so the message
 //! is returned, or the push reported done, rather than a timeout that is
@@ -44,7 +41,6 @@ use super::error::{Error, Result};
 use super::file::{File, concat};
 use super::mux::Reply;
 use super::topics::Framing;
-use crate::proto::Dialect;
 
 /// A topic's data file open for reading, as one member of the client's group.
 ///
@@ -80,21 +76,23 @@ pub struct Puller {
     /// leaves it here, and the next call takes its reply rather than send
     /// another Tread, which would find the message's 0 used up.
     reading: Option<Reply>,
-    /// The last message ended in a short reply and was returned at once,
-    /// so its 0-byte end marker (the Linux read loop rule) is still to be
-    /// read: the next Tread gets it, and only then does the server
-    /// acknowledge that message. So a caller that cannot use a message can
-    /// give it back by dropping the connection before asking for the next.
+    /// On a session without `:short` (the Linux read loop): every message
+    /// that ended short is followed by a 0 the next call reads first.
+    zero_after_short: bool,
+    /// The last message ended short and its 0 is still to be read: the
+    /// next Tread gets it, and only then does the server acknowledge that
+    /// message.
     zero_due: bool,
 }
 
 impl Puller {
-    pub(crate) fn new(file: File) -> Puller {
+    pub(crate) fn new(file: File, zero_after_short: bool) -> Puller {
         Puller {
             file,
             offset: 0,
             partial: Vec::new(),
             reading: None,
+            zero_after_short,
             zero_due: false,
         }
     }
@@ -127,7 +125,6 @@ impl Puller {
     /// server's verdict awaited, as for [`Puller::next_timeout`].
     pub async fn next_unless(&mut self, cancel: impl Future<Output = ()>) -> Result<Option<Bytes>> {
         let max = self.file.max_io();
-        let loop_rule = self.file.connection().dialect() != Dialect::P2000;
         // Fused: once it has fired, no further read waits on it (a read
         // it cut may still have been answered, and the loop goes on).
         let mut cancel = std::pin::pin!(futures_util::FutureExt::fuse(cancel));
@@ -164,10 +161,9 @@ impl Puller {
             self.zero_due = false;
             self.partial.push(chunk);
             // A reply shorter than the count ends the message (the server
-            // sends no more than one); on a loop-rule session its 0-byte
-            // end marker is read at the start of the next call.
+            // sends no more than one).
             if n < max as usize {
-                self.zero_due = loop_rule;
+                self.zero_due = self.zero_after_short;
                 return Ok(Some(concat(std::mem::take(&mut self.partial))));
             }
         }

@@ -35,6 +35,10 @@ pub struct Options {
     /// [`Puller::next`] returns every whole message available at that
     /// moment (up to one read's count), joined; see [`Options::batch`].
     pub batch: bool,
+    /// Read as a Linux mount does: attach without `:short`, so that every
+    /// message is followed by a 0-byte read (two Treads a message instead
+    /// of one). For measuring that path; see [`Options::linux_reads`].
+    pub linux_reads: bool,
 }
 
 impl Default for Options {
@@ -44,6 +48,7 @@ impl Default for Options {
             uname: std::env::var("USER").unwrap_or_else(|_| "none".into()),
             connect: ConnectOptions::default(),
             batch: false,
+            linux_reads: false,
         }
     }
 }
@@ -67,6 +72,14 @@ impl Options {
     /// counts messages.
     pub fn batch(mut self) -> Options {
         self.batch = true;
+        self
+    }
+
+    /// These options reading as a Linux mount does (two Treads a
+    /// message, see [`Puller`]): slower, and there to measure what a
+    /// mount's reader pays.
+    pub fn linux_reads(mut self) -> Options {
+        self.linux_reads = true;
         self
     }
 
@@ -110,6 +123,8 @@ pub struct TopicSettings {
 pub struct Client {
     /// The tree's root, from Tattach; every call walks from a clone of it.
     root: File,
+    /// Whether the session reads with the Linux loop's zeros (see [`Puller`]).
+    zero_after_short: bool,
 }
 
 impl Client {
@@ -120,16 +135,19 @@ impl Client {
     }
 
     /// Attach on an existing connection (several clients, one per group,
-    /// may share one connection).
+    /// may share one connection). The attach name is the group with the
+    /// `:short` option (one Tread per message: see [`Puller`]) and, for
+    /// [`Options::batch`], `:batch`.
     pub async fn attach(conn: &Connection, opts: &Options) -> Result<Client> {
-        let root = match opts.batch {
-            true => {
-                conn.attach(&opts.uname, &format!("{}:batch", opts.group))
-                    .await?
-            }
-            false => conn.attach(&opts.uname, &opts.group).await?,
-        };
-        Ok(Client { root })
+        let short = if opts.linux_reads { "" } else { ":short" };
+        let batch = if opts.batch { ":batch" } else { "" };
+        let aname = format!("{}{short}{batch}", opts.group);
+        let root = conn.attach(&opts.uname, &aname).await?;
+        let zero_after_short = opts.linux_reads && conn.dialect() != Dialect::P2000;
+        Ok(Client {
+            root,
+            zero_after_short,
+        })
     }
 
     /// The connection underneath, for raw 9P.
@@ -163,7 +181,8 @@ impl Client {
 
     /// Open `topic`'s data file for a stream of pulls on one fid.
     pub async fn open_data(&self, topic: &str) -> Result<Puller> {
-        Ok(Puller::new(self.open(topic, "data", Mode::Read).await?))
+        let file = self.open(topic, "data", Mode::Read).await?;
+        Ok(Puller::new(file, self.zero_after_short))
     }
 
     /// Open `topic`'s data file for a stream of pushes on one fid, reading

@@ -184,19 +184,15 @@ async fn close_output(to: Pusher) -> Result<(), Error> {
 /// How a reader of a stage's input connects. A filter, and the printer of
 /// the output, turn messages into one stream of bytes, so they read in
 /// batches (`GROUP:batch`): one Tread takes every whole message there is,
-/// up to the count, and the next Tread acknowledges the whole batch. They
-/// read over plain 9P2000: there a reply shorter than the count ends a
-/// read, one round trip a batch (a batch that fills the count runs on into
-/// the next, which a byte stream does not mind). On 9P2000.L a read costs
-/// two (its data, then the zero that marks its end), but a message's
-/// boundaries are exact whatever its length, which an *each* stage needs;
-/// an each stage also reads one message at a time, since it acknowledges
-/// each only once its output was pushed (a batch is acknowledged whole,
-/// and joins multi-line messages).
+/// up to the count, and the next Tread acknowledges the whole batch. An
+/// *each* stage reads one message at a time, since it acknowledges each
+/// only once its output was pushed (a batch is acknowledged whole, and
+/// joins multi-line messages). Either way one Tread a read (the client's
+/// `:short` sessions).
 pub(super) fn reader_options(kind: Kind) -> Options {
     let o = Options::group(GROUP);
     match kind {
-        Kind::Filter => o.dialect(crate::proto::Dialect::P2000).batch(),
+        Kind::Filter => o.batch(),
         Kind::Each => o,
     }
 }

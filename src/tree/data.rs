@@ -40,6 +40,16 @@
 //! zero armed then would reach the program as end of file. It applies to
 //! sessions marked `linux` (see the tree's module comment).
 //!
+//! Short sessions (`:short`, as dchan's own client attaches). A client
+//! that takes a reply shorter than its count as the end of a message needs
+//! no zero after it, only after a message whose last reply filled its
+//! Tread exactly (which could as well have been a middle): there, and only
+//! there, the next Tread at that offset gets 0 bytes, once. So such a
+//! client pays one Tread per message, as on plain 9P2000, and still finds
+//! every message's end, whatever its size. The rule wins over the Linux
+//! one (a Linux mount must not use it: its read(2) would go on into the
+//! next message).
+//!
 //! O_NONBLOCK. Linux 6.1 sends one Tread per non-blocking read(2), so the
 //! zero would reach the program as a false end of file; 6.12 (netfs) goes
 //! on sending Treads inside one read(2) as for a blocking one, and an
@@ -100,12 +110,24 @@ pub struct Reader<D> {
     /// The offset at which the next Tread gets 0 bytes once (Linux loop),
     /// and for an O_NONBLOCK open the count that Tread must have.
     zero_at: Option<(u64, Option<u32>)>,
-    /// Whether this session's client reads with the Linux read loop.
-    linux: bool,
+    /// Where this session's reads get their zeros.
+    zeros: Zeros,
     /// Whether the file was opened with O_NONBLOCK.
     nonblock: bool,
     /// Whether a read takes a batch (see the module comment).
     batch: bool,
+}
+
+/// Which ends of a message the next Tread answers with 0 bytes (see the
+/// module comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zeros {
+    /// None: plain 9P2000, a stream of messages.
+    Never,
+    /// The Linux read loop's.
+    LinuxLoop,
+    /// Only an end whose reply filled its Tread (`:short`).
+    AfterFull,
 }
 
 /// What a read does after looking at the open file's state.
@@ -118,13 +140,13 @@ pub enum Step {
 }
 
 impl<D: Delivery> Reader<D> {
-    pub fn new(linux: bool, nonblock: bool, batch: bool) -> Self {
+    pub fn new(zeros: Zeros, nonblock: bool, batch: bool) -> Self {
         Reader {
             current: Vec::new(),
             unit: Bytes::new(),
             sent: 0,
             zero_at: None,
-            linux,
+            zeros,
             nonblock,
             batch,
         }
@@ -204,14 +226,25 @@ impl<D: Delivery> Reader<D> {
         self.sent = end;
         let unfilled = piece.len() < req.count as usize;
         let at = req.offset.saturating_add(piece.len() as u64);
-        if end == len && self.linux {
-            if self.nonblock {
-                // Only the continuation of this read(2) (6.12) gets it.
-                if unfilled {
-                    self.zero_at = Some((at, Some(req.count - piece.len() as u32)));
+        if end == len {
+            match self.zeros {
+                Zeros::Never => {}
+                Zeros::AfterFull => {
+                    if !unfilled {
+                        self.zero_at = Some((at, None));
+                    }
                 }
-            } else if unfilled || req.count >= req.max_count {
-                self.zero_at = Some((at, None));
+                // Only the continuation of this read(2) (6.12) gets it.
+                Zeros::LinuxLoop if self.nonblock => {
+                    if unfilled {
+                        self.zero_at = Some((at, Some(req.count - piece.len() as u32)));
+                    }
+                }
+                Zeros::LinuxLoop => {
+                    if unfilled || req.count >= req.max_count {
+                        self.zero_at = Some((at, None));
+                    }
+                }
             }
         }
         piece
@@ -612,7 +645,7 @@ mod tests {
 
     #[test]
     fn each_read_syscall_gets_one_message() {
-        let mut r = Reader::new(true, false, false);
+        let mut r = Reader::new(Zeros::LinuxLoop, false, false);
         let (a, acks_a) = fake("one\n");
         let (b, _) = fake("two\n");
         let mut msgs = vec![b, a];
@@ -624,7 +657,7 @@ mod tests {
 
     #[test]
     fn byte_at_a_time_reader_never_sees_a_zero() {
-        let mut r = Reader::new(true, false, false);
+        let mut r = Reader::new(Zeros::LinuxLoop, false, false);
         let (a, _) = fake("abc\n");
         let (b, _) = fake("de\n");
         let mut msgs = vec![b, a];
@@ -640,7 +673,7 @@ mod tests {
 
     #[test]
     fn full_small_buffer_arms_no_zero() {
-        let mut r = Reader::new(true, false, false);
+        let mut r = Reader::new(Zeros::LinuxLoop, false, false);
         let (a, _) = fake("abc\n");
         let (b, _) = fake("xy\n");
         let mut msgs = vec![b, a];
@@ -651,7 +684,7 @@ mod tests {
 
     #[test]
     fn message_longer_than_a_tread_arrives_whole() {
-        let mut r = Reader::new(true, false, false);
+        let mut r = Reader::new(Zeros::LinuxLoop, false, false);
         let long = "x".repeat(3 * MAX as usize + 5);
         let (a, _) = fake(&long);
         let mut msgs = vec![a];
@@ -672,7 +705,7 @@ mod tests {
 
     #[test]
     fn plain_stream_reads_never_zero() {
-        let mut r = Reader::new(false, false, false);
+        let mut r = Reader::new(Zeros::Never, false, false);
         let (a, _) = fake("one\n");
         assert_eq!(r.begin(req(0, 100)), Step::Pull);
         assert_eq!(r.pulled(a, req(0, 100), |_| Vec::new()), "one\n");
@@ -680,8 +713,29 @@ mod tests {
     }
 
     #[test]
+    fn short_reads_zero_only_after_a_filled_end() {
+        let mut r = Reader::new(Zeros::AfterFull, false, false);
+        let (a, acks_a) = fake("one\n");
+        let (b, _) = fake("four");
+        let (c, _) = fake("five5");
+        // A short reply ends a message: the next Tread pulls (and acks).
+        assert_eq!(r.begin(req(0, 100)), Step::Pull);
+        assert_eq!(r.pulled(a, req(0, 100), |_| Vec::new()), "one\n");
+        assert_eq!(r.begin(req(4, 4)), Step::Pull);
+        assert_eq!(acks_a.load(Ordering::SeqCst), 1);
+        // A message that fills its Tread exactly is ended by one zero.
+        assert_eq!(r.pulled(b, req(4, 4), |_| Vec::new()), "four");
+        assert_eq!(r.begin(req(8, 4)), Step::Reply(Bytes::new()));
+        // One longer than the Tread: the rest, then a pull.
+        assert_eq!(r.begin(req(8, 4)), Step::Pull);
+        assert_eq!(r.pulled(c, req(8, 4), |_| Vec::new()), "five");
+        assert_eq!(r.begin(req(12, 4)), Step::Reply(Bytes::from("5")));
+        assert_eq!(r.begin(req(13, 4)), Step::Pull);
+    }
+
+    #[test]
     fn zero_only_at_its_offset_and_once() {
-        let mut r = Reader::new(true, false, false);
+        let mut r = Reader::new(Zeros::LinuxLoop, false, false);
         let (a, _) = fake("one\n");
         r.begin(req(0, 100));
         r.pulled(a, req(0, 100), |_| Vec::new());
@@ -694,12 +748,12 @@ mod tests {
 
     #[test]
     fn finish_acks_or_returns() {
-        let mut r = Reader::new(false, false, false);
+        let mut r = Reader::new(Zeros::Never, false, false);
         let (a, acks) = fake("one\n");
         r.pulled(a, req(0, 2), |_| Vec::new());
         r.finish(false);
         assert_eq!(acks.load(Ordering::SeqCst), 0);
-        let mut r = Reader::new(false, false, false);
+        let mut r = Reader::new(Zeros::Never, false, false);
         let (a, acks) = fake("one\n");
         r.pulled(a, req(0, 2), |_| Vec::new());
         r.finish(true);
@@ -708,7 +762,7 @@ mod tests {
 
     #[test]
     fn a_batch_read_takes_every_line_there_and_acks_them_together() {
-        let mut r = Reader::new(true, false, true);
+        let mut r = Reader::new(Zeros::LinuxLoop, false, true);
         let (a, acks_a) = fake("one\n");
         let (b, acks_b) = fake("two\n");
         let (c, _) = fake("three");
@@ -726,7 +780,7 @@ mod tests {
 
     #[test]
     fn a_batch_stops_at_the_count_and_a_long_first_message_comes_in_pieces() {
-        let mut r = Reader::new(true, false, true);
+        let mut r = Reader::new(Zeros::LinuxLoop, false, true);
         let (a, _) = fake("abc\n");
         let (b, _) = fake("de\n");
         let (c, _) = fake("fgh\n");
@@ -803,12 +857,12 @@ mod tests {
     /// (6.12), never for the next read(2) (6.1).
     #[test]
     fn a_nonblocking_reader_gets_the_zero_only_inside_its_read() {
-        let mut r = Reader::new(true, true, false);
+        let mut r = Reader::new(Zeros::LinuxLoop, true, false);
         let (a, _) = fake("one\n");
         assert_eq!(r.begin(req(0, 4096)), Step::Pull);
         r.pulled(a, req(0, 4096), |_| Vec::new());
         assert_eq!(r.begin(req(4, 4096)), Step::Pull, "6.1: the next read(2)");
-        let mut r = Reader::new(true, true, false);
+        let mut r = Reader::new(Zeros::LinuxLoop, true, false);
         let (a, _) = fake("one\n");
         r.begin(req(0, 4096));
         r.pulled(a, req(0, 4096), |_| Vec::new());

@@ -23,8 +23,12 @@
 //! `-o version=9p2000,aname=workers:linux`, or `aname=:linux` for the
 //! default group. (The attach name is the only thing a mount option can put
 //! in front of the server per session, so the override lives there.)
-//! The suffix `:batch` (`aname=workers:batch`, combinable with `:linux` in
-//! either order) makes each read take every whole message available at
+//! The suffix `:short`, which dchan's own client adds, ends a message at a
+//! reply shorter than its Tread and sends a 0-byte reply only after a
+//! message that filled its last Tread (see `data`): one Tread per message
+//! instead of the Linux loop's two. A Linux mount must not use it.
+//! The suffix `:batch` (`aname=workers:batch`, combinable with the others in
+//! any order) makes each read take every whole message available at
 //! that moment, up to its count (see `data`); without it a read(2) gets
 //! one message, so `head -n 1` takes exactly one.
 //!
@@ -71,7 +75,7 @@ use crate::fs::{
 };
 use crate::proto::{DMDIR, Dialect, QTDIR, QTFILE, Qid};
 use ctl::{RootCmd, TopicCmd};
-use data::{Budget, OverBudget, Reader, Step, TooLong, Writer};
+use data::{Budget, OverBudget, Reader, Step, TooLong, Writer, Zeros};
 use error::{broker_error, invalid, not_found};
 use node::{At, DataFile, FileKind, HandleKind, Places, Session};
 pub use node::{Handle, Node};
@@ -615,7 +619,7 @@ impl<B: Broker> TopicTree<B> {
                     reads,
                     writes: mode.writes(),
                     reader: tokio::sync::Mutex::new(Reader::new(
-                        node.session.linux,
+                        node.session.zeros,
                         mode.nonblock,
                         node.session.batch,
                     )),
@@ -1094,17 +1098,26 @@ fn shown(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// The attach name's group and the session's options: its suffixes
-/// `:linux` (the Linux read loop on plain 9P2000; always on for .u and .L)
-/// and `:batch` (reads take batches), in either order.
-fn session_options(aname: &str, dialect: Dialect) -> (&str, bool, bool) {
-    let (mut group, mut linux, mut batch) = (aname, dialect != Dialect::P2000, false);
+/// `:linux` (the Linux read loop on plain 9P2000; always on for .u and .L),
+/// `:short` (zeros only after a filled end, over the Linux loop) and
+/// `:batch` (reads take batches), in any order.
+fn session_options(aname: &str, dialect: Dialect) -> (&str, bool, Zeros, bool) {
+    let (mut group, mut linux, mut short, mut batch) =
+        (aname, dialect != Dialect::P2000, false, false);
     loop {
         if let Some(g) = group.strip_suffix(":linux") {
             (group, linux) = (g, true);
+        } else if let Some(g) = group.strip_suffix(":short") {
+            (group, short) = (g, true);
         } else if let Some(g) = group.strip_suffix(":batch") {
             (group, batch) = (g, true);
         } else {
-            return (group, linux, batch);
+            let zeros = match (short, linux) {
+                (true, _) => Zeros::AfterFull,
+                (false, true) => Zeros::LinuxLoop,
+                (false, false) => Zeros::Never,
+            };
+            return (group, linux, zeros, batch);
         }
     }
 }
@@ -1114,7 +1127,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
     type Handle = Handle<B::Delivery>;
 
     fn attach(&self, who: &Attach) -> Result<Node> {
-        let (group, linux, batch) = session_options(&who.aname, who.dialect);
+        let (group, linux, zeros, batch) = session_options(&who.aname, who.dialect);
         // The group is made by its first read: refuse a name no `forget`
         // line could name, or that would swell every status read.
         ctl::check_group(group).map_err(invalid)?;
@@ -1124,6 +1137,7 @@ impl<B: Broker> FileTree for TopicTree<B> {
             session: Arc::new(Session {
                 group: group.to_string(),
                 linux,
+                zeros,
                 batch,
                 uname: who.user().to_string(),
                 peer: who.peer.clone(),

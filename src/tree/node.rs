@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::data::{Reader, Writer};
+use super::data::{Reader, Writer, Zeros};
 use super::error::linux_text;
 use super::listing::Listing;
 use crate::broker::{Target, TopicId, Wait};
@@ -85,10 +85,13 @@ pub(super) enum At {
 /// What an attach said, shared by every node walked from it.
 #[derive(Debug)]
 pub(super) struct Session {
-    /// The reader group: the attach name, less its `:linux` and `:batch` suffixes.
+    /// The reader group: the attach name, less its `:linux`, `:short` and
+    /// `:batch` suffixes.
     pub(super) group: String,
-    /// Whether reads follow the Linux read loop.
+    /// Whether the client is Linux (errors in its words on plain 9P2000).
     pub(super) linux: bool,
+    /// Where its data reads get a 0-byte reply (`data`'s module comment).
+    pub(super) zeros: Zeros,
     /// Whether a read takes every whole message available (`:batch`).
     pub(super) batch: bool,
     /// Who attached (the proven identity, else the attach's uname): the
