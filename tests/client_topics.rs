@@ -439,18 +439,27 @@ async fn raw_fids_walk_mkdir_readdir_stat_remove() {
 async fn message_boundaries_hold_at_every_multiple_of_a_small_msize() {
     use dchan::client::ConnectOptions;
     let server = Server::start().await;
-    for d in [Dialect::P2000u, Dialect::P2000L] {
+    // Every dialect with the client's `:short` sessions, and .L read as a
+    // Linux mount reads (a zero after every message).
+    let cases = [
+        (Dialect::P2000, false),
+        (Dialect::P2000u, false),
+        (Dialect::P2000L, false),
+        (Dialect::P2000L, true),
+    ];
+    for (d, linux_reads) in cases {
         let opts = Options {
             connect: ConnectOptions {
                 dialect: d,
                 msize: 4096,
                 ..ConnectOptions::default()
             },
+            linux_reads,
             ..Options::default()
         };
         let c = Client::connect(&server.addr, &opts).await.unwrap();
         let max = 4096 - 24;
-        let topic = format!("small{}", name(d));
+        let topic = format!("small{}{}", name(d), if linux_reads { "linux" } else { "" });
         c.create(&topic, &buffered(100)).await.unwrap();
         let sizes = [
             1,
@@ -472,7 +481,7 @@ async fn message_boundaries_hold_at_every_multiple_of_a_small_msize() {
         let mut p = c.open_data(&topic).await.unwrap();
         for (i, &n) in sizes.iter().enumerate() {
             let msg = patiently(p.next()).await.unwrap().unwrap();
-            assert_eq!(msg.len(), n, "{d:?}: message {i}");
+            assert_eq!(msg.len(), n, "{d:?} linux_reads {linux_reads}: message {i}");
             assert!(msg[..n - 1].iter().all(|&b| b == b'a' + i as u8));
         }
         p.close().await.unwrap();
