@@ -44,7 +44,9 @@
 //! that takes a reply shorter than its count as the end of a message needs
 //! no zero after it, only after a message whose last reply filled its
 //! Tread exactly (which could as well have been a middle): there, and only
-//! there, the next Tread at that offset gets 0 bytes, once. So such a
+//! there, the next Tread at that offset gets 0 bytes, once. The count is
+//! the one served: a Tread's count above msize − 24 is cut to that before
+//! it gets here, so a client asking for more must compare with msize − 24. So such a
 //! client pays one Tread per message, as on plain 9P2000, and still finds
 //! every message's end, whatever its size. The rule wins over the Linux
 //! one (a Linux mount must not use it: its read(2) would go on into the
