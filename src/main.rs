@@ -6,10 +6,24 @@ mod cli;
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match cli::parse() {
-        Ok(cli) => cli::run(cli.command).await,
-        Err(code) => code,
+fn main() -> ExitCode {
+    let cli = match cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    // Built here rather than by #[tokio::main], so that `serve --threads`
+    // sets its worker threads.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let cli::Command::Serve(args) = &cli.command
+        && let Some(n) = args.threads
+    {
+        runtime.worker_threads(n.into());
+    }
+    match runtime.enable_all().build() {
+        Ok(rt) => rt.block_on(cli::run(cli.command)),
+        Err(e) => {
+            eprintln!("dchan: start the runtime: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -141,6 +141,29 @@ fn starts_on_the_defaults_with_another_port() {
 }
 
 #[test]
+fn threads_sets_the_worker_threads_and_zero_is_refused() {
+    let server = Server::start(&["--threads", "1"]);
+    let workers = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).unwrap_or_default().trim() == "tokio-rt-worker"
+        })
+        .count();
+    assert_eq!(workers, 1);
+    let mut c = Client::connect(server.port);
+    assert!(c.read_file(10, "ctl").unwrap().contains("topics 0\n"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_dchan"))
+        .args(["serve", "--listen", "tcp!127.0.0.1!0", "--threads", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--threads"), "{stderr}");
+}
+
+#[test]
 fn a_bad_config_fails_with_file_line_and_reason() {
     let file = config_file(
         "# a comment\n\
