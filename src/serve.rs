@@ -92,7 +92,7 @@ pub struct ServeArgs {
     /// `storage.data_dir`); without one, topics live in memory
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Threads that run connections [default: one per core]. One thread
+    /// Threads that run connections, 1 to 1024 [default: one per core]. One thread
     /// keeps every wake-up on it: a shorter round trip and less CPU per
     /// message, but less throughput across many busy connections (book
     /// chapter 8, "One thread or one per core")
