@@ -61,7 +61,11 @@ impl Cluster {
         let mut why = String::new();
         for attempt in 1..=FRESH_ATTEMPTS {
             let cluster = Cluster::launch(n);
-            match cluster.ready_within(FRESH_READY).await {
+            let ready = async {
+                cluster.ready_within(FRESH_READY).await?;
+                cluster.placeable_within(FRESH_READY).await
+            };
+            match ready.await {
                 Ok(()) => return cluster,
                 Err(e) => {
                     why = e;
@@ -211,6 +215,47 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Every node answering is not yet every node placeable: the meta
+    /// leader may still count one offline ("no suitable peers for
+    /// placement", seen once in CI at a fresh cluster's first bucket). A
+    /// stream on all `n` nodes, made and deleted, is what the engine's
+    /// first bucket needs.
+    async fn placeable_within(&self, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        let n = self.nodes.len();
+        if n == 1 {
+            return Ok(());
+        }
+        let url = format!("nats://127.0.0.1:{}", self.nodes[0].port);
+        loop {
+            let placed = async {
+                let js = async_nats::jetstream::new(async_nats::connect(&url).await.ok()?);
+                js.create_stream(async_nats::jetstream::stream::Config {
+                    name: "ready_probe".into(),
+                    subjects: vec!["ready_probe".into()],
+                    num_replicas: n,
+                    storage: async_nats::jetstream::stream::StorageType::Memory,
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+                js.delete_stream("ready_probe").await.ok()
+            };
+            if tokio::time::timeout(Duration::from_secs(5), placed)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                return Ok(());
+            }
+            if start.elapsed() >= limit {
+                return Err(format!("no stream of {n} replicas placed within {limit:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The name of the node that leads `stream`'s replicas, if any.
