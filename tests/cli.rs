@@ -594,6 +594,33 @@ async fn pull_into_a_pipe_takes_only_what_its_reader_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_with_standard_output_closed_takes_nothing() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "t", "--capacity", "10"]).await);
+    ok(dchan(a, &["push", "t", "1", "2"]).await);
+    // Rust's runtime opens /dev/null on a closed fd 1 before main: without
+    // the check, the message would be taken and printed nowhere.
+    for pull in ["pull t", "pull t --follow", "pull t --follow --batch"] {
+        let out = Command::new("sh")
+            .args(["-c", &format!(r#""$DCHAN" {pull} >&-"#)])
+            .env("DCHAN", env!("CARGO_BIN_EXE_dchan"))
+            .env("DCHAN_ADDR", a)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        fails(
+            patiently(out).await.unwrap(),
+            1,
+            "dchan: pull t: standard output is closed; nothing taken",
+        );
+    }
+    assert_eq!(ok(dchan(a, &["pull", "t", "-n", "2"]).await), "1\n2\n");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_push_says_how_many_went_out() {
     let s = Server::start().await;
     let a = &s.addr;

@@ -25,7 +25,8 @@ pipe or FIFO, each message is taken only once the reader has read it out
 of the pipe: pull waits for the pipe to empty before asking for the next
 message (or exiting), and a message the reader left unread in the pipe
 when it went away goes back too. So `dchan pull jobs -n 10 | head -n 3`
-takes exactly 3; the next pull gets the 4th.
+takes exactly 3; the next pull gets the 4th. With standard output closed
+(`>&-`) pull takes nothing and fails.
 
 Interrupted (Ctrl-C, SIGINT or SIGTERM) once connected, a wait for a
 message is flushed and the server's answer awaited (a message that came
@@ -84,6 +85,13 @@ pub struct PullArgs {
 
 pub async fn run(args: PullArgs) -> Result<(), Failure> {
     let what = || format!("pull {}", args.topic);
+    // A closed standard output would take messages into nowhere.
+    if !pipe::stdout_is_open() {
+        return Err(Failure::new(
+            what(),
+            "standard output is closed; nothing taken",
+        ));
+    }
     // Connecting and opening the data file count against --timeout too,
     // and never take longer than --connect-timeout.
     let start = std::time::Instant::now();
@@ -270,6 +278,26 @@ mod pipe {
         Unread,
         /// Gone, leaving bytes unread.
         Abandoned,
+    }
+
+    /// Whether standard output (fd 1) was open when the process started.
+    /// Asked before `main`: Rust's runtime opens /dev/null on a closed fd
+    /// 0, 1 or 2 before `main` runs, so by then a `>&-` looks like
+    /// `>/dev/null`, and a pull would take messages into nowhere.
+    pub fn stdout_is_open() -> bool {
+        !STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    #[used]
+    #[unsafe(link_section = ".init_array")]
+    static ASK_AT_START: extern "C" fn() = ask_at_start;
+
+    extern "C" fn ask_at_start() {
+        // SAFETY: F_GETFD reads a descriptor's flags and touches no memory.
+        let flags = unsafe { libc::fcntl(1, libc::F_GETFD) };
+        STDOUT_CLOSED.store(flags == -1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Standard output is a pipe or FIFO (S_ISFIFO), asked once.
