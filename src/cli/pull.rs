@@ -290,10 +290,12 @@ mod pipe {
 
     static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+    #[cfg(target_os = "linux")]
     #[used]
     #[unsafe(link_section = ".init_array")]
     static ASK_AT_START: extern "C" fn() = ask_at_start;
 
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     extern "C" fn ask_at_start() {
         // SAFETY: F_GETFD reads a descriptor's flags and touches no memory.
         let flags = unsafe { libc::fcntl(1, libc::F_GETFD) };
