@@ -551,6 +551,11 @@ async fn pull_into_head_gives_back_the_message_it_could_not_print() {
 
 /// `sh -c SCRIPT` with $DCHAN and $DCHAN_ADDR set; its stdout.
 async fn sh(addr: &str, script: &str) -> String {
+    stdout(&sh_output(addr, script).await)
+}
+
+/// `sh -c SCRIPT` with $DCHAN and $DCHAN_ADDR set.
+async fn sh_output(addr: &str, script: &str) -> Output {
     let out = Command::new("sh")
         .args(["-c", script])
         .env("DCHAN", env!("CARGO_BIN_EXE_dchan"))
@@ -559,7 +564,7 @@ async fn sh(addr: &str, script: &str) -> String {
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    stdout(&patiently(out).await.unwrap())
+    patiently(out).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,16 +607,8 @@ async fn pull_with_standard_output_closed_takes_nothing() {
     // Rust's runtime opens /dev/null on a closed fd 1 before main: without
     // the check, the message would be taken and printed nowhere.
     for pull in ["pull t", "pull t --follow", "pull t --follow --batch"] {
-        let out = Command::new("sh")
-            .args(["-c", &format!(r#""$DCHAN" {pull} >&-"#)])
-            .env("DCHAN", env!("CARGO_BIN_EXE_dchan"))
-            .env("DCHAN_ADDR", a)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output();
         fails(
-            patiently(out).await.unwrap(),
+            sh_output(a, &format!(r#""$DCHAN" {pull} >&-"#)).await,
             1,
             "dchan: pull t: standard output is closed; nothing taken",
         );
