@@ -519,7 +519,7 @@ async fn until_stat(a: &str, topic: &str, line: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pull_into_head_gives_back_the_message_it_could_not_print() {
+async fn pull_into_head_ends_with_head_and_what_it_could_not_print_goes_back() {
     let s = Server::start().await;
     let a = &s.addr;
     // Capacity 0: each push returns once the follower has taken its
@@ -537,15 +537,22 @@ async fn pull_into_head_gives_back_the_message_it_could_not_print() {
     ok(dchan(a, &["push", "t", "1", "2", "3"]).await);
     let head = patiently(head.wait_with_output()).await.unwrap();
     assert_eq!(stdout(&head), "1\n2\n3\n");
-    // head is gone: printing 4 fails, so 4 must go back to the topic.
-    ok(dchan(a, &["push", "t", "4"]).await);
+    // head is gone: the follower, waiting for a 4th, ends too.
     let out = patiently(pull.wait_with_output()).await.unwrap();
     fails(
         out,
         1,
-        "dchan: pull t: standard output: broken pipe; the message not printed goes back",
+        "dchan: pull t: standard output: its reader went away (3 printed)",
     );
-    assert_eq!(ok(dchan(a, &["pull", "t"]).await), "4\n");
+    // A message that cannot be printed goes back to the topic.
+    ok(dchan(a, &["create", "u", "--capacity", "5"]).await);
+    ok(dchan(a, &["push", "u", "4"]).await);
+    fails(
+        sh_output(a, r#""$DCHAN" pull u >/dev/full"#).await,
+        1,
+        "dchan: pull u: standard output: no space left on device; the message not printed goes back",
+    );
+    assert_eq!(ok(dchan(a, &["pull", "u"]).await), "4\n");
     s.stop().await;
 }
 
@@ -599,7 +606,31 @@ async fn pull_into_a_pipe_takes_only_what_its_reader_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pull_with_standard_output_closed_takes_nothing() {
+async fn a_waiting_pull_ends_when_its_pipe_reader_goes() {
+    let s = Server::start().await;
+    let a = &s.addr;
+    ok(dchan(a, &["create", "t", "--capacity", "10"]).await);
+    // head has its 3 and goes while pull waits for more on an idle topic:
+    // pull ends (as tail -f does), having taken what head read, no more.
+    for pull in ["pull t --follow", "pull t --follow --batch", "pull t -n 5"] {
+        ok(dchan(a, &["push", "t", "1", "2", "3"]).await);
+        let script = format!(r#"e=$(mktemp); "$DCHAN" {pull} 2>$e | head -n 3; cat $e; rm $e"#);
+        assert_eq!(
+            sh(a, &script).await,
+            "1\n2\n3\ndchan: pull t: standard output: its reader went away (3 printed)\n",
+            "{pull}"
+        );
+        fails(
+            dchan(a, &["pull", "t", "--timeout", "100ms"]).await,
+            1,
+            "dchan: pull t: timed out",
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_with_standard_output_closed_takes_nothing_and_push_with_input_closed_fails() {
     let s = Server::start().await;
     let a = &s.addr;
     ok(dchan(a, &["create", "t", "--capacity", "10"]).await);
@@ -614,6 +645,17 @@ async fn pull_with_standard_output_closed_takes_nothing() {
         );
     }
     assert_eq!(ok(dchan(a, &["pull", "t", "-n", "2"]).await), "1\n2\n");
+    // Nor is a closed standard input an empty one; messages given as
+    // arguments need none.
+    fails(
+        sh_output(a, r#""$DCHAN" push t <&-"#).await,
+        1,
+        "dchan: push t: standard input is closed (0 pushed)",
+    );
+    assert_eq!(
+        sh(a, r#""$DCHAN" push t 3 <&- && "$DCHAN" pull t"#).await,
+        "3\n"
+    );
     s.stop().await;
 }
 

@@ -11,7 +11,8 @@ part: a, a/b, a-x), in columns separated by spaces:
   TOPIC     the topic's name (nested topics as a/b)
   PENDING   messages held (not yet taken by every group)
   PUSHED    messages pushed since the topic was made
-  PULLED    messages pulled, counted once per group
+  PULLED    messages pulled, counted once per group (a message given
+            back and pulled again counts again)
   READERS   data files open for reading
   GROUPS    reader groups
   CAPACITY  how far the slowest group may lag (0: rendezvous)

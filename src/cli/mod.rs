@@ -25,7 +25,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -440,7 +440,6 @@ fn usage_line(e: &clap::Error) -> String {
 /// SIGINT or SIGTERM: cancels `token` (the request in flight is flushed
 /// and its verdict awaited), and says which came; a second one kills.
 pub(super) fn on_signal(token: CancellationToken) -> Option<Arc<AtomicU8>> {
-    use std::sync::atomic::Ordering;
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt()).ok()?;
     let mut term = signal(SignalKind::terminate()).ok()?;
@@ -466,6 +465,31 @@ pub(super) fn on_signal(token: CancellationToken) -> Option<Arc<AtomicU8>> {
 
 /// Complete once `stop` is cancelled or, with a `limit`, once it passes:
 /// when a push or pull in flight gives up (and flushes its request).
+/// Whether standard input (fd 0) or output (fd 1) was closed when the
+/// process started (`<&-`, `>&-`). Asked before `main`: Rust's runtime
+/// opens /dev/null on a closed fd 0, 1 or 2 before `main` runs, so by then
+/// a `>&-` looks like `>/dev/null`, and a pull would take messages into
+/// nowhere (and a push of standard input would push nothing, and succeed).
+pub(super) fn closed_at_start(fd: usize) -> bool {
+    CLOSED_AT_START[fd].load(Ordering::Relaxed)
+}
+
+static CLOSED_AT_START: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static ASK_AT_START: extern "C" fn() = ask_at_start;
+
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+extern "C" fn ask_at_start() {
+    for (fd, closed) in CLOSED_AT_START.iter().enumerate() {
+        // SAFETY: F_GETFD reads a descriptor's flags and touches no memory.
+        let flags = unsafe { libc::fcntl(fd as libc::c_int, libc::F_GETFD) };
+        closed.store(flags == -1, Ordering::Relaxed);
+    }
+}
+
 pub(super) async fn stop_or_after(stop: &CancellationToken, limit: Option<Duration>) {
     match limit {
         Some(t) => tokio::select! {

@@ -43,10 +43,16 @@ Batches. With --follow, pull takes every message waiting at once (as
 many as fit one read, about 1 MiB), printing them in one go: one request
 per batch rather than per message. Into a pipe or FIFO it does so only
 with --batch: its reader may then read a whole batch out of the pipe at
-once, and a batch goes back whole if the reader leaves any of it unread
-(so `pull --follow --batch | head -n 3` takes a batch and gives it all
-back: the next reader gets those 3 again). Without --batch, a pipe gets
-one message at a time, each taken only once read (above).
+once. A batch left partly unread in the pipe goes back whole (its read
+part comes again), but a batch the reader read out of the pipe is
+taken, whatever the reader did with it: `pull --follow --batch | head
+-n 3` takes a whole batch and head prints 3 of it. So use --batch with a
+reader that uses all it reads (gzip, wc, a file). Without --batch, a
+pipe gets one message at a time, each taken only once read (above).
+
+Into a pipe, a pull waiting for a message ends once the pipe's reader
+has gone (status 1, \"standard output: its reader went away\"), as
+`tail -f` does, taking nothing more.
 
 Examples:
   dchan pull jobs                      one message
@@ -86,7 +92,7 @@ pub struct PullArgs {
 pub async fn run(args: PullArgs) -> Result<(), Failure> {
     let what = || format!("pull {}", args.topic);
     // A closed standard output would take messages into nowhere.
-    if !pipe::stdout_is_open() {
+    if super::closed_at_start(1) {
         return Err(Failure::new(
             what(),
             "standard output is closed; nothing taken",
@@ -199,10 +205,26 @@ async fn print_messages(
         // server's verdict (next_unless), so a message that arrived as
         // time ran out is printed, not lost; a plain timeout() around
         // next() could lose it.
+        // Into a pipe, the wait ends too once the pipe's reader is gone
+        // (`| head -n 3` had enough), as `tail -f` does: what was printed
+        // was read, and nothing more is taken.
         let limit = if printed == 0 { first } else { args.timeout };
-        let msg = match puller.next_unless(stop_or_after(stop, limit)).await {
+        let ends = async {
+            tokio::select! {
+                _ = stop_or_after(stop, limit) => {}
+                _ = pipe::reader_gone() => {}
+            }
+        };
+        let msg = match puller.next_unless(ends).await {
             Err(dchan::client::Error::TimedOut) if stop.is_cancelled() => {
                 return Err(Stopped::Interrupted(printed));
+            }
+            Err(dchan::client::Error::TimedOut) if pipe::stdout_is_pipe() && pipe::gone() => {
+                return Err(Failure::new(
+                    what(),
+                    format!("standard output: its reader went away ({printed} printed)"),
+                )
+                .into());
             }
             msg => msg.what(what)?,
         };
@@ -280,28 +302,6 @@ mod pipe {
         Abandoned,
     }
 
-    /// Whether standard output (fd 1) was open when the process started.
-    /// Asked before `main`: Rust's runtime opens /dev/null on a closed fd
-    /// 0, 1 or 2 before `main` runs, so by then a `>&-` looks like
-    /// `>/dev/null`, and a pull would take messages into nowhere.
-    pub fn stdout_is_open() -> bool {
-        !STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-    #[cfg(target_os = "linux")]
-    #[used]
-    #[unsafe(link_section = ".init_array")]
-    static ASK_AT_START: extern "C" fn() = ask_at_start;
-
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    extern "C" fn ask_at_start() {
-        // SAFETY: F_GETFD reads a descriptor's flags and touches no memory.
-        let flags = unsafe { libc::fcntl(1, libc::F_GETFD) };
-        STDOUT_CLOSED.store(flags == -1, std::sync::atomic::Ordering::Relaxed);
-    }
-
     /// Standard output is a pipe or FIFO (S_ISFIFO), asked once.
     pub fn stdout_is_pipe() -> bool {
         static PIPE: OnceLock<bool> = OnceLock::new();
@@ -313,11 +313,9 @@ mod pipe {
         })
     }
 
-    /// The pipe's state now. Whether the reader is gone is asked first
-    /// (POLLERR on the write end: no readers left), then what is unread:
-    /// once the readers are gone the count can no longer fall, so a zero
-    /// after that means everything was read.
-    pub fn state() -> State {
+    /// The pipe's reader has gone (POLLERR on the write end); false for
+    /// anything but a pipe.
+    pub fn gone() -> bool {
         let mut fd = libc::pollfd {
             fd: 1,
             events: 0,
@@ -325,7 +323,26 @@ mod pipe {
         };
         // SAFETY: one valid pollfd, no wait.
         let polled = unsafe { libc::poll(&mut fd, 1, 0) };
-        let gone = polled > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
+        polled > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
+    }
+
+    /// Ends once standard output is a pipe whose reader has gone, looking
+    /// every 100 ms; never for anything but a pipe.
+    pub async fn reader_gone() {
+        if !stdout_is_pipe() {
+            return std::future::pending().await;
+        }
+        while !gone() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The pipe's state now. Whether the reader is gone is asked first
+    /// (POLLERR on the write end: no readers left), then what is unread:
+    /// once the readers are gone the count can no longer fall, so a zero
+    /// after that means everything was read.
+    pub fn state() -> State {
+        let gone = gone();
         let mut unread: libc::c_int = 0;
         // SAFETY: FIONREAD writes one c_int.
         if unsafe { libc::ioctl(1, libc::FIONREAD, &mut unread) } != 0 {

@@ -13,7 +13,8 @@ use dchan::client::{Framing, Pusher};
 use super::{ConnArgs, Failure, on_signal, parse_timeout, stop_or_after};
 
 const HELP: &str = "\
-Each MSG is one message; with none, every line of standard input is one.
+Each MSG is one message; with none, every line of standard input is one
+(a standard input closed outright, `<&-`, is a failure, not an empty one).
 A newline is added to a message that does not end with one (so a
 line-framed topic gets one message each, and a write-framed topic keeps
 the newline; a MSG with newlines inside is several messages on a
@@ -70,6 +71,9 @@ pub async fn run(args: PushArgs) -> Result<(), Failure> {
     // A failure says how many went out before it, for a script to resume.
     let failed =
         |pushed: u64, why: String| Failure::new(what(), format!("{why} ({pushed} pushed)"));
+    if args.msgs.is_empty() && super::closed_at_start(0) {
+        return Err(failed(0, "standard input is closed".into()));
+    }
     // Connecting and opening the data file count against --timeout too,
     // and never take longer than --connect-timeout.
     let start = std::time::Instant::now();
