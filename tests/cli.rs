@@ -656,6 +656,19 @@ async fn pull_with_standard_output_closed_takes_nothing_and_push_with_input_clos
         sh(a, r#""$DCHAN" push t 3 <&- && "$DCHAN" pull t"#).await,
         "3\n"
     );
+    // Open the other way only: Rust's streams would take EBADF as done.
+    ok(dchan(a, &["push", "t", "4"]).await);
+    fails(
+        sh_output(a, r#""$DCHAN" pull t 1</dev/null"#).await,
+        1,
+        "dchan: pull t: standard output is not open for writing; nothing taken",
+    );
+    fails(
+        sh_output(a, r#""$DCHAN" push t 0>/dev/null"#).await,
+        1,
+        "dchan: push t: standard input is not open for reading (0 pushed)",
+    );
+    assert_eq!(ok(dchan(a, &["pull", "t"]).await), "4\n");
     s.stop().await;
 }
 

@@ -474,6 +474,22 @@ pub(super) fn closed_at_start(fd: usize) -> bool {
     CLOSED_AT_START[fd].load(Ordering::Relaxed)
 }
 
+/// Why standard input (fd 0, read) or output (fd 1, written) cannot be
+/// used: closed at start, or open the other way only (`1</dev/null`), for
+/// which Rust's standard streams, taking EBADF as done, would say nothing.
+pub(super) fn unusable(fd: usize) -> Option<&'static str> {
+    if closed_at_start(fd) {
+        return Some("closed");
+    }
+    // SAFETY: F_GETFL reads a descriptor's flags and touches no memory.
+    let flags = unsafe { libc::fcntl(fd as libc::c_int, libc::F_GETFL) };
+    match (fd, flags & libc::O_ACCMODE) {
+        (0, libc::O_WRONLY) => Some("not open for reading"),
+        (1, libc::O_RDONLY) => Some("not open for writing"),
+        _ => None,
+    }
+}
+
 static CLOSED_AT_START: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
 
 #[cfg(target_os = "linux")]

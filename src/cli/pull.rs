@@ -26,7 +26,7 @@ of the pipe: pull waits for the pipe to empty before asking for the next
 message (or exiting), and a message the reader left unread in the pipe
 when it went away goes back too. So `dchan pull jobs -n 10 | head -n 3`
 takes exactly 3; the next pull gets the 4th. With standard output closed
-(`>&-`) pull takes nothing and fails.
+(`>&-`) or open only for reading, pull takes nothing and fails.
 
 Interrupted (Ctrl-C, SIGINT or SIGTERM) once connected, a wait for a
 message is flushed and the server's answer awaited (a message that came
@@ -92,10 +92,10 @@ pub struct PullArgs {
 pub async fn run(args: PullArgs) -> Result<(), Failure> {
     let what = || format!("pull {}", args.topic);
     // A closed standard output would take messages into nowhere.
-    if super::closed_at_start(1) {
+    if let Some(why) = super::unusable(1) {
         return Err(Failure::new(
             what(),
-            "standard output is closed; nothing taken",
+            format!("standard output is {why}; nothing taken"),
         ));
     }
     // Connecting and opening the data file count against --timeout too,

@@ -71,8 +71,10 @@ pub async fn run(args: PushArgs) -> Result<(), Failure> {
     // A failure says how many went out before it, for a script to resume.
     let failed =
         |pushed: u64, why: String| Failure::new(what(), format!("{why} ({pushed} pushed)"));
-    if args.msgs.is_empty() && super::closed_at_start(0) {
-        return Err(failed(0, "standard input is closed".into()));
+    if args.msgs.is_empty()
+        && let Some(why) = super::unusable(0)
+    {
+        return Err(failed(0, format!("standard input is {why}")));
     }
     // Connecting and opening the data file count against --timeout too,
     // and never take longer than --connect-timeout.
