@@ -463,22 +463,15 @@ pub(super) fn on_signal(token: CancellationToken) -> Option<Arc<AtomicU8>> {
     Some(code)
 }
 
-/// Complete once `stop` is cancelled or, with a `limit`, once it passes:
-/// when a push or pull in flight gives up (and flushes its request).
-/// Whether standard input (fd 0) or output (fd 1) was closed when the
-/// process started (`<&-`, `>&-`). Asked before `main`: Rust's runtime
-/// opens /dev/null on a closed fd 0, 1 or 2 before `main` runs, so by then
-/// a `>&-` looks like `>/dev/null`, and a pull would take messages into
-/// nowhere (and a push of standard input would push nothing, and succeed).
-pub(super) fn closed_at_start(fd: usize) -> bool {
-    CLOSED_AT_START[fd].load(Ordering::Relaxed)
-}
-
 /// Why standard input (fd 0, read) or output (fd 1, written) cannot be
-/// used: closed at start, or open the other way only (`1</dev/null`), for
-/// which Rust's standard streams, taking EBADF as done, would say nothing.
+/// used: closed when the process started (`<&-`, `>&-`), or open the other
+/// way only (`1</dev/null`). Rust's standard streams would say nothing of
+/// either: its runtime opens /dev/null on a closed fd 0, 1 or 2 before
+/// `main` (so closed is asked before that, `ask_at_start`), and it takes
+/// EBADF as done. A pull would take messages into nowhere, a push of
+/// standard input push nothing and succeed.
 pub(super) fn unusable(fd: usize) -> Option<&'static str> {
-    if closed_at_start(fd) {
+    if CLOSED_AT_START[fd].load(Ordering::Relaxed) {
         return Some("closed");
     }
     // SAFETY: F_GETFL reads a descriptor's flags and touches no memory.
@@ -506,6 +499,8 @@ extern "C" fn ask_at_start() {
     }
 }
 
+/// Complete once `stop` is cancelled or, with a `limit`, once it passes:
+/// when a push or pull in flight gives up (and flushes its request).
 pub(super) async fn stop_or_after(stop: &CancellationToken, limit: Option<Duration>) {
     match limit {
         Some(t) => tokio::select! {
