@@ -31,6 +31,7 @@
 //! what is written here is only the mapping of dchan's rules onto them.
 
 mod ops;
+mod publisher;
 mod puller;
 mod registry;
 
@@ -135,6 +136,8 @@ pub(crate) struct Inner {
     /// This server's name in message ids (see `ops`): random, per process.
     instance: u64,
     js: jetstream::Context,
+    /// Publishes of messages, and their acknowledgements.
+    publisher: publisher::Publisher,
     bucket: kv::Store,
     mirror: Arc<Mirror>,
     /// The longest message NATS takes (its `max_payload`, as the server
@@ -190,6 +193,9 @@ impl JetStreamBroker {
             .await
             .map_err(|e| unavailable(format!("NATS {}: {e}", config.servers.join(","))))?;
         let max_payload = (client.server_info().max_payload as u64).saturating_sub(HEADROOM);
+        let publisher = publisher::Publisher::new(client.clone())
+            .await
+            .map_err(unavailable)?;
         let js = jetstream::ContextBuilder::new()
             .timeout(config.timeout)
             .max_ack_inflight(ACKS_IN_FLIGHT)
@@ -257,6 +263,7 @@ impl JetStreamBroker {
                     RandomState::new().hash_one(std::time::SystemTime::now())
                 },
                 js,
+                publisher,
                 bucket,
                 mirror,
                 max_payload,
@@ -777,7 +784,7 @@ impl Inner {
         self.within(
             stream
                 .purge()
-                .filter(topic.subject.clone())
+                .filter(topic.subject.to_string())
                 .sequence(floor + 1)
                 .into_future(),
         )

@@ -36,7 +36,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::jetstream::message::AckKind;
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -742,21 +741,20 @@ impl PushTask {
             let sent = async {
                 let ack = self
                     .inner
-                    .js
-                    .send_publish(
-                        self.topic.subject.clone(),
-                        PublishMessage::build()
-                            .payload(data.clone())
-                            .message_id(&id),
-                    )
-                    .await?;
+                    .publisher
+                    .send(self.topic.subject.clone(), &id, data.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if pipelined && let Some(sent) = self.sent.lock().take() {
                     let _ = sent.send(());
                 }
-                ack.await
+                match tokio::time::timeout_at(give_up, ack.recv()).await {
+                    Ok(acked) => acked,
+                    Err(_) => Err("no acknowledgement in time".to_string()),
+                }
             };
             match sent.await {
-                Ok(ack) => break ack.sequence,
+                Ok(seq) => break seq,
                 Err(e) if Instant::now() >= give_up => {
                     self.give_up();
                     return Err(unavailable(e));

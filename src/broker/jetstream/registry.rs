@@ -105,7 +105,7 @@ pub(crate) struct Topic {
     pub(crate) id: TopicId,
     /// Its stream's name and its subject.
     pub(crate) stream: String,
-    pub(crate) subject: String,
+    pub(crate) subject: async_nats::Subject,
     /// The registry's record, `None` once removed: waiters watch it.
     pub(crate) record: watch::Sender<Option<Record>>,
     /// The group consumers this server has looked up, by group.
@@ -180,7 +180,7 @@ impl Topic {
         Topic {
             id: record.id,
             stream: format!("{prefix}_{}", record.id),
-            subject: format!("{prefix}.m.{}", record.id),
+            subject: format!("{prefix}.m.{}", record.id).into(),
             record: watch::Sender::new(Some(record)),
             consumers: Mutex::default(),
             pulling: Mutex::default(),
