@@ -11,13 +11,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    // Built here rather than by #[tokio::main], so that `serve --threads`
-    // sets its worker threads.
+    // Built here rather than by #[tokio::main], so that `serve` chooses
+    // its worker threads.
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let cli::Command::Serve(args) = &cli.command
-        && let Some(n) = args.threads
+        && let Some(n) = dchan::serve::worker_threads(args)
     {
-        runtime.worker_threads(n.into());
+        runtime.worker_threads(n);
     }
     match runtime.enable_all().build() {
         Ok(rt) => rt.block_on(cli::run(cli.command)),
