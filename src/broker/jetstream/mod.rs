@@ -28,7 +28,9 @@
 //!   a purge took.
 //!
 //! `async-nats` does the protocol, the key-value store and the consumers;
-//! what is written here is only the mapping of dchan's rules onto them.
+//! what is written here is the mapping of dchan's rules onto them, and
+//! the collecting of publishes' acknowledgements (`publisher`), which
+//! async-nats makes a request each, at several allocations a message.
 
 mod ops;
 mod publisher;
@@ -54,7 +56,9 @@ use registry::{ID_KEY, Mirror, Record, Topic};
 pub use ops::JetStreamDelivery;
 
 /// The publishes whose acknowledgement may be uncollected at once, for
-/// async-nats: more than a server ever has. async-nats lends each
+/// async-nats: more than a server ever has. (Messages are published by
+/// `publisher`, outside this count; the registry's writes are the
+/// JetStream publishes it still bounds.) async-nats lends each
 /// JetStream publish one of a context's permits (5 000 by default) until
 /// its acknowledgement is collected, and makes a publish wait for one. A
 /// file's write used to collect its pushes' acknowledgements only once

@@ -5,8 +5,8 @@
 //! boxed future with a timer, and a PubAck parsed through an untagged
 //! enum that builds a `serde_json` error for every acknowledgement (it
 //! tries the error's shape first). Measured with a malloc probe on a
-//! dchan server at pipe depth 64, that was a quarter of a push's
-//! allocations (book, chapter 7). Here a publish is a plain NATS publish
+//! dchan server at pipe depth 64, the server made 35 allocations a
+//! message with it and 30 without (book, chapter 7). Here a publish is a plain NATS publish
 //! whose reply subject is `INBOX.N`; one subscription, `INBOX.*`, takes
 //! every acknowledgement, and one task hands each to the publish waiting
 //! under its `N`, parsed into the two fields dchan reads. What async-nats
