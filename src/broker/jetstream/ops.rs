@@ -53,6 +53,16 @@ use crate::cut::cutting;
 /// The longest a waiting push sleeps between two looks at the groups.
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
 
+/// How long a publish waits for its acknowledgement before it is
+/// published again under the same id (stored once: JetStream's
+/// de-duplication window is two minutes). A publish lost with a NATS node
+/// (its stream's leader killed before it stored it) used to wait out the
+/// broker's whole timeout and fail, though the later lines of its write
+/// were stored: the write's count then ended before it, and the writer,
+/// writing the rest again, doubled them (a review: 1 475 lines, one kill
+/// of a stream's leader in twelve).
+const ACK_TRY: Duration = Duration::from_secs(2);
+
 /// Message ids for JetStream's de-duplication: a publish retried after a
 /// lost acknowledgement is stored once.
 static NEXT_MSG: AtomicU64 = AtomicU64::new(0);
@@ -744,18 +754,20 @@ impl PushTask {
                     .publisher
                     .send(self.topic.subject.clone(), &id, data.clone())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| (e.to_string(), false))?;
                 if pipelined && let Some(sent) = self.sent.lock().take() {
                     let _ = sent.send(());
                 }
-                match tokio::time::timeout_at(give_up, ack.recv()).await {
-                    Ok(acked) => acked,
-                    Err(_) => Err("no acknowledgement in time".to_string()),
+                let try_by = give_up.min(Instant::now() + ACK_TRY);
+                match tokio::time::timeout_at(try_by, ack.recv()).await {
+                    Ok(acked) => acked.map_err(|e| (e, false)),
+                    Err(_) => Err(("no acknowledgement in time".to_string(), true)),
                 }
             };
+            // The error, and whether it is that no answer came.
             match sent.await {
                 Ok(seq) => break seq,
-                Err(e) if Instant::now() >= give_up => {
+                Err((e, _)) if Instant::now() >= give_up => {
                     self.give_up();
                     return Err(unavailable(e));
                 }
@@ -763,7 +775,11 @@ impl PushTask {
                     self.give_up();
                     return Err(Error::Removed);
                 }
-                Err(e) => {
+                // Not answered: at once again (its id makes it stored once).
+                Err((e, true)) => {
+                    tracing::debug!("publish to {}: {e}; again", self.topic.stream);
+                }
+                Err((e, false)) => {
                     tracing::debug!("publish to {}: {e}; again", self.topic.stream);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
