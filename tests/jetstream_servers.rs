@@ -803,25 +803,6 @@ async fn capacity_holds_with_a_slow_reader_and_writers_on_two_servers() {
     assert_eq!(once, stored);
 }
 
-/// The worker threads of a server's runtime, once the first has named
-/// itself (a worker can start after the server printed its address).
-fn workers(server: &Server) -> usize {
-    let count = || {
-        std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
-            .unwrap()
-            .filter(|t| {
-                let comm = t.as_ref().unwrap().path().join("comm");
-                std::fs::read_to_string(comm).unwrap_or_default().trim() == "tokio-rt-worker"
-            })
-            .count()
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while count() == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    count()
-}
-
 /// With topics in JetStream a server runs half as many worker threads as
 /// there are cores (at least one), unless `--threads` says otherwise.
 #[tokio::test(flavor = "multi_thread")]
@@ -830,8 +811,8 @@ async fn a_jetstream_server_runs_half_the_cores_unless_told() {
     let cores = std::thread::available_parallelism().unwrap().get();
     let a = serve(&c, &[]);
     client(&a, "").await.server_ctl().await.unwrap();
-    assert_eq!(workers(&a), (cores / 2).max(1));
+    assert_eq!(a.worker_threads(), (cores / 2).max(1));
     let b = serve(&c, &["--threads", "3"]);
     client(&b, "").await.server_ctl().await.unwrap();
-    assert_eq!(workers(&b), 3);
+    assert_eq!(b.worker_threads(), 3);
 }

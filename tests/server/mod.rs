@@ -26,6 +26,25 @@ pub struct Server {
 }
 
 impl Server {
+    /// Its runtime's worker threads, once the first has named itself (a
+    /// worker can start after the server printed its address).
+    pub fn worker_threads(&self) -> usize {
+        let count = || {
+            std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+                .unwrap()
+                .filter(|t| {
+                    let comm = t.as_ref().unwrap().path().join("comm");
+                    std::fs::read_to_string(comm).unwrap_or_default().trim() == "tokio-rt-worker"
+                })
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        count()
+    }
+
     /// `dchan serve --listen tcp!127.0.0.1!0` plus `args`.
     pub fn start(args: &[&str]) -> Server {
         let mut all = vec!["serve", "--listen", "tcp!127.0.0.1!0"];
