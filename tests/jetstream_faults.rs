@@ -591,3 +591,63 @@ async fn a_topic_whose_stream_is_gone_is_removed() {
         .unwrap();
     assert!(matches!(pull, Err(Error::Removed)), "{:?}", pull.err());
 }
+
+/// A publish that JetStream does not answer is sent again every 2 s
+/// under its message id, and stored once: with the only NATS node stopped
+/// (SIGSTOP) for 4.5 s under 40 pushes in flight, each push has gone out
+/// three times when it wakes (80 "again" in the debug log), every push is
+/// acknowledged, and the topic holds 41 messages (a first one, then the
+/// 40), each read once.
+#[tokio::test(flavor = "multi_thread")]
+async fn publishes_sent_again_while_nats_is_stopped_are_stored_once() {
+    let c = nats::Cluster::start(1).await;
+    let cfg = JetStreamConfig {
+        timeout: Duration::from_secs(20),
+        ..config(&c, 1)
+    };
+    let a = Arc::new(JetStreamBroker::connect(cfg.clone()).await.unwrap());
+    let room = TopicConfig {
+        capacity: 1000,
+        ..Default::default()
+    };
+    a.create("t", room).await.unwrap();
+    a.offset("t".into(), "").await.unwrap();
+    // A first push looks at the groups: the next ones have room without
+    // asking, so they are published while the node is stopped.
+    a.push("t", Bytes::from("40"), Wait::Block).await.unwrap();
+    let pid = c.pid(0).expect("the node runs") as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let pushes: Vec<_> = (0..40u64)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move { a.push("t", Bytes::from(i.to_string()), Wait::Block).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    for (i, p) in pushes.into_iter().enumerate() {
+        tokio::time::timeout(LIMIT, p)
+            .await
+            .unwrap_or_else(|_| panic!("push {i} not answered within {LIMIT:?}"))
+            .unwrap()
+            .expect("acknowledged once NATS is back");
+    }
+    eprintln!("every push answered");
+    let status = a.status("t".into()).await.unwrap();
+    println!(
+        "after the stop: next {}, pending {}",
+        status.next, status.pending
+    );
+    assert_eq!((status.next, status.pending), (41, 41), "stored twice");
+    let mut read = BTreeMap::new();
+    for _ in 0..41 {
+        let d = tokio::time::timeout(LIMIT, a.pull("t", "", Wait::Block))
+            .await
+            .expect("a message within the limit")
+            .unwrap()
+            .unwrap();
+        *read.entry(number(&d)).or_insert(0) += 1;
+        d.ack();
+    }
+    assert_eq!(read, (0..41).map(|i| (i, 1)).collect());
+}
