@@ -34,7 +34,9 @@ anyway is printed); a message being printed is finished (into a pipe:
 until its reader has read it, or gone away). Then what was printed is
 acknowledged, and the command ends with \"interrupted (N printed)\" and
 status 130 (143 for SIGTERM): the next reader gets the next message, not
-the last one printed again. A second signal kills it at once; then
+the last one printed again (on servers sharing JetStream, one it had
+not printed may come back only after the ack wait: README, \"More than
+one machine\"). A second signal kills it at once; then
 what it printed since its last acknowledgement (its last message, or
 its last batch, see Batches) may come back, as it
 does when its server dies mid-read.
